@@ -1,0 +1,312 @@
+//! Stable error codes: the numbers that cross the wire.
+//!
+//! Every error the relay reports to a client carries one of these codes, in an
+//! [`ErrorFrame`](crate::ErrorFrame), a handshake rejection, or (offset by
+//! [`ErrorCode::CLOSE_CODE_BASE`]) a WebSocket close code. The numbers never
+//! change once released; new codes are appended. A peer that receives a code it
+//! does not know keeps it as [`ErrorCode::Unknown`].
+//!
+//! Ranges: 1xx framing and protocol, 2xx handshake and identity, 3xx the event
+//! log, 4xx limits, 5xx pairing, 9xx the relay itself.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, numbered error code. See `docs/protocol.md` for the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "u16", into = "u16")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 100: a frame could not be decoded.
+    MalformedFrame,
+    /// 101: a frame is larger than the limit.
+    FrameTooLarge,
+    /// 102: an event payload or ephemeral body is larger than the limit.
+    PayloadTooLarge,
+    /// 103: no protocol version is supported by both sides.
+    UnsupportedVersion,
+    /// 104: a frame arrived that is not allowed at this point.
+    UnexpectedFrame,
+    /// 105: an encrypted frame failed to authenticate.
+    DecryptFailed,
+    /// 200: a handshake signature or key did not verify.
+    HandshakeFailed,
+    /// 201: the handshake did not finish in time.
+    HandshakeTimeout,
+    /// 202: the device certificate is invalid or not for this user and device.
+    BadCertificate,
+    /// 203: this device has been revoked by its user.
+    DeviceRevoked,
+    /// 204: a revocation is not validly signed by the user key.
+    BadRevocation,
+    /// 205: the device named in a request is not registered for this user.
+    UnknownDevice,
+    /// 300: the device sequence was already used for a different payload.
+    Conflict,
+    /// 301: the device sequence is invalid (device sequences start at 1).
+    InvalidSequence,
+    /// 302: the cursor is below what the relay still keeps.
+    ResyncRequired,
+    /// 400: too many requests in too little time.
+    RateLimited,
+    /// 401: the user already has the maximum number of devices.
+    TooManyDevices,
+    /// 402: the relay is at its connection limit.
+    TooManyConnections,
+    /// 403: the device did not read its frames fast enough.
+    SlowConsumer,
+    /// 500: no pairing slot is open for this code.
+    PairingUnknownCode,
+    /// 501: the pairing code has expired.
+    PairingExpired,
+    /// 502: the pairing code was already used.
+    PairingCodeUsed,
+    /// 503: the pairing slot is already open for another device.
+    PairingSlotTaken,
+    /// 504: the pairing exchange failed; the code was wrong and is now burned.
+    PairingFailed,
+    /// 900: the relay hit an internal error.
+    Internal,
+    /// 901: the relay is shutting down or its storage is unavailable.
+    Unavailable,
+    /// A code this build does not know (sent by a newer peer).
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// WebSocket close codes 4000–4999 are for applications; Ferry closes a
+    /// connection with `CLOSE_CODE_BASE + code` (for codes below 1000).
+    pub const CLOSE_CODE_BASE: u16 = 4000;
+
+    /// Every known code, in numeric order (used by the docs and tests).
+    pub const ALL: [ErrorCode; 26] = [
+        Self::MalformedFrame,
+        Self::FrameTooLarge,
+        Self::PayloadTooLarge,
+        Self::UnsupportedVersion,
+        Self::UnexpectedFrame,
+        Self::DecryptFailed,
+        Self::HandshakeFailed,
+        Self::HandshakeTimeout,
+        Self::BadCertificate,
+        Self::DeviceRevoked,
+        Self::BadRevocation,
+        Self::UnknownDevice,
+        Self::Conflict,
+        Self::InvalidSequence,
+        Self::ResyncRequired,
+        Self::RateLimited,
+        Self::TooManyDevices,
+        Self::TooManyConnections,
+        Self::SlowConsumer,
+        Self::PairingUnknownCode,
+        Self::PairingExpired,
+        Self::PairingCodeUsed,
+        Self::PairingSlotTaken,
+        Self::PairingFailed,
+        Self::Internal,
+        Self::Unavailable,
+    ];
+
+    /// The number on the wire.
+    pub const fn number(self) -> u16 {
+        match self {
+            Self::MalformedFrame => 100,
+            Self::FrameTooLarge => 101,
+            Self::PayloadTooLarge => 102,
+            Self::UnsupportedVersion => 103,
+            Self::UnexpectedFrame => 104,
+            Self::DecryptFailed => 105,
+            Self::HandshakeFailed => 200,
+            Self::HandshakeTimeout => 201,
+            Self::BadCertificate => 202,
+            Self::DeviceRevoked => 203,
+            Self::BadRevocation => 204,
+            Self::UnknownDevice => 205,
+            Self::Conflict => 300,
+            Self::InvalidSequence => 301,
+            Self::ResyncRequired => 302,
+            Self::RateLimited => 400,
+            Self::TooManyDevices => 401,
+            Self::TooManyConnections => 402,
+            Self::SlowConsumer => 403,
+            Self::PairingUnknownCode => 500,
+            Self::PairingExpired => 501,
+            Self::PairingCodeUsed => 502,
+            Self::PairingSlotTaken => 503,
+            Self::PairingFailed => 504,
+            Self::Internal => 900,
+            Self::Unavailable => 901,
+            Self::Unknown(n) => n,
+        }
+    }
+
+    /// A short stable name, used in logs and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::MalformedFrame => "malformed_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UnexpectedFrame => "unexpected_frame",
+            Self::DecryptFailed => "decrypt_failed",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::BadCertificate => "bad_certificate",
+            Self::DeviceRevoked => "device_revoked",
+            Self::BadRevocation => "bad_revocation",
+            Self::UnknownDevice => "unknown_device",
+            Self::Conflict => "conflict",
+            Self::InvalidSequence => "invalid_sequence",
+            Self::ResyncRequired => "resync_required",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyDevices => "too_many_devices",
+            Self::TooManyConnections => "too_many_connections",
+            Self::SlowConsumer => "slow_consumer",
+            Self::PairingUnknownCode => "pairing_unknown_code",
+            Self::PairingExpired => "pairing_expired",
+            Self::PairingCodeUsed => "pairing_code_used",
+            Self::PairingSlotTaken => "pairing_slot_taken",
+            Self::PairingFailed => "pairing_failed",
+            Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+
+    /// A sentence a developer can act on.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::MalformedFrame => {
+                "A frame could not be decoded; the connection is closed. Check that client and relay run compatible Ferry versions."
+            }
+            Self::FrameTooLarge => {
+                "A frame exceeded the relay's frame size limit; split the data into smaller events."
+            }
+            Self::PayloadTooLarge => {
+                "An event payload or ephemeral body exceeded the size limit; store large blobs elsewhere and sync a reference."
+            }
+            Self::UnsupportedVersion => {
+                "Client and relay share no protocol version; upgrade the older side."
+            }
+            Self::UnexpectedFrame => {
+                "A frame arrived that is not allowed in this state (for example before the handshake finished, or a second ClientHello); the connection is closed."
+            }
+            Self::DecryptFailed => {
+                "An encrypted frame was tampered with, replayed, reordered or truncated; the connection is closed. Reconnect."
+            }
+            Self::HandshakeFailed => {
+                "A handshake signature did not verify or the relay key does not match the pinned key; check the pinned relay key."
+            }
+            Self::HandshakeTimeout => {
+                "The handshake did not complete within the relay's time limit; check the network and retry."
+            }
+            Self::BadCertificate => {
+                "The device certificate is forged or was issued for another user or device; pair this device again."
+            }
+            Self::DeviceRevoked => {
+                "This device was revoked by its user and may no longer connect; pair it again to reuse it."
+            }
+            Self::BadRevocation => {
+                "The revocation is not signed by this user's key; only a device holding the user key can revoke."
+            }
+            Self::UnknownDevice => "The device named in the request is not registered for this user.",
+            Self::Conflict => {
+                "This device sequence number was already used for a different payload; device sequences must never be reused."
+            }
+            Self::InvalidSequence => {
+                "Device sequence numbers start at 1; 0 is not a valid device sequence."
+            }
+            Self::ResyncRequired => {
+                "The device's cursor is older than the relay's retention; discard local state and resync from the earliest kept event."
+            }
+            Self::RateLimited => "Too many requests in too little time; back off and retry later.",
+            Self::TooManyDevices => {
+                "The user already has the maximum number of devices; revoke one before adding another."
+            }
+            Self::TooManyConnections => {
+                "The relay is at its connection limit; retry later with backoff."
+            }
+            Self::SlowConsumer => {
+                "The device did not read its frames fast enough and was disconnected; reconnect to resume from the cursor."
+            }
+            Self::PairingUnknownCode => {
+                "No pairing is waiting for this code; check the code shown on the other device."
+            }
+            Self::PairingExpired => {
+                "The pairing code expired; start pairing again on the other device for a new code."
+            }
+            Self::PairingCodeUsed => {
+                "This pairing code was already used; start pairing again for a new code."
+            }
+            Self::PairingSlotTaken => {
+                "Another pairing is already waiting under this code's slot; draw a new code."
+            }
+            Self::PairingFailed => {
+                "Pairing failed because the code did not match; the code is burned, start pairing again."
+            }
+            Self::Internal => {
+                "The relay hit an internal error; retry, and report it to the operator if it persists."
+            }
+            Self::Unavailable => {
+                "The relay is shutting down or its storage is unavailable; reconnect with backoff."
+            }
+            Self::Unknown(_) => "An error code this client does not know; upgrade the client.",
+        }
+    }
+
+    /// The WebSocket close code a relay uses when it ends a connection for this reason.
+    pub const fn close_code(self) -> u16 {
+        let n = self.number();
+        if n < 1000 { Self::CLOSE_CODE_BASE + n } else { Self::CLOSE_CODE_BASE }
+    }
+
+    /// The error code carried by a WebSocket close code, if it is one of Ferry's.
+    pub fn from_close_code(close: u16) -> Option<Self> {
+        (Self::CLOSE_CODE_BASE + 1..Self::CLOSE_CODE_BASE + 1000)
+            .contains(&close)
+            .then(|| Self::from(close - Self::CLOSE_CODE_BASE))
+    }
+}
+
+impl From<u16> for ErrorCode {
+    fn from(n: u16) -> Self {
+        Self::ALL.into_iter().find(|c| c.number() == n).unwrap_or(Self::Unknown(n))
+    }
+}
+
+impl From<ErrorCode> for u16 {
+    fn from(code: ErrorCode) -> u16 {
+        code.number()
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.number())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.number()), "duplicate number for {code:?}");
+            assert_eq!(ErrorCode::from(code.number()), code);
+            assert!(!code.description().is_empty());
+            assert_eq!(ErrorCode::from_close_code(code.close_code()), Some(code));
+        }
+        assert_eq!(ErrorCode::from(777), ErrorCode::Unknown(777));
+        assert_eq!(ErrorCode::from_close_code(1000), None);
+    }
+
+    #[test]
+    fn unknown_codes_survive_the_wire() {
+        let bytes = postcard::to_allocvec(&ErrorCode::Unknown(4242)).unwrap();
+        let back: ErrorCode = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, ErrorCode::Unknown(4242));
+    }
+}

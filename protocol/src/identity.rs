@@ -1,0 +1,333 @@
+//! Identities: users, devices and relays are Ed25519 keys.
+//!
+//! - A **user** is a key pair made on the user's first device; [`UserId`] is its public key.
+//! - A **device** has its own key pair ([`DeviceKey`], [`DeviceId`]) and acts for a user only
+//!   with a [`DeviceCertificate`]: the user key's signature over the device key, its name and
+//!   creation time.
+//! - A **relay** has an identity key ([`RelayKey`]) that clients pin ([`RelayId`]).
+//! - A [`Revocation`] is the user key's signature removing one device.
+//!
+//! Every signature is made over a versioned label followed by the postcard encoding of the
+//! signed fields, so a signature made for one purpose can never be replayed for another.
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::limits::MAX_DEVICE_NAME_LEN;
+
+/// Label for the user key's signature on a device certificate.
+pub const DEVICE_CERTIFICATE_LABEL: &[u8] = b"ferry/v1/device-certificate";
+/// Label for the user key's signature on a device revocation.
+pub const REVOCATION_LABEL: &[u8] = b"ferry/v1/device-revocation";
+
+/// Why an identity could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The bytes are not a valid Ed25519 public key.
+    #[error("not a valid Ed25519 public key")]
+    InvalidKey,
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// A device name is longer than [`MAX_DEVICE_NAME_LEN`] bytes.
+    #[error("device name is longer than {MAX_DEVICE_NAME_LEN} bytes")]
+    NameTooLong,
+    /// Text was not 64 hexadecimal digits.
+    #[error("expected 64 hexadecimal digits")]
+    BadHex,
+}
+
+macro_rules! public_key_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// The raw public key bytes.
+            pub const fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            /// Lowercase hexadecimal, as printed to users.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+
+            /// Parses 64 hexadecimal digits.
+            pub fn from_hex(text: &str) -> Result<Self, IdentityError> {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| IdentityError::BadHex)?;
+                Ok(Self(bytes))
+            }
+
+            /// The key as an Ed25519 verifying key, if it is a valid point.
+            pub fn verifying_key(&self) -> Result<VerifyingKey, IdentityError> {
+                VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::InvalidKey)
+            }
+
+            /// Verifies `signature` over `label || message` with this key (strict verification:
+            /// no small-order keys, no malleable signatures).
+            pub fn verify(&self, label: &[u8], message: &[u8], signature: &[u8; 64]) -> Result<(), IdentityError> {
+                let key = self.verifying_key()?;
+                let signature = ed25519_dalek::Signature::from_bytes(signature);
+                key.verify_strict(&labeled(label, message), &signature)
+                    .map_err(|_| IdentityError::BadSignature)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), &self.to_hex()[..12])
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdentityError;
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                Self::from_hex(text)
+            }
+        }
+    };
+}
+
+macro_rules! secret_signing_key {
+    ($(#[$doc:meta])* $name:ident => $id:ident) => {
+        $(#[$doc])*
+        ///
+        /// Secret: not `Clone`, not `Serialize`, zeroized on drop, redacted in `Debug`.
+        pub struct $name(SigningKey);
+
+        impl $name {
+            /// Makes a new key from the caller's cryptographic RNG.
+            pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+                Self(SigningKey::generate(rng))
+            }
+
+            /// Rebuilds a key from its 32 secret bytes (as stored on disk).
+            pub fn from_secret_bytes(secret: &[u8; 32]) -> Self {
+                Self(SigningKey::from_bytes(secret))
+            }
+
+            /// The 32 secret bytes, for storing; zeroized when dropped.
+            pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+                Zeroizing::new(self.0.to_bytes())
+            }
+
+            /// The public half.
+            pub fn id(&self) -> $id {
+                $id(self.0.verifying_key().to_bytes())
+            }
+
+            /// Signs `label || message`.
+            pub fn sign(&self, label: &[u8], message: &[u8]) -> [u8; 64] {
+                self.0.sign(&labeled(label, message)).to_bytes()
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({:?}, secret: <redacted>)"), self.id())
+            }
+        }
+    };
+}
+
+public_key_id!(
+    /// A user: the public half of the user key.
+    UserId
+);
+public_key_id!(
+    /// A device: the public half of the device key.
+    DeviceId
+);
+public_key_id!(
+    /// A relay's identity: the public key clients pin.
+    RelayId
+);
+
+secret_signing_key!(
+    /// The user key: signs device certificates and revocations. Shared between the
+    /// user's devices end to end; never sent to the relay.
+    UserKey => UserId
+);
+secret_signing_key!(
+    /// A device's own key: signs the handshake transcript.
+    DeviceKey => DeviceId
+);
+secret_signing_key!(
+    /// The relay's identity key: signs the handshake transcript.
+    RelayKey => RelayId
+);
+
+fn labeled(label: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(label.len() + message.len());
+    out.extend_from_slice(label);
+    out.extend_from_slice(message);
+    out
+}
+
+/// The user key's statement that a device key may act for the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCertificate {
+    /// The user the device belongs to (the signer).
+    pub user: UserId,
+    /// The device key being certified.
+    pub device: DeviceId,
+    /// A human name for the device, at most [`MAX_DEVICE_NAME_LEN`] bytes.
+    pub name: String,
+    /// When the certificate was issued, in seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Ed25519 signature by `user` over [`DEVICE_CERTIFICATE_LABEL`] and the fields above.
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl DeviceCertificate {
+    /// Issues a certificate for `device`, signed with the user key.
+    pub fn issue(
+        user_key: &UserKey,
+        device: DeviceId,
+        name: &str,
+        created_at: u64,
+    ) -> Result<Self, IdentityError> {
+        if name.len() > MAX_DEVICE_NAME_LEN {
+            return Err(IdentityError::NameTooLong);
+        }
+        let user = user_key.id();
+        let signed = Self::signed_fields(&user, &device, name, created_at);
+        let signature = user_key.sign(DEVICE_CERTIFICATE_LABEL, &signed);
+        Ok(Self { user, device, name: name.to_owned(), created_at, signature })
+    }
+
+    /// Checks the user key's signature and the name limit.
+    pub fn verify(&self) -> Result<(), IdentityError> {
+        if self.name.len() > MAX_DEVICE_NAME_LEN {
+            return Err(IdentityError::NameTooLong);
+        }
+        let signed = Self::signed_fields(&self.user, &self.device, &self.name, self.created_at);
+        self.user.verify(DEVICE_CERTIFICATE_LABEL, &signed, &self.signature)
+    }
+
+    fn signed_fields(user: &UserId, device: &DeviceId, name: &str, created_at: u64) -> Vec<u8> {
+        crate::codec::encode(&(user, device, name, created_at))
+    }
+}
+
+/// The user key's statement that a device may no longer act for the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The user (the signer).
+    pub user: UserId,
+    /// The device being revoked.
+    pub device: DeviceId,
+    /// When the revocation was made, in seconds since the Unix epoch.
+    pub revoked_at: u64,
+    /// Ed25519 signature by `user` over [`REVOCATION_LABEL`] and the fields above.
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl Revocation {
+    /// Revokes `device`, signed with the user key.
+    pub fn issue(user_key: &UserKey, device: DeviceId, revoked_at: u64) -> Self {
+        let user = user_key.id();
+        let signature = user_key.sign(REVOCATION_LABEL, &Self::signed_fields(&user, &device, revoked_at));
+        Self { user, device, revoked_at, signature }
+    }
+
+    /// Checks the user key's signature.
+    pub fn verify(&self) -> Result<(), IdentityError> {
+        let signed = Self::signed_fields(&self.user, &self.device, self.revoked_at);
+        self.user.verify(REVOCATION_LABEL, &signed, &self.signature)
+    }
+
+    fn signed_fields(user: &UserId, device: &DeviceId, revoked_at: u64) -> Vec<u8> {
+        crate::codec::encode(&(user, device, revoked_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn rng() -> ChaCha20Rng {
+        ChaCha20Rng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn certificate_verifies_and_binds_every_field() {
+        let mut rng = rng();
+        let user = UserKey::generate(&mut rng);
+        let device = DeviceKey::generate(&mut rng);
+        let cert = DeviceCertificate::issue(&user, device.id(), "laptop", 1_700_000_000).unwrap();
+        cert.verify().unwrap();
+
+        let mut renamed = cert.clone();
+        renamed.name = "phone".into();
+        assert_eq!(renamed.verify(), Err(IdentityError::BadSignature));
+
+        let other = DeviceKey::generate(&mut rng);
+        let mut moved = cert.clone();
+        moved.device = other.id();
+        assert_eq!(moved.verify(), Err(IdentityError::BadSignature));
+
+        let mut older = cert.clone();
+        older.created_at -= 1;
+        assert_eq!(older.verify(), Err(IdentityError::BadSignature));
+
+        // A certificate claiming another user, signed by a key that is not that user's.
+        let mallory = UserKey::generate(&mut rng);
+        let mut forged = DeviceCertificate::issue(&mallory, device.id(), "laptop", 1).unwrap();
+        forged.user = user.id();
+        assert_eq!(forged.verify(), Err(IdentityError::BadSignature));
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let mut rng = rng();
+        let user = UserKey::generate(&mut rng);
+        let name = "x".repeat(MAX_DEVICE_NAME_LEN + 1);
+        assert_eq!(
+            DeviceCertificate::issue(&user, DeviceId([9; 32]), &name, 0),
+            Err(IdentityError::NameTooLong)
+        );
+    }
+
+    #[test]
+    fn a_certificate_signature_is_not_a_revocation_signature() {
+        let mut rng = rng();
+        let user = UserKey::generate(&mut rng);
+        let device = DeviceKey::generate(&mut rng).id();
+        let revocation = Revocation::issue(&user, device, 5);
+        revocation.verify().unwrap();
+        let cert = DeviceCertificate::issue(&user, device, "", 5).unwrap();
+        let mut swapped = revocation.clone();
+        swapped.signature = cert.signature;
+        assert_eq!(swapped.verify(), Err(IdentityError::BadSignature));
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_round_trip() {
+        let mut rng = rng();
+        let key = UserKey::generate(&mut rng);
+        let shown = format!("{key:?}");
+        assert!(shown.contains("redacted"));
+        assert!(!shown.contains(&hex::encode(*key.secret_bytes())));
+        let again = UserKey::from_secret_bytes(&key.secret_bytes());
+        assert_eq!(again.id(), key.id());
+        assert_eq!(UserId::from_hex(&key.id().to_hex()), Ok(key.id()));
+        assert_eq!(UserId::from_hex("zz"), Err(IdentityError::BadHex));
+    }
+}
