@@ -15,10 +15,10 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::Serialize;
 
+use crate::ErrorCode;
 use crate::codec::{self, DecodeError, Wire};
 use crate::frames::{ClientFrame, ServerFrame};
 use crate::limits::{CHANNEL_OVERHEAD, MAX_FRAME_LEN};
-use crate::ErrorCode;
 
 /// The client's end: sends [`ClientFrame`], receives [`ServerFrame`].
 pub type ClientChannel = Channel<ClientFrame, ServerFrame>;
@@ -67,13 +67,19 @@ pub struct Encoded<T> {
 impl<T: Serialize> Encoded<T> {
     /// Encodes `frame`.
     pub fn new(frame: &T) -> Self {
-        Self { bytes: codec::encode(frame), _type: PhantomData }
+        Self {
+            bytes: codec::encode(frame),
+            _type: PhantomData,
+        }
     }
 
-    /// Wraps bytes that are not necessarily a valid `T` (fuzzing only).
-    #[cfg(feature = "fuzzing")]
+    /// Wraps bytes that are not necessarily a valid `T` (tests and fuzzing only).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn from_raw(bytes: Vec<u8>) -> Self {
-        Self { bytes, _type: PhantomData }
+        Self {
+            bytes,
+            _type: PhantomData,
+        }
     }
 
     /// Length of the encoding.
@@ -95,7 +101,10 @@ struct CipherState {
 
 impl CipherState {
     fn new(key: &[u8; 32]) -> Self {
-        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), counter: 0 }
+        Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            counter: 0,
+        }
     }
 
     fn next_nonce(&mut self) -> Result<Nonce, ChannelError> {
@@ -108,7 +117,9 @@ impl CipherState {
 
     fn seal_in_place(&mut self, buffer: &mut Vec<u8>) -> Result<(), ChannelError> {
         let nonce = self.next_nonce()?;
-        self.cipher.encrypt_in_place(&nonce, b"", buffer).map_err(|_| ChannelError::TooLarge(buffer.len()))
+        self.cipher
+            .encrypt_in_place(&nonce, b"", buffer)
+            .map_err(|_| ChannelError::TooLarge(buffer.len()))
     }
 
     fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, ChannelError> {
@@ -117,7 +128,9 @@ impl CipherState {
         }
         let nonce = self.next_nonce()?;
         let mut buffer = ciphertext.to_vec();
-        self.cipher.decrypt_in_place(&nonce, b"", &mut buffer).map_err(|_| ChannelError::Decrypt)?;
+        self.cipher
+            .decrypt_in_place(&nonce, b"", &mut buffer)
+            .map_err(|_| ChannelError::Decrypt)?;
         Ok(buffer)
     }
 }
@@ -142,7 +155,12 @@ impl<Out, In> std::fmt::Debug for Channel<Out, In> {
 
 impl<Out: Wire, In: Wire> Channel<Out, In> {
     pub(crate) fn new(send_key: &[u8; 32], recv_key: &[u8; 32]) -> Self {
-        Self { send: CipherState::new(send_key), recv: CipherState::new(recv_key), closed: false, _types: PhantomData }
+        Self {
+            send: CipherState::new(send_key),
+            recv: CipherState::new(recv_key),
+            closed: false,
+            _types: PhantomData,
+        }
     }
 
     /// Encrypts one frame for the wire.
@@ -178,7 +196,10 @@ impl<Out: Wire, In: Wire> Channel<Out, In> {
     }
 
     /// Seals any serializable value (used for the handshake's encrypted messages).
-    pub(crate) fn seal_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Vec<u8>, ChannelError> {
+    pub(crate) fn seal_value<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<Vec<u8>, ChannelError> {
         let mut buffer = Vec::new();
         codec::encode_into(value, &mut buffer);
         self.seal_buffer(buffer)
@@ -193,7 +214,9 @@ impl<Out: Wire, In: Wire> Channel<Out, In> {
             return Err(ChannelError::TooLarge(buffer.len()));
         }
         buffer.reserve_exact(CHANNEL_OVERHEAD);
-        self.send.seal_in_place(&mut buffer).inspect_err(|_| self.closed = true)?;
+        self.send
+            .seal_in_place(&mut buffer)
+            .inspect_err(|_| self.closed = true)?;
         Ok(buffer)
     }
 
@@ -202,7 +225,10 @@ impl<Out: Wire, In: Wire> Channel<Out, In> {
         if self.closed {
             return Err(ChannelError::Closed);
         }
-        let result = self.recv.open(ciphertext).and_then(|plain| Ok(codec::decode(&plain)?));
+        let result = self
+            .recv
+            .open(ciphertext)
+            .and_then(|plain| Ok(codec::decode(&plain)?));
         if result.is_err() {
             self.closed = true;
         }

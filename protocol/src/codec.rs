@@ -86,7 +86,10 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// [`decode`] with an explicit frame length limit (the relay may configure a lower one).
 pub fn decode_with_limit<T: Wire>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
     if bytes.len() > limit {
-        return Err(DecodeError::FrameTooLarge { len: bytes.len(), limit });
+        return Err(DecodeError::FrameTooLarge {
+            len: bytes.len(),
+            limit,
+        });
     }
     let (value, rest): (T, _) =
         postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -99,5 +102,9 @@ pub fn decode_with_limit<T: Wire>(bytes: &[u8], limit: usize) -> Result<T, Decod
 
 /// Checks one field's length against its limit.
 pub(crate) fn check_len(field: &'static str, len: usize, limit: usize) -> Result<(), DecodeError> {
-    if len > limit { Err(DecodeError::FieldTooLarge { field, len, limit }) } else { Ok(()) }
+    if len > limit {
+        Err(DecodeError::FieldTooLarge { field, len, limit })
+    } else {
+        Ok(())
+    }
 }

@@ -209,7 +209,9 @@ impl ErrorCode {
             Self::BadRevocation => {
                 "The revocation is not signed by this user's key; only a device holding the user key can revoke."
             }
-            Self::UnknownDevice => "The device named in the request is not registered for this user.",
+            Self::UnknownDevice => {
+                "The device named in the request is not registered for this user."
+            }
             Self::Conflict => {
                 "This device sequence number was already used for a different payload; device sequences must never be reused."
             }
@@ -257,7 +259,11 @@ impl ErrorCode {
     /// The WebSocket close code a relay uses when it ends a connection for this reason.
     pub const fn close_code(self) -> u16 {
         let n = self.number();
-        if n < 1000 { Self::CLOSE_CODE_BASE + n } else { Self::CLOSE_CODE_BASE }
+        if n < 1000 {
+            Self::CLOSE_CODE_BASE + n
+        } else {
+            Self::CLOSE_CODE_BASE
+        }
     }
 
     /// The error code carried by a WebSocket close code, if it is one of Ferry's.
@@ -270,7 +276,10 @@ impl ErrorCode {
 
 impl From<u16> for ErrorCode {
     fn from(n: u16) -> Self {
-        Self::ALL.into_iter().find(|c| c.number() == n).unwrap_or(Self::Unknown(n))
+        Self::ALL
+            .into_iter()
+            .find(|c| c.number() == n)
+            .unwrap_or(Self::Unknown(n))
     }
 }
 

@@ -20,10 +20,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ErrorCode;
 use crate::codec::{DecodeError, Wire, check_len};
 use crate::identity::{DeviceCertificate, DeviceId, Revocation};
 use crate::limits::*;
-use crate::ErrorCode;
 
 /// An event payload sealed by the client; opaque to the relay.
 ///
@@ -74,7 +74,11 @@ pub struct ErrorFrame {
 impl ErrorFrame {
     /// An error with the code's own description as its message.
     pub fn new(code: ErrorCode) -> Self {
-        Self { code, message: code.description().to_owned(), device_seq: None }
+        Self {
+            code,
+            message: code.description().to_owned(),
+            device_seq: None,
+        }
     }
 
     /// An error with a specific message, cut to the length limit on a character boundary.
@@ -87,7 +91,11 @@ impl ErrorFrame {
             }
             message.truncate(end);
         }
-        Self { code, message, device_seq: None }
+        Self {
+            code,
+            message,
+            device_seq: None,
+        }
     }
 
     /// The same error, answering the append with `device_seq`.
@@ -265,17 +273,25 @@ impl Wire for ServerFrame {
         match self {
             Self::Events(events) => {
                 check_len("events", events.len(), MAX_EVENTS_PER_FRAME)?;
-                events.iter().try_for_each(|e| check_len("payload", e.payload.0.len(), MAX_PAYLOAD_LEN))
+                events
+                    .iter()
+                    .try_for_each(|e| check_len("payload", e.payload.0.len(), MAX_PAYLOAD_LEN))
             }
-            Self::Ephemeral { body, .. } => check_len("ephemeral body", body.len(), MAX_EPHEMERAL_LEN),
-            Self::Error(error) => check_len("error message", error.message.len(), MAX_ERROR_MESSAGE_LEN),
+            Self::Ephemeral { body, .. } => {
+                check_len("ephemeral body", body.len(), MAX_EPHEMERAL_LEN)
+            }
+            Self::Error(error) => {
+                check_len("error message", error.message.len(), MAX_ERROR_MESSAGE_LEN)
+            }
             Self::Devices(devices) => {
                 check_len("devices", devices.len(), MAX_DEVICES_PER_FRAME)?;
                 devices.iter().try_for_each(|d| {
                     check_len("device name", d.certificate.name.len(), MAX_DEVICE_NAME_LEN)
                 })
             }
-            Self::PairPeer { body, .. } => check_len("pairing body", body.len(), MAX_PAIRING_BODY_LEN),
+            Self::PairPeer { body, .. } => {
+                check_len("pairing body", body.len(), MAX_PAIRING_BODY_LEN)
+            }
             Self::Appended { .. }
             | Self::CaughtUp { .. }
             | Self::ResyncRequired { .. }

@@ -6,8 +6,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use crate::handshake::{
-    ClientHandshake, ClientHello, ClientStart, Credentials, ServerHandshake, ServerHandshakeMessage,
-    SessionStart,
+    ClientHandshake, ClientHello, ClientStart, Credentials, ServerHandshake,
+    ServerHandshakeMessage, SessionStart,
 };
 use crate::{ClientFrame, RelayKey, ServerFrame, codec};
 
@@ -43,10 +43,11 @@ pub fn server_handshake(data: &[u8]) {
     }
 
     let (client, hello) = ClientHandshake::start(relay.id(), &mut rng);
-    if let Ok((server, server_hello)) = ServerHandshake::handle_client_hello(&relay, &hello, &mut rng) {
-        if let Some(sealed) = client.seal_raw_start(&server_hello, data) {
-            let _ = server.handle_client_start(&sealed);
-        }
+    if let Ok((server, server_hello)) =
+        ServerHandshake::handle_client_hello(&relay, &hello, &mut rng)
+        && let Some(sealed) = client.seal_raw_start(&server_hello, data)
+    {
+        let _ = server.handle_client_start(&sealed);
     }
 }
 
@@ -56,13 +57,21 @@ pub fn channel_open(data: &[u8]) {
     let mut rng = ChaCha20Rng::seed_from_u64(0);
     let relay = RelayKey::generate(&mut rng);
     let (client, hello) = ClientHandshake::start(relay.id(), &mut rng);
-    let Ok((server, server_hello)) = ServerHandshake::handle_client_hello(&relay, &hello, &mut rng) else {
+    let Ok((server, server_hello)) = ServerHandshake::handle_client_hello(&relay, &hello, &mut rng)
+    else {
         return;
     };
-    let Ok((client, start)) = client.handle_server_hello(&server_hello, Credentials::Anonymous) else { return };
-    let Ok(pending) = server.handle_client_start(&start) else { return };
+    let Ok((client, start)) = client.handle_server_hello(&server_hello, Credentials::Anonymous)
+    else {
+        return;
+    };
+    let Ok(pending) = server.handle_client_start(&start) else {
+        return;
+    };
     let (mut server_channel, established) = pending.accept(0, 0);
-    let Ok((_, mut client_channel)) = client.handle_session(&established) else { return };
+    let Ok((_, mut client_channel)) = client.handle_session(&established) else {
+        return;
+    };
 
     let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {

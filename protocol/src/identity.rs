@@ -206,7 +206,13 @@ impl DeviceCertificate {
         let user = user_key.id();
         let signed = Self::signed_fields(&user, &device, name, created_at);
         let signature = user_key.sign(DEVICE_CERTIFICATE_LABEL, &signed);
-        Ok(Self { user, device, name: name.to_owned(), created_at, signature })
+        Ok(Self {
+            user,
+            device,
+            name: name.to_owned(),
+            created_at,
+            signature,
+        })
     }
 
     /// Checks the user key's signature and the name limit.
@@ -215,7 +221,8 @@ impl DeviceCertificate {
             return Err(IdentityError::NameTooLong);
         }
         let signed = Self::signed_fields(&self.user, &self.device, &self.name, self.created_at);
-        self.user.verify(DEVICE_CERTIFICATE_LABEL, &signed, &self.signature)
+        self.user
+            .verify(DEVICE_CERTIFICATE_LABEL, &signed, &self.signature)
     }
 
     fn signed_fields(user: &UserId, device: &DeviceId, name: &str, created_at: u64) -> Vec<u8> {
@@ -241,8 +248,16 @@ impl Revocation {
     /// Revokes `device`, signed with the user key.
     pub fn issue(user_key: &UserKey, device: DeviceId, revoked_at: u64) -> Self {
         let user = user_key.id();
-        let signature = user_key.sign(REVOCATION_LABEL, &Self::signed_fields(&user, &device, revoked_at));
-        Self { user, device, revoked_at, signature }
+        let signature = user_key.sign(
+            REVOCATION_LABEL,
+            &Self::signed_fields(&user, &device, revoked_at),
+        );
+        Self {
+            user,
+            device,
+            revoked_at,
+            signature,
+        }
     }
 
     /// Checks the user key's signature.

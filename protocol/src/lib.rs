@@ -68,9 +68,7 @@ pub mod seal;
 pub use channel::{Channel, ChannelError, ClientChannel, ServerChannel};
 pub use codec::{DecodeError, Wire};
 pub use error::ErrorCode;
-pub use frames::{
-    Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame,
-};
+pub use frames::{Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame};
 pub use identity::{
     DeviceCertificate, DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, Revocation, UserId,
     UserKey,

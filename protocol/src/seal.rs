@@ -116,7 +116,13 @@ pub fn seal(
     let aad = slot.associated_data();
     let ciphertext = key
         .cipher()
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| SealError::TooLarge(plaintext.len()))?;
     let mut out = Vec::with_capacity(1 + 24 + ciphertext.len());
     out.push(FORMAT_V1);
@@ -126,7 +132,11 @@ pub fn seal(
 }
 
 /// Opens a payload sealed for `slot`. The plaintext is zeroized when dropped.
-pub fn open(key: &DataKey, slot: &EventSlot, sealed: &SealedPayload) -> Result<Zeroizing<Vec<u8>>, SealError> {
+pub fn open(
+    key: &DataKey,
+    slot: &EventSlot,
+    sealed: &SealedPayload,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let bytes = &sealed.0;
     match bytes.first() {
         Some(&FORMAT_V1) => {}
@@ -139,7 +149,13 @@ pub fn open(key: &DataKey, slot: &EventSlot, sealed: &SealedPayload) -> Result<Z
     let (nonce, ciphertext) = bytes[1..].split_at(24);
     let aad = slot.associated_data();
     key.cipher()
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| SealError::Authentication)
 }
@@ -151,7 +167,11 @@ mod tests {
     use rand_core::SeedableRng;
 
     fn slot() -> EventSlot {
-        EventSlot { user: UserId([1; 32]), device: DeviceId([2; 32]), device_seq: 3 }
+        EventSlot {
+            user: UserId([1; 32]),
+            device: DeviceId([2; 32]),
+            device_seq: 3,
+        }
     }
 
     #[test]
@@ -169,9 +189,18 @@ mod tests {
         let key = DataKey::generate(&mut rng);
         let sealed = seal(&key, &slot(), b"hello", &mut rng).unwrap();
         for moved in [
-            EventSlot { user: UserId([9; 32]), ..slot() },
-            EventSlot { device: DeviceId([9; 32]), ..slot() },
-            EventSlot { device_seq: 4, ..slot() },
+            EventSlot {
+                user: UserId([9; 32]),
+                ..slot()
+            },
+            EventSlot {
+                device: DeviceId([9; 32]),
+                ..slot()
+            },
+            EventSlot {
+                device_seq: 4,
+                ..slot()
+            },
         ] {
             assert_eq!(open(&key, &moved, &sealed), Err(SealError::Authentication));
         }
@@ -185,16 +214,29 @@ mod tests {
         for i in 1..sealed.0.len() {
             let mut bad = sealed.clone();
             bad.0[i] ^= 0x40;
-            assert_eq!(open(&key, &slot(), &bad), Err(SealError::Authentication), "byte {i}");
+            assert_eq!(
+                open(&key, &slot(), &bad),
+                Err(SealError::Authentication),
+                "byte {i}"
+            );
         }
         let mut bad = sealed.clone();
         bad.0[0] = 2;
         assert_eq!(open(&key, &slot(), &bad), Err(SealError::UnknownFormat(2)));
         let truncated = SealedPayload(sealed.0[..sealed.0.len() - 1].to_vec());
-        assert_eq!(open(&key, &slot(), &truncated), Err(SealError::Authentication));
-        assert_eq!(open(&key, &slot(), &SealedPayload(vec![])), Err(SealError::Authentication));
+        assert_eq!(
+            open(&key, &slot(), &truncated),
+            Err(SealError::Authentication)
+        );
+        assert_eq!(
+            open(&key, &slot(), &SealedPayload(vec![])),
+            Err(SealError::Authentication)
+        );
         let other = DataKey::generate(&mut rng);
-        assert_eq!(open(&other, &slot(), &sealed), Err(SealError::Authentication));
+        assert_eq!(
+            open(&other, &slot(), &sealed),
+            Err(SealError::Authentication)
+        );
     }
 
     #[test]
@@ -202,7 +244,10 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let key = DataKey::generate(&mut rng);
         let big = vec![0u8; MAX_PLAINTEXT_LEN + 1];
-        assert_eq!(seal(&key, &slot(), &big, &mut rng), Err(SealError::TooLarge(big.len())));
+        assert_eq!(
+            seal(&key, &slot(), &big, &mut rng),
+            Err(SealError::TooLarge(big.len()))
+        );
         let max = seal(&key, &slot(), &big[1..], &mut rng).unwrap();
         assert_eq!(max.0.len(), MAX_PAYLOAD_LEN);
         assert!(format!("{key:?}").contains("redacted"));

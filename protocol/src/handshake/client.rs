@@ -41,7 +41,16 @@ impl ClientHandshake {
             nonce,
         };
         let bytes = codec::encode(&hello);
-        (AwaitServerHello { pinned, secret, hello: bytes.clone(), min_version, max_version }, bytes)
+        (
+            AwaitServerHello {
+                pinned,
+                secret,
+                hello: bytes.clone(),
+                min_version,
+                max_version,
+            },
+            bytes,
+        )
     }
 }
 
@@ -72,7 +81,9 @@ pub struct AwaitServerHello {
 
 impl std::fmt::Debug for AwaitServerHello {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwaitServerHello").field("pinned", &self.pinned).finish_non_exhaustive()
+        f.debug_struct("AwaitServerHello")
+            .field("pinned", &self.pinned)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,9 +98,15 @@ impl AwaitServerHello {
         let (mut session, transcript) = self.verify_and_derive(bytes)?;
         let start = match credentials {
             Credentials::Anonymous => ClientStart::Anonymous,
-            Credentials::Device { key, certificate, resume } => {
+            Credentials::Device {
+                key,
+                certificate,
+                resume,
+            } => {
                 if certificate.device != key.id() {
-                    return Err(HandshakeError::BadCertificate("certificate is for another device key"));
+                    return Err(HandshakeError::BadCertificate(
+                        "certificate is for another device key",
+                    ));
                 }
                 let body = codec::encode(&AuthBody {
                     user: certificate.user,
@@ -97,8 +114,10 @@ impl AwaitServerHello {
                     certificate,
                     resume,
                 });
-                let signature =
-                    key.sign(CLIENT_SIGNATURE_LABEL, &keys::client_signed_message(&transcript, &body));
+                let signature = key.sign(
+                    CLIENT_SIGNATURE_LABEL,
+                    &keys::client_signed_message(&transcript, &body),
+                );
                 ClientStart::Auth(ClientAuth { body, signature })
             }
         };
@@ -106,11 +125,15 @@ impl AwaitServerHello {
         Ok((session, wire))
     }
 
-    /// Seals arbitrary bytes as the `ClientStart`, so fuzzers reach the relay's verification.
-    #[cfg(feature = "fuzzing")]
+    /// Seals arbitrary bytes as the `ClientStart`, so tests and fuzzers reach the relay's
+    /// verification with messages an honest client would never build.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn seal_raw_start(self, server_hello: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
         let (mut session, _) = self.verify_and_derive(server_hello).ok()?;
-        session.channel.seal_encoded(&crate::channel::Encoded::from_raw(plaintext.to_vec())).ok()
+        session
+            .channel
+            .seal_encoded(&crate::channel::Encoded::from_raw(plaintext.to_vec()))
+            .ok()
     }
 
     /// Steps 2–3: checks the `ServerHello` and derives the channel.
@@ -121,7 +144,10 @@ impl AwaitServerHello {
         };
         let body: ServerHelloBody = codec::decode(&hello.body)?;
         if body.relay != self.pinned {
-            return Err(HandshakeError::WrongRelayKey { pinned: self.pinned, found: body.relay });
+            return Err(HandshakeError::WrongRelayKey {
+                pinned: self.pinned,
+                found: body.relay,
+            });
         }
         let transcript = keys::transcript_hash(&self.hello, &hello.body);
         body.relay
@@ -130,7 +156,10 @@ impl AwaitServerHello {
         // The version is signed, so a downgrade would have broken the signature; a relay
         // that picks outside our range is simply broken.
         if !(self.min_version..=self.max_version).contains(&body.version) {
-            return Err(HandshakeError::UnsupportedVersion { min: body.version, max: body.version });
+            return Err(HandshakeError::UnsupportedVersion {
+                min: body.version,
+                max: body.version,
+            });
         }
 
         let shared = self.secret.diffie_hellman(&PublicKey::from(body.ephemeral));
@@ -139,7 +168,14 @@ impl AwaitServerHello {
         }
         let keys = keys::derive(shared.as_bytes(), &transcript);
         let channel = ClientChannel::new(&keys.client_to_server, &keys.server_to_client);
-        Ok((AwaitSession { channel, session_id: keys.session_id, version: body.version }, transcript))
+        Ok((
+            AwaitSession {
+                channel,
+                session_id: keys.session_id,
+                version: body.version,
+            },
+            transcript,
+        ))
     }
 }
 
@@ -166,11 +202,15 @@ pub struct Session {
 
 impl AwaitSession {
     /// Step 5: the relay's answer. Returns the session and the channel for everything after.
-    pub fn handle_session(mut self, bytes: &[u8]) -> Result<(Session, ClientChannel), HandshakeError> {
+    pub fn handle_session(
+        mut self,
+        bytes: &[u8],
+    ) -> Result<(Session, ClientChannel), HandshakeError> {
         match self.channel.open_value::<SessionStart>(bytes)? {
             SessionStart::Rejected(frame) => Err(HandshakeError::Rejected(frame)),
             SessionStart::Established(established) => {
-                if established.session_id != self.session_id || established.version != self.version {
+                if established.session_id != self.session_id || established.version != self.version
+                {
                     return Err(HandshakeError::SessionMismatch);
                 }
                 let session = Session {

@@ -51,14 +51,20 @@ pub struct SessionKeys {
 
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionKeys").field("session_id", &hex::encode(self.session_id)).finish_non_exhaustive()
+        f.debug_struct("SessionKeys")
+            .field("session_id", &hex::encode(self.session_id))
+            .finish_non_exhaustive()
     }
 }
 
 /// Derives the session keys from the X25519 secret and the transcript hash.
 pub fn derive(shared_secret: &[u8; 32], transcript: &[u8; 32]) -> SessionKeys {
     let hkdf = Hkdf::<Sha256>::new(Some(transcript), shared_secret);
-    let mut keys = SessionKeys { client_to_server: [0; 32], server_to_client: [0; 32], session_id: [0; 16] };
+    let mut keys = SessionKeys {
+        client_to_server: [0; 32],
+        server_to_client: [0; 32],
+        session_id: [0; 16],
+    };
     // Expand fails only for outputs longer than 255 hash lengths.
     for (label, out) in [
         (C2S_KEY_LABEL, &mut keys.client_to_server[..]),

@@ -156,7 +156,11 @@ impl Wire for ServerHandshakeMessage {
 
 impl Wire for AuthBody {
     fn check_limits(&self) -> Result<(), DecodeError> {
-        check_len("device name", self.certificate.name.len(), MAX_DEVICE_NAME_LEN)
+        check_len(
+            "device name",
+            self.certificate.name.len(),
+            MAX_DEVICE_NAME_LEN,
+        )
     }
 }
 
@@ -241,7 +245,9 @@ impl From<IdentityError> for HandshakeError {
     fn from(e: IdentityError) -> Self {
         match e {
             IdentityError::NameTooLong => Self::BadCertificate("device name too long"),
-            IdentityError::InvalidKey => Self::BadCertificate("user key is not a valid Ed25519 key"),
+            IdentityError::InvalidKey => {
+                Self::BadCertificate("user key is not a valid Ed25519 key")
+            }
             _ => Self::BadCertificate("signature by the user key does not verify"),
         }
     }

@@ -28,7 +28,10 @@ impl ServerHandshake {
         let hello: ClientHello = codec::decode(bytes)?;
         let version = PROTOCOL_VERSION.min(hello.max_version);
         if version < hello.min_version || version < MIN_PROTOCOL_VERSION {
-            return Err(HandshakeError::UnsupportedVersion { min: hello.min_version, max: hello.max_version });
+            return Err(HandshakeError::UnsupportedVersion {
+                min: hello.min_version,
+                max: hello.max_version,
+            });
         }
 
         let secret = EphemeralSecret::random_from_rng(&mut *rng);
@@ -49,8 +52,16 @@ impl ServerHandshake {
         }
         let keys = keys::derive(shared.as_bytes(), &transcript);
         let channel = ServerChannel::new(&keys.server_to_client, &keys.client_to_server);
-        let reply = codec::encode(&ServerHandshakeMessage::Hello(ServerHello { body, signature }));
-        let state = AwaitClientStart { channel, transcript, session_id: keys.session_id, version };
+        let reply = codec::encode(&ServerHandshakeMessage::Hello(ServerHello {
+            body,
+            signature,
+        }));
+        let state = AwaitClientStart {
+            channel,
+            transcript,
+            session_id: keys.session_id,
+            version,
+        };
         Ok((state, reply))
     }
 
@@ -119,22 +130,45 @@ impl AwaitClientStart {
                 }
             },
         };
-        Ok(PendingSession { channel: self.channel, session_id: self.session_id, version: self.version, auth })
+        Ok(PendingSession {
+            channel: self.channel,
+            session_id: self.session_id,
+            version: self.version,
+            auth,
+        })
     }
 
     fn verify(&self, body: &[u8], signature: &[u8; 64]) -> Result<VerifiedAuth, HandshakeError> {
-        let AuthBody { user, device, certificate, resume } = codec::decode(body)?;
+        let AuthBody {
+            user,
+            device,
+            certificate,
+            resume,
+        } = codec::decode(body)?;
         if certificate.user != user {
-            return Err(HandshakeError::BadCertificate("certificate is for another user"));
+            return Err(HandshakeError::BadCertificate(
+                "certificate is for another user",
+            ));
         }
         if certificate.device != device {
-            return Err(HandshakeError::BadCertificate("certificate is for another device"));
+            return Err(HandshakeError::BadCertificate(
+                "certificate is for another device",
+            ));
         }
         certificate.verify()?;
         device
-            .verify(CLIENT_SIGNATURE_LABEL, &keys::client_signed_message(&self.transcript, body), signature)
+            .verify(
+                CLIENT_SIGNATURE_LABEL,
+                &keys::client_signed_message(&self.transcript, body),
+                signature,
+            )
             .map_err(|_| HandshakeError::BadDeviceSignature)?;
-        Ok(VerifiedAuth { user, device, certificate, resume })
+        Ok(VerifiedAuth {
+            user,
+            device,
+            certificate,
+            resume,
+        })
     }
 }
 
@@ -166,8 +200,12 @@ impl PendingSession {
     /// Step 5: opens the session with the user's log `head` and the device's stored `acked`
     /// cursor. Returns the channel and the encrypted `SessionEstablished`.
     pub fn accept(mut self, head: u64, acked: u64) -> (ServerChannel, Vec<u8>) {
-        let established =
-            SessionEstablished { session_id: self.session_id, version: self.version, head, acked };
+        let established = SessionEstablished {
+            session_id: self.session_id,
+            version: self.version,
+            head,
+            acked,
+        };
         let reply = self.seal_start(&SessionStart::Established(established));
         (self.channel, reply)
     }

@@ -1,0 +1,577 @@
+//! Every way a handshake can fail, driven through the public state machines.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::keys::{self, CLIENT_SIGNATURE_LABEL};
+use super::*;
+use crate::channel::{ClientChannel, ServerChannel};
+use crate::codec;
+use crate::identity::{DeviceKey, RelayKey, UserKey};
+use crate::limits::MAX_FRAME_LEN;
+use crate::{Append, ClientFrame, SealedPayload, ServerFrame};
+
+struct World {
+    rng: ChaCha20Rng,
+    relay: RelayKey,
+    user: UserKey,
+    device: DeviceKey,
+    certificate: DeviceCertificate,
+}
+
+fn world(seed: u64) -> World {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let relay = RelayKey::generate(&mut rng);
+    let user = UserKey::generate(&mut rng);
+    let device = DeviceKey::generate(&mut rng);
+    let certificate =
+        DeviceCertificate::issue(&user, device.id(), "laptop", 1_700_000_000).unwrap();
+    World {
+        rng,
+        relay,
+        user,
+        device,
+        certificate,
+    }
+}
+
+/// Runs steps 1–2 and returns the client state, the relay state, and the raw messages.
+fn hello(w: &mut World) -> (AwaitServerHello, AwaitClientStart, Vec<u8>, Vec<u8>) {
+    let (client, client_hello) = ClientHandshake::start(w.relay.id(), &mut w.rng);
+    let (server, server_hello) =
+        ServerHandshake::handle_client_hello(&w.relay, &client_hello, &mut w.rng).unwrap();
+    (client, server, client_hello, server_hello)
+}
+
+fn credentials(w: &World) -> Credentials<'_> {
+    Credentials::Device {
+        key: &w.device,
+        certificate: w.certificate.clone(),
+        resume: Some(7),
+    }
+}
+
+/// A full handshake, returning both channels.
+pub(crate) fn connected(seed: u64) -> (ClientChannel, ServerChannel) {
+    let mut w = world(seed);
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let (server_channel, established) = server.handle_client_start(&start).unwrap().accept(3, 2);
+    let (_, client_channel) = client.handle_session(&established).unwrap();
+    (client_channel, server_channel)
+}
+
+/// Builds a `ClientStart::Auth` by hand, signed by `signer` over the real transcript.
+fn crafted_start(
+    client: AwaitServerHello,
+    client_hello: &[u8],
+    server_hello: &[u8],
+    body: &AuthBody,
+    signer: &DeviceKey,
+) -> Vec<u8> {
+    let ServerHandshakeMessage::Hello(hello) = codec::decode(server_hello).unwrap() else {
+        panic!()
+    };
+    let transcript = keys::transcript_hash(client_hello, &hello.body);
+    let body = codec::encode(body);
+    let signature = signer.sign(
+        CLIENT_SIGNATURE_LABEL,
+        &keys::client_signed_message(&transcript, &body),
+    );
+    let start = codec::encode(&ClientStart::Auth(ClientAuth { body, signature }));
+    client.seal_raw_start(server_hello, &start).unwrap()
+}
+
+fn server_error(server: AwaitClientStart, start: &[u8]) -> HandshakeError {
+    server.handle_client_start(start).unwrap_err().error
+}
+
+#[test]
+fn device_handshake_opens_a_session_both_ways() {
+    let mut w = world(1);
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let pending = server.handle_client_start(&start).unwrap();
+    let auth = pending.auth().unwrap().clone();
+    assert_eq!(
+        (auth.user, auth.device, auth.resume),
+        (w.user.id(), w.device.id(), Some(7))
+    );
+    assert_eq!(auth.certificate, w.certificate);
+    let session_id = pending.session_id();
+    let (mut server_channel, established) = pending.accept(10, 4);
+    let (session, mut client_channel) = client.handle_session(&established).unwrap();
+    assert_eq!(
+        session,
+        Session {
+            session_id,
+            version: 1,
+            head: 10,
+            acked: 4
+        }
+    );
+
+    let append = ClientFrame::Append(Append {
+        device_seq: 1,
+        payload: SealedPayload(vec![1, 2, 3]),
+    });
+    let wire = client_channel.seal(&append).unwrap();
+    assert_eq!(server_channel.open(&wire).unwrap(), append);
+    let reply = ServerFrame::Appended {
+        device_seq: 1,
+        seq: 11,
+    };
+    let wire = server_channel.seal(&reply).unwrap();
+    assert_eq!(client_channel.open(&wire).unwrap(), reply);
+}
+
+#[test]
+fn anonymous_session_has_no_identity() {
+    let mut w = world(2);
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, Credentials::Anonymous)
+        .unwrap();
+    let pending = server.handle_client_start(&start).unwrap();
+    assert!(pending.auth().is_none());
+    let (_, established) = pending.accept(0, 0);
+    assert!(client.handle_session(&established).is_ok());
+}
+
+#[test]
+fn wrong_pinned_relay_key_is_refused() {
+    let mut w = world(3);
+    let impostor = RelayKey::generate(&mut w.rng);
+    let (client, client_hello) = ClientHandshake::start(w.relay.id(), &mut w.rng);
+    let (_, server_hello) =
+        ServerHandshake::handle_client_hello(&impostor, &client_hello, &mut w.rng).unwrap();
+    let err = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap_err();
+    assert!(matches!(err, HandshakeError::WrongRelayKey { found, .. } if found == impostor.id()));
+    assert_eq!(err.code(), ErrorCode::HandshakeFailed);
+}
+
+#[test]
+fn impostor_claiming_the_pinned_key_fails_the_signature() {
+    let mut w = world(4);
+    let impostor = RelayKey::generate(&mut w.rng);
+    let (client, client_hello) = ClientHandshake::start(w.relay.id(), &mut w.rng);
+    let (_, server_hello) =
+        ServerHandshake::handle_client_hello(&impostor, &client_hello, &mut w.rng).unwrap();
+    // Rewrite the body to name the pinned relay, keeping the impostor's signature.
+    let ServerHandshakeMessage::Hello(mut hello) = codec::decode(&server_hello).unwrap() else {
+        panic!()
+    };
+    let mut body: ServerHelloBody = codec::decode(&hello.body).unwrap();
+    body.relay = w.relay.id();
+    hello.body = codec::encode(&body);
+    let forged = codec::encode(&ServerHandshakeMessage::Hello(hello));
+    let err = client
+        .handle_server_hello(&forged, credentials(&w))
+        .unwrap_err();
+    assert_eq!(err, HandshakeError::BadRelaySignature);
+}
+
+#[test]
+fn tampered_server_hello_fails_the_signature() {
+    for field in 0..3 {
+        let mut w = world(5);
+        let (client, _, _, server_hello) = hello(&mut w);
+        let ServerHandshakeMessage::Hello(mut hello) = codec::decode(&server_hello).unwrap() else {
+            panic!()
+        };
+        let mut body: ServerHelloBody = codec::decode(&hello.body).unwrap();
+        match field {
+            0 => body.nonce[0] ^= 1,
+            1 => body.ephemeral[5] ^= 1,
+            _ => hello.signature[10] ^= 1,
+        }
+        hello.body = codec::encode(&body);
+        let tampered = codec::encode(&ServerHandshakeMessage::Hello(hello));
+        let err = client
+            .handle_server_hello(&tampered, credentials(&w))
+            .unwrap_err();
+        assert_eq!(err, HandshakeError::BadRelaySignature, "field {field}");
+    }
+}
+
+#[test]
+fn server_hello_replayed_from_another_session_is_refused() {
+    let mut w = world(6);
+    let (_, _, _, old_server_hello) = hello(&mut w);
+    let (client, _, _, _) = hello(&mut w);
+    let err = client
+        .handle_server_hello(&old_server_hello, credentials(&w))
+        .unwrap_err();
+    assert_eq!(err, HandshakeError::BadRelaySignature);
+}
+
+#[test]
+fn forged_certificate_is_refused() {
+    let mut w = world(7);
+    let mallory = UserKey::generate(&mut w.rng);
+    let mut forged = DeviceCertificate::issue(&mallory, w.device.id(), "laptop", 1).unwrap();
+    forged.user = w.user.id();
+    let (client, server, _, server_hello) = hello(&mut w);
+    let credentials = Credentials::Device {
+        key: &w.device,
+        certificate: forged,
+        resume: None,
+    };
+    let (_, start) = client
+        .handle_server_hello(&server_hello, credentials)
+        .unwrap();
+    let failure = server.handle_client_start(&start).unwrap_err();
+    assert_eq!(failure.error.code(), ErrorCode::BadCertificate);
+    assert!(failure.reply.is_some(), "the relay explains the refusal");
+}
+
+#[test]
+fn certificate_for_another_user_is_refused() {
+    let mut w = world(8);
+    let other_user = UserKey::generate(&mut w.rng);
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    // A genuine certificate from another user, presented as this user's.
+    let certificate = DeviceCertificate::issue(&other_user, w.device.id(), "x", 1).unwrap();
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        certificate,
+        resume: None,
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    let err = server_error(server, &start);
+    assert_eq!(
+        err,
+        HandshakeError::BadCertificate("certificate is for another user")
+    );
+}
+
+#[test]
+fn certificate_for_another_device_is_refused() {
+    let mut w = world(9);
+    let thief = DeviceKey::generate(&mut w.rng);
+    // The client library refuses to present it...
+    let (client, _, _, server_hello) = hello(&mut w);
+    let credentials = Credentials::Device {
+        key: &thief,
+        certificate: w.certificate.clone(),
+        resume: None,
+    };
+    assert!(matches!(
+        client.handle_server_hello(&server_hello, credentials),
+        Err(HandshakeError::BadCertificate(_))
+    ));
+    // ...and the relay refuses it when a hostile client does.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let body = AuthBody {
+        user: w.user.id(),
+        device: thief.id(),
+        certificate: w.certificate.clone(),
+        resume: None,
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &thief);
+    assert_eq!(
+        server_error(server, &start),
+        HandshakeError::BadCertificate("certificate is for another device")
+    );
+    // Knowing a device id is worth nothing without its key: claim the device, sign with another key.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        certificate: w.certificate.clone(),
+        resume: None,
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &thief);
+    assert_eq!(
+        server_error(server, &start),
+        HandshakeError::BadDeviceSignature
+    );
+}
+
+#[test]
+fn device_signature_over_another_transcript_is_refused() {
+    let mut w = world(10);
+    let (_, _, old_client_hello, old_server_hello) = hello(&mut w);
+    let (client, server, _, server_hello) = hello(&mut w);
+    // Signed for the old session's transcript, sealed into the new one.
+    let ServerHandshakeMessage::Hello(old) = codec::decode(&old_server_hello).unwrap() else {
+        panic!()
+    };
+    let transcript = keys::transcript_hash(&old_client_hello, &old.body);
+    let body = codec::encode(&AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        certificate: w.certificate.clone(),
+        resume: None,
+    });
+    let signature = w.device.sign(
+        CLIENT_SIGNATURE_LABEL,
+        &keys::client_signed_message(&transcript, &body),
+    );
+    let start = codec::encode(&ClientStart::Auth(ClientAuth { body, signature }));
+    let sealed = client.seal_raw_start(&server_hello, &start).unwrap();
+    assert_eq!(
+        server_error(server, &sealed),
+        HandshakeError::BadDeviceSignature
+    );
+}
+
+#[test]
+fn client_start_replayed_into_another_session_fails_to_decrypt() {
+    let mut w = world(11);
+    let (client, _, _, server_hello) = hello(&mut w);
+    let (_, old_start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let (_, server, _, _) = hello(&mut w);
+    assert_eq!(
+        server_error(server, &old_start),
+        HandshakeError::Channel(ChannelError::Decrypt)
+    );
+}
+
+#[test]
+fn out_of_order_handshake_messages_are_refused() {
+    let mut w = world(12);
+    // A second ClientHello where the encrypted ClientStart belongs.
+    let (_, server, client_hello, _) = hello(&mut w);
+    let err = server_error(server, &client_hello);
+    assert_eq!(err, HandshakeError::Unexpected("ClientHello sent twice"));
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+    // A ClientStart as the first message.
+    let (client, _, _, server_hello) = hello(&mut w);
+    let (_, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let err = ServerHandshake::handle_client_hello(&w.relay, &start, &mut w.rng).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::MalformedFrame);
+    // The relay's SessionStart fed back where a ServerHello belongs.
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (_, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let (_, established) = server.handle_client_start(&start).unwrap().accept(0, 0);
+    let (client, _, _, _) = hello(&mut w);
+    assert!(
+        client
+            .handle_server_hello(&established, credentials(&w))
+            .is_err()
+    );
+}
+
+#[test]
+fn truncated_handshake_messages_are_refused() {
+    let mut w = world(13);
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    for cut in 0..client_hello.len() {
+        let err = ServerHandshake::handle_client_hello(&w.relay, &client_hello[..cut], &mut w.rng)
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            ErrorCode::MalformedFrame,
+            "ClientHello cut at {cut}"
+        );
+    }
+    for cut in [0, 1, server_hello.len() / 2, server_hello.len() - 1] {
+        let (client, _, _, server_hello) = hello(&mut w);
+        let err = client
+            .handle_server_hello(&server_hello[..cut], credentials(&w))
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            ErrorCode::MalformedFrame,
+            "ServerHello cut at {cut}"
+        );
+    }
+    let (_, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    assert_eq!(
+        server_error(server, &start[..start.len() - 1]),
+        HandshakeError::Channel(ChannelError::Decrypt)
+    );
+}
+
+#[test]
+fn oversized_hello_is_refused_before_decoding() {
+    let mut w = world(14);
+    let huge = vec![0u8; MAX_FRAME_LEN + 1];
+    let err = ServerHandshake::handle_client_hello(&w.relay, &huge, &mut w.rng).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+}
+
+#[test]
+fn unknown_version_gets_a_clear_refusal() {
+    let mut w = world(15);
+    let (client, client_hello) =
+        ClientHandshake::start_with_versions(w.relay.id(), 2, 3, &mut w.rng);
+    let err =
+        ServerHandshake::handle_client_hello(&w.relay, &client_hello, &mut w.rng).unwrap_err();
+    assert_eq!(err, HandshakeError::UnsupportedVersion { min: 2, max: 3 });
+    let reject = ServerHandshake::reject(&err);
+    let refused = client
+        .handle_server_hello(&reject, credentials(&w))
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::UnsupportedVersion);
+    assert!(matches!(refused, HandshakeError::Rejected(frame) if frame.message.contains("2..=3")));
+    // A client speaking 1..=5 settles on this build's version.
+    let (client, client_hello) =
+        ClientHandshake::start_with_versions(w.relay.id(), 1, 5, &mut w.rng);
+    let (_, server_hello) =
+        ServerHandshake::handle_client_hello(&w.relay, &client_hello, &mut w.rng).unwrap();
+    assert!(
+        client
+            .handle_server_hello(&server_hello, credentials(&w))
+            .is_ok()
+    );
+}
+
+#[test]
+fn low_order_ephemeral_key_is_refused() {
+    let mut w = world(16);
+    let hello = ClientHello {
+        min_version: 1,
+        max_version: 1,
+        ephemeral: [0; 32],
+        nonce: [1; 32],
+    };
+    let err = ServerHandshake::handle_client_hello(&w.relay, &codec::encode(&hello), &mut w.rng)
+        .unwrap_err();
+    assert_eq!(err, HandshakeError::WeakKey);
+}
+
+#[test]
+fn relay_refusal_reaches_the_client() {
+    let mut w = world(17);
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let reply = server
+        .handle_client_start(&start)
+        .unwrap()
+        .reject(ErrorFrame::new(ErrorCode::DeviceRevoked));
+    let err = client.handle_session(&reply).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::DeviceRevoked);
+}
+
+#[test]
+fn tampered_session_start_is_refused() {
+    let mut w = world(18);
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let (_, mut established) = server.handle_client_start(&start).unwrap().accept(0, 0);
+    established[0] ^= 1;
+    assert_eq!(
+        client.handle_session(&established).unwrap_err(),
+        HandshakeError::Channel(ChannelError::Decrypt)
+    );
+}
+
+mod channel {
+    use super::*;
+
+    fn append(n: u64) -> ClientFrame {
+        ClientFrame::Append(Append {
+            device_seq: n,
+            payload: SealedPayload(vec![n as u8; 40]),
+        })
+    }
+
+    #[test]
+    fn tampered_frames_are_refused_and_close_the_channel() {
+        let (mut client, _) = connected(20);
+        let wire = client.seal(&append(1)).unwrap();
+        for i in 0..wire.len() {
+            let (mut client, mut server) = connected(20);
+            let mut bad = client.seal(&append(1)).unwrap();
+            bad[i] ^= 0x01;
+            assert_eq!(server.open(&bad), Err(ChannelError::Decrypt), "byte {i}");
+            // The channel is now closed, even for the genuine next frame.
+            let good = client.seal(&append(2)).unwrap();
+            assert_eq!(server.open(&good), Err(ChannelError::Closed));
+            assert!(server.is_closed());
+            assert_eq!(
+                server.seal(&ServerFrame::Ping { nonce: 1 }),
+                Err(ChannelError::Closed)
+            );
+        }
+    }
+
+    #[test]
+    fn reordered_frames_are_refused() {
+        let (mut client, mut server) = connected(21);
+        let first = client.seal(&append(1)).unwrap();
+        let second = client.seal(&append(2)).unwrap();
+        assert_eq!(server.open(&second), Err(ChannelError::Decrypt));
+        assert_eq!(server.open(&first), Err(ChannelError::Closed));
+    }
+
+    #[test]
+    fn replayed_frames_are_refused() {
+        let (mut client, mut server) = connected(22);
+        let first = client.seal(&append(1)).unwrap();
+        assert_eq!(server.open(&first).unwrap(), append(1));
+        // Same bytes again: the counter has moved on, so the nonce differs.
+        assert_eq!(server.open(&first), Err(ChannelError::Decrypt));
+    }
+
+    #[test]
+    fn counter_reuse_by_the_sender_cannot_be_forced() {
+        // Two frames with equal content get different ciphertexts: the counter never repeats.
+        let (mut client, mut server) = connected(23);
+        let a = client.seal(&append(1)).unwrap();
+        let b = client.seal(&append(1)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(server.open(&a).unwrap(), append(1));
+        assert_eq!(server.open(&b).unwrap(), append(1));
+        // Counter 0 of each direction carried the handshake's encrypted message.
+        assert_eq!((client.sent(), server.received()), (3, 3));
+    }
+
+    #[test]
+    fn truncated_and_oversized_frames_are_refused() {
+        let (mut client, mut server) = connected(24);
+        let wire = client.seal(&append(1)).unwrap();
+        assert_eq!(
+            server.open(&wire[..wire.len() - 1]),
+            Err(ChannelError::Decrypt)
+        );
+        let (_, mut server) = connected(24);
+        assert_eq!(server.open(&[]), Err(ChannelError::Decrypt));
+        let (_, mut server) = connected(24);
+        let huge = vec![0u8; MAX_FRAME_LEN + 17];
+        assert_eq!(server.open(&huge), Err(ChannelError::TooLarge(huge.len())));
+        assert_eq!(ChannelError::TooLarge(0).code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn a_frame_for_the_other_direction_is_refused() {
+        let (mut client, _) = connected(25);
+        let wire = client.seal(&append(1)).unwrap();
+        let (mut client2, _) = connected(25);
+        // The client's own send key is not its receive key.
+        assert_eq!(client2.open(&wire), Err(ChannelError::Decrypt));
+    }
+
+    #[test]
+    fn oversized_payload_inside_a_valid_frame_is_refused() {
+        let (mut client, mut server) = connected(26);
+        let big = ClientFrame::Append(Append {
+            device_seq: 1,
+            payload: SealedPayload(vec![0; crate::limits::MAX_PAYLOAD_LEN + 1]),
+        });
+        let wire = client.seal(&big).unwrap();
+        let err = server.open(&wire).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PayloadTooLarge);
+    }
+}
