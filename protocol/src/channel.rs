@@ -82,6 +82,13 @@ impl<T: Serialize> Encoded<T> {
         }
     }
 
+    /// A copy of the encoding with room for the tag, ready to be sealed in place.
+    fn to_buffer(&self) -> Vec<u8> {
+        let mut buffer = Vec::with_capacity(self.bytes.len() + CHANNEL_OVERHEAD);
+        buffer.extend_from_slice(&self.bytes);
+        buffer
+    }
+
     /// Length of the encoding.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -170,14 +177,29 @@ impl<Out: Wire, In: Wire> Channel<Out, In> {
 
     /// Encrypts a frame encoded earlier with [`Encoded::new`].
     pub fn seal_encoded(&mut self, frame: &Encoded<Out>) -> Result<Vec<u8>, ChannelError> {
-        let mut buffer = Vec::with_capacity(frame.bytes.len() + CHANNEL_OVERHEAD);
-        buffer.extend_from_slice(&frame.bytes);
-        self.seal_buffer(buffer)
+        self.seal_buffer(frame.to_buffer())
     }
 
     /// Decrypts and decodes one frame from the wire.
     pub fn open(&mut self, ciphertext: &[u8]) -> Result<In, ChannelError> {
         self.open_value(ciphertext)
+    }
+
+    /// Splits the channel into its sending and receiving halves, so one task can read while
+    /// another writes. Each half closes on its own failures; the driver ends the connection
+    /// when either fails.
+    pub fn split(self) -> (SendHalf<Out>, RecvHalf<In>) {
+        let send = SendHalf {
+            state: self.send,
+            closed: self.closed,
+            _type: PhantomData,
+        };
+        let recv = RecvHalf {
+            state: self.recv,
+            closed: self.closed,
+            _type: PhantomData,
+        };
+        (send, recv)
     }
 
     /// Whether an earlier failure closed the channel.
@@ -205,33 +227,105 @@ impl<Out: Wire, In: Wire> Channel<Out, In> {
         self.seal_buffer(buffer)
     }
 
-    fn seal_buffer(&mut self, mut buffer: Vec<u8>) -> Result<Vec<u8>, ChannelError> {
-        if self.closed {
-            return Err(ChannelError::Closed);
-        }
-        if buffer.len() > MAX_FRAME_LEN {
-            self.closed = true;
-            return Err(ChannelError::TooLarge(buffer.len()));
-        }
-        buffer.reserve_exact(CHANNEL_OVERHEAD);
-        self.send
-            .seal_in_place(&mut buffer)
-            .inspect_err(|_| self.closed = true)?;
-        Ok(buffer)
+    fn seal_buffer(&mut self, buffer: Vec<u8>) -> Result<Vec<u8>, ChannelError> {
+        seal_checked(&mut self.send, &mut self.closed, buffer)
     }
 
     /// Opens and decodes any wire value (used for the handshake's encrypted messages).
     pub(crate) fn open_value<T: Wire>(&mut self, ciphertext: &[u8]) -> Result<T, ChannelError> {
-        if self.closed {
-            return Err(ChannelError::Closed);
-        }
-        let result = self
-            .recv
-            .open(ciphertext)
-            .and_then(|plain| Ok(codec::decode(&plain)?));
-        if result.is_err() {
-            self.closed = true;
-        }
-        result
+        open_checked(&mut self.recv, &mut self.closed, ciphertext)
     }
+}
+
+/// The sending half of a [`Channel`].
+pub struct SendHalf<Out> {
+    state: CipherState,
+    closed: bool,
+    _type: PhantomData<fn(Out)>,
+}
+
+/// The receiving half of a [`Channel`].
+pub struct RecvHalf<In> {
+    state: CipherState,
+    closed: bool,
+    _type: PhantomData<fn() -> In>,
+}
+
+impl<Out> std::fmt::Debug for SendHalf<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendHalf")
+            .field("sent", &self.state.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In> std::fmt::Debug for RecvHalf<In> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvHalf")
+            .field("received", &self.state.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Out: Wire> SendHalf<Out> {
+    /// Encrypts one frame for the wire.
+    pub fn seal(&mut self, frame: &Out) -> Result<Vec<u8>, ChannelError> {
+        let mut buffer = Vec::new();
+        codec::encode_into(frame, &mut buffer);
+        self.seal_buffer(buffer)
+    }
+
+    /// Encrypts a frame encoded earlier with [`Encoded::new`].
+    pub fn seal_encoded(&mut self, frame: &Encoded<Out>) -> Result<Vec<u8>, ChannelError> {
+        self.seal_buffer(frame.to_buffer())
+    }
+
+    fn seal_buffer(&mut self, buffer: Vec<u8>) -> Result<Vec<u8>, ChannelError> {
+        seal_checked(&mut self.state, &mut self.closed, buffer)
+    }
+}
+
+impl<In: Wire> RecvHalf<In> {
+    /// Decrypts and decodes one frame from the wire.
+    pub fn open(&mut self, ciphertext: &[u8]) -> Result<In, ChannelError> {
+        open_checked(&mut self.state, &mut self.closed, ciphertext)
+    }
+}
+
+/// Seals a plaintext buffer, closing the direction on any failure.
+fn seal_checked(
+    state: &mut CipherState,
+    closed: &mut bool,
+    mut buffer: Vec<u8>,
+) -> Result<Vec<u8>, ChannelError> {
+    if *closed {
+        return Err(ChannelError::Closed);
+    }
+    if buffer.len() > MAX_FRAME_LEN {
+        *closed = true;
+        return Err(ChannelError::TooLarge(buffer.len()));
+    }
+    buffer.reserve_exact(CHANNEL_OVERHEAD);
+    state
+        .seal_in_place(&mut buffer)
+        .inspect_err(|_| *closed = true)?;
+    Ok(buffer)
+}
+
+/// Opens and decodes a frame, closing the direction on any failure.
+fn open_checked<T: Wire>(
+    state: &mut CipherState,
+    closed: &mut bool,
+    ciphertext: &[u8],
+) -> Result<T, ChannelError> {
+    if *closed {
+        return Err(ChannelError::Closed);
+    }
+    let result = state
+        .open(ciphertext)
+        .and_then(|plain| Ok(codec::decode(&plain)?));
+    if result.is_err() {
+        *closed = true;
+    }
+    result
 }

@@ -65,7 +65,9 @@ pub mod handshake;
 pub mod identity;
 pub mod seal;
 
-pub use channel::{Channel, ChannelError, ClientChannel, ServerChannel};
+pub use channel::{
+    Channel, ChannelError, ClientChannel, Encoded, RecvHalf, SendHalf, ServerChannel,
+};
 pub use codec::{DecodeError, Wire};
 pub use error::ErrorCode;
 pub use frames::{Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame};

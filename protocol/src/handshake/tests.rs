@@ -574,4 +574,23 @@ mod channel {
         let err = server.open(&wire).unwrap_err();
         assert_eq!(err.code(), ErrorCode::PayloadTooLarge);
     }
+
+    #[test]
+    fn split_halves_keep_the_counters_and_close_on_failure() {
+        let (client, server) = connected(27);
+        let (mut client_send, mut client_recv) = client.split();
+        let (mut server_send, mut server_recv) = server.split();
+        for n in 1..4 {
+            let wire = client_send.seal(&append(n)).unwrap();
+            assert_eq!(server_recv.open(&wire).unwrap(), append(n));
+            let wire = server_send.seal(&ServerFrame::Ping { nonce: n }).unwrap();
+            assert_eq!(
+                client_recv.open(&wire).unwrap(),
+                ServerFrame::Ping { nonce: n }
+            );
+        }
+        let wire = client_send.seal(&append(9)).unwrap();
+        assert_eq!(server_recv.open(&wire[1..]), Err(ChannelError::Decrypt));
+        assert_eq!(server_recv.open(&wire), Err(ChannelError::Closed));
+    }
 }
