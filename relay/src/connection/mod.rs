@@ -1,0 +1,290 @@
+//! One WebSocket connection: the handshake, then a session.
+//!
+//! 1. The handshake runs under a deadline (`--handshake-timeout-ms`): ClientHello in,
+//!    ServerHello out, ClientStart in. Failures are answered with the handshake's own
+//!    refusal message where one exists, then a close code `4000 + error code`.
+//! 2. An authenticated device is registered (first handshake) or checked (revoked, too many
+//!    devices), joins the hub, and the session starts: see [`session`].
+
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use ferry_protocol::handshake::{AuthFailure, PendingSession, ServerHandshake};
+use ferry_protocol::{ErrorCode, ErrorFrame};
+use futures_util::{SinkExt, StreamExt};
+use rand_core::OsRng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::context::{Context, now_s};
+use crate::store::StoreError;
+
+/// Why a connection ended, as far as the client is told.
+#[derive(Debug, Clone)]
+pub(crate) struct Close {
+    /// The error, or `None` when the relay is going away (shutdown): close code 1001.
+    pub code: Option<ErrorCode>,
+    pub reason: String,
+}
+
+impl Close {
+    pub fn new(code: ErrorCode) -> Self {
+        Self {
+            code: Some(code),
+            reason: code.name().to_owned(),
+        }
+    }
+
+    pub fn with_reason(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            reason: reason.into(),
+        }
+    }
+
+    /// The relay is shutting down: reconnect elsewhere or later.
+    pub fn going_away() -> Self {
+        Self {
+            code: None,
+            reason: "relay shutting down".to_owned(),
+        }
+    }
+
+    fn metric_name(&self) -> &'static str {
+        self.code.map_or("going_away", ErrorCode::name)
+    }
+
+    /// The WebSocket close frame (reason cut to the 123 bytes a close frame allows).
+    pub fn frame(&self) -> CloseFrame {
+        let mut reason = self.reason.clone();
+        let mut end = reason.len().min(120);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        let code = self
+            .code
+            .map_or(CloseCode::Away, |c| CloseCode::from(c.close_code()));
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve<S>(mut ws: WebSocketStream<S>, remote: SocketAddr, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let open = ctx.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    ctx.metrics.connections.inc();
+    let outcome = if open > ctx.config.limits.max_connections {
+        Err(Close::new(ErrorCode::TooManyConnections))
+    } else if !ctx
+        .handshake_limiter
+        .try_take(&remote.ip(), std::time::Instant::now())
+    {
+        Err(Close::with_reason(
+            ErrorCode::RateLimited,
+            "too many handshakes from this address",
+        ))
+    } else {
+        match tokio::time::timeout(
+            ctx.config.limits.handshake_timeout(),
+            handshake(&mut ws, &ctx),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Close::new(ErrorCode::HandshakeTimeout)),
+        }
+    };
+    let result = match outcome {
+        Ok(pending) => start_session(ws, pending, &ctx).await,
+        Err(close) => {
+            ctx.metrics.handshake(close.metric_name());
+            finish(ws, close, &ctx).await;
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with a transport error");
+    }
+    ctx.connections.fetch_sub(1, Ordering::Relaxed);
+    ctx.metrics.connections.dec();
+}
+
+/// Steps 1–4 of the handshake.
+async fn handshake<S>(ws: &mut WebSocketStream<S>, ctx: &Context) -> Result<PendingSession, Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello = next_binary(ws).await?;
+    let (state, reply) = match ServerHandshake::handle_client_hello(&ctx.key, &hello, &mut OsRng) {
+        Ok(ok) => ok,
+        Err(error) => {
+            let _ = ws
+                .send(Message::Binary(ServerHandshake::reject(&error).into()))
+                .await;
+            return Err(Close::with_reason(error.code(), error.to_string()));
+        }
+    };
+    ws.send(Message::Binary(reply.into()))
+        .await
+        .map_err(|_| Close::new(ErrorCode::HandshakeFailed))?;
+    let start = next_binary(ws).await?;
+    match state.handle_client_start(&start) {
+        Ok(pending) => Ok(pending),
+        Err(AuthFailure { error, reply }) => {
+            if let Some(reply) = reply {
+                let _ = ws.send(Message::Binary(reply.into())).await;
+            }
+            Err(Close::with_reason(error.code(), error.to_string()))
+        }
+    }
+}
+
+/// Step 5: checks the device against the relay's records and opens the session.
+async fn start_session<S>(
+    mut ws: WebSocketStream<S>,
+    pending: PendingSession,
+    ctx: &Arc<Context>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(auth) = pending.auth().cloned() else {
+        // Pairing sessions are served once pairing lands in the relay.
+        let close = Close::with_reason(
+            ErrorCode::UnexpectedFrame,
+            "this relay does not serve pairing sessions yet",
+        );
+        return refuse(ws, pending, close, ctx).await;
+    };
+    let admitted = async {
+        let record = ctx
+            .store
+            .register_device(
+                &auth.certificate,
+                ctx.config.limits.max_devices_per_user,
+                now_s(),
+            )
+            .await?;
+        if record.is_revoked() {
+            return Ok(Err(Close::new(ErrorCode::DeviceRevoked)));
+        }
+        ctx.store
+            .touch_device(auth.user, auth.device, now_s())
+            .await?;
+        let bounds = ctx.store.log_bounds(auth.user).await?;
+        Ok::<_, StoreError>(Ok((record, bounds)))
+    };
+    let (record, bounds) = match admitted.await {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(close)) => return refuse(ws, pending, close, ctx).await,
+        Err(e) => {
+            let code = e.code();
+            if code == ErrorCode::Internal || code == ErrorCode::Unavailable {
+                tracing::error!(error = %e, "storage failed during handshake");
+            }
+            return refuse(
+                ws,
+                pending,
+                Close::with_reason(code, code.description()),
+                ctx,
+            )
+            .await;
+        }
+    };
+    // A cursor beyond the head means the client saw events this database no longer has
+    // (restored from an old backup?): replay from the head rather than from nowhere.
+    let cursor = auth.resume.unwrap_or(record.acked).min(bounds.head);
+    if auth.resume.is_some_and(|r| r > bounds.head) {
+        tracing::warn!(user = %auth.user, resume = ?auth.resume, head = bounds.head, "client cursor is ahead of the log");
+    }
+    let (channel, reply) = pending.accept(bounds.head, record.acked);
+    ws.send(Message::Binary(reply.into())).await?;
+    ctx.metrics.handshake("ok");
+    session::run(ws, channel, auth.user, auth.device, cursor, Arc::clone(ctx)).await;
+    Ok(())
+}
+
+async fn refuse<S>(
+    mut ws: WebSocketStream<S>,
+    pending: PendingSession,
+    close: Close,
+    ctx: &Context,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let code = close.code.unwrap_or(ErrorCode::Unavailable);
+    let reply = pending.reject(ErrorFrame::with_message(code, close.reason.clone()));
+    ws.send(Message::Binary(reply.into())).await?;
+    ctx.metrics.handshake(close.metric_name());
+    finish(ws, close, ctx).await;
+    Ok(())
+}
+
+/// Reads the next binary message; anything else ends the handshake.
+async fn next_binary<S>(ws: &mut WebSocketStream<S>) -> Result<Bytes, Close>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(_))) => {
+                return Err(Close::with_reason(
+                    ErrorCode::UnexpectedFrame,
+                    "text messages are not part of the protocol",
+                ));
+            }
+            Some(Ok(Message::Close(_) | Message::Frame(_))) | None => {
+                return Err(Close::with_reason(
+                    ErrorCode::HandshakeFailed,
+                    "closed during the handshake",
+                ));
+            }
+            Some(Err(e)) => return Err(transport_close(&e)),
+        }
+    }
+}
+
+/// Maps a WebSocket read error to what the client is told.
+pub(crate) fn transport_close(error: &tokio_tungstenite::tungstenite::Error) -> Close {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    match error {
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Close::with_reason(
+            ErrorCode::FrameTooLarge,
+            format!("message of {size} bytes exceeds {max_size}"),
+        ),
+        other => Close::with_reason(ErrorCode::MalformedFrame, other.to_string()),
+    }
+}
+
+/// Sends the close frame (bounded in time) and counts the error.
+pub(crate) async fn finish<S>(mut ws: WebSocketStream<S>, close: Close, ctx: &Context)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(code) = close.code {
+        ctx.metrics.error(code);
+    }
+    tracing::debug!(code = close.metric_name(), reason = %close.reason, "closing connection");
+    let _ = tokio::time::timeout(
+        ctx.config.limits.write_timeout(),
+        ws.close(Some(close.frame())),
+    )
+    .await;
+}

@@ -1,0 +1,571 @@
+//! An authenticated device session: a reader task and a writer task around one socket.
+//!
+//! ```text
+//!  socket ─▶ reader ── opens frames in order ──┬─▶ committer (Append, enqueued in order)
+//!                                              ├─▶ store (Ack, devices)      hub (Ephemeral)
+//!                                              └─▶ control queue (bounded) ─▶ writer ─▶ socket
+//!  hub inbox / poll tick ─────────────────────────────────────────────────────▶ writer
+//! ```
+//!
+//! - The reader handles one frame at a time, in arrival order; appends are enqueued to the
+//!   committer in that order and their answers are awaited by the writer in the same order,
+//!   so `Appended` answers come back in the order the appends were sent, while many appends
+//!   are in flight at once (pipelining).
+//! - The writer owns `delivered`, the highest stream sequence sent to this device. Replay,
+//!   live wake-ups, overflow and polling all go through it, and it only grows, so events are
+//!   never sent twice or skipped. It is not the device's cursor: the cursor moves only when
+//!   the device sends `Ack`.
+//! - Every queue is bounded; a write that takes longer than `--write-timeout-ms` drops the
+//!   device with `SlowConsumer`, and it resumes from its cursor when it reconnects.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_protocol::limits::{MAX_DEVICES_PER_FRAME, MAX_EVENTS_PER_FRAME, MAX_FRAME_LEN};
+use ferry_protocol::{
+    ClientFrame, DeviceId, ErrorCode, ErrorFrame, Event, RecvHalf, SendHalf, ServerChannel,
+    ServerFrame, UserId,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Close, transport_close};
+use crate::context::Context;
+use crate::hub::Peer;
+use crate::store::{AppendOutcome, AppendRequest, StoreError};
+
+/// Frames queued from the reader to the writer.
+const CONTROL_QUEUE: usize = 256;
+/// Appends awaiting their commit per session; beyond this the reader waits.
+const MAX_IN_FLIGHT: usize = 1024;
+
+enum Control {
+    /// A frame to send as is.
+    Frame(ServerFrame),
+    /// An append enqueued to the committer; answer it when its commit completes.
+    Commit {
+        device_seq: u64,
+        reply: oneshot::Receiver<Result<AppendOutcome, StoreError>>,
+    },
+    /// The reader is done; close with this once every pending append is answered.
+    End(Close),
+}
+
+/// Runs the session until the socket closes, the device is revoked or the relay stops.
+pub(super) async fn run<S>(
+    ws: WebSocketStream<S>,
+    channel: ServerChannel,
+    user: UserId,
+    device: DeviceId,
+    cursor: u64,
+    ctx: Arc<Context>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut membership = ctx.hub.join(user, device).await;
+    ctx.metrics.sessions.inc();
+    let (sink, stream) = ws.split();
+    let (send, recv) = channel.split();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let ephemerals = std::mem::replace(&mut membership.ephemerals, mpsc::channel(1).1);
+    let writer = Writer {
+        sink,
+        send,
+        ctx: Arc::clone(&ctx),
+        user,
+        peer: Arc::clone(&membership.peer),
+        delivered: cursor,
+        control: control_rx,
+        ephemerals,
+        pending: VecDeque::new(),
+    };
+    let mut writer_task = tokio::spawn(writer.run());
+    let reader = Reader {
+        stream,
+        recv,
+        ctx: Arc::clone(&ctx),
+        user,
+        device,
+        peer: Arc::clone(&membership.peer),
+        control,
+    };
+    reader.run(&mut writer_task).await;
+    let _ = writer_task.await;
+    ctx.hub.leave(membership).await;
+    ctx.metrics.sessions.dec();
+}
+
+struct Reader<S> {
+    stream: SplitStream<WebSocketStream<S>>,
+    recv: RecvHalf<ClientFrame>,
+    ctx: Arc<Context>,
+    user: UserId,
+    device: DeviceId,
+    peer: Arc<Peer>,
+    control: mpsc::Sender<Control>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
+    /// Reads until the connection should end, then tells the writer how to close.
+    async fn run(mut self, writer: &mut JoinHandle<()>) {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let idle = self.ctx.config.limits.idle_timeout();
+        let close = loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stopping| *stopping) => break Close::going_away(),
+                _ = &mut *writer => return,
+                message = tokio::time::timeout(idle, self.stream.next()) => message,
+            };
+            let bytes = match message {
+                Err(_) => {
+                    break Close {
+                        code: None,
+                        reason: "idle for too long".to_owned(),
+                    };
+                }
+                Ok(None | Some(Ok(Message::Close(_)))) => return self.end_quietly().await,
+                Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+                Ok(Some(Ok(Message::Text(_)))) => {
+                    break Close::with_reason(
+                        ErrorCode::UnexpectedFrame,
+                        "text messages are not part of the protocol",
+                    );
+                }
+                Ok(Some(Err(e))) => break transport_close(&e),
+            };
+            let frame = match self.recv.open(&bytes) {
+                Ok(frame) => frame,
+                Err(e) => break Close::with_reason(e.code(), e.to_string()),
+            };
+            if let Err(close) = self.handle(frame).await {
+                break close;
+            }
+        };
+        let _ = self.control.send(Control::End(close)).await;
+    }
+
+    /// The client closed: answer pending appends if the socket still takes them, then stop.
+    async fn end_quietly(self) {
+        let _ = self
+            .control
+            .send(Control::End(Close {
+                code: None,
+                reason: String::new(),
+            }))
+            .await;
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<(), Close> {
+        match frame {
+            ClientFrame::Append(append) => {
+                let device_seq = append.device_seq;
+                if device_seq == 0 {
+                    return self
+                        .error(ErrorFrame::new(ErrorCode::InvalidSequence).for_append(0))
+                        .await;
+                }
+                if !self
+                    .ctx
+                    .append_limiter
+                    .try_take(&self.device, Instant::now())
+                {
+                    return self
+                        .error(ErrorFrame::new(ErrorCode::RateLimited).for_append(device_seq))
+                        .await;
+                }
+                let request = AppendRequest {
+                    user: self.user,
+                    device: self.device,
+                    device_seq,
+                    payload: append.payload,
+                };
+                match self.ctx.committer.submit(request).await {
+                    Ok(reply) => self.send(Control::Commit { device_seq, reply }).await,
+                    Err(e) => {
+                        self.error(ErrorFrame::new(e.code()).for_append(device_seq))
+                            .await
+                    }
+                }
+            }
+            ClientFrame::Ack { seq } => {
+                match self.ctx.store.set_ack(self.user, self.device, seq).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => self.storage_error(e).await,
+                }
+            }
+            ClientFrame::Ephemeral { body } => {
+                self.ctx
+                    .hub
+                    .ephemeral(self.user, self.device, &self.peer, body);
+                Ok(())
+            }
+            ClientFrame::Ping { nonce } => {
+                self.send(Control::Frame(ServerFrame::Pong { nonce })).await
+            }
+            ClientFrame::Pong { .. } => Ok(()),
+            ClientFrame::ListDevices => match self.ctx.store.list_devices(self.user).await {
+                Ok(mut devices) => {
+                    devices.truncate(MAX_DEVICES_PER_FRAME);
+                    self.send(Control::Frame(ServerFrame::Devices(devices)))
+                        .await
+                }
+                Err(e) => self.storage_error(e).await,
+            },
+            ClientFrame::RevokeDevice(revocation) => {
+                if revocation.user != self.user || revocation.verify().is_err() {
+                    return self.error(ErrorFrame::new(ErrorCode::BadRevocation)).await;
+                }
+                match self.ctx.store.revoke_device(&revocation).await {
+                    Ok(true) => {
+                        self.ctx.hub.revoked(self.user, revocation.device).await;
+                        self.send(Control::Frame(ServerFrame::DeviceRevoked {
+                            device: revocation.device,
+                        }))
+                        .await
+                    }
+                    Ok(false) => self.error(ErrorFrame::new(ErrorCode::UnknownDevice)).await,
+                    Err(e) => self.storage_error(e).await,
+                }
+            }
+            ClientFrame::PairOpen { .. }
+            | ClientFrame::PairJoin { .. }
+            | ClientFrame::PairForward { .. }
+            | ClientFrame::PairClose { .. } => {
+                let message = "this relay does not serve pairing yet";
+                self.error(ErrorFrame::with_message(
+                    ErrorCode::UnexpectedFrame,
+                    message,
+                ))
+                .await
+            }
+        }
+    }
+
+    async fn send(&self, control: Control) -> Result<(), Close> {
+        // The writer only goes away when the connection is ending anyway.
+        self.control
+            .send(control)
+            .await
+            .map_err(|_| Close::new(ErrorCode::Unavailable))
+    }
+
+    async fn error(&self, frame: ErrorFrame) -> Result<(), Close> {
+        self.ctx.metrics.error(frame.code);
+        self.send(Control::Frame(ServerFrame::Error(frame))).await
+    }
+
+    async fn storage_error(&self, e: StoreError) -> Result<(), Close> {
+        tracing::warn!(error = %e, "storage error in session");
+        self.error(ErrorFrame::new(e.code())).await
+    }
+}
+
+struct PendingAppend {
+    device_seq: u64,
+    reply: oneshot::Receiver<Result<AppendOutcome, StoreError>>,
+}
+
+struct Writer<S> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    send: SendHalf<ServerFrame>,
+    ctx: Arc<Context>,
+    user: UserId,
+    peer: Arc<Peer>,
+    delivered: u64,
+    control: mpsc::Receiver<Control>,
+    ephemerals: mpsc::Receiver<ServerFrame>,
+    pending: VecDeque<PendingAppend>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
+    async fn run(mut self) {
+        let close = match self.serve().await {
+            Ok(close) | Err(close) => close,
+        };
+        if let Some(code) = close.code {
+            self.ctx.metrics.error(code);
+        }
+        if close.code.is_some() || !close.reason.is_empty() {
+            let frame = close.frame();
+            let timeout = self
+                .ctx
+                .config
+                .limits
+                .write_timeout()
+                .min(Duration::from_secs(2));
+            let _ =
+                tokio::time::timeout(timeout, self.sink.send(Message::Close(Some(frame)))).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
+    }
+
+    /// Replays, then serves live traffic. Returns how to close.
+    async fn serve(&mut self) -> Result<Close, Close> {
+        let bounds = self
+            .ctx
+            .store
+            .log_bounds(self.user)
+            .await
+            .map_err(storage_close)?;
+        if !bounds.covers(self.delivered) {
+            self.send_frame(&ServerFrame::ResyncRequired {
+                earliest: bounds.earliest,
+            })
+            .await?;
+            return Ok(Close::new(ErrorCode::ResyncRequired));
+        }
+        self.deliver_from_log(true).await?;
+        self.send_frame(&ServerFrame::CaughtUp {
+            head: self.delivered,
+        })
+        .await?;
+
+        let poll_every = Duration::from_millis(self.ctx.config.log.poll_interval_ms.max(10));
+        let safety_every = Duration::from_secs(self.ctx.config.log.safety_poll_secs.max(1));
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_log_read = Instant::now();
+        let mut closing = self.peer.close_signal();
+        let mut ending: Option<Close> = None;
+        loop {
+            if let Some(close) = &ending
+                && self.pending.is_empty()
+            {
+                return Ok(close.clone());
+            }
+            tokio::select! {
+                biased;
+                code = async { closing.wait_for(Option::is_some).await.ok().and_then(|code| *code) } => {
+                    return Ok(Close::new(code.unwrap_or(ErrorCode::Unavailable)));
+                }
+                (device_seq, result) = next_reply(&mut self.pending) => {
+                    self.pending.pop_front();
+                    self.answer(device_seq, result).await?;
+                }
+                control = self.control.recv(), if ending.is_none() && self.pending.len() < MAX_IN_FLIGHT => {
+                    match control {
+                        Some(Control::Frame(frame)) => self.send_frame(&frame).await?,
+                        Some(Control::Commit { device_seq, reply }) => {
+                            self.pending.push_back(PendingAppend { device_seq, reply });
+                        }
+                        Some(Control::End(close)) => ending = Some(close),
+                        None => ending = Some(Close { code: None, reason: String::new() }),
+                    }
+                }
+                Some(frame) = self.ephemerals.recv() => self.send_frame(&frame).await?,
+                _ = self.peer.woken() => self.deliver_live().await?,
+                _ = poll.tick() => {
+                    if !self.ctx.hub.bus_up() || last_log_read.elapsed() >= safety_every {
+                        last_log_read = Instant::now();
+                        self.deliver_from_log(false).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn answer(
+        &mut self,
+        device_seq: u64,
+        result: Result<AppendOutcome, StoreError>,
+    ) -> Result<(), Close> {
+        let frame = match result {
+            Ok(AppendOutcome::Appended { seq }) => ServerFrame::Appended { device_seq, seq },
+            Ok(AppendOutcome::Duplicate { seq }) => {
+                self.ctx.metrics.duplicate_appends.inc();
+                ServerFrame::Appended { device_seq, seq }
+            }
+            Ok(AppendOutcome::Conflict { .. }) => {
+                self.ctx.metrics.error(ErrorCode::Conflict);
+                ServerFrame::Error(ErrorFrame::new(ErrorCode::Conflict).for_append(device_seq))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "append failed");
+                self.ctx.metrics.error(e.code());
+                ServerFrame::Error(ErrorFrame::new(e.code()).for_append(device_seq))
+            }
+        };
+        self.send_frame(&frame).await
+    }
+
+    /// Sends what the hub put in the inbox, or reads the log if that is not gapless.
+    async fn deliver_live(&mut self) -> Result<(), Close> {
+        let (mut events, overflowed) = self.peer.take();
+        if overflowed {
+            return self.deliver_from_log(false).await;
+        }
+        events.sort_by_key(|e| e.event.seq);
+        let mut batch = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        for live in events {
+            let seq = live.event.seq;
+            if seq <= self.delivered {
+                continue;
+            }
+            if seq != self.delivered + 1 {
+                // A wake-up we did not get (or not yet): the log has it.
+                self.send_events(batch, false).await?;
+                return self.deliver_from_log(false).await;
+            }
+            oldest.get_or_insert(live.committed_at);
+            self.delivered = seq;
+            batch.push(Arc::unwrap_or_clone(live.event));
+        }
+        let count = batch.len();
+        self.send_events(batch, false).await?;
+        if let Some(oldest) = oldest {
+            let seconds = oldest.elapsed().as_secs_f64();
+            for _ in 0..count {
+                self.ctx.metrics.delivery_seconds.observe(seconds);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every stored event after `delivered`, a page at a time.
+    async fn deliver_from_log(&mut self, replay: bool) -> Result<(), Close> {
+        let page = self.ctx.config.log.replay_page.max(1) as usize;
+        loop {
+            let events = self
+                .ctx
+                .store
+                .read_events(self.user, self.delivered, page)
+                .await
+                .map_err(storage_close)?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let full = events.len() == page;
+            self.delivered = last;
+            self.send_events(events, replay).await?;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_events(&mut self, events: Vec<Event>, replay: bool) -> Result<(), Close> {
+        let counter = if replay {
+            &self.ctx.metrics.replayed_events
+        } else {
+            &self.ctx.metrics.live_events
+        };
+        counter.inc_by(events.len() as u64);
+        for frame in event_frames(events) {
+            self.send_frame(&frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Close> {
+        let bytes = self
+            .send
+            .seal(frame)
+            .map_err(|e| Close::with_reason(ErrorCode::Internal, e.to_string()))?;
+        match tokio::time::timeout(
+            self.ctx.config.limits.write_timeout(),
+            self.sink.send(Message::Binary(bytes.into())),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Close {
+                code: None,
+                reason: format!("write failed: {e}"),
+            }),
+            Err(_) => Err(Close::with_reason(
+                ErrorCode::SlowConsumer,
+                "write timed out",
+            )),
+        }
+    }
+}
+
+/// Waits for the oldest pending append's answer (forever when there is none).
+async fn next_reply(
+    pending: &mut VecDeque<PendingAppend>,
+) -> (u64, Result<AppendOutcome, StoreError>) {
+    match pending.front_mut() {
+        Some(front) => {
+            let result = (&mut front.reply).await.unwrap_or(Err(StoreError::Closed));
+            (front.device_seq, result)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn storage_close(e: StoreError) -> Close {
+    tracing::warn!(error = %e, "storage error while delivering");
+    Close::with_reason(e.code(), e.code().description())
+}
+
+/// Packs events into `Events` frames that respect the frame size and count limits.
+fn event_frames(events: Vec<Event>) -> Vec<ServerFrame> {
+    // Per-event encoding overhead beyond the payload: ids, varints, lengths.
+    const OVERHEAD: usize = 64;
+    const BUDGET: usize = MAX_FRAME_LEN - 1024;
+    let mut frames = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for event in events {
+        let cost = event.payload.0.len() + OVERHEAD;
+        if !current.is_empty() && (size + cost > BUDGET || current.len() == MAX_EVENTS_PER_FRAME) {
+            frames.push(ServerFrame::Events(std::mem::take(&mut current)));
+            size = 0;
+        }
+        size += cost;
+        current.push(event);
+    }
+    if !current.is_empty() {
+        frames.push(ServerFrame::Events(current));
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::SealedPayload;
+    use ferry_protocol::codec;
+    use ferry_protocol::limits::MAX_PAYLOAD_LEN;
+
+    fn event(seq: u64, len: usize) -> Event {
+        Event {
+            seq,
+            device: DeviceId([1; 32]),
+            device_seq: seq,
+            payload: SealedPayload(vec![0; len]),
+        }
+    }
+
+    #[test]
+    fn event_frames_fit_the_limits_and_keep_order() {
+        let events: Vec<Event> = (1..=10)
+            .map(|s| event(s, MAX_PAYLOAD_LEN))
+            .chain((11..=9000).map(|s| event(s, 10)))
+            .collect();
+        let frames = event_frames(events);
+        let mut next = 1;
+        for frame in &frames {
+            assert!(codec::encode(frame).len() <= MAX_FRAME_LEN);
+            let ServerFrame::Events(events) = frame else {
+                panic!()
+            };
+            assert!(events.len() <= MAX_EVENTS_PER_FRAME);
+            for e in events {
+                assert_eq!(e.seq, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 9001);
+        assert!(event_frames(Vec::new()).is_empty());
+    }
+}

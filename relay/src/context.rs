@@ -1,0 +1,53 @@
+//! What every connection of a relay node shares.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferry_protocol::{DeviceId, RelayKey};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::rate_limit::KeyedLimiter;
+use crate::store::Store;
+use crate::store::committer::CommitHandle;
+
+/// Shared state of one relay node.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration in force.
+    pub config: Config,
+    /// The relay identity key (signs handshakes).
+    pub key: RelayKey,
+    /// The log.
+    pub store: Arc<dyn Store>,
+    /// Group commit in front of the log.
+    pub committer: CommitHandle,
+    /// Connected sessions and the bus.
+    pub hub: Arc<Hub>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Handshakes per IP address.
+    pub handshake_limiter: KeyedLimiter<IpAddr>,
+    /// Appends per device.
+    pub append_limiter: KeyedLimiter<DeviceId>,
+    /// Open WebSocket connections.
+    pub connections: AtomicUsize,
+    /// Becomes true when the node starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> u64 {
+    now_ms() / 1000
+}

@@ -1,0 +1,442 @@
+//! The hub: this node's registry of connected device sessions, and the bridge to the bus.
+//!
+//! ```text
+//!  commit (this node) ──▶ Hub::committed ──▶ each local session's Inbox ──▶ its writer task
+//!                                    └────▶ Bus::publish(user) ──▶ other nodes' Hub::dispatch
+//! ```
+//!
+//! Invariants:
+//! - The log is the truth. A wake-up only tells a session "the log grew"; it may carry the
+//!   events to save a read, but a session that finds a gap, an overflowing inbox or a bus
+//!   outage reads the log from its own `delivered` position instead. So nothing is skipped and,
+//!   because `delivered` only grows, nothing is sent twice — even when the same event arrives
+//!   both directly and through the bus.
+//! - Inboxes are bounded: a slow device makes its inbox overflow into "read from the log",
+//!   never grows memory.
+//! - A node subscribes to a user's bus topic once, while at least one of the user's devices
+//!   is connected to it, and ignores messages it published itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferry_protocol::codec::{self, Wire};
+use ferry_protocol::{DeviceId, ErrorCode, Event, ServerFrame, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::bus::Bus;
+use crate::metrics::Metrics;
+
+/// Most events a session's inbox holds before it falls back to reading the log.
+pub const INBOX_CAPACITY: usize = 1024;
+/// Events are carried inside a bus message only up to this many payload bytes in total;
+/// larger commits send a bare wake-up and receivers read the log.
+pub const BUS_INLINE_BYTES: usize = 64 * 1024;
+/// Bus messages waiting to be published. When Redis is too slow to keep up the oldest
+/// wake-ups are dropped (and counted): remote sessions then catch up on their next wake-up
+/// or safety poll, since the log is the truth.
+pub const PUBLISH_QUEUE: usize = 65_536;
+/// Publishes in flight at once.
+const PUBLISH_CONCURRENCY: usize = 64;
+
+/// What travels on the bus between relay nodes (postcard-encoded).
+#[derive(Debug, Serialize, Deserialize)]
+enum BusMessage {
+    /// The user's log grew to `head`; `events` are the new events when small enough.
+    Committed {
+        origin: u64,
+        head: u64,
+        events: Vec<Event>,
+    },
+    /// An ephemeral body from one of the user's devices.
+    Ephemeral {
+        origin: u64,
+        from: DeviceId,
+        body: Vec<u8>,
+    },
+    /// A device was revoked: close its sessions.
+    Revoked { origin: u64, device: DeviceId },
+}
+
+impl Wire for BusMessage {}
+
+/// An event waiting for a session's writer, with its commit time for the latency metric.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    /// The event.
+    pub event: Arc<Event>,
+    /// When it was committed (on this node) or received (from the bus).
+    pub committed_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    events: Vec<LiveEvent>,
+    overflowed: bool,
+}
+
+/// One connected device session, as the hub sees it.
+#[derive(Debug)]
+pub struct Peer {
+    id: u64,
+    device: DeviceId,
+    inbox: Mutex<Inbox>,
+    wake: Notify,
+    ephemeral: mpsc::Sender<ServerFrame>,
+    close: watch::Sender<Option<ErrorCode>>,
+}
+
+impl Peer {
+    /// Waits until there is something in the inbox (or it overflowed).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Takes everything waiting: the events, and whether the log must be read instead
+    /// (the inbox overflowed or the bus may have dropped a wake-up).
+    pub fn take(&self) -> (Vec<LiveEvent>, bool) {
+        let mut inbox = lock(&self.inbox);
+        (
+            std::mem::take(&mut inbox.events),
+            std::mem::take(&mut inbox.overflowed),
+        )
+    }
+
+    /// A receiver that yields the reason once the hub decides this session must close.
+    pub fn close_signal(&self) -> watch::Receiver<Option<ErrorCode>> {
+        self.close.subscribe()
+    }
+
+    fn push(&self, events: &[LiveEvent]) {
+        {
+            let mut inbox = lock(&self.inbox);
+            if inbox.events.len() + events.len() > INBOX_CAPACITY {
+                inbox.overflowed = true;
+                inbox.events.clear();
+            } else if !inbox.overflowed {
+                inbox.events.extend_from_slice(events);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn poll(&self) {
+        lock(&self.inbox).overflowed = true;
+        self.wake.notify_one();
+    }
+}
+
+/// This node's sessions, grouped by user.
+#[derive(Debug)]
+pub struct Hub {
+    node: u64,
+    next_peer: AtomicU64,
+    users: Mutex<HashMap<UserId, Vec<Arc<Peer>>>>,
+    bus: Arc<dyn Bus>,
+    bus_up: AtomicBool,
+    publish_queue: mpsc::Sender<(UserId, Bytes)>,
+    publish_rx: Mutex<Option<mpsc::Receiver<(UserId, Bytes)>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A session's registration; unregisters (and unsubscribes when last) via [`Hub::leave`].
+#[derive(Debug)]
+pub struct Membership {
+    /// The registered peer.
+    pub peer: Arc<Peer>,
+    /// Frames other devices sent this one (ephemerals), bounded; dropped when full.
+    pub ephemerals: mpsc::Receiver<ServerFrame>,
+    user: UserId,
+}
+
+/// Capacity of a session's queue of ephemeral frames from other devices.
+const EPHEMERAL_QUEUE: usize = 64;
+
+impl Hub {
+    /// A hub publishing through `bus`; `node` identifies this relay process on the bus.
+    pub fn new(bus: Arc<dyn Bus>, node: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        let up = *bus.health().borrow();
+        metrics.bus_up.set(i64::from(up));
+        let (publish_queue, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        Arc::new(Self {
+            node,
+            next_peer: AtomicU64::new(1),
+            users: Mutex::new(HashMap::new()),
+            bus,
+            bus_up: AtomicBool::new(up),
+            publish_queue,
+            publish_rx: Mutex::new(Some(publish_rx)),
+            metrics,
+        })
+    }
+
+    /// Starts the tasks that feed bus messages and bus health into the hub, and the one that
+    /// publishes this node's messages. Call once.
+    pub fn start(self: &Arc<Self>, mut messages: mpsc::Receiver<(UserId, Bytes)>) {
+        if let Some(mut queue) = lock(&self.publish_rx).take() {
+            let bus = Arc::clone(&self.bus);
+            tokio::spawn(async move {
+                let limit = Arc::new(tokio::sync::Semaphore::new(PUBLISH_CONCURRENCY));
+                while let Some((user, bytes)) = queue.recv().await {
+                    let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                        break;
+                    };
+                    let bus = Arc::clone(&bus);
+                    tokio::spawn(async move {
+                        if let Err(e) = bus.publish(&user, bytes).await {
+                            // Other nodes' sessions catch up by polling: the log is the truth.
+                            tracing::debug!(error = %e, "bus publish failed");
+                        }
+                        drop(permit);
+                    });
+                }
+            });
+        }
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some((user, bytes)) = messages.recv().await {
+                hub.dispatch(user, &bytes);
+            }
+        });
+        let hub = Arc::clone(self);
+        let mut health = self.bus.health();
+        tokio::spawn(async move {
+            while health.changed().await.is_ok() {
+                let up = *health.borrow_and_update();
+                hub.set_bus_up(up);
+            }
+        });
+    }
+
+    /// Asks the bus whether it can be used now (for `/readyz`).
+    pub async fn ping_bus(&self) -> Result<(), crate::bus::BusError> {
+        self.bus.ping().await
+    }
+
+    /// Whether the bus is delivering; while it is not, sessions poll the log.
+    pub fn bus_up(&self) -> bool {
+        self.bus_up.load(Ordering::Relaxed)
+    }
+
+    /// Registers a session of `device`. Call before reading the log for replay, so that no
+    /// commit can fall between the replay and the first wake-up.
+    pub async fn join(&self, user: UserId, device: DeviceId) -> Membership {
+        let (ephemeral, ephemerals) = mpsc::channel(EPHEMERAL_QUEUE);
+        let peer = Arc::new(Peer {
+            id: self.next_peer.fetch_add(1, Ordering::Relaxed),
+            device,
+            inbox: Mutex::default(),
+            wake: Notify::new(),
+            ephemeral,
+            close: watch::Sender::new(None),
+        });
+        let first = {
+            let mut users = lock(&self.users);
+            let peers = users.entry(user).or_default();
+            peers.push(Arc::clone(&peer));
+            peers.len() == 1
+        };
+        if first && let Err(e) = self.bus.subscribe(&user).await {
+            // The session still works: it polls the log while the bus is unhealthy.
+            tracing::warn!(error = %e, "bus subscribe failed");
+        }
+        Membership {
+            peer,
+            ephemerals,
+            user,
+        }
+    }
+
+    /// Unregisters a session.
+    pub async fn leave(&self, membership: Membership) {
+        let last = {
+            let mut users = lock(&self.users);
+            match users.get_mut(&membership.user) {
+                Some(peers) => {
+                    peers.retain(|p| p.id != membership.peer.id);
+                    let empty = peers.is_empty();
+                    if empty {
+                        users.remove(&membership.user);
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if last && let Err(e) = self.bus.unsubscribe(&membership.user).await {
+            tracing::warn!(error = %e, "bus unsubscribe failed");
+        }
+    }
+
+    /// New events were committed on this node, in commit order. Wakes local sessions now and
+    /// queues the bus message; never blocks (it runs inside the committer).
+    pub fn committed(&self, user: UserId, events: Vec<Event>) {
+        let Some(head) = events.last().map(|e| e.seq) else {
+            return;
+        };
+        let now = Instant::now();
+        let live: Vec<LiveEvent> = events
+            .iter()
+            .map(|e| LiveEvent {
+                event: Arc::new(e.clone()),
+                committed_at: now,
+            })
+            .collect();
+        self.for_each_peer(&user, |peer| peer.push(&live));
+        let inline = events.iter().map(|e| e.payload.0.len()).sum::<usize>() <= BUS_INLINE_BYTES;
+        let events = if inline { events } else { Vec::new() };
+        self.enqueue_publish(
+            user,
+            &BusMessage::Committed {
+                origin: self.node,
+                head,
+                events,
+            },
+        );
+    }
+
+    /// An ephemeral body from `from`: to the user's other sessions, here and on other nodes.
+    pub fn ephemeral(&self, user: UserId, from: DeviceId, sender: &Peer, body: Vec<u8>) {
+        self.deliver_ephemeral(&user, from, Some(sender.id), &body);
+        self.enqueue_publish(
+            user,
+            &BusMessage::Ephemeral {
+                origin: self.node,
+                from,
+                body,
+            },
+        );
+    }
+
+    /// A device was revoked: close its sessions here and on other nodes.
+    pub async fn revoked(&self, user: UserId, device: DeviceId) {
+        self.close_device(&user, device);
+        self.publish(
+            &user,
+            &BusMessage::Revoked {
+                origin: self.node,
+                device,
+            },
+        )
+        .await;
+    }
+
+    /// Asks every session on this node to close with `code` (used at shutdown).
+    pub fn close_all(&self, code: ErrorCode) {
+        for peers in lock(&self.users).values() {
+            for peer in peers {
+                peer.close.send_replace(Some(code));
+            }
+        }
+    }
+
+    /// Number of sessions on this node.
+    pub fn sessions(&self) -> usize {
+        lock(&self.users).values().map(Vec::len).sum()
+    }
+
+    fn dispatch(&self, user: UserId, bytes: &[u8]) {
+        let message = match codec::decode::<BusMessage>(bytes) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable bus message");
+                return;
+            }
+        };
+        match message {
+            BusMessage::Committed { origin, .. }
+            | BusMessage::Ephemeral { origin, .. }
+            | BusMessage::Revoked { origin, .. }
+                if origin == self.node => {}
+            BusMessage::Committed { events, .. } if events.is_empty() => {
+                self.for_each_peer(&user, Peer::poll)
+            }
+            BusMessage::Committed { events, .. } => {
+                let now = Instant::now();
+                let live: Vec<LiveEvent> = events
+                    .into_iter()
+                    .map(|e| LiveEvent {
+                        event: Arc::new(e),
+                        committed_at: now,
+                    })
+                    .collect();
+                self.for_each_peer(&user, |peer| peer.push(&live));
+            }
+            BusMessage::Ephemeral { from, body, .. } => {
+                self.deliver_ephemeral(&user, from, None, &body)
+            }
+            BusMessage::Revoked { device, .. } => self.close_device(&user, device),
+        }
+    }
+
+    fn set_bus_up(&self, up: bool) {
+        let was = self.bus_up.swap(up, Ordering::Relaxed);
+        self.metrics.bus_up.set(i64::from(up));
+        if up && !was {
+            tracing::info!("wake-up bus is back; every session re-reads the log once");
+            for peers in lock(&self.users).values() {
+                peers.iter().for_each(|p| p.poll());
+            }
+        } else if !up && was {
+            tracing::warn!("wake-up bus is down; sessions poll the log until it returns");
+        }
+    }
+
+    fn deliver_ephemeral(&self, user: &UserId, from: DeviceId, skip: Option<u64>, body: &[u8]) {
+        let frame = ServerFrame::Ephemeral {
+            from,
+            body: body.to_vec(),
+        };
+        self.for_each_peer(user, |peer| {
+            if Some(peer.id) != skip {
+                // Ephemerals are best effort: a full queue drops them.
+                let _ = peer.ephemeral.try_send(frame.clone());
+            }
+        });
+    }
+
+    fn close_device(&self, user: &UserId, device: DeviceId) {
+        self.for_each_peer(user, |peer| {
+            if peer.device == device {
+                peer.close.send_replace(Some(ErrorCode::DeviceRevoked));
+            }
+        });
+    }
+
+    fn for_each_peer(&self, user: &UserId, f: impl Fn(&Peer)) {
+        if let Some(peers) = lock(&self.users).get(user) {
+            peers.iter().for_each(|p| f(p));
+        }
+    }
+
+    fn enqueue_publish(&self, user: UserId, message: &BusMessage) {
+        if self
+            .publish_queue
+            .try_send((user, Bytes::from(codec::encode(message))))
+            .is_err()
+        {
+            self.metrics.bus_dropped.inc();
+        }
+    }
+
+    async fn publish(&self, user: &UserId, message: &BusMessage) {
+        if let Err(e) = self
+            .bus
+            .publish(user, Bytes::from(codec::encode(message)))
+            .await
+        {
+            // Other nodes' sessions will poll or catch up on reconnect: the log is the truth.
+            tracing::debug!(error = %e, "bus publish failed");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

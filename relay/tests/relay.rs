@@ -1,0 +1,611 @@
+//! The relay over real sockets, driven by a client built on the protocol crate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use ferry_protocol::handshake::{ClientHandshake, ClientHello, ServerHandshake};
+use ferry_protocol::{ClientFrame, ErrorCode, Revocation, ServerFrame, UserKey, codec};
+use ferry_relay::{Config, Server};
+use futures_util::SinkExt;
+use rand_core::OsRng;
+use support::client::{Client, Identity, close_code, next_binary, socket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Relay {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+async fn relay() -> Relay {
+    relay_with(|_| {}).await
+}
+
+async fn relay_with(adjust: impl FnOnce(&mut Config)) -> Relay {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    adjust(&mut config);
+    let server = Server::spawn(config).await.unwrap();
+    Relay { server, _dir: dir }
+}
+
+impl Relay {
+    async fn connect(&self, id: &Identity) -> Client {
+        Client::connect(self.server.local_addr(), self.server.relay_id(), id, None)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn devices_sync_by_replay_then_live() {
+    let relay = relay().await;
+    let laptop = Identity::new_user();
+    let phone = laptop.another_device("phone");
+
+    let mut a = relay.connect(&laptop).await;
+    assert_eq!(a.replay().await, (vec![], 0));
+    for n in 1..=3 {
+        assert_eq!(
+            a.append(n, format!("event {n}").as_bytes()).await.unwrap(),
+            n
+        );
+    }
+
+    let mut b = relay.connect(&phone).await;
+    assert_eq!(b.session.head, 3);
+    let (replayed, head) = b.replay().await;
+    assert_eq!(head, 3);
+    assert_eq!(
+        replayed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(replayed.iter().all(|e| e.device == laptop.device.id()));
+    assert_eq!(replayed[1].payload.0, b"event 2");
+
+    // Live, both ways, and every session sees the whole log in order.
+    assert_eq!(b.append(1, b"from phone").await.unwrap(), 4);
+    // `a` sees its own events too: everything it was sent, from the start, is the log.
+    let live = a.events(4).await;
+    assert_eq!(live.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!((live[3].device, live[3].device_seq), (phone.device.id(), 1));
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_get_the_original_sequence_and_reuse_is_a_conflict() {
+    let relay = relay().await;
+    let id = Identity::new_user();
+    let mut a = relay.connect(&id).await;
+    a.replay().await;
+    assert_eq!(a.append(1, b"one").await.unwrap(), 1);
+    assert_eq!(a.append(2, b"two").await.unwrap(), 2);
+    // The same append again (a retry after a lost answer) is not stored twice.
+    assert_eq!(a.append(1, b"one").await.unwrap(), 1);
+    let conflict = a.append(2, b"something else").await.unwrap_err();
+    assert_eq!(conflict.code, ErrorCode::Conflict);
+    let invalid = a.append(0, b"zero").await.unwrap_err();
+    assert_eq!(invalid.code, ErrorCode::InvalidSequence);
+
+    let mut other = relay.connect(&id.another_device("other")).await;
+    let (events, head) = other.replay().await;
+    assert_eq!(head, 2);
+    assert_eq!(events.len(), 2);
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sequences_are_per_user_and_users_are_isolated() {
+    let relay = relay().await;
+    let alice = Identity::new_user();
+    let bob = Identity::new_user();
+    let mut a = relay.connect(&alice).await;
+    let mut b = relay.connect(&bob).await;
+    a.replay().await;
+    b.replay().await;
+    for n in 1..=5 {
+        assert_eq!(a.append(n, b"alice").await.unwrap(), n);
+        assert_eq!(b.append(n, b"bob").await.unwrap(), n);
+    }
+    let mut alice2 = relay.connect(&alice.another_device("2")).await;
+    let (events, _) = alice2.replay().await;
+    assert_eq!(events.len(), 5);
+    assert!(events.iter().all(|e| e.payload.0 == b"alice"));
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_cursor_moves_on_ack_only_and_replay_resumes_after_it() {
+    let relay = relay().await;
+    let writer = Identity::new_user();
+    let reader = writer.another_device("reader");
+    let mut w = relay.connect(&writer).await;
+    w.replay().await;
+    for n in 1..=6 {
+        w.append(n, b"x").await.unwrap();
+    }
+
+    // Receiving a page does not move the cursor...
+    let mut r = relay.connect(&reader).await;
+    assert_eq!(r.replay().await.0.len(), 6);
+    drop(r);
+    let mut r = relay.connect(&reader).await;
+    assert_eq!(r.session.acked, 0);
+    assert_eq!(r.replay().await.0.len(), 6);
+    // ...an Ack does.
+    r.send(&ClientFrame::Ack { seq: 4 }).await;
+    r.send(&ClientFrame::Ping { nonce: 9 }).await;
+    assert_eq!(r.recv().await.unwrap(), ServerFrame::Pong { nonce: 9 });
+    drop(r);
+    let mut r = relay.connect(&reader).await;
+    assert_eq!(r.session.acked, 4);
+    let (events, head) = r.replay().await;
+    assert_eq!(
+        (events.iter().map(|e| e.seq).collect::<Vec<_>>(), head),
+        (vec![5, 6], 6)
+    );
+    // The client's own cursor wins when it has one.
+    let mut r = Client::connect(
+        relay.server.local_addr(),
+        relay.server.relay_id(),
+        &reader,
+        Some(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.replay().await.0.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [6]
+    );
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_disconnected_and_refused() {
+    let relay = relay().await;
+    let laptop = Identity::new_user();
+    let stolen = laptop.another_device("stolen phone");
+    let mut a = relay.connect(&laptop).await;
+    a.replay().await;
+    let mut s = relay.connect(&stolen).await;
+    s.replay().await;
+
+    // Only the user key can revoke.
+    let mallory = UserKey::generate(&mut OsRng);
+    let mut forged = Revocation::issue(&mallory, stolen.device.id(), 1);
+    forged.user = laptop.user.id();
+    a.send(&ClientFrame::RevokeDevice(forged)).await;
+    assert!(
+        matches!(a.recv().await.unwrap(), ServerFrame::Error(e) if e.code == ErrorCode::BadRevocation)
+    );
+
+    a.send(&ClientFrame::RevokeDevice(Revocation::issue(
+        &laptop.user,
+        stolen.device.id(),
+        2,
+    )))
+    .await;
+    assert_eq!(
+        a.recv().await.unwrap(),
+        ServerFrame::DeviceRevoked {
+            device: stolen.device.id()
+        }
+    );
+    // Its open session is closed at once...
+    assert_eq!(
+        close_code(&mut s.ws).await,
+        Some(ErrorCode::DeviceRevoked.close_code())
+    );
+    // ...and it cannot come back.
+    let refused = Client::connect(
+        relay.server.local_addr(),
+        relay.server.relay_id(),
+        &stolen,
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::DeviceRevoked));
+
+    a.send(&ClientFrame::ListDevices).await;
+    let ServerFrame::Devices(devices) = a.recv().await.unwrap() else {
+        panic!("expected devices")
+    };
+    assert_eq!(devices.len(), 2);
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.certificate.device == stolen.device.id() && d.revoked)
+    );
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.certificate.device == laptop.device.id() && !d.revoked)
+    );
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ephemeral_frames_reach_other_online_devices_and_are_not_stored() {
+    let relay = relay().await;
+    let a_id = Identity::new_user();
+    let b_id = a_id.another_device("b");
+    let mut a = relay.connect(&a_id).await;
+    let mut b = relay.connect(&b_id).await;
+    a.replay().await;
+    b.replay().await;
+    a.send(&ClientFrame::Ephemeral {
+        body: b"typing".to_vec(),
+    })
+    .await;
+    assert_eq!(
+        b.recv().await.unwrap(),
+        ServerFrame::Ephemeral {
+            from: a_id.device.id(),
+            body: b"typing".to_vec()
+        }
+    );
+    // Not echoed to the sender, not stored.
+    a.send(&ClientFrame::Ping { nonce: 1 }).await;
+    assert_eq!(a.recv().await.unwrap(), ServerFrame::Pong { nonce: 1 });
+    let mut c = relay.connect(&a_id.another_device("c")).await;
+    assert_eq!(c.replay().await, (vec![], 0));
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_a_closed_connection() {
+    let relay = relay_with(|c| c.limits.max_frame_bytes = 64 * 1024).await;
+    let addr = relay.server.local_addr();
+    let relay_id = relay.server.relay_id();
+
+    // Garbage instead of a ClientHello.
+    let mut ws = socket(addr).await;
+    ws.send(Message::Binary(vec![0xff; 40].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::MalformedFrame.close_code())
+    );
+
+    // A text message.
+    let mut ws = socket(addr).await;
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::UnexpectedFrame.close_code())
+    );
+
+    // A ClientHello sent twice.
+    let mut ws = socket(addr).await;
+    let (_, hello) = ClientHandshake::start(relay_id, &mut OsRng);
+    ws.send(Message::Binary(hello.clone().into()))
+        .await
+        .unwrap();
+    next_binary(&mut ws).await.unwrap();
+    ws.send(Message::Binary(hello.into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::UnexpectedFrame.close_code())
+    );
+
+    // A frame before the handshake ends: an encrypted-looking blob where ClientStart belongs.
+    let mut ws = socket(addr).await;
+    let (_, hello) = ClientHandshake::start(relay_id, &mut OsRng);
+    ws.send(Message::Binary(hello.into())).await.unwrap();
+    next_binary(&mut ws).await.unwrap();
+    ws.send(Message::Binary(vec![7; 64].into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::DecryptFailed.close_code())
+    );
+
+    // An unknown protocol version: a plaintext refusal, then the close.
+    let mut ws = socket(addr).await;
+    let hello = ClientHello {
+        min_version: 7,
+        max_version: 9,
+        ephemeral: [9; 32],
+        nonce: [1; 32],
+    };
+    ws.send(Message::Binary(codec::encode(&hello).into()))
+        .await
+        .unwrap();
+    let reply = next_binary(&mut ws).await.unwrap();
+    let (state, _) = ClientHandshake::start(relay_id, &mut OsRng);
+    let refused = state
+        .handle_server_hello(&reply, ferry_protocol::handshake::Credentials::Anonymous)
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::UnsupportedVersion);
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::UnsupportedVersion.close_code())
+    );
+
+    // An oversized message, before and after the handshake.
+    let mut ws = socket(addr).await;
+    ws.send(Message::Binary(vec![0; 80 * 1024].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::FrameTooLarge.close_code())
+    );
+    let id = Identity::new_user();
+    let mut a = relay.connect(&id).await;
+    a.replay().await;
+    a.ws.send(Message::Binary(vec![0; 80 * 1024].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut a.ws).await,
+        Some(ErrorCode::FrameTooLarge.close_code())
+    );
+
+    // A tampered frame after the handshake.
+    let mut a = relay.connect(&id).await;
+    a.replay().await;
+    let mut bytes = a.channel.seal(&ClientFrame::Ping { nonce: 1 }).unwrap();
+    bytes[0] ^= 1;
+    a.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut a.ws).await,
+        Some(ErrorCode::DecryptFailed.close_code())
+    );
+
+    // None of it hurt anyone else.
+    let mut fine = relay.connect(&id).await;
+    fine.replay().await;
+    assert_eq!(fine.append(1, b"still here").await.unwrap(), 1);
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forged_certificate_is_refused_at_the_handshake() {
+    let relay = relay().await;
+    let victim = Identity::new_user();
+    let mallory = UserKey::generate(&mut OsRng);
+    let mut forged = Identity::new_user();
+    forged.certificate =
+        ferry_protocol::DeviceCertificate::issue(&mallory, forged.device.id(), "x", 1).unwrap();
+    forged.certificate.user = victim.user.id();
+    let refused = Client::connect(
+        relay.server.local_addr(),
+        relay.server.relay_id(),
+        &forged,
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::BadCertificate));
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_answer_with_their_codes() {
+    let relay = relay_with(|c| {
+        c.limits.handshakes_per_ip_per_minute = 40; // bursts of 10
+        c.limits.max_devices_per_user = 2;
+        c.limits.appends_per_device_per_second = 5; // bursts of 10
+    })
+    .await;
+    let id = Identity::new_user();
+
+    // Devices per user.
+    let mut first = relay.connect(&id).await;
+    first.replay().await;
+    let _second = relay.connect(&id.another_device("2")).await;
+    let refused = Client::connect(
+        relay.server.local_addr(),
+        relay.server.relay_id(),
+        &id.another_device("3"),
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::TooManyDevices));
+
+    // Appends per device: a burst of 30 gets some answered RateLimited, none lost silently.
+    for n in 1..=30 {
+        first
+            .send(&ClientFrame::Append(ferry_protocol::Append {
+                device_seq: n,
+                payload: ferry_protocol::SealedPayload(vec![1]),
+            }))
+            .await;
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for n in 1..=30 {
+        match first.answer(n).await {
+            Ok(_) => ok += 1,
+            Err(e) if e.code == ErrorCode::RateLimited => limited += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(ok >= 10 && limited > 0, "ok {ok}, limited {limited}");
+
+    // Handshakes per IP: the burst runs out.
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        let mut ws = socket(relay.server.local_addr()).await;
+        let (_, hello) = ClientHandshake::start(relay.server.relay_id(), &mut OsRng);
+        ws.send(Message::Binary(hello.into())).await.unwrap();
+        if let Err(code) = next_binary(&mut ws).await {
+            codes.push(code);
+        }
+    }
+    assert!(
+        codes.contains(&Some(ErrorCode::RateLimited.close_code())),
+        "{codes:?}"
+    );
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_limit_and_handshake_timeout() {
+    let relay = relay_with(|c| {
+        c.limits.max_connections = 1;
+        c.limits.handshake_timeout_ms = 300;
+    })
+    .await;
+    let mut first = socket(relay.server.local_addr()).await;
+    let mut second = socket(relay.server.local_addr()).await;
+    assert_eq!(
+        close_code(&mut second).await,
+        Some(ErrorCode::TooManyConnections.close_code())
+    );
+    // The first never says hello.
+    assert_eq!(
+        close_code(&mut first).await,
+        Some(ErrorCode::HandshakeTimeout.close_code())
+    );
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_gets_resync_required() {
+    let relay = relay_with(|c| {
+        c.log.retention_max_events = Some(2);
+        c.log.retention_interval_secs = 1;
+    })
+    .await;
+    let id = Identity::new_user();
+    let mut a = relay.connect(&id).await;
+    a.replay().await;
+    for n in 1..=5 {
+        a.append(n, b"x").await.unwrap();
+    }
+    let mut trimmed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if relay
+            .server
+            .metrics()
+            .render()
+            .contains("ferry_trimmed_events_total 3")
+        {
+            trimmed = true;
+            break;
+        }
+    }
+    assert!(trimmed, "retention ran");
+    let mut late = relay.connect(&id.another_device("late")).await;
+    assert_eq!(
+        late.recv().await.unwrap(),
+        ServerFrame::ResyncRequired { earliest: 4 }
+    );
+    assert_eq!(
+        close_code(&mut late.ws).await,
+        Some(ErrorCode::ResyncRequired.close_code())
+    );
+    // A device that kept up is not affected.
+    let mut current = Client::connect(
+        relay.server.local_addr(),
+        relay.server.relay_id(),
+        &id,
+        Some(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(current.replay().await, (vec![], 5));
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_in_flight_appends_and_says_going_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    let server = Server::spawn(config.clone()).await.unwrap();
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let id = Identity::new_user();
+    let mut a = Client::connect(addr, relay_id, &id, None).await.unwrap();
+    a.replay().await;
+    for n in 1..=200 {
+        a.send(&ClientFrame::Append(ferry_protocol::Append {
+            device_seq: n,
+            payload: ferry_protocol::SealedPayload(vec![n as u8]),
+        }))
+        .await;
+    }
+    let stopping = tokio::spawn(server.shutdown());
+    let mut acked = Vec::new();
+    let close = loop {
+        match a.recv().await {
+            Ok(ServerFrame::Appended { device_seq, seq }) => acked.push((device_seq, seq)),
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    stopping.await.unwrap();
+    assert_eq!(close, Some(1001));
+    // Everything acknowledged is there after a restart.
+    let server = Server::spawn(config).await.unwrap();
+    let mut b = Client::connect(server.local_addr(), relay_id, &id.another_device("b"), None)
+        .await
+        .unwrap();
+    let (events, _) = b.replay().await;
+    for (device_seq, seq) in acked {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.seq == seq && e.device_seq == device_seq)
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_endpoints() {
+    let relay = relay().await;
+    let id = Identity::new_user();
+    let mut a = relay.connect(&id).await;
+    a.replay().await;
+    a.append(1, b"x").await.unwrap();
+    let addr = relay.server.local_addr();
+    for (path, status, needle) in [
+        ("/healthz", "200", "ok"),
+        ("/readyz", "200", "ready"),
+        ("/metrics", "200", "ferry_appends_total 1"),
+        ("/nope", "404", "not found"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {response}"
+        );
+        assert!(response.contains(needle), "{path}: {response}");
+    }
+    let metrics = relay.server.metrics().render();
+    for name in [
+        "ferry_connections",
+        "ferry_handshakes_total{outcome=\"ok\"}",
+        "ferry_commit_batch_size",
+        "ferry_commit_seconds",
+        "ferry_delivery_seconds",
+        "ferry_replayed_events_total",
+        "ferry_bus_up 1",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}");
+    }
+    relay.server.shutdown().await;
+}
+
+#[test]
+fn a_relay_refusal_is_a_plaintext_message_clients_understand() {
+    let err = ferry_protocol::handshake::HandshakeError::UnsupportedVersion { min: 5, max: 6 };
+    assert!(!ServerHandshake::reject(&err).is_empty());
+}
