@@ -19,6 +19,7 @@ pub fn decode_frames(data: &[u8]) {
     let _ = codec::decode::<ServerHandshakeMessage>(data);
     let _ = codec::decode::<ClientStart>(data);
     let _ = codec::decode::<SessionStart>(data);
+    let _ = codec::decode::<crate::pairing::PairingMessage>(data);
 }
 
 /// Drives the relay side of the handshake with `data`, three ways:

@@ -63,6 +63,7 @@ pub mod frames;
 pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
+pub mod pairing;
 pub mod seal;
 
 pub use channel::{

@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use ferry_protocol::handshake::{
     ClientHandshake, Credentials, ServerHandshake, ServerHandshakeMessage, keys,
 };
+use ferry_protocol::pairing;
 use ferry_protocol::seal::{self, DataKey, EventSlot};
 use ferry_protocol::*;
 use rand_core::{CryptoRng, RngCore};
@@ -171,6 +172,33 @@ fn vectors() -> String {
 
     let revocation = Revocation::issue(&user, device.id(), 1_700_000_100);
     line("revocation", &codec::encode(&revocation));
+
+    // Pairing with code 123456: the joiner's new device key is 0xe0…, SPAKE2 scalars are drawn
+    // from 64 bytes each (0x44… for the inviter, 0x55… for the joiner).
+    let code = pairing::PairingCode::parse("123456").unwrap();
+    let joiner_device = DeviceKey::from_secret_bytes(&[0xe0; 32]);
+    line("pair_joiner_device_public", joiner_device.id().as_bytes());
+    let inviter = pairing::Inviter::start(&code, &mut Scripted::new(&[&[0x44; 64]]));
+    let (joiner, join_body) = pairing::Joiner::start(&code, &mut Scripted::new(&[&[0x55; 64]]));
+    line("pair_joiner_hello", &join_body);
+    let (inviter, inviter_hello) = inviter.handle_joiner_hello(&join_body).unwrap();
+    line("pair_inviter_hello", &inviter_hello);
+    let (joiner, request) = joiner
+        .handle_inviter_hello(&inviter_hello, &joiner_device, "tablet")
+        .unwrap();
+    line("pair_joiner_request", &request);
+    line(
+        "pair_confirmation_string",
+        inviter.confirmation().as_bytes(),
+    );
+    let (_, grant) = inviter
+        .handle_joiner_request(&request, &user, &data_key, 1_700_000_200)
+        .unwrap();
+    line("pair_inviter_grant", &grant);
+    assert_eq!(
+        joiner.handle_grant(&grant).unwrap().user_key.id(),
+        user.id()
+    );
     out
 }
 

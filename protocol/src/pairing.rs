@@ -1,0 +1,593 @@
+//! Pairing a new device through a 6-digit code (client side; the relay only forwards).
+//!
+//! # Message flow
+//!
+//! Device A (the **inviter**, already holding the user key and the data key) draws a code
+//! `c` uniformly from 000000–999999 and shows it; device B (the **joiner**) enters it. The
+//! relay routes by the slot `c / 1000` and forwards the bodies below between the two, opaque.
+//!
+//! 1. B → A `JoinerHello { pake: SPAKE2 message B }` (in `PairJoin`).
+//! 2. A → B `InviterHello { pake: SPAKE2 message A, confirm: confirm_a }`.
+//! 3. B checks `confirm_a` (a mismatch means a wrong code: B closes the slot as failed), then
+//!    B → A `JoinerRequest { confirm: confirm_b, sealed: seal(k_b2a, JoinRequest) }` with B's
+//!    new device key and name.
+//! 4. A checks `confirm_b`, opens the request, issues B's device certificate, and
+//!    A → B `InviterGrant { sealed: seal(k_a2b, Grant) }` carrying the certificate, the user key
+//!    and the data key. A closes the slot as successful.
+//!
+//! Key schedule: SPAKE2 over Ed25519 (RustCrypto `spake2`) with the six code digits as the
+//! password and identities `INVITER_ID` / `JOINER_ID`, giving `K`;
+//! `prk = HKDF-Extract(salt = SHA-256(PAIRING_LABEL ‖ msg_a ‖ msg_b), ikm = K)`, then
+//! `confirm_a`, `confirm_b`, `k_a2b`, `k_b2a` and the confirmation string are HKDF-Expand
+//! outputs with the labels below. Sealing is ChaCha20-Poly1305 with a zero nonce (each key
+//! seals exactly one message).
+//!
+//! An attacker without the code gets one online guess per slot: the first join consumes the
+//! slot. A relay that substitutes its own SPAKE2 messages must guess the three digits it does
+//! not route by, fails visibly otherwise, and would show different confirmation strings.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::ErrorCode;
+use crate::codec::{self, DecodeError, Wire, check_len};
+use crate::identity::{DeviceCertificate, DeviceId, DeviceKey, IdentityError, UserKey};
+use crate::limits::MAX_DEVICE_NAME_LEN;
+use crate::seal::DataKey;
+
+/// SPAKE2 identity of the inviter.
+pub const INVITER_ID: &[u8] = b"ferry/v1/pair/inviter";
+/// SPAKE2 identity of the joiner.
+pub const JOINER_ID: &[u8] = b"ferry/v1/pair/joiner";
+/// Prefix of the pairing transcript hash.
+pub const PAIRING_LABEL: &[u8] = b"ferry/v1/pair/transcript";
+/// HKDF info of the inviter's key confirmation.
+pub const CONFIRM_INVITER_LABEL: &[u8] = b"ferry/v1/pair/confirm-inviter";
+/// HKDF info of the joiner's key confirmation.
+pub const CONFIRM_JOINER_LABEL: &[u8] = b"ferry/v1/pair/confirm-joiner";
+/// HKDF info of the key sealing the inviter's grant.
+pub const INVITER_KEY_LABEL: &[u8] = b"ferry/v1/pair/key-inviter-to-joiner";
+/// HKDF info of the key sealing the joiner's request.
+pub const JOINER_KEY_LABEL: &[u8] = b"ferry/v1/pair/key-joiner-to-inviter";
+/// HKDF info of the confirmation string both screens show.
+pub const CONFIRMATION_LABEL: &[u8] = b"ferry/v1/pair/confirmation-string";
+
+/// Codes per slot: the slot is the code's first three digits.
+pub const CODES_PER_SLOT: u32 = 1000;
+/// Number of slots.
+pub const SLOTS: u16 = 1000;
+
+/// Why pairing failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PairingError {
+    /// The text is not six digits.
+    #[error("a pairing code is six digits")]
+    BadCode,
+    /// The other side proved a different key: the code was wrong (or someone interfered).
+    #[error("the pairing code did not match")]
+    WrongCode,
+    /// A message did not decode or was not the one expected at this step.
+    #[error("unexpected pairing message: {0}")]
+    Unexpected(String),
+    /// The grant's certificate or keys do not fit together.
+    #[error("the other device sent an invalid grant: {0}")]
+    BadGrant(&'static str),
+    /// A name or certificate problem.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+impl PairingError {
+    /// The code to report on the wire (in `PairClose`/`PairClosed`).
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::PairingFailed
+    }
+}
+
+impl From<DecodeError> for PairingError {
+    fn from(e: DecodeError) -> Self {
+        Self::Unexpected(e.to_string())
+    }
+}
+
+/// A six-digit pairing code. The digits are secret: they are the PAKE password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingCode(u32);
+
+impl PairingCode {
+    /// Draws a code uniformly from 000000–999999.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        // Rejection sampling: 4_294_000_000 is the largest multiple of 10^6 below 2^32.
+        loop {
+            let n = rng.next_u32();
+            if n < 4_294_000_000 {
+                return Self(n % 1_000_000);
+            }
+        }
+    }
+
+    /// Parses six digits (spaces and dashes are ignored, as people type them).
+    pub fn parse(text: &str) -> Result<Self, PairingError> {
+        let digits: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+        if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PairingError::BadCode);
+        }
+        digits.parse().map(Self).map_err(|_| PairingError::BadCode)
+    }
+
+    /// The slot the relay routes by: the first three digits.
+    pub fn slot(&self) -> u16 {
+        (self.0 / CODES_PER_SLOT) as u16
+    }
+
+    /// The code as six digits, for showing.
+    pub fn digits(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{:06}", self.0))
+    }
+}
+
+impl std::fmt::Debug for PairingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PairingCode(slot {}, <redacted>)", self.slot())
+    }
+}
+
+/// The bodies carried by `PairJoin`/`PairForward`/`PairPeer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairingMessage {
+    /// Step 1.
+    JoinerHello {
+        /// SPAKE2 message of the joiner.
+        #[serde(with = "serde_bytes")]
+        pake: Vec<u8>,
+    },
+    /// Step 2.
+    InviterHello {
+        /// SPAKE2 message of the inviter.
+        #[serde(with = "serde_bytes")]
+        pake: Vec<u8>,
+        /// The inviter's key confirmation.
+        confirm: [u8; 32],
+    },
+    /// Step 3.
+    JoinerRequest {
+        /// The joiner's key confirmation.
+        confirm: [u8; 32],
+        /// `JoinRequest`, sealed with `k_b2a`.
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
+    /// Step 4.
+    InviterGrant {
+        /// `Grant`, sealed with `k_a2b`.
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
+}
+
+impl Wire for PairingMessage {}
+
+/// What the joiner asks for (sealed).
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    device: DeviceId,
+    name: String,
+}
+
+impl Wire for JoinRequest {
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        check_len("device name", self.name.len(), MAX_DEVICE_NAME_LEN)
+    }
+}
+
+/// What the inviter grants (sealed). Holds secrets: zeroized when dropped.
+#[derive(Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+struct GrantWire {
+    #[zeroize(skip)]
+    certificate: DeviceCertificate,
+    user_secret: [u8; 32],
+    data_key: [u8; 32],
+}
+
+impl Wire for GrantWire {}
+
+/// Everything a newly paired device needs.
+#[derive(Debug)]
+pub struct Grant {
+    /// The user key's certificate for the new device.
+    pub certificate: DeviceCertificate,
+    /// The user key.
+    pub user_key: UserKey,
+    /// The data key that seals event payloads.
+    pub data_key: DataKey,
+}
+
+/// Keys derived once both SPAKE2 messages are known.
+struct PairingKeys {
+    confirm_inviter: Zeroizing<[u8; 32]>,
+    confirm_joiner: Zeroizing<[u8; 32]>,
+    inviter_to_joiner: Zeroizing<[u8; 32]>,
+    joiner_to_inviter: Zeroizing<[u8; 32]>,
+    confirmation: String,
+}
+
+impl PairingKeys {
+    fn derive(shared: &[u8], msg_inviter: &[u8], msg_joiner: &[u8]) -> Self {
+        let mut transcript = Sha256::new();
+        transcript.update(PAIRING_LABEL);
+        for part in [msg_inviter, msg_joiner] {
+            transcript.update((part.len() as u32).to_be_bytes());
+            transcript.update(part);
+        }
+        let salt: [u8; 32] = transcript.finalize().into();
+        let hkdf = Hkdf::<Sha256>::new(Some(&salt), shared);
+        let expand = |label: &[u8]| {
+            let mut out = Zeroizing::new([0u8; 32]);
+            if hkdf.expand(label, out.as_mut()).is_err() {
+                unreachable!("32 bytes is a valid HKDF-SHA256 output length");
+            }
+            out
+        };
+        let words = expand(CONFIRMATION_LABEL);
+        let confirmation = format!(
+            "{:04}-{:04}",
+            u16::from_be_bytes([words[0], words[1]]) % 10_000,
+            u16::from_be_bytes([words[2], words[3]]) % 10_000
+        );
+        Self {
+            confirm_inviter: expand(CONFIRM_INVITER_LABEL),
+            confirm_joiner: expand(CONFIRM_JOINER_LABEL),
+            inviter_to_joiner: expand(INVITER_KEY_LABEL),
+            joiner_to_inviter: expand(JOINER_KEY_LABEL),
+            confirmation,
+        }
+    }
+}
+
+fn seal_once(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
+    match cipher.encrypt(&Nonce::default(), plaintext) {
+        Ok(sealed) => sealed,
+        Err(_) => unreachable!("pairing messages are far below the AEAD length limit"),
+    }
+}
+
+fn open_once(key: &[u8; 32], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, PairingError> {
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
+    cipher
+        .decrypt(&Nonce::default(), sealed)
+        .map(Zeroizing::new)
+        .map_err(|_| PairingError::WrongCode)
+}
+
+fn spake(code: &PairingCode) -> (Password, Identity, Identity) {
+    (
+        Password::new(code.digits().as_bytes()),
+        Identity::new(INVITER_ID),
+        Identity::new(JOINER_ID),
+    )
+}
+
+/// The inviter, waiting for the joiner's hello.
+pub struct Inviter {
+    state: Spake2<Ed25519Group>,
+    message: Vec<u8>,
+}
+
+impl std::fmt::Debug for Inviter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inviter(<secret>)")
+    }
+}
+
+/// The inviter, waiting for the joiner's request.
+pub struct InviterAwaitRequest {
+    keys: PairingKeys,
+}
+
+impl std::fmt::Debug for InviterAwaitRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviterAwaitRequest")
+            .field("confirmation", &self.keys.confirmation)
+            .finish()
+    }
+}
+
+/// A device the inviter admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The new device's key.
+    pub device: DeviceId,
+    /// Its certificate, as sent.
+    pub certificate: DeviceCertificate,
+}
+
+impl Inviter {
+    /// Starts pairing with `code` (shown to the user).
+    pub fn start(code: &PairingCode, rng: &mut impl CryptoRngCore) -> Self {
+        let (password, inviter, joiner) = spake(code);
+        let (state, message) =
+            Spake2::<Ed25519Group>::start_a_with_rng(&password, &inviter, &joiner, &mut *rng);
+        Self { state, message }
+    }
+
+    /// Step 1 → 2: reads the joiner's hello; returns the body to forward and the next state.
+    pub fn handle_joiner_hello(
+        self,
+        body: &[u8],
+    ) -> Result<(InviterAwaitRequest, Vec<u8>), PairingError> {
+        let PairingMessage::JoinerHello { pake } = codec::decode(body)? else {
+            return Err(PairingError::Unexpected("expected JoinerHello".into()));
+        };
+        let shared = Zeroizing::new(
+            self.state
+                .finish(&pake)
+                .map_err(|e| PairingError::Unexpected(e.to_string()))?,
+        );
+        let keys = PairingKeys::derive(&shared, &self.message, &pake);
+        let reply = PairingMessage::InviterHello {
+            pake: self.message,
+            confirm: *keys.confirm_inviter,
+        };
+        Ok((InviterAwaitRequest { keys }, codec::encode(&reply)))
+    }
+}
+
+impl InviterAwaitRequest {
+    /// The short string both screens can show to catch a relay in the middle.
+    pub fn confirmation(&self) -> &str {
+        &self.keys.confirmation
+    }
+
+    /// Step 3 → 4: checks the joiner's proof, certifies its key, and returns the sealed grant.
+    pub fn handle_joiner_request(
+        self,
+        body: &[u8],
+        user_key: &UserKey,
+        data_key: &DataKey,
+        now_s: u64,
+    ) -> Result<(Admitted, Vec<u8>), PairingError> {
+        let PairingMessage::JoinerRequest { confirm, sealed } = codec::decode(body)? else {
+            return Err(PairingError::Unexpected("expected JoinerRequest".into()));
+        };
+        if !bool::from(confirm.ct_eq(self.keys.confirm_joiner.as_slice())) {
+            return Err(PairingError::WrongCode);
+        }
+        let request: JoinRequest =
+            codec::decode(&open_once(&self.keys.joiner_to_inviter, &sealed)?)?;
+        let certificate = DeviceCertificate::issue(user_key, request.device, &request.name, now_s)?;
+        let grant = GrantWire {
+            certificate: certificate.clone(),
+            user_secret: *user_key.secret_bytes(),
+            data_key: *data_key.bytes(),
+        };
+        let plain = Zeroizing::new(codec::encode(&grant));
+        let body = codec::encode(&PairingMessage::InviterGrant {
+            sealed: seal_once(&self.keys.inviter_to_joiner, &plain),
+        });
+        Ok((
+            Admitted {
+                device: request.device,
+                certificate,
+            },
+            body,
+        ))
+    }
+}
+
+/// The joiner, waiting for the inviter's hello.
+pub struct Joiner {
+    state: Spake2<Ed25519Group>,
+    message: Vec<u8>,
+}
+
+impl std::fmt::Debug for Joiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Joiner(<secret>)")
+    }
+}
+
+/// The joiner, waiting for the grant.
+pub struct JoinerAwaitGrant {
+    keys: PairingKeys,
+    device: DeviceId,
+}
+
+impl std::fmt::Debug for JoinerAwaitGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinerAwaitGrant")
+            .field("confirmation", &self.keys.confirmation)
+            .finish()
+    }
+}
+
+impl Joiner {
+    /// Step 1: starts pairing with the code the user typed; returns the `PairJoin` body.
+    pub fn start(code: &PairingCode, rng: &mut impl CryptoRngCore) -> (Self, Vec<u8>) {
+        let (password, inviter, joiner) = spake(code);
+        let (state, message) =
+            Spake2::<Ed25519Group>::start_b_with_rng(&password, &inviter, &joiner, &mut *rng);
+        let body = codec::encode(&PairingMessage::JoinerHello {
+            pake: message.clone(),
+        });
+        (Self { state, message }, body)
+    }
+
+    /// Step 2 → 3: checks the inviter's proof and returns the sealed request for `device`.
+    pub fn handle_inviter_hello(
+        self,
+        body: &[u8],
+        device: &DeviceKey,
+        name: &str,
+    ) -> Result<(JoinerAwaitGrant, Vec<u8>), PairingError> {
+        if name.len() > MAX_DEVICE_NAME_LEN {
+            return Err(IdentityError::NameTooLong.into());
+        }
+        let PairingMessage::InviterHello { pake, confirm } = codec::decode(body)? else {
+            return Err(PairingError::Unexpected("expected InviterHello".into()));
+        };
+        let shared = Zeroizing::new(
+            self.state
+                .finish(&pake)
+                .map_err(|e| PairingError::Unexpected(e.to_string()))?,
+        );
+        let keys = PairingKeys::derive(&shared, &pake, &self.message);
+        if !bool::from(confirm.ct_eq(keys.confirm_inviter.as_slice())) {
+            return Err(PairingError::WrongCode);
+        }
+        let request = codec::encode(&JoinRequest {
+            device: device.id(),
+            name: name.to_owned(),
+        });
+        let body = codec::encode(&PairingMessage::JoinerRequest {
+            confirm: *keys.confirm_joiner,
+            sealed: seal_once(&keys.joiner_to_inviter, &request),
+        });
+        Ok((
+            JoinerAwaitGrant {
+                keys,
+                device: device.id(),
+            },
+            body,
+        ))
+    }
+}
+
+impl JoinerAwaitGrant {
+    /// The short string both screens can show to catch a relay in the middle.
+    pub fn confirmation(&self) -> &str {
+        &self.keys.confirmation
+    }
+
+    /// Step 4: opens the grant and checks that the certificate, the user key and this device
+    /// fit together.
+    pub fn handle_grant(self, body: &[u8]) -> Result<Grant, PairingError> {
+        let PairingMessage::InviterGrant { sealed } = codec::decode(body)? else {
+            return Err(PairingError::Unexpected("expected InviterGrant".into()));
+        };
+        let grant: GrantWire = codec::decode(&open_once(&self.keys.inviter_to_joiner, &sealed)?)?;
+        let user_key = UserKey::from_secret_bytes(&grant.user_secret);
+        if grant.certificate.device != self.device {
+            return Err(PairingError::BadGrant("certificate is for another device"));
+        }
+        if grant.certificate.user != user_key.id() {
+            return Err(PairingError::BadGrant(
+                "certificate is not signed by the granted user key",
+            ));
+        }
+        grant.certificate.verify()?;
+        Ok(Grant {
+            certificate: grant.certificate.clone(),
+            user_key,
+            data_key: DataKey::from_bytes(&grant.data_key),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    struct Run {
+        inviter_confirmation: String,
+        joiner_confirmation: String,
+        grant: Grant,
+        admitted: Admitted,
+    }
+
+    fn pair(inviter_code: &str, joiner_code: &str) -> Result<Run, PairingError> {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let user = UserKey::generate(&mut rng);
+        let data = DataKey::generate(&mut rng);
+        let device = DeviceKey::generate(&mut rng);
+        let inviter = Inviter::start(&PairingCode::parse(inviter_code)?, &mut rng);
+        let (joiner, hello) = Joiner::start(&PairingCode::parse(joiner_code)?, &mut rng);
+        let (inviter, reply) = inviter.handle_joiner_hello(&hello)?;
+        let (joiner, request) = joiner.handle_inviter_hello(&reply, &device, "tablet")?;
+        let inviter_confirmation = inviter.confirmation().to_owned();
+        let joiner_confirmation = joiner.confirmation().to_owned();
+        let (admitted, grant) =
+            inviter.handle_joiner_request(&request, &user, &data, 1_700_000_000)?;
+        let grant = joiner.handle_grant(&grant)?;
+        assert_eq!(grant.user_key.id(), user.id());
+        assert_eq!(grant.data_key.bytes(), data.bytes());
+        assert_eq!(admitted.device, device.id());
+        Ok(Run {
+            inviter_confirmation,
+            joiner_confirmation,
+            grant,
+            admitted,
+        })
+    }
+
+    #[test]
+    fn the_right_code_pairs_and_both_screens_agree() {
+        let run = pair("123456", "123-456").unwrap();
+        assert_eq!(run.inviter_confirmation, run.joiner_confirmation);
+        assert_eq!(run.grant.certificate, run.admitted.certificate);
+        assert_eq!(run.grant.certificate.name, "tablet");
+        run.grant.certificate.verify().unwrap();
+    }
+
+    #[test]
+    fn a_wrong_code_is_detected_before_anything_is_revealed() {
+        // Same slot, other digits: the joiner notices at step 2 and sends nothing sealed.
+        assert_eq!(
+            pair("123456", "123457").err(),
+            Some(PairingError::WrongCode)
+        );
+    }
+
+    #[test]
+    fn codes_parse_strictly_and_generate_uniformly_in_range() {
+        for bad in ["12345", "1234567", "12a456", "", "１２３４５６"] {
+            assert_eq!(
+                PairingCode::parse(bad),
+                Err(PairingError::BadCode),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(PairingCode::parse("000999").unwrap().slot(), 0);
+        assert_eq!(PairingCode::parse("999 000").unwrap().slot(), 999);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut buckets = [0u32; 10];
+        for _ in 0..20_000 {
+            let code = PairingCode::generate(&mut rng);
+            assert!(code.0 < 1_000_000);
+            buckets[(code.0 / 100_000) as usize] += 1;
+        }
+        // Each leading digit about 2000 times.
+        assert!(
+            buckets.iter().all(|&n| (1700..2300).contains(&n)),
+            "{buckets:?}"
+        );
+        assert!(!format!("{:?}", PairingCode::parse("123456").unwrap()).contains("456"));
+    }
+
+    #[test]
+    fn a_meddling_relay_cannot_swap_messages() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let code = PairingCode::parse("555555").unwrap();
+        let device = DeviceKey::generate(&mut rng);
+        // The relay runs its own joiner against the inviter with a guessed code...
+        let inviter = Inviter::start(&code, &mut rng);
+        let (_, relay_hello) = Joiner::start(&PairingCode::parse("555000").unwrap(), &mut rng);
+        let (_, reply) = inviter.handle_joiner_hello(&relay_hello).unwrap();
+        // ...and forwards the inviter's answer to the real joiner: the proof does not match.
+        let (joiner, _) = Joiner::start(&code, &mut rng);
+        assert_eq!(
+            joiner.handle_inviter_hello(&reply, &device, "x").err(),
+            Some(PairingError::WrongCode)
+        );
+    }
+}
