@@ -105,6 +105,24 @@ pub struct Limits {
     )]
     pub write_timeout_ms: u64,
 
+    /// Pairing joins allowed per minute from one IP address (bursts up to a quarter of it).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PAIR_JOINS_PER_IP_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub pair_joins_per_ip_per_minute: u32,
+
+    /// How long a pairing code stays valid, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PAIRING_TTL_SECS",
+        default_value_t = 600
+    )]
+    pub pairing_ttl_secs: u64,
+
     /// A connection with no frame from the client for this long is closed, in ms.
     #[arg(
         long,

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pairing::PairingSlots;
 use crate::rate_limit::KeyedLimiter;
 use crate::store::Store;
 use crate::store::committer::CommitHandle;
@@ -34,6 +35,10 @@ pub struct Context {
     pub handshake_limiter: KeyedLimiter<IpAddr>,
     /// Appends per device.
     pub append_limiter: KeyedLimiter<DeviceId>,
+    /// Pairing joins per IP address.
+    pub pair_join_limiter: KeyedLimiter<IpAddr>,
+    /// Open pairing slots.
+    pub pairing: PairingSlots,
     /// Open WebSocket connections.
     pub connections: AtomicUsize,
     /// Becomes true when the node starts shutting down.

@@ -85,7 +85,7 @@ pub struct Peer {
     device: DeviceId,
     inbox: Mutex<Inbox>,
     wake: Notify,
-    ephemeral: mpsc::Sender<ServerFrame>,
+    direct: mpsc::Sender<ServerFrame>,
     close: watch::Sender<Option<ErrorCode>>,
 }
 
@@ -103,6 +103,16 @@ impl Peer {
             std::mem::take(&mut inbox.events),
             std::mem::take(&mut inbox.overflowed),
         )
+    }
+
+    /// This session's id, unique on the node.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The queue of frames addressed to this session from elsewhere (ephemerals, pairing).
+    pub fn direct(&self) -> mpsc::Sender<ServerFrame> {
+        self.direct.clone()
     }
 
     /// A receiver that yields the reason once the hub decides this session must close.
@@ -147,13 +157,14 @@ pub struct Hub {
 pub struct Membership {
     /// The registered peer.
     pub peer: Arc<Peer>,
-    /// Frames other devices sent this one (ephemerals), bounded; dropped when full.
-    pub ephemerals: mpsc::Receiver<ServerFrame>,
+    /// Frames addressed to this session from elsewhere (ephemerals, pairing), bounded;
+    /// dropped when full.
+    pub direct: mpsc::Receiver<ServerFrame>,
     user: UserId,
 }
 
-/// Capacity of a session's queue of ephemeral frames from other devices.
-const EPHEMERAL_QUEUE: usize = 64;
+/// Capacity of a session's queue of frames from elsewhere.
+const DIRECT_QUEUE: usize = 64;
 
 impl Hub {
     /// A hub publishing through `bus`; `node` identifies this relay process on the bus.
@@ -224,13 +235,13 @@ impl Hub {
     /// Registers a session of `device`. Call before reading the log for replay, so that no
     /// commit can fall between the replay and the first wake-up.
     pub async fn join(&self, user: UserId, device: DeviceId) -> Membership {
-        let (ephemeral, ephemerals) = mpsc::channel(EPHEMERAL_QUEUE);
+        let (direct_tx, direct) = mpsc::channel(DIRECT_QUEUE);
         let peer = Arc::new(Peer {
-            id: self.next_peer.fetch_add(1, Ordering::Relaxed),
+            id: self.next_session_id(),
             device,
             inbox: Mutex::default(),
             wake: Notify::new(),
-            ephemeral,
+            direct: direct_tx,
             close: watch::Sender::new(None),
         });
         let first = {
@@ -243,11 +254,12 @@ impl Hub {
             // The session still works: it polls the log while the bus is unhealthy.
             tracing::warn!(error = %e, "bus subscribe failed");
         }
-        Membership {
-            peer,
-            ephemerals,
-            user,
-        }
+        Membership { peer, direct, user }
+    }
+
+    /// A fresh session id (also used for anonymous pairing sessions).
+    pub fn next_session_id(&self) -> u64 {
+        self.next_peer.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Unregisters a session.
@@ -393,7 +405,7 @@ impl Hub {
         self.for_each_peer(user, |peer| {
             if Some(peer.id) != skip {
                 // Ephemerals are best effort: a full queue drops them.
-                let _ = peer.ephemeral.try_send(frame.clone());
+                let _ = peer.direct.try_send(frame.clone());
             }
         });
     }

@@ -12,6 +12,7 @@
 //! - [`hub`]: this node's sessions by user; live wake-ups; the bridge to the bus.
 //! - [`bus`]: wake-ups between nodes: in-process, or Redis pub/sub.
 //! - [`store`]: the log: one trait, SQLite and PostgreSQL backends, group commit.
+//! - [`pairing`]: pairing slots, routing opaque PAKE messages between two devices.
 //! - [`config`], [`metrics`], [`rate_limit`], [`relay_key`]: the supporting pieces.
 //!
 //! # Example
@@ -33,6 +34,7 @@ mod connection;
 pub mod context;
 pub mod hub;
 pub mod metrics;
+pub mod pairing;
 pub mod rate_limit;
 pub mod relay_key;
 pub mod server;

@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::context::{Context, now_ms};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::pairing::PairingSlots;
 use crate::rate_limit::KeyedLimiter;
 use crate::relay_key;
 use crate::store::committer::{CommitConfig, Committer};
@@ -137,6 +138,11 @@ impl Server {
                 f64::from(limits.appends_per_device_per_second),
                 f64::from(limits.appends_per_device_per_second) * 2.0,
             ),
+            pair_join_limiter: KeyedLimiter::new(
+                f64::from(limits.pair_joins_per_ip_per_minute) / 60.0,
+                f64::from(limits.pair_joins_per_ip_per_minute) / 4.0,
+            ),
+            pairing: PairingSlots::new(Duration::from_secs(limits.pairing_ttl_secs)),
             connections: AtomicUsize::new(0),
             shutdown: stopped.clone(),
             config,

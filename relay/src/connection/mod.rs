@@ -6,6 +6,7 @@
 //! 2. An authenticated device is registered (first handshake) or checked (revoked, too many
 //!    devices), joins the hub, and the session starts: see [`session`].
 
+mod pairing;
 mod session;
 
 use std::net::SocketAddr;
@@ -108,7 +109,7 @@ where
         }
     };
     let result = match outcome {
-        Ok(pending) => start_session(ws, pending, &ctx).await,
+        Ok(pending) => start_session(ws, pending, remote, &ctx).await,
         Err(close) => {
             ctx.metrics.handshake(close.metric_name());
             finish(ws, close, &ctx).await;
@@ -156,18 +157,19 @@ where
 async fn start_session<S>(
     mut ws: WebSocketStream<S>,
     pending: PendingSession,
+    remote: SocketAddr,
     ctx: &Arc<Context>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(auth) = pending.auth().cloned() else {
-        // Pairing sessions are served once pairing lands in the relay.
-        let close = Close::with_reason(
-            ErrorCode::UnexpectedFrame,
-            "this relay does not serve pairing sessions yet",
-        );
-        return refuse(ws, pending, close, ctx).await;
+        // A device being paired: no identity, pairing frames only.
+        let (channel, reply) = pending.accept(0, 0);
+        ws.send(Message::Binary(reply.into())).await?;
+        ctx.metrics.handshake("ok_pairing");
+        pairing::run(ws, channel, remote, Arc::clone(ctx)).await;
+        return Ok(());
     };
     let admitted = async {
         let record = ctx

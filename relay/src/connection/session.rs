@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{Close, transport_close};
 use crate::context::Context;
 use crate::hub::Peer;
+use crate::pairing::Party;
 use crate::store::{AppendOutcome, AppendRequest, StoreError};
 
 /// Frames queued from the reader to the writer.
@@ -73,7 +74,7 @@ pub(super) async fn run<S>(
     let (sink, stream) = ws.split();
     let (send, recv) = channel.split();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let ephemerals = std::mem::replace(&mut membership.ephemerals, mpsc::channel(1).1);
+    let direct = std::mem::replace(&mut membership.direct, mpsc::channel(1).1);
     let writer = Writer {
         sink,
         send,
@@ -82,7 +83,7 @@ pub(super) async fn run<S>(
         peer: Arc::clone(&membership.peer),
         delivered: cursor,
         control: control_rx,
-        ephemerals,
+        direct,
         pending: VecDeque::new(),
     };
     let mut writer_task = tokio::spawn(writer.run());
@@ -97,6 +98,7 @@ pub(super) async fn run<S>(
     };
     reader.run(&mut writer_task).await;
     let _ = writer_task.await;
+    ctx.pairing.session_ended(membership.peer.id());
     ctx.hub.leave(membership).await;
     ctx.metrics.sessions.dec();
 }
@@ -235,17 +237,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     Err(e) => self.storage_error(e).await,
                 }
             }
-            ClientFrame::PairOpen { .. }
-            | ClientFrame::PairJoin { .. }
-            | ClientFrame::PairForward { .. }
-            | ClientFrame::PairClose { .. } => {
-                let message = "this relay does not serve pairing yet";
-                self.error(ErrorFrame::with_message(
-                    ErrorCode::UnexpectedFrame,
-                    message,
-                ))
-                .await
+            ClientFrame::PairOpen { slot } => {
+                let inviter = Party {
+                    session: self.peer.id(),
+                    frames: self.peer.direct(),
+                };
+                match self.ctx.pairing.open(slot, inviter) {
+                    Ok(expires_at) => {
+                        let frame = ServerFrame::PairOpened { slot, expires_at };
+                        self.send(Control::Frame(frame)).await
+                    }
+                    Err(code) => self.error(ErrorFrame::new(code)).await,
+                }
             }
+            ClientFrame::PairForward { slot, body } => {
+                let forwarded = self.ctx.pairing.forward(slot, self.peer.id(), body);
+                self.pairing_result(forwarded).await
+            }
+            ClientFrame::PairClose { slot, success } => {
+                let closed = self.ctx.pairing.close(slot, self.peer.id(), success);
+                self.pairing_result(closed).await
+            }
+            ClientFrame::PairJoin { .. } => {
+                let message = "a paired device cannot join a pairing; connect anonymously";
+                let frame = ErrorFrame::with_message(ErrorCode::UnexpectedFrame, message);
+                self.error(frame).await
+            }
+        }
+    }
+
+    async fn pairing_result(&self, result: Result<(), ErrorCode>) -> Result<(), Close> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(code) => self.error(ErrorFrame::new(code)).await,
         }
     }
 
@@ -281,7 +305,7 @@ struct Writer<S> {
     peer: Arc<Peer>,
     delivered: u64,
     control: mpsc::Receiver<Control>,
-    ephemerals: mpsc::Receiver<ServerFrame>,
+    direct: mpsc::Receiver<ServerFrame>,
     pending: VecDeque<PendingAppend>,
 }
 
@@ -360,7 +384,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                         None => ending = Some(Close { code: None, reason: String::new() }),
                     }
                 }
-                Some(frame) = self.ephemerals.recv() => self.send_frame(&frame).await?,
+                Some(frame) = self.direct.recv() => self.send_frame(&frame).await?,
                 _ = self.peer.woken() => self.deliver_live().await?,
                 _ = poll.tick() => {
                     if !self.ctx.hub.bus_up() || last_log_read.elapsed() >= safety_every {

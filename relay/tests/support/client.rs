@@ -143,6 +143,43 @@ impl Client {
         })
     }
 
+    /// Connects as a device being paired (no identity).
+    pub async fn connect_anonymous(addr: SocketAddr, relay: RelayId) -> Result<Self, Refused> {
+        let mut ws = socket(addr).await;
+        let (state, hello) = ClientHandshake::start(relay, &mut OsRng);
+        ws.send(Message::Binary(hello.into())).await.unwrap();
+        let server_hello = next_binary(&mut ws).await.map_err(Refused::Closed)?;
+        let (state, start) = state
+            .handle_server_hello(&server_hello, Credentials::Anonymous)
+            .map_err(Refused::Handshake)?;
+        ws.send(Message::Binary(start.into())).await.unwrap();
+        let established = next_binary(&mut ws).await.map_err(Refused::Closed)?;
+        let (session, channel) = state
+            .handle_session(&established)
+            .map_err(Refused::Handshake)?;
+        Ok(Self {
+            ws,
+            channel,
+            session,
+            backlog: Vec::new(),
+            answers: Default::default(),
+        })
+    }
+
+    /// The next pairing frame (`PairOpened`, `PairPeer`, `PairClosed` or an error), skipping others.
+    pub async fn pairing_frame(&mut self) -> ServerFrame {
+        loop {
+            match self.recv().await.expect("connection open") {
+                frame @ (ServerFrame::PairOpened { .. }
+                | ServerFrame::PairPeer { .. }
+                | ServerFrame::PairClosed { .. }
+                | ServerFrame::Error(_)) => return frame,
+                ServerFrame::Events(events) => self.backlog.extend(events),
+                _ => {}
+            }
+        }
+    }
+
     pub async fn send(&mut self, frame: &ClientFrame) {
         let bytes = self.channel.seal(frame).unwrap();
         self.ws.send(Message::Binary(bytes.into())).await.unwrap();

@@ -1,0 +1,102 @@
+//! An anonymous session: a device being paired, which may only join a slot and exchange
+//! pairing messages with the inviter. It lives at most as long as a pairing code does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerChannel, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Close, finish, transport_close};
+use crate::context::Context;
+use crate::pairing::Party;
+
+/// Frames queued for the joiner.
+const QUEUE: usize = 16;
+
+/// Serves a joiner until it closes, the pairing ends, or the pairing time runs out.
+pub(super) async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    mut channel: ServerChannel,
+    remote: SocketAddr,
+    ctx: Arc<Context>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let session = ctx.hub.next_session_id();
+    let (frames, mut queued) = mpsc::channel(QUEUE);
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(ctx.config.limits.pairing_ttl_secs);
+    let mut shutdown = ctx.shutdown.clone();
+    let close = loop {
+        let outgoing = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopping| *stopping) => break Some(Close::going_away()),
+            _ = tokio::time::sleep_until(deadline) => break Some(Close::new(ErrorCode::PairingExpired)),
+            Some(frame) = queued.recv() => frame,
+            message = ws.next() => {
+                let bytes = match message {
+                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Text(_))) => {
+                        break Some(Close::with_reason(ErrorCode::UnexpectedFrame, "text messages are not part of the protocol"));
+                    }
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(e)) => break Some(transport_close(&e)),
+                };
+                let frame = match channel.open(&bytes) {
+                    Ok(frame) => frame,
+                    Err(e) => break Some(Close::with_reason(e.code(), e.to_string())),
+                };
+                let party = Party { session, frames: frames.clone() };
+                let result = match frame {
+                    ClientFrame::PairJoin { slot, body } => {
+                        if ctx.pair_join_limiter.try_take(&remote.ip(), Instant::now()) {
+                            ctx.pairing.join(slot, party, body)
+                        } else {
+                            Err(ErrorCode::RateLimited)
+                        }
+                    }
+                    ClientFrame::PairForward { slot, body } => ctx.pairing.forward(slot, session, body),
+                    ClientFrame::PairClose { slot, success } => ctx.pairing.close(slot, session, success),
+                    ClientFrame::Ping { nonce } => {
+                        let _ = frames.try_send(ServerFrame::Pong { nonce });
+                        Ok(())
+                    }
+                    ClientFrame::Pong { .. } => Ok(()),
+                    _ => break Some(Close::with_reason(ErrorCode::UnexpectedFrame, "a pairing session may only pair")),
+                };
+                match result {
+                    Ok(()) => continue,
+                    Err(code) => {
+                        ctx.metrics.error(code);
+                        ServerFrame::Error(ErrorFrame::new(code))
+                    }
+                }
+            }
+        };
+        let sent = channel.seal(&outgoing).map_err(|e| e.to_string());
+        let written = match sent {
+            Ok(bytes) => {
+                tokio::time::timeout(
+                    ctx.config.limits.write_timeout(),
+                    ws.send(Message::Binary(bytes.into())),
+                )
+                .await
+            }
+            Err(reason) => break Some(Close::with_reason(ErrorCode::Internal, reason)),
+        };
+        if !matches!(written, Ok(Ok(()))) {
+            break None;
+        }
+    };
+    ctx.pairing.session_ended(session);
+    if let Some(close) = close {
+        finish(ws, close, &ctx).await;
+    }
+}

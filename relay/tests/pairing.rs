@@ -1,0 +1,283 @@
+//! Pairing over a real relay: the relay routes opaque PAKE messages by slot, one join per code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ferry_protocol::pairing::{Inviter, Joiner, PairingCode};
+use ferry_protocol::seal::DataKey;
+use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, ServerFrame};
+use ferry_relay::{Config, Server};
+use rand_core::OsRng;
+use support::client::{Client, Identity, close_code};
+
+async fn relay(adjust: impl FnOnce(&mut Config)) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    adjust(&mut config);
+    (Server::spawn(config).await.unwrap(), dir)
+}
+
+fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
+    match frame {
+        ServerFrame::Error(e) => Some(e.code),
+        ServerFrame::PairClosed { code, .. } => *code,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_new_device_pairs_and_syncs() {
+    let (server, _dir) = relay(|_| {}).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let laptop = Identity::new_user();
+    let data_key = DataKey::generate(&mut OsRng);
+    let mut a = Client::connect(addr, relay_id, &laptop, None)
+        .await
+        .unwrap();
+    a.replay().await;
+    a.append(1, b"before pairing").await.unwrap();
+
+    let code = PairingCode::generate(&mut OsRng);
+    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
+    assert!(
+        matches!(a.pairing_frame().await, ServerFrame::PairOpened { slot, .. } if slot == code.slot())
+    );
+    let inviter = Inviter::start(&code, &mut OsRng);
+
+    // Device B types the code.
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let typed = PairingCode::parse(&code.digits()).unwrap();
+    let (joiner, hello) = Joiner::start(&typed, &mut OsRng);
+    b.send(&ClientFrame::PairJoin {
+        slot: typed.slot(),
+        body: hello,
+    })
+    .await;
+
+    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+        panic!("joiner hello")
+    };
+    let (inviter, reply) = inviter.handle_joiner_hello(&body).unwrap();
+    a.send(&ClientFrame::PairForward {
+        slot: code.slot(),
+        body: reply,
+    })
+    .await;
+
+    let tablet = DeviceKey::generate(&mut OsRng);
+    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
+        panic!("inviter hello")
+    };
+    let (joiner, request) = joiner
+        .handle_inviter_hello(&body, &tablet, "tablet")
+        .unwrap();
+    assert_eq!(joiner.confirmation(), inviter.confirmation());
+    b.send(&ClientFrame::PairForward {
+        slot: code.slot(),
+        body: request,
+    })
+    .await;
+
+    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+        panic!("joiner request")
+    };
+    let (admitted, grant) = inviter
+        .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
+        .unwrap();
+    assert_eq!(admitted.device, tablet.id());
+    a.send(&ClientFrame::PairForward {
+        slot: code.slot(),
+        body: grant,
+    })
+    .await;
+    a.send(&ClientFrame::PairClose {
+        slot: code.slot(),
+        success: true,
+    })
+    .await;
+
+    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
+        panic!("grant")
+    };
+    let grant = joiner.handle_grant(&body).unwrap();
+    assert_eq!(grant.data_key.bytes(), data_key.bytes());
+    assert_eq!(
+        b.pairing_frame().await,
+        ServerFrame::PairClosed {
+            slot: code.slot(),
+            code: None
+        }
+    );
+
+    // The new device is a device of the user now.
+    let paired = Identity {
+        user: grant.user_key,
+        device: tablet,
+        certificate: grant.certificate,
+    };
+    let mut t = Client::connect(addr, relay_id, &paired, None)
+        .await
+        .unwrap();
+    let (events, _) = t.replay().await;
+    assert_eq!(events[0].payload.0, b"before pairing");
+    // The code is single use.
+    let mut late = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    late.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello,
+    })
+    .await;
+    assert_eq!(
+        error_code(&late.pairing_frame().await),
+        Some(ErrorCode::PairingCodeUsed)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_code_burns_the_slot_and_races_have_one_winner() {
+    let (server, _dir) = relay(|_| {}).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let laptop = Identity::new_user();
+    let mut a = Client::connect(addr, relay_id, &laptop, None)
+        .await
+        .unwrap();
+    a.replay().await;
+    let code = PairingCode::parse("314159").unwrap();
+    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
+    a.pairing_frame().await;
+    // Opening the same slot again is refused: the inviter draws another code.
+    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
+    assert_eq!(
+        error_code(&a.pairing_frame().await),
+        Some(ErrorCode::PairingSlotTaken)
+    );
+    let inviter = Inviter::start(&code, &mut OsRng);
+
+    // Two devices race for the slot; the second is told the code is used.
+    let wrong = PairingCode::parse("314000").unwrap();
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let mut c = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let (joiner, hello) = Joiner::start(&wrong, &mut OsRng);
+    b.send(&ClientFrame::PairJoin {
+        slot: wrong.slot(),
+        body: hello,
+    })
+    .await;
+    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+        panic!("hello")
+    };
+    let (_c_joiner, c_hello) = Joiner::start(&code, &mut OsRng);
+    c.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: c_hello,
+    })
+    .await;
+    assert_eq!(
+        error_code(&c.pairing_frame().await),
+        Some(ErrorCode::PairingCodeUsed)
+    );
+
+    // The wrong code is caught by the joiner before anything is revealed; it burns the slot.
+    let (_, reply) = inviter.handle_joiner_hello(&body).unwrap();
+    a.send(&ClientFrame::PairForward {
+        slot: code.slot(),
+        body: reply,
+    })
+    .await;
+    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
+        panic!("reply")
+    };
+    let failed = joiner
+        .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), "x")
+        .unwrap_err();
+    assert_eq!(failed.code(), ErrorCode::PairingFailed);
+    b.send(&ClientFrame::PairClose {
+        slot: code.slot(),
+        success: false,
+    })
+    .await;
+    assert_eq!(
+        error_code(&a.pairing_frame().await),
+        Some(ErrorCode::PairingFailed)
+    );
+
+    // Even the right code is refused now.
+    let mut d = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    d.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello,
+    })
+    .await;
+    assert_eq!(
+        error_code(&d.pairing_frame().await),
+        Some(ErrorCode::PairingCodeUsed)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_and_expired_codes_are_refused_and_anonymous_sessions_only_pair() {
+    let (server, _dir) = relay(|c| c.limits.pairing_ttl_secs = 1).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let code = PairingCode::parse("271828").unwrap();
+    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    b.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello.clone(),
+    })
+    .await;
+    assert_eq!(
+        error_code(&b.pairing_frame().await),
+        Some(ErrorCode::PairingUnknownCode)
+    );
+
+    let laptop = Identity::new_user();
+    let mut a = Client::connect(addr, relay_id, &laptop, None)
+        .await
+        .unwrap();
+    a.replay().await;
+    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
+    a.pairing_frame().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    b.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello,
+    })
+    .await;
+    assert_eq!(
+        error_code(&b.pairing_frame().await),
+        Some(ErrorCode::PairingExpired)
+    );
+
+    // An anonymous session cannot touch any log.
+    b.send(&ClientFrame::ListDevices).await;
+    assert_eq!(
+        close_code(&mut b.ws).await,
+        Some(ErrorCode::UnexpectedFrame.close_code())
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn join_attempts_are_limited_per_address() {
+    let (server, _dir) = relay(|c| c.limits.pair_joins_per_ip_per_minute = 8).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let mut codes = Vec::new();
+    for n in 0..6u16 {
+        b.send(&ClientFrame::PairJoin {
+            slot: n,
+            body: vec![0],
+        })
+        .await;
+        codes.push(error_code(&b.pairing_frame().await));
+    }
+    assert!(codes.contains(&Some(ErrorCode::RateLimited)), "{codes:?}");
+    server.shutdown().await;
+}
