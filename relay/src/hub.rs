@@ -387,12 +387,16 @@ impl Hub {
     fn set_bus_up(&self, up: bool) {
         let was = self.bus_up.swap(up, Ordering::Relaxed);
         self.metrics.bus_up.set(i64::from(up));
-        if up && !was {
-            tracing::info!("wake-up bus is back; every session re-reads the log once");
+        if up {
+            // Every report of "up" may follow a down we never saw (a watch keeps only the
+            // latest value): wake-ups may have been lost, so every session reads the log once.
+            if !was {
+                tracing::info!("wake-up bus is back; every session re-reads the log once");
+            }
             for peers in lock(&self.users).values() {
                 peers.iter().for_each(|p| p.poll());
             }
-        } else if !up && was {
+        } else if was {
             tracing::warn!("wake-up bus is down; sessions poll the log until it returns");
         }
     }

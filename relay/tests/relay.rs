@@ -609,3 +609,56 @@ fn a_relay_refusal_is_a_plaintext_message_clients_understand() {
     let err = ferry_protocol::handshake::HandshakeError::UnsupportedVersion { min: 5, max: 6 };
     assert!(!ServerHandshake::reject(&err).is_empty());
 }
+
+#[tokio::test]
+async fn a_stalled_device_is_dropped_without_hurting_others() {
+    let relay = relay_with(|c| {
+        c.limits.write_timeout_ms = 300;
+        c.limits.appends_per_device_per_second = 100_000;
+    })
+    .await;
+    let writer_id = Identity::new_user();
+    let stalled_id = writer_id.another_device("stalled");
+    let mut stalled = relay.connect(&stalled_id).await;
+    stalled.replay().await;
+    // `stalled` never reads again. The writer pushes far more than socket buffers hold.
+    let mut writer = relay.connect(&writer_id).await;
+    writer.replay().await;
+    let payload = vec![7u8; 32 * 1024];
+    for n in 1..=600u64 {
+        writer
+            .send(&ClientFrame::Append(ferry_protocol::Append {
+                device_seq: n,
+                payload: ferry_protocol::SealedPayload(payload.clone()),
+            }))
+            .await;
+        if n % 50 == 0 {
+            writer.answer(n).await.unwrap();
+        }
+    }
+    for n in (1..=600u64).filter(|n| n % 50 != 0) {
+        writer.answer(n).await.unwrap();
+    }
+    let mut dropped = false;
+    for _ in 0..100 {
+        let metrics = relay.server.metrics().render();
+        if metrics.contains("ferry_errors_total{code=\"slow_consumer\"}")
+            && metrics.contains("ferry_sessions 1\n")
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dropped,
+        "the stalled session was dropped:\n{}",
+        relay.server.metrics().render()
+    );
+    // It resumes from its cursor when it comes back, and gets everything.
+    drop(stalled);
+    let mut back = relay.connect(&stalled_id).await;
+    let (events, head) = back.replay().await;
+    assert_eq!((events.len(), head), (600, 600));
+    relay.server.shutdown().await;
+}

@@ -96,8 +96,9 @@ pub(super) async fn run<S>(
         peer: Arc::clone(&membership.peer),
         control,
     };
-    reader.run(&mut writer_task).await;
-    let _ = writer_task.await;
+    if !reader.run(&mut writer_task).await {
+        let _ = writer_task.await;
+    }
     ctx.pairing.session_ended(membership.peer.id());
     ctx.hub.leave(membership).await;
     ctx.metrics.sessions.dec();
@@ -114,15 +115,16 @@ struct Reader<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
-    /// Reads until the connection should end, then tells the writer how to close.
-    async fn run(mut self, writer: &mut JoinHandle<()>) {
+    /// Reads until the connection should end, then tells the writer how to close. Returns
+    /// whether the writer task has already finished (a finished handle must not be awaited).
+    async fn run(mut self, writer: &mut JoinHandle<()>) -> bool {
         let mut shutdown = self.ctx.shutdown.clone();
         let idle = self.ctx.config.limits.idle_timeout();
         let close = loop {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => break Close::going_away(),
-                _ = &mut *writer => return,
+                _ = &mut *writer => return true,
                 message = tokio::time::timeout(idle, self.stream.next()) => message,
             };
             let bytes = match message {
@@ -132,7 +134,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                         reason: "idle for too long".to_owned(),
                     };
                 }
-                Ok(None | Some(Ok(Message::Close(_)))) => return self.end_quietly().await,
+                Ok(None | Some(Ok(Message::Close(_)))) => {
+                    self.end_quietly().await;
+                    return false;
+                }
                 Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
                 Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
                 Ok(Some(Ok(Message::Text(_)))) => {
@@ -152,6 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             }
         };
         let _ = self.control.send(Control::End(close)).await;
+        false
     }
 
     /// The client closed: answer pending appends if the socket still takes them, then stop.
