@@ -14,7 +14,9 @@
 //! - Inboxes are bounded: a slow device makes its inbox overflow into "read from the log",
 //!   never grows memory.
 //! - A node subscribes to a user's bus topic once, while at least one of the user's devices
-//!   is connected to it, and ignores messages it published itself.
+//!   is connected to it, and ignores messages it published itself. Every session holds one
+//!   reference on the subscription (the bus counts them) and waits until it is in effect
+//!   before replaying, even when another session of the user asked for it first.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -244,13 +246,14 @@ impl Hub {
             direct: direct_tx,
             close: watch::Sender::new(None),
         });
-        let first = {
-            let mut users = lock(&self.users);
-            let peers = users.entry(user).or_default();
-            peers.push(Arc::clone(&peer));
-            peers.len() == 1
-        };
-        if first && let Err(e) = self.bus.subscribe(&user).await {
+        lock(&self.users)
+            .entry(user)
+            .or_default()
+            .push(Arc::clone(&peer));
+        // Every session subscribes, not only the user's first on this node: `subscribe` returns
+        // once the subscription is in effect, and a session that skipped it could replay while
+        // the first session's SUBSCRIBE is still on its way and miss the wake-ups in between.
+        if let Err(e) = self.bus.subscribe(&user).await {
             // The session still works: it polls the log while the bus is unhealthy.
             tracing::warn!(error = %e, "bus subscribe failed");
         }
@@ -264,21 +267,23 @@ impl Hub {
 
     /// Unregisters a session.
     pub async fn leave(&self, membership: Membership) {
-        let last = {
+        let registered = {
             let mut users = lock(&self.users);
             match users.get_mut(&membership.user) {
                 Some(peers) => {
+                    let before = peers.len();
                     peers.retain(|p| p.id != membership.peer.id);
-                    let empty = peers.is_empty();
-                    if empty {
+                    let removed = peers.len() < before;
+                    if peers.is_empty() {
                         users.remove(&membership.user);
                     }
-                    empty
+                    removed
                 }
                 None => false,
             }
         };
-        if last && let Err(e) = self.bus.unsubscribe(&membership.user).await {
+        // Releases the reference `join` took; the bus unsubscribes with the last one.
+        if registered && let Err(e) = self.bus.unsubscribe(&membership.user).await {
             tracing::warn!(error = %e, "bus unsubscribe failed");
         }
     }
