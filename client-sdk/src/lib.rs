@@ -1,1 +1,93 @@
-//! Not built yet: see the project issues. This crate exists so the workspace has its final shape.
+//! The Ferry client SDK: what an app links to sync a user's devices through a relay that
+//! cannot read what it carries.
+//!
+//! # In five minutes
+//!
+//! - A device keeps its [`ClientState`] in a folder: its keys (owner-only files), its
+//!   certificate, the relay's URL and pinned key, its cursor and its outbox.
+//!   [`ClientState::create`] makes a new user; [`ClientState::open`] opens it again.
+//! - [`Client::connect`] (or [`Client::start`], which does not wait) hands the state to a
+//!   background task that keeps a session with the relay, reconnecting with jittered
+//!   exponential backoff.
+//! - [`Client::append`] seals bytes with the user's data key, writes them to the outbox,
+//!   and resolves with the event's place in the log once the relay has committed it.
+//!   Nothing appended is lost across disconnects or crashes, and nothing is stored twice.
+//! - [`Client::next_event`] returns the log's events, decrypted, in order, each once, on
+//!   every device of the user (this one included). An event is acknowledged when the app
+//!   asks for the next one.
+//! - [`Client::list_devices`] and [`Client::revoke`] manage the user's devices.
+//! - Errors are [`ClientError`]s: one variant per thing that can go wrong, relay error
+//!   codes included; [`ClientError::is_permanent`] says which ones stop the client.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  app ─append(bytes)─▶ seal(data key, slot = user/device/device_seq) ─▶ outbox (fsync) ─Append─▶ relay
+//!                                                   ◀─ remove from outbox ◀─ Appended(seq) ─┘
+//!  app ◀─next_event()─ open(data key, slot) ◀─ drop seq ≤ cursor ◀─ Events ◀─ relay (replay, then live)
+//!      ─next_event() again─▶ cursor to disk ─Ack(seq)─▶ relay
+//! ```
+//!
+//! The relay sees who appends and when, and how large each event is; it never sees a
+//! plaintext or a key that opens one. Each payload is bound to its slot, so a relay that
+//! moves a payload to another place makes it fail to open ([`ClientError::Undecryptable`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ferry_client::{Client, ClientEvent, ClientState, Options, RelayId};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Once per device: a new user, pinned to the relay's key (printed at its first start).
+//! let relay_key: RelayId = "b533d8ad9fcfbdde0b481c1b334ddc3c53412fd614564e7e5afd020368d382c3".parse()?;
+//! let state = ClientState::create("laptop-state", "ws://127.0.0.1:7070/ws", relay_key, "laptop")?;
+//! // Every later start: ClientState::open("laptop-state")?
+//!
+//! let mut client = Client::connect(state, Options::default()).await?;
+//! let seq = client.append(b"hello from the laptop").await?;
+//! println!("stored as event {seq}");
+//!
+//! loop {
+//!     match client.next_event().await? {
+//!         ClientEvent::Event(event) => {
+//!             println!("{}: {}", event.seq, String::from_utf8_lossy(&event.plaintext));
+//!         }
+//!         ClientEvent::CaughtUp { .. } => break,
+//!         _ => {}
+//!     }
+//! }
+//! client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/sync.rs` is a complete program; the `ferry` binary (feature `cli`, on by
+//! default) is the same library behind a command line.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod backoff;
+mod client;
+mod connection;
+mod driver;
+mod error;
+mod event;
+mod files;
+mod options;
+mod outbox;
+mod state;
+
+pub use client::{Client, ClientHandle};
+pub use error::{ClientError, StateError};
+pub use event::{ClientEvent, ReceivedEvent, Status};
+pub use options::Options;
+pub use state::ClientState;
+
+// The protocol types that appear in this crate's API, so apps need not depend on
+// `ferry-protocol` themselves.
+pub use ferry_protocol::limits;
+pub use ferry_protocol::seal::{DataKey, MAX_PLAINTEXT_LEN};
+pub use ferry_protocol::{
+    DeviceCertificate, DeviceId, DeviceInfo, DeviceKey, ErrorCode, RelayId, UserId, UserKey,
+};

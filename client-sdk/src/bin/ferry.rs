@@ -1,0 +1,347 @@
+//! `ferry`: the Ferry command-line client, a thin shell over the `ferry-client` library.
+//!
+//! ```text
+//! ferry --state DIR init --relay ws://HOST:PORT/ws --relay-key HEX [--name NAME]
+//! ferry --state DIR send TEXT          # `send -`: each line of stdin is one event
+//! ferry --state DIR tail [--follow] [--limit N]
+//! ferry --state DIR devices
+//! ferry --state DIR revoke DEVICE      # a device id, or a unique prefix of one
+//! ```
+//!
+//! Exit status 0 on success, 1 on any failure (the reason goes to stderr). Event text goes
+//! to stdout, one event per line; everything else goes to stderr.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use ferry_client::{Client, ClientError, ClientEvent, ClientState, DeviceInfo, Options, RelayId};
+
+/// Ferry: end-to-end encrypted sync between your devices, through a relay that cannot read it.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version)]
+struct Cli {
+    /// Folder holding this device's keys, cursor and outbox (created by `init`).
+    #[arg(long, env = "FERRY_STATE", value_name = "DIR")]
+    state: PathBuf,
+
+    /// Seconds to wait for the relay before giving up.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    timeout: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new user on this device, pinned to a relay.
+    Init {
+        /// The relay's WebSocket URL, ws://HOST:PORT/ws.
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// The relay's public key, as it printed at its first start (64 hex digits).
+        #[arg(long, value_name = "HEX")]
+        relay_key: RelayId,
+        /// A name for this device, shown by `devices` (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Append an event and wait until the relay has stored it.
+    ///
+    /// If the relay cannot be reached the event stays in the outbox and the command fails;
+    /// the next command that reaches the relay sends it.
+    Send {
+        /// The event's text; `-` sends each line of stdin as one event.
+        text: String,
+    },
+    /// Print the events that arrived after this device's cursor, one per line.
+    Tail {
+        /// Keep printing new events as they arrive (until Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// List the user's devices.
+    Devices,
+    /// Revoke a device: it can no longer connect.
+    Revoke {
+        /// The device id (or a unique prefix of it), as `devices` shows it.
+        device: String,
+    },
+    // Pairing (`pair` on a device that has the user, `join` on the new one) comes here.
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(cli.timeout);
+    let options = Options::default()
+        .connect_timeout(timeout)
+        .backoff(Duration::from_millis(200), Duration::from_secs(2));
+    match cli.command {
+        Command::Init {
+            relay,
+            relay_key,
+            name,
+        } => init(&cli.state, &relay, relay_key, name),
+        Command::Send { text } => send(&cli.state, &text, options, timeout).await,
+        Command::Tail { follow, limit } => tail(&cli.state, follow, limit, options).await,
+        Command::Devices => devices(&cli.state, options, timeout).await,
+        Command::Revoke { device } => revoke(&cli.state, &device, options, timeout).await,
+    }
+}
+
+fn init(
+    dir: &std::path::Path,
+    relay: &str,
+    relay_key: RelayId,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(default_name);
+    let state = ClientState::create(dir, relay, relay_key, &name)?;
+    println!("user   {}", state.user_id());
+    println!("device {} ({})", state.device_id(), state.device_name());
+    eprintln!(
+        "ferry: new user created in {}; keep this folder private",
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn send(
+    dir: &std::path::Path,
+    text: &str,
+    options: Options,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let texts = if text == "-" {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading stdin")?
+    } else {
+        vec![text.to_owned()]
+    };
+    let client = Client::start(ClientState::open(dir)?, options);
+    for text in &texts {
+        client.enqueue(text.as_bytes()).await?;
+    }
+    let flushed = client.flush(timeout).await;
+    let pending = client.status().pending;
+    client.close().await?;
+    match flushed {
+        Ok(()) => {
+            eprintln!("ferry: sent {} event(s)", texts.len());
+            Ok(())
+        }
+        Err(e) => bail!(
+            "{e}\n{pending} event(s) kept in the outbox; the next command that reaches the relay sends them"
+        ),
+    }
+}
+
+async fn tail(
+    dir: &std::path::Path,
+    follow: bool,
+    limit: Option<u64>,
+    options: Options,
+) -> anyhow::Result<()> {
+    let mut client = Client::connect(ClientState::open(dir)?, options).await?;
+    let mut stdout = std::io::stdout();
+    let mut printed = 0;
+    let result = loop {
+        if limit.is_some_and(|limit| printed >= limit) {
+            break Ok(());
+        }
+        let next = tokio::select! {
+            next = client.next_event() => next,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        };
+        match next {
+            Ok(ClientEvent::Event(event)) => {
+                let mut line = event.plaintext.to_vec();
+                line.push(b'\n');
+                stdout.write_all(&line)?;
+                stdout.flush()?;
+                printed += 1;
+            }
+            Ok(ClientEvent::CaughtUp { .. }) if !follow => break Ok(()),
+            Ok(_) => {}
+            Err(e) if !e.is_permanent() => eprintln!("ferry: skipped: {e}"),
+            Err(e) => break Err(e),
+        }
+    };
+    // Saves the cursor: what was printed will not be printed again.
+    client.close().await?;
+    Ok(result?)
+}
+
+async fn devices(dir: &std::path::Path, options: Options, timeout: Duration) -> anyhow::Result<()> {
+    let client = Client::connect(ClientState::open(dir)?, options).await?;
+    let listed = within(timeout, client.list_devices()).await;
+    let this = client.device_id();
+    client.close().await?;
+    for device in listed? {
+        let mut line = format!(
+            "{}  {:<20}  added {}  last seen {}",
+            device.certificate.device,
+            device.certificate.name,
+            date(device.certificate.created_at),
+            date(device.last_seen),
+        );
+        if device.revoked {
+            line.push_str("  revoked");
+        }
+        if device.certificate.device == this {
+            line.push_str("  (this device)");
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn revoke(
+    dir: &std::path::Path,
+    prefix: &str,
+    options: Options,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.is_empty() {
+        bail!("name the device to revoke");
+    }
+    let client = Client::connect(ClientState::open(dir)?, options).await?;
+    let outcome = async {
+        let devices = within(timeout, client.list_devices()).await?;
+        let found: Vec<&DeviceInfo> = devices
+            .iter()
+            .filter(|d| d.certificate.device.to_hex().starts_with(&prefix))
+            .collect();
+        let device = match found.as_slice() {
+            [device] => *device,
+            [] => bail!("no device of this user has an id starting with {prefix}"),
+            _ => bail!("{prefix} matches several devices; give more of the id"),
+        };
+        within(timeout, client.revoke(device.certificate.device)).await?;
+        Ok(device.clone())
+    }
+    .await;
+    client.close().await?;
+    let device = outcome?;
+    println!(
+        "revoked {} ({})",
+        device.certificate.device, device.certificate.name
+    );
+    Ok(())
+}
+
+/// Runs a request with a deadline.
+async fn within<T>(
+    timeout: Duration,
+    request: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .unwrap_or(Err(ClientError::Timeout { pending: 0 }))
+}
+
+/// The host name, cut to the 64 bytes a device name may have.
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry-cli".to_owned());
+    let mut end = host.len().min(ferry_client::limits::MAX_DEVICE_NAME_LEN);
+    while !host.is_char_boundary(end) {
+        end -= 1;
+    }
+    host[..end].to_owned()
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM UTC`.
+fn date(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let minutes = unix_seconds % 86_400 / 60;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minutes / 60,
+        minutes % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(date(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli =
+            Cli::try_parse_from(["ferry", "--state", "s", "tail", "--follow", "--limit", "3"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Tail {
+                follow: true,
+                limit: Some(3)
+            })
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "ferry",
+                "--state",
+                "s",
+                "init",
+                "--relay",
+                "ws://x/ws",
+                "--relay-key",
+                "zz"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The app's side: [`Client`] (events in, appends out) and [`ClientHandle`] (appends and
+//! device requests, from any task).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use ferry_protocol::seal::MAX_PLAINTEXT_LEN;
+use ferry_protocol::{DeviceId, DeviceInfo, UserId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Shared};
+use crate::error::ClientError;
+use crate::event::{ClientEvent, Status};
+use crate::options::Options;
+use crate::state::ClientState;
+
+/// Commands waiting for the driver.
+const COMMAND_QUEUE: usize = 256;
+
+/// A device's connection to its user's log, kept up in the background.
+///
+/// [`start`](Self::start) or [`connect`](Self::connect) hands the [`ClientState`] to a
+/// background task, which connects, reconnects with jittered exponential backoff, sends
+/// the outbox and decrypts events. [`close`](Self::close) gives the state back.
+///
+/// Reading: [`next_event`](Self::next_event) returns the log's events in order, each once.
+/// An event counts as received by the app when the app asks for the next one (or closes
+/// the client): only then does the cursor move, on disk and at the relay. After a crash,
+/// the events received in the last moments ([`Options::ack_delay`]) may come again;
+/// an app that must never see one twice keeps [`ReceivedEvent::seq`] with its own data
+/// and skips what it has.
+///
+/// Writing: [`append`](Self::append) and [`enqueue`](Self::enqueue) (also on
+/// [`ClientHandle`], for other tasks).
+///
+/// [`ReceivedEvent::seq`]: crate::ReceivedEvent::seq
+pub struct Client {
+    handle: ClientHandle,
+    deliveries: mpsc::Receiver<Delivery>,
+    /// The stream sequence of the last item returned, acknowledged at the next call.
+    returned: Option<u64>,
+    task: JoinHandle<Finished>,
+}
+
+/// A cheap, cloneable handle for appending and device requests from any task.
+#[derive(Clone)]
+pub struct ClientHandle {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    user: UserId,
+    device: DeviceId,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("handle", &self.handle)
+            .field("queued", &self.deliveries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ClientHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandle")
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("status", &*self.shared.status.borrow())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts the background task and returns at once, connected or not: appends go to
+    /// the outbox and leave when the relay is reachable. Must be called within a tokio
+    /// runtime.
+    pub fn start(state: ClientState, options: Options) -> Self {
+        let shared = Arc::new(Shared::new(state.pending()));
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (deliveries, delivery_rx) = mpsc::channel(options.event_buffer.max(1));
+        let handle = ClientHandle {
+            commands,
+            shared: Arc::clone(&shared),
+            user: state.user_id(),
+            device: state.device_id(),
+        };
+        let driver = Driver::new(state, options, command_rx, deliveries, shared);
+        Self {
+            handle,
+            deliveries: delivery_rx,
+            returned: None,
+            task: tokio::spawn(driver.run()),
+        }
+    }
+
+    /// Starts the client and waits until the relay accepted this device, for at most
+    /// [`Options::connect_timeout`]. Fails with the reason if it did not: the relay is
+    /// unreachable, the pinned key does not match, the device was revoked...
+    ///
+    /// What the relay says once the session is open (such as
+    /// [`ClientError::ResyncRequired`], the first thing it sends when the cursor is older
+    /// than what it keeps) comes from [`next_event`](Self::next_event).
+    pub async fn connect(state: ClientState, options: Options) -> Result<Self, ClientError> {
+        let timeout = options.connect_timeout;
+        let client = Self::start(state, options);
+        let mut status = client.handle.shared.status.subscribe();
+        let waited = tokio::time::timeout(
+            timeout,
+            status.wait_for(|s| s.sessions > 0 || s.stopped.is_some()),
+        )
+        .await;
+        let timed_out = waited.is_err();
+        drop(waited);
+        let now = status.borrow().clone();
+        let error = if now.sessions > 0 {
+            None
+        } else if let Some(stopped) = now.stopped {
+            Some(stopped)
+        } else if timed_out {
+            Some(now.last_error.unwrap_or_else(|| {
+                ClientError::RelayUnreachable(format!("no session within {timeout:?}"))
+            }))
+        } else {
+            Some(ClientError::Closed)
+        };
+        match error {
+            None => Ok(client),
+            Some(error) => {
+                // Wait for the task to let go of the state folder before reporting.
+                let _ = client.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The next event of the log (or [`ClientEvent::CaughtUp`]), waiting for one.
+    ///
+    /// Calling it acknowledges the item it returned last. An `Err` for one event
+    /// ([`ClientError::Undecryptable`]) or one refused append is an item too: the next call
+    /// moves past it. Once the client has stopped, every call returns why.
+    pub async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
+        self.acknowledge();
+        match self.deliveries.recv().await {
+            Some(delivery) => {
+                self.returned = delivery.seq;
+                delivery.item
+            }
+            None => Err(self.handle.shared.stopped()),
+        }
+    }
+
+    /// Stops the client: acknowledges the last event returned, saves the cursor, closes
+    /// the connection, and gives the state back. What is still in the outbox stays on disk
+    /// and is sent by the next client.
+    pub async fn close(mut self) -> Result<ClientState, ClientError> {
+        self.acknowledge();
+        // Fails only if the task already stopped, which is what we want anyway.
+        let _ = self.handle.commands.send(Command::Close).await;
+        let Finished { state, saved } = self.task.await.map_err(|_| ClientError::Closed)?;
+        saved?;
+        let state = Arc::try_unwrap(state).map_err(|_| ClientError::Closed)?;
+        Ok(state.into_inner().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A handle for other tasks.
+    pub fn handle(&self) -> ClientHandle {
+        self.handle.clone()
+    }
+
+    /// See [`ClientHandle::append`].
+    pub async fn append(&self, plaintext: &[u8]) -> Result<u64, ClientError> {
+        self.handle.append(plaintext).await
+    }
+
+    /// See [`ClientHandle::enqueue`].
+    pub async fn enqueue(&self, plaintext: &[u8]) -> Result<u64, ClientError> {
+        self.handle.enqueue(plaintext).await
+    }
+
+    /// See [`ClientHandle::flush`].
+    pub async fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
+        self.handle.flush(timeout).await
+    }
+
+    /// See [`ClientHandle::list_devices`].
+    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+        self.handle.list_devices().await
+    }
+
+    /// See [`ClientHandle::revoke`].
+    pub async fn revoke(&self, device: DeviceId) -> Result<(), ClientError> {
+        self.handle.revoke(device).await
+    }
+
+    /// See [`ClientHandle::status`].
+    pub fn status(&self) -> Status {
+        self.handle.status()
+    }
+
+    /// The user this device acts for.
+    pub fn user_id(&self) -> UserId {
+        self.handle.user
+    }
+
+    /// This device.
+    pub fn device_id(&self) -> DeviceId {
+        self.handle.device
+    }
+
+    fn acknowledge(&mut self) {
+        if let Some(seq) = self.returned.take() {
+            self.handle.shared.received.fetch_max(seq, Ordering::AcqRel);
+        }
+        // Also when nothing is acknowledged: the driver learns the app made room.
+        self.handle.shared.consumed.notify_one();
+    }
+}
+
+impl ClientHandle {
+    /// Appends an event and waits until the relay has committed it; returns its stream
+    /// sequence.
+    ///
+    /// The event is sealed and written to the outbox before it is sent, so once this is
+    /// called and the outbox write succeeded, nothing loses it: not a dropped connection,
+    /// not a crash. If the future is dropped (a timeout) the event stays in the outbox and
+    /// is delivered anyway.
+    pub async fn append(&self, plaintext: &[u8]) -> Result<u64, ClientError> {
+        let (appended, answer) = oneshot::channel();
+        self.store(plaintext, Some(appended)).await?;
+        answer.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// Seals an event and writes it to the outbox, then returns its device sequence
+    /// without waiting for the relay: it is sent as soon as there is a connection.
+    pub async fn enqueue(&self, plaintext: &[u8]) -> Result<u64, ClientError> {
+        self.store(plaintext, None).await
+    }
+
+    async fn store(
+        &self,
+        plaintext: &[u8],
+        appended: Option<oneshot::Sender<Result<u64, ClientError>>>,
+    ) -> Result<u64, ClientError> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(ClientError::PayloadTooLarge {
+                len: plaintext.len(),
+            });
+        }
+        let (stored, answer) = oneshot::channel();
+        let enqueue = Enqueue {
+            plaintext: Zeroizing::new(plaintext.to_vec()),
+            stored,
+            appended,
+        };
+        self.send(Command::Enqueue(enqueue)).await?;
+        answer.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// Waits until the outbox is empty (every event acknowledged by the relay), for at most
+    /// `timeout`. On failure the events stay in the outbox; the error says why they could
+    /// not be delivered (the relay unreachable, say) or [`ClientError::Timeout`].
+    pub async fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut status = self.shared.status.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            status.wait_for(|s| s.pending == 0 || s.stopped.is_some()),
+        )
+        .await;
+        let status = status.borrow().clone();
+        if status.pending == 0 {
+            return Ok(());
+        }
+        if let Some(error) = status.stopped {
+            return Err(error);
+        }
+        match status.last_error {
+            Some(error) if !status.connected => Err(error),
+            _ => Err(ClientError::Timeout {
+                pending: status.pending,
+            }),
+        }
+    }
+
+    /// The user's devices, revoked ones included, with every certificate verified against
+    /// the user key. Waits for a connection.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ListDevices(reply)).await?;
+        answer.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// Revokes a device of the user (a revocation signed with the user key); the relay
+    /// closes its sessions and refuses it from now on. Waits for a connection.
+    pub async fn revoke(&self, device: DeviceId) -> Result<(), ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Revoke { device, reply }).await?;
+        answer.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// Whether the client is connected, how many events wait in the outbox, what failed.
+    pub fn status(&self) -> Status {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Events in the outbox, not yet acknowledged by the relay.
+    pub fn pending(&self) -> usize {
+        self.shared.status.borrow().pending
+    }
+
+    /// The user this device acts for.
+    pub fn user_id(&self) -> UserId {
+        self.user
+    }
+
+    /// This device.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    async fn send(&self, command: Command) -> Result<(), ClientError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| self.shared.stopped())
+    }
+}

@@ -1,0 +1,196 @@
+//! Appends: sealing into the outbox (one `fsync` per batch), sending within a window, and
+//! settling each one when the relay answers.
+
+use std::sync::Arc;
+
+use ferry_protocol::limits::MAX_PAYLOAD_LEN;
+use ferry_protocol::seal::{self, EventSlot, MAX_PLAINTEXT_LEN};
+use ferry_protocol::{Append, ClientFrame, ErrorCode, ErrorFrame};
+use rand_core::OsRng;
+use tokio::time::Instant;
+
+use super::{Delivery, Driver, Enqueue, Link, Pending, WINDOW, remove_first};
+use crate::error::{ClientError, StateError};
+
+impl Driver {
+    /// Seals a batch, flushes it to the outbox with one `fsync`, then queues it to send.
+    pub(super) async fn enqueue(&mut self, batch: Vec<Enqueue>, link: Option<&mut Link>) {
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut plaintexts = Vec::with_capacity(batch.len());
+        for Enqueue {
+            plaintext,
+            stored,
+            appended,
+        } in batch
+        {
+            plaintexts.push(plaintext);
+            replies.push((stored, appended));
+        }
+        let keys = Arc::clone(&self.keys);
+        let (user, device) = (self.user, self.device);
+        let sealed = self
+            .on_disk(move |state| {
+                let mut results = Vec::with_capacity(plaintexts.len());
+                let mut batch = Vec::with_capacity(plaintexts.len());
+                for plaintext in plaintexts {
+                    if plaintext.len() > MAX_PLAINTEXT_LEN {
+                        results.push(Err(ClientError::PayloadTooLarge {
+                            len: plaintext.len(),
+                        }));
+                        continue;
+                    }
+                    let device_seq = state.outbox.reserve();
+                    let slot = EventSlot {
+                        user,
+                        device,
+                        device_seq,
+                    };
+                    match seal::seal(&keys.data, &slot, &plaintext, &mut OsRng) {
+                        Ok(payload) => {
+                            results.push(Ok(device_seq));
+                            batch.push((device_seq, payload));
+                        }
+                        Err(_) => results.push(Err(ClientError::PayloadTooLarge {
+                            len: plaintext.len(),
+                        })),
+                    }
+                }
+                state.outbox.push(&batch)?;
+                Ok::<_, StateError>((results, batch))
+            })
+            .await;
+        let (results, batch) = match sealed {
+            Ok(Ok(sealed)) => sealed,
+            Ok(Err(error)) => {
+                let error = ClientError::State(error);
+                for (stored, appended) in replies {
+                    let _ = stored.send(Err(error.clone()));
+                    if let Some(appended) = appended {
+                        let _ = appended.send(Err(error.clone()));
+                    }
+                }
+                return;
+            }
+            Err(error) => {
+                for (stored, _) in replies {
+                    let _ = stored.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let mut payloads = batch.into_iter();
+        let mut link = link;
+        for ((stored, appended), result) in replies.into_iter().zip(results) {
+            match result {
+                Ok(device_seq) => {
+                    let Some((_, payload)) = payloads.next() else {
+                        break;
+                    };
+                    self.pending.insert(
+                        device_seq,
+                        Pending {
+                            payload,
+                            waiters: appended.into_iter().collect(),
+                        },
+                    );
+                    if let Some(link) = link.as_deref_mut() {
+                        link.unsent.insert(device_seq);
+                    }
+                    self.publish_pending();
+                    let _ = stored.send(Ok(device_seq));
+                }
+                Err(error) => {
+                    if let Some(appended) = appended {
+                        let _ = appended.send(Err(error.clone()));
+                    }
+                    let _ = stored.send(Err(error));
+                }
+            }
+        }
+    }
+
+    pub(super) fn has_output(&self, link: &Link) -> bool {
+        !link.control.is_empty()
+            || self.requests_sent < self.requests.len()
+            || (!link.unsent.is_empty()
+                && link.in_flight.len() < WINDOW
+                && link.hold_until.is_none())
+    }
+
+    /// The next frame to send: control frames, then requests, then appends.
+    pub(super) fn next_output(&mut self, link: &mut Link) -> Option<ClientFrame> {
+        if let Some(frame) = link.control.pop_front() {
+            return Some(frame);
+        }
+        if let Some(request) = self.requests.get(self.requests_sent) {
+            self.requests_sent += 1;
+            return Some(request.frame.clone());
+        }
+        if link.hold_until.is_some() || link.in_flight.len() >= WINDOW {
+            return None;
+        }
+        while let Some(device_seq) = link.unsent.pop_first() {
+            if let Some(pending) = self.pending.get(&device_seq) {
+                link.in_flight.push_back(device_seq);
+                return Some(ClientFrame::Append(Append {
+                    device_seq,
+                    payload: pending.payload.clone(),
+                }));
+            }
+        }
+        None
+    }
+
+    /// An `Error` frame: for an append, retry it later or drop it; otherwise it answers the
+    /// oldest request.
+    pub(super) fn relay_error(&mut self, error: ErrorFrame, link: &mut Link) {
+        let Some(device_seq) = error.device_seq else {
+            return self.request_failed(error);
+        };
+        remove_first(&mut link.in_flight, device_seq);
+        match error.code {
+            // Not stored; the relay will take it later.
+            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal => {
+                link.unsent.insert(device_seq);
+                let wait = self.append_backoff.next_delay(&mut OsRng);
+                link.hold_until = Some(Instant::now() + wait);
+            }
+            ErrorCode::Conflict | ErrorCode::InvalidSequence => {
+                self.finish_append(device_seq, Err(ClientError::Conflict { device_seq }));
+            }
+            ErrorCode::PayloadTooLarge | ErrorCode::FrameTooLarge => {
+                let len = self
+                    .pending
+                    .get(&device_seq)
+                    .map_or(MAX_PAYLOAD_LEN, |p| p.payload.0.len());
+                self.finish_append(device_seq, Err(ClientError::PayloadTooLarge { len }));
+            }
+            code => {
+                self.finish_append(device_seq, Err(ClientError::from_code(code, error.message)))
+            }
+        }
+    }
+
+    /// An append is settled: answer its waiters and take it out of the outbox.
+    pub(super) fn finish_append(&mut self, device_seq: u64, result: Result<u64, ClientError>) {
+        let Some(pending) = self.pending.remove(&device_seq) else {
+            return; // A repeated answer (the append was sent on two connections).
+        };
+        if let Err(error) = &result {
+            tracing::warn!(device_seq, %error, "append refused; it leaves the outbox");
+            if pending.waiters.is_empty() {
+                // Nobody waits for it: tell the app through its event queue.
+                let _ = self.deliveries.try_send(Delivery {
+                    seq: None,
+                    item: Err(error.clone()),
+                });
+            }
+        }
+        for waiter in pending.waiters {
+            let _ = waiter.send(result.clone());
+        }
+        self.done.push(device_seq);
+        self.schedule_save();
+        self.publish_pending();
+    }
+}

@@ -1,0 +1,632 @@
+//! The background task behind a [`Client`](crate::Client): it owns the state, the outbox
+//! and the connection, reconnects by itself, and is driven by commands from the handles.
+//!
+//! ```text
+//!  Client / ClientHandle ──Command (bounded)──▶ driver ──frames (bounded)──▶ writer task ─▶ relay
+//!  Client::next_event ◀──Delivery (bounded)── driver ◀──────────── reader half ◀──────────── relay
+//!                      ──received + notify──▶ driver: cursor to disk, then Ack to the relay
+//! ```
+//!
+//! # Invariants
+//!
+//! 1. **Outbox before wire.** An event is sealed and flushed to the outbox (in batches:
+//!    one `fsync` for every command waiting) before its `Append` is queued. It leaves the
+//!    outbox on `Appended`. After every reconnect every entry is sent again, with the same
+//!    device sequence and bytes; the relay answers a repeat with the original sequence.
+//! 2. **Exactly once to the app.** `received` is the highest stream sequence handed to the
+//!    app's queue; events at or below it are dropped, and each connection resumes after it.
+//!    The relay delivers in order without gaps, so a gap is a protocol violation.
+//! 3. **Acknowledge what the app has.** The app has an event once it asks for the next one
+//!    (or closes). Only then does the cursor move: written to disk first, then sent as
+//!    `Ack`, batched over [`Options::ack_delay`].
+//! 4. **Bounded everywhere.** Commands, deliveries, the writer queue, appends in flight
+//!    and requests are all bounded. When the app falls [`Options::event_buffer`] events
+//!    behind, further events are dropped (not acknowledged), and once the app has drained
+//!    half of its queue the driver reconnects to fetch them again.
+//!
+//! This file holds the loop (offline: wait and serve commands; online: one session);
+//! `appends.rs` the outbox side, `delivery.rs` the event and cursor side, `requests.rs`
+//! the device requests.
+
+mod appends;
+mod delivery;
+mod requests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ferry_protocol::{
+    ClientFrame, DeviceId, DeviceInfo, ErrorCode, RelayId, Revocation, SealedPayload, ServerFrame,
+    UserId,
+};
+use rand_core::OsRng;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+use zeroize::Zeroizing;
+
+use crate::backoff::Backoff;
+use crate::connection::{self, Connection, Incoming};
+use crate::error::{ClientError, StateError};
+use crate::event::{ClientEvent, Status};
+use crate::options::Options;
+use crate::state::{ClientState, Keys, unix_now};
+use requests::{Reply, Request};
+
+/// Appends sent and not yet answered, per connection (the relay takes up to 1024).
+const WINDOW: usize = 256;
+/// Appends sealed and flushed to the outbox together.
+const MAX_BATCH: usize = 256;
+/// Device requests (list, revoke) waiting for an answer.
+const MAX_REQUESTS: usize = 64;
+/// Control frames (Pong, Ack, Ping) waiting for the writer.
+const MAX_CONTROL: usize = 64;
+
+/// What the handles ask of the driver.
+pub(crate) enum Command {
+    /// Seal, store in the outbox, send.
+    Enqueue(Enqueue),
+    /// Ask the relay for the user's devices.
+    ListDevices(oneshot::Sender<Result<Vec<DeviceInfo>, ClientError>>),
+    /// Revoke a device.
+    Revoke {
+        device: DeviceId,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    /// Save the cursor, acknowledge, close the connection and stop.
+    Close,
+}
+
+pub(crate) struct Enqueue {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Answered with the device sequence once the event is in the outbox on disk.
+    pub stored: oneshot::Sender<Result<u64, ClientError>>,
+    /// Answered with the stream sequence once the relay committed it.
+    pub appended: Option<oneshot::Sender<Result<u64, ClientError>>>,
+}
+
+/// One item for the app, with the stream sequence it acknowledges once the app is done.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub seq: Option<u64>,
+    pub item: Result<ClientEvent, ClientError>,
+}
+
+/// What the handles and the driver share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The highest stream sequence the app has received (see invariant 3).
+    pub received: AtomicU64,
+    /// Signalled whenever the app takes from its queue.
+    pub consumed: Notify,
+    pub status: watch::Sender<Status>,
+}
+
+impl Shared {
+    pub fn new(pending: usize) -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            consumed: Notify::new(),
+            status: watch::Sender::new(Status {
+                pending,
+                ..Status::default()
+            }),
+        }
+    }
+
+    /// Why the driver stopped (or [`ClientError::Closed`]).
+    pub fn stopped(&self) -> ClientError {
+        self.status
+            .borrow()
+            .stopped
+            .clone()
+            .unwrap_or(ClientError::Closed)
+    }
+}
+
+/// What the task leaves behind: the state, and whether its last save worked.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub state: Arc<Mutex<ClientState>>,
+    pub saved: Result<(), ClientError>,
+}
+
+/// An event waiting for the relay's acknowledgement.
+struct Pending {
+    payload: SealedPayload,
+    waiters: Vec<oneshot::Sender<Result<u64, ClientError>>>,
+}
+
+/// Why a wait was cut short.
+enum Interrupt {
+    Close,
+    Failed(ClientError),
+}
+
+/// How a session ended.
+enum Ended {
+    Close,
+    /// Reconnect at once (to fetch events dropped while the app was behind).
+    Refetch,
+    Failed(ClientError),
+}
+
+/// One open connection, as the driver drives it.
+struct Link {
+    outgoing: mpsc::Sender<ClientFrame>,
+    incoming: Incoming,
+    writer: JoinHandle<Result<(), ClientError>>,
+    writer_done: bool,
+    control: VecDeque<ClientFrame>,
+    /// Outbox entries not sent on this connection yet, in device sequence order.
+    unsent: BTreeSet<u64>,
+    /// Appends sent and not answered, in the order sent (the order the relay answers).
+    in_flight: VecDeque<u64>,
+    /// After "rate limited": send no append before this.
+    hold_until: Option<Instant>,
+    ping: Option<u64>,
+    next_ping: Instant,
+    ack_sent: u64,
+}
+
+pub(crate) struct Driver {
+    state: Arc<Mutex<ClientState>>,
+    keys: Arc<Keys>,
+    url: String,
+    relay_key: RelayId,
+    user: UserId,
+    device: DeviceId,
+    options: Options,
+    commands: mpsc::Receiver<Command>,
+    deliveries: mpsc::Sender<Delivery>,
+    shared: Arc<Shared>,
+    pending: BTreeMap<u64, Pending>,
+    requests: VecDeque<Request>,
+    /// How many of `requests` went out on the current connection.
+    requests_sent: usize,
+    /// Highest stream sequence put in the app's queue (invariant 2).
+    received: u64,
+    /// Events were dropped because the app's queue was full.
+    overflowed: bool,
+    cursor_saved: u64,
+    /// Outbox entries acknowledged, to mark done at the next save.
+    done: Vec<u64>,
+    save_at: Option<Instant>,
+    append_backoff: Backoff,
+    ping_nonce: u64,
+}
+
+impl Driver {
+    /// Takes the state; the handles talk to the driver through `commands` and `shared`.
+    pub fn new(
+        state: ClientState,
+        options: Options,
+        commands: mpsc::Receiver<Command>,
+        deliveries: mpsc::Sender<Delivery>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let pending = state
+            .outbox
+            .entries()
+            .map(|(seq, payload)| {
+                let pending = Pending {
+                    payload: payload.clone(),
+                    waiters: Vec::new(),
+                };
+                (seq, pending)
+            })
+            .collect();
+        let cursor = state.cursor();
+        shared.received.store(cursor, Ordering::Release);
+        Self {
+            keys: state.keys(),
+            url: state.relay_url().to_owned(),
+            relay_key: state.relay_key(),
+            user: state.user_id(),
+            device: state.device_id(),
+            state: Arc::new(Mutex::new(state)),
+            append_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            options,
+            commands,
+            deliveries,
+            shared,
+            pending,
+            requests: VecDeque::new(),
+            requests_sent: 0,
+            received: cursor,
+            overflowed: false,
+            cursor_saved: cursor,
+            done: Vec::new(),
+            save_at: None,
+            ping_nonce: 0,
+        }
+    }
+
+    /// Connects, serves, reconnects, until closed or stopped by a permanent error.
+    pub async fn run(mut self) -> Finished {
+        let mut backoff = Backoff::new(self.options.backoff_min, self.options.backoff_max);
+        let stop = loop {
+            let (url, keys, relay_key, resume) = (
+                self.url.clone(),
+                Arc::clone(&self.keys),
+                self.relay_key,
+                self.received,
+            );
+            let timeout = self.options.connect_timeout;
+            let attempt = async move {
+                match tokio::time::timeout(
+                    timeout,
+                    connection::open(&url, relay_key, &keys, resume),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(ClientError::RelayUnreachable(format!(
+                        "no session within {timeout:?}"
+                    ))),
+                }
+            };
+            let ended = match self.offline_until(attempt).await {
+                Err(interrupt) => break interrupt,
+                Ok(Ok(connection)) => self.online(connection, &mut backoff).await,
+                Ok(Err(error)) => Ended::Failed(error),
+            };
+            match ended {
+                Ended::Close => break Interrupt::Close,
+                Ended::Refetch => continue,
+                Ended::Failed(error) if error.is_permanent() => {
+                    break Interrupt::Failed(error);
+                }
+                Ended::Failed(error) => {
+                    tracing::debug!(%error, "relay connection lost; retrying");
+                    self.shared
+                        .status
+                        .send_modify(|s| s.last_error = Some(error));
+                    let wait = backoff.next_delay(&mut OsRng);
+                    if let Err(interrupt) = self.offline_until(sleep(wait)).await {
+                        break interrupt;
+                    }
+                }
+            }
+        };
+        let saved = self.stop(stop).await;
+        Finished {
+            state: self.state,
+            saved,
+        }
+    }
+
+    /// Waits for `future` while serving commands (appends go to the outbox, requests queue).
+    async fn offline_until<F: Future>(&mut self, future: F) -> Result<F::Output, Interrupt> {
+        tokio::pin!(future);
+        loop {
+            tokio::select! {
+                output = &mut future => return Ok(output),
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Err(Interrupt::Close) };
+                    self.command(command, None).await?;
+                }
+                () = self.shared.consumed.notified() => {
+                    self.consumed();
+                }
+                () = sleep_until(self.save_at.unwrap_or_else(far_future)), if self.save_at.is_some() => {
+                    self.save(None).await.map_err(Interrupt::Failed)?;
+                }
+            }
+        }
+    }
+
+    /// Serves one session until it ends.
+    async fn online(&mut self, connection: Connection, backoff: &mut Backoff) -> Ended {
+        let Connection {
+            session,
+            outgoing,
+            incoming,
+            writer,
+        } = connection;
+        tracing::debug!(head = session.head, acked = session.acked, "session open");
+        self.overflowed = false;
+        self.requests_sent = 0;
+        self.shared.status.send_modify(|s| {
+            s.connected = true;
+            s.sessions += 1;
+            s.last_error = None;
+        });
+        let mut link = Link {
+            outgoing,
+            incoming,
+            writer,
+            writer_done: false,
+            control: VecDeque::new(),
+            unsent: self.pending.keys().copied().collect(),
+            in_flight: VecDeque::new(),
+            hold_until: None,
+            ping: None,
+            next_ping: Instant::now() + self.options.ping_interval,
+            ack_sent: session.acked,
+        };
+        // The relay may hold an older cursor than the one on disk.
+        if self.cursor_saved > link.ack_sent {
+            link.ack_sent = self.cursor_saved;
+            link.control.push_back(ClientFrame::Ack {
+                seq: self.cursor_saved,
+            });
+        }
+
+        let ended = loop {
+            tokio::select! {
+                frame = link.incoming.next() => {
+                    let result = match frame {
+                        Ok(frame) => self.frame(frame, &mut link, backoff),
+                        Err(error) => Err(self.connection_error(error, &mut link)),
+                    };
+                    if let Err(ended) = result {
+                        break ended;
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { break Ended::Close };
+                    match self.command(command, Some(&mut link)).await {
+                        Ok(()) => {}
+                        Err(Interrupt::Close) => break Ended::Close,
+                        Err(Interrupt::Failed(error)) => break Ended::Failed(error),
+                    }
+                }
+                permit = link.outgoing.clone().reserve_owned(), if self.has_output(&link) => {
+                    match permit {
+                        Ok(permit) => {
+                            if let Some(frame) = self.next_output(&mut link) {
+                                permit.send(frame);
+                            }
+                        }
+                        Err(_) => break Ended::Failed(ClientError::RelayUnreachable(
+                            "the connection's writer stopped".to_owned(),
+                        )),
+                    }
+                }
+                () = self.shared.consumed.notified() => {
+                    if self.consumed() {
+                        break Ended::Refetch;
+                    }
+                }
+                () = sleep_until(self.save_at.unwrap_or_else(far_future)), if self.save_at.is_some() => {
+                    if let Err(error) = self.save(Some(&mut link)).await {
+                        break Ended::Failed(error);
+                    }
+                }
+                () = sleep_until(link.hold_until.unwrap_or_else(far_future)), if link.hold_until.is_some() => {
+                    link.hold_until = None;
+                }
+                () = sleep_until(link.next_ping) => {
+                    if link.ping.is_some() {
+                        break Ended::Failed(ClientError::RelayUnreachable(format!(
+                            "no answer to a ping within {:?}",
+                            self.options.ping_interval
+                        )));
+                    }
+                    self.ping_nonce += 1;
+                    link.ping = Some(self.ping_nonce);
+                    link.control.push_back(ClientFrame::Ping { nonce: self.ping_nonce });
+                    link.next_ping = Instant::now() + self.options.ping_interval;
+                }
+                result = &mut link.writer, if !link.writer_done => {
+                    link.writer_done = true;
+                    let error = match result {
+                        Ok(Err(error)) => error,
+                        _ => ClientError::RelayUnreachable("the connection's writer stopped".to_owned()),
+                    };
+                    break Ended::Failed(error);
+                }
+            }
+        };
+        self.disconnect(link, &ended).await;
+        ended
+    }
+
+    /// Ends a session: on close, saves and acknowledges first, then lets the writer say
+    /// goodbye.
+    async fn disconnect(&mut self, mut link: Link, ended: &Ended) {
+        if let Ended::Close = ended {
+            if let Err(error) = self.save(Some(&mut link)).await {
+                tracing::warn!(%error, "could not save the cursor while closing");
+            }
+            let outgoing = link.outgoing.clone();
+            let frames: Vec<_> = link.control.drain(..).collect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async move {
+                for frame in frames {
+                    if outgoing.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        drop(link.outgoing);
+        if !link.writer_done {
+            // The writer flushes what is queued and closes; it is bounded by its timeouts.
+            let _ = tokio::time::timeout(Duration::from_secs(3), link.writer).await;
+        }
+        self.shared.status.send_modify(|s| s.connected = false);
+    }
+
+    /// Handles one frame from the relay.
+    fn frame(
+        &mut self,
+        frame: ServerFrame,
+        link: &mut Link,
+        backoff: &mut Backoff,
+    ) -> Result<(), Ended> {
+        match frame {
+            ServerFrame::Appended { device_seq, seq } => {
+                remove_first(&mut link.in_flight, device_seq);
+                self.append_backoff.reset();
+                self.finish_append(device_seq, Ok(seq));
+            }
+            ServerFrame::Events(events) => self.deliver(events).map_err(Ended::Failed)?,
+            ServerFrame::CaughtUp { head } => {
+                // The connection works end to end: start over with short waits.
+                backoff.reset();
+                if !self.overflowed {
+                    let caught_up = Delivery {
+                        seq: None,
+                        item: Ok(ClientEvent::CaughtUp { head }),
+                    };
+                    if self.deliveries.try_send(caught_up).is_err() {
+                        // Not lost: the refetch after the app catches up says it again.
+                        self.overflowed = true;
+                    }
+                }
+            }
+            ServerFrame::ResyncRequired { earliest } => {
+                return Err(Ended::Failed(ClientError::ResyncRequired { earliest }));
+            }
+            ServerFrame::Error(error) => self.relay_error(error, link),
+            ServerFrame::Ping { nonce } => {
+                if link.control.len() < MAX_CONTROL {
+                    link.control.push_back(ClientFrame::Pong { nonce });
+                }
+            }
+            ServerFrame::Pong { nonce } => {
+                if link.ping == Some(nonce) {
+                    link.ping = None;
+                }
+            }
+            ServerFrame::Devices(devices) => self.answer_devices(devices),
+            ServerFrame::DeviceRevoked { device } => self.answer_revoked(device),
+            other @ (ServerFrame::Ephemeral { .. }
+            | ServerFrame::PairOpened { .. }
+            | ServerFrame::PairPeer { .. }
+            | ServerFrame::PairClosed { .. }) => {
+                tracing::debug!(frame = ?other, "ignoring a frame this client does not use");
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection failed: if the relay refused an append as too large by closing, that
+    /// append leaves the outbox (it could never be stored).
+    fn connection_error(&mut self, error: ClientError, link: &mut Link) -> Ended {
+        let too_large = matches!(
+            error,
+            ClientError::Relay {
+                code: ErrorCode::FrameTooLarge | ErrorCode::PayloadTooLarge,
+                ..
+            }
+        );
+        // The relay answers every append before the one it choked on, in order; so the
+        // culprit is the oldest one unanswered.
+        if too_large && let Some(device_seq) = link.in_flight.pop_front() {
+            let len = self
+                .pending
+                .get(&device_seq)
+                .map_or(0, |p| p.payload.0.len());
+            self.finish_append(device_seq, Err(ClientError::PayloadTooLarge { len }));
+        }
+        Ended::Failed(error)
+    }
+
+    /// Handles commands, taking every waiting `Enqueue` into one outbox write.
+    async fn command(
+        &mut self,
+        first: Command,
+        mut link: Option<&mut Link>,
+    ) -> Result<(), Interrupt> {
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Enqueue(enqueue) => {
+                    let mut batch = vec![enqueue];
+                    while batch.len() < MAX_BATCH {
+                        match self.commands.try_recv() {
+                            Ok(Command::Enqueue(enqueue)) => batch.push(enqueue),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.enqueue(batch, link.as_deref_mut()).await;
+                }
+                Command::ListDevices(reply) => {
+                    self.request(ClientFrame::ListDevices, Reply::Devices(reply))
+                }
+                Command::Revoke { device, reply } => {
+                    let revocation = Revocation::issue(&self.keys.user, device, unix_now());
+                    self.request(
+                        ClientFrame::RevokeDevice(revocation),
+                        Reply::Revoke { device, reply },
+                    );
+                }
+                Command::Close => return Err(Interrupt::Close),
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_pending(&self) {
+        let pending = self.pending.len();
+        self.shared.status.send_if_modified(|s| {
+            let changed = s.pending != pending;
+            s.pending = pending;
+            changed
+        });
+    }
+
+    /// Runs file IO on the blocking pool with the state locked.
+    async fn on_disk<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut ClientState) -> R + Send + 'static,
+    ) -> Result<R, ClientError> {
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut state)
+        })
+        .await
+        .map_err(|e| {
+            ClientError::State(StateError::io(
+                "(state folder)",
+                std::io::Error::other(format!("disk task failed: {e}")),
+            ))
+        })
+    }
+
+    /// Stops: saves what the app received, answers everyone still waiting.
+    async fn stop(&mut self, why: Interrupt) -> Result<(), ClientError> {
+        let saved = self.save(None).await;
+        let error = match why {
+            Interrupt::Close => ClientError::Closed,
+            Interrupt::Failed(error) => {
+                tracing::warn!(%error, "client stopped");
+                error
+            }
+        };
+        for pending in self.pending.values_mut() {
+            for waiter in pending.waiters.drain(..) {
+                let _ = waiter.send(Err(error.clone()));
+            }
+        }
+        for request in self.requests.drain(..) {
+            request.reply.fail(error.clone());
+        }
+        self.shared.status.send_modify(|s| {
+            s.connected = false;
+            s.stopped = Some(error);
+        });
+        saved
+    }
+}
+
+fn remove_first(queue: &mut VecDeque<u64>, value: u64) {
+    if let Some(at) = queue.iter().position(|v| *v == value) {
+        queue.remove(at);
+    }
+}
+
+/// A deadline that never comes (for timers that are off).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

@@ -1,0 +1,288 @@
+//! Errors: [`StateError`] for the state folder, [`ClientError`] for everything a client does.
+//!
+//! Every error code a relay can send (in an `Error` frame, a handshake refusal or a WebSocket
+//! close code `4000 + code`) maps to a [`ClientError`] variant through
+//! [`ClientError::from_code`]; codes without a variant of their own keep their number in
+//! [`ClientError::Relay`]. [`ClientError::is_permanent`] tells which errors stop the client
+//! (reconnecting cannot fix them) and which it rides out by reconnecting with backoff.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_protocol::handshake::HandshakeError;
+use ferry_protocol::{DeviceId, ErrorCode, IdentityError, RelayId};
+
+/// Why the state folder could not be created, opened or written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause (shared, so errors can be handed to several waiters).
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A file holds something this client did not write.
+    #[error("{} is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// [`ClientState::create`](crate::ClientState::create) found a state already there.
+    #[error("{} already holds a Ferry state", .0.display())]
+    AlreadyExists(PathBuf),
+    /// [`ClientState::open`](crate::ClientState::open) found no state.
+    #[error("{} holds no Ferry state (create one first, e.g. `ferry init`)", .0.display())]
+    NotFound(PathBuf),
+    /// Another client (another process, or another `ClientState` in this one) has it open.
+    #[error("{} is in use by another Ferry client", .0.display())]
+    Locked(PathBuf),
+    /// The relay URL is not of the form `ws://HOST:PORT/PATH`.
+    #[error("invalid relay URL {0:?}: expected ws://HOST:PORT/ws")]
+    InvalidRelayUrl(String),
+    /// The certificate is not the user key's certificate for this device key.
+    #[error("the device certificate does not match the user key and device key")]
+    CertificateMismatch,
+    /// A certificate could not be issued or does not verify.
+    #[error("device certificate: {0}")]
+    Identity(#[from] IdentityError),
+}
+
+impl StateError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What went wrong talking to the relay, or with an event.
+///
+/// `Clone`, so one cause can be handed to every call waiting when the client stops.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The relay could not be reached, or the connection broke during the handshake. The
+    /// client keeps retrying with backoff; appends wait in the outbox.
+    #[error("relay unreachable: {0}")]
+    RelayUnreachable(String),
+    /// The relay presented another identity key than the one pinned in the state: a
+    /// misconfigured URL or a man in the middle. Permanent.
+    #[error("the relay presented key {found}, not the pinned key {pinned}")]
+    WrongRelayKey {
+        /// The key pinned in the state.
+        pinned: RelayId,
+        /// The key the relay presented.
+        found: RelayId,
+    },
+    /// A handshake signature did not verify (code 200). Permanent.
+    #[error("handshake failed: {0}")]
+    HandshakeFailed(String),
+    /// The relay refused this device's certificate (code 202). Permanent: pair again.
+    #[error("the relay refused this device's certificate; pair this device again")]
+    BadCertificate,
+    /// This device was revoked by its user (code 203). Permanent: pair again.
+    #[error("this device was revoked by its user; pair it again to reuse it")]
+    Revoked,
+    /// The user already has as many devices as the relay allows (code 401). Permanent until
+    /// another device is revoked.
+    #[error("the user already has the maximum number of devices; revoke one first")]
+    TooManyDevices,
+    /// Client and relay share no protocol version (code 103). Permanent.
+    #[error("the relay speaks no protocol version this client speaks; upgrade one side")]
+    UnsupportedVersion,
+    /// The relay no longer keeps the events after this device's cursor (code 302).
+    /// Permanent: the app discards what it derived from the log and restarts from
+    /// `earliest` with [`ClientState::resync`](crate::ClientState::resync).
+    #[error(
+        "the relay no longer has the events after this device's cursor; resync from {earliest}"
+    )]
+    ResyncRequired {
+        /// The oldest event the relay still has (0 if it did not say).
+        earliest: u64,
+    },
+    /// The relay answered "too many requests" (code 400). The client waits and retries
+    /// appends by itself; this reaches the app only from other requests.
+    #[error("rate limited by the relay; retry later")]
+    RateLimited,
+    /// The plaintext is too large for one event, or the relay refused the payload as too
+    /// large (codes 101, 102). The event is not stored and leaves the outbox.
+    #[error("payload of {len} bytes is too large for one event")]
+    PayloadTooLarge {
+        /// Length of the plaintext, or of the sealed payload when the relay refused it.
+        len: usize,
+    },
+    /// The relay holds another payload under this device sequence (code 300): the state was
+    /// restored from an old copy. The event leaves the outbox.
+    #[error("device sequence {device_seq} was already used for another payload")]
+    Conflict {
+        /// The device sequence.
+        device_seq: u64,
+    },
+    /// An event's payload does not open with the data key for its slot: it was sealed under
+    /// another key, or the relay tampered with it or moved it. The event is skipped once the
+    /// app asks for the next one.
+    #[error("event {seq} from device {device} (#{device_seq}) does not open with the data key")]
+    Undecryptable {
+        /// Stream sequence of the event.
+        seq: u64,
+        /// The device it claims to come from.
+        device: DeviceId,
+        /// Its device sequence.
+        device_seq: u64,
+    },
+    /// The relay listed a device whose certificate does not verify for this user.
+    #[error("the relay lists device {device} with a certificate that does not verify")]
+    InvalidCertificate {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The device to revoke is not registered for this user (code 205).
+    #[error("device {0} is not registered for this user")]
+    UnknownDevice(DeviceId),
+    /// The relay refused a revocation as not signed by the user key (code 204).
+    #[error("the relay refused the revocation as not signed by the user key")]
+    BadRevocation,
+    /// Any other code the relay sent.
+    #[error("relay error {code}: {message}")]
+    Relay {
+        /// The code.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The relay sent something the protocol does not allow. The client reconnects.
+    #[error("protocol violation by the relay: {0}")]
+    Protocol(String),
+    /// Nothing was acknowledged in the time allowed; what is in the outbox stays there.
+    #[error("timed out with {pending} event(s) not yet acknowledged by the relay")]
+    Timeout {
+        /// Events still in the outbox.
+        pending: usize,
+    },
+    /// The client was closed (or its background task ended).
+    #[error("the client is closed")]
+    Closed,
+    /// The state folder could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl ClientError {
+    /// The error a relay's code stands for, with the relay's explanation.
+    pub fn from_code(code: ErrorCode, message: impl Into<String>) -> Self {
+        let message = message.into();
+        match code {
+            ErrorCode::HandshakeFailed => Self::HandshakeFailed(message),
+            ErrorCode::BadCertificate => Self::BadCertificate,
+            ErrorCode::DeviceRevoked => Self::Revoked,
+            ErrorCode::TooManyDevices => Self::TooManyDevices,
+            ErrorCode::UnsupportedVersion => Self::UnsupportedVersion,
+            ErrorCode::ResyncRequired => Self::ResyncRequired { earliest: 0 },
+            ErrorCode::RateLimited => Self::RateLimited,
+            ErrorCode::BadRevocation => Self::BadRevocation,
+            _ => Self::Relay { code, message },
+        }
+    }
+
+    /// The error for a WebSocket close code, if it carries one of Ferry's codes.
+    pub fn from_close_code(close: u16, reason: &str) -> Option<Self> {
+        ErrorCode::from_close_code(close).map(|code| Self::from_code(code, reason))
+    }
+
+    /// Whether reconnecting cannot help: the client stops and reports it.
+    ///
+    /// Everything else (the relay unreachable, restarting, overloaded, a broken
+    /// connection) the client rides out by reconnecting with backoff.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::WrongRelayKey { .. }
+            | Self::HandshakeFailed(_)
+            | Self::BadCertificate
+            | Self::Revoked
+            | Self::TooManyDevices
+            | Self::UnsupportedVersion
+            | Self::ResyncRequired { .. }
+            | Self::Closed
+            | Self::State(_) => true,
+            Self::RelayUnreachable(_)
+            | Self::RateLimited
+            | Self::PayloadTooLarge { .. }
+            | Self::Conflict { .. }
+            | Self::Undecryptable { .. }
+            | Self::InvalidCertificate { .. }
+            | Self::UnknownDevice(_)
+            | Self::BadRevocation
+            | Self::Relay { .. }
+            | Self::Protocol(_)
+            | Self::Timeout { .. } => false,
+        }
+    }
+}
+
+impl From<HandshakeError> for ClientError {
+    fn from(error: HandshakeError) -> Self {
+        match error {
+            HandshakeError::WrongRelayKey { pinned, found } => {
+                Self::WrongRelayKey { pinned, found }
+            }
+            HandshakeError::Rejected(frame) => Self::from_code(frame.code, frame.message),
+            HandshakeError::UnsupportedVersion { .. } => Self::UnsupportedVersion,
+            HandshakeError::BadRelaySignature
+            | HandshakeError::WeakKey
+            | HandshakeError::SessionMismatch => Self::HandshakeFailed(error.to_string()),
+            HandshakeError::BadCertificate(why) => {
+                Self::HandshakeFailed(format!("local certificate: {why}"))
+            }
+            // A garbled or cut handshake message: the network, not the identities.
+            other => Self::RelayUnreachable(format!("handshake: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_and_close_codes_round_trip() {
+        for code in ErrorCode::ALL {
+            let error = ClientError::from_close_code(code.close_code(), "why")
+                .unwrap_or_else(|| panic!("{code:?} has a close code"));
+            if let ClientError::Relay {
+                code: kept,
+                message,
+            } = &error
+            {
+                assert_eq!((*kept, message.as_str()), (code, "why"));
+            }
+        }
+        assert!(matches!(
+            ClientError::from_close_code(4203, ""),
+            Some(ClientError::Revoked)
+        ));
+        assert!(ClientError::from_close_code(1001, "").is_none());
+    }
+
+    #[test]
+    fn permanence() {
+        assert!(ClientError::Revoked.is_permanent());
+        assert!(ClientError::ResyncRequired { earliest: 3 }.is_permanent());
+        assert!(!ClientError::RelayUnreachable("refused".into()).is_permanent());
+        assert!(!ClientError::from_code(ErrorCode::Unavailable, "").is_permanent());
+        assert!(!ClientError::from_code(ErrorCode::SlowConsumer, "").is_permanent());
+    }
+}

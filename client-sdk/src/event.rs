@@ -1,0 +1,67 @@
+//! What a client hands the app: [`ClientEvent`]s and its [`Status`].
+
+use ferry_protocol::DeviceId;
+use zeroize::Zeroizing;
+
+use crate::error::ClientError;
+
+/// What [`Client::next_event`](crate::Client::next_event) returns.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The next event of the user's log, decrypted.
+    Event(ReceivedEvent),
+    /// Everything the relay had when this connection opened has been handed over; live
+    /// events follow. Comes once per connection (so again after a reconnect).
+    CaughtUp {
+        /// The log's head at that moment.
+        head: u64,
+    },
+}
+
+/// One event of the user's log, opened with the data key.
+///
+/// Events from this device come back too: the log, in stream order, is the truth every
+/// device derives its state from. Compare [`device`](Self::device) with
+/// [`Client::device_id`](crate::Client::device_id) to tell them apart.
+#[derive(Clone)]
+pub struct ReceivedEvent {
+    /// Position in the user's log: from 1, gapless, the same on every device.
+    pub seq: u64,
+    /// The device that appended it.
+    pub device: DeviceId,
+    /// That device's own sequence number for it.
+    pub device_seq: u64,
+    /// The plaintext, zeroized when dropped.
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ReceivedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedEvent")
+            .field("seq", &self.seq)
+            .field("device", &self.device)
+            .field("device_seq", &self.device_seq)
+            .field(
+                "plaintext",
+                &format_args!("<{} bytes>", self.plaintext.len()),
+            )
+            .finish()
+    }
+}
+
+/// A snapshot of the client's connection and outbox.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Status {
+    /// Whether a session with the relay is open now.
+    pub connected: bool,
+    /// Sessions opened so far (reconnects included).
+    pub sessions: u64,
+    /// Events in the outbox, not yet acknowledged by the relay.
+    pub pending: usize,
+    /// Why the last connection attempt failed or the last session ended.
+    pub last_error: Option<ClientError>,
+    /// Set when the client stopped: why (a permanent error, or [`ClientError::Closed`]).
+    pub stopped: Option<ClientError>,
+}

@@ -1,0 +1,79 @@
+//! How a client connects, retries and batches: [`Options`].
+
+use std::time::Duration;
+
+/// Tuning for a [`Client`](crate::Client). The defaults suit apps; tests shorten the times.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = ferry_client::Options::default()
+///     .backoff(Duration::from_millis(50), Duration::from_secs(1))
+///     .connect_timeout(Duration::from_secs(3));
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// First wait before reconnecting; doubles after each failed attempt.
+    pub backoff_min: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Time one connection attempt (TCP, WebSocket and handshake) may take; also how long
+    /// [`Client::connect`](crate::Client::connect) waits for the first session.
+    pub connect_timeout: Duration,
+    /// A `Ping` goes out this often; no answer within the same time ends the connection.
+    /// Keeps the relay's idle timeout (two minutes by default) from closing a quiet session.
+    pub ping_interval: Duration,
+    /// The cursor is written to disk and acknowledged to the relay at most this long after
+    /// the app received an event, so a burst of events costs one write.
+    pub ack_delay: Duration,
+    /// Decrypted events held for the app. When the app falls this far behind, the client
+    /// stops taking events and fetches them again once the app has caught up.
+    pub event_buffer: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            ack_delay: Duration::from_millis(100),
+            event_buffer: 1024,
+        }
+    }
+}
+
+impl Options {
+    /// Sets the reconnect backoff: from `min`, doubling, up to `max` (each wait jittered).
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// Sets [`Self::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Self::ping_interval`].
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Sets [`Self::ack_delay`].
+    pub fn ack_delay(mut self, delay: Duration) -> Self {
+        self.ack_delay = delay;
+        self
+    }
+
+    /// Sets [`Self::event_buffer`] (at least 1).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(1);
+        self
+    }
+}
