@@ -1,0 +1,1053 @@
+//! The storage story: one suite, written once against `Arc<dyn Store>`, run against SQLite
+//! (a fresh file in a temporary folder) and PostgreSQL (`FERRY_TEST_POSTGRES_URL`, shared
+//! with other tests, so every story uses fresh random users and never truncates anything).
+//!
+//! Events written here carry realistic commit times (`NOW_MS`, or the wall clock through the
+//! committer); only the retention story uses times near 0, so its whole-database age trim
+//! cannot touch another story's events.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests panic on purpose.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_protocol::{
+    DeviceCertificate, DeviceId, DeviceInfo, DeviceKey, Event, Revocation, SealedPayload, UserId,
+    UserKey,
+};
+use ferry_relay::store::{
+    self, AppendOutcome, AppendRequest, CommitConfig, CommitHandle, CommitReply, Committer,
+    DeviceRecord, LogBounds, Store, StoreError, StoreOptions,
+};
+use rand_core::OsRng;
+
+/// A realistic commit time (Unix milliseconds).
+const NOW_MS: u64 = 1_700_000_000_000;
+
+/// One backend under test.
+struct Db {
+    store: Arc<dyn Store>,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("ferry.db").display()
+    );
+    let store = store::open(&url).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    Db {
+        store,
+        url,
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres() -> Option<Db> {
+    let url = support::postgres_url().await?;
+    let options = StoreOptions {
+        max_connections: 4,
+        ..StoreOptions::default()
+    };
+    let store = store::open_with(&url, &options).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    Some(Db {
+        store,
+        url,
+        _dir: None,
+    })
+}
+
+/// Every story runs once per backend: `sqlite::<story>` and `postgres::<story>`.
+macro_rules! storage_story {
+    ($($story:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $story() {
+                    super::$story(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $story() {
+                    if let Some(db) = super::postgres().await {
+                        super::$story(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+storage_story!(
+    sequences_are_gapless_per_user_when_users_interleave,
+    a_retry_gets_the_original_seq_and_stores_nothing,
+    a_different_payload_for_a_used_device_seq_is_a_conflict,
+    device_seq_zero_is_refused_and_fails_the_whole_batch,
+    repeats_inside_one_batch_are_resolved_in_order,
+    group_commit_keeps_seqs_gapless_under_concurrency,
+    group_commit_batches_what_is_queued_and_shutdown_answers_everyone,
+    a_failed_commit_is_reported_to_every_waiter_and_stores_nothing,
+    acks_only_grow_and_never_pass_the_head,
+    paging_replay_returns_every_event_exactly_once,
+    retention_by_count_and_by_age_moves_earliest_and_keeps_seqs,
+    devices_register_once_respect_the_limit_and_stay_revoked,
+    migrations_are_idempotent,
+);
+
+fn user() -> UserId {
+    UserId(support::random_bytes())
+}
+
+fn device() -> DeviceId {
+    DeviceId(support::random_bytes())
+}
+
+fn payload(text: &str) -> SealedPayload {
+    SealedPayload(text.as_bytes().to_vec())
+}
+
+fn req(user: UserId, device: DeviceId, device_seq: u64, text: &str) -> AppendRequest {
+    AppendRequest {
+        user,
+        device,
+        device_seq,
+        payload: payload(text),
+    }
+}
+
+fn appended(seq: u64) -> AppendOutcome {
+    AppendOutcome::Appended { seq }
+}
+
+async fn append(store: &dyn Store, request: AppendRequest) -> AppendOutcome {
+    store.append(&request, NOW_MS).await.unwrap()
+}
+
+/// The whole log of `user`, read in one page.
+async fn all_events(store: &dyn Store, user: UserId) -> Vec<Event> {
+    store.read_events(user, 0, 100_000).await.unwrap()
+}
+
+fn seqs(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+async fn sequences_are_gapless_per_user_when_users_interleave(db: Db) {
+    let store = &*db.store;
+    let (a, b, d) = (user(), user(), device());
+    for i in 1..=5 {
+        assert_eq!(
+            append(store, req(a, d, i, &format!("a{i}"))).await,
+            appended(i)
+        );
+        assert_eq!(
+            append(store, req(b, d, i, &format!("b{i}"))).await,
+            appended(i)
+        );
+    }
+    let batch = [
+        req(a, d, 6, "a6"),
+        req(b, d, 6, "b6"),
+        req(a, d, 7, "a7"),
+        req(b, d, 7, "b7"),
+        req(a, d, 8, "a8"),
+    ];
+    let outcomes = store.append_batch(&batch, NOW_MS).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            appended(6),
+            appended(6),
+            appended(7),
+            appended(7),
+            appended(8)
+        ]
+    );
+
+    let events = all_events(store, a).await;
+    assert_eq!(seqs(&events), (1..=8).collect::<Vec<_>>());
+    for event in &events {
+        assert_eq!((event.device, event.device_seq), (d, event.seq));
+        assert_eq!(event.payload, payload(&format!("a{}", event.seq)));
+    }
+    assert_eq!(
+        seqs(&all_events(store, b).await),
+        (1..=7).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.log_bounds(a).await.unwrap(),
+        LogBounds {
+            earliest: 1,
+            head: 8
+        }
+    );
+    assert_eq!(
+        store.log_bounds(b).await.unwrap(),
+        LogBounds {
+            earliest: 1,
+            head: 7
+        }
+    );
+
+    let stranger = user();
+    assert_eq!(
+        store.log_bounds(stranger).await.unwrap(),
+        LogBounds {
+            earliest: 1,
+            head: 0
+        }
+    );
+    assert!(all_events(store, stranger).await.is_empty());
+    store.ping().await.unwrap();
+}
+
+async fn a_retry_gets_the_original_seq_and_stores_nothing(db: Db) {
+    let store = &*db.store;
+    let (u, d) = (user(), device());
+    assert_eq!(append(store, req(u, d, 1, "one")).await, appended(1));
+    assert_eq!(append(store, req(u, d, 2, "two")).await, appended(2));
+    assert_eq!(
+        append(store, req(u, d, 1, "one")).await,
+        AppendOutcome::Duplicate { seq: 1 }
+    );
+    let outcomes = store
+        .append_batch(&[req(u, d, 2, "two"), req(u, d, 3, "three")], NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [AppendOutcome::Duplicate { seq: 2 }, appended(3)]);
+    assert_eq!(outcomes[0].committed_seq(), Some(2));
+    assert!(!outcomes[0].is_new() && outcomes[1].is_new());
+
+    let events = all_events(store, u).await;
+    assert_eq!(
+        seqs(&events),
+        [1, 2, 3],
+        "a retry must not consume a sequence"
+    );
+    assert_eq!(events[0].payload, payload("one"));
+    assert_eq!(store.log_bounds(u).await.unwrap().head, 3);
+}
+
+async fn a_different_payload_for_a_used_device_seq_is_a_conflict(db: Db) {
+    let store = &*db.store;
+    let (u, d, other) = (user(), device(), device());
+    assert_eq!(append(store, req(u, d, 1, "original")).await, appended(1));
+    let conflict = append(store, req(u, d, 1, "forged")).await;
+    assert_eq!(conflict, AppendOutcome::Conflict { seq: 1 });
+    assert_eq!(conflict.committed_seq(), None);
+    assert_eq!(all_events(store, u).await[0].payload, payload("original"));
+    assert_eq!(store.log_bounds(u).await.unwrap().head, 1);
+    // Device sequences are per device: another device may use 1.
+    assert_eq!(append(store, req(u, other, 1, "forged")).await, appended(2));
+}
+
+async fn device_seq_zero_is_refused_and_fails_the_whole_batch(db: Db) {
+    let store = &*db.store;
+    let (u, d) = (user(), device());
+    let batch = [req(u, d, 1, "fine"), req(u, d, 0, "zero")];
+    let error = store.append_batch(&batch, NOW_MS).await.unwrap_err();
+    assert!(matches!(error, StoreError::InvalidSequence(0)), "{error:?}");
+    assert_eq!(error.code(), ferry_protocol::ErrorCode::InvalidSequence);
+    let too_big = store
+        .append(&req(u, d, u64::MAX, "huge"), NOW_MS)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(too_big, StoreError::InvalidSequence(u64::MAX)),
+        "{too_big:?}"
+    );
+    assert_eq!(
+        store.log_bounds(u).await.unwrap(),
+        LogBounds {
+            earliest: 1,
+            head: 0
+        }
+    );
+    assert!(all_events(store, u).await.is_empty());
+
+    // Through the committer, a bad request fails alone, before it can spoil a batch.
+    let handle = Committer::spawn(Arc::clone(&db.store), CommitConfig::default());
+    let error = handle.append(req(u, d, 0, "zero")).await.unwrap_err();
+    assert!(matches!(error, StoreError::InvalidSequence(0)), "{error:?}");
+    assert_eq!(
+        handle.append(req(u, d, 1, "fine")).await.unwrap(),
+        appended(1)
+    );
+    handle.shutdown().await;
+}
+
+async fn repeats_inside_one_batch_are_resolved_in_order(db: Db) {
+    let store = &*db.store;
+    let (a, b, d1, d2) = (user(), user(), device(), device());
+    let batch = [
+        req(a, d1, 1, "p"),
+        req(a, d2, 1, "p"),
+        req(a, d1, 1, "p"),
+        req(a, d1, 1, "q"),
+        req(a, d1, 2, "r"),
+        req(b, d1, 1, "p"),
+        req(a, d2, 1, "p"),
+    ];
+    let outcomes = store.append_batch(&batch, NOW_MS).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            appended(1),
+            appended(2),
+            AppendOutcome::Duplicate { seq: 1 },
+            AppendOutcome::Conflict { seq: 1 },
+            appended(3),
+            appended(1),
+            AppendOutcome::Duplicate { seq: 2 },
+        ]
+    );
+    let events = all_events(store, a).await;
+    assert_eq!(seqs(&events), [1, 2, 3]);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.device, e.device_seq))
+            .collect::<Vec<_>>(),
+        [(d1, 1), (d2, 1), (d1, 2)]
+    );
+    assert_eq!(seqs(&all_events(store, b).await), [1]);
+    // The same batch again is all repeats and stores nothing.
+    let again = store.append_batch(&batch, NOW_MS).await.unwrap();
+    assert!(again.iter().all(|o| !o.is_new()), "{again:?}");
+    assert_eq!(store.log_bounds(a).await.unwrap().head, 3);
+}
+
+/// What an `on_committed` hook was called with.
+type Committed = (UserId, Vec<Event>);
+
+/// Two relay nodes (two stores on one database, each with its committer), eight devices of
+/// two users appending at once through both.
+async fn group_commit_keeps_seqs_gapless_under_concurrency(db: Db) {
+    const TASKS: u64 = 8;
+    const PER_TASK: u64 = 200;
+    const MAX_BATCH: usize = 64;
+    let largest = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&largest);
+    let woken: Arc<Mutex<Vec<Committed>>> = Arc::default();
+    let wake = Arc::clone(&woken);
+    let config = CommitConfig {
+        max_batch: MAX_BATCH,
+        observer: Some(Arc::new(move |report| {
+            seen.fetch_max(report.len, Ordering::Relaxed);
+        })),
+        on_committed: Some(Arc::new(move |user, events| {
+            wake.lock().unwrap().push((user, events))
+        })),
+        ..CommitConfig::default()
+    };
+    let second_node = store::open(&db.url).await.unwrap();
+    let nodes = [
+        Committer::spawn(Arc::clone(&db.store), config.clone()),
+        Committer::spawn(Arc::clone(&second_node), config),
+    ];
+    let users = [user(), user()];
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let handle = nodes[(t % 2) as usize].clone();
+        let u = users[(t / 2 % 2) as usize];
+        tasks.push(tokio::spawn(async move {
+            let d = device();
+            let mut answers = Vec::new();
+            for i in 1..=PER_TASK {
+                let outcome = handle
+                    .append(req(u, d, i, &format!("{t}/{i}")))
+                    .await
+                    .unwrap();
+                let AppendOutcome::Appended { seq } = outcome else {
+                    panic!("{outcome:?}")
+                };
+                answers.push((seq, d, i, format!("{t}/{i}")));
+            }
+            (u, answers)
+        }));
+    }
+    let mut answered: BTreeMap<UserId, Vec<(u64, DeviceId, u64, String)>> = BTreeMap::new();
+    for task in tasks {
+        let (u, answers) = task.await.unwrap();
+        // One device waits for each answer before sending on: its seqs grow.
+        assert!(answers.windows(2).all(|w| w[0].0 < w[1].0));
+        answered.entry(u).or_default().extend(answers);
+    }
+    for (u, mut answers) in answered {
+        answers.sort();
+        let n = TASKS / 2 * PER_TASK;
+        assert_eq!(
+            answers.iter().map(|a| a.0).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        let events = all_events(&*db.store, u).await;
+        assert_eq!(events.len() as u64, n);
+        for (event, (seq, d, device_seq, text)) in events.iter().zip(&answers) {
+            assert_eq!(
+                (event.seq, event.device, event.device_seq),
+                (*seq, *d, *device_seq)
+            );
+            assert_eq!(event.payload, payload(text));
+        }
+        assert_eq!(
+            db.store.log_bounds(u).await.unwrap(),
+            LogBounds {
+                earliest: 1,
+                head: n
+            }
+        );
+        // The commit hooks of both nodes saw every new event once, each call in seq order.
+        let mut hooked: Vec<Event> = Vec::new();
+        for (_, batch) in woken.lock().unwrap().iter().filter(|(user, _)| *user == u) {
+            assert!(!batch.is_empty() && batch.windows(2).all(|w| w[0].seq < w[1].seq));
+            hooked.extend(batch.iter().cloned());
+        }
+        hooked.sort_by_key(|e| e.seq);
+        assert_eq!(hooked, events);
+        // A retry through the other node finds the original.
+        let (seq, d, device_seq, text) = &answers[17];
+        let retry = nodes[1]
+            .append(req(u, *d, *device_seq, text))
+            .await
+            .unwrap();
+        assert_eq!(retry, AppendOutcome::Duplicate { seq: *seq });
+    }
+    let stats = nodes.each_ref().map(|node| node.stats());
+    assert_eq!(stats[0].events + stats[1].events, TASKS * PER_TASK + 2);
+    for stats in stats {
+        assert_eq!(stats.failed_batches, 0);
+        assert!(
+            stats.batches >= 1 && stats.batches <= stats.events,
+            "{stats:?}"
+        );
+    }
+    assert!(largest.load(Ordering::Relaxed) <= MAX_BATCH);
+
+    for node in &nodes {
+        node.shutdown().await;
+        assert!(node.is_stopped());
+    }
+    let late = nodes[0]
+        .append(req(users[0], device(), 1, "late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(late, StoreError::Closed), "{late:?}");
+    nodes[0].shutdown().await; // twice is fine
+    second_node.close().await;
+}
+
+async fn group_commit_batches_what_is_queued_and_shutdown_answers_everyone(db: Db) {
+    const MAX_BATCH: usize = 16;
+    const APPENDS: u64 = 50;
+    let gated = Arc::new(Gated::new(Arc::clone(&db.store)));
+    let config = CommitConfig {
+        max_batch: MAX_BATCH,
+        ..CommitConfig::default()
+    };
+    let handle = Committer::spawn(gated.clone(), config);
+    let (u, d) = (user(), device());
+
+    // Hold the first commit inside the store while the other appends queue up behind it.
+    let gate = gated.gate.lock().await;
+    let replies = queue_behind_gate(
+        &handle,
+        &gated,
+        (1..=APPENDS).map(|i| req(u, d, i, "x")).collect(),
+    )
+    .await;
+    let stopping = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.shutdown().await }
+    });
+    // Shutdown refuses new work at once, even before the queue is drained.
+    wait_until(|| handle.stats().queued == APPENDS as usize).await;
+    let refused = handle
+        .append(req(u, d, APPENDS + 1, "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Closed), "{refused:?}");
+    drop(gate);
+    stopping.await.unwrap();
+
+    // Submitted one after another from one task: committed in that order.
+    for (device_seq, reply) in (1..=APPENDS).zip(replies) {
+        let outcome = reply.await.unwrap();
+        assert_eq!(
+            outcome.unwrap(),
+            appended(device_seq),
+            "every queued append is committed at shutdown"
+        );
+    }
+    let events = all_events(&*db.store, u).await;
+    assert_eq!(seqs(&events), (1..=APPENDS).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e.device_seq == e.seq));
+    // One batch held at the gate, then the 49 queued ones in batches of at most 16.
+    assert_eq!(*gated.batch_sizes.lock().unwrap(), [1, 16, 16, 16, 1]);
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.batches, stats.events, stats.last_batch_len),
+        (5, APPENDS, 1)
+    );
+    assert!(handle.is_stopped());
+}
+
+async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) {
+    let gated = Arc::new(Gated::new(Arc::clone(&db.store)));
+    let handle = Committer::spawn(gated.clone(), CommitConfig::default());
+    let (u, d) = (user(), device());
+    assert_eq!(
+        handle.append(req(u, d, 1, "before")).await.unwrap(),
+        appended(1)
+    );
+
+    gated.fail.store(true, Ordering::SeqCst);
+    let gate = gated.gate.lock().await;
+    let replies = queue_behind_gate(
+        &handle,
+        &gated,
+        (2..=21).map(|i| req(u, d, i, "doomed")).collect(),
+    )
+    .await;
+    drop(gate);
+    for reply in replies {
+        let error = reply.await.unwrap().unwrap_err();
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+        assert_eq!(error.code(), ferry_protocol::ErrorCode::Unavailable);
+    }
+    assert_eq!(handle.stats().failed_batches, 2);
+    assert_eq!(all_events(&*db.store, u).await.len(), 1);
+
+    // The retries succeed and continue the log without a gap.
+    gated.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        handle.append(req(u, d, 2, "doomed")).await.unwrap(),
+        appended(2)
+    );
+    handle.shutdown().await;
+
+    // A real database failure: the store is closed under the committer.
+    let handle = Committer::spawn(Arc::clone(&db.store), CommitConfig::default());
+    db.store.close().await;
+    let error = handle
+        .append(req(u, d, 3, "after close"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+    assert_eq!(handle.stats().failed_batches, 1);
+    handle.shutdown().await;
+}
+
+async fn acks_only_grow_and_never_pass_the_head(db: Db) {
+    let store = &*db.store;
+    let key = UserKey::generate(&mut OsRng);
+    let u = key.id();
+    let (d, _) = certified(store, &key, "laptop", 10).await;
+    for i in 1..=5 {
+        append(store, req(u, d, i, "e")).await;
+    }
+    assert_eq!(store.set_ack(u, d, 3).await.unwrap(), 3);
+    assert_eq!(
+        store.set_ack(u, d, 2).await.unwrap(),
+        3,
+        "acks never go backwards"
+    );
+    assert_eq!(
+        store.set_ack(u, d, 100).await.unwrap(),
+        5,
+        "acks are clamped to the head"
+    );
+    assert_eq!(store.set_ack(u, d, u64::MAX).await.unwrap(), 5);
+    assert_eq!(store.device(u, d).await.unwrap().unwrap().acked, 5);
+    append(store, req(u, d, 6, "e")).await;
+    assert_eq!(store.set_ack(u, d, 6).await.unwrap(), 6);
+
+    let error = store.set_ack(u, device(), 1).await.unwrap_err();
+    assert!(matches!(error, StoreError::UnknownDevice), "{error:?}");
+    // A user with no events: nothing to acknowledge yet.
+    let lonely = UserKey::generate(&mut OsRng);
+    let (d, _) = certified(store, &lonely, "phone", 10).await;
+    assert_eq!(store.set_ack(lonely.id(), d, 7).await.unwrap(), 0);
+}
+
+async fn paging_replay_returns_every_event_exactly_once(db: Db) {
+    let store = &*db.store;
+    let (u, d) = (user(), device());
+    let mut next = 1;
+    for size in [1, 5, 20, 31] {
+        let batch: Vec<_> = (next..next + size)
+            .map(|i| req(u, d, i, &format!("e{i}")))
+            .collect();
+        store.append_batch(&batch, NOW_MS).await.unwrap();
+        next += size;
+    }
+    let total = next - 1;
+    assert_eq!(total, 57);
+
+    let mut after = 0;
+    let mut replayed = Vec::new();
+    loop {
+        let page = store.read_events(u, after, 10).await.unwrap();
+        assert!(page.len() <= 10);
+        let Some(last) = page.last() else { break };
+        assert_eq!(
+            page[0].seq,
+            after + 1,
+            "pages continue exactly where the last one ended"
+        );
+        after = last.seq;
+        replayed.extend(page);
+    }
+    assert_eq!(seqs(&replayed), (1..=total).collect::<Vec<_>>());
+    assert!(
+        replayed
+            .iter()
+            .all(|e| e.device_seq == e.seq && e.payload == payload(&format!("e{}", e.seq)))
+    );
+    assert!(store.read_events(u, total, 10).await.unwrap().is_empty());
+    assert!(store.read_events(u, 0, 0).await.unwrap().is_empty());
+    assert_eq!(
+        seqs(&store.read_events(u, 55, usize::MAX).await.unwrap()),
+        [56, 57]
+    );
+    assert!(store.read_events(u, u64::MAX, 10).await.unwrap().is_empty());
+}
+
+async fn retention_by_count_and_by_age_moves_earliest_and_keeps_seqs(db: Db) {
+    let store = &*db.store;
+    let (u, d) = (user(), device());
+    let old: Vec<_> = (1..=10).map(|i| req(u, d, i, "old")).collect();
+    store.append_batch(&old, 1_000).await.unwrap();
+    let young: Vec<_> = (11..=20).map(|i| req(u, d, i, "young")).collect();
+    store.append_batch(&young, 5_000).await.unwrap();
+
+    // By count: keep the newest 15.
+    assert_eq!(store.trim_user(u, None, Some(15), 6_000).await.unwrap(), 5);
+    let bounds = store.log_bounds(u).await.unwrap();
+    assert_eq!(
+        bounds,
+        LogBounds {
+            earliest: 6,
+            head: 20
+        }
+    );
+    assert!(bounds.covers(5) && !bounds.covers(4));
+    assert_eq!(all_events(store, u).await.first().map(|e| e.seq), Some(6));
+    assert_eq!(all_events(store, u).await.len(), 15);
+
+    // By age: everything committed before 4_500 goes.
+    assert_eq!(
+        store.trim_user(u, Some(1_000), None, 5_500).await.unwrap(),
+        5
+    );
+    assert_eq!(
+        store.log_bounds(u).await.unwrap(),
+        LogBounds {
+            earliest: 11,
+            head: 20
+        }
+    );
+    assert_eq!(
+        seqs(&all_events(store, u).await),
+        (11..=20).collect::<Vec<_>>()
+    );
+
+    // A clock that went backwards cannot punch a hole: only a prefix of old events goes.
+    assert_eq!(
+        store.append(&req(u, d, 21, "skewed"), 100).await.unwrap(),
+        appended(21)
+    );
+    assert_eq!(
+        store.trim_user(u, Some(1_000), None, 5_500).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.log_bounds(u).await.unwrap(),
+        LogBounds {
+            earliest: 11,
+            head: 21
+        }
+    );
+
+    // The whole database at once: v is old and goes, w is young and stays. The cutoff (2)
+    // is below every other story's commit times, as other tests share the database.
+    let (v, w) = (user(), user());
+    let batch: Vec<_> = (1..=3).map(|i| req(v, d, i, "v")).collect();
+    store.append_batch(&batch, 1).await.unwrap();
+    let batch: Vec<_> = (1..=3).map(|i| req(w, d, i, "w")).collect();
+    store.append_batch(&batch, 9_000).await.unwrap();
+    let deleted = store.trim(Some(1), None, 3).await.unwrap();
+    if store.backend() == "sqlite" {
+        assert_eq!(deleted, 3); // alone in its database
+    }
+    let bounds = store.log_bounds(v).await.unwrap();
+    assert_eq!(
+        bounds,
+        LogBounds {
+            earliest: 4,
+            head: 3
+        }
+    );
+    assert!(bounds.is_empty() && bounds.covers(3) && !bounds.covers(2));
+    assert!(all_events(store, v).await.is_empty());
+    assert_eq!(
+        store.log_bounds(w).await.unwrap(),
+        LogBounds {
+            earliest: 1,
+            head: 3
+        }
+    );
+    assert_eq!(
+        store.log_bounds(u).await.unwrap(),
+        LogBounds {
+            earliest: 11,
+            head: 21
+        }
+    );
+    assert_eq!(
+        store.trim(None, Some(u64::MAX / 2), 5_000).await.unwrap(),
+        0
+    );
+    assert_eq!(store.trim(None, None, 5_000).await.unwrap(), 0);
+
+    // Trimmed sequences are never reused.
+    assert_eq!(
+        store.append(&req(v, d, 4, "v"), 9_000).await.unwrap(),
+        appended(4)
+    );
+    assert_eq!(
+        store.log_bounds(v).await.unwrap(),
+        LogBounds {
+            earliest: 4,
+            head: 4
+        }
+    );
+    assert_eq!(store.trim_user(w, None, Some(0), 9_000).await.unwrap(), 3);
+    assert_eq!(
+        store.log_bounds(w).await.unwrap(),
+        LogBounds {
+            earliest: 4,
+            head: 3
+        }
+    );
+
+    // Deletes run in slices of TRIM_BATCH; a long log is trimmed all the same.
+    let long = user();
+    let n = store::TRIM_BATCH * 2 + 500;
+    let batch: Vec<_> = (1..=n).map(|i| req(long, d, i, "")).collect();
+    store.append_batch(&batch, 1_000).await.unwrap();
+    assert_eq!(
+        store.trim_user(long, None, Some(10), 1_000).await.unwrap(),
+        n - 10
+    );
+    assert_eq!(
+        store.log_bounds(long).await.unwrap(),
+        LogBounds {
+            earliest: n - 9,
+            head: n
+        }
+    );
+}
+
+async fn devices_register_once_respect_the_limit_and_stay_revoked(db: Db) {
+    let store = &*db.store;
+    let key = UserKey::generate(&mut OsRng);
+    let u = key.id();
+    let cert = |device: &DeviceKey, name: &str| {
+        DeviceCertificate::issue(&key, device.id(), name, 1_700_000_000).unwrap()
+    };
+    let (k1, k2, k3) = (
+        DeviceKey::generate(&mut OsRng),
+        DeviceKey::generate(&mut OsRng),
+        DeviceKey::generate(&mut OsRng),
+    );
+    let (c1, c2, c3) = (cert(&k1, "laptop"), cert(&k2, "phone"), cert(&k3, "tablet"));
+
+    let first = store.register_device(&c1, 2, 100).await.unwrap();
+    let expected = DeviceRecord {
+        certificate: c1.clone(),
+        acked: 0,
+        revoked_at: None,
+        last_seen: 100,
+        registered_at: 100,
+    };
+    assert_eq!(first, expected);
+    assert_eq!(
+        store.register_device(&c1, 2, 200).await.unwrap(),
+        expected,
+        "registration is idempotent"
+    );
+    store.register_device(&c2, 2, 150).await.unwrap();
+    let error = store.register_device(&c3, 2, 160).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::TooManyDevices { max: 2 }),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), ferry_protocol::ErrorCode::TooManyDevices);
+    assert_eq!(store.device(u, k3.id()).await.unwrap(), None);
+
+    for i in 1..=2 {
+        append(store, req(u, k1.id(), i, "from the laptop")).await;
+    }
+    assert!(
+        store
+            .revoke_device(&Revocation::issue(&key, k1.id(), 300))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .revoke_device(&Revocation::issue(&key, k1.id(), 400))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.device(u, k1.id()).await.unwrap().unwrap().revoked_at,
+        Some(300),
+        "the first revocation stays"
+    );
+    assert!(
+        !store
+            .revoke_device(&Revocation::issue(&key, device(), 300))
+            .await
+            .unwrap()
+    );
+
+    let again = store.register_device(&c1, 2, 500).await.unwrap();
+    assert!(again.is_revoked(), "a revoked device stays revoked");
+    // The revoked device no longer counts against the limit.
+    store.register_device(&c3, 2, 160).await.unwrap();
+
+    store.touch_device(u, k2.id(), 1_000).await.unwrap();
+    store.touch_device(u, k2.id(), 900).await.unwrap();
+    store.touch_device(u, device(), 900).await.unwrap();
+    let listed = store.list_devices(u).await.unwrap();
+    let expected = [
+        DeviceInfo {
+            certificate: c1,
+            last_seen: 100,
+            revoked: true,
+        },
+        DeviceInfo {
+            certificate: c2,
+            last_seen: 1_000,
+            revoked: false,
+        },
+        DeviceInfo {
+            certificate: c3,
+            last_seen: 160,
+            revoked: false,
+        },
+    ];
+    assert_eq!(listed, expected);
+    assert!(listed.iter().all(|info| info.certificate.verify().is_ok()));
+    assert_eq!(
+        all_events(store, u).await.len(),
+        2,
+        "a revoked device's events stay in the log"
+    );
+    assert!(store.list_devices(user()).await.unwrap().is_empty());
+}
+
+async fn migrations_are_idempotent(db: Db) {
+    let (u, d) = (user(), device());
+    append(&*db.store, req(u, d, 1, "kept")).await;
+    for _ in 0..2 {
+        let again = store::open(&db.url).await.unwrap();
+        again.ping().await.unwrap();
+        assert_eq!(
+            again.read_events(u, 0, 10).await.unwrap()[0].payload,
+            payload("kept")
+        );
+        assert_eq!(
+            again.append(&req(u, d, 1, "kept"), NOW_MS).await.unwrap(),
+            AppendOutcome::Duplicate { seq: 1 }
+        );
+        again.close().await;
+    }
+    db.store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_schemes_are_refused_without_echoing_the_url() {
+    let error = store::open("mysql://ferry:hunter2@db/ferry")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::InvalidUrl(_)), "{error:?}");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+}
+
+/// Registers a new device of `key`'s user and returns its id and record.
+async fn certified(
+    store: &dyn Store,
+    key: &UserKey,
+    name: &str,
+    now_s: u64,
+) -> (DeviceId, DeviceRecord) {
+    let device = DeviceKey::generate(&mut OsRng).id();
+    let certificate = DeviceCertificate::issue(key, device, name, now_s).unwrap();
+    (
+        device,
+        store
+            .register_device(&certificate, 10, now_s)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Submits the first request and waits until the committer holds it at the (locked) gate,
+/// then queues all the others behind it; returns where their answers will arrive.
+async fn queue_behind_gate(
+    handle: &CommitHandle,
+    gated: &Gated,
+    requests: Vec<AppendRequest>,
+) -> Vec<CommitReply> {
+    let count = requests.len();
+    let reached = gated.waiting.load(Ordering::SeqCst);
+    let mut replies = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        replies.push(handle.submit(request).await.unwrap());
+        if i == 0 {
+            wait_until(|| gated.waiting.load(Ordering::SeqCst) == reached + 1).await;
+        }
+    }
+    assert_eq!(handle.stats().queued, count - 1);
+    replies
+}
+
+/// Polls `condition` until it holds, failing the test after 10 s.
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A store whose commits the test can hold (lock `gate`) or make fail (`fail`), and which
+/// records the size of every batch; everything else passes through.
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<dyn Store>,
+    gate: tokio::sync::Mutex<()>,
+    fail: AtomicBool,
+    /// Batches that have reached the gate (committed, failed or waiting).
+    waiting: AtomicUsize,
+    batch_sizes: Mutex<Vec<usize>>,
+}
+
+impl Gated {
+    fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            gate: tokio::sync::Mutex::new(()),
+            fail: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            batch_sizes: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Gated {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn append_batch(
+        &self,
+        requests: &[AppendRequest],
+        now_ms: u64,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _open = self.gate.lock().await;
+        self.batch_sizes.lock().unwrap().push(requests.len());
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(sqlx::Error::Protocol("injected failure".into()).into());
+        }
+        self.inner.append_batch(requests, now_ms).await
+    }
+    async fn read_events(
+        &self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.inner.read_events(user, after_seq, limit).await
+    }
+    async fn log_bounds(&self, user: UserId) -> Result<LogBounds, StoreError> {
+        self.inner.log_bounds(user).await
+    }
+    async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError> {
+        self.inner.set_ack(user, device, seq).await
+    }
+    async fn register_device(
+        &self,
+        certificate: &DeviceCertificate,
+        max_devices: usize,
+        now_s: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        self.inner
+            .register_device(certificate, max_devices, now_s)
+            .await
+    }
+    async fn device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.inner.device(user, device).await
+    }
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError> {
+        self.inner.list_devices(user).await
+    }
+    async fn revoke_device(&self, revocation: &Revocation) -> Result<bool, StoreError> {
+        self.inner.revoke_device(revocation).await
+    }
+    async fn touch_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now_s: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.touch_device(user, device, now_s).await
+    }
+    async fn trim_user(
+        &self,
+        user: UserId,
+        max_age_ms: Option<u64>,
+        max_count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .trim_user(user, max_age_ms, max_count, now_ms)
+            .await
+    }
+    async fn trim(
+        &self,
+        max_age_ms: Option<u64>,
+        max_count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner.trim(max_age_ms, max_count, now_ms).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
