@@ -241,13 +241,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field(
-                "database_url",
-                &crate::bus::redact_url(&self.database_url()),
-            )
+            .field("database_url", &crate::redact_url(&self.database_url()))
             .field(
                 "redis_url",
-                &self.redis_url.as_deref().map(crate::bus::redact_url),
+                &self.redis_url.as_deref().map(crate::redact_url),
             )
             .field("limits", &self.limits)
             .field("log", &self.log)

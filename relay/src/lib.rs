@@ -36,9 +36,11 @@ pub mod hub;
 pub mod metrics;
 pub mod pairing;
 pub mod rate_limit;
+mod redact;
 pub mod relay_key;
 pub mod server;
 pub mod store;
 
 pub use config::Config;
+pub use redact::redact_url;
 pub use server::Server;

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ferry_relay::{Config, Server, bus, relay_key, store};
+use ferry_relay::{Config, Server, relay_key, store};
 
 #[derive(Parser)]
 #[command(
@@ -51,9 +51,9 @@ async fn main() -> anyhow::Result<()> {
             let url = config.database_url();
             let store = store::open(&url)
                 .await
-                .with_context(|| format!("migrating {}", bus::redact_url(&url)))?;
+                .with_context(|| format!("migrating {}", ferry_relay::redact_url(&url)))?;
             store.close().await;
-            eprintln!("migrations applied to {}", bus::redact_url(&url));
+            eprintln!("migrations applied to {}", ferry_relay::redact_url(&url));
         }
         Command::Serve => serve(config).await?,
     }

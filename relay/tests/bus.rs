@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_protocol::UserId;
 use ferry_relay::bus::{
-    Bus, BusError, BusReceiver, LocalBus, LocalBusHub, RedisBus, RedisBusOptions, redact_url, topic,
+    Bus, BusError, BusReceiver, LocalBus, LocalBusHub, RedisBus, RedisBusOptions, topic,
 };
+use ferry_relay::redact_url;
 use fred::prelude::{Builder, Client, ClientLike, Config, PubsubInterface, Value};
 use fred::types::CustomCommand;
 use rand_core::{OsRng, RngCore};

@@ -74,7 +74,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::{Bus, BusError, BusReceiver, DEFAULT_INBOX_CAPACITY, Delivery, Inbox, redact_url};
+use super::{Bus, BusError, BusReceiver, DEFAULT_INBOX_CAPACITY, Delivery, Inbox};
+use crate::redact_url;
 
 /// What every topic name starts with; the user id in hex follows.
 pub const TOPIC_PREFIX: &str = "ferry:user:";

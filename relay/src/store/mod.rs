@@ -108,21 +108,6 @@ pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Stor
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host`) with `***`, for logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
-}
-
 /// Connection pool options shared by both backends.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -738,23 +723,6 @@ mod tests {
                 head: 0
             }
             .covers(0)
-        );
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@db:5432/x"),
-            "postgres://u:***@db:5432/x"
-        );
-        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
-        assert_eq!(
-            redact_url("sqlite://data/a@b.db?mode=rwc"),
-            "sqlite://data/a@b.db?mode=rwc"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@ss@db/x"),
-            "postgres://u:***@db/x"
         );
     }
 
