@@ -15,6 +15,7 @@ use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Shared};
 use crate::error::ClientError;
 use crate::event::{ClientEvent, Status};
 use crate::options::Options;
+use crate::pairing::{Invitation, InviterDevice, PairingError};
 use crate::state::ClientState;
 
 /// Commands waiting for the driver.
@@ -52,6 +53,8 @@ pub struct ClientHandle {
     shared: Arc<Shared>,
     user: UserId,
     device: DeviceId,
+    /// What [`ClientHandle::invite`] connects with.
+    inviter: Arc<(InviterDevice, Options)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -86,6 +89,7 @@ impl Client {
             shared: Arc::clone(&shared),
             user: state.user_id(),
             device: state.device_id(),
+            inviter: Arc::new((InviterDevice::of(&state), options.clone())),
         };
         let driver = Driver::new(state, options, command_rx, deliveries, shared);
         Self {
@@ -195,6 +199,11 @@ impl Client {
         self.handle.revoke(device).await
     }
 
+    /// See [`ClientHandle::invite`].
+    pub async fn invite(&self) -> Result<Invitation, PairingError> {
+        self.handle.invite().await
+    }
+
     /// See [`ClientHandle::status`].
     pub fn status(&self) -> Status {
         self.handle.status()
@@ -298,6 +307,14 @@ impl ClientHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Revoke { device, reply }).await?;
         answer.await.map_err(|_| self.shared.stopped())?
+    }
+
+    /// Opens a pairing slot for a new device of this user: see [`crate::pairing`] and
+    /// [`pairing::invite`](crate::pairing::invite). The pairing runs on a connection of its
+    /// own; this client keeps syncing meanwhile.
+    pub async fn invite(&self) -> Result<Invitation, PairingError> {
+        let (device, options) = &*self.inviter;
+        Invitation::open(device.clone(), options).await
     }
 
     /// Whether the client is connected, how many events wait in the outbox, what failed.

@@ -4,7 +4,8 @@
 //! 1. `connect_async` opens `ws://HOST:PORT/ws`; every Ferry frame is one binary message.
 //! 2. The handshake ([`ferry_protocol::handshake`]) runs on the whole socket: ClientHello,
 //!    ServerHello (checked against the pinned relay key), ClientStart with the device's
-//!    credentials and the resume cursor, SessionStart.
+//!    credentials and the resume cursor (or anonymous, for a device being paired),
+//!    SessionStart.
 //! 3. The socket and the channel are split. The writer task owns the sending halves and
 //!    seals frames from a bounded queue; the driver owns the receiving halves and reads
 //!    while the writer writes, so neither side of the socket can block the other.
@@ -76,6 +77,21 @@ pub(crate) async fn open(
     keys: &Keys,
     resume: u64,
 ) -> Result<Connection, ClientError> {
+    let credentials = Credentials::Device {
+        key: &keys.device,
+        certificate: keys.certificate.clone(),
+        resume: Some(resume),
+    };
+    open_as(url, relay_key, credentials).await
+}
+
+/// Connects and runs the handshake with `credentials`: a device, or
+/// [`Credentials::Anonymous`] for a device being paired.
+pub(crate) async fn open_as(
+    url: &str,
+    relay_key: RelayId,
+    credentials: Credentials<'_>,
+) -> Result<Connection, ClientError> {
     let frame_limit = MAX_FRAME_LEN + CHANNEL_OVERHEAD;
     let config = WebSocketConfig::default()
         .max_message_size(Some(frame_limit))
@@ -87,11 +103,6 @@ pub(crate) async fn open(
     let (handshake, hello) = ClientHandshake::start(relay_key, &mut OsRng);
     send(&mut ws, hello).await?;
     let server_hello = next_binary(&mut ws).await?;
-    let credentials = Credentials::Device {
-        key: &keys.device,
-        certificate: keys.certificate.clone(),
-        resume: Some(resume),
-    };
     let (handshake, start) = handshake.handle_server_hello(&server_hello, credentials)?;
     send(&mut ws, start).await?;
     let established = next_binary(&mut ws).await?;

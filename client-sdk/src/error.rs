@@ -1,4 +1,5 @@
-//! Errors: [`StateError`] for the state folder, [`ClientError`] for everything a client does.
+//! Errors: [`StateError`] for the state folder, [`ClientError`] for everything a client does,
+//! [`PairingError`] for pairing a device.
 //!
 //! Every error code a relay can send (in an `Error` frame, a handshake refusal or a WebSocket
 //! close code `4000 + code`) maps to a [`ClientError`] variant through
@@ -233,6 +234,122 @@ impl ClientError {
     }
 }
 
+/// Why pairing a device failed ([`crate::pairing`]).
+///
+/// The messages are written for the person pairing: each says what to do next, so a command
+/// line or an app can show them as they are.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PairingError {
+    /// The text typed is not six digits. Nothing was sent.
+    #[error("a pairing code is six digits")]
+    BadCode,
+    /// No pairing waits under this code (relay code 500).
+    #[error("unknown code: check the code shown on the other device")]
+    UnknownCode,
+    /// The code expired before a device joined (relay code 501, or no joiner in time).
+    #[error("code expired: start pairing again")]
+    Expired,
+    /// Another device already joined with this code, or it was burned (relay code 502).
+    #[error("code already used: start pairing again for a new code")]
+    CodeUsed,
+    /// The two devices did not hold the same code (detected by either side, or relay code
+    /// 504). The code is burned.
+    #[error("wrong code: the code is burned, start pairing again")]
+    WrongCode,
+    /// The inviter turned the device down ([`PendingDevice::refuse`](crate::pairing::PendingDevice::refuse)),
+    /// as its user did not confirm it.
+    #[error("the other device refused the pairing")]
+    Refused,
+    /// The other device went away before pairing finished.
+    #[error("the other device left before pairing finished: start pairing again")]
+    PeerLeft,
+    /// The relay limits join attempts per address (relay code 400).
+    #[error("too many pairing attempts: wait a minute, then try again")]
+    RateLimited,
+    /// Every slot the inviter tried was taken by another pairing (relay code 503).
+    #[error("the relay has no free pairing slot right now: try again in a minute")]
+    NoFreeSlot,
+    /// The relay could not be reached or the connection broke.
+    #[error("relay unreachable: {0}")]
+    RelayUnreachable(String),
+    /// The relay presented another key than the one given (or pinned): a wrong `--relay-key`,
+    /// a wrong URL, or a man in the middle.
+    #[error("the relay presented key {found}, not {pinned}: check the relay URL and key")]
+    WrongRelayKey {
+        /// The key expected.
+        pinned: RelayId,
+        /// The key the relay presented.
+        found: RelayId,
+    },
+    /// The device name is longer than [`MAX_DEVICE_NAME_LEN`](crate::limits::MAX_DEVICE_NAME_LEN)
+    /// bytes. Nothing was sent.
+    #[error(
+        "the device name is longer than {} bytes",
+        ferry_protocol::limits::MAX_DEVICE_NAME_LEN
+    )]
+    NameTooLong,
+    /// The other device sent something the pairing protocol does not allow.
+    #[error("pairing failed: {0}")]
+    Protocol(String),
+    /// The relay refused the inviting device or failed in another way.
+    #[error(transparent)]
+    Client(ClientError),
+    /// The new device's state folder could not be written (or already holds a state).
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl PairingError {
+    /// The error a relay's code stands for during pairing.
+    pub fn from_code(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::from(ClientError::from_code(code, message))
+    }
+
+    /// The pairing errors among the relay's codes.
+    fn pairing(code: ErrorCode) -> Option<Self> {
+        Some(match code {
+            ErrorCode::PairingUnknownCode => Self::UnknownCode,
+            ErrorCode::PairingExpired => Self::Expired,
+            ErrorCode::PairingCodeUsed => Self::CodeUsed,
+            ErrorCode::PairingFailed => Self::WrongCode,
+            ErrorCode::PairingSlotTaken => Self::NoFreeSlot,
+            _ => return None,
+        })
+    }
+}
+
+impl From<ClientError> for PairingError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::RelayUnreachable(why) => Self::RelayUnreachable(why),
+            ClientError::WrongRelayKey { pinned, found } => Self::WrongRelayKey { pinned, found },
+            ClientError::RateLimited => Self::RateLimited,
+            ClientError::State(e) => Self::State(e),
+            ClientError::Relay {
+                code: ErrorCode::Unavailable,
+                message,
+            } => Self::RelayUnreachable(format!("the relay is unavailable ({message})")),
+            ClientError::Relay { code, message } => {
+                Self::pairing(code).unwrap_or(Self::Client(ClientError::Relay { code, message }))
+            }
+            other => Self::Client(other),
+        }
+    }
+}
+
+impl From<ferry_protocol::pairing::PairingError> for PairingError {
+    fn from(error: ferry_protocol::pairing::PairingError) -> Self {
+        use ferry_protocol::pairing::PairingError as Protocol;
+        match error {
+            Protocol::BadCode => Self::BadCode,
+            Protocol::WrongCode => Self::WrongCode,
+            Protocol::Identity(IdentityError::NameTooLong) => Self::NameTooLong,
+            other => Self::Protocol(other.to_string()),
+        }
+    }
+}
+
 impl From<HandshakeError> for ClientError {
     fn from(error: HandshakeError) -> Self {
         match error {
@@ -275,6 +392,48 @@ mod tests {
             Some(ClientError::Revoked)
         ));
         assert!(ClientError::from_close_code(1001, "").is_none());
+    }
+
+    #[test]
+    fn pairing_errors_map_from_the_relay_codes() {
+        let cases = [
+            (ErrorCode::PairingUnknownCode, "unknown code"),
+            (ErrorCode::PairingExpired, "code expired"),
+            (ErrorCode::PairingCodeUsed, "code already used"),
+            (ErrorCode::PairingFailed, "wrong code"),
+            (
+                ErrorCode::PairingSlotTaken,
+                "the relay has no free pairing slot",
+            ),
+            (ErrorCode::RateLimited, "too many pairing attempts"),
+            (ErrorCode::Unavailable, "relay unreachable"),
+        ];
+        for (code, shown) in cases {
+            let from_frame = PairingError::from_code(code, "why").to_string();
+            assert!(from_frame.starts_with(shown), "{code:?}: {from_frame}");
+            let from_close = ClientError::from_close_code(code.close_code(), "why")
+                .map(PairingError::from)
+                .map(|e| e.to_string());
+            assert_eq!(from_close.as_deref(), Some(from_frame.as_str()));
+        }
+        assert!(matches!(
+            PairingError::from_code(ErrorCode::DeviceRevoked, ""),
+            PairingError::Client(ClientError::Revoked)
+        ));
+        assert!(matches!(
+            PairingError::from(ClientError::Relay {
+                code: ErrorCode::Internal,
+                message: "x".into()
+            }),
+            PairingError::Client(ClientError::Relay {
+                code: ErrorCode::Internal,
+                ..
+            })
+        ));
+        assert!(matches!(
+            PairingError::from(ferry_protocol::pairing::PairingError::WrongCode),
+            PairingError::WrongCode
+        ));
     }
 
     #[test]

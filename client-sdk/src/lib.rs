@@ -5,7 +5,8 @@
 //!
 //! - A device keeps its [`ClientState`] in a folder: its keys (owner-only files), its
 //!   certificate, the relay's URL and pinned key, its cursor and its outbox.
-//!   [`ClientState::create`] makes a new user; [`ClientState::open`] opens it again.
+//!   [`ClientState::create`] makes a new user, [`pairing::join`] another device of a user;
+//!   [`ClientState::open`] opens it again.
 //! - [`Client::connect`] (or [`Client::start`], which does not wait) hands the state to a
 //!   background task that keeps a session with the relay, reconnecting with jittered
 //!   exponential backoff.
@@ -16,6 +17,9 @@
 //!   every device of the user (this one included). An event is acknowledged when the app
 //!   asks for the next one.
 //! - [`Client::list_devices`] and [`Client::revoke`] manage the user's devices.
+//! - [`pairing`] adds a device: [`pairing::invite`] (or [`Client::invite`]) on a device that
+//!   has the user shows a 6-digit code; [`pairing::join`] on the new device, with that code,
+//!   receives the user's keys end to end and writes its [`ClientState`].
 //! - Errors are [`ClientError`]s: one variant per thing that can go wrong, relay error
 //!   codes included; [`ClientError::is_permanent`] says which ones stop the client.
 //!
@@ -76,10 +80,11 @@ mod event;
 mod files;
 mod options;
 mod outbox;
+pub mod pairing;
 mod state;
 
 pub use client::{Client, ClientHandle};
-pub use error::{ClientError, StateError};
+pub use error::{ClientError, PairingError, StateError};
 pub use event::{ClientEvent, ReceivedEvent, Status};
 pub use options::Options;
 pub use state::ClientState;

@@ -30,6 +30,11 @@ pub struct Options {
     /// Decrypted events held for the app. When the app falls this far behind, the client
     /// stops taking events and fetches them again once the app has caught up.
     pub event_buffer: usize,
+    /// Longest a pairing may take ([`crate::pairing`]): how long an inviter waits for a
+    /// device to join (never past the code's expiry), and then for each of its answers; how
+    /// long a joining device waits for the inviter. Ten minutes, the relay's default code
+    /// life.
+    pub pairing_timeout: Duration,
 }
 
 impl Default for Options {
@@ -41,6 +46,7 @@ impl Default for Options {
             ping_interval: Duration::from_secs(30),
             ack_delay: Duration::from_millis(100),
             event_buffer: 1024,
+            pairing_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -74,6 +80,12 @@ impl Options {
     /// Sets [`Self::event_buffer`] (at least 1).
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.event_buffer = events.max(1);
+        self
+    }
+
+    /// Sets [`Self::pairing_timeout`].
+    pub fn pairing_timeout(mut self, timeout: Duration) -> Self {
+        self.pairing_timeout = timeout;
         self
     }
 }

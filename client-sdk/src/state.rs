@@ -144,6 +144,15 @@ impl ClientState {
         Self::load(dir, lock)
     }
 
+    /// Fails with [`StateError::AlreadyExists`] if `dir` holds a state: checked before
+    /// pairing, so a code is not burned for a folder that cannot take the new device.
+    pub(crate) fn check_vacant(dir: &Path) -> Result<(), StateError> {
+        if dir.join(FORMAT_FILE).exists() {
+            return Err(StateError::AlreadyExists(dir.to_owned()));
+        }
+        Ok(())
+    }
+
     fn load(dir: PathBuf, lock: File) -> Result<Self, StateError> {
         let user = UserKey::from_secret_bytes(&*files::read_hex32(&dir.join(USER_KEY_FILE))?);
         let device = DeviceKey::from_secret_bytes(&*files::read_hex32(&dir.join(DEVICE_KEY_FILE))?);
@@ -288,7 +297,7 @@ struct StoredCertificate(DeviceCertificate);
 // The name's length limit is checked by `DeviceCertificate::verify` right after decoding.
 impl Wire for StoredCertificate {}
 
-fn check_relay_url(url: &str) -> Result<(), StateError> {
+pub(crate) fn check_relay_url(url: &str) -> Result<(), StateError> {
     let rest = url.strip_prefix("ws://").unwrap_or_default();
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || url.chars().any(char::is_whitespace) {

@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_client::ClientState;
-use support::{TestRelay, another_device};
+use support::{TestRelay, another_device, free_addr};
 
 /// What one run of `ferry` did.
 #[derive(Debug)]
@@ -105,7 +105,8 @@ fn init_send_tail_devices_revoke_and_an_outbox_that_outlives_the_relay() {
 
     ok(&laptop, &["send", "hello world"]);
 
-    // The second device, made with the library (pairing comes later).
+    // The second device, made with the library (`pair_and_join_then_sync_both_ways` pairs
+    // one through the command line).
     let laptop_state = ClientState::open(&laptop).unwrap();
     let phone_state = another_device(&laptop_state, &phone, "phone");
     let phone_id = phone_state.device_id().to_hex();
@@ -193,6 +194,159 @@ fn usage_errors_are_reported() {
     );
     assert!(
         !run.success && run.stderr.contains("invalid relay URL"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn pair_and_join_then_sync_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = dir.path().join("laptop");
+    let phone = dir.path().join("phone");
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    ok(
+        &laptop,
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "laptop",
+        ],
+    );
+    ok(&laptop, &["send", "before pairing"]);
+
+    // `pair` prints the code at once and waits for the other device.
+    let mut pair = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--state")
+        .arg(&laptop)
+        .arg("pair")
+        .env_remove("FERRY_STATE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(pair.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let code = first
+        .strip_prefix("code: ")
+        .unwrap_or_else(|| panic!("{first}"));
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{first}"
+    );
+    // The laptop's folder is free while `pair` waits.
+    ok(&laptop, &["send", "while pairing"]);
+
+    let joined = ok(
+        &phone,
+        &[
+            "join",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            code,
+            "--name",
+            "phone",
+        ],
+    );
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = pair.wait().unwrap();
+    let mut stderr = String::new();
+    pair.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    eprintln!("ferry pair -> {first} {rest:?} {stderr}");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("ferry --state DIR join"), "{stderr}");
+
+    // Both screens show the same confirmation; each names the new device.
+    let joined: Vec<&str> = joined.lines().collect();
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    assert!(joined[0].starts_with("confirm: "), "{joined:?}");
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert_eq!(rest[0], joined[0]);
+    let device = joined[1].strip_prefix("joined: ").unwrap();
+    assert_eq!(rest[1], format!("paired: {device} phone"));
+    assert_eq!(
+        ClientState::open(&phone).unwrap().device_id().to_hex(),
+        device
+    );
+
+    // The new device reads the whole log and writes to it.
+    assert_eq!(ok(&phone, &["tail"]), "before pairing\nwhile pairing\n");
+    ok(&phone, &["send", "from the phone"]);
+    assert_eq!(
+        ok(&laptop, &["tail"]),
+        "before pairing\nwhile pairing\nfrom the phone\n"
+    );
+    assert!(ok(&laptop, &["devices"]).contains(device));
+
+    // The code worked once.
+    let again = dir.path().join("again");
+    let run = ferry(
+        &again,
+        &["join", "--relay", &url, "--relay-key", &key, code],
+        "",
+    );
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("code already used"), "{run:?}");
+}
+
+#[test]
+fn join_errors_are_one_line_a_user_can_act_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let phone = dir.path().join("phone");
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    let run = ferry(
+        &phone,
+        &["join", "--relay", &url, "--relay-key", &key, "123456"],
+        "",
+    );
+    assert!(!run.success, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "ferry: unknown code: check the code shown on the other device\n"
+    );
+    let run = ferry(
+        &phone,
+        &["join", "--relay", &url, "--relay-key", &key, "12-34"],
+        "",
+    );
+    assert!(!run.success && run.stderr.contains("six digits"), "{run:?}");
+    let nowhere = format!("ws://{}/ws", free_addr());
+    let run = ferry(
+        &phone,
+        &[
+            "--timeout",
+            "2",
+            "join",
+            "--relay",
+            &nowhere,
+            "--relay-key",
+            &key,
+            "123456",
+        ],
+        "",
+    );
+    assert!(!run.success, "{run:?}");
+    assert!(
+        run.stderr.starts_with("ferry: relay unreachable: "),
+        "{run:?}"
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    // `pair` needs a device that has the user.
+    let run = ferry(&phone, &["pair"], "");
+    assert!(
+        !run.success && run.stderr.contains("no Ferry state"),
         "{run:?}"
     );
 }

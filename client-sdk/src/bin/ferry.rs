@@ -6,10 +6,16 @@
 //! ferry --state DIR tail [--follow] [--limit N]
 //! ferry --state DIR devices
 //! ferry --state DIR revoke DEVICE      # a device id, or a unique prefix of one
+//! ferry --state DIR pair               # prints `code: NNNNNN`, waits for the new device
+//! ferry --state DIR join --relay ws://HOST:PORT/ws --relay-key HEX CODE [--name NAME]
 //! ```
 //!
 //! Exit status 0 on success, 1 on any failure (the reason goes to stderr). Event text goes
 //! to stdout, one event per line; everything else goes to stderr.
+//!
+//! Pairing, on stdout: `pair` prints `code: NNNNNN`, then `confirm: XXXX-XXXX` once a device
+//! joined with the right code, then `paired: DEVICE NAME`; `join` prints `confirm:
+//! XXXX-XXXX`, then `joined: DEVICE`. Both screens show the same confirmation string.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use ferry_client::pairing::{self, Join};
 use ferry_client::{Client, ClientError, ClientEvent, ClientState, DeviceInfo, Options, RelayId};
 
 /// Ferry: end-to-end encrypted sync between your devices, through a relay that cannot read it.
@@ -74,7 +81,30 @@ enum Command {
         /// The device id (or a unique prefix of it), as `devices` shows it.
         device: String,
     },
-    // Pairing (`pair` on a device that has the user, `join` on the new one) comes here.
+    /// Add a new device to this user: print a 6-digit code to type on it (`ferry join`),
+    /// and wait for it.
+    ///
+    /// Prints `code: NNNNNN`; once the device joined with the right code, `confirm:
+    /// XXXX-XXXX` (the new device shows the same) and `paired: DEVICE NAME`. The code works
+    /// once and expires after ten minutes (the relay's setting).
+    Pair,
+    /// Make this folder a new device of a user who has another device: run `ferry pair`
+    /// there and give the code it prints.
+    ///
+    /// Prints `confirm: XXXX-XXXX` (the other device shows the same) and `joined: DEVICE`.
+    Join {
+        /// The relay's WebSocket URL, ws://HOST:PORT/ws (the one the other device uses).
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// The relay's public key (64 hex digits), pinned from now on.
+        #[arg(long, value_name = "HEX")]
+        relay_key: RelayId,
+        /// The six digits `ferry pair` printed on the other device.
+        code: String,
+        /// A name for this device, shown by `devices` (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +143,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail { follow, limit } => tail(&cli.state, follow, limit, options).await,
         Command::Devices => devices(&cli.state, options, timeout).await,
         Command::Revoke { device } => revoke(&cli.state, &device, options, timeout).await,
+        Command::Pair => pair(&cli.state, options).await,
+        Command::Join {
+            relay,
+            relay_key,
+            code,
+            name,
+        } => join(&cli.state, &relay, relay_key, &code, name, options).await,
     }
 }
 
@@ -261,6 +298,64 @@ async fn revoke(
     Ok(())
 }
 
+async fn pair(dir: &std::path::Path, options: Options) -> anyhow::Result<()> {
+    let state = ClientState::open(dir)?;
+    let invitation = pairing::invite(&state, &options).await?;
+    let (relay, relay_key) = (state.relay_url().to_owned(), state.relay_key());
+    // The pairing holds the keys it needs: other commands may use the folder meanwhile.
+    drop(state);
+    let code = invitation.code();
+    line(&format!("code: {}", code.as_str()))?;
+    let minutes = invitation
+        .expires_at()
+        .duration_since(std::time::SystemTime::now())
+        .map_or(0, |left| left.as_secs().div_ceil(60));
+    eprintln!(
+        "ferry: on the new device run: ferry --state DIR join --relay {relay} --relay-key {relay_key} {}",
+        code.as_str()
+    );
+    eprintln!("ferry: the code works once and expires in about {minutes} minute(s); waiting");
+    let pending = tokio::select! {
+        pending = invitation.joined() => pending?,
+        _ = tokio::signal::ctrl_c() => bail!("cancelled; the code is burned"),
+    };
+    line(&format!("confirm: {}", pending.confirmation()))?;
+    eprintln!("ferry: the other device should show the same confirmation");
+    let paired = pending.admit().await?;
+    line(&format!("paired: {} {}", paired.device, paired.name))?;
+    Ok(())
+}
+
+async fn join(
+    dir: &std::path::Path,
+    relay: &str,
+    relay_key: RelayId,
+    code: &str,
+    name: Option<String>,
+    options: Options,
+) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(default_name);
+    let join = Join::start(dir, relay, relay_key, code, &name, &options).await?;
+    line(&format!("confirm: {}", join.confirmation()))?;
+    eprintln!("ferry: the other device should show the same confirmation");
+    let state = join.finish().await?;
+    line(&format!("joined: {}", state.device_id()))?;
+    eprintln!(
+        "ferry: {} is now device {:?} of user {}",
+        dir.display(),
+        state.device_name(),
+        state.user_id()
+    );
+    Ok(())
+}
+
+/// Prints a line on stdout at once: a script reading it may be waiting for it.
+fn line(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")?;
+    stdout.flush()
+}
+
 /// Runs a request with a deadline.
 async fn within<T>(
     timeout: Duration,
@@ -329,6 +424,25 @@ mod tests {
                 follow: true,
                 limit: Some(3)
             })
+        ));
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "--state",
+            "s",
+            "join",
+            "--relay",
+            "ws://x/ws",
+            "--relay-key",
+            &"ab".repeat(32),
+            "123 456",
+        ]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Join { code, name: None, .. }) if code == "123 456"
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["ferry", "--state", "s", "pair"]).map(|c| c.command),
+            Ok(Command::Pair)
         ));
         assert!(
             Cli::try_parse_from([

@@ -152,8 +152,8 @@ pub fn new_user(dir: &Path, relay: &TestRelay, name: &str) -> ClientState {
     ClientState::create(dir, &relay.url(), relay.relay_id, name).unwrap()
 }
 
-/// Another device of `first`'s user, as pairing will make it: a new device key, a
-/// certificate from the user key, the user's keys.
+/// Another device of `first`'s user, as pairing makes it (without the relay): a new device
+/// key, a certificate from the user key, the user's keys.
 pub fn another_device(first: &ClientState, dir: &Path, name: &str) -> ClientState {
     another_device_with_data_key(
         first,

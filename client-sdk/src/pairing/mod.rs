@@ -1,0 +1,79 @@
+//! Pairing: a new device joins the user through a 6-digit code shown on a device that
+//! already has the user's keys.
+//!
+//! # Flow
+//!
+//! ```text
+//!  inviter (has the keys)                 relay                  joiner (new device)
+//!  invite(): connect as the device
+//!            draw code c (OS RNG)
+//!            PairOpen{slot(c)} ───────────▶ slot open
+//!  show c ◀── PairOpened{expires_at}                             user types c
+//!                                                                join(): connect anonymously
+//!                                          ◀── PairJoin{JoinerHello} (SPAKE2 with c)
+//!  joined():  ◀── PairPeer{JoinerHello}
+//!             PairForward{InviterHello} ──▶ ──▶ PairPeer         checks the inviter's proof
+//!                                                                 (wrong code: PairClose{false})
+//!                                          ◀── PairForward{JoinerRequest}  ← confirmation known
+//!  confirmation known ◀── PairPeer            (sealed: device key, name)
+//!  admit():   PairForward{InviterGrant} ──▶ ──▶ PairPeer         checks the grant, writes the
+//!             (sealed: certificate, user key, data key)            state folder
+//!             PairClose{true} ────────────▶ ──▶ PairClosed
+//! ```
+//!
+//! The messages and the key schedule are [`ferry_protocol::pairing`]'s; this module drives
+//! them over the relay. The relay forwards opaque SPAKE2 messages and sealed bodies: it
+//! never sees a key, and without the code it gets one guess per code, after which the code
+//! is burned.
+//!
+//! - Codes come from the operating system's random number generator, uniform over
+//!   000000–999999. The relay routes by the first three digits (the slot); when another
+//!   pairing holds the slot, [`invite`] draws again.
+//! - A code works once and expires (ten minutes by default, the relay's setting). A wrong
+//!   code burns it on both sides ([`PairingError::WrongCode`]); a second device typing it
+//!   gets [`PairingError::CodeUsed`].
+//! - Both screens can show a confirmation string (`1234-5678`) from the pairing transcript.
+//!   If they differ, a relay sat in the middle: the inviter [refuses](PendingDevice::refuse)
+//!   before the keys leave. [`Invitation::joined`] and [`Join::start`] return as soon as it
+//!   is known; [`Invitation::wait`] and [`join`] do everything in one call and do not stop.
+//! - Each side runs on its own connection. The inviter's is a session of its device beside
+//!   any running [`Client`](crate::Client); it reads no events and moves no cursor. The
+//!   joiner's is anonymous: the relay lets it do nothing but pair.
+//! - Waits are bounded: the inviter waits for a joiner until the code expires, then at most
+//!   [`Options::pairing_timeout`](crate::Options::pairing_timeout) for each answer; the
+//!   joiner at most that long in all.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ferry_client::pairing::{self, Invitation, Join};
+//! use ferry_client::{ClientState, Options, RelayId};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // On the laptop, which has the user:
+//! let laptop = ClientState::open("laptop-state")?;
+//! let invitation = pairing::invite(&laptop, &Options::default()).await?;
+//! println!("type {} on the new device", invitation.code().as_str());
+//! let pending = invitation.joined().await?;
+//! println!("does the phone show {}?", pending.confirmation());
+//! let paired = pending.admit().await?;
+//! println!("paired {} ({})", paired.device, paired.name);
+//!
+//! // On the phone, with the relay's URL and key and the code the user typed:
+//! # let relay_key: RelayId = "b533d8ad9fcfbdde0b481c1b334ddc3c53412fd614564e7e5afd020368d382c3".parse()?;
+//! let join = Join::start("phone-state", "ws://127.0.0.1:7070/ws", relay_key, "123 456", "phone", &Options::default()).await?;
+//! println!("does the laptop show {}?", join.confirmation());
+//! let phone: ClientState = join.finish().await?;
+//! # let _ = phone;
+//! # Ok(())
+//! # }
+//! ```
+
+mod inviter;
+mod joiner;
+mod link;
+
+pub use crate::error::PairingError;
+pub(crate) use inviter::InviterDevice;
+pub use inviter::{Invitation, Paired, PendingDevice, invite};
+pub use joiner::{Join, join};

@@ -1,0 +1,461 @@
+//! Pairing against a real relay started in-process: devices join through 6-digit codes,
+//! then sync through the ordinary client; wrong, expired, unknown and raced codes fail with
+//! the error a user can act on; the relay never holds a key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_client::pairing::{self, Invitation, Join, Paired};
+use ferry_client::{Client, ClientState, PairingError, RelayId, StateError};
+use support::*;
+use tokio::task::JoinHandle;
+
+/// Runs the inviter's side in the background: waits for a device and admits it.
+fn admit_in_background(invitation: Invitation) -> JoinHandle<Result<Paired, PairingError>> {
+    tokio::spawn(async move {
+        tokio::time::timeout(WAIT, invitation.wait())
+            .await
+            .expect("the inviter finished")
+    })
+}
+
+async fn join_with(
+    dir: &Path,
+    relay: &TestRelay,
+    code: &str,
+    name: &str,
+) -> Result<ClientState, PairingError> {
+    tokio::time::timeout(
+        WAIT,
+        pairing::join(dir, &relay.url(), relay.relay_id, code, name, &fast()),
+    )
+    .await
+    .expect("the joiner finished")
+}
+
+/// The same slot (first three digits), other digits: reaches the inviter, fails the PAKE.
+fn wrong_code(code: &str) -> String {
+    let last: u32 = code[3..].parse().unwrap();
+    format!("{}{:03}", &code[..3], (last + 1) % 1000)
+}
+
+#[tokio::test]
+async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_dir = dir.path().join("relay");
+    let relay = TestRelay::start(&relay_dir);
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let secrets = [
+        laptop_state.user_key().secret_bytes().to_vec(),
+        laptop_state.data_key().bytes().to_vec(),
+    ];
+    let mut laptop = Client::connect(laptop_state, fast()).await.unwrap();
+    laptop.append(b"before pairing").await.unwrap();
+
+    // The laptop invites while it keeps syncing; the phone types the code.
+    let invitation = laptop.invite().await.unwrap();
+    let code = invitation.code().to_string();
+    assert_eq!(code.len(), 6);
+    assert!(code.bytes().all(|b| b.is_ascii_digit()));
+    assert!(
+        !format!("{invitation:?}").contains(&code[3..]),
+        "Debug hides the code"
+    );
+    let inviter = tokio::spawn(async move {
+        let pending = invitation.joined().await?;
+        let shown = pending.confirmation().to_owned();
+        let paired = pending.admit().await?;
+        assert_eq!(paired.confirmation, shown);
+        Ok::<_, PairingError>(paired)
+    });
+    let typed = format!("{} {}", &code[..3], &code[3..]);
+    let join = Join::start(
+        dir.path().join("phone"),
+        &relay.url(),
+        relay.relay_id,
+        &typed,
+        "phone",
+        &fast(),
+    )
+    .await
+    .unwrap();
+    let phone_confirmation = join.confirmation().to_owned();
+    let phone_id = join.device_id();
+    let phone_state = join.finish().await.unwrap();
+    let paired = inviter.await.unwrap().unwrap();
+    assert_eq!(paired.confirmation, phone_confirmation);
+    assert_eq!(phone_confirmation.len(), 9, "{phone_confirmation}");
+    assert_eq!((paired.device, paired.name.as_str()), (phone_id, "phone"));
+    assert_eq!(phone_state.device_id(), phone_id);
+    assert_eq!(phone_state.user_id(), laptop.user_id());
+    assert_eq!(phone_state.device_name(), "phone");
+    assert_eq!(phone_state.data_key().bytes().as_slice(), &secrets[1][..]);
+    assert_eq!(
+        (phone_state.relay_url(), phone_state.relay_key()),
+        (relay.url().as_str(), relay.relay_id)
+    );
+
+    // The phone is a device of the user like any other: both ways through the client.
+    let mut phone = Client::connect(phone_state, fast()).await.unwrap();
+    assert_eq!(
+        texts(&until_caught_up(&mut phone).await),
+        ["before pairing"]
+    );
+    phone.append(b"from the phone").await.unwrap();
+    laptop.append(b"from the laptop").await.unwrap();
+    assert_eq!(
+        texts(&events(&mut laptop, 3).await),
+        ["before pairing", "from the phone", "from the laptop"]
+    );
+    assert_eq!(
+        texts(&events(&mut phone, 2).await),
+        ["from the phone", "from the laptop"]
+    );
+
+    // A paired device can invite in turn: a third device sees the whole log.
+    let invitation = phone.invite().await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+    let tablet_state = join_with(&dir.path().join("tablet"), &relay, &code, "tablet")
+        .await
+        .unwrap();
+    assert_eq!(inviter.await.unwrap().unwrap().name, "tablet");
+    let mut tablet = Client::connect(tablet_state, fast()).await.unwrap();
+    assert_eq!(
+        texts(&until_caught_up(&mut tablet).await),
+        ["before pairing", "from the phone", "from the laptop"]
+    );
+    let devices = laptop.list_devices().await.unwrap();
+    let mut names: Vec<_> = devices
+        .iter()
+        .map(|d| d.certificate.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["laptop", "phone", "tablet"]);
+
+    // The relay forwarded the keys sealed: no trace of them in its files, raw or in hex.
+    tablet.close().await.unwrap();
+    phone.close().await.unwrap();
+    laptop.close().await.unwrap();
+    let mut scanned = 0;
+    for file in walk(&relay_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        scanned += bytes.len();
+        for secret in &secrets {
+            for needle in [secret.clone(), hex::encode(secret).into_bytes()] {
+                assert!(!contains(&bytes, &needle), "{} holds a key", file.display());
+            }
+        }
+    }
+    assert!(scanned > 0, "the relay has files");
+    assert!(
+        walk(&relay_dir)
+            .iter()
+            .any(|f| f.to_string_lossy().contains("ferry.db"))
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_code_burns_the_slot_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+
+    let phone = dir.path().join("phone");
+    let error = join_with(&phone, &relay, &wrong_code(&code), "phone")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PairingError::WrongCode), "{error:?}");
+    assert!(error.to_string().contains("burned"), "{error}");
+    let error = inviter.await.unwrap().unwrap_err();
+    assert!(matches!(error, PairingError::WrongCode), "{error:?}");
+    assert!(matches!(
+        ClientState::open(&phone),
+        Err(StateError::NotFound(_))
+    ));
+
+    // Even the right code is refused now.
+    let error = join_with(&phone, &relay, &code, "phone").await.unwrap_err();
+    assert!(matches!(error, PairingError::CodeUsed), "{error:?}");
+}
+
+#[tokio::test]
+async fn an_expired_code_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let adjust: Adjust = Arc::new(|config| config.limits.pairing_ttl_secs = 1);
+    let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let left = invitation
+        .expires_at()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(left <= Duration::from_secs(1), "{left:?}");
+    let code = invitation.code().to_string();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let error = join_with(&dir.path().join("phone"), &relay, &code, "phone")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PairingError::Expired), "{error:?}");
+    // The inviter stops waiting when the code expires.
+    let error = tokio::time::timeout(WAIT, invitation.wait())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(error, PairingError::Expired), "{error:?}");
+}
+
+#[tokio::test]
+async fn two_devices_racing_for_one_code_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+
+    let (phone, tablet) = (dir.path().join("phone"), dir.path().join("tablet"));
+    let (a, b) = tokio::join!(
+        join_with(&phone, &relay, &code, "phone"),
+        join_with(&tablet, &relay, &code, "tablet")
+    );
+    let paired = inviter.await.unwrap().unwrap();
+    let (winner, loser) = match (a, b) {
+        (Ok(state), Err(e)) | (Err(e), Ok(state)) => (state, e),
+        other => panic!("expected exactly one winner, got {other:?}"),
+    };
+    assert_eq!(winner.device_id(), paired.device);
+    assert!(
+        matches!(loser, PairingError::CodeUsed | PairingError::WrongCode),
+        "{loser:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_codes_bad_input_and_wrong_relays_fail_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let phone = dir.path().join("phone");
+
+    // No pairing waits: whatever code is typed is unknown.
+    let error = join_with(&phone, &relay, "123456", "phone")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PairingError::UnknownCode), "{error:?}");
+    assert!(error.to_string().contains("check the code"), "{error}");
+
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+
+    // Refused before anything is sent, so the code survives every one of these.
+    for (typed, name) in [
+        ("12345", "phone"),
+        ("12345a", "phone"),
+        ("1234567", "phone"),
+    ] {
+        let error = join_with(&phone, &relay, typed, name).await.unwrap_err();
+        assert!(matches!(error, PairingError::BadCode), "{typed}: {error:?}");
+    }
+    let error = join_with(&phone, &relay, &code, &"x".repeat(65))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PairingError::NameTooLong), "{error:?}");
+    let laptop_dir = dir.path().join("laptop");
+    let error = join_with(&laptop_dir, &relay, &code, "phone")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PairingError::State(StateError::AlreadyExists(_))),
+        "{error:?}"
+    );
+    let wrong_key = RelayId([7; 32]);
+    let error = pairing::join(&phone, &relay.url(), wrong_key, &code, "phone", &fast())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PairingError::WrongRelayKey { found, .. } if found == relay.relay_id),
+        "{error:?}"
+    );
+    let nowhere = format!("ws://{}/ws", free_addr());
+    let error = pairing::join(&phone, &nowhere, relay.relay_id, &code, "phone", &fast())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PairingError::RelayUnreachable(_)),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().starts_with("relay unreachable"),
+        "{error}"
+    );
+
+    // The code still works.
+    let state = join_with(&phone, &relay, &code, "phone").await.unwrap();
+    assert_eq!(inviter.await.unwrap().unwrap().device, state.device_id());
+}
+
+#[tokio::test]
+async fn the_inviter_can_refuse_and_a_joiner_that_leaves_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let phone = dir.path().join("phone");
+
+    // The confirmation strings did not match (say): the inviter refuses; nothing is written.
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = tokio::spawn(async move { invitation.joined().await.unwrap().refuse().await });
+    let join = Join::start(
+        &phone,
+        &relay.url(),
+        relay.relay_id,
+        &code,
+        "phone",
+        &fast(),
+    )
+    .await
+    .unwrap();
+    inviter.await.unwrap().unwrap();
+    let error = join.finish().await.unwrap_err();
+    assert!(matches!(error, PairingError::Refused), "{error:?}");
+    assert!(matches!(
+        ClientState::open(&phone),
+        Err(StateError::NotFound(_))
+    ));
+
+    // The new device goes away before the grant: the inviter is told, not left believing.
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = tokio::spawn(async move { invitation.joined().await });
+    let join = Join::start(
+        &phone,
+        &relay.url(),
+        relay.relay_id,
+        &code,
+        "phone",
+        &fast(),
+    )
+    .await
+    .unwrap();
+    let pending = inviter.await.unwrap().unwrap();
+    assert_eq!(pending.confirmation(), join.confirmation());
+    drop(join);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let error = pending.admit().await.unwrap_err();
+    assert!(matches!(error, PairingError::PeerLeft), "{error:?}");
+
+    // The inviter goes away: the joiner is told.
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = tokio::spawn(async move { invitation.joined().await });
+    let join = Join::start(
+        &phone,
+        &relay.url(),
+        relay.relay_id,
+        &code,
+        "phone",
+        &fast(),
+    )
+    .await
+    .unwrap();
+    drop(inviter.await.unwrap().unwrap());
+    let error = tokio::time::timeout(WAIT, join.finish())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(error, PairingError::PeerLeft), "{error:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn join_attempts_are_rate_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    // A burst of one join (a quarter of four a minute).
+    let adjust: Adjust = Arc::new(|config| config.limits.pair_joins_per_ip_per_minute = 4);
+    let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
+    let phone = dir.path().join("phone");
+    let error = join_with(&phone, &relay, "123456", "phone")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PairingError::UnknownCode), "{error:?}");
+    let error = join_with(&phone, &relay, "654321", "phone")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PairingError::RateLimited), "{error:?}");
+    assert!(error.to_string().contains("wait"), "{error}");
+}
+
+#[tokio::test]
+async fn a_device_behind_the_relay_retention_can_still_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let adjust: Adjust = Arc::new(|config| {
+        config.log.retention_max_events = Some(3);
+        config.log.retention_interval_secs = 1;
+    });
+    let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let phone = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop = Client::connect(laptop_state, fast()).await.unwrap();
+    for i in 0..10 {
+        laptop.append(format!("{i}").as_bytes()).await.unwrap();
+    }
+    laptop.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The phone's cursor (0) is below what the relay keeps: its sessions are told to resync.
+    // Pairing does not read the log, so it goes ahead, and the phone's cursor stays.
+    let invitation = pairing::invite(&phone, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+    let tablet = join_with(&dir.path().join("tablet"), &relay, &code, "tablet")
+        .await
+        .unwrap();
+    inviter.await.unwrap().unwrap();
+    let mut tablet = Client::connect(tablet, fast()).await.unwrap();
+    let error = tokio::time::timeout(WAIT, tablet.next_event())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(error, ferry_client::ClientError::ResyncRequired { .. }),
+        "{error:?}"
+    );
+    let error = Client::connect(phone, fast())
+        .await
+        .unwrap()
+        .next_event()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ferry_client::ClientError::ResyncRequired { .. }),
+        "{error:?}"
+    );
+}
