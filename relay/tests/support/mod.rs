@@ -9,7 +9,7 @@
 
 pub mod client;
 
-use ferry_relay::store::redact_url;
+use ferry_relay::redact_url;
 use rand_core::{OsRng, RngCore};
 use sqlx::Connection;
 
