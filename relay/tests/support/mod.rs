@@ -8,6 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
+pub mod device;
+pub mod http;
+pub mod proxy;
+pub mod redis;
 
 use ferry_relay::redact_url;
 use rand_core::{OsRng, RngCore};
