@@ -1,1 +1,45 @@
-//! Not built yet: see the project issues. This crate exists so the workspace has its final shape.
+//! `ferry-bench`: a load generator that measures the Ferry relay as its users feel it.
+//!
+//! Every scenario starts its own relay (in this process with `ferry_relay::Server::spawn`
+//! on 127.0.0.1:0 and a temporary data folder, except `idle`, which starts a separate relay
+//! process), drives it with real clients speaking `ferry_protocol` over tokio-tungstenite
+//! ([`client`]), prints a progress line on stderr, and returns figures ([`report`]). All
+//! traffic stays on 127.0.0.0/8; every run is bounded in count and time.
+//!
+//! | scenario | what it measures | goal |
+//! | --- | --- | --- |
+//! | `handshakes` | handshakes/s through the relay (64 concurrent clients) ÷ sans-IO crypto ceiling × cores | ≥ 60% |
+//! | `appends` | durable appends/s, group commit vs `commit_max_batch = 1`, same workload | ≥ 50,000 ev/s and ≥ 3× |
+//! | `latency` | Append on device A → Events on device B at 5,000 ev/s offered, p50/p99/p99.9/max | p99 < 10 ms |
+//! | `idle` | relay RSS per idle authenticated connection at 10,000 and 50,000 | ≤ 8 KiB |
+//! | `replay` | a fresh device catching up 100,000 events | ≥ 200,000 ev/s |
+//! | `wire` | bytes on the wire per event (256 B payload), each direction | |
+//! | `cluster` | cross-node delivery latency over Redis + PostgreSQL, vs same node | |
+//!
+//! Comparisons (group vs single commit, relay vs ceiling, cross vs same node) are measured
+//! side by side in the same run and reported as ratios. Each scenario's module documents
+//! its method.
+//!
+//! # Running
+//!
+//! ```text
+//! cargo build --release -p ferry-relay -p ferry-bench     # ferry-relay is used by `idle`
+//! target/release/ferry-bench all                          # every scenario, SQLite
+//! target/release/ferry-bench appends --runs 3             # one scenario, median of 3
+//! target/release/ferry-bench all --backend postgres       # PostgreSQL (+ plain-insert reference)
+//! target/release/ferry-bench all --quick                  # tiny: under a minute, for CI
+//! ```
+//!
+//! The table (markdown) goes to stdout, progress to stderr. `--postgres URL` and `--redis
+//! URL` point at the services (defaults: the local test services); `cluster` is skipped
+//! when they are not reachable, unless `FERRY_REQUIRE_SERVICES=1`. Missed goals do not
+//! change the exit status; a scenario that fails does.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod counting;
+pub mod progress;
+pub mod relay;
+pub mod report;
+pub mod scenarios;

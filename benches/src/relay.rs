@@ -1,0 +1,276 @@
+//! Relays under test: in-process nodes ([`BenchRelay`]) and a separate relay process
+//! ([`RelayProcess`], for clean memory figures).
+//!
+//! Every relay serves on 127.0.0.1 with a fresh temporary data folder and limits raised far
+//! above what the bench sends, so the figures show the relay's capacity, not its rate
+//! limiting. The backend is embedded SQLite, or PostgreSQL (+ Redis between nodes).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ferry_protocol::RelayId;
+use ferry_relay::{Config, Server};
+use tempfile::TempDir;
+
+use crate::client::Target;
+
+/// Default PostgreSQL for `--backend postgres` and the cluster scenario.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Default Redis for the cluster scenario.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Where a relay keeps its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Embedded SQLite in the temporary data folder (the relay's default).
+    Sqlite,
+    /// PostgreSQL at `--postgres-url`.
+    Postgres,
+}
+
+/// What a bench relay runs on.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// The log's backend.
+    pub backend: Backend,
+    /// PostgreSQL URL (used by `Backend::Postgres` and the cluster).
+    pub postgres_url: String,
+    /// Redis URL (used by the cluster).
+    pub redis_url: String,
+}
+
+/// How to start one in-process node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// `Config::log.commit_max_batch`; `None` keeps the relay's default (group commit).
+    pub commit_max_batch: Option<usize>,
+    /// Wake other nodes through Redis instead of the in-process bus.
+    pub redis: bool,
+    /// Use this data folder (shared relay key between nodes) instead of a fresh one.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The limits every bench relay runs with: far above what any scenario sends.
+pub fn generous(config: &mut Config) {
+    let limits = &mut config.limits;
+    limits.handshakes_per_ip_per_minute = 100_000_000;
+    limits.appends_per_device_per_second = 10_000_000;
+    limits.max_connections = 1_000_000;
+    limits.max_devices_per_user = 100_000;
+    limits.idle_timeout_ms = 3_600_000;
+    limits.handshake_timeout_ms = 60_000;
+    limits.write_timeout_ms = 60_000;
+}
+
+/// The same limits as `ferry-relay` flags, for a relay process.
+pub fn generous_flags() -> Vec<String> {
+    [
+        "--handshakes-per-ip-per-minute=100000000",
+        "--appends-per-device-per-second=10000000",
+        "--max-connections=1000000",
+        "--max-devices-per-user=100000",
+        "--idle-timeout-ms=3600000",
+        "--handshake-timeout-ms=60000",
+        "--write-timeout-ms=60000",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// A relay node running in this process.
+#[derive(Debug)]
+pub struct BenchRelay {
+    server: Server,
+    // Removed when the relay is dropped; `None` when the caller owns the folder.
+    _dir: Option<TempDir>,
+}
+
+impl BenchRelay {
+    /// Starts a node on 127.0.0.1:0 with generous limits.
+    pub async fn spawn(services: &Services, options: NodeOptions) -> anyhow::Result<Self> {
+        let (dir, data_dir) = match options.data_dir {
+            Some(path) => (None, path),
+            None => {
+                let dir = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
+                let path = dir.path().to_owned();
+                (Some(dir), path)
+            }
+        };
+        let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), data_dir);
+        generous(&mut config);
+        if services.backend == Backend::Postgres {
+            config.database_url = Some(services.postgres_url.clone());
+        }
+        if options.redis {
+            config.redis_url = Some(services.redis_url.clone());
+        }
+        if let Some(max_batch) = options.commit_max_batch {
+            config.log.commit_max_batch = max_batch;
+        }
+        let server = Server::spawn(config)
+            .await
+            .context("starting an in-process relay")?;
+        Ok(Self { server, _dir: dir })
+    }
+
+    /// Where clients connect.
+    pub fn target(&self) -> Target {
+        Target {
+            addr: self.server.local_addr(),
+            relay: self.server.relay_id(),
+        }
+    }
+
+    /// The node's Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.server.metrics().render()
+    }
+
+    /// Stops the node gracefully, giving up after `within` (left-over tasks die with the
+    /// scenario's runtime).
+    pub async fn shutdown(self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.server.shutdown())
+            .await
+            .is_ok()
+    }
+}
+
+/// The value of a counter or the `_sum`/`_count` of a histogram in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let key = key.split('{').next()?;
+            (key == name).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// A relay running as its own process (the `ferry-relay` binary), killed on drop.
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: Child,
+    target: Target,
+    /// What was started, for the report.
+    pub program: String,
+}
+
+impl RelayProcess {
+    /// Starts `program args…` and waits for it to print its address and key.
+    pub fn spawn(program: &Path, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        let mut relay = None;
+        while addr.is_none() || relay.is_none() {
+            let Some(line) = lines.next().transpose()? else {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} exited before it served", program.display());
+            };
+            if let Some(rest) = line.strip_prefix("ferry-relay listening on ws://") {
+                let text = rest.trim_end_matches("/ws");
+                addr = Some(text.parse::<SocketAddr>().context("relay address")?);
+            } else if let Some((_, key)) = line.split_once("relay key (pin this in clients): ") {
+                relay = Some(RelayId::from_hex(key.trim()).context("relay key")?);
+            }
+        }
+        let (Some(addr), Some(relay)) = (addr, relay) else {
+            unreachable!("the loop ends only with both");
+        };
+        // Keep reading stdout so the relay never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            child,
+            target: Target { addr, relay },
+            program: program.display().to_string(),
+        })
+    }
+
+    /// Where clients connect.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        // Our own child, by its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}
+
+/// Whether something accepts TCP connections at `host:port` of `url` within 2 s.
+pub fn reachable(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let default_port = if url.starts_with("redis") { 6379 } else { 5432 };
+    let with_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    use std::net::ToSocketAddrs;
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_metrics() {
+        let text = "# HELP x\nferry_commit_batch_size_sum 42.0\nferry_commit_batch_size_count 2\n\
+                    ferry_handshakes_total{outcome=\"ok\"} 7\n";
+        assert_eq!(metric(text, "ferry_commit_batch_size_sum"), Some(42.0));
+        assert_eq!(metric(text, "ferry_commit_batch_size_count"), Some(2.0));
+        assert_eq!(metric(text, "ferry_handshakes_total"), Some(7.0));
+        assert_eq!(metric(text, "missing"), None);
+    }
+
+    #[test]
+    fn reads_own_rss() {
+        assert!(rss_kib(std::process::id()).is_ok_and(|kib| kib > 0));
+    }
+}

@@ -1,0 +1,60 @@
+//! The building blocks of `ferry-bench all --quick` against a real in-process relay: each
+//! scenario here runs tiny and must produce sane figures. Kept to a few seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use ferry_bench::relay::{Backend, DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Services};
+use ferry_bench::report::Report;
+use ferry_bench::scenarios::{Options, Scenario};
+
+fn tiny() -> Options {
+    Options {
+        quick: true,
+        services: Services {
+            backend: Backend::Sqlite,
+            postgres_url: DEFAULT_POSTGRES_URL.to_owned(),
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
+        },
+        duration: Some(Duration::from_millis(300)),
+        users: Some(2),
+        window: Some(4),
+        rate: Some(200.0),
+        concurrency: Some(4),
+        events: Some(300),
+        connections: None,
+        sources: 4,
+        relay_bin: None,
+    }
+}
+
+fn value(report: &Report, measure_starts: &str) -> f64 {
+    report
+        .figures
+        .iter()
+        .find(|f| f.measure.starts_with(measure_starts))
+        .unwrap_or_else(|| panic!("no figure {measure_starts:?} in {report:?}"))
+        .value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_scenarios_measure_real_traffic() {
+    let options = tiny();
+
+    let wire = Scenario::Wire.run(&options).await.unwrap();
+    // An Append of a 256-byte payload cannot cost less than the payload.
+    assert!(value(&wire, "device → relay") > 256.0);
+    assert!(value(&wire, "relay → other device") > 256.0);
+
+    let replay = Scenario::Replay.run(&options).await.unwrap();
+    assert!(value(&replay, "300 events") > 0.0);
+
+    let appends = Scenario::Appends.run(&options).await.unwrap();
+    assert!(value(&appends, "group commit") > 0.0);
+    assert!(value(&appends, "commit_max_batch = 1") > 0.0);
+
+    let latency = Scenario::Latency.run(&options).await.unwrap();
+    assert_eq!(value(&latency, "events not delivered"), 0.0);
+    assert!(value(&latency, "append → event p50") > 0.0);
+}
