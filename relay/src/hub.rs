@@ -159,9 +159,6 @@ pub struct Hub {
 pub struct Membership {
     /// The registered peer.
     pub peer: Arc<Peer>,
-    /// Frames addressed to this session from elsewhere (ephemerals, pairing), bounded;
-    /// dropped when full.
-    pub direct: mpsc::Receiver<ServerFrame>,
     user: UserId,
 }
 
@@ -236,7 +233,14 @@ impl Hub {
 
     /// Registers a session of `device`. Call before reading the log for replay, so that no
     /// commit can fall between the replay and the first wake-up.
-    pub async fn join(&self, user: UserId, device: DeviceId) -> Membership {
+    ///
+    /// Also returns the receiver of frames addressed to this session from elsewhere
+    /// (ephemerals, pairing): bounded, and dropped when full.
+    pub async fn join(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> (Membership, mpsc::Receiver<ServerFrame>) {
         let (direct_tx, direct) = mpsc::channel(DIRECT_QUEUE);
         let peer = Arc::new(Peer {
             id: self.next_session_id(),
@@ -257,7 +261,7 @@ impl Hub {
             // The session still works: it polls the log while the bus is unhealthy.
             tracing::warn!(error = %e, "bus subscribe failed");
         }
-        Membership { peer, direct, user }
+        (Membership { peer, user }, direct)
     }
 
     /// A fresh session id (also used for anonymous pairing sessions).

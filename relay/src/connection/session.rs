@@ -69,12 +69,11 @@ pub(super) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut membership = ctx.hub.join(user, device).await;
+    let (membership, direct) = ctx.hub.join(user, device).await;
     ctx.metrics.sessions.inc();
     let (sink, stream) = ws.split();
     let (send, recv) = channel.split();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let direct = std::mem::replace(&mut membership.direct, mpsc::channel(1).1);
     let writer = Writer {
         sink,
         send,
