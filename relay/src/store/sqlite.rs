@@ -15,13 +15,14 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+
 use ferry_protocol::{DeviceCertificate, DeviceId, DeviceInfo, Event, Revocation, UserId};
-use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
     AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Store,
@@ -29,6 +30,11 @@ use super::{
     batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32, plan_batch,
     trim_target,
 };
+
+/// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766-parameter
+/// limit, and a batch of a thousand appends takes a handful of statements instead of thousands
+/// of round trips to SQLite's worker thread.
+const ROWS_PER_STATEMENT: usize = 500;
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -77,16 +83,22 @@ impl SqliteStore {
         users: &[UserId],
     ) -> Result<HashMap<UserId, u64>, StoreError> {
         let mut heads = HashMap::with_capacity(users.len());
-        for user in users {
-            let head: i64 = sqlx::query_scalar(
-                "INSERT INTO users (user_id) VALUES ($1)
-                 ON CONFLICT (user_id) DO UPDATE SET head = head
-                 RETURNING head",
-            )
-            .bind(user.as_bytes().as_slice())
-            .fetch_one(&mut *conn)
-            .await?;
-            heads.insert(*user, from_db_int(head, "head")?);
+        // One upsert per chunk: the writer is already exclusive (BEGIN IMMEDIATE), so this
+        // only makes sure every user has a head row and reads it, a few statements per batch.
+        for chunk in users.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO users (user_id) ");
+            query.push_values(chunk, |mut row, user| {
+                row.push_bind(user.as_bytes().as_slice());
+            });
+            query.push(" ON CONFLICT (user_id) DO UPDATE SET head = head RETURNING user_id, head");
+            for row in query.build().fetch_all(&mut *conn).await? {
+                let user: Vec<u8> = row.try_get("user_id")?;
+                let user = UserId(
+                    user.try_into()
+                        .map_err(|_| StoreError::Corrupt("user id is not 32 bytes".into()))?,
+                );
+                heads.insert(user, from_db_int(row.try_get("head")?, "head")?);
+            }
         }
         Ok(heads)
     }
@@ -166,19 +178,33 @@ impl Store for SqliteStore {
         }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let heads = Self::lock_heads(&mut tx, &batch_users(requests)).await?;
+        // Retries: the keys of the batch already in the log, a few statements per batch.
         let mut stored = HashMap::new();
-        for key in batch_keys(requests) {
-            let (user, device, device_seq) = key;
-            let row = sqlx::query(
-                "SELECT seq, payload FROM events
-                 WHERE user_id = $1 AND device_id = $2 AND device_seq = $3",
-            )
-            .bind(user.as_bytes().as_slice())
-            .bind(device.as_bytes().as_slice())
-            .bind(db_int(device_seq))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
+        for chunk in batch_keys(requests).chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT user_id, device_id, device_seq, seq, payload FROM events
+                 WHERE (user_id, device_id, device_seq) IN (",
+            );
+            let mut keys = query.separated(", ");
+            for (user, device, device_seq) in chunk {
+                keys.push("(");
+                keys.push_bind_unseparated(user.as_bytes().as_slice());
+                keys.push_unseparated(", ");
+                keys.push_bind_unseparated(device.as_bytes().as_slice());
+                keys.push_unseparated(", ");
+                keys.push_bind_unseparated(db_int(*device_seq));
+                keys.push_unseparated(")");
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&mut *tx).await? {
+                let user: Vec<u8> = row.try_get("user_id")?;
+                let device: Vec<u8> = row.try_get("device_id")?;
+                let corrupt = || StoreError::Corrupt("id is not 32 bytes".into());
+                let key = (
+                    UserId(user.try_into().map_err(|_| corrupt())?),
+                    DeviceId(device.try_into().map_err(|_| corrupt())?),
+                    from_db_int(row.try_get("device_seq")?, "device_seq")?,
+                );
                 let seq = from_db_int(row.try_get("seq")?, "seq")?;
                 stored.insert(
                     key,
@@ -190,19 +216,19 @@ impl Store for SqliteStore {
             }
         }
         let plan = plan_batch(requests, &heads, &stored)?;
-        for (seq, request) in &plan.inserts {
-            sqlx::query(
-                "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(request.user.as_bytes().as_slice())
-            .bind(db_int(*seq))
-            .bind(request.device.as_bytes().as_slice())
-            .bind(db_int(request.device_seq))
-            .bind(request.payload.0.as_slice())
-            .bind(db_int(now_ms))
-            .execute(&mut *tx)
-            .await?;
+        for chunk in plan.inserts.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms) ",
+            );
+            query.push_values(chunk, |mut row, (seq, request)| {
+                row.push_bind(request.user.as_bytes().as_slice())
+                    .push_bind(db_int(*seq))
+                    .push_bind(request.device.as_bytes().as_slice())
+                    .push_bind(db_int(request.device_seq))
+                    .push_bind(request.payload.0.as_slice())
+                    .push_bind(db_int(now_ms));
+            });
+            query.build().execute(&mut *tx).await?;
         }
         for (user, head) in &plan.heads {
             sqlx::query("UPDATE users SET head = $2 WHERE user_id = $1")
