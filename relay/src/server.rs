@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -203,14 +203,20 @@ impl Server {
         self.context.committer.shutdown().await;
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
+            // WebSocket sessions run in tasks of their own (spawned at the upgrade): wait for
+            // them to answer their appends and close, before the store goes away.
+            while self.context.connections.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(
-                left = connections.len(),
-                "connections still open after 10 s; dropping them"
-            );
+            let open = self.context.connections.load(Ordering::Acquire);
+            tracing::warn!(open, "connections still open after 10 s; closing them");
             connections.abort_all();
+            self.context
+                .hub
+                .close_all(ferry_protocol::ErrorCode::Unavailable);
         }
         for task in self.background {
             task.abort();

@@ -544,7 +544,12 @@ async fn shutdown_answers_in_flight_appends_and_says_going_away() {
         }
     };
     stopping.await.unwrap();
-    assert_eq!(close, Some(1001));
+    assert_eq!(
+        close,
+        Some(1001),
+        "acknowledged before the close: {}",
+        acked.len()
+    );
     // Everything acknowledged is there after a restart.
     let server = Server::spawn(config).await.unwrap();
     let mut b = Client::connect(server.local_addr(), relay_id, &id.another_device("b"), None)

@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::context::{Context, now_s};
 use crate::store::StoreError;
 
+/// `last_seen` is kept to this many seconds: a device reconnecting sooner is not written again.
+const LAST_SEEN_RESOLUTION_S: u64 = 60;
+
 /// Why a connection ended, as far as the client is told.
 #[derive(Debug, Clone)]
 pub(crate) struct Close {
@@ -172,20 +175,24 @@ where
         return Ok(());
     };
     let admitted = async {
-        let record = ctx
-            .store
-            .register_device(
-                &auth.certificate,
-                ctx.config.limits.max_devices_per_user,
-                now_s(),
-            )
-            .await?;
+        // A known device is only read (on the store's reader side); the write transaction
+        // that registers a device runs once per device, not on every reconnect.
+        let now = now_s();
+        let record = match ctx.store.device(auth.user, auth.device).await? {
+            Some(record) => record,
+            None => {
+                let max = ctx.config.limits.max_devices_per_user;
+                ctx.store
+                    .register_device(&auth.certificate, max, now)
+                    .await?
+            }
+        };
         if record.is_revoked() {
             return Ok(Err(Close::new(ErrorCode::DeviceRevoked)));
         }
-        ctx.store
-            .touch_device(auth.user, auth.device, now_s())
-            .await?;
+        if now.saturating_sub(record.last_seen) >= LAST_SEEN_RESOLUTION_S {
+            ctx.store.touch_device(auth.user, auth.device, now).await?;
+        }
         let bounds = ctx.store.log_bounds(auth.user).await?;
         Ok::<_, StoreError>(Ok((record, bounds)))
     };

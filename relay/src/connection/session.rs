@@ -43,6 +43,8 @@ use crate::store::{AppendOutcome, AppendRequest, StoreError};
 
 /// Frames queued from the reader to the writer.
 const CONTROL_QUEUE: usize = 256;
+/// How long a closing session keeps reading, waiting for the client's close frame.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Appends awaiting their commit per session; beyond this the reader waits.
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -156,7 +158,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             }
         };
         let _ = self.control.send(Control::End(close)).await;
+        self.drain().await;
         false
+    }
+
+    /// Reads and discards what the client still sends until it answers the writer's close
+    /// frame (or a short deadline passes). Dropping a socket with unread input makes the
+    /// kernel reset the connection, and the client could lose the close frame and the last
+    /// `Appended` answers still in flight.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout_at(deadline, self.stream.next()).await
+        {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
     }
 
     /// The client closed: answer pending appends if the socket still takes them, then stop.
