@@ -117,40 +117,30 @@ impl Client {
         id: &Identity,
         resume: Option<u64>,
     ) -> Result<Self, Refused> {
-        let mut ws = socket(addr).await;
-        let (state, hello) = ClientHandshake::start(relay, &mut OsRng);
-        ws.send(Message::Binary(hello.into())).await.unwrap();
-        let server_hello = next_binary(&mut ws).await.map_err(Refused::Closed)?;
         let credentials = Credentials::Device {
             key: &id.device,
             certificate: id.certificate.clone(),
             resume,
         };
-        let (state, start) = state
-            .handle_server_hello(&server_hello, credentials)
-            .map_err(Refused::Handshake)?;
-        ws.send(Message::Binary(start.into())).await.unwrap();
-        let established = next_binary(&mut ws).await.map_err(Refused::Closed)?;
-        let (session, channel) = state
-            .handle_session(&established)
-            .map_err(Refused::Handshake)?;
-        Ok(Self {
-            ws,
-            channel,
-            session,
-            backlog: Vec::new(),
-            answers: Default::default(),
-        })
+        Self::handshake(addr, relay, credentials).await
     }
 
     /// Connects as a device being paired (no identity).
     pub async fn connect_anonymous(addr: SocketAddr, relay: RelayId) -> Result<Self, Refused> {
+        Self::handshake(addr, relay, Credentials::Anonymous).await
+    }
+
+    async fn handshake(
+        addr: SocketAddr,
+        relay: RelayId,
+        credentials: Credentials<'_>,
+    ) -> Result<Self, Refused> {
         let mut ws = socket(addr).await;
         let (state, hello) = ClientHandshake::start(relay, &mut OsRng);
         ws.send(Message::Binary(hello.into())).await.unwrap();
         let server_hello = next_binary(&mut ws).await.map_err(Refused::Closed)?;
         let (state, start) = state
-            .handle_server_hello(&server_hello, Credentials::Anonymous)
+            .handle_server_hello(&server_hello, credentials)
             .map_err(Refused::Handshake)?;
         ws.send(Message::Binary(start.into())).await.unwrap();
         let established = next_binary(&mut ws).await.map_err(Refused::Closed)?;
