@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,14 +16,11 @@ use ferry_protocol::UserId;
 use ferry_relay::bus::{
     Bus, BusError, BusReceiver, LocalBus, LocalBusHub, RedisBus, RedisBusOptions, topic,
 };
-use ferry_relay::redact_url;
-use fred::prelude::{Builder, Client, ClientLike, Config, PubsubInterface, Value};
+use fred::prelude::{Client, ClientLike, Config};
 use fred::types::CustomCommand;
 use rand_core::{OsRng, RngCore};
+use support::redis::{admin, connections_named, field, redis_url, subscribers};
 use tokio::sync::watch;
-
-/// The Redis used when `FERRY_TEST_REDIS_URL` is not set.
-const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// How long anything that should happen may take.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -186,35 +185,9 @@ async fn a_full_inbox_drops_and_makes_the_node_poll() {
 /// The Redis URL to test against and an administration client on it, or `None` when Redis is
 /// not reachable and not required (`FERRY_REQUIRE_SERVICES=1` fails the test instead).
 async fn redis() -> Option<(String, Client)> {
-    let url =
-        std::env::var("FERRY_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
-    let why = match admin_client(&url).await {
-        Ok(client) => return Some((url, client)),
-        Err(why) => why,
-    };
-    let shown = redact_url(&url);
-    if std::env::var("FERRY_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("Redis not reachable at {shown} and FERRY_REQUIRE_SERVICES=1: {why}");
-    }
-    eprintln!("skipped: Redis not reachable at {shown}: {why}");
-    None
-}
-
-async fn admin_client(url: &str) -> Result<Client, String> {
-    let config = Config::from_url(url).map_err(|error| error.to_string())?;
-    let client = Builder::from_config(config)
-        .build()
-        .map_err(|error| error.to_string())?;
-    let connected = tokio::time::timeout(Duration::from_secs(3), async {
-        client.init().await?;
-        client.ping::<Value>(None).await
-    })
-    .await;
-    match connected {
-        Ok(Ok(_)) => Ok(client),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("no answer within 3 s".to_owned()),
-    }
+    let url = redis_url().await?;
+    let admin = admin(&url).await.expect("Redis answered a moment ago");
+    Some((url, admin))
 }
 
 /// Test options: quick, with a reconnection delay long enough to see the outage.
@@ -224,38 +197,6 @@ fn options() -> RedisBusOptions {
         reconnect_max_delay: Duration::from_millis(600),
         ..RedisBusOptions::default()
     }
-}
-
-/// `CLIENT LIST` entries (as `key=value` fields) whose name is `name`.
-async fn connections_named(admin: &Client, name: &str) -> Vec<Vec<(String, String)>> {
-    let list: String = admin
-        .custom(
-            CustomCommand::new_static("CLIENT", None, false),
-            vec!["LIST"],
-        )
-        .await
-        .unwrap();
-    list.lines()
-        .map(|line| {
-            line.split(' ')
-                .filter_map(|field| field.split_once('='))
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .collect::<Vec<_>>()
-        })
-        .filter(|fields| {
-            fields
-                .iter()
-                .any(|(key, value)| key == "name" && value == name)
-        })
-        .collect()
-}
-
-fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
-    fields
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, value)| value.as_str())
-        .unwrap_or_else(|| panic!("CLIENT LIST has no {key}"))
 }
 
 /// Kills the one connection named `name`, from the administration client; returns its id.
@@ -275,8 +216,7 @@ async fn kill_connection(admin: &Client, name: &str) -> String {
 }
 
 async fn subscribers_of(admin: &Client, user: &UserId) -> i64 {
-    let counts: Vec<Value> = admin.pubsub_numsub(topic(user)).await.unwrap();
-    counts[1].as_i64().unwrap()
+    subscribers(admin, &topic(user)).await
 }
 
 #[tokio::test]
