@@ -31,6 +31,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::bus::Bus;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// Most events a session's inbox holds before it falls back to reading the log.
 pub const INBOX_CAPACITY: usize = 1024;
@@ -298,17 +299,10 @@ impl Hub {
         let Some(head) = events.last().map(|e| e.seq) else {
             return;
         };
-        let now = Instant::now();
-        let live: Vec<LiveEvent> = events
-            .iter()
-            .map(|e| LiveEvent {
-                event: Arc::new(e.clone()),
-                committed_at: now,
-            })
-            .collect();
-        self.for_each_peer(&user, |peer| peer.push(&live));
         let inline = events.iter().map(|e| e.payload.0.len()).sum::<usize>() <= BUS_INLINE_BYTES;
-        let events = if inline { events } else { Vec::new() };
+        let carried = if inline { events.clone() } else { Vec::new() };
+        self.push_live(&user, events);
+        let events = carried;
         self.enqueue_publish(
             user,
             &BusMessage::Committed {
@@ -375,17 +369,7 @@ impl Hub {
             BusMessage::Committed { events, .. } if events.is_empty() => {
                 self.for_each_peer(&user, Peer::poll)
             }
-            BusMessage::Committed { events, .. } => {
-                let now = Instant::now();
-                let live: Vec<LiveEvent> = events
-                    .into_iter()
-                    .map(|e| LiveEvent {
-                        event: Arc::new(e),
-                        committed_at: now,
-                    })
-                    .collect();
-                self.for_each_peer(&user, |peer| peer.push(&live));
-            }
+            BusMessage::Committed { events, .. } => self.push_live(&user, events),
             BusMessage::Ephemeral { from, body, .. } => {
                 self.deliver_ephemeral(&user, from, None, &body)
             }
@@ -431,6 +415,19 @@ impl Hub {
         });
     }
 
+    /// Puts new events in the inbox of every session of `user` on this node.
+    fn push_live(&self, user: &UserId, events: Vec<Event>) {
+        let now = Instant::now();
+        let live: Vec<LiveEvent> = events
+            .into_iter()
+            .map(|e| LiveEvent {
+                event: Arc::new(e),
+                committed_at: now,
+            })
+            .collect();
+        self.for_each_peer(user, |peer| peer.push(&live));
+    }
+
     fn for_each_peer(&self, user: &UserId, f: impl Fn(&Peer)) {
         if let Some(peers) = lock(&self.users).get(user) {
             peers.iter().for_each(|p| f(p));
@@ -456,12 +453,5 @@ impl Hub {
             // Other nodes' sessions will poll or catch up on reconnect: the log is the truth.
             tracing::debug!(error = %e, "bus publish failed");
         }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }

@@ -40,6 +40,7 @@ mod redact;
 pub mod relay_key;
 pub mod server;
 pub mod store;
+mod sync;
 
 pub use config::Config;
 pub use redact::redact_url;

@@ -14,6 +14,7 @@ use ferry_protocol::{ErrorCode, ServerFrame};
 use tokio::sync::mpsc;
 
 use crate::context::now_ms;
+use crate::sync::lock;
 
 /// One end of a pairing: the session id and its queue of frames to send.
 #[derive(Debug, Clone)]
@@ -163,10 +164,7 @@ impl PairingSlots {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Slot>> {
-        match self.slots.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.slots)
     }
 }
 

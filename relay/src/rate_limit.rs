@@ -5,6 +5,8 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::sync::lock;
+
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -67,10 +69,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
     /// Takes a token for `key`.
     pub fn try_take(&self, key: &K, now: Instant) -> bool {
-        let mut buckets = match self.buckets.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut buckets = lock(&self.buckets);
         if buckets.len() > SWEEP_ABOVE {
             buckets.retain(|_, bucket| !bucket.is_full(now));
         }
