@@ -44,8 +44,10 @@ pub enum ErrorCode {
     Conflict,
     /// 301: the device sequence is invalid (device sequences start at 1).
     InvalidSequence,
-    /// 302: the cursor is below what the relay still keeps.
+    /// 302: the cursor is below what the relay still keeps, or beyond its head.
     ResyncRequired,
+    /// 303: the append was stored once and retention has removed it since.
+    AppendExpired,
     /// 400: too many requests in too little time.
     RateLimited,
     /// 401: the user already has the maximum number of devices.
@@ -78,7 +80,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -94,6 +96,7 @@ impl ErrorCode {
         Self::Conflict,
         Self::InvalidSequence,
         Self::ResyncRequired,
+        Self::AppendExpired,
         Self::RateLimited,
         Self::TooManyDevices,
         Self::TooManyConnections,
@@ -125,6 +128,7 @@ impl ErrorCode {
             Self::Conflict => 300,
             Self::InvalidSequence => 301,
             Self::ResyncRequired => 302,
+            Self::AppendExpired => 303,
             Self::RateLimited => 400,
             Self::TooManyDevices => 401,
             Self::TooManyConnections => 402,
@@ -158,6 +162,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::InvalidSequence => "invalid_sequence",
             Self::ResyncRequired => "resync_required",
+            Self::AppendExpired => "append_expired",
             Self::RateLimited => "rate_limited",
             Self::TooManyDevices => "too_many_devices",
             Self::TooManyConnections => "too_many_connections",
@@ -219,7 +224,10 @@ impl ErrorCode {
                 "Device sequence numbers start at 1; 0 is not a valid device sequence."
             }
             Self::ResyncRequired => {
-                "The device's cursor is older than the relay's retention; discard local state and resync from the earliest kept event."
+                "The device's cursor is older than the relay's retention, or beyond the relay's head (the relay's database went back in time); discard local state and resync from the earliest kept event."
+            }
+            Self::AppendExpired => {
+                "This append was stored once and the relay's retention has removed it since; it is not stored again. Nothing needs resending."
             }
             Self::RateLimited => "Too many requests in too little time; back off and retry later.",
             Self::TooManyDevices => {

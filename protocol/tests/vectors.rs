@@ -116,7 +116,7 @@ fn vectors() -> String {
     let (mut server_channel, established) = server
         .handle_client_start(&client_start)
         .unwrap()
-        .accept(5, 3);
+        .accept_device(5, 3, 7);
     line("session_established_encrypted", &established);
     // The keys listed above are the ones the state machines used: frame 0 opens with k_c2s.
     {

@@ -313,6 +313,21 @@ impl Hub {
         );
     }
 
+    /// The user's log may have grown without a wake-up (a commit whose outcome was unknown,
+    /// or a retry answered `Duplicate` whose first attempt's wake-up may never have gone out):
+    /// every session of the user, here and on other nodes, reads the log once.
+    pub fn maybe_committed(&self, user: UserId) {
+        self.for_each_peer(&user, Peer::poll);
+        self.enqueue_publish(
+            user,
+            &BusMessage::Committed {
+                origin: self.node,
+                head: 0,
+                events: Vec::new(),
+            },
+        );
+    }
+
     /// An ephemeral body from `from`: to the user's other sessions, here and on other nodes.
     pub fn ephemeral(&self, user: UserId, from: DeviceId, sender: &Peer, body: Vec<u8>) {
         self.deliver_ephemeral(&user, from, Some(sender.id), &body);

@@ -101,14 +101,33 @@ impl Server {
     }
 
     /// Starts a relay node on a given bus (tests wire several nodes to one in-process bus).
-    pub async fn spawn_with_bus(
+    pub async fn spawn_with_bus(config: Config, bus: BusParts) -> Result<Self, StartError> {
+        // The key first: it creates the data folder the embedded database lives in.
+        let key = relay_key::load_or_create(&config.data_dir)?;
+        let store = store::open(&config.database_url()).await?;
+        Self::start(config, key, store, bus).await
+    }
+
+    /// Starts a relay node over a given store and bus: the fault-injection seam (wrap the
+    /// store in a [`FaultyStore`](crate::store::FaultyStore), the bus in a
+    /// [`FaultyBus`](crate::bus::FaultyBus)). The store must be open and migrated; the
+    /// configuration's database URL is not used.
+    pub async fn spawn_with_store(
         config: Config,
+        store: Arc<dyn store::Store>,
+        bus: BusParts,
+    ) -> Result<Self, StartError> {
+        let key = relay_key::load_or_create(&config.data_dir)?;
+        Self::start(config, key, store, bus).await
+    }
+
+    async fn start(
+        config: Config,
+        (key, key_created): (ferry_protocol::RelayKey, bool),
+        store: Arc<dyn store::Store>,
         (bus, messages): BusParts,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        // The key first: it creates the data folder the embedded database lives in.
-        let (key, key_created) = relay_key::load_or_create(&config.data_dir)?;
-        let store = store::open(&config.database_url()).await?;
         let relay_id = key.id();
 
         let hub = Hub::new(bus, OsRng.next_u64(), Arc::clone(&metrics));
@@ -230,6 +249,7 @@ fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> Com
     let observer_metrics = Arc::clone(metrics);
     let hub = Arc::clone(hub);
     let committed_metrics = Arc::clone(metrics);
+    let uncertain_hub = Arc::clone(&hub);
     CommitConfig {
         max_batch: config.log.commit_max_batch.max(1),
         observer: Some(Arc::new(move |report| {
@@ -244,6 +264,7 @@ fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> Com
             committed_metrics.appends.inc_by(events.len() as u64);
             hub.committed(user, events);
         })),
+        on_uncertain: Some(Arc::new(move |user| uncertain_hub.maybe_committed(user))),
         ..CommitConfig::default()
     }
 }

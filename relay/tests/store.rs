@@ -11,86 +11,20 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use ferry_protocol::{
-    DeviceCertificate, DeviceId, DeviceInfo, DeviceKey, Event, Revocation, SealedPayload, UserId,
-    UserKey,
+    DeviceCertificate, DeviceId, DeviceInfo, DeviceKey, Event, Revocation, UserId, UserKey,
 };
 use ferry_relay::store::{
     self, AppendOutcome, AppendRequest, CommitConfig, CommitHandle, CommitReply, Committer,
-    DeviceRecord, LogBounds, Store, StoreError, StoreOptions,
+    DeviceRecord, FaultyStore, LogBounds, Store, StoreError,
 };
 use rand_core::OsRng;
+use support::storage::*;
 
-/// A realistic commit time (Unix milliseconds).
-const NOW_MS: u64 = 1_700_000_000_000;
-
-/// One backend under test.
-struct Db {
-    store: Arc<dyn Store>,
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn sqlite() -> Db {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("ferry.db").display()
-    );
-    let store = store::open(&url).await.unwrap();
-    assert_eq!(store.backend(), "sqlite");
-    Db {
-        store,
-        url,
-        _dir: Some(dir),
-    }
-}
-
-async fn postgres() -> Option<Db> {
-    let url = support::postgres_url().await?;
-    let options = StoreOptions {
-        max_connections: 4,
-        ..StoreOptions::default()
-    };
-    let store = store::open_with(&url, &options).await.unwrap();
-    assert_eq!(store.backend(), "postgres");
-    Some(Db {
-        store,
-        url,
-        _dir: None,
-    })
-}
-
-/// Every story runs once per backend: `sqlite::<story>` and `postgres::<story>`.
-macro_rules! storage_story {
-    ($($story:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $story() {
-                    super::$story(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $story() {
-                    if let Some(db) = super::postgres().await {
-                        super::$story(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-storage_story!(
+crate::storage_story!(
     sequences_are_gapless_per_user_when_users_interleave,
     a_retry_gets_the_original_seq_and_stores_nothing,
     a_different_payload_for_a_used_device_seq_is_a_conflict,
@@ -105,44 +39,6 @@ storage_story!(
     devices_register_once_respect_the_limit_and_stay_revoked,
     migrations_are_idempotent,
 );
-
-fn user() -> UserId {
-    UserId(support::random_bytes())
-}
-
-fn device() -> DeviceId {
-    DeviceId(support::random_bytes())
-}
-
-fn payload(text: &str) -> SealedPayload {
-    SealedPayload(text.as_bytes().to_vec())
-}
-
-fn req(user: UserId, device: DeviceId, device_seq: u64, text: &str) -> AppendRequest {
-    AppendRequest {
-        user,
-        device,
-        device_seq,
-        payload: payload(text),
-    }
-}
-
-fn appended(seq: u64) -> AppendOutcome {
-    AppendOutcome::Appended { seq }
-}
-
-async fn append(store: &dyn Store, request: AppendRequest) -> AppendOutcome {
-    store.append(&request, NOW_MS).await.unwrap()
-}
-
-/// The whole log of `user`, read in one page.
-async fn all_events(store: &dyn Store, user: UserId) -> Vec<Event> {
-    store.read_events(user, 0, 100_000).await.unwrap()
-}
-
-fn seqs(events: &[Event]) -> Vec<u64> {
-    events.iter().map(|e| e.seq).collect()
-}
 
 async fn sequences_are_gapless_per_user_when_users_interleave(db: Db) {
     let store = &*db.store;
@@ -451,7 +347,7 @@ async fn group_commit_keeps_seqs_gapless_under_concurrency(db: Db) {
 async fn group_commit_batches_what_is_queued_and_shutdown_answers_everyone(db: Db) {
     const MAX_BATCH: usize = 16;
     const APPENDS: u64 = 50;
-    let gated = Arc::new(Gated::new(Arc::clone(&db.store)));
+    let gated = FaultyStore::new(Arc::clone(&db.store));
     let config = CommitConfig {
         max_batch: MAX_BATCH,
         ..CommitConfig::default()
@@ -460,7 +356,7 @@ async fn group_commit_batches_what_is_queued_and_shutdown_answers_everyone(db: D
     let (u, d) = (user(), device());
 
     // Hold the first commit inside the store while the other appends queue up behind it.
-    let gate = gated.gate.lock().await;
+    let gate = gated.hold().await;
     let replies = queue_behind_gate(
         &handle,
         &gated,
@@ -494,7 +390,7 @@ async fn group_commit_batches_what_is_queued_and_shutdown_answers_everyone(db: D
     assert_eq!(seqs(&events), (1..=APPENDS).collect::<Vec<_>>());
     assert!(events.iter().all(|e| e.device_seq == e.seq));
     // One batch held at the gate, then the 49 queued ones in batches of at most 16.
-    assert_eq!(*gated.batch_sizes.lock().unwrap(), [1, 16, 16, 16, 1]);
+    assert_eq!(gated.batch_sizes(), [1, 16, 16, 16, 1]);
     let stats = handle.stats();
     assert_eq!(
         (stats.batches, stats.events, stats.last_batch_len),
@@ -504,7 +400,7 @@ async fn group_commit_batches_what_is_queued_and_shutdown_answers_everyone(db: D
 }
 
 async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) {
-    let gated = Arc::new(Gated::new(Arc::clone(&db.store)));
+    let gated = FaultyStore::new(Arc::clone(&db.store));
     let handle = Committer::spawn(gated.clone(), CommitConfig::default());
     let (u, d) = (user(), device());
     assert_eq!(
@@ -512,8 +408,8 @@ async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) 
         appended(1)
     );
 
-    gated.fail.store(true, Ordering::SeqCst);
-    let gate = gated.gate.lock().await;
+    gated.fail_next_batches(2);
+    let gate = gated.hold().await;
     let replies = queue_behind_gate(
         &handle,
         &gated,
@@ -530,7 +426,7 @@ async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) 
     assert_eq!(all_events(&*db.store, u).await.len(), 1);
 
     // The retries succeed and continue the log without a gap.
-    gated.fail.store(false, Ordering::SeqCst);
+    gated.fail_next_batches(0);
     assert_eq!(
         handle.append(req(u, d, 2, "doomed")).await.unwrap(),
         appended(2)
@@ -910,144 +806,18 @@ async fn certified(
 /// then queues all the others behind it; returns where their answers will arrive.
 async fn queue_behind_gate(
     handle: &CommitHandle,
-    gated: &Gated,
+    gated: &FaultyStore,
     requests: Vec<AppendRequest>,
 ) -> Vec<CommitReply> {
     let count = requests.len();
-    let reached = gated.waiting.load(Ordering::SeqCst);
+    let reached = gated.arrived();
     let mut replies = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
         replies.push(handle.submit(request).await.unwrap());
         if i == 0 {
-            wait_until(|| gated.waiting.load(Ordering::SeqCst) == reached + 1).await;
+            wait_until(|| gated.arrived() == reached + 1).await;
         }
     }
     assert_eq!(handle.stats().queued, count - 1);
     replies
-}
-
-/// Polls `condition` until it holds, failing the test after 10 s.
-async fn wait_until(condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// A store whose commits the test can hold (lock `gate`) or make fail (`fail`), and which
-/// records the size of every batch; everything else passes through.
-#[derive(Debug)]
-struct Gated {
-    inner: Arc<dyn Store>,
-    gate: tokio::sync::Mutex<()>,
-    fail: AtomicBool,
-    /// Batches that have reached the gate (committed, failed or waiting).
-    waiting: AtomicUsize,
-    batch_sizes: Mutex<Vec<usize>>,
-}
-
-impl Gated {
-    fn new(inner: Arc<dyn Store>) -> Self {
-        Self {
-            inner,
-            gate: tokio::sync::Mutex::new(()),
-            fail: AtomicBool::new(false),
-            waiting: AtomicUsize::new(0),
-            batch_sizes: Mutex::default(),
-        }
-    }
-}
-
-#[async_trait]
-impl Store for Gated {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn append_batch(
-        &self,
-        requests: &[AppendRequest],
-        now_ms: u64,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _open = self.gate.lock().await;
-        self.batch_sizes.lock().unwrap().push(requests.len());
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(sqlx::Error::Protocol("injected failure".into()).into());
-        }
-        self.inner.append_batch(requests, now_ms).await
-    }
-    async fn read_events(
-        &self,
-        user: UserId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.read_events(user, after_seq, limit).await
-    }
-    async fn log_bounds(&self, user: UserId) -> Result<LogBounds, StoreError> {
-        self.inner.log_bounds(user).await
-    }
-    async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError> {
-        self.inner.set_ack(user, device, seq).await
-    }
-    async fn register_device(
-        &self,
-        certificate: &DeviceCertificate,
-        max_devices: usize,
-        now_s: u64,
-    ) -> Result<DeviceRecord, StoreError> {
-        self.inner
-            .register_device(certificate, max_devices, now_s)
-            .await
-    }
-    async fn device(
-        &self,
-        user: UserId,
-        device: DeviceId,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
-        self.inner.device(user, device).await
-    }
-    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError> {
-        self.inner.list_devices(user).await
-    }
-    async fn revoke_device(&self, revocation: &Revocation) -> Result<bool, StoreError> {
-        self.inner.revoke_device(revocation).await
-    }
-    async fn touch_device(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        now_s: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.touch_device(user, device, now_s).await
-    }
-    async fn trim_user(
-        &self,
-        user: UserId,
-        max_age_ms: Option<u64>,
-        max_count: Option<u64>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        self.inner
-            .trim_user(user, max_age_ms, max_count, now_ms)
-            .await
-    }
-    async fn trim(
-        &self,
-        max_age_ms: Option<u64>,
-        max_count: Option<u64>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        self.inner.trim(max_age_ms, max_count, now_ms).await
-    }
-    async fn close(&self) {
-        self.inner.close().await
-    }
 }

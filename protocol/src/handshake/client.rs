@@ -198,6 +198,8 @@ pub struct Session {
     pub head: u64,
     /// The cursor the relay holds for this device.
     pub acked: u64,
+    /// The highest `device_seq` the relay holds (or trimmed) from this device.
+    pub last_device_seq: u64,
 }
 
 impl AwaitSession {
@@ -218,6 +220,7 @@ impl AwaitSession {
                     version: self.version,
                     head: established.head,
                     acked: established.acked,
+                    last_device_seq: established.last_device_seq,
                 };
                 Ok((session, self.channel))
             }

@@ -139,6 +139,10 @@ pub struct SessionEstablished {
     pub head: u64,
     /// The device's acknowledged sequence stored by the relay.
     pub acked: u64,
+    /// The highest `device_seq` the relay holds (or has held and trimmed) from this device,
+    /// 0 for none. A device whose own counter is not past it (its state folder was restored
+    /// from a backup, or copied) numbers its next appends after it.
+    pub last_device_seq: u64,
 }
 
 impl Wire for ClientHello {}

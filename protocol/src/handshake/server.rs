@@ -198,13 +198,26 @@ impl PendingSession {
     }
 
     /// Step 5: opens the session with the user's log `head` and the device's stored `acked`
-    /// cursor. Returns the channel and the encrypted `SessionEstablished`.
-    pub fn accept(mut self, head: u64, acked: u64) -> (ServerChannel, Vec<u8>) {
+    /// cursor (and no stored device sequence). Returns the channel and the encrypted
+    /// `SessionEstablished`.
+    pub fn accept(self, head: u64, acked: u64) -> (ServerChannel, Vec<u8>) {
+        self.accept_device(head, acked, 0)
+    }
+
+    /// [`accept`](Self::accept) for a device whose highest stored `device_seq` is
+    /// `last_device_seq`.
+    pub fn accept_device(
+        mut self,
+        head: u64,
+        acked: u64,
+        last_device_seq: u64,
+    ) -> (ServerChannel, Vec<u8>) {
         let established = SessionEstablished {
             session_id: self.session_id,
             version: self.version,
             head,
             acked,
+            last_device_seq,
         };
         let reply = self.seal_start(&SessionStart::Established(established));
         (self.channel, reply)

@@ -103,7 +103,7 @@ fn device_handshake_opens_a_session_both_ways() {
     );
     assert_eq!(auth.certificate, w.certificate);
     let session_id = pending.session_id();
-    let (mut server_channel, established) = pending.accept(10, 4);
+    let (mut server_channel, established) = pending.accept_device(10, 4, 12);
     let (session, mut client_channel) = client.handle_session(&established).unwrap();
     assert_eq!(
         session,
@@ -111,7 +111,8 @@ fn device_handshake_opens_a_session_both_ways() {
             session_id,
             version: 1,
             head: 10,
-            acked: 4
+            acked: 4,
+            last_device_seq: 12,
         }
     );
 

@@ -49,6 +49,7 @@
 //! `true`. The caller logs it; the networking layer should keep a slow background poll as a
 //! last resort.
 
+pub mod faults;
 pub mod local;
 pub mod redis;
 
@@ -60,6 +61,7 @@ use bytes::Bytes;
 use ferry_protocol::UserId;
 use tokio::sync::{mpsc, watch};
 
+pub use faults::FaultyBus;
 pub use local::{LocalBus, LocalBusHub};
 pub use redis::{RedisBus, RedisBusOptions, TOPIC_PREFIX, topic};
 

@@ -194,9 +194,10 @@ where
             ctx.store.touch_device(auth.user, auth.device, now).await?;
         }
         let bounds = ctx.store.log_bounds(auth.user).await?;
-        Ok::<_, StoreError>(Ok((record, bounds)))
+        let last_device_seq = ctx.store.last_device_seq(auth.user, auth.device).await?;
+        Ok::<_, StoreError>(Ok((record, bounds, last_device_seq)))
     };
-    let (record, bounds) = match admitted.await {
+    let (record, bounds, last_device_seq) = match admitted.await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(close)) => return refuse(ws, pending, close, ctx).await,
         Err(e) => {
@@ -213,13 +214,10 @@ where
             .await;
         }
     };
-    // A cursor beyond the head means the client saw events this database no longer has
-    // (restored from an old backup?): replay from the head rather than from nowhere.
-    let cursor = auth.resume.unwrap_or(record.acked).min(bounds.head);
-    if auth.resume.is_some_and(|r| r > bounds.head) {
-        tracing::warn!(user = %auth.user, resume = ?auth.resume, head = bounds.head, "client cursor is ahead of the log");
-    }
-    let (channel, reply) = pending.accept(bounds.head, record.acked);
+    // A cursor beyond the head (the client saw events this database no longer has) is not
+    // clamped: the session answers it with ResyncRequired, never with reused sequences.
+    let cursor = auth.resume.unwrap_or(record.acked);
+    let (channel, reply) = pending.accept_device(bounds.head, record.acked, last_device_seq);
     ws.send(Message::Binary(reply.into())).await?;
     ctx.metrics.handshake("ok");
     session::run(ws, channel, auth.user, auth.device, cursor, Arc::clone(ctx)).await;

@@ -9,12 +9,19 @@
 //!
 //! - The reader handles one frame at a time, in arrival order; appends are enqueued to the
 //!   committer in that order and their answers are awaited by the writer in the same order,
-//!   so `Appended` answers come back in the order the appends were sent, while many appends
-//!   are in flight at once (pipelining).
+//!   so answers (`Appended` and errors alike) come back in the order the appends were sent,
+//!   while many appends are in flight at once (pipelining).
+//! - A device's appends commit in the order it sent them: once one is refused with a
+//!   retryable code (rate limit, failed batch), the later ones are refused with the same code
+//!   until it is sent again ([`AppendOrder`]), so a re-sent append never lands behind ones
+//!   sent after it.
 //! - The writer owns `delivered`, the highest stream sequence sent to this device. Replay,
 //!   live wake-ups, overflow and polling all go through it, and it only grows, so events are
-//!   never sent twice or skipped. It is not the device's cursor: the cursor moves only when
-//!   the device sends `Ack`.
+//!   never sent twice. Every read of the log checks that it continues right after
+//!   `delivered`: when retention removed events the device has not had (a trim during a
+//!   paged replay, or while the device was behind), the session ends with `ResyncRequired`
+//!   rather than skip them. `delivered` is not the device's cursor: the cursor moves only
+//!   when the device sends `Ack`.
 //! - Every queue is bounded; a write that takes longer than `--write-timeout-ms` drops the
 //!   device with `SlowConsumer`, and it resumes from its cursor when it reconnects.
 
@@ -39,7 +46,7 @@ use super::{Close, transport_close};
 use crate::context::Context;
 use crate::hub::Peer;
 use crate::pairing::Party;
-use crate::store::{AppendOutcome, AppendRequest, StoreError};
+use crate::store::{AppendOrder, AppendOutcome, AppendRequest, StoreError};
 
 /// Frames queued from the reader to the writer.
 const CONTROL_QUEUE: usize = 256;
@@ -56,6 +63,8 @@ enum Control {
         device_seq: u64,
         reply: oneshot::Receiver<Result<AppendOutcome, StoreError>>,
     },
+    /// An append refused before it reached the committer; answered in its turn.
+    Refused { device_seq: u64, code: ErrorCode },
     /// The reader is done; close with this once every pending append is answered.
     End(Close),
 }
@@ -96,6 +105,7 @@ pub(super) async fn run<S>(
         device,
         peer: Arc::clone(&membership.peer),
         control,
+        order: AppendOrder::new(),
     };
     if !reader.run(&mut writer_task).await {
         let _ = writer_task.await;
@@ -113,6 +123,7 @@ struct Reader<S> {
     device: DeviceId,
     peer: Arc<Peer>,
     control: mpsc::Sender<Control>,
+    order: Arc<AppendOrder>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
@@ -193,18 +204,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             ClientFrame::Append(append) => {
                 let device_seq = append.device_seq;
                 if device_seq == 0 {
-                    return self
-                        .error(ErrorFrame::new(ErrorCode::InvalidSequence).for_append(0))
-                        .await;
+                    return self.refuse(0, ErrorCode::InvalidSequence).await;
+                }
+                if let Err(code) = self.order.admit(device_seq) {
+                    return self.refuse(device_seq, code).await;
                 }
                 if !self
                     .ctx
                     .append_limiter
                     .try_take(&self.device, Instant::now())
                 {
-                    return self
-                        .error(ErrorFrame::new(ErrorCode::RateLimited).for_append(device_seq))
-                        .await;
+                    self.order.refuse(device_seq, ErrorCode::RateLimited);
+                    return self.refuse(device_seq, ErrorCode::RateLimited).await;
                 }
                 let request = AppendRequest {
                     user: self.user,
@@ -212,11 +223,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     device_seq,
                     payload: append.payload,
                 };
-                match self.ctx.committer.submit(request).await {
+                match self
+                    .ctx
+                    .committer
+                    .submit_in_order(request, &self.order)
+                    .await
+                {
                     Ok(reply) => self.send(Control::Commit { device_seq, reply }).await,
                     Err(e) => {
-                        self.error(ErrorFrame::new(e.code()).for_append(device_seq))
-                            .await
+                        self.order.refuse(device_seq, e.code());
+                        self.refuse(device_seq, e.code()).await
                     }
                 }
             }
@@ -304,6 +320,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             .map_err(|_| Close::new(ErrorCode::Unavailable))
     }
 
+    /// Refuses an append; the answer goes out after the answers to earlier appends.
+    async fn refuse(&self, device_seq: u64, code: ErrorCode) -> Result<(), Close> {
+        self.send(Control::Refused { device_seq, code }).await
+    }
+
     async fn error(&self, frame: ErrorFrame) -> Result<(), Close> {
         self.ctx.metrics.error(frame.code);
         self.send(Control::Frame(ServerFrame::Error(frame))).await
@@ -317,7 +338,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
 
 struct PendingAppend {
     device_seq: u64,
-    reply: oneshot::Receiver<Result<AppendOutcome, StoreError>>,
+    answer: Answer,
+}
+
+/// How an append will be answered.
+enum Answer {
+    /// When its commit completes.
+    Commit(oneshot::Receiver<Result<AppendOutcome, StoreError>>),
+    /// Refused already; answered as soon as the appends before it are.
+    Refused(ErrorCode),
+}
+
+/// What an append came to.
+enum Settled {
+    Committed(Result<AppendOutcome, StoreError>),
+    Refused(ErrorCode),
 }
 
 struct Writer<S> {
@@ -362,12 +397,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             .log_bounds(self.user)
             .await
             .map_err(storage_close)?;
+        if self.delivered > bounds.head {
+            // The device has seen events this log no longer has: the database was restored
+            // from a backup, or failed over to a replica that lost its tail. New events would
+            // reuse sequences the device has already seen, so it must start over.
+            tracing::warn!(user = %self.user, cursor = self.delivered, head = bounds.head, "device cursor is ahead of the log; asking it to resync");
+            return self.resync(bounds.earliest).await;
+        }
         if !bounds.covers(self.delivered) {
-            self.send_frame(&ServerFrame::ResyncRequired {
-                earliest: bounds.earliest,
-            })
-            .await?;
-            return Ok(Close::new(ErrorCode::ResyncRequired));
+            return self.resync(bounds.earliest).await;
         }
         self.deliver_from_log(true).await?;
         self.send_frame(&ServerFrame::CaughtUp {
@@ -393,15 +431,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 code = async { closing.wait_for(Option::is_some).await.ok().and_then(|code| *code) } => {
                     return Ok(Close::new(code.unwrap_or(ErrorCode::Unavailable)));
                 }
-                (device_seq, result) = next_reply(&mut self.pending) => {
+                (device_seq, settled) = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
-                    self.answer(device_seq, result).await?;
+                    self.answer(device_seq, settled).await?;
                 }
                 control = self.control.recv(), if ending.is_none() && self.pending.len() < MAX_IN_FLIGHT => {
                     match control {
                         Some(Control::Frame(frame)) => self.send_frame(&frame).await?,
                         Some(Control::Commit { device_seq, reply }) => {
-                            self.pending.push_back(PendingAppend { device_seq, reply });
+                            let answer = Answer::Commit(reply);
+                            self.pending.push_back(PendingAppend { device_seq, answer });
+                        }
+                        Some(Control::Refused { device_seq, code }) => {
+                            let answer = Answer::Refused(code);
+                            self.pending.push_back(PendingAppend { device_seq, answer });
                         }
                         Some(Control::End(close)) => ending = Some(close),
                         None => ending = Some(Close { code: None, reason: String::new() }),
@@ -419,11 +462,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         }
     }
 
-    async fn answer(
-        &mut self,
-        device_seq: u64,
-        result: Result<AppendOutcome, StoreError>,
-    ) -> Result<(), Close> {
+    /// Ends the session with `ResyncRequired { earliest }`: the device cannot continue from
+    /// where it is without a gap (or, cursor ahead of the head, without repeats).
+    async fn resync(&mut self, earliest: u64) -> Result<Close, Close> {
+        self.send_frame(&ServerFrame::ResyncRequired { earliest })
+            .await?;
+        Ok(Close::new(ErrorCode::ResyncRequired))
+    }
+
+    async fn answer(&mut self, device_seq: u64, settled: Settled) -> Result<(), Close> {
+        let result = match settled {
+            Settled::Committed(result) => result,
+            Settled::Refused(code) => {
+                self.ctx.metrics.error(code);
+                let frame = ErrorFrame::new(code).for_append(device_seq);
+                return self.send_frame(&ServerFrame::Error(frame)).await;
+            }
+        };
         let frame = match result {
             Ok(AppendOutcome::Appended { seq }) => ServerFrame::Appended { device_seq, seq },
             Ok(AppendOutcome::Duplicate { seq }) => {
@@ -434,8 +489,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 self.ctx.metrics.error(ErrorCode::Conflict);
                 ServerFrame::Error(ErrorFrame::new(ErrorCode::Conflict).for_append(device_seq))
             }
+            Ok(AppendOutcome::Expired) => {
+                self.ctx.metrics.error(ErrorCode::AppendExpired);
+                let frame = ErrorFrame::new(ErrorCode::AppendExpired).for_append(device_seq);
+                ServerFrame::Error(frame)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "append failed");
+                if !matches!(e, StoreError::EarlierRefused(_)) {
+                    tracing::warn!(error = %e, "append failed");
+                }
                 self.ctx.metrics.error(e.code());
                 ServerFrame::Error(ErrorFrame::new(e.code()).for_append(device_seq))
             }
@@ -477,7 +539,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         Ok(())
     }
 
-    /// Sends every stored event after `delivered`, a page at a time.
+    /// Sends every stored event after `delivered`, a page at a time. Fails with a resync
+    /// (never skips) when the log no longer continues right after `delivered`.
     async fn deliver_from_log(&mut self, replay: bool) -> Result<(), Close> {
         let page = self.ctx.config.log.replay_page.max(1) as usize;
         loop {
@@ -490,6 +553,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             let Some(last) = events.last().map(|e| e.seq) else {
                 return Ok(());
             };
+            if events[0].seq != self.delivered + 1 {
+                // Retention removed what the device has not had yet.
+                let bounds = self
+                    .ctx
+                    .store
+                    .log_bounds(self.user)
+                    .await
+                    .map_err(storage_close)?;
+                tracing::info!(user = %self.user, delivered = self.delivered, next = events[0].seq, "events trimmed under an open session; asking the device to resync");
+                return Err(self.resync(bounds.earliest).await?);
+            }
             let full = events.len() == page;
             self.delivered = last;
             self.send_events(events, replay).await?;
@@ -537,14 +611,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
 }
 
 /// Waits for the oldest pending append's answer (forever when there is none).
-async fn next_reply(
-    pending: &mut VecDeque<PendingAppend>,
-) -> (u64, Result<AppendOutcome, StoreError>) {
+async fn next_reply(pending: &mut VecDeque<PendingAppend>) -> (u64, Settled) {
     match pending.front_mut() {
-        Some(front) => {
-            let result = (&mut front.reply).await.unwrap_or(Err(StoreError::Closed));
-            (front.device_seq, result)
+        Some(PendingAppend {
+            device_seq,
+            answer: Answer::Commit(reply),
+        }) => {
+            let result = reply.await.unwrap_or(Err(StoreError::Closed));
+            (*device_seq, Settled::Committed(result))
         }
+        Some(PendingAppend {
+            device_seq,
+            answer: Answer::Refused(code),
+        }) => (*device_seq, Settled::Refused(*code)),
         None => std::future::pending().await,
     }
 }

@@ -21,19 +21,29 @@
 //!    then gets the original sequence.)
 //! 4. [`CommitHandle::shutdown`] stops intake, commits everything already queued, answers
 //!    every waiter, and returns once the task has stopped.
+//! 5. **One device's appends commit in the order it sent them.** A session submits through
+//!    [`CommitHandle::submit_in_order`] with its [`AppendOrder`]. When a batch fails, every
+//!    session in it is marked: its appends still queued behind the failed one are refused
+//!    ([`StoreError::EarlierRefused`]) instead of committing ahead of it, and the session
+//!    refuses its next appends until the failed one is sent again ([`AppendOrder::admit`]).
+//! 6. **Uncertain outcomes wake the user.** A failed batch may have committed (a COMMIT
+//!    whose reply was lost), and a `Duplicate` answer means an earlier attempt committed
+//!    whose wake-up may never have gone out; the `on_uncertain` hook gets those users, so
+//!    live devices read the log instead of waiting for the safety poll.
 //!
 //! `max_batch = 1` gives one transaction per event, for comparison in benchmarks. Dropping
 //! the future returned by `append` does not withdraw a request that is already queued: it
 //! is still committed, only its answer is lost (appends are idempotent, so that is safe).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_protocol::{Event, UserId};
+use ferry_protocol::{ErrorCode, Event, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{AppendOutcome, AppendRequest, Store, StoreError, check_device_seq};
+use crate::sync::lock;
 
 /// Called after every batch commit attempt (for metrics); must be quick and not block.
 pub type BatchObserver = Arc<dyn Fn(&BatchReport) + Send + Sync>;
@@ -43,6 +53,10 @@ pub type BatchObserver = Arc<dyn Fn(&BatchReport) + Send + Sync>;
 /// included. It runs on the committer task before the appenders are answered: it must be
 /// quick and never block.
 pub type CommittedHook = Arc<dyn Fn(UserId, Vec<Event>) + Send + Sync>;
+
+/// Called with each user whose log may have grown without a wake-up: the users of a failed
+/// batch (it may have committed) and of `Duplicate` answers. Must be quick and never block.
+pub type UncertainHook = Arc<dyn Fn(UserId) + Send + Sync>;
 
 /// Where the outcome of a [`CommitHandle::submit`] arrives.
 pub type CommitReply = oneshot::Receiver<Result<AppendOutcome, StoreError>>;
@@ -58,6 +72,8 @@ pub struct CommitConfig {
     pub observer: Option<BatchObserver>,
     /// Optional hook called with the new events of each committed batch.
     pub on_committed: Option<CommittedHook>,
+    /// Optional hook called with users whose log may have grown without a wake-up.
+    pub on_uncertain: Option<UncertainHook>,
 }
 
 impl Default for CommitConfig {
@@ -67,6 +83,7 @@ impl Default for CommitConfig {
             queue_len: 4096,
             observer: None,
             on_committed: None,
+            on_uncertain: None,
         }
     }
 }
@@ -78,6 +95,7 @@ impl std::fmt::Debug for CommitConfig {
             .field("queue_len", &self.queue_len)
             .field("observer", &self.observer.as_ref().map(|_| "Fn"))
             .field("on_committed", &self.on_committed.as_ref().map(|_| "Fn"))
+            .field("on_uncertain", &self.on_uncertain.as_ref().map(|_| "Fn"))
             .finish()
     }
 }
@@ -124,14 +142,63 @@ pub struct Committer {
     max_batch: usize,
     observer: Option<BatchObserver>,
     on_committed: Option<CommittedHook>,
+    on_uncertain: Option<UncertainHook>,
     shared: Arc<Shared>,
     stopped: watch::Sender<bool>,
 }
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
+/// Keeps one session's appends in the order they were sent (step 5 of the module docs).
+#[derive(Debug, Default)]
+pub struct AppendOrder {
+    /// Raised by every failed batch holding one of the session's appends: appends submitted
+    /// under an older generation and still queued are refused.
+    generation: AtomicU64,
+    /// The lowest refused `device_seq` not yet sent again, and the code it was refused with.
+    refused: Mutex<Option<(u64, ErrorCode)>>,
+}
+
+impl AppendOrder {
+    /// A fresh order (nothing refused).
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Decides on an append arriving from the session: `Err(code)` while an earlier append
+    /// was refused with `code` and this is not it (or an even earlier one) sent again.
+    pub fn admit(&self, device_seq: u64) -> Result<(), ErrorCode> {
+        let mut refused = lock(&self.refused);
+        match *refused {
+            Some((from, _)) if device_seq <= from => {
+                *refused = None;
+                Ok(())
+            }
+            Some((_, code)) => Err(code),
+            None => Ok(()),
+        }
+    }
+
+    /// An append was refused with a retryable `code` (rate limit, failed batch): later ones
+    /// are refused with it too until it is sent again.
+    pub fn refuse(&self, device_seq: u64, code: ErrorCode) {
+        let mut refused = lock(&self.refused);
+        *refused = Some(match *refused {
+            Some((from, code)) if from <= device_seq => (from, code),
+            _ => (device_seq, code),
+        });
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// An append's place in its session's order: the order and the generation it was sent in.
+type Ordered = Option<(Arc<AppendOrder>, u64)>;
+
 enum Command {
-    Append(AppendRequest, Reply),
+    Append(AppendRequest, Reply, Ordered),
     /// Commit everything queued, then stop.
     Shutdown,
 }
@@ -181,6 +248,7 @@ impl Committer {
             max_batch: config.max_batch.max(1),
             observer: config.observer,
             on_committed: config.on_committed,
+            on_uncertain: config.on_uncertain,
             shared: Arc::clone(&shared),
             stopped: stopped_tx,
         };
@@ -192,8 +260,7 @@ impl Committer {
     }
 
     async fn run(mut self) {
-        let mut requests = Vec::with_capacity(self.max_batch);
-        let mut replies = Vec::with_capacity(self.max_batch);
+        let mut batch = Batch::with_capacity(self.max_batch);
         let mut stopping = false;
         while !stopping {
             let Some(first) = self.queue.recv().await else {
@@ -202,40 +269,41 @@ impl Committer {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Append(request, reply) => {
-                        requests.push(request);
-                        replies.push(reply);
-                    }
+                    Command::Append(request, reply, order) => batch.push(request, reply, order),
                     Command::Shutdown => {
                         stopping = true;
                         break;
                     }
                 }
-                if requests.len() < self.max_batch {
+                if batch.len() < self.max_batch {
                     next = self.queue.try_recv().ok();
                 }
             }
-            self.commit(&mut requests, &mut replies).await;
+            self.commit(&mut batch).await;
         }
         // Shutting down (or every handle is gone): refuse new requests, then commit what
         // is still queued so that every waiter gets an answer.
         self.queue.close();
         while let Some(command) = self.queue.recv().await {
-            if let Command::Append(request, reply) = command {
-                requests.push(request);
-                replies.push(reply);
-                if requests.len() >= self.max_batch {
-                    self.commit(&mut requests, &mut replies).await;
+            if let Command::Append(request, reply, order) = command {
+                batch.push(request, reply, order);
+                if batch.len() >= self.max_batch {
+                    self.commit(&mut batch).await;
                 }
             }
         }
-        self.commit(&mut requests, &mut replies).await;
+        self.commit(&mut batch).await;
         tracing::debug!(backend = self.store.backend(), "committer stopped");
         self.stopped.send_replace(true);
     }
 
-    /// Commits one batch and answers its callers; leaves both vectors empty.
-    async fn commit(&self, requests: &mut Vec<AppendRequest>, replies: &mut Vec<Reply>) {
+    /// Commits one batch and answers its callers; leaves the batch empty.
+    async fn commit(&self, batch: &mut Batch) {
+        let Batch {
+            requests,
+            replies,
+            orders,
+        } = batch;
         if requests.is_empty() {
             return;
         }
@@ -266,11 +334,20 @@ impl Committer {
                 shared.events.fetch_add(len as u64, Ordering::Relaxed);
                 // Wake-ups first, so that by the time a sender hears "appended" the other
                 // devices are already being told.
+                if let Some(on_uncertain) = &self.on_uncertain {
+                    let duplicates = requests.iter().zip(&outcomes).filter_map(|(r, o)| {
+                        matches!(o, AppendOutcome::Duplicate { .. }).then_some(r.user)
+                    });
+                    distinct_users(duplicates)
+                        .into_iter()
+                        .for_each(|u| on_uncertain(u));
+                }
                 if let Some(on_committed) = &self.on_committed {
                     for (user, events) in new_events_by_user(requests.drain(..), &outcomes) {
                         on_committed(user, events);
                     }
                 }
+                orders.clear();
                 // A caller that gave up (connection closed) no longer listens: ignore it.
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -279,6 +356,20 @@ impl Committer {
             Err(error) => {
                 shared.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(backend = self.store.backend(), batch = len, %error, "group commit failed");
+                // Keep each session's order: what it queued behind these must not commit
+                // first (module docs, step 5).
+                for (request, order) in requests.iter().zip(orders.drain(..)) {
+                    if let Some((order, _)) = order {
+                        order.refuse(request.device_seq, error.code());
+                        order.generation.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                // It may have committed all the same: let the users' devices look.
+                if let Some(on_uncertain) = &self.on_uncertain {
+                    distinct_users(requests.iter().map(|r| r.user))
+                        .into_iter()
+                        .for_each(|u| on_uncertain(u));
+                }
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -289,6 +380,52 @@ impl Committer {
             observer(&BatchReport { len, elapsed, ok });
         }
     }
+}
+
+/// The appends of one batch, with where to answer them and their sessions' orders.
+struct Batch {
+    requests: Vec<AppendRequest>,
+    replies: Vec<Reply>,
+    orders: Vec<Ordered>,
+}
+
+impl Batch {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            requests: Vec::with_capacity(capacity),
+            replies: Vec::with_capacity(capacity),
+            orders: Vec::with_capacity(capacity),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Adds an append, or refuses it at once if an earlier append of its session failed
+    /// after it was queued.
+    fn push(&mut self, request: AppendRequest, reply: Reply, order: Ordered) {
+        if let Some((order, generation)) = &order
+            && order.generation() != *generation
+        {
+            let _ = reply.send(Err(StoreError::EarlierRefused(ErrorCode::Unavailable)));
+            return;
+        }
+        self.requests.push(request);
+        self.replies.push(reply);
+        self.orders.push(order);
+    }
+}
+
+/// The distinct users among `users`, in first-seen order.
+fn distinct_users(users: impl Iterator<Item = UserId>) -> Vec<UserId> {
+    let mut distinct: Vec<UserId> = Vec::new();
+    for user in users {
+        if !distinct.contains(&user) {
+            distinct.push(user);
+        }
+    }
+    distinct
 }
 
 /// The events a committed batch added, grouped by user in order of first appearance, each
@@ -336,13 +473,34 @@ impl CommitHandle {
     /// [`CommitHandle::append`]. A receiver that reports the sender dropped means the
     /// committer task died: treat it as [`StoreError::Closed`].
     pub async fn submit(&self, request: AppendRequest) -> Result<CommitReply, StoreError> {
+        self.enqueue(request, None).await
+    }
+
+    /// [`CommitHandle::submit`] for a session that keeps its appends in order: if a batch
+    /// holding an earlier append of `order` fails, this one is refused rather than committed
+    /// ahead of it (module docs, step 5).
+    pub async fn submit_in_order(
+        &self,
+        request: AppendRequest,
+        order: &Arc<AppendOrder>,
+    ) -> Result<CommitReply, StoreError> {
+        let generation = order.generation();
+        self.enqueue(request, Some((Arc::clone(order), generation)))
+            .await
+    }
+
+    async fn enqueue(
+        &self,
+        request: AppendRequest,
+        order: Ordered,
+    ) -> Result<CommitReply, StoreError> {
         check_device_seq(request.device_seq)?;
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Command::Append(request, reply))
+            .send(Command::Append(request, reply, order))
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(answer)

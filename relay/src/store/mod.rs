@@ -29,6 +29,9 @@
 //!   [`StoreError::InvalidSequence`]). A retry with the same payload is
 //!   [`AppendOutcome::Duplicate`] and stores nothing; a different payload is
 //!   [`AppendOutcome::Conflict`]. Duplicates inside one batch are resolved the same way.
+//! - Retention keeps, per device, the highest `device_seq` it deleted (in the same
+//!   transaction as the delete). A retry at or below it that is no longer stored is
+//!   [`AppendOutcome::Expired`]: it was stored once, so it is never stored again.
 //! - The events kept for a user are exactly the sequences `earliest..=head` ([`LogBounds`]):
 //!   retention only ever deletes a prefix and never renumbers anything.
 //! - A device's acknowledged sequence only grows and never exceeds the user's head.
@@ -68,6 +71,7 @@
 //! ```
 
 pub mod committer;
+pub mod faults;
 mod postgres;
 mod sqlite;
 
@@ -81,9 +85,10 @@ use ferry_protocol::{
 };
 
 pub use committer::{
-    BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply, CommitStats,
-    CommittedHook, Committer,
+    AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply, CommitStats,
+    CommittedHook, Committer, UncertainHook,
 };
+pub use faults::FaultyStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -179,6 +184,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest `device_seq` the relay holds for this device, or has held and trimmed
+    /// (0 for none). A device whose own records are older (a restored state folder) must
+    /// number its next appends above it.
+    async fn last_device_seq(&self, user: UserId, device: DeviceId) -> Result<u64, StoreError>;
 
     /// The user's kept range: `earliest..=head` (see [`LogBounds`]). An unknown user has
     /// `earliest = 1, head = 0`.
@@ -294,6 +304,9 @@ pub enum AppendOutcome {
         /// The stream sequence of the event that holds this `device_seq`.
         seq: u64,
     },
+    /// The `device_seq` is not stored but at or below what retention has deleted for the
+    /// device: it was stored once and trimmed since; nothing stored.
+    Expired,
 }
 
 impl AppendOutcome {
@@ -301,7 +314,7 @@ impl AppendOutcome {
     pub fn committed_seq(self) -> Option<u64> {
         match self {
             Self::Appended { seq } | Self::Duplicate { seq } => Some(seq),
-            Self::Conflict { .. } => None,
+            Self::Conflict { .. } | Self::Expired => None,
         }
     }
 
@@ -403,6 +416,11 @@ pub enum StoreError {
     /// The committer has stopped; nothing more is accepted.
     #[error("the store is shutting down")]
     Closed,
+    /// An earlier append of the same session was refused with this (retryable) code, and
+    /// this later one is refused with it too until the earlier one is sent again: a device's
+    /// appends are committed in the order it sent them.
+    #[error("an earlier append of this device was refused ({}); send it again first", .0.name())]
+    EarlierRefused(ErrorCode),
 }
 
 impl StoreError {
@@ -413,6 +431,7 @@ impl StoreError {
             Self::TooManyDevices { .. } => ErrorCode::TooManyDevices,
             Self::UnknownDevice => ErrorCode::UnknownDevice,
             Self::Database(_) | Self::Closed => ErrorCode::Unavailable,
+            Self::EarlierRefused(code) => *code,
             Self::InvalidUrl(_) | Self::Migrate(_) | Self::Corrupt(_) => ErrorCode::Internal,
         }
     }
@@ -531,6 +550,19 @@ fn event_from_row(
 /// What makes an append unique.
 type AppendKey = (UserId, DeviceId, u64);
 
+/// A device, as retention's watermarks are keyed.
+type DeviceKey = (UserId, DeviceId);
+
+/// The distinct devices of a batch, in first-seen order.
+fn batch_devices(requests: &[AppendRequest]) -> Vec<DeviceKey> {
+    let mut seen = std::collections::HashSet::with_capacity(requests.len());
+    requests
+        .iter()
+        .map(|r| (r.user, r.device))
+        .filter(|key| seen.insert(*key))
+        .collect()
+}
+
 /// An event already stored under an [`AppendKey`].
 struct Stored {
     seq: u64,
@@ -570,11 +602,13 @@ fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
 /// Assigns sequences: the pure heart of [`Store::append_batch`], shared by both backends.
 ///
 /// `heads` holds the locked head of every user in the batch; `stored` the events already
-/// stored under any of the batch's keys.
+/// stored under any of the batch's keys; `trimmed` the highest `device_seq` retention has
+/// deleted for any of the batch's devices.
 fn plan_batch<'a>(
     requests: &'a [AppendRequest],
     heads: &HashMap<UserId, u64>,
     stored: &HashMap<AppendKey, Stored>,
+    trimmed: &HashMap<DeviceKey, u64>,
 ) -> Result<BatchPlan<'a>, StoreError> {
     let mut next: HashMap<UserId, u64> = HashMap::with_capacity(heads.len());
     // Keys appended earlier in this batch; keys stored before are looked up in `stored`.
@@ -592,6 +626,12 @@ fn plan_batch<'a>(
                 AppendOutcome::Duplicate { seq }
             }
             Some((seq, _)) => AppendOutcome::Conflict { seq },
+            None if trimmed
+                .get(&(request.user, request.device))
+                .is_some_and(|&upto| request.device_seq <= upto) =>
+            {
+                AppendOutcome::Expired
+            }
             None => {
                 let head = match next.get(&request.user) {
                     Some(head) => *head,
@@ -651,6 +691,8 @@ mod tests {
             request(1, 1, 1, 11),
             request(1, 1, 2, 12),
             request(1, 2, 7, 13),
+            request(1, 3, 4, 14),
+            request(1, 3, 5, 15),
         ];
         let heads = HashMap::from([(UserId([1; 32]), 4), (UserId([2; 32]), 0)]);
         let stored = HashMap::from([(
@@ -660,7 +702,8 @@ mod tests {
                 payload: vec![99],
             },
         )]);
-        let plan = plan_batch(&requests, &heads, &stored).unwrap();
+        let trimmed = HashMap::from([((UserId([1; 32]), DeviceId([3; 32])), 4)]);
+        let plan = plan_batch(&requests, &heads, &stored, &trimmed).unwrap();
         assert_eq!(
             plan.outcomes,
             [
@@ -670,19 +713,21 @@ mod tests {
                 AppendOutcome::Conflict { seq: 5 },
                 AppendOutcome::Appended { seq: 6 },
                 AppendOutcome::Conflict { seq: 3 },
+                AppendOutcome::Expired,
+                AppendOutcome::Appended { seq: 7 },
             ]
         );
         assert_eq!(
             plan.inserts.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-            [5, 1, 6]
+            [5, 1, 6, 7]
         );
-        assert_eq!(plan.heads, [(UserId([1; 32]), 6), (UserId([2; 32]), 1)]);
+        assert_eq!(plan.heads, [(UserId([1; 32]), 7), (UserId([2; 32]), 1)]);
     }
 
     #[test]
     fn a_missing_head_is_an_error_not_a_guess() {
         let requests = [request(1, 1, 1, 10)];
-        assert!(plan_batch(&requests, &HashMap::new(), &HashMap::new()).is_err());
+        assert!(plan_batch(&requests, &HashMap::new(), &HashMap::new(), &HashMap::new()).is_err());
     }
 
     #[test]

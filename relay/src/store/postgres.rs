@@ -27,9 +27,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
     AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Store,
-    StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage, batch_keys,
-    batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32, plan_batch,
-    trim_target,
+    StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage, batch_devices,
+    batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32,
+    plan_batch, trim_target,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -87,6 +87,27 @@ impl PgStore {
         while from < target {
             let upto = target.min(from.saturating_add(TRIM_BATCH));
             let mut tx = self.pool.begin().await?;
+            // Remember how far each device's appends are gone, so a late retry of one of
+            // them is answered "expired" instead of being stored again. The user's head row
+            // is locked first, so an append batch of this user cannot look between the
+            // delete and the watermark.
+            sqlx::query("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+                .bind(user.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO trimmed_device_seqs (user_id, device_id, device_seq)
+                 SELECT user_id, device_id, MAX(device_seq) FROM events
+                 WHERE user_id = $1 AND seq >= $2 AND seq < $3
+                 GROUP BY user_id, device_id
+                 ON CONFLICT (user_id, device_id)
+                 DO UPDATE SET device_seq = GREATEST(trimmed_device_seqs.device_seq, EXCLUDED.device_seq)",
+            )
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(from))
+            .bind(db_int(upto))
+            .execute(&mut *tx)
+            .await?;
             let done =
                 sqlx::query("DELETE FROM events WHERE user_id = $1 AND seq >= $2 AND seq < $3")
                     .bind(user.as_bytes().as_slice())
@@ -180,8 +201,40 @@ impl Store for PgStore {
             );
         }
 
+        // Retention's watermarks for the batch's devices (written under the same head locks).
+        let devices = batch_devices(requests);
+        let rows: Vec<(Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT t.user_id, t.device_id, t.device_seq
+             FROM UNNEST($1::BYTEA[], $2::BYTEA[]) AS k(user_id, device_id)
+             JOIN trimmed_device_seqs t ON t.user_id = k.user_id AND t.device_id = k.device_id",
+        )
+        .bind(
+            devices
+                .iter()
+                .map(|(u, _)| u.as_bytes().as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            devices
+                .iter()
+                .map(|(_, d)| d.as_bytes().as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut trimmed = HashMap::with_capacity(rows.len());
+        for (user, device, device_seq) in rows {
+            trimmed.insert(
+                (
+                    UserId(key32(&user, "user_id")?),
+                    DeviceId(key32(&device, "device_id")?),
+                ),
+                from_db_int(device_seq, "device_seq")?,
+            );
+        }
+
         // 3. Number the new events.
-        let plan = plan_batch(requests, &heads, &stored)?;
+        let plan = plan_batch(requests, &heads, &stored, &trimmed)?;
 
         // 4. Insert them and raise the heads, one statement each.
         if !plan.inserts.is_empty() {
@@ -278,6 +331,21 @@ impl Store for PgStore {
                 )
             })
             .collect()
+    }
+
+    async fn last_device_seq(&self, user: UserId, device: DeviceId) -> Result<u64, StoreError> {
+        let last: i64 = sqlx::query_scalar(
+            "SELECT GREATEST(
+                 COALESCE((SELECT MAX(device_seq) FROM events
+                           WHERE user_id = $1 AND device_id = $2), 0),
+                 COALESCE((SELECT device_seq FROM trimmed_device_seqs
+                           WHERE user_id = $1 AND device_id = $2), 0))",
+        )
+        .bind(user.as_bytes().as_slice())
+        .bind(device.as_bytes().as_slice())
+        .fetch_one(&self.pool)
+        .await?;
+        from_db_int(last, "device_seq")
     }
 
     async fn log_bounds(&self, user: UserId) -> Result<LogBounds, StoreError> {

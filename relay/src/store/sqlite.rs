@@ -26,9 +26,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
     AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Store,
-    StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage, batch_keys,
-    batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32, plan_batch,
-    trim_target,
+    StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage, batch_devices,
+    batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32,
+    plan_batch, trim_target,
 };
 
 /// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766-parameter
@@ -134,6 +134,21 @@ impl SqliteStore {
         while from < target {
             let upto = target.min(from.saturating_add(TRIM_BATCH));
             let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            // Remember how far each device's appends are gone, so a late retry of one of
+            // them is answered "expired" instead of being stored again.
+            sqlx::query(
+                "INSERT INTO trimmed_device_seqs (user_id, device_id, device_seq)
+                 SELECT user_id, device_id, MAX(device_seq) FROM events
+                 WHERE user_id = $1 AND seq >= $2 AND seq < $3
+                 GROUP BY user_id, device_id
+                 ON CONFLICT (user_id, device_id)
+                 DO UPDATE SET device_seq = MAX(device_seq, excluded.device_seq)",
+            )
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(from))
+            .bind(db_int(upto))
+            .execute(&mut *tx)
+            .await?;
             let done =
                 sqlx::query("DELETE FROM events WHERE user_id = $1 AND seq >= $2 AND seq < $3")
                     .bind(user.as_bytes().as_slice())
@@ -215,7 +230,35 @@ impl Store for SqliteStore {
                 );
             }
         }
-        let plan = plan_batch(requests, &heads, &stored)?;
+        // Retention's watermarks for the batch's devices.
+        let mut trimmed = HashMap::new();
+        for chunk in batch_devices(requests).chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT user_id, device_id, device_seq FROM trimmed_device_seqs
+                 WHERE (user_id, device_id) IN (",
+            );
+            let mut keys = query.separated(", ");
+            for (user, device) in chunk {
+                keys.push("(");
+                keys.push_bind_unseparated(user.as_bytes().as_slice());
+                keys.push_unseparated(", ");
+                keys.push_bind_unseparated(device.as_bytes().as_slice());
+                keys.push_unseparated(")");
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&mut *tx).await? {
+                let user: Vec<u8> = row.try_get("user_id")?;
+                let device: Vec<u8> = row.try_get("device_id")?;
+                trimmed.insert(
+                    (
+                        UserId(key32(&user, "user_id")?),
+                        DeviceId(key32(&device, "device_id")?),
+                    ),
+                    from_db_int(row.try_get("device_seq")?, "device_seq")?,
+                );
+            }
+        }
+        let plan = plan_batch(requests, &heads, &stored, &trimmed)?;
         for chunk in plan.inserts.chunks(ROWS_PER_STATEMENT) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms) ",
@@ -271,6 +314,21 @@ impl Store for SqliteStore {
                 )
             })
             .collect()
+    }
+
+    async fn last_device_seq(&self, user: UserId, device: DeviceId) -> Result<u64, StoreError> {
+        let last: i64 = sqlx::query_scalar(
+            "SELECT MAX(
+                 COALESCE((SELECT MAX(device_seq) FROM events
+                           WHERE user_id = $1 AND device_id = $2), 0),
+                 COALESCE((SELECT device_seq FROM trimmed_device_seqs
+                           WHERE user_id = $1 AND device_id = $2), 0))",
+        )
+        .bind(user.as_bytes().as_slice())
+        .bind(device.as_bytes().as_slice())
+        .fetch_one(&self.reader)
+        .await?;
+        from_db_int(last, "device_seq")
     }
 
     async fn log_bounds(&self, user: UserId) -> Result<LogBounds, StoreError> {

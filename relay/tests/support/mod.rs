@@ -12,6 +12,7 @@ pub mod device;
 pub mod http;
 pub mod proxy;
 pub mod redis;
+pub mod storage;
 
 use ferry_relay::redact_url;
 use rand_core::{OsRng, RngCore};

@@ -1,0 +1,281 @@
+//! A [`Store`] wrapper that fails, holds or delays on purpose: the seam fault-injection tests
+//! use to start a real [`Server`](crate::Server) over a store that misbehaves
+//! ([`Server::spawn_with_store`](crate::Server::spawn_with_store)).
+//!
+//! Everything passes through to the wrapped store except what a test asked for:
+//!
+//! - [`FaultyStore::hold`]: append batches wait at a gate while the returned guard lives
+//!   ([`FaultyStore::wait_arrived`] tells when one is waiting there);
+//! - [`FaultyStore::fail_next_batches`]: the next batches fail before touching the database
+//!   (nothing stored: a refused transaction);
+//! - [`FaultyStore::lose_next_replies`]: the next batches commit, then report a failure (the
+//!   outcome a lost COMMIT reply leaves the relay with);
+//! - [`FaultyStore::delay_batches`]: every batch takes at least this long;
+//! - [`FaultyStore::pause_reads_after`]: after `n` more event reads, reads wait until
+//!   [`FaultyStore::resume_reads`] (to act between two pages of a replay);
+//! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate.
+//!
+//! It is part of the library (not only of the tests) so that chaos experiments against a
+//! running node can use it too; nothing in a normal start-up wraps the store with it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_protocol::{DeviceCertificate, DeviceId, DeviceInfo, Event, Revocation, UserId};
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+use super::{AppendOutcome, AppendRequest, DeviceRecord, LogBounds, Store, StoreError};
+use crate::sync::lock;
+
+/// A [`Store`] that misbehaves when told to (see the module docs).
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    fail_next: AtomicUsize,
+    lose_next: AtomicUsize,
+    delay: Mutex<Duration>,
+    /// Batches that reached the gate (committed, failed or waiting).
+    arrived: AtomicUsize,
+    arrival: Notify,
+    batch_sizes: Mutex<Vec<usize>>,
+    /// Event reads that may still pass before reads pause; `None`: never pause.
+    read_budget: Mutex<Option<usize>>,
+    /// Event reads waiting for [`FaultyStore::resume_reads`].
+    reads_waiting: AtomicUsize,
+    reads_resumed: Notify,
+}
+
+/// Holds append batches at the gate until dropped.
+pub type HeldBatches = OwnedMutexGuard<()>;
+
+impl FaultyStore {
+    /// Wraps `inner`; it behaves exactly like `inner` until told otherwise.
+    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+            fail_next: AtomicUsize::new(0),
+            lose_next: AtomicUsize::new(0),
+            delay: Mutex::new(Duration::ZERO),
+            arrived: AtomicUsize::new(0),
+            arrival: Notify::new(),
+            batch_sizes: Mutex::default(),
+            read_budget: Mutex::new(None),
+            reads_waiting: AtomicUsize::new(0),
+            reads_resumed: Notify::new(),
+        })
+    }
+
+    /// Lets `n` more event reads through, then makes every read wait until
+    /// [`resume_reads`](Self::resume_reads).
+    pub fn pause_reads_after(&self, n: usize) {
+        *lock(&self.read_budget) = Some(n);
+    }
+
+    /// Lets every waiting and future event read through.
+    pub fn resume_reads(&self) {
+        *lock(&self.read_budget) = None;
+        self.reads_resumed.notify_waiters();
+    }
+
+    /// Event reads waiting for [`resume_reads`](Self::resume_reads) right now.
+    pub fn reads_waiting(&self) -> usize {
+        self.reads_waiting.load(Ordering::SeqCst)
+    }
+
+    async fn read_gate(&self) {
+        loop {
+            let resumed = self.reads_resumed.notified();
+            {
+                let mut budget = lock(&self.read_budget);
+                match *budget {
+                    None => return,
+                    Some(0) => {}
+                    Some(n) => {
+                        *budget = Some(n - 1);
+                        return;
+                    }
+                }
+            }
+            self.reads_waiting.fetch_add(1, Ordering::SeqCst);
+            resumed.await;
+            self.reads_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The wrapped store (to act on the database behind the relay's back, like another node).
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    /// Append batches wait at the gate until the returned guard is dropped.
+    pub async fn hold(&self) -> HeldBatches {
+        Arc::clone(&self.gate).lock_owned().await
+    }
+
+    /// The next `n` batches fail without touching the database.
+    pub fn fail_next_batches(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` batches are committed, then reported as failed (unknown outcome).
+    pub fn lose_next_replies(&self, n: usize) {
+        self.lose_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every batch takes at least `delay` (zero turns it off).
+    pub fn delay_batches(&self, delay: Duration) {
+        *lock(&self.delay) = delay;
+    }
+
+    /// Batches that have reached the gate so far.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` batches have reached the gate.
+    pub async fn wait_arrived(&self, n: usize) {
+        loop {
+            let notified = self.arrival.notified();
+            if self.arrived() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The size of every batch that reached the gate, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        lock(&self.batch_sizes).clone()
+    }
+
+    fn take_one(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+fn injected(what: &str) -> StoreError {
+    StoreError::from(sqlx::Error::Protocol(format!("injected fault: {what}")))
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn append_batch(
+        &self,
+        requests: &[AppendRequest],
+        now_ms: u64,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        lock(&self.batch_sizes).push(requests.len());
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.arrival.notify_waiters();
+        let _open = self.gate.lock().await;
+        let delay = *lock(&self.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if Self::take_one(&self.fail_next) {
+            return Err(injected("batch refused"));
+        }
+        let outcomes = self.inner.append_batch(requests, now_ms).await?;
+        if Self::take_one(&self.lose_next) {
+            return Err(injected("commit reply lost"));
+        }
+        Ok(outcomes)
+    }
+
+    async fn read_events(
+        &self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_gate().await;
+        self.inner.read_events(user, after_seq, limit).await
+    }
+
+    async fn last_device_seq(&self, user: UserId, device: DeviceId) -> Result<u64, StoreError> {
+        self.inner.last_device_seq(user, device).await
+    }
+
+    async fn log_bounds(&self, user: UserId) -> Result<LogBounds, StoreError> {
+        self.inner.log_bounds(user).await
+    }
+
+    async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError> {
+        self.inner.set_ack(user, device, seq).await
+    }
+
+    async fn register_device(
+        &self,
+        certificate: &DeviceCertificate,
+        max_devices: usize,
+        now_s: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        self.inner
+            .register_device(certificate, max_devices, now_s)
+            .await
+    }
+
+    async fn device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.inner.device(user, device).await
+    }
+
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError> {
+        self.inner.list_devices(user).await
+    }
+
+    async fn revoke_device(&self, revocation: &Revocation) -> Result<bool, StoreError> {
+        self.inner.revoke_device(revocation).await
+    }
+
+    async fn touch_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now_s: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.touch_device(user, device, now_s).await
+    }
+
+    async fn trim_user(
+        &self,
+        user: UserId,
+        max_age_ms: Option<u64>,
+        max_count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .trim_user(user, max_age_ms, max_count, now_ms)
+            .await
+    }
+
+    async fn trim(
+        &self,
+        max_age_ms: Option<u64>,
+        max_count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner.trim(max_age_ms, max_count, now_ms).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
