@@ -137,7 +137,7 @@ async fn a_new_device_pairs_and_syncs() {
 }
 
 #[tokio::test]
-async fn a_wrong_code_burns_the_slot_and_races_have_one_winner() {
+async fn a_wrong_code_burns_the_slot() {
     let (server, _dir) = relay(|_| {}).await;
     let (addr, relay_id) = (server.local_addr(), server.relay_id());
     let laptop = Identity::new_user();
@@ -156,7 +156,8 @@ async fn a_wrong_code_burns_the_slot_and_races_have_one_winner() {
     );
     let inviter = Inviter::start(&code, &mut OsRng);
 
-    // Two devices race for the slot; the second is told the code is used.
+    // A device types a wrong code (same slot); a second device, later, is told the code is
+    // used (racing joins are `concurrent_joins_have_one_winner`).
     let wrong = PairingCode::parse("314000").unwrap();
     let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
     let mut c = Client::connect_anonymous(addr, relay_id).await.unwrap();
@@ -214,6 +215,217 @@ async fn a_wrong_code_burns_the_slot_and_races_have_one_winner() {
     .await;
     assert_eq!(
         error_code(&d.pairing_frame().await),
+        Some(ErrorCode::PairingCodeUsed)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_joins_have_one_winner() {
+    // Six joins from one address: above the default burst.
+    let (server, _dir) = relay(|c| c.limits.pair_joins_per_ip_per_minute = 600).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let laptop = Identity::new_user();
+    let data_key = DataKey::generate(&mut OsRng);
+    let mut a = Client::connect(addr, relay_id, &laptop, None)
+        .await
+        .unwrap();
+    a.replay().await;
+    for round in 0..3u32 {
+        let code = PairingCode::parse(&format!("{:03}{:03}", 100 + round, 271)).unwrap();
+        a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
+        let opened = a.pairing_frame().await;
+        assert!(
+            matches!(opened, ServerFrame::PairOpened { slot, .. } if slot == code.slot()),
+            "round {round}: {opened:?}"
+        );
+        let inviter = Inviter::start(&code, &mut OsRng);
+
+        // Two devices that both typed the right code send their joins at the same moment,
+        // each from a task of its own. Each task returns the first pairing frame it gets:
+        // the loser's is the refusal; the winner's comes once the inviter answers it.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let mut racers = Vec::new();
+        for _ in 0..2 {
+            let mut client = Client::connect_anonymous(addr, relay_id).await.unwrap();
+            let (joiner, hello) = Joiner::start(&code, &mut OsRng);
+            let barrier = std::sync::Arc::clone(&barrier);
+            let slot = code.slot();
+            let body = hello.clone();
+            let task = tokio::spawn(async move {
+                barrier.wait().await;
+                client.send(&ClientFrame::PairJoin { slot, body }).await;
+                let first = client.pairing_frame().await;
+                (client, first)
+            });
+            racers.push((hello, joiner, task));
+        }
+
+        // Exactly one hello reaches the inviter; the other device is told the code is used.
+        let ServerFrame::PairPeer { body: hello, .. } = a.pairing_frame().await else {
+            panic!("round {round}: a joiner's hello")
+        };
+        let winner = racers
+            .iter()
+            .position(|(sent, ..)| *sent == hello)
+            .expect("the hello is one of the racers'");
+        let (_, winner_joiner, winner_task) = racers.remove(winner);
+        let (_, _, loser_task) = racers.remove(0);
+        let (_loser, refused) = tokio::time::timeout(support::client::WAIT, loser_task)
+            .await
+            .expect("the loser was answered")
+            .unwrap();
+        assert_eq!(
+            error_code(&refused),
+            Some(ErrorCode::PairingCodeUsed),
+            "round {round}: {refused:?}"
+        );
+
+        // The winner pairs.
+        let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
+        a.send(&ClientFrame::PairForward {
+            slot: code.slot(),
+            body: reply,
+        })
+        .await;
+        let (mut winner, first) = tokio::time::timeout(support::client::WAIT, winner_task)
+            .await
+            .expect("the winner got the inviter's answer")
+            .unwrap();
+        let ServerFrame::PairPeer { body, .. } = first else {
+            panic!("round {round}: inviter hello, got {first:?}")
+        };
+        let tablet = DeviceKey::generate(&mut OsRng);
+        let (joiner, request) = winner_joiner
+            .handle_inviter_hello(&body, &tablet, "tablet")
+            .unwrap();
+        winner
+            .send(&ClientFrame::PairForward {
+                slot: code.slot(),
+                body: request,
+            })
+            .await;
+        let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+            panic!("round {round}: joiner request")
+        };
+        let (admitted, grant) = inviter
+            .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
+            .unwrap();
+        assert_eq!(admitted.device, tablet.id());
+        a.send(&ClientFrame::PairForward {
+            slot: code.slot(),
+            body: grant,
+        })
+        .await;
+        a.send(&ClientFrame::PairClose {
+            slot: code.slot(),
+            success: true,
+        })
+        .await;
+        let ServerFrame::PairPeer { body, .. } = winner.pairing_frame().await else {
+            panic!("round {round}: grant")
+        };
+        assert_eq!(
+            joiner.handle_grant(&body).unwrap().data_key.bytes(),
+            data_key.bytes()
+        );
+        assert_eq!(
+            winner.pairing_frame().await,
+            ServerFrame::PairClosed {
+                slot: code.slot(),
+                code: None
+            }
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hostile_joiner_request_gets_the_pairing_closed_and_no_grant() {
+    let (server, _dir) = relay(|_| {}).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    let laptop = Identity::new_user();
+    let data_key = DataKey::generate(&mut OsRng);
+    let mut a = Client::connect(addr, relay_id, &laptop, None)
+        .await
+        .unwrap();
+    a.replay().await;
+    let code = PairingCode::parse("161803").unwrap();
+    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
+    a.pairing_frame().await;
+    let inviter = Inviter::start(&code, &mut OsRng);
+
+    // The joiner typed the right code, but what it (or anyone on the way) forwards as its
+    // request is tampered with: the confirmation is right, the sealed request is not.
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let (joiner, hello) = Joiner::start(&code, &mut OsRng);
+    b.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello,
+    })
+    .await;
+    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+        panic!("joiner hello")
+    };
+    let (inviter, reply) = inviter.handle_joiner_hello(&body).unwrap();
+    a.send(&ClientFrame::PairForward {
+        slot: code.slot(),
+        body: reply,
+    })
+    .await;
+    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
+        panic!("inviter hello")
+    };
+    let (_, request) = joiner
+        .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), "tablet")
+        .unwrap();
+    let ferry_protocol::pairing::PairingMessage::JoinerRequest {
+        confirm,
+        mut sealed,
+    } = ferry_protocol::codec::decode(&request).unwrap()
+    else {
+        panic!("a JoinerRequest")
+    };
+    sealed[0] ^= 1;
+    b.send(&ClientFrame::PairForward {
+        slot: code.slot(),
+        body: ferry_protocol::codec::encode(
+            &ferry_protocol::pairing::PairingMessage::JoinerRequest { confirm, sealed },
+        ),
+    })
+    .await;
+
+    // The relay forwards it as it forwards everything; the inviter refuses it and closes
+    // the pairing as failed; the joiner is told, and nothing else reaches it.
+    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+        panic!("joiner request")
+    };
+    let refused = inviter
+        .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::PairingFailed);
+    a.send(&ClientFrame::PairClose {
+        slot: code.slot(),
+        success: false,
+    })
+    .await;
+    assert_eq!(
+        b.pairing_frame().await,
+        ServerFrame::PairClosed {
+            slot: code.slot(),
+            code: Some(ErrorCode::PairingFailed)
+        }
+    );
+    // The slot is burned for everyone after.
+    let mut c = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    c.send(&ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello,
+    })
+    .await;
+    assert_eq!(
+        error_code(&c.pairing_frame().await),
         Some(ErrorCode::PairingCodeUsed)
     );
     server.shutdown().await;
