@@ -430,6 +430,12 @@ async fn limits_answer_with_their_codes() {
         }
     }
     assert!(ok >= 10 && limited > 0, "ok {ok}, limited {limited}");
+    // What was refused was not stored: the log holds exactly the appends answered with a
+    // sequence number.
+    let mut check = relay.connect(&id).await;
+    assert_eq!(check.session.head, ok, "ok {ok}, limited {limited}");
+    let (stored, _) = check.replay().await;
+    assert_eq!(stored.len() as u64, ok);
 
     // Handshakes per IP: the burst runs out.
     let mut codes = Vec::new();
@@ -534,8 +540,14 @@ async fn shutdown_answers_in_flight_appends_and_says_going_away() {
         }))
         .await;
     }
-    let stopping = tokio::spawn(server.shutdown());
+    // Shut down once the relay is committing them: the rest are in flight.
     let mut acked = Vec::new();
+    while acked.is_empty() {
+        if let ServerFrame::Appended { device_seq, seq } = a.recv().await.unwrap() {
+            acked.push((device_seq, seq));
+        }
+    }
+    let stopping = tokio::spawn(server.shutdown());
     let close = loop {
         match a.recv().await {
             Ok(ServerFrame::Appended { device_seq, seq }) => acked.push((device_seq, seq)),
@@ -550,19 +562,28 @@ async fn shutdown_answers_in_flight_appends_and_says_going_away() {
         "acknowledged before the close: {}",
         acked.len()
     );
-    // Everything acknowledged is there after a restart.
+    let acked_set: std::collections::BTreeSet<(u64, u64)> = acked.iter().copied().collect();
+    assert_eq!(acked_set.len(), acked.len(), "each append answered once");
+    // After a restart the log holds exactly what was acknowledged: nothing acknowledged is
+    // lost, and nothing was committed without an answer ("committed and answered").
     let server = Server::spawn(config).await.unwrap();
     let mut b = Client::connect(server.local_addr(), relay_id, &id.another_device("b"), None)
         .await
         .unwrap();
     let (events, _) = b.replay().await;
-    for (device_seq, seq) in acked {
-        assert!(
-            events
-                .iter()
-                .any(|e| e.seq == seq && e.device_seq == device_seq)
-        );
-    }
+    let stored: std::collections::BTreeSet<(u64, u64)> = events
+        .iter()
+        .filter(|e| e.device == id.device.id())
+        .map(|e| (e.device_seq, e.seq))
+        .collect();
+    assert_eq!(stored.len(), events.len(), "only this device appended");
+    let lost: Vec<_> = acked_set.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    let unanswered: Vec<_> = stored.difference(&acked_set).collect();
+    assert!(
+        unanswered.is_empty(),
+        "stored but never answered: {unanswered:?}"
+    );
     server.shutdown().await;
 }
 
@@ -611,8 +632,21 @@ async fn health_readiness_and_metrics_endpoints() {
 
 #[test]
 fn a_relay_refusal_is_a_plaintext_message_clients_understand() {
-    let err = ferry_protocol::handshake::HandshakeError::UnsupportedVersion { min: 5, max: 6 };
-    assert!(!ServerHandshake::reject(&err).is_empty());
+    use ferry_protocol::handshake::HandshakeError;
+    let err = HandshakeError::UnsupportedVersion { min: 5, max: 6 };
+    let refusal = ServerHandshake::reject(&err);
+    // A client that sent its hello reads the refusal where it expects the relay's hello,
+    // and gets the relay's code and message.
+    let (client, _) = ClientHandshake::start(ferry_protocol::RelayId([7; 32]), &mut OsRng);
+    let understood = client
+        .handle_server_hello(&refusal, ferry_protocol::handshake::Credentials::Anonymous)
+        .expect_err("a refusal is not a hello");
+    let HandshakeError::Rejected(frame) = &understood else {
+        panic!("expected Rejected, got {understood:?}")
+    };
+    assert_eq!(frame.code, ErrorCode::UnsupportedVersion);
+    assert_eq!(understood.code(), ErrorCode::UnsupportedVersion);
+    assert_eq!(frame.message, err.to_string());
 }
 
 #[tokio::test]
