@@ -448,7 +448,7 @@ impl Drop for FreezingProxy {
 
 #[tokio::test]
 async fn redis_half_open_subscriber_is_detected_by_the_heartbeat() {
-    let Some((url, _admin)) = redis().await else {
+    let Some((url, admin)) = redis().await else {
         return;
     };
     let config = Config::from_url(&url).unwrap();
@@ -486,10 +486,28 @@ async fn redis_half_open_subscriber_is_detected_by_the_heartbeat() {
         .unwrap();
     assert_eq!(next(&mut b_rx).await.1, Bytes::from_static(b"before"));
 
-    // Heartbeats on a healthy subscribed connection do not disturb it.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Heartbeats on a healthy subscribed connection do not disturb it: over several
+    // heartbeat intervals, health never changes (a flap would mark the receiver changed) and
+    // the subscriber is the same Redis connection (a reconnection would give a new id).
     let mut health = b.health();
     assert!(*health.borrow_and_update());
+    let subscriber_id = |connections: Vec<Vec<(String, String)>>| {
+        assert_eq!(connections.len(), 1, "one subscriber connection");
+        field(&connections[0], "id").to_owned()
+    };
+    let before = subscriber_id(connections_named(&admin, b.subscriber_name()).await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !health.has_changed().unwrap(),
+        "health flapped: now {}",
+        *health.borrow()
+    );
+    assert!(*health.borrow_and_update());
+    assert_eq!(
+        subscriber_id(connections_named(&admin, b.subscriber_name()).await),
+        before,
+        "the subscriber reconnected"
+    );
 
     // The connection goes silent without closing: the heartbeat notices, B reconnects.
     proxy.freeze();
@@ -516,8 +534,16 @@ async fn redis_publish_fails_fast_while_down() {
     };
     let (a, _a_rx) = RedisBus::connect(&url, slow_reconnect).await.unwrap();
     kill_connection(&admin, a.publisher_name()).await;
-    // Let fred notice the closed socket.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait for fred to notice the closed socket: the readiness ping fails (it goes over the
+    // publisher connection too).
+    let deadline = Instant::now() + PATIENCE;
+    while a.ping().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed connection was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let started = Instant::now();
     let published = a.publish(&random_user(), Bytes::from_static(b"lost")).await;
