@@ -24,6 +24,14 @@ pub(crate) enum Access {
 /// Replaces `path` with `bytes` atomically and durably.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> Result<(), StateError> {
     let temporary = temporary_path(path);
+    // A temporary left by a crash (or planted: a symbolic link) goes first; the temporary is
+    // then created new, so whatever appears there meanwhile fails the write instead of
+    // receiving it.
+    match fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StateError::io(&temporary, e)),
+    }
     let written = (|| {
         let mut file = create_file(&temporary, access)?;
         file.write_all(bytes)?;
@@ -71,13 +79,34 @@ pub(crate) fn write_u64(path: &Path, value: u64) -> Result<(), StateError> {
     write_atomic(path, format!("{value}\n").as_bytes(), Access::Normal)
 }
 
-/// Creates `dir` (and its parents) readable by the owner only.
+/// Creates `dir` (and its parents) readable by the owner only. A folder that exists
+/// already is made private too.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| StateError::io(dir, e))
+    builder.create(dir).map_err(|e| StateError::io(dir, e))?;
+    make_dir_private(dir)
+}
+
+/// Gives `dir` mode 0700 (owner only) if it has any other mode, whoever made it.
+pub(crate) fn make_dir_private(dir: &Path) -> Result<(), StateError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)
+            .map_err(|e| StateError::io(dir, e))?
+            .permissions()
+            .mode();
+        if mode & 0o7777 != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| StateError::io(dir, e))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// Takes the folder's exclusive lock, held until the returned file is dropped (the
@@ -98,13 +127,21 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
     }
 }
 
-/// Opens `path` for writing from scratch with the given access.
+/// Creates `path`, which must not exist, for writing with the given access.
+///
+/// Never opens what is already there (`O_EXCL`) nor follows a symbolic link (`O_NOFOLLOW`):
+/// a file or link planted at `path` makes this fail, instead of a key being written
+/// wherever it points.
 pub(crate) fn create_file(path: &Path, access: Access) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if access == Access::Private {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+        if access == Access::Private {
+            options.mode(0o600);
+        }
     }
     #[cfg(not(unix))]
     let _ = access;
@@ -160,6 +197,62 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(*read_hex32(&path).unwrap(), [7; 32]);
+    }
+
+    #[test]
+    fn a_temporary_left_by_a_crash_does_not_block_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cursor");
+        fs::write(temporary_path(&path), "half a write").unwrap();
+        write_u64(&path, 9).unwrap();
+        assert_eq!(read_u64(&path).unwrap(), 9);
+        assert!(!temporary_path(&path).exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_symbolic_link_never_receives_a_secret() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let captured = elsewhere.path().join("captured");
+        fs::write(&captured, "").unwrap();
+        let missing = elsewhere.path().join("missing");
+        let path = dir.path().join("user.key");
+
+        // Creating the temporary refuses a link there, to a file or to nothing, and an
+        // existing file: nothing is written through, nothing is created elsewhere.
+        for target in [&captured, &missing] {
+            symlink(target, temporary_path(&path)).unwrap();
+            let refused = create_file(&temporary_path(&path), Access::Private);
+            assert!(refused.is_err(), "opened through a link to {target:?}");
+            fs::remove_file(temporary_path(&path)).unwrap();
+        }
+        fs::write(temporary_path(&path), "").unwrap();
+        assert!(create_file(&temporary_path(&path), Access::Private).is_err());
+        fs::remove_file(temporary_path(&path)).unwrap();
+        assert!(!missing.exists());
+
+        // A whole write with a link planted at the temporary: the secret lands in the state
+        // folder, in a private regular file; the link's target is untouched.
+        symlink(&captured, temporary_path(&path)).unwrap();
+        write_secret(&path, &[7; 32]).unwrap();
+        assert_eq!(fs::read(&captured).unwrap(), b"");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert_eq!(*read_hex32(&path).unwrap(), [7; 32]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_folder_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&state).unwrap();
+        let mode = fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
     }
 
     #[test]

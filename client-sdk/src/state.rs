@@ -133,6 +133,8 @@ impl ClientState {
         if !dir.join(FORMAT_FILE).exists() {
             return Err(StateError::NotFound(dir));
         }
+        // The folder holds keys: owner only, whatever mode it was left with.
+        files::make_dir_private(&dir)?;
         let lock = files::lock_dir(&dir)?;
         let format_path = dir.join(FORMAT_FILE);
         if files::read_text(&format_path)?.as_str() != FORMAT {
@@ -368,6 +370,28 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn opening_makes_a_folder_that_was_opened_up_private_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        drop(ClientState::create(&path, URL, RelayId([5; 32]), "laptop").unwrap());
+        for loose in [0o755, 0o750, 0o777, 0o711] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+            drop(ClientState::open(&path).unwrap());
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o700, "was {loose:o}");
+        }
+        // A state written into a folder that exists already, with a loose mode.
+        let existing = dir.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(ClientState::create(&existing, URL, RelayId([5; 32]), "phone").unwrap());
+        let mode = std::fs::metadata(&existing).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
     }
 
     #[test]

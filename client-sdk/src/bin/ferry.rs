@@ -248,7 +248,7 @@ async fn devices(dir: &std::path::Path, options: Options, timeout: Duration) -> 
         let mut line = format!(
             "{}  {:<20}  added {}  last seen {}",
             device.certificate.device,
-            device.certificate.name,
+            printable(&device.certificate.name),
             date(device.certificate.created_at),
             date(device.last_seen),
         );
@@ -293,7 +293,8 @@ async fn revoke(
     let device = outcome?;
     println!(
         "revoked {} ({})",
-        device.certificate.device, device.certificate.name
+        device.certificate.device,
+        printable(&device.certificate.name)
     );
     Ok(())
 }
@@ -322,7 +323,11 @@ async fn pair(dir: &std::path::Path, options: Options) -> anyhow::Result<()> {
     line(&format!("confirm: {}", pending.confirmation()))?;
     eprintln!("ferry: the other device should show the same confirmation");
     let paired = pending.admit().await?;
-    line(&format!("paired: {} {}", paired.device, paired.name))?;
+    line(&format!(
+        "paired: {} {}",
+        paired.device,
+        printable(&paired.name)
+    ))?;
     Ok(())
 }
 
@@ -381,6 +386,27 @@ fn default_name() -> String {
     host[..end].to_owned()
 }
 
+/// A device name as it may be shown on a terminal.
+///
+/// Names come from other devices (a certificate names whatever its device asked for), so
+/// a name could carry terminal escape sequences, or characters that reorder the line.
+/// Control characters (C0, DEL, C1) and the bidirectional overrides are shown escaped
+/// (`\u{1b}`), and so is a backslash (`\\`), so an escaped name cannot pass for another.
+fn printable(name: &str) -> String {
+    let mut shown = String::with_capacity(name.len());
+    for c in name.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c == '\\' {
+            shown.push_str("\\\\");
+        } else if c.is_control() || bidi {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
 /// A Unix time as `YYYY-MM-DD HH:MM UTC`.
 fn date(unix_seconds: u64) -> String {
     let days = (unix_seconds / 86_400) as i64;
@@ -406,6 +432,25 @@ fn date(unix_seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_printed_without_terminal_escapes() {
+        assert_eq!(printable("laptop"), "laptop");
+        assert_eq!(printable("Zoë's phone 📱"), "Zoë's phone 📱");
+        // Colour, cursor movement, a title change, a bell, a line break, DEL, a C1 CSI.
+        let hostile = "a\u{1b}[31mred\u{1b}[2J\u{1b}]0;title\u{7}\r\nb\u{7f}\u{9b}1m";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "a\\u{1b}[31mred\\u{1b}[2J\\u{1b}]0;title\\u{7}\\u{d}\\u{a}b\\u{7f}\\u{9b}1m"
+        );
+        // Right-to-left override (the rest of the line shown reversed).
+        assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        // A backslash is escaped too, so no name looks like another's escaped form.
+        assert_eq!(printable("a\\u{1b}"), "a\\\\u{1b}");
+        assert_ne!(printable("a\\u{1b}"), printable("a\u{1b}"));
+    }
 
     #[test]
     fn dates() {
