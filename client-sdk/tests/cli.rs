@@ -67,6 +67,88 @@ fn ferry(state: &Path, args: &[&str], stdin: &str) -> Run {
     run
 }
 
+/// A `ferry` process running beside the test, with a deadline: it is killed once the
+/// deadline passes, and whenever the test lets go of it (a failed assertion included), so a
+/// hung child neither hangs the test nor outlives it.
+struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    deadline: Instant,
+}
+
+impl Background {
+    fn spawn(command: &mut Command, within: Duration) -> Self {
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Self {
+            child,
+            lines,
+            stderr: Some(stderr),
+            deadline: Instant::now() + within,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The next line of its output; `None` once the output ends. Panics (killing the
+    /// process) past the deadline.
+    fn line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(self.left()) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the background ferry printed nothing before its deadline")
+            }
+        }
+    }
+
+    /// Waits for it to exit: the rest of its output, its status and its stderr.
+    fn finish(mut self) -> (Vec<String>, std::process::ExitStatus, String) {
+        let mut rest = Vec::new();
+        while let Some(line) = self.line() {
+            rest.push(line);
+        }
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < self.deadline,
+                "the background ferry did not exit before its deadline"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (rest, status, stderr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Killing a process that has exited (and been waited for) is a harmless error.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn ok(state: &Path, args: &[&str]) -> String {
     let run = ferry(state, args, "");
     assert!(run.success, "ferry {args:?} failed: {}", run.stderr);
@@ -199,6 +281,54 @@ fn usage_errors_are_reported() {
 }
 
 #[test]
+fn device_names_are_printed_without_terminal_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = dir.path().join("laptop");
+    let evil = dir.path().join("evil");
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    ok(
+        &laptop,
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "laptop",
+        ],
+    );
+    // A device of the user names itself with a title change, a screen clear and a bell
+    // (any device chooses its own name; pairing takes it as given).
+    let name = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}";
+    let laptop_state = ClientState::open(&laptop).unwrap();
+    let evil_state = another_device(&laptop_state, &evil, name);
+    let evil_id = evil_state.device_id().to_hex();
+    drop((laptop_state, evil_state));
+    ok(&evil, &["send", "registered"]);
+
+    let escaped = "evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{9b}";
+    let listed = ok(&laptop, &["devices"]);
+    assert!(
+        !listed.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "{listed:?}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&evil_id) && l.contains(escaped)),
+        "{listed:?}"
+    );
+    let revoked = ok(&laptop, &["revoke", &evil_id[..12]]);
+    assert!(
+        !revoked.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "{revoked:?}"
+    );
+    assert!(revoked.contains(escaped), "{revoked:?}");
+}
+
+#[test]
 fn pair_and_join_then_sync_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
@@ -220,18 +350,18 @@ fn pair_and_join_then_sync_both_ways() {
     ok(&laptop, &["send", "before pairing"]);
 
     // `pair` prints the code at once and waits for the other device.
-    let mut pair = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("--state")
-        .arg(&laptop)
-        .arg("pair")
-        .env_remove("FERRY_STATE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(pair.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    let mut pair = Background::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--state")
+            .arg(&laptop)
+            .arg("pair")
+            .env_remove("FERRY_STATE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(60),
+    );
+    let first = pair.line().expect("`ferry pair` printed the code");
     let code = first
         .strip_prefix("code: ")
         .unwrap_or_else(|| panic!("{first}"));
@@ -255,14 +385,7 @@ fn pair_and_join_then_sync_both_ways() {
             "phone",
         ],
     );
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    let status = pair.wait().unwrap();
-    let mut stderr = String::new();
-    pair.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (rest, status, stderr) = pair.finish();
     eprintln!("ferry pair -> {first} {rest:?} {stderr}");
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("ferry --state DIR join"), "{stderr}");

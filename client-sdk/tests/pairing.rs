@@ -12,8 +12,13 @@ use std::time::Duration;
 
 use ferry_client::pairing::{self, Invitation, Join, Paired};
 use ferry_client::{Client, ClientState, PairingError, RelayId, StateError};
+use ferry_protocol::codec;
+use ferry_protocol::pairing::{Joiner, PairingCode, PairingMessage};
+use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Runs the inviter's side in the background: waits for a device and admits it.
 fn admit_in_background(invitation: Invitation) -> JoinHandle<Result<Paired, PairingError>> {
@@ -234,10 +239,169 @@ async fn two_devices_racing_for_one_code_one_wins() {
         other => panic!("expected exactly one winner, got {other:?}"),
     };
     assert_eq!(winner.device_id(), paired.device);
+    // Both typed the right code: the loser is told the code is used, never that it is wrong
+    // (which would mean the relay passed its messages to the inviter).
+    assert!(matches!(loser, PairingError::CodeUsed), "{loser:?}");
+}
+
+/// A joiner that speaks the wire protocol itself, so it can send the inviter what an
+/// honest [`Join`] never would.
+struct RawJoiner {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    channel: ferry_protocol::ClientChannel,
+}
+
+impl RawJoiner {
+    async fn connect(relay: &TestRelay) -> Self {
+        use ferry_protocol::handshake::{ClientHandshake, Credentials};
+        let (mut ws, _) = tokio_tungstenite::connect_async(relay.url()).await.unwrap();
+        let (state, hello) = ClientHandshake::start(relay.relay_id, &mut rand_core::OsRng);
+        ws.send(Message::Binary(hello.into())).await.unwrap();
+        let server_hello = Self::binary(&mut ws).await;
+        let (state, start) = state
+            .handle_server_hello(&server_hello, Credentials::Anonymous)
+            .unwrap();
+        ws.send(Message::Binary(start.into())).await.unwrap();
+        let established = Self::binary(&mut ws).await;
+        let (_, channel) = state.handle_session(&established).unwrap();
+        Self { ws, channel }
+    }
+
+    async fn binary(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Vec<u8> {
+        loop {
+            match tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("relay answered")
+            {
+                Some(Ok(Message::Binary(bytes))) => return bytes.to_vec(),
+                Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: ClientFrame) {
+        let bytes = self.channel.seal(&frame).unwrap();
+        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// The next pairing frame (pings and other traffic skipped).
+    async fn pairing_frame(&mut self) -> ServerFrame {
+        loop {
+            let bytes = Self::binary(&mut self.ws).await;
+            match self.channel.open(&bytes).unwrap() {
+                frame @ (ServerFrame::PairPeer { .. }
+                | ServerFrame::PairClosed { .. }
+                | ServerFrame::Error(_)) => return frame,
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// Runs steps 1–2 with a raw joiner that typed `typed`; returns the inviter's hello.
+async fn raw_join(relay: &TestRelay, typed: &str) -> (RawJoiner, Joiner, u16, Vec<u8>) {
+    let code = PairingCode::parse(typed).unwrap();
+    let mut raw = RawJoiner::connect(relay).await;
+    let (joiner, hello) = Joiner::start(&code, &mut rand_core::OsRng);
+    raw.send(ClientFrame::PairJoin {
+        slot: code.slot(),
+        body: hello,
+    })
+    .await;
+    let ServerFrame::PairPeer { body, .. } = raw.pairing_frame().await else {
+        panic!("the inviter's hello")
+    };
+    (raw, joiner, code.slot(), body)
+}
+
+#[tokio::test]
+async fn the_inviter_hands_no_keys_to_a_joiner_that_did_not_prove_the_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let device = DeviceKey::generate(&mut rand_core::OsRng);
+
+    // A joiner with a wrong code ignores its own check and sends a request anyway (it cannot
+    // make a valid one: random confirmation, random sealed bytes).
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+    let (mut raw, joiner, slot, inviter_hello) = raw_join(&relay, &wrong_code(&code)).await;
     assert!(
-        matches!(loser, PairingError::CodeUsed | PairingError::WrongCode),
-        "{loser:?}"
+        joiner
+            .handle_inviter_hello(&inviter_hello, &device, "rogue")
+            .is_err()
     );
+    let mut confirm = [0u8; 32];
+    let mut sealed = vec![0u8; 120];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut confirm);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut sealed);
+    raw.send(ClientFrame::PairForward {
+        slot,
+        body: codec::encode(&PairingMessage::JoinerRequest { confirm, sealed }),
+    })
+    .await;
+    let error = inviter.await.unwrap().unwrap_err();
+    assert!(matches!(error, PairingError::WrongCode), "{error:?}");
+    // The joiner gets the failure, never a grant.
+    assert_eq!(
+        raw.pairing_frame().await,
+        ServerFrame::PairClosed {
+            slot,
+            code: Some(ErrorCode::PairingFailed)
+        }
+    );
+
+    // A joiner with the right code whose request is tampered with on the way (one bit of the
+    // sealed part): the inviter refuses it too.
+    let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
+    let code = invitation.code().to_string();
+    let inviter = admit_in_background(invitation);
+    let (mut raw, joiner, slot, inviter_hello) = raw_join(&relay, &code).await;
+    let (_, request) = joiner
+        .handle_inviter_hello(&inviter_hello, &device, "phone")
+        .unwrap();
+    let PairingMessage::JoinerRequest {
+        confirm,
+        mut sealed,
+    } = codec::decode(&request).unwrap()
+    else {
+        panic!("a JoinerRequest")
+    };
+    sealed[0] ^= 1;
+    raw.send(ClientFrame::PairForward {
+        slot,
+        body: codec::encode(&PairingMessage::JoinerRequest { confirm, sealed }),
+    })
+    .await;
+    let error = inviter.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, PairingError::WrongCode | PairingError::Protocol(_)),
+        "{error:?}"
+    );
+    assert_eq!(
+        raw.pairing_frame().await,
+        ServerFrame::PairClosed {
+            slot,
+            code: Some(ErrorCode::PairingFailed)
+        }
+    );
+    // Nothing is registered for either key.
+    let devices = Client::connect(laptop, fast())
+        .await
+        .unwrap()
+        .list_devices()
+        .await
+        .unwrap();
+    assert_eq!(devices.len(), 1, "{devices:?}");
 }
 
 #[tokio::test]
@@ -337,6 +501,11 @@ async fn the_inviter_can_refuse_and_a_joiner_that_leaves_is_noticed() {
     // The new device goes away before the grant: the inviter is told, not left believing.
     let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
     let code = invitation.code().to_string();
+    // The inviter's is the only connection now (the ones above have ended).
+    wait_until("only the inviter is connected", || {
+        gauge(&relay, "ferry_connections") == 1
+    })
+    .await;
     let inviter = tokio::spawn(async move { invitation.joined().await });
     let join = Join::start(
         &phone,
@@ -350,8 +519,13 @@ async fn the_inviter_can_refuse_and_a_joiner_that_leaves_is_noticed() {
     .unwrap();
     let pending = inviter.await.unwrap().unwrap();
     assert_eq!(pending.confirmation(), join.confirmation());
+    // Once the relay has seen the joiner's connection end (only the inviter's is left), the
+    // grant has nowhere to go.
     drop(join);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the relay noticed the joiner left", || {
+        gauge(&relay, "ferry_connections") == 1
+    })
+    .await;
     let error = pending.admit().await.unwrap_err();
     assert!(matches!(error, PairingError::PeerLeft), "{error:?}");
 
@@ -375,6 +549,27 @@ async fn the_inviter_can_refuse_and_a_joiner_that_leaves_is_noticed() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(error, PairingError::PeerLeft), "{error:?}");
+}
+
+/// The value of the gauge `name` in the relay's metrics.
+fn gauge(relay: &TestRelay, name: &str) -> i64 {
+    let metrics = relay.metrics();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// Polls `condition` until it holds, failing the test after [`WAIT`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Every file under `dir`.
@@ -428,7 +623,10 @@ async fn a_device_behind_the_relay_retention_can_still_invite() {
         laptop.append(format!("{i}").as_bytes()).await.unwrap();
     }
     laptop.close().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_until("retention trimmed the log to 3 events", || {
+        relay.metrics().contains("ferry_trimmed_events_total 7\n")
+    })
+    .await;
 
     // The phone's cursor (0) is below what the relay keeps: its sessions are told to resync.
     // Pairing does not read the log, so it goes ahead, and the phone's cursor stays.

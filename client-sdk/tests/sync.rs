@@ -265,11 +265,19 @@ async fn killing_the_relay_mid_send_loses_nothing_acknowledged_and_the_outbox_de
     }
     relay.kill();
     let before_kill = acknowledged.lock().unwrap().clone();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = laptop.status();
-    assert!(!status.connected);
-    // Each writer has an append waiting: in the outbox, not lost.
-    assert_eq!(status.pending, WRITERS, "{status:?}");
+    // The client notices, and each writer has an append waiting: in the outbox, not lost.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = laptop.status();
+        if !status.connected && status.pending == WRITERS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected disconnected with {WRITERS} pending: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     relay.restart();
 
     for writer in writers {
@@ -601,7 +609,15 @@ async fn limits_and_retention_answer_with_typed_errors() {
         laptop.append(format!("{i}").as_bytes()).await.unwrap();
     }
     // Retention keeps the last 3 events; a new device's cursor (0) is below that.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !relay.metrics().contains("ferry_trimmed_events_total 7\n") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run: {}",
+            relay.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The relay accepts the device, then says the log no longer reaches back that far.
     let mut late = Client::connect(late_state, fast()).await.unwrap();
     let error = tokio::time::timeout(WAIT, late.next_event())
