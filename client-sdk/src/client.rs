@@ -146,13 +146,18 @@ impl Client {
     /// ([`ClientError::Undecryptable`]) or one refused append is an item too: the next call
     /// moves past it. Once the client has stopped, every call returns why.
     pub async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
-        self.acknowledge();
-        match self.deliveries.recv().await {
-            Some(delivery) => {
-                self.returned = delivery.seq;
-                delivery.item
+        loop {
+            self.acknowledge();
+            match self.deliveries.recv().await {
+                Some(delivery) => {
+                    self.returned = delivery.seq;
+                    // `None`: this device's own event, acknowledged without being shown.
+                    if let Some(item) = delivery.item {
+                        return item;
+                    }
+                }
+                None => return Err(self.handle.shared.stopped()),
             }
-            None => Err(self.handle.shared.stopped()),
         }
     }
 

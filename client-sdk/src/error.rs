@@ -133,6 +133,13 @@ pub enum ClientError {
         /// The device sequence.
         device_seq: u64,
     },
+    /// The relay stored this append once and its retention has removed it since (code 303):
+    /// a retry that came too late. It is not stored again and leaves the outbox.
+    #[error("device sequence {device_seq} was stored once and has expired from the relay's log")]
+    AppendExpired {
+        /// The device sequence.
+        device_seq: u64,
+    },
     /// An event's payload does not open with the data key for its slot: it was sealed under
     /// another key, or the relay tampered with it or moved it. The event is skipped once the
     /// app asks for the next one.
@@ -223,6 +230,7 @@ impl ClientError {
             | Self::RateLimited
             | Self::PayloadTooLarge { .. }
             | Self::Conflict { .. }
+            | Self::AppendExpired { .. }
             | Self::Undecryptable { .. }
             | Self::InvalidCertificate { .. }
             | Self::UnknownDevice(_)

@@ -89,6 +89,13 @@ pub use event::{ClientEvent, ReceivedEvent, Status};
 pub use options::Options;
 pub use state::ClientState;
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each panics only when
+/// a promise of the code under test is broken.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::outbox::fuzz_journal as outbox_journal;
+}
+
 // The protocol types that appear in this crate's API, so apps need not depend on
 // `ferry-protocol` themselves.
 pub use ferry_protocol::limits;

@@ -35,6 +35,10 @@ pub struct Options {
     /// long a joining device waits for the inviter. Ten minutes, the relay's default code
     /// life.
     pub pairing_timeout: Duration,
+    /// Whether the app also receives the events this device appended itself. They are in
+    /// the log (other devices need them) and come back from the relay; by default the client
+    /// acknowledges them without handing them to the app.
+    pub own_events: bool,
 }
 
 impl Default for Options {
@@ -47,6 +51,7 @@ impl Default for Options {
             ack_delay: Duration::from_millis(100),
             event_buffer: 1024,
             pairing_timeout: Duration::from_secs(600),
+            own_events: false,
         }
     }
 }
@@ -86,6 +91,13 @@ impl Options {
     /// Sets [`Self::pairing_timeout`].
     pub fn pairing_timeout(mut self, timeout: Duration) -> Self {
         self.pairing_timeout = timeout;
+        self
+    }
+
+    /// Sets whether the app also receives this device's own events (see
+    /// [`Options::own_events`]).
+    pub fn own_events(mut self, include: bool) -> Self {
+        self.own_events = include;
         self
     }
 }

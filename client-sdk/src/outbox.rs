@@ -19,14 +19,28 @@
 //! record = len: u32 LE ‖ body (len bytes) ‖ check: first 8 bytes of SHA-256(body)
 //! body   = 1 ‖ device_seq: u64 LE ‖ sealed payload      an event to send
 //!        | 2 ‖ device_seq: u64 LE                       the event is done
+//!        | 3 ‖ device_seq: u64 LE ‖ old: u64 LE ‖ sealed payload
+//!                                                       the event `old` re-sealed under
+//!                                                       `device_seq` (one record, so a crash
+//!                                                       keeps exactly one of the two)
 //! ```
 //!
 //! New events are written and flushed (`fsync`) as a batch, so many appends share one
 //! flush. "Done" records are not flushed: losing one after a crash only re-sends an event
-//! the relay already has, which it deduplicates (invariant 3). A record that is cut short or
-//! fails its check ends the journal: it was being written when the device stopped and was
-//! never reported as stored. When every event is done the journal is emptied; when it is
-//! mostly done records it is rewritten (atomically) with the live entries only.
+//! the relay already has, which it deduplicates (invariant 3). When every event is done the
+//! journal is emptied; when it is mostly done records it is rewritten (atomically) with the
+//! live entries only.
+//!
+//! # Damage
+//!
+//! - A write that fails part-way (disk full, file size limit) is cut back off at once, so
+//!   later records never land behind half a record. If even that fails the outbox is
+//!   poisoned: every later write fails until the journal is opened again.
+//! - On open, a record cut short or failing its check at the *end* of the journal was being
+//!   written when the device stopped and was never reported as stored: it is dropped.
+//! - A bad record with valid records *after* it is not a torn tail: those later records
+//!   may have been reported as stored. Opening fails with [`StateError::Corrupt`] rather
+//!   than cut them off; nothing is truncated.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -44,6 +58,7 @@ use crate::files::{self, Access};
 const HEADER: &[u8; 16] = b"ferry-outbox-v1\n";
 const ENTRY: u8 = 1;
 const DONE: u8 = 2;
+const MOVED: u8 = 3;
 /// Bytes around a body: its length and its check.
 const FRAMING: usize = 4 + 8;
 /// Rewrite the journal when it is larger than this and mostly done records.
@@ -65,6 +80,11 @@ pub(crate) struct Outbox {
     live_bytes: u64,
     entries: BTreeMap<u64, SealedPayload>,
     next_seq: u64,
+    /// A failed write could not be cut back off: refuse every write (see the module docs).
+    poisoned: bool,
+    /// Tests: the next write stops with an error after this many bytes.
+    #[cfg(test)]
+    fail_next_write_after: Option<usize>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -97,6 +117,17 @@ impl Outbox {
         }
         let journal = parse(&bytes[HEADER.len()..]);
         let valid_len = (HEADER.len() + journal.valid) as u64;
+        if let Some(at) = journal.valid_after_damage {
+            return Err(StateError::corrupt(
+                &path,
+                format!(
+                    "a damaged record at byte {} is followed by valid records (at byte {}); \
+                     refusing to drop them: keep a copy of the folder and ask for help",
+                    valid_len,
+                    HEADER.len() + at
+                ),
+            ));
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -124,7 +155,57 @@ impl Outbox {
             live_bytes,
             entries: journal.entries,
             next_seq: counter.max(journal.max_seq.saturating_add(1)).max(1),
+            poisoned: false,
+            #[cfg(test)]
+            fail_next_write_after: None,
         })
+    }
+
+    /// Appends `buffer` to the journal, flushing it when `durable`. On failure the journal
+    /// is cut back to what it was, so a partial record never sits before later ones.
+    fn append_bytes(&mut self, buffer: &[u8], durable: bool) -> Result<(), StateError> {
+        if self.poisoned {
+            return Err(StateError::io(
+                &self.path,
+                std::io::Error::other("an earlier write failed and could not be undone"),
+            ));
+        }
+        let written = self.write_all(buffer).and_then(|()| {
+            if durable {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = written {
+            let undone = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data());
+            if let Err(undo) = undone {
+                tracing::error!(path = %self.path.display(), %undo, "could not undo a failed outbox write; the outbox refuses writes until reopened");
+                self.poisoned = true;
+            }
+            return Err(StateError::io(&self.path, error));
+        }
+        self.len += buffer.len() as u64;
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn write_all(&mut self, buffer: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buffer)
+    }
+
+    #[cfg(test)]
+    fn write_all(&mut self, buffer: &[u8]) -> std::io::Result<()> {
+        match self.fail_next_write_after.take() {
+            Some(after) => {
+                self.file.write_all(&buffer[..after.min(buffer.len())])?;
+                Err(std::io::Error::other("injected write failure"))
+            }
+            None => self.file.write_all(buffer),
+        }
     }
 
     /// Hands out the next device sequence. It is durable once an entry with it is
@@ -145,14 +226,44 @@ impl Outbox {
             body.extend_from_slice(&payload.0);
             frame(&body, &mut buffer);
         }
-        self.file
-            .write_all(&buffer)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| StateError::io(&self.path, e))?;
-        self.len += buffer.len() as u64;
+        self.append_bytes(&buffer, true)?;
         for (seq, payload) in batch {
             self.live_bytes += record_len(payload.0.len());
             self.entries.insert(*seq, payload.clone());
+        }
+        Ok(())
+    }
+
+    /// Moves events to new device sequences, with payloads re-sealed for them, and flushes:
+    /// each move is one record, so after a crash an event is under exactly one sequence.
+    /// For events whose sequence the relay holds for another payload (a restored folder).
+    pub fn reseal(&mut self, moves: &[(u64, u64, SealedPayload)]) -> Result<(), StateError> {
+        let mut buffer = Vec::new();
+        for (old, new, payload) in moves {
+            let mut body = Vec::with_capacity(17 + payload.0.len());
+            body.push(MOVED);
+            body.extend_from_slice(&new.to_le_bytes());
+            body.extend_from_slice(&old.to_le_bytes());
+            body.extend_from_slice(&payload.0);
+            frame(&body, &mut buffer);
+        }
+        self.append_bytes(&buffer, true)?;
+        for (old, new, payload) in moves {
+            if let Some(gone) = self.entries.remove(old) {
+                self.live_bytes -= record_len(gone.0.len());
+            }
+            self.live_bytes += record_len(payload.0.len());
+            self.entries.insert(*new, payload.clone());
+        }
+        Ok(())
+    }
+
+    /// Makes sure the next device sequence handed out is above `seq` (the highest one the
+    /// relay holds from this device), durably.
+    pub fn advance_past(&mut self, seq: u64) -> Result<(), StateError> {
+        if seq >= self.next_seq {
+            self.next_seq = seq.saturating_add(1);
+            files::write_u64(&self.counter_path, self.next_seq)?;
         }
         Ok(())
     }
@@ -179,11 +290,7 @@ impl Outbox {
         if self.len > COMPACT_AT && self.live_bytes < self.len / 2 {
             return self.rewrite();
         }
-        self.file
-            .write_all(&buffer)
-            .map_err(|e| StateError::io(&self.path, e))?;
-        self.len += buffer.len() as u64;
-        Ok(())
+        self.append_bytes(&buffer, false)
     }
 
     /// Entries in device sequence order.
@@ -230,6 +337,7 @@ impl Outbox {
             .open(&self.path)
             .map_err(|e| StateError::io(&self.path, e))?;
         self.len = buffer.len() as u64;
+        self.poisoned = false;
         Ok(())
     }
 }
@@ -262,9 +370,12 @@ struct Journal {
     max_seq: u64,
     /// Bytes of whole, valid records from the start.
     valid: usize,
+    /// Where a valid record starts after the first bad one, if any does (not a torn tail).
+    valid_after_damage: Option<usize>,
 }
 
-/// Reads records until the end or the first one that is cut short or fails its check.
+/// Reads records until the end or the first one that is cut short or fails its check,
+/// then looks for valid records after that point.
 fn parse(bytes: &[u8]) -> Journal {
     let mut journal = Journal::default();
     let mut rest = bytes;
@@ -283,20 +394,62 @@ fn parse(bytes: &[u8]) -> Journal {
             DONE if payload.is_empty() => {
                 journal.entries.remove(&seq);
             }
+            MOVED => {
+                let Some((old, payload)) = payload.split_first_chunk::<8>() else {
+                    break;
+                };
+                let old = u64::from_le_bytes(*old);
+                journal.entries.remove(&old);
+                journal.entries.insert(seq, SealedPayload(payload.to_vec()));
+                journal.max_seq = journal.max_seq.max(old);
+            }
             _ => break,
         }
         journal.max_seq = journal.max_seq.max(seq);
         journal.valid = bytes.len() - after.len();
         rest = after;
     }
+    if journal.valid < bytes.len() {
+        journal.valid_after_damage = ((journal.valid + 1)..bytes.len())
+            .find(|&at| next_record(&bytes[at..]).is_some_and(|(body, _)| is_record_body(body)));
+    }
     journal
+}
+
+/// Whether a body that passed its check is one this format writes.
+fn is_record_body(body: &[u8]) -> bool {
+    match body.split_first() {
+        Some((&ENTRY, tail)) => tail.len() >= 8,
+        Some((&DONE, tail)) => tail.len() == 8,
+        Some((&MOVED, tail)) => tail.len() >= 16,
+        _ => false,
+    }
+}
+
+/// Fuzzing entry point: parses a journal body (without the header) and checks what the
+/// parser promises, panicking if a promise is broken.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_journal(bytes: &[u8]) {
+    let journal = parse(bytes);
+    assert!(journal.valid <= bytes.len());
+    if let Some(at) = journal.valid_after_damage {
+        assert!(at > journal.valid && at < bytes.len());
+    }
+    // The valid prefix parses to the same entries on its own, and has no damage.
+    let again = parse(&bytes[..journal.valid]);
+    assert_eq!(again.valid, journal.valid);
+    assert!(again.valid_after_damage.is_none());
+    assert_eq!(again.entries, journal.entries);
+    for seq in journal.entries.keys() {
+        assert!(*seq <= journal.max_seq);
+    }
 }
 
 /// Splits off one record's body if it is whole and passes its check.
 fn next_record(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = bytes.split_first_chunk::<4>()?;
     let len = u32::from_le_bytes(*len) as usize;
-    if len > 9 + MAX_PAYLOAD_LEN || rest.len() < len + 8 {
+    if len > 17 + MAX_PAYLOAD_LEN || rest.len() < len + 8 {
         return None;
     }
     let (body, rest) = rest.split_at(len);
@@ -375,6 +528,77 @@ mod tests {
         assert_eq!(Outbox::open(dir.path()).unwrap().len(), 1);
         // A cut record's sequence was never reported as stored, so it may be handed out again.
         assert_eq!(Outbox::open(dir.path()).unwrap().reserve(), 2);
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_back_so_later_entries_survive() {
+        let (dir, mut outbox) = fresh();
+        outbox.push(&[(1, payload(1))]).unwrap();
+        // Half of entry 2 reaches the disk, then the write fails (disk full, say).
+        outbox.fail_next_write_after = Some(40);
+        assert!(outbox.push(&[(2, payload(2))]).is_err());
+        // Entry 3 is reported as stored, so it must survive a reopen.
+        outbox.push(&[(3, payload(3))]).unwrap();
+        outbox.fail_next_write_after = Some(5);
+        assert!(outbox.remove(&[1]).is_err());
+        drop(outbox);
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let left: Vec<_> = outbox.entries().map(|(s, _)| s).collect();
+        assert_eq!(left, [1, 3]);
+    }
+
+    #[test]
+    fn a_resealed_event_lives_under_its_new_sequence_only() {
+        let (dir, mut outbox) = fresh();
+        outbox.push(&[(1, payload(1)), (2, payload(2))]).unwrap();
+        outbox.advance_past(10).unwrap();
+        let new = outbox.reserve();
+        assert_eq!(new, 11);
+        outbox.reseal(&[(1, new, payload(9))]).unwrap();
+        let now: Vec<_> = outbox.entries().map(|(s, p)| (s, p.clone())).collect();
+        assert_eq!(now, [(2, payload(2)), (11, payload(9))]);
+        drop(outbox);
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        let now: Vec<_> = outbox.entries().map(|(s, p)| (s, p.clone())).collect();
+        assert_eq!(now, [(2, payload(2)), (11, payload(9))]);
+        assert_eq!(outbox.reserve(), 12);
+        // Advancing is durable on its own, with nothing in the journal past it.
+        outbox.remove(&[2, 11]).unwrap();
+        outbox.advance_past(40).unwrap();
+        drop(outbox);
+        assert_eq!(Outbox::open(dir.path()).unwrap().reserve(), 41);
+    }
+
+    #[test]
+    fn valid_records_after_a_damaged_one_are_reported_not_dropped() {
+        let (dir, mut outbox) = fresh();
+        outbox.push(&[(1, payload(1))]).unwrap();
+        let path = dir.path().join(FILE);
+        let at = std::fs::metadata(&path).unwrap().len();
+        // Half a record, as an old torn write left it, then a record written after it.
+        let mut torn = Vec::new();
+        frame(&[ENTRY, 2, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7], &mut torn);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&torn[..torn.len() / 2])
+            .unwrap();
+        outbox.len += (torn.len() / 2) as u64;
+        outbox.push(&[(3, payload(3))]).unwrap();
+        drop(outbox);
+        let before = std::fs::read(&path).unwrap();
+        match Outbox::open(dir.path()) {
+            Err(StateError::Corrupt { reason, .. }) => {
+                assert!(reason.contains(&format!("at byte {at}")), "{reason}");
+            }
+            other => panic!("expected a corruption report, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "nothing was truncated"
+        );
     }
 
     #[test]

@@ -270,11 +270,19 @@ impl ClientState {
         self.outbox.next_seq()
     }
 
-    /// After [`ClientError::ResyncRequired`](crate::ClientError::ResyncRequired): accepts
-    /// that the events before `earliest` are gone, so the next connection replays from
-    /// `earliest`. The app first discards whatever it derived from the log.
+    /// After [`ClientError::ResyncRequired`](crate::ClientError::ResyncRequired): the next
+    /// connection replays the log from `earliest`. The app first discards whatever it
+    /// derived from the log.
+    ///
+    /// The relay asks for it when the events after this device's cursor are gone (retention),
+    /// and also when the cursor is *ahead* of the relay's log (its database was restored from
+    /// a backup, or failed over to a replica that lost its last commits): then the cursor
+    /// moves back, since new events will reuse sequences this device has already seen.
     pub fn resync(&mut self, earliest: u64) -> Result<(), StateError> {
-        self.save_cursor(earliest.saturating_sub(1))
+        let cursor = earliest.saturating_sub(1);
+        files::write_u64(&self.dir.join(CURSOR_FILE), cursor)?;
+        self.cursor = cursor;
+        Ok(())
     }
 
     /// Moves the cursor forward (never back) and writes it.
@@ -456,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cursor_only_moves_forward_and_resync_skips_ahead() {
+    fn the_cursor_only_moves_forward_and_resync_sets_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = ClientState::create(dir.path(), URL, RelayId([5; 32]), "x").unwrap();
         state.save_cursor(10).unwrap();
@@ -464,6 +472,12 @@ mod tests {
         assert_eq!(state.cursor(), 10);
         state.resync(100).unwrap();
         drop(state);
-        assert_eq!(ClientState::open(dir.path()).unwrap().cursor(), 99);
+        let mut state = ClientState::open(dir.path()).unwrap();
+        assert_eq!(state.cursor(), 99);
+        // A relay whose log went back in time (restored database) asks for a resync from
+        // below the cursor: the cursor moves back.
+        state.resync(6).unwrap();
+        drop(state);
+        assert_eq!(ClientState::open(dir.path()).unwrap().cursor(), 5);
     }
 }

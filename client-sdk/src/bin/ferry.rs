@@ -140,7 +140,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
         } => init(&cli.state, &relay, relay_key, name),
         Command::Send { text } => send(&cli.state, &text, options, timeout).await,
-        Command::Tail { follow, limit } => tail(&cli.state, follow, limit, options).await,
+        // A log viewer: this device's own events included (the library hides them by default).
+        Command::Tail { follow, limit } => {
+            tail(&cli.state, follow, limit, options.own_events(true)).await
+        }
         Command::Devices => devices(&cli.state, options, timeout).await,
         Command::Revoke { device } => revoke(&cli.state, &device, options, timeout).await,
         Command::Pair => pair(&cli.state, options).await,

@@ -150,13 +150,26 @@ impl Driver {
         remove_first(&mut link.in_flight, device_seq);
         match error.code {
             // Not stored; the relay will take it later.
+            // The relay refuses every later append of the device too until this one comes
+            // again (it keeps a device's appends in order), so the whole window comes back
+            // refused: one wait per round of refusals, not one per refused append.
             ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal => {
                 link.unsent.insert(device_seq);
-                let wait = self.append_backoff.next_delay(&mut OsRng);
-                link.hold_until = Some(Instant::now() + wait);
+                let now = Instant::now();
+                if link.hold_until.is_none_or(|until| until <= now) {
+                    let wait = self.append_backoff.next_delay(&mut OsRng);
+                    link.hold_until = Some(now + wait);
+                }
             }
-            ErrorCode::Conflict | ErrorCode::InvalidSequence => {
+            // The relay holds another event under this sequence (the state folder was
+            // restored or copied): this one was never stored; it moves to a new sequence.
+            ErrorCode::Conflict => self.conflicted.push(device_seq),
+            ErrorCode::InvalidSequence => {
                 self.finish_append(device_seq, Err(ClientError::Conflict { device_seq }));
+            }
+            // Stored once, trimmed since: nothing to resend.
+            ErrorCode::AppendExpired => {
+                self.finish_append(device_seq, Err(ClientError::AppendExpired { device_seq }));
             }
             ErrorCode::PayloadTooLarge | ErrorCode::FrameTooLarge => {
                 let len = self
@@ -171,6 +184,75 @@ impl Driver {
         }
     }
 
+    /// Numbers new appends past `last_device_seq`, the highest the relay holds from this
+    /// device (durably, before anything new is sealed).
+    pub(super) async fn advance_past(&mut self, last_device_seq: u64) -> Result<(), ClientError> {
+        if last_device_seq == 0 {
+            return Ok(());
+        }
+        self.on_disk(move |state| state.outbox.advance_past(last_device_seq))
+            .await??;
+        Ok(())
+    }
+
+    /// Re-seals the appends the relay answered `Conflict` under new device sequences (one
+    /// durable outbox record each) and queues them again. They were never stored: the
+    /// relay holds other events under their old sequences, left by an older copy of this
+    /// device's state folder.
+    pub(super) async fn reseal_conflicted(&mut self, link: &mut Link) -> Result<(), ClientError> {
+        let olds: Vec<(u64, ferry_protocol::SealedPayload)> = std::mem::take(&mut self.conflicted)
+            .into_iter()
+            .filter_map(|seq| self.pending.get(&seq).map(|p| (seq, p.payload.clone())))
+            .collect();
+        let keys = Arc::clone(&self.keys);
+        let (user, device) = (self.user, self.device);
+        let moved = self
+            .on_disk(move |state| {
+                let mut moves = Vec::with_capacity(olds.len());
+                let mut unopenable = Vec::new();
+                for (old, payload) in olds {
+                    let slot = EventSlot {
+                        user,
+                        device,
+                        device_seq: old,
+                    };
+                    let Ok(plaintext) = seal::open(&keys.data, &slot, &payload) else {
+                        unopenable.push(old);
+                        continue;
+                    };
+                    let new = state.outbox.reserve();
+                    let slot = EventSlot {
+                        device_seq: new,
+                        ..slot
+                    };
+                    match seal::seal(&keys.data, &slot, &plaintext, &mut OsRng) {
+                        Ok(sealed) => moves.push((old, new, sealed)),
+                        Err(_) => unopenable.push(old),
+                    }
+                }
+                state.outbox.reseal(&moves)?;
+                Ok::<_, StateError>((moves, unopenable))
+            })
+            .await??;
+        let (moves, unopenable) = moved;
+        for (old, new, payload) in moves {
+            tracing::info!(
+                old,
+                new,
+                "the relay holds another event under this device sequence; re-sealed under a new one"
+            );
+            if let Some(pending) = self.pending.remove(&old) {
+                let waiters = pending.waiters;
+                self.pending.insert(new, Pending { payload, waiters });
+                link.unsent.insert(new);
+            }
+        }
+        for old in unopenable {
+            self.finish_append(old, Err(ClientError::Conflict { device_seq: old }));
+        }
+        Ok(())
+    }
+
     /// An append is settled: answer its waiters and take it out of the outbox.
     pub(super) fn finish_append(&mut self, device_seq: u64, result: Result<u64, ClientError>) {
         let Some(pending) = self.pending.remove(&device_seq) else {
@@ -182,7 +264,7 @@ impl Driver {
                 // Nobody waits for it: tell the app through its event queue.
                 let _ = self.deliveries.try_send(Delivery {
                     seq: None,
-                    item: Err(error.clone()),
+                    item: Some(Err(error.clone())),
                 });
             }
         }

@@ -24,6 +24,18 @@ impl Driver {
                     event.seq, self.received
                 )));
             }
+            if event.device == self.device && !self.options.own_events {
+                // Acknowledged in its turn, not shown (Options::own_events).
+                let delivery = Delivery {
+                    seq: Some(event.seq),
+                    item: None,
+                };
+                match self.deliveries.try_send(delivery) {
+                    Ok(()) => self.received = event.seq,
+                    Err(_) => self.overflowed = true,
+                }
+                continue;
+            }
             let slot = EventSlot {
                 user: self.user,
                 device: event.device,
@@ -47,7 +59,7 @@ impl Driver {
             };
             let delivery = Delivery {
                 seq: Some(event.seq),
-                item,
+                item: Some(item),
             };
             match self.deliveries.try_send(delivery) {
                 Ok(()) => self.received = event.seq,

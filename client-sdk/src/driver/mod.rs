@@ -88,10 +88,11 @@ pub(crate) struct Enqueue {
 }
 
 /// One item for the app, with the stream sequence it acknowledges once the app is done.
+/// An item of `None` is acknowledged without being shown (this device's own events).
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub seq: Option<u64>,
-    pub item: Result<ClientEvent, ClientError>,
+    pub item: Option<Result<ClientEvent, ClientError>>,
 }
 
 /// What the handles and the driver share.
@@ -196,6 +197,8 @@ pub(crate) struct Driver {
     save_at: Option<Instant>,
     append_backoff: Backoff,
     ping_nonce: u64,
+    /// Appends the relay answered `Conflict`: to re-seal under new device sequences.
+    conflicted: Vec<u64>,
 }
 
 impl Driver {
@@ -241,6 +244,7 @@ impl Driver {
             done: Vec::new(),
             save_at: None,
             ping_nonce: 0,
+            conflicted: Vec::new(),
         }
     }
 
@@ -355,6 +359,13 @@ impl Driver {
             });
         }
 
+        // A restored or copied state folder may be behind what the relay holds from this
+        // device: number new appends past it.
+        if let Err(error) = self.advance_past(session.last_device_seq).await {
+            self.disconnect(link, &Ended::Failed(error.clone())).await;
+            return Ended::Failed(error);
+        }
+
         let ended = loop {
             tokio::select! {
                 frame = link.incoming.next() => {
@@ -364,6 +375,11 @@ impl Driver {
                     };
                     if let Err(ended) = result {
                         break ended;
+                    }
+                    if !self.conflicted.is_empty()
+                        && let Err(error) = self.reseal_conflicted(&mut link).await
+                    {
+                        break Ended::Failed(error);
                     }
                 }
                 command = self.commands.recv() => {
@@ -471,7 +487,7 @@ impl Driver {
                 if !self.overflowed {
                     let caught_up = Delivery {
                         seq: None,
-                        item: Ok(ClientEvent::CaughtUp { head }),
+                        item: Some(Ok(ClientEvent::CaughtUp { head })),
                     };
                     if self.deliveries.try_send(caught_up).is_err() {
                         // Not lost: the refetch after the app catches up says it again.

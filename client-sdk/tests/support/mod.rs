@@ -139,12 +139,14 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Short waits, so tests of reconnection are quick.
+/// Short waits, so tests of reconnection are quick. The suites check the whole log, so the
+/// app also sees its own events here; `hardening.rs` checks the default (hidden).
 pub fn fast() -> Options {
     Options::default()
         .backoff(Duration::from_millis(20), Duration::from_millis(300))
         .connect_timeout(Duration::from_secs(10))
         .ack_delay(Duration::from_millis(10))
+        .own_events(true)
 }
 
 /// The first device of a new user.
