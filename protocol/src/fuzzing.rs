@@ -2,14 +2,25 @@
 //! bytes and must never panic. They live here so the fuzzers exercise exactly the code
 //! production runs.
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use std::sync::OnceLock;
 
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{EphemeralSecret, PublicKey};
+
+use crate::channel::Encoded;
 use crate::handshake::{
-    ClientHandshake, ClientHello, ClientStart, Credentials, ServerHandshake,
-    ServerHandshakeMessage, SessionStart,
+    ClientHandshake, ClientHello, ClientStart, Credentials, HandshakeError, ServerHandshake,
+    ServerHandshakeMessage, ServerHello, ServerHelloBody, SessionEstablished, SessionStart, keys,
 };
-use crate::{ClientFrame, RelayKey, ServerFrame, codec};
+use crate::limits::MAX_DEVICE_NAME_LEN;
+use crate::pairing::{CODES_PER_SLOT, Inviter, Joiner, PairingCode};
+use crate::seal::DataKey;
+use crate::{
+    ChannelError, ClientChannel, ClientFrame, DeviceCertificate, DeviceKey, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, RelayKey, ServerChannel, ServerFrame, UserKey, codec,
+};
 
 /// Decodes `data` as every message type a peer accepts.
 pub fn decode_frames(data: &[u8]) {
@@ -81,4 +92,786 @@ pub fn channel_open(data: &[u8]) {
         let _ = client_channel.open(frame);
         rest = tail;
     }
+}
+
+/// Reads the fuzzer's bytes as a sequence of small decisions and chunks. Running out of input
+/// gives zeros and empty chunks, so every input is a complete scenario.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        for b in &mut bytes {
+            *b = self.byte();
+        }
+        u64::from_le_bytes(bytes)
+    }
+
+    /// A chunk prefixed by its length (two bytes, little-endian), cut to what is left.
+    fn chunk(&mut self) -> &'a [u8] {
+        let len = usize::from(self.u16()).min(self.0.len());
+        let (chunk, rest) = self.0.split_at(len);
+        self.0 = rest;
+        chunk
+    }
+}
+
+/// Randomness derived from the whole input: deterministic (a crash replays), yet different for
+/// every input, so a fuzzer can never replay a genuine message of one run into another run
+/// (which in a fixed-seed world would look like forging, and is not).
+fn rng_for(data: &[u8], party: u8) -> ChaCha20Rng {
+    let mut hash = Sha256::new();
+    hash.update([party]);
+    hash.update(data);
+    ChaCha20Rng::from_seed(hash.finalize().into())
+}
+
+/// The pairing code of every pairing run (the slot, 482, is public: the relay routes by it).
+const PAIRING_CODE: u32 = 482_913;
+
+fn pairing_code(n: u32) -> PairingCode {
+    match PairingCode::parse(&format!("{n:06}")) {
+        Ok(code) => code,
+        Err(_) => unreachable!("six digits always parse"),
+    }
+}
+
+/// Keys that do not depend on the input, made once.
+struct PairingWorld {
+    /// The inviter's user key and data key.
+    user: UserKey,
+    data: DataKey,
+    /// The honest joiner's new device.
+    joiner_device: DeviceKey,
+    /// What a relay in the middle uses for its own joiner and its own inviter.
+    relay_device: DeviceKey,
+    relay_user: UserKey,
+    relay_data: DataKey,
+}
+
+fn pairing_world() -> &'static PairingWorld {
+    static WORLD: OnceLock<PairingWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        PairingWorld {
+            user: UserKey::generate(&mut rng),
+            data: DataKey::generate(&mut rng),
+            joiner_device: DeviceKey::generate(&mut rng),
+            relay_device: DeviceKey::generate(&mut rng),
+            relay_user: UserKey::generate(&mut rng),
+            relay_data: DataKey::generate(&mut rng),
+        }
+    })
+}
+
+/// Runs a pairing between an honest inviter (code [`PAIRING_CODE`]) and an honest joiner
+/// (that code, or another one of the same slot) through a relay the fuzzer controls. At each
+/// of the four steps the relay delivers (choice byte % 3): 0 the genuine message, 1 a message
+/// of its own (it runs its own joiner and its own inviter with a guessed code of the slot), or
+/// 2 arbitrary bytes.
+///
+/// Panics if the inviter hands a grant to a device whose owner did not know the code, if the
+/// joiner accepts a grant from anyone who did not know the code it typed, or if an undisturbed
+/// pairing with the right code fails.
+///
+/// Input: `flags` (bit 0: the joiner typed a wrong code, then two bytes pick it; bit 1: the
+/// joiner's device name is a chunk), two bytes for the relay's guess, then per step a choice
+/// byte followed by a chunk when the choice is 2.
+pub fn pairing(data: &[u8]) {
+    let world = pairing_world();
+    let mut input = Input(data);
+    let slot_base = PAIRING_CODE - PAIRING_CODE % CODES_PER_SLOT;
+    let flags = input.byte();
+    let joiner_n = if flags & 1 == 0 {
+        PAIRING_CODE
+    } else {
+        slot_base + u32::from(input.u16()) % CODES_PER_SLOT
+    };
+    let guess_n = slot_base + u32::from(input.u16()) % CODES_PER_SLOT;
+    let name_bytes = if flags & 2 == 0 {
+        &b"tablet"[..]
+    } else {
+        input.chunk()
+    };
+    let name = String::from_utf8_lossy(name_bytes);
+    // Who knows which code: the honest joiner knows what it typed, the relay its guess.
+    let joiner_knows_code = joiner_n == PAIRING_CODE;
+    let relay_knows_code = guess_n == PAIRING_CODE;
+    let relay_knows_joiner_code = guess_n == joiner_n;
+
+    let inviter = Inviter::start(&pairing_code(PAIRING_CODE), &mut rng_for(data, 1));
+    let (joiner, joiner_hello) = Joiner::start(&pairing_code(joiner_n), &mut rng_for(data, 2));
+    let mut undisturbed = true;
+
+    // Step 1, to the inviter: the joiner's hello.
+    let mut relay_joiner = None;
+    let step1 = input.byte() % 3;
+    let inviter = match step1 {
+        0 => inviter.handle_joiner_hello(&joiner_hello),
+        1 => {
+            undisturbed = false;
+            let (own, hello) = Joiner::start(&pairing_code(guess_n), &mut rng_for(data, 3));
+            relay_joiner = Some(own);
+            inviter.handle_joiner_hello(&hello)
+        }
+        _ => {
+            undisturbed = false;
+            inviter.handle_joiner_hello(input.chunk())
+        }
+    }
+    .ok();
+
+    // Step 2, to the joiner: the inviter's hello. The relay's own inviter answers the
+    // joiner's genuine hello.
+    let inviter_hello = inviter.as_ref().map(|(_, hello)| hello.clone());
+    let mut relay_inviter = None;
+    let step2 = input.byte() % 3;
+    let body = match step2 {
+        0 => inviter_hello.clone(),
+        1 => {
+            undisturbed = false;
+            let own = Inviter::start(&pairing_code(guess_n), &mut rng_for(data, 4));
+            match own.handle_joiner_hello(&joiner_hello) {
+                Ok((own, hello)) => {
+                    relay_inviter = Some(own);
+                    Some(hello)
+                }
+                Err(e) => panic!("a genuine JoinerHello was refused: {e}"),
+            }
+        }
+        _ => {
+            undisturbed = false;
+            Some(input.chunk().to_vec())
+        }
+    };
+    let joiner = body.and_then(|body| {
+        joiner
+            .handle_inviter_hello(&body, &world.joiner_device, &name)
+            .ok()
+    });
+    if joiner.is_some() {
+        // The hello proves its sender shared this joiner's SPAKE2 run and knew its code.
+        let from_inviter = step2 == 0 && step1 == 0 && joiner_knows_code;
+        let from_relay = step2 == 1 && relay_knows_joiner_code;
+        assert!(
+            from_inviter || from_relay,
+            "the joiner accepted an InviterHello from someone who did not know its code"
+        );
+    }
+    if let (Some((inviter, _)), Some((joiner, _))) = (&inviter, &joiner)
+        && undisturbed
+    {
+        assert_eq!(inviter.confirmation(), joiner.confirmation());
+    }
+
+    // Step 3, to the inviter: the joiner's request. The relay's own joiner answers the
+    // inviter's genuine hello; the relay's own inviter reads the joiner's request.
+    let joiner_request = joiner.as_ref().map(|(_, request)| request.clone());
+    let relay_grant = match (relay_inviter, &joiner_request) {
+        (Some(own), Some(request)) => own
+            .handle_joiner_request(request, &world.relay_user, &world.relay_data, 1_700_000_000)
+            .ok()
+            .map(|(_, grant)| grant),
+        _ => None,
+    };
+    let body = match input.byte() % 3 {
+        0 => joiner_request,
+        1 => {
+            undisturbed = false;
+            match (relay_joiner, &inviter_hello) {
+                (Some(own), Some(hello)) => own
+                    .handle_inviter_hello(hello, &world.relay_device, "relay")
+                    .ok()
+                    .map(|(_, request)| request),
+                _ => None,
+            }
+        }
+        _ => {
+            undisturbed = false;
+            Some(input.chunk().to_vec())
+        }
+    };
+    let grant = match (inviter, body) {
+        (Some((inviter, _)), Some(body)) => {
+            match inviter.handle_joiner_request(&body, &world.user, &world.data, 1_700_000_000) {
+                Ok((admitted, grant)) => {
+                    let honest = admitted.device == world.joiner_device.id() && joiner_knows_code;
+                    let guessed = admitted.device == world.relay_device.id() && relay_knows_code;
+                    assert!(
+                        honest || guessed,
+                        "the inviter admitted {} without proof of the code",
+                        admitted.device
+                    );
+                    assert_eq!(admitted.certificate.device, admitted.device);
+                    assert_eq!(admitted.certificate.user, world.user.id());
+                    assert!(admitted.certificate.verify().is_ok());
+                    Some(grant)
+                }
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+
+    // Step 4, to the joiner: the grant.
+    let body = match input.byte() % 3 {
+        0 => grant,
+        1 => {
+            undisturbed = false;
+            relay_grant
+        }
+        _ => {
+            undisturbed = false;
+            Some(input.chunk().to_vec())
+        }
+    };
+    let paired = match (joiner, body) {
+        (Some((joiner, _)), Some(body)) => joiner.handle_grant(&body).ok(),
+        _ => None,
+    };
+    if let Some(grant) = &paired {
+        let from_inviter = grant.user_key.id() == world.user.id()
+            && grant.data_key.bytes() == world.data.bytes()
+            && joiner_knows_code;
+        let from_relay = grant.user_key.id() == world.relay_user.id()
+            && grant.data_key.bytes() == world.relay_data.bytes()
+            && relay_knows_joiner_code;
+        assert!(
+            from_inviter || from_relay,
+            "the joiner accepted a grant from someone who did not know its code"
+        );
+        assert_eq!(grant.certificate.device, world.joiner_device.id());
+        assert!(grant.certificate.verify().is_ok());
+    }
+    if undisturbed && joiner_knows_code && name.len() <= MAX_DEVICE_NAME_LEN {
+        assert!(
+            paired.is_some(),
+            "an undisturbed pairing with the right code failed"
+        );
+    }
+}
+
+/// Keys that do not depend on the input, made once.
+struct ClientWorld {
+    relay: RelayKey,
+    other_relay: RelayKey,
+    device: DeviceKey,
+    certificate: DeviceCertificate,
+}
+
+fn client_world() -> &'static ClientWorld {
+    static WORLD: OnceLock<ClientWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let relay = RelayKey::generate(&mut rng);
+        let other_relay = RelayKey::generate(&mut rng);
+        let user = UserKey::generate(&mut rng);
+        let device = DeviceKey::generate(&mut rng);
+        let certificate = match DeviceCertificate::issue(&user, device.id(), "laptop", 1) {
+            Ok(certificate) => certificate,
+            Err(e) => unreachable!("a short name is certified: {e}"),
+        };
+        ClientWorld {
+            relay,
+            other_relay,
+            device,
+            certificate,
+        }
+    })
+}
+
+/// The relay signature an honest relay would put on `body` after `client_hello`.
+fn sign_server_hello(relay: &RelayKey, client_hello: &[u8], body: Vec<u8>) -> Vec<u8> {
+    let transcript = keys::transcript_hash(client_hello, &body);
+    let signature = relay.sign(keys::SERVER_SIGNATURE_LABEL, &transcript);
+    codec::encode(&ServerHandshakeMessage::Hello(ServerHello {
+        body,
+        signature,
+    }))
+}
+
+/// Drives the client side of the handshake, and then the client's receive half, with a relay
+/// the fuzzer controls. `flags` (first byte): bit 0 device credentials (else anonymous),
+/// bit 1 a resume cursor (8 bytes follow), bits 2–3 the mode:
+/// - 0: a chunk as the `ServerHello` (must be refused: nothing in it is signed for this run);
+/// - 1: a chunk as the `ServerHelloBody`, correctly signed by the pinned relay key, so body
+///   decoding, the relay key check, the version check and the low-order key check are
+///   reached;
+/// - 2: a relay emulated here (same key schedule) with a chosen version (bit 4), the wrong
+///   relay key (bit 5), a signature by another key (bit 6) or a flipped signature byte
+///   (bit 7); then `head`, `acked` and `last_device_seq` (8 bytes each) and a `SessionStart`
+///   (a choice byte: 0 genuine, 1 wrong session id, 2 a chunk sealed as its plaintext, 3 a
+///   chunk as its ciphertext), then server frames;
+/// - 3: the real relay code (`ServerHandshake`), then `head` and `acked` (8 bytes each) and a
+///   genuine or arbitrary (choice byte bit 0: a chunk) `SessionStart`, then server frames.
+///
+/// Server frames are a sequence of a choice byte and a chunk (see [`client_frames`]).
+pub fn client_handshake(data: &[u8]) {
+    let world = client_world();
+    let mut rng = rng_for(data, 0);
+    let mut input = Input(data);
+    let flags = input.byte();
+    let resume = (flags & 2 != 0).then(|| input.u64());
+    let device = flags & 1 != 0;
+    let credentials = || {
+        if device {
+            Credentials::Device {
+                key: &world.device,
+                certificate: world.certificate.clone(),
+                resume,
+            }
+        } else {
+            Credentials::Anonymous
+        }
+    };
+    let (client, hello) = ClientHandshake::start(world.relay.id(), &mut rng);
+
+    match (flags >> 2) & 3 {
+        0 => {
+            let result = client.handle_server_hello(input.chunk(), credentials());
+            assert!(result.is_err(), "an unsigned ServerHello was accepted");
+        }
+        1 => {
+            let body = input.chunk();
+            let wire = sign_server_hello(&world.relay, &hello, body.to_vec());
+            let result = client.handle_server_hello(&wire, credentials());
+            let decoded = codec::decode::<ServerHelloBody>(body);
+            match &result {
+                Ok(_) => {
+                    let Ok(decoded) = decoded else {
+                        panic!("an undecodable ServerHelloBody was accepted")
+                    };
+                    assert_eq!(decoded.relay, world.relay.id());
+                    assert!((MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&decoded.version));
+                }
+                Err(HandshakeError::BadRelaySignature) => {
+                    panic!("a genuine relay signature was refused")
+                }
+                Err(_) => {}
+            }
+        }
+        2 => {
+            let version = if flags & 0x10 != 0 {
+                input.u16()
+            } else {
+                PROTOCOL_VERSION
+            };
+            let relay_id = if flags & 0x20 != 0 {
+                world.other_relay.id()
+            } else {
+                world.relay.id()
+            };
+            let signer = if flags & 0x40 != 0 {
+                &world.other_relay
+            } else {
+                &world.relay
+            };
+            let flip = (flags & 0x80 != 0).then(|| input.byte());
+            let secret = EphemeralSecret::random_from_rng(&mut rng);
+            let mut nonce = [0u8; 32];
+            rng.fill_bytes(&mut nonce);
+            let body = codec::encode(&ServerHelloBody {
+                version,
+                ephemeral: PublicKey::from(&secret).to_bytes(),
+                nonce,
+                relay: relay_id,
+            });
+            let transcript = keys::transcript_hash(&hello, &body);
+            let mut signature = signer.sign(keys::SERVER_SIGNATURE_LABEL, &transcript);
+            if let Some(at) = flip {
+                signature[usize::from(at % 64)] ^= 1 << (at / 64 + 1);
+            }
+            let wire = codec::encode(&ServerHandshakeMessage::Hello(ServerHello {
+                body,
+                signature,
+            }));
+            let honest = relay_id == world.relay.id()
+                && flags & 0x40 == 0
+                && flip.is_none()
+                && (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version);
+            let result = client.handle_server_hello(&wire, credentials());
+            let Ok((client, start)) = result else {
+                assert!(!honest, "an honest ServerHello was refused: {result:?}");
+                return;
+            };
+            assert!(honest, "a dishonest ServerHello was accepted");
+
+            // The relay's side of the key schedule, as `ServerHandshake` does it.
+            let Ok(client_hello) = codec::decode::<ClientHello>(&hello) else {
+                panic!("the client's own ClientHello does not decode")
+            };
+            let shared = secret.diffie_hellman(&PublicKey::from(client_hello.ephemeral));
+            let session = keys::derive(shared.as_bytes(), &transcript);
+            let mut server =
+                ServerChannel::new(&session.server_to_client, &session.client_to_server);
+            match server.open_value::<ClientStart>(&start) {
+                Ok(ClientStart::Anonymous) => assert!(!device),
+                Ok(ClientStart::Auth(auth)) => {
+                    assert!(device);
+                    assert!(
+                        world
+                            .device
+                            .id()
+                            .verify(
+                                keys::CLIENT_SIGNATURE_LABEL,
+                                &keys::client_signed_message(&transcript, &auth.body),
+                                &auth.signature,
+                            )
+                            .is_ok()
+                    );
+                }
+                Err(e) => panic!("the client's ClientStart does not open: {e}"),
+            }
+
+            let head = input.u64();
+            let acked = input.u64();
+            let last_device_seq = input.u64();
+            let choice = input.byte() % 4;
+            let established = SessionStart::Established(SessionEstablished {
+                session_id: session.session_id,
+                version,
+                head,
+                acked,
+                last_device_seq,
+            });
+            let (wire, expect) = match choice {
+                0 => (server.seal_value(&established), Some(established)),
+                1 => {
+                    let mut session_id = session.session_id;
+                    session_id[usize::from(head as u8 % 16)] ^= 1;
+                    let wrong = SessionStart::Established(SessionEstablished {
+                        session_id,
+                        version,
+                        head,
+                        acked,
+                        last_device_seq,
+                    });
+                    (server.seal_value(&wrong), None)
+                }
+                2 => {
+                    let plain = input.chunk();
+                    let wire = server.seal_encoded(&Encoded::from_raw(plain.to_vec()));
+                    let expect = codec::decode::<SessionStart>(plain)
+                        .ok()
+                        .filter(|s| *s == established);
+                    (wire, expect)
+                }
+                _ => (Ok(input.chunk().to_vec()), None),
+            };
+            let Ok(wire) = wire else {
+                panic!("a SessionStart could not be sealed")
+            };
+            match client.handle_session(&wire) {
+                Ok((opened, channel)) => {
+                    assert!(expect.is_some(), "a bad SessionStart was accepted");
+                    assert_eq!(opened.session_id, session.session_id);
+                    assert_eq!(
+                        (opened.version, opened.head, opened.acked),
+                        (version, head, acked)
+                    );
+                    client_frames(&mut server, channel, &mut input);
+                }
+                Err(e) => assert!(expect.is_none(), "a genuine SessionStart was refused: {e}"),
+            }
+        }
+        _ => {
+            let Ok((server, server_hello)) =
+                ServerHandshake::handle_client_hello(&world.relay, &hello, &mut rng)
+            else {
+                panic!("the relay refused a genuine ClientHello")
+            };
+            let (client, start) = match client.handle_server_hello(&server_hello, credentials()) {
+                Ok(next) => next,
+                Err(e) => panic!("the client refused a genuine ServerHello: {e}"),
+            };
+            let pending = match server.handle_client_start(&start) {
+                Ok(pending) => pending,
+                Err(failure) => panic!("the relay refused a genuine ClientStart: {failure:?}"),
+            };
+            assert_eq!(pending.auth().is_some(), device);
+            let head = input.u64();
+            let acked = input.u64();
+            let (mut server, established) = pending.accept(head, acked);
+            let genuine = input.byte() & 1 == 0;
+            let wire = if genuine {
+                established
+            } else {
+                input.chunk().to_vec()
+            };
+            match client.handle_session(&wire) {
+                Ok((session, channel)) => {
+                    assert!(genuine, "an arbitrary SessionStart ciphertext was accepted");
+                    assert_eq!((session.head, session.acked), (head, acked));
+                    client_frames(&mut server, channel, &mut input);
+                }
+                Err(e) => assert!(!genuine, "a genuine SessionStart was refused: {e}"),
+            }
+        }
+    }
+}
+
+/// Feeds the client's receive half a sequence of frames: a choice byte and a chunk each.
+/// Choice % 4: 0 the chunk sealed by the relay as a frame's plaintext (so the decoding of
+/// every `ServerFrame` is reached through the channel); 1 the chunk as ciphertext; 2 the chunk
+/// sealed after a frame the relay sealed but that never arrived; 3 the previous ciphertext
+/// again. A frame must open exactly when it is the next one sealed and nothing failed before,
+/// and then decode as its plaintext does; after a failure everything is refused.
+fn client_frames(server: &mut ServerChannel, client: ClientChannel, input: &mut Input<'_>) {
+    let (_send, mut receive) = client.split();
+    let mut failed = false;
+    let mut last: Option<Vec<u8>> = None;
+    while !input.is_empty() {
+        let choice = input.byte() % 4;
+        let chunk = input.chunk();
+        let (wire, expect) = match choice {
+            0 => match server.seal_encoded(&Encoded::from_raw(chunk.to_vec())) {
+                Ok(wire) => (wire, Some(codec::decode::<ServerFrame>(chunk))),
+                Err(e) => panic!("the relay could not seal a {}-byte frame: {e}", chunk.len()),
+            },
+            1 => (chunk.to_vec(), None),
+            2 => {
+                if server.seal(&ServerFrame::Ping { nonce: 0 }).is_err() {
+                    panic!("the relay could not seal a Ping");
+                }
+                match server.seal_encoded(&Encoded::from_raw(chunk.to_vec())) {
+                    Ok(wire) => (wire, None),
+                    Err(e) => panic!("the relay could not seal a frame: {e}"),
+                }
+            }
+            _ => (last.clone().unwrap_or_else(|| chunk.to_vec()), None),
+        };
+        let got = receive.open(&wire);
+        if failed {
+            assert_eq!(
+                got,
+                Err(ChannelError::Closed),
+                "a frame opened after a failure"
+            );
+        } else {
+            match expect {
+                Some(Ok(frame)) => assert_eq!(got, Ok(frame)),
+                Some(Err(e)) => assert_eq!(got, Err(ChannelError::Decode(e))),
+                None => assert!(got.is_err(), "a frame that was not sealed next opened"),
+            }
+        }
+        failed |= got.is_err();
+        last = Some(wire);
+    }
+}
+
+/// A few well-formed inputs for the `pairing` and `client_handshake` targets, as
+/// `(target, input)` pairs: every pairing path (genuine, relay in the middle, wrong code,
+/// relay that guessed the code, genuine-shaped messages as arbitrary bytes) and every
+/// handshake mode with one of each common `ServerFrame` after it. `fuzz/examples/seeds.rs`
+/// writes them into `fuzz/corpus/`.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn chunk(out: &mut Vec<u8>, bytes: &[u8]) {
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&bytes[..usize::from(len)]);
+    }
+    use crate::pairing::PairingMessage;
+    let mut seeds = Vec::new();
+
+    // Pairing. The code's last three digits are 913: a guess of 913 is right.
+    let right_guess = (PAIRING_CODE % CODES_PER_SLOT) as u16;
+    let right = right_guess.to_le_bytes();
+    let wrong = 17u16.to_le_bytes();
+    for steps in [[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]] {
+        for guess in [wrong, right] {
+            let mut input = vec![0, guess[0], guess[1]];
+            input.extend_from_slice(&steps);
+            seeds.push(("pairing", input));
+        }
+    }
+    // The joiner typed 482 017; the relay guessed that.
+    seeds.push((
+        "pairing",
+        vec![1, wrong[0], wrong[1], wrong[0], wrong[1], 0, 1, 0, 1],
+    ));
+    // A device name of 65 bytes (one too long).
+    let mut input = vec![2, wrong[0], wrong[1]];
+    chunk(&mut input, &[b'n'; 65]);
+    input.extend_from_slice(&[0, 0, 0, 0]);
+    seeds.push(("pairing", input));
+    // Genuine-shaped messages as arbitrary bytes, one step at a time.
+    let shaped = [
+        PairingMessage::JoinerHello {
+            pake: vec![0x42; 33],
+        },
+        PairingMessage::InviterHello {
+            pake: vec![0x41; 33],
+            confirm: [7; 32],
+        },
+        PairingMessage::JoinerRequest {
+            confirm: [7; 32],
+            sealed: vec![9; 16 + 32 + 1 + 6],
+        },
+        PairingMessage::InviterGrant {
+            sealed: vec![9; 200],
+        },
+    ];
+    for (step, message) in shaped.iter().enumerate() {
+        let mut input = vec![0, wrong[0], wrong[1]];
+        input.extend(std::iter::repeat_n(0, step));
+        input.push(2);
+        chunk(&mut input, &codec::encode(message));
+        input.extend(std::iter::repeat_n(0, 3 - step));
+        seeds.push(("pairing", input));
+    }
+
+    // Client handshake.
+    let world = client_world();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let user = UserKey::generate(&mut rng);
+    let device = DeviceKey::generate(&mut rng);
+    let certificate = DeviceCertificate::issue(&user, device.id(), "phone", 1_700_000_000).ok();
+    let payload = crate::SealedPayload(vec![1; 41]);
+    let mut frames = vec![
+        ServerFrame::Appended {
+            device_seq: 1,
+            seq: 2,
+        },
+        ServerFrame::Events(vec![crate::Event {
+            seq: 2,
+            device: device.id(),
+            device_seq: 1,
+            payload,
+        }]),
+        ServerFrame::CaughtUp { head: 2 },
+        ServerFrame::ResyncRequired { earliest: 3 },
+        ServerFrame::Ephemeral {
+            from: device.id(),
+            body: vec![5; 10],
+        },
+        ServerFrame::Error(crate::ErrorFrame::new(crate::ErrorCode::Conflict).for_append(1)),
+        ServerFrame::Ping { nonce: 9 },
+        ServerFrame::DeviceRevoked {
+            device: device.id(),
+        },
+        ServerFrame::PairOpened {
+            slot: 482,
+            expires_at: 1_700_000_600,
+        },
+        ServerFrame::PairPeer {
+            slot: 482,
+            body: vec![3; 40],
+        },
+        ServerFrame::PairClosed {
+            slot: 482,
+            code: Some(crate::ErrorCode::PairingFailed),
+        },
+    ];
+    if let Some(certificate) = certificate {
+        frames.push(ServerFrame::Devices(vec![crate::DeviceInfo {
+            certificate,
+            last_seen: 1_700_000_000,
+            revoked: false,
+        }]));
+    }
+    let mut frame_bytes = Vec::new();
+    for frame in &frames {
+        frame_bytes.push(0);
+        chunk(&mut frame_bytes, &codec::encode(frame));
+    }
+    // A replay, a dropped frame and a forged frame, each after one good frame.
+    let mut broken = Vec::new();
+    for choice in [3u8, 2, 1] {
+        let mut bytes = vec![0];
+        chunk(&mut bytes, &codec::encode(&frames[0]));
+        bytes.push(choice);
+        chunk(&mut bytes, &[0x55; 24]);
+        broken.push(bytes);
+    }
+    let cursors = [
+        7u8, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    // Mode 3 (the real relay), anonymous and device with a resume cursor.
+    for flags in [0b1100u8, 0b1111] {
+        let mut input = vec![flags];
+        if flags & 2 != 0 {
+            input.extend_from_slice(&4u64.to_le_bytes());
+        }
+        input.extend_from_slice(&cursors[..16]);
+        input.push(0);
+        input.extend_from_slice(&frame_bytes);
+        seeds.push(("client_handshake", input));
+    }
+    for tail in &broken {
+        let mut input = vec![0b1100];
+        input.extend_from_slice(&cursors[..16]);
+        input.push(0);
+        input.extend_from_slice(tail);
+        seeds.push(("client_handshake", input));
+    }
+    // Mode 2 (the emulated relay): honest, then each SessionStart choice, then the dishonest
+    // variants.
+    for choice in 0..4u8 {
+        let mut input = vec![0b1000];
+        input.extend_from_slice(&cursors);
+        input.push(choice);
+        if choice >= 2 {
+            let established =
+                SessionStart::Rejected(crate::ErrorFrame::new(crate::ErrorCode::HandshakeFailed));
+            chunk(&mut input, &codec::encode(&established));
+        }
+        input.extend_from_slice(&frame_bytes);
+        seeds.push(("client_handshake", input));
+    }
+    for flags in [0b1_1000u8, 0b10_1000, 0b100_1000, 0b1000_1000] {
+        let mut input = vec![flags];
+        if flags & 0x10 != 0 {
+            input.extend_from_slice(&2u16.to_le_bytes());
+        }
+        if flags & 0x80 != 0 {
+            input.push(70);
+        }
+        input.extend_from_slice(&cursors);
+        input.push(0);
+        seeds.push(("client_handshake", input));
+    }
+    // Mode 1: a well-formed body for the pinned relay (X25519's base point as the key).
+    let mut basepoint = [0u8; 32];
+    basepoint[0] = 9;
+    for (version, ephemeral) in [(1u16, basepoint), (1, [0; 32]), (2, basepoint)] {
+        let mut input = vec![0b0100];
+        chunk(
+            &mut input,
+            &codec::encode(&ServerHelloBody {
+                version,
+                ephemeral,
+                nonce: [1; 32],
+                relay: world.relay.id(),
+            }),
+        );
+        seeds.push(("client_handshake", input));
+    }
+    // Mode 0: a plaintext refusal.
+    let mut input = vec![0];
+    chunk(
+        &mut input,
+        &codec::encode(&ServerHandshakeMessage::Reject(crate::ErrorFrame::new(
+            crate::ErrorCode::UnsupportedVersion,
+        ))),
+    );
+    seeds.push(("client_handshake", input));
+    seeds
 }

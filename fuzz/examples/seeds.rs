@@ -1,0 +1,56 @@
+//! Writes a small seed corpus into `fuzz/corpus/<target>/seed-<n>` (not committed):
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds`.
+//!
+//! The protocol seeds come from `ferry_protocol::fuzzing::seeds`. The outbox journal seeds
+//! are written here, in the journal's record format (`u32` LE body length, body, first 8
+//! bytes of the body's SHA-256; a body is `1 ‖ seq (u64 LE) ‖ payload` for an entry and
+//! `2 ‖ seq` for a "done" record): without them a fuzzer would almost never pass the check.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+fn record(out: &mut Vec<u8>, kind: u8, seq: u64, payload: &[u8]) {
+    let mut body = vec![kind];
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(payload);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&Sha256::digest(&body)[..8]);
+}
+
+fn journals() -> Vec<Vec<u8>> {
+    let mut two = Vec::new();
+    record(&mut two, 1, 1, &[0xAA; 20]);
+    record(&mut two, 1, 2, &[0xBB; 3]);
+    let mut done = two.clone();
+    record(&mut done, 2, 1, &[]);
+    let mut torn = done.clone();
+    torn.extend_from_slice(&two[..10]);
+    // A damaged record with a valid one after it.
+    let mut damaged = two.clone();
+    damaged[8] ^= 1;
+    let mut bad_kind = Vec::new();
+    record(&mut bad_kind, 3, 4, &[]);
+    record(&mut bad_kind, 2, 5, &[1]);
+    record(&mut bad_kind, 1, 6, &[]);
+    vec![two, done, torn, damaged, bad_kind]
+}
+
+fn main() -> std::io::Result<()> {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let mut seeds = ferry_protocol::fuzzing::seeds();
+    seeds.extend(journals().into_iter().map(|j| ("outbox_journal", j)));
+    let mut counts = std::collections::BTreeMap::new();
+    for (target, input) in seeds {
+        let n = counts.entry(target).or_insert(0usize);
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("seed-{n}")), input)?;
+        *n += 1;
+    }
+    for (target, n) in counts {
+        println!("{target}: {n} seeds");
+    }
+    Ok(())
+}
