@@ -56,6 +56,8 @@ pub enum ErrorCode {
     TooManyConnections,
     /// 403: the device did not read its frames fast enough.
     SlowConsumer,
+    /// 404: another session of the same device connected to this relay node.
+    SessionReplaced,
     /// 500: no pairing slot is open for this code.
     PairingUnknownCode,
     /// 501: the pairing code has expired.
@@ -80,7 +82,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -101,6 +103,7 @@ impl ErrorCode {
         Self::TooManyDevices,
         Self::TooManyConnections,
         Self::SlowConsumer,
+        Self::SessionReplaced,
         Self::PairingUnknownCode,
         Self::PairingExpired,
         Self::PairingCodeUsed,
@@ -133,6 +136,7 @@ impl ErrorCode {
             Self::TooManyDevices => 401,
             Self::TooManyConnections => 402,
             Self::SlowConsumer => 403,
+            Self::SessionReplaced => 404,
             Self::PairingUnknownCode => 500,
             Self::PairingExpired => 501,
             Self::PairingCodeUsed => 502,
@@ -167,6 +171,7 @@ impl ErrorCode {
             Self::TooManyDevices => "too_many_devices",
             Self::TooManyConnections => "too_many_connections",
             Self::SlowConsumer => "slow_consumer",
+            Self::SessionReplaced => "session_replaced",
             Self::PairingUnknownCode => "pairing_unknown_code",
             Self::PairingExpired => "pairing_expired",
             Self::PairingCodeUsed => "pairing_code_used",
@@ -238,6 +243,9 @@ impl ErrorCode {
             }
             Self::SlowConsumer => {
                 "The device did not read its frames fast enough and was disconnected; reconnect to resume from the cursor."
+            }
+            Self::SessionReplaced => {
+                "Another session of this device connected, and a device has one session at a time; this one is closed. Never run two copies of one device's state folder."
             }
             Self::PairingUnknownCode => {
                 "No pairing is waiting for this code; check the code shown on the other device."

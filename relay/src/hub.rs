@@ -19,7 +19,7 @@
 //!   before replaying, even when another session of the user asked for it first.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -42,6 +42,9 @@ pub const BUS_INLINE_BYTES: usize = 64 * 1024;
 /// wake-ups are dropped (and counted): remote sessions then catch up on their next wake-up
 /// or safety poll, since the log is the truth.
 pub const PUBLISH_QUEUE: usize = 65_536;
+/// Bytes of bus messages waiting to be published; beyond it new ones are dropped (and
+/// counted), as when the queue is full: ephemerals and wake-ups are hints, the log is the truth.
+pub const PUBLISH_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Publishes in flight at once.
 const PUBLISH_CONCURRENCY: usize = 64;
 
@@ -152,6 +155,8 @@ pub struct Hub {
     bus_up: AtomicBool,
     publish_queue: mpsc::Sender<(UserId, Bytes)>,
     publish_rx: Mutex<Option<mpsc::Receiver<(UserId, Bytes)>>>,
+    /// Bytes waiting in `publish_queue` (bounded by [`PUBLISH_QUEUE_BYTES`]).
+    publish_bytes: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -180,6 +185,7 @@ impl Hub {
             bus_up: AtomicBool::new(up),
             publish_queue,
             publish_rx: Mutex::new(Some(publish_rx)),
+            publish_bytes: Arc::new(AtomicUsize::new(0)),
             metrics,
         })
     }
@@ -189,9 +195,11 @@ impl Hub {
     pub fn start(self: &Arc<Self>, mut messages: mpsc::Receiver<(UserId, Bytes)>) {
         if let Some(mut queue) = lock(&self.publish_rx).take() {
             let bus = Arc::clone(&self.bus);
+            let queued_bytes = Arc::clone(&self.publish_bytes);
             tokio::spawn(async move {
                 let limit = Arc::new(tokio::sync::Semaphore::new(PUBLISH_CONCURRENCY));
                 while let Some((user, bytes)) = queue.recv().await {
+                    queued_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
                     let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                         break;
                     };
@@ -251,10 +259,16 @@ impl Hub {
             direct: direct_tx,
             close: watch::Sender::new(None),
         });
-        lock(&self.users)
-            .entry(user)
-            .or_default()
-            .push(Arc::clone(&peer));
+        {
+            // One session per device on this node: the newest wins (a reconnect whose old
+            // connection the relay has not noticed yet), and the old one is told why.
+            let mut users = lock(&self.users);
+            let peers = users.entry(user).or_default();
+            for old in peers.iter().filter(|p| p.device == device) {
+                old.close.send_replace(Some(ErrorCode::SessionReplaced));
+            }
+            peers.push(Arc::clone(&peer));
+        }
         // Every session subscribes, not only the user's first on this node: `subscribe` returns
         // once the subscription is in effect, and a session that skipped it could replay while
         // the first session's SUBSCRIBE is still on its way and miss the wake-ups in between.
@@ -450,11 +464,12 @@ impl Hub {
     }
 
     fn enqueue_publish(&self, user: UserId, message: &BusMessage) {
-        if self
-            .publish_queue
-            .try_send((user, Bytes::from(codec::encode(message))))
-            .is_err()
+        let bytes = Bytes::from(codec::encode(message));
+        let len = bytes.len();
+        let queued = self.publish_bytes.fetch_add(len, Ordering::AcqRel);
+        if queued + len > PUBLISH_QUEUE_BYTES || self.publish_queue.try_send((user, bytes)).is_err()
         {
+            self.publish_bytes.fetch_sub(len, Ordering::AcqRel);
             self.metrics.bus_dropped.inc();
         }
     }

@@ -54,6 +54,8 @@ const CONTROL_QUEUE: usize = 256;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Appends awaiting their commit per session; beyond this the reader waits.
 const MAX_IN_FLIGHT: usize = 1024;
+/// How often an `Ack` held back by the ack rate limit is written at the latest.
+const ACK_FLUSH: Duration = Duration::from_secs(1);
 
 enum Control {
     /// A frame to send as is.
@@ -106,6 +108,7 @@ pub(super) async fn run<S>(
         peer: Arc::clone(&membership.peer),
         control,
         order: AppendOrder::new(),
+        unwritten_ack: 0,
     };
     if !reader.run(&mut writer_task).await {
         let _ = writer_task.await;
@@ -124,6 +127,8 @@ struct Reader<S> {
     peer: Arc<Peer>,
     control: mpsc::Sender<Control>,
     order: Arc<AppendOrder>,
+    /// The highest `Ack` received and not written yet (0: none), see `ClientFrame::Ack`.
+    unwritten_ack: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
@@ -132,13 +137,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
     async fn run(mut self, writer: &mut JoinHandle<()>) -> bool {
         let mut shutdown = self.ctx.shutdown.clone();
         let idle = self.ctx.config.limits.idle_timeout();
+        let mut ack_flush = tokio::time::interval(ACK_FLUSH);
+        ack_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_frame = tokio::time::Instant::now();
         let close = loop {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => break Close::going_away(),
-                _ = &mut *writer => return true,
-                message = tokio::time::timeout(idle, self.stream.next()) => message,
+                _ = &mut *writer => None,
+                _ = ack_flush.tick(), if self.unwritten_ack > 0 => Some(None),
+                message = tokio::time::timeout_at(last_frame + idle, self.stream.next()) => {
+                    Some(Some(message))
+                }
             };
+            let message = match message {
+                None => {
+                    let _ = self.write_ack().await;
+                    return true;
+                }
+                Some(None) => {
+                    if let Err(close) = self.write_ack().await {
+                        break close;
+                    }
+                    continue;
+                }
+                Some(Some(message)) => message,
+            };
+            last_frame = tokio::time::Instant::now();
             let bytes = match message {
                 Err(_) => {
                     break Close {
@@ -147,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     };
                 }
                 Ok(None | Some(Ok(Message::Close(_)))) => {
+                    let _ = self.write_ack().await;
                     self.end_quietly().await;
                     return false;
                 }
@@ -168,6 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 break close;
             }
         };
+        let _ = self.write_ack().await;
         let _ = self.control.send(Control::End(close)).await;
         self.drain().await;
         false
@@ -237,15 +264,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 }
             }
             ClientFrame::Ack { seq } => {
-                match self.ctx.store.set_ack(self.user, self.device, seq).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => self.storage_error(e).await,
+                // Each write is durable (an fsync on SQLite): beyond the rate, acks are merged
+                // into the next one written (or the one-second flush), never lost.
+                self.unwritten_ack = self.unwritten_ack.max(seq);
+                if self.ctx.ack_limiter.try_take(&self.device, Instant::now()) {
+                    self.write_ack().await
+                } else {
+                    Ok(())
                 }
             }
             ClientFrame::Ephemeral { body } => {
-                self.ctx
-                    .hub
-                    .ephemeral(self.user, self.device, &self.peer, body);
+                if self
+                    .ctx
+                    .ephemeral_limiter
+                    .try_take(&self.device, Instant::now())
+                {
+                    self.ctx
+                        .hub
+                        .ephemeral(self.user, self.device, &self.peer, body);
+                } else {
+                    // Best effort by definition: dropped, and counted.
+                    self.ctx.metrics.error(ErrorCode::RateLimited);
+                }
                 Ok(())
             }
             ClientFrame::Ping { nonce } => {
@@ -318,6 +358,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             .send(control)
             .await
             .map_err(|_| Close::new(ErrorCode::Unavailable))
+    }
+
+    /// Writes the highest `Ack` not written yet.
+    async fn write_ack(&mut self) -> Result<(), Close> {
+        let seq = std::mem::take(&mut self.unwritten_ack);
+        if seq == 0 {
+            return Ok(());
+        }
+        match self.ctx.store.set_ack(self.user, self.device, seq).await {
+            Ok(_) => Ok(()),
+            Err(e) => self.storage_error(e).await,
+        }
     }
 
     /// Refuses an append; the answer goes out after the answers to earlier appends.
@@ -407,7 +459,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         if !bounds.covers(self.delivered) {
             return self.resync(bounds.earliest).await;
         }
-        self.deliver_from_log(true).await?;
+        {
+            // Replays read pages from the database and hold them while the device reads:
+            // only so many at once per node, the rest wait their turn.
+            let ctx = Arc::clone(&self.ctx);
+            let _turn = ctx
+                .replays
+                .acquire()
+                .await
+                .map_err(|_| Close::going_away())?;
+            self.deliver_from_log(true).await?;
+        }
         self.send_frame(&ServerFrame::CaughtUp {
             head: self.delivered,
         })
@@ -543,11 +605,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     /// (never skips) when the log no longer continues right after `delivered`.
     async fn deliver_from_log(&mut self, replay: bool) -> Result<(), Close> {
         let page = self.ctx.config.log.replay_page.max(1) as usize;
+        let page_bytes = self.ctx.config.log.replay_page_bytes;
         loop {
             let events = self
                 .ctx
                 .store
-                .read_events(self.user, self.delivered, page)
+                .read_page(self.user, self.delivered, page, page_bytes)
                 .await
                 .map_err(storage_close)?;
             let Some(last) = events.last().map(|e| e.seq) else {
@@ -564,10 +627,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 tracing::info!(user = %self.user, delivered = self.delivered, next = events[0].seq, "events trimmed under an open session; asking the device to resync");
                 return Err(self.resync(bounds.earliest).await?);
             }
-            let full = events.len() == page;
+            // A page cut short by its byte budget is followed by more: read until one comes
+            // back short of both budgets (at worst one empty read).
+            let bytes: usize = events.iter().map(|e| e.payload.0.len()).sum();
+            let more = events.len() == page || bytes.saturating_mul(2) >= page_bytes;
             self.delivered = last;
             self.send_events(events, replay).await?;
-            if !full {
+            if !more {
                 return Ok(());
             }
         }

@@ -13,7 +13,8 @@
 //! - [`FaultyStore::delay_batches`]: every batch takes at least this long;
 //! - [`FaultyStore::pause_reads_after`]: after `n` more event reads, reads wait until
 //!   [`FaultyStore::resume_reads`] (to act between two pages of a replay);
-//! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate.
+//! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate;
+//! - [`FaultyStore::acks_written`]: how many cursor writes reached the store.
 //!
 //! It is part of the library (not only of the tests) so that chaos experiments against a
 //! running node can use it too; nothing in a normal start-up wraps the store with it.
@@ -46,6 +47,7 @@ pub struct FaultyStore {
     /// Event reads waiting for [`FaultyStore::resume_reads`].
     reads_waiting: AtomicUsize,
     reads_resumed: Notify,
+    acks: AtomicUsize,
 }
 
 /// Holds append batches at the gate until dropped.
@@ -66,6 +68,7 @@ impl FaultyStore {
             read_budget: Mutex::new(None),
             reads_waiting: AtomicUsize::new(0),
             reads_resumed: Notify::new(),
+            acks: AtomicUsize::new(0),
         })
     }
 
@@ -79,6 +82,11 @@ impl FaultyStore {
     pub fn resume_reads(&self) {
         *lock(&self.read_budget) = None;
         self.reads_resumed.notify_waiters();
+    }
+
+    /// Cursor writes ([`Store::set_ack`]) that reached the store so far.
+    pub fn acks_written(&self) -> usize {
+        self.acks.load(Ordering::SeqCst)
     }
 
     /// Event reads waiting for [`resume_reads`](Self::resume_reads) right now.
@@ -206,6 +214,19 @@ impl Store for FaultyStore {
         self.inner.read_events(user, after_seq, limit).await
     }
 
+    async fn read_page(
+        &self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_gate().await;
+        self.inner
+            .read_page(user, after_seq, limit, max_bytes)
+            .await
+    }
+
     async fn last_device_seq(&self, user: UserId, device: DeviceId) -> Result<u64, StoreError> {
         self.inner.last_device_seq(user, device).await
     }
@@ -215,6 +236,7 @@ impl Store for FaultyStore {
     }
 
     async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError> {
+        self.acks.fetch_add(1, Ordering::SeqCst);
         self.inner.set_ack(user, device, seq).await
     }
 

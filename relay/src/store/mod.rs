@@ -185,6 +185,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// [`Store::read_events`] bounded by size too: stops before the page's payloads pass
+    /// `max_bytes` in total, but always returns the first event when there is one. What a
+    /// session holds while a slow device reads a page stays bounded whatever the events weigh.
+    async fn read_page(
+        &self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
     /// The highest `device_seq` the relay holds for this device, or has held and trimmed
     /// (0 for none). A device whose own records are older (a restored state folder) must
     /// number its next appends above it.
@@ -549,6 +560,18 @@ fn event_from_row(
 
 /// What makes an append unique.
 type AppendKey = (UserId, DeviceId, u64);
+
+/// The SQL of [`Store::read_page`], the same for both backends: the newest `$3` events after
+/// `$2`, then only those whose payloads before them sum to less than `$4`.
+const READ_PAGE_SQL: &str = "SELECT seq, device_id, device_seq, payload FROM (
+         SELECT seq, device_id, device_seq, payload,
+                SUM(LENGTH(payload)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING)
+                    - LENGTH(payload) AS before
+         FROM (SELECT seq, device_id, device_seq, payload FROM events
+               WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS next
+     ) AS page
+     WHERE before < $4
+     ORDER BY seq";
 
 /// A device, as retention's watermarks are keyed.
 type DeviceKey = (UserId, DeviceId);

@@ -26,10 +26,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
-    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Store,
-    StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage, batch_devices,
-    batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32,
-    plan_batch, trim_target,
+    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds,
+    READ_PAGE_SQL, Store, StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage,
+    batch_devices, batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int,
+    key32, plan_batch, trim_target,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -320,6 +320,36 @@ impl Store for PgStore {
         .bind(db_int(limit as u64))
         .fetch_all(&self.pool)
         .await?;
+        rows.into_iter()
+            .map(|row| {
+                let device: Vec<u8> = row.try_get("device_id")?;
+                event_from_row(
+                    row.try_get("seq")?,
+                    &device,
+                    row.try_get("device_seq")?,
+                    row.try_get("payload")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn read_page(
+        &self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(READ_PAGE_SQL)
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(after_seq))
+            .bind(db_int(limit as u64))
+            .bind(db_int(max_bytes.max(1) as u64))
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter()
             .map(|row| {
                 let device: Vec<u8> = row.try_get("device_id")?;

@@ -25,10 +25,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Store,
-    StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage, batch_devices,
-    batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int, key32,
-    plan_batch, trim_target,
+    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds,
+    READ_PAGE_SQL, Store, StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage,
+    batch_devices, batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int,
+    key32, plan_batch, trim_target,
 };
 
 /// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766-parameter
@@ -303,6 +303,36 @@ impl Store for SqliteStore {
         .bind(db_int(limit as u64))
         .fetch_all(&self.reader)
         .await?;
+        rows.into_iter()
+            .map(|row| {
+                let device: Vec<u8> = row.try_get("device_id")?;
+                event_from_row(
+                    row.try_get("seq")?,
+                    &device,
+                    row.try_get("device_seq")?,
+                    row.try_get("payload")?,
+                )
+            })
+            .collect()
+    }
+
+    async fn read_page(
+        &self,
+        user: UserId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(READ_PAGE_SQL)
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(after_seq))
+            .bind(db_int(limit as u64))
+            .bind(db_int(max_bytes.max(1) as u64))
+            .fetch_all(&self.reader)
+            .await?;
         rows.into_iter()
             .map(|row| {
                 let device: Vec<u8> = row.try_get("device_id")?;

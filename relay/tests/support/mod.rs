@@ -10,6 +10,7 @@
 pub mod client;
 pub mod device;
 pub mod http;
+pub mod node;
 pub mod proxy;
 pub mod redis;
 pub mod storage;

@@ -1,0 +1,163 @@
+//! What one client can hold of a relay (issue "hardening", abuse and limits): replay pages
+//! bounded in bytes, replays bounded in number, one session per device, cursor writes and
+//! ephemerals rate limited. Each test fails on the code before its limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use ferry_relay::store::AppendRequest;
+use support::client::Identity;
+use support::node::{next_frame, node};
+use support::storage::*;
+
+crate::storage_story!(replay_pages_are_bounded_in_bytes_and_never_empty);
+
+async fn replay_pages_are_bounded_in_bytes_and_never_empty(db: Db) {
+    let store = &*db.store;
+    let (u, d) = (user(), device());
+    for i in 1..=10u64 {
+        let request = AppendRequest {
+            user: u,
+            device: d,
+            device_seq: i,
+            payload: ferry_protocol::SealedPayload(vec![i as u8; 100]),
+        };
+        assert_eq!(append(store, request).await, appended(i));
+    }
+    let page = |after, limit, max_bytes| async move {
+        seqs(&store.read_page(u, after, limit, max_bytes).await.unwrap())
+    };
+    // Payloads before an event must sum to less than the budget: 0, 100, 200 < 250.
+    assert_eq!(page(0, 100, 250).await, [1, 2, 3]);
+    assert_eq!(page(3, 100, 300).await, [4, 5, 6]);
+    // The count limit still applies, and one event always comes, however large.
+    assert_eq!(page(0, 2, 10_000).await, [1, 2]);
+    assert_eq!(page(5, 100, 1).await, [6]);
+    assert_eq!(page(5, 100, 0).await, [6]);
+    assert!(page(10, 100, 250).await.is_empty());
+    assert_eq!(
+        store.read_page(u, 0, 100, 250).await.unwrap(),
+        store.read_events(u, 0, 3).await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_replay_in_byte_bounded_pages_delivers_everything_once() {
+    let node = node(|config| config.log.replay_page_bytes = 10_000).await;
+    let laptop = Identity::new_user();
+    let store = node.store();
+    for i in 1..=40u64 {
+        let request = AppendRequest {
+            user: laptop.user.id(),
+            device: laptop.device.id(),
+            device_seq: i,
+            payload: ferry_protocol::SealedPayload(vec![7; 3_000]),
+        };
+        store.append(&request, NOW_MS).await.unwrap();
+    }
+    let mut b = node.connect(&laptop.another_device("phone"), Some(0)).await;
+    let (events, head) = b.replay().await;
+    assert_eq!(head, 40);
+    assert_eq!(seqs(&events), (1..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn replays_wait_their_turn_beyond_the_concurrency_limit() {
+    let node = node(|config| config.log.max_concurrent_replays = 1).await;
+    let laptop = Identity::new_user();
+    let mut a = node.connect(&laptop, None).await;
+    a.replay().await;
+    a.append(1, b"e").await.unwrap();
+
+    // The first replay holds the only turn, stuck in its first read.
+    node.faults.pause_reads_after(0);
+    let mut b = node.connect(&laptop.another_device("b"), Some(0)).await;
+    wait_until(|| node.faults.reads_waiting() == 1).await;
+    let mut c = node.connect(&laptop.another_device("c"), Some(0)).await;
+    // C's replay does not even read while B's holds the turn.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.faults.reads_waiting(), 1);
+    node.faults.resume_reads();
+    assert_eq!(seqs(&b.replay().await.0), [1]);
+    assert_eq!(seqs(&c.replay().await.0), [1]);
+}
+
+#[tokio::test]
+async fn a_device_has_one_session_at_a_time() {
+    let node = node(|_| {}).await;
+    let laptop = Identity::new_user();
+    let mut first = node.connect(&laptop, None).await;
+    first.replay().await;
+    let mut second = node.connect(&laptop, None).await;
+    second.replay().await;
+    let replaced = ErrorCode::SessionReplaced.close_code();
+    assert_eq!(next_frame(&mut first).await, Err(Some(replaced)));
+    // The new session works; another device of the user is not affected.
+    assert_eq!(second.append(1, b"e").await.unwrap(), 1);
+    let mut phone = node.connect(&laptop.another_device("phone"), None).await;
+    assert_eq!(seqs(&phone.replay().await.0), [1]);
+    assert_eq!(second.append(2, b"e").await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn acks_beyond_the_rate_are_merged_not_lost() {
+    let node = node(|config| config.limits.acks_per_device_per_second = 1).await;
+    let laptop = Identity::new_user();
+    let mut a = node.connect(&laptop, None).await;
+    a.replay().await;
+    for i in 1..=30 {
+        a.append(i, b"e").await.unwrap();
+    }
+    let before = node.faults.acks_written();
+    for seq in 1..=30 {
+        a.send(&ClientFrame::Ack { seq }).await;
+    }
+    // Within the burst (2) plus the one-second flush, the last one is stored.
+    let store = node.store();
+    let (user, device) = (laptop.user.id(), laptop.device.id());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let acked = store.device(user, device).await.unwrap().unwrap().acked;
+        if acked == 30 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "acked {acked}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = node.faults.acks_written() - before;
+    assert!(writes <= 4, "{writes} cursor writes for 30 acks");
+}
+
+#[tokio::test]
+async fn ephemerals_beyond_the_rate_are_dropped() {
+    let node = node(|config| config.limits.ephemerals_per_device_per_second = 2).await;
+    let laptop = Identity::new_user();
+    let mut a = node.connect(&laptop, None).await;
+    a.replay().await;
+    let mut b = node.connect(&laptop.another_device("phone"), None).await;
+    b.replay().await;
+    for i in 0..40u8 {
+        a.send(&ClientFrame::Ephemeral { body: vec![i] }).await;
+    }
+    // A ping answered means every ephemeral before it was handled.
+    a.send(&ClientFrame::Ping { nonce: 9 }).await;
+    loop {
+        if let Ok(ServerFrame::Pong { nonce: 9 }) = a.recv().await {
+            break;
+        }
+    }
+    let mut received = 0;
+    while let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_millis(300), b.recv()).await {
+        if matches!(frame, ServerFrame::Ephemeral { .. }) {
+            received += 1;
+        }
+    }
+    assert!(
+        (1..=6).contains(&received),
+        "{received} of 40 ephemerals passed a limit of 2/s (burst 4)"
+    );
+}
