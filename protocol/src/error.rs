@@ -58,6 +58,8 @@ pub enum ErrorCode {
     SlowConsumer,
     /// 404: another session of the same device connected to this relay node.
     SessionReplaced,
+    /// 405: the user's storage quota is full.
+    QuotaExceeded,
     /// 500: no pairing slot is open for this code.
     PairingUnknownCode,
     /// 501: the pairing code has expired.
@@ -82,7 +84,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -104,6 +106,7 @@ impl ErrorCode {
         Self::TooManyConnections,
         Self::SlowConsumer,
         Self::SessionReplaced,
+        Self::QuotaExceeded,
         Self::PairingUnknownCode,
         Self::PairingExpired,
         Self::PairingCodeUsed,
@@ -137,6 +140,7 @@ impl ErrorCode {
             Self::TooManyConnections => 402,
             Self::SlowConsumer => 403,
             Self::SessionReplaced => 404,
+            Self::QuotaExceeded => 405,
             Self::PairingUnknownCode => 500,
             Self::PairingExpired => 501,
             Self::PairingCodeUsed => 502,
@@ -172,6 +176,7 @@ impl ErrorCode {
             Self::TooManyConnections => "too_many_connections",
             Self::SlowConsumer => "slow_consumer",
             Self::SessionReplaced => "session_replaced",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::PairingUnknownCode => "pairing_unknown_code",
             Self::PairingExpired => "pairing_expired",
             Self::PairingCodeUsed => "pairing_code_used",
@@ -246,6 +251,9 @@ impl ErrorCode {
             }
             Self::SessionReplaced => {
                 "Another session of this device connected, and a device has one session at a time; this one is closed. Never run two copies of one device's state folder."
+            }
+            Self::QuotaExceeded => {
+                "The user's storage quota (events or bytes kept) is full; nothing more is stored until retention frees space or the operator raises the quota. Keep the event and retry later."
             }
             Self::PairingUnknownCode => {
                 "No pairing is waiting for this code; check the code shown on the other device."

@@ -9,12 +9,15 @@ mod support;
 use std::time::Duration;
 
 use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame};
-use ferry_relay::store::AppendRequest;
+use ferry_relay::store::{self, AppendOutcome, AppendRequest, Quota, StoreOptions};
 use support::client::Identity;
-use support::node::{next_frame, node};
+use support::node::{answers, next_frame, node, send_appends};
 use support::storage::*;
 
-crate::storage_story!(replay_pages_are_bounded_in_bytes_and_never_empty);
+crate::storage_story!(
+    replay_pages_are_bounded_in_bytes_and_never_empty,
+    a_user_stores_up_to_the_quota_and_retention_makes_room,
+);
 
 async fn replay_pages_are_bounded_in_bytes_and_never_empty(db: Db) {
     let store = &*db.store;
@@ -159,5 +162,89 @@ async fn ephemerals_beyond_the_rate_are_dropped() {
     assert!(
         (1..=6).contains(&received),
         "{received} of 40 ephemerals passed a limit of 2/s (burst 4)"
+    );
+}
+
+async fn a_user_stores_up_to_the_quota_and_retention_makes_room(db: Db) {
+    let options = StoreOptions {
+        quota: Quota {
+            max_events: 3,
+            max_bytes: 1_000,
+        },
+        ..StoreOptions::default()
+    };
+    let store = store::open_with(&db.url, &options).await.unwrap();
+    let (u, d) = (user(), device());
+    let sized = |device_seq: u64, len: usize| AppendRequest {
+        user: u,
+        device: d,
+        device_seq,
+        payload: ferry_protocol::SealedPayload(vec![device_seq as u8; len]),
+    };
+    // Bytes: 400 + 400 fit in 1,000; another 400 does not, nor does what follows it.
+    assert_eq!(
+        store.append(&sized(1, 400), NOW_MS).await.unwrap(),
+        appended(1)
+    );
+    assert_eq!(
+        store.append(&sized(2, 400), NOW_MS).await.unwrap(),
+        appended(2)
+    );
+    let batch = [sized(3, 400), sized(4, 10)];
+    assert_eq!(
+        store.append_batch(&batch, NOW_MS).await.unwrap(),
+        [AppendOutcome::QuotaExceeded, AppendOutcome::QuotaExceeded]
+    );
+    // Events: a third small one fits, a fourth does not.
+    assert_eq!(
+        store.append(&sized(3, 10), NOW_MS).await.unwrap(),
+        appended(3)
+    );
+    assert_eq!(
+        store.append(&sized(4, 10), NOW_MS).await.unwrap(),
+        AppendOutcome::QuotaExceeded
+    );
+    assert_eq!(seqs(&all_events(&*store, u).await), [1, 2, 3]);
+    // Retention frees both: the two 400-byte events go.
+    assert_eq!(store.trim_user(u, None, Some(1), NOW_MS).await.unwrap(), 2);
+    assert_eq!(
+        store.append(&sized(4, 400), NOW_MS).await.unwrap(),
+        appended(4)
+    );
+    assert_eq!(
+        store.append(&sized(5, 400), NOW_MS).await.unwrap(),
+        appended(5)
+    );
+    assert_eq!(
+        store.append(&sized(6, 400), NOW_MS).await.unwrap(),
+        AppendOutcome::QuotaExceeded
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_full_quota_refuses_in_order_and_recovers_after_retention() {
+    let node = node(|config| config.limits.max_events_per_user = 3).await;
+    let laptop = Identity::new_user();
+    let mut a = node.connect(&laptop, None).await;
+    a.replay().await;
+    for i in 1..=3 {
+        assert_eq!(a.append(i, b"e").await.unwrap(), i);
+    }
+    send_appends(&mut a, 4..=6).await;
+    assert_eq!(
+        answers(&mut a, 3).await,
+        (4..=6)
+            .map(|s| (s, Err(ErrorCode::QuotaExceeded)))
+            .collect::<Vec<_>>()
+    );
+    node.store()
+        .trim_user(laptop.user.id(), None, Some(0), NOW_MS)
+        .await
+        .unwrap();
+    send_appends(&mut a, 4..=6).await;
+    assert_eq!(
+        answers(&mut a, 3).await,
+        (4..=6).map(|s| (s, Ok(s))).collect::<Vec<_>>()
     );
 }

@@ -153,7 +153,18 @@ impl Driver {
             // The relay refuses every later append of the device too until this one comes
             // again (it keeps a device's appends in order), so the whole window comes back
             // refused: one wait per round of refusals, not one per refused append.
-            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal => {
+            ErrorCode::RateLimited
+            | ErrorCode::Unavailable
+            | ErrorCode::Internal
+            | ErrorCode::QuotaExceeded => {
+                if error.code == ErrorCode::QuotaExceeded {
+                    // Kept and retried: retention or the operator may make room. The app
+                    // sees why nothing leaves the outbox.
+                    let full = ClientError::from_code(error.code, error.message.clone());
+                    self.shared
+                        .status
+                        .send_modify(|s| s.last_error = Some(full));
+                }
                 link.unsent.insert(device_seq);
                 let now = Instant::now();
                 if link.hold_until.is_none_or(|until| until <= now) {

@@ -551,6 +551,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 self.ctx.metrics.error(ErrorCode::Conflict);
                 ServerFrame::Error(ErrorFrame::new(ErrorCode::Conflict).for_append(device_seq))
             }
+            Ok(AppendOutcome::QuotaExceeded) => {
+                self.ctx.metrics.error(ErrorCode::QuotaExceeded);
+                let frame = ErrorFrame::new(ErrorCode::QuotaExceeded).for_append(device_seq);
+                ServerFrame::Error(frame)
+            }
             Ok(AppendOutcome::Expired) => {
                 self.ctx.metrics.error(ErrorCode::AppendExpired);
                 let frame = ErrorFrame::new(ErrorCode::AppendExpired).for_append(device_seq);

@@ -192,6 +192,17 @@ impl AppendOrder {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    /// Refuses `device_seq` and everything of the session already queued behind it.
+    fn refuse_queued(&self, device_seq: u64, code: ErrorCode) {
+        self.refuse(device_seq, code);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The code later appends are refused with (Unavailable when none is recorded).
+    fn refused_code(&self) -> ErrorCode {
+        lock(&self.refused).map_or(ErrorCode::Unavailable, |(_, code)| code)
+    }
 }
 
 /// An append's place in its session's order: the order and the generation it was sent in.
@@ -342,12 +353,19 @@ impl Committer {
                         .into_iter()
                         .for_each(|u| on_uncertain(u));
                 }
+                // A device over its user's quota: what it queued behind stays behind.
+                for ((request, order), outcome) in
+                    requests.iter().zip(orders.drain(..)).zip(&outcomes)
+                {
+                    if let (Some((order, _)), AppendOutcome::QuotaExceeded) = (order, outcome) {
+                        order.refuse_queued(request.device_seq, ErrorCode::QuotaExceeded);
+                    }
+                }
                 if let Some(on_committed) = &self.on_committed {
                     for (user, events) in new_events_by_user(requests.drain(..), &outcomes) {
                         on_committed(user, events);
                     }
                 }
-                orders.clear();
                 // A caller that gave up (connection closed) no longer listens: ignore it.
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -360,8 +378,7 @@ impl Committer {
                 // first (module docs, step 5).
                 for (request, order) in requests.iter().zip(orders.drain(..)) {
                     if let Some((order, _)) = order {
-                        order.refuse(request.device_seq, error.code());
-                        order.generation.fetch_add(1, Ordering::AcqRel);
+                        order.refuse_queued(request.device_seq, error.code());
                     }
                 }
                 // It may have committed all the same: let the users' devices look.
@@ -408,7 +425,7 @@ impl Batch {
         if let Some((order, generation)) = &order
             && order.generation() != *generation
         {
-            let _ = reply.send(Err(StoreError::EarlierRefused(ErrorCode::Unavailable)));
+            let _ = reply.send(Err(StoreError::EarlierRefused(order.refused_code())));
             return;
         }
         self.requests.push(request);

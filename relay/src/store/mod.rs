@@ -29,6 +29,9 @@
 //!   [`StoreError::InvalidSequence`]). A retry with the same payload is
 //!   [`AppendOutcome::Duplicate`] and stores nothing; a different payload is
 //!   [`AppendOutcome::Conflict`]. Duplicates inside one batch are resolved the same way.
+//! - A user's stored events and payload bytes stay within the store's [`Quota`]: an append
+//!   that would pass it is [`AppendOutcome::QuotaExceeded`], and so is every later append
+//!   of the same device in that batch (a device's appends are stored in the order sent).
 //! - Retention keeps, per device, the highest `device_seq` it deleted (in the same
 //!   transaction as the delete). A retry at or below it that is no longer stored is
 //!   [`AppendOutcome::Expired`]: it was stored once, so it is never stored again.
@@ -123,6 +126,25 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// SQLite: how long a statement waits for a lock held by another process.
     pub busy_timeout: Duration,
+    /// What one user may store.
+    pub quota: Quota,
+}
+
+/// What one user may store: events kept, and their payload bytes. Retention frees both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Most events kept for one user.
+    pub max_events: u64,
+    /// Most payload bytes kept for one user.
+    pub max_bytes: u64,
+}
+
+impl Quota {
+    /// No limit.
+    pub const UNLIMITED: Self = Self {
+        max_events: u64::MAX,
+        max_bytes: u64::MAX,
+    };
 }
 
 impl Default for StoreOptions {
@@ -131,6 +153,7 @@ impl Default for StoreOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
             busy_timeout: Duration::from_secs(5),
+            quota: Quota::UNLIMITED,
         }
     }
 }
@@ -318,6 +341,8 @@ pub enum AppendOutcome {
     /// The `device_seq` is not stored but at or below what retention has deleted for the
     /// device: it was stored once and trimmed since; nothing stored.
     Expired,
+    /// Storing it would pass the user's [`Quota`]; nothing stored.
+    QuotaExceeded,
 }
 
 impl AppendOutcome {
@@ -325,7 +350,7 @@ impl AppendOutcome {
     pub fn committed_seq(self) -> Option<u64> {
         match self {
             Self::Appended { seq } | Self::Duplicate { seq } => Some(seq),
-            Self::Conflict { .. } | Self::Expired => None,
+            Self::Conflict { .. } | Self::Expired | Self::QuotaExceeded => None,
         }
     }
 
@@ -592,6 +617,21 @@ struct Stored {
     payload: Vec<u8>,
 }
 
+/// A user's row as an append batch locks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct UserHead {
+    head: u64,
+    earliest: u64,
+    /// Payload bytes stored.
+    bytes: u64,
+}
+
+impl UserHead {
+    fn events(&self) -> u64 {
+        self.head.saturating_add(1).saturating_sub(self.earliest)
+    }
+}
+
 /// The writes one batch needs, decided in memory once the heads are locked and the
 /// already-stored keys are known.
 struct BatchPlan<'a> {
@@ -599,8 +639,8 @@ struct BatchPlan<'a> {
     outcomes: Vec<AppendOutcome>,
     /// New events: their sequence and request, in request order.
     inserts: Vec<(u64, &'a AppendRequest)>,
-    /// New head of every user that got events, sorted by user.
-    heads: Vec<(UserId, u64)>,
+    /// New head of every user that got events, and the payload bytes added, sorted by user.
+    heads: Vec<(UserId, u64, u64)>,
 }
 
 /// The distinct users of a batch, sorted (the order in which their head rows are locked,
@@ -629,11 +669,15 @@ fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
 /// deleted for any of the batch's devices.
 fn plan_batch<'a>(
     requests: &'a [AppendRequest],
-    heads: &HashMap<UserId, u64>,
+    heads: &HashMap<UserId, UserHead>,
     stored: &HashMap<AppendKey, Stored>,
     trimmed: &HashMap<DeviceKey, u64>,
+    quota: Quota,
 ) -> Result<BatchPlan<'a>, StoreError> {
-    let mut next: HashMap<UserId, u64> = HashMap::with_capacity(heads.len());
+    // Per user: the row as it will be after this batch's inserts so far.
+    let mut next: HashMap<UserId, UserHead> = HashMap::with_capacity(heads.len());
+    // Devices refused for quota in this batch: their later appends are refused too.
+    let mut over_quota: std::collections::HashSet<DeviceKey> = std::collections::HashSet::new();
     // Keys appended earlier in this batch; keys stored before are looked up in `stored`.
     let mut appended: HashMap<AppendKey, (u64, &[u8])> = HashMap::with_capacity(requests.len());
     let mut outcomes = Vec::with_capacity(requests.len());
@@ -656,22 +700,45 @@ fn plan_batch<'a>(
                 AppendOutcome::Expired
             }
             None => {
-                let head = match next.get(&request.user) {
-                    Some(head) => *head,
+                let now = match next.get(&request.user) {
+                    Some(now) => *now,
                     None => *heads.get(&request.user).ok_or_else(|| {
                         StoreError::Corrupt("user head row was not locked".into())
                     })?,
                 };
-                let seq = head + 1;
-                next.insert(request.user, seq);
-                appended.insert(key, (seq, request.payload.0.as_slice()));
-                inserts.push((seq, request));
-                AppendOutcome::Appended { seq }
+                let len = request.payload.0.len() as u64;
+                let device = (request.user, request.device);
+                if over_quota.contains(&device)
+                    || now.events() >= quota.max_events
+                    || now.bytes.saturating_add(len) > quota.max_bytes
+                {
+                    over_quota.insert(device);
+                    AppendOutcome::QuotaExceeded
+                } else {
+                    let seq = now.head + 1;
+                    next.insert(
+                        request.user,
+                        UserHead {
+                            head: seq,
+                            earliest: now.earliest,
+                            bytes: now.bytes + len,
+                        },
+                    );
+                    appended.insert(key, (seq, request.payload.0.as_slice()));
+                    inserts.push((seq, request));
+                    AppendOutcome::Appended { seq }
+                }
             }
         };
         outcomes.push(outcome);
     }
-    let mut heads: Vec<(UserId, u64)> = next.into_iter().collect();
+    let mut heads: Vec<(UserId, u64, u64)> = next
+        .into_iter()
+        .map(|(user, now)| {
+            let before = heads.get(&user).map_or(0, |h| h.bytes);
+            (user, now.head, now.bytes - before)
+        })
+        .collect();
     heads.sort_unstable();
     Ok(BatchPlan {
         outcomes,
@@ -717,7 +784,12 @@ mod tests {
             request(1, 3, 4, 14),
             request(1, 3, 5, 15),
         ];
-        let heads = HashMap::from([(UserId([1; 32]), 4), (UserId([2; 32]), 0)]);
+        let head = |head| UserHead {
+            head,
+            earliest: 1,
+            bytes: 0,
+        };
+        let heads = HashMap::from([(UserId([1; 32]), head(4)), (UserId([2; 32]), head(0))]);
         let stored = HashMap::from([(
             (UserId([1; 32]), DeviceId([2; 32]), 7),
             Stored {
@@ -726,7 +798,7 @@ mod tests {
             },
         )]);
         let trimmed = HashMap::from([((UserId([1; 32]), DeviceId([3; 32])), 4)]);
-        let plan = plan_batch(&requests, &heads, &stored, &trimmed).unwrap();
+        let plan = plan_batch(&requests, &heads, &stored, &trimmed, Quota::UNLIMITED).unwrap();
         assert_eq!(
             plan.outcomes,
             [
@@ -744,13 +816,79 @@ mod tests {
             plan.inserts.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
             [5, 1, 6, 7]
         );
-        assert_eq!(plan.heads, [(UserId([1; 32]), 7), (UserId([2; 32]), 1)]);
+        assert_eq!(
+            plan.heads,
+            [(UserId([1; 32]), 7, 3), (UserId([2; 32]), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn the_quota_refuses_what_does_not_fit_and_what_the_device_sent_after_it() {
+        let heads = HashMap::from([(
+            UserId([1; 32]),
+            UserHead {
+                head: 10,
+                earliest: 8,
+                bytes: 250,
+            },
+        )]);
+        let quota = Quota {
+            max_events: 5,
+            max_bytes: 300,
+        };
+        // 3 events and 250 bytes stored: a 1-byte append fits, a 60-byte one does not, and
+        // the device's next append is refused after it even though it would fit.
+        let big = AppendRequest {
+            payload: SealedPayload(vec![0; 60]),
+            ..request(1, 1, 2, 0)
+        };
+        let requests = [
+            request(1, 1, 1, 10),
+            big,
+            request(1, 1, 3, 12),
+            request(1, 2, 1, 13),
+        ];
+        let plan = plan_batch(&requests, &heads, &HashMap::new(), &HashMap::new(), quota).unwrap();
+        assert_eq!(
+            plan.outcomes,
+            [
+                AppendOutcome::Appended { seq: 11 },
+                AppendOutcome::QuotaExceeded,
+                AppendOutcome::QuotaExceeded,
+                AppendOutcome::Appended { seq: 12 },
+            ]
+        );
+        assert_eq!(plan.heads, [(UserId([1; 32]), 12, 2)]);
+        // Counting events: 5 kept at most.
+        let three = [
+            request(1, 3, 1, 1),
+            request(1, 3, 2, 1),
+            request(1, 3, 3, 1),
+        ];
+        let full = plan_batch(&three, &heads, &HashMap::new(), &HashMap::new(), quota).unwrap();
+        assert_eq!(
+            full.outcomes,
+            [
+                AppendOutcome::Appended { seq: 11 },
+                AppendOutcome::Appended { seq: 12 },
+                AppendOutcome::QuotaExceeded,
+            ]
+        );
     }
 
     #[test]
     fn a_missing_head_is_an_error_not_a_guess() {
         let requests = [request(1, 1, 1, 10)];
-        assert!(plan_batch(&requests, &HashMap::new(), &HashMap::new(), &HashMap::new()).is_err());
+        assert!(
+            plan_batch(
+                &requests,
+                &HashMap::new(),
+                &HashMap::new(),
+                &HashMap::new(),
+                Quota::UNLIMITED
+            )
+            .is_err()
+        );
     }
 
     #[test]

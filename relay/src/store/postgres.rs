@@ -26,10 +26,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
-    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds,
-    READ_PAGE_SQL, Store, StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage,
-    batch_devices, batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int,
-    key32, plan_batch, trim_target,
+    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Quota,
+    READ_PAGE_SQL, Store, StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserHead,
+    UserPage, batch_devices, batch_keys, batch_users, check_device_seq, db_int, event_from_row,
+    from_db_int, key32, plan_batch, trim_target,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -38,6 +38,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    quota: Quota,
 }
 
 impl PgStore {
@@ -51,7 +52,10 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            quota: options.quota,
+        })
     }
 
     async fn trim_user_at(
@@ -108,6 +112,17 @@ impl PgStore {
             .bind(db_int(upto))
             .execute(&mut *tx)
             .await?;
+            sqlx::query(
+                "UPDATE users SET bytes = GREATEST(0, bytes - (
+                     SELECT COALESCE(SUM(octet_length(payload)), 0) FROM events
+                     WHERE user_id = $1 AND seq >= $2 AND seq < $3))
+                 WHERE user_id = $1",
+            )
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(from))
+            .bind(db_int(upto))
+            .execute(&mut *tx)
+            .await?;
             let done =
                 sqlx::query("DELETE FROM events WHERE user_id = $1 AND seq >= $2 AND seq < $3")
                     .bind(user.as_bytes().as_slice())
@@ -155,18 +170,23 @@ impl Store for PgStore {
         // 1. Lock the head rows in user order (creating missing ones) and read the heads.
         let users = batch_users(requests);
         let user_ids: Vec<&[u8]> = users.iter().map(|u| u.as_bytes().as_slice()).collect();
-        let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(
             "INSERT INTO users (user_id)
              SELECT user_id FROM UNNEST($1::BYTEA[]) WITH ORDINALITY AS t(user_id, n) ORDER BY n
              ON CONFLICT (user_id) DO UPDATE SET head = users.head
-             RETURNING user_id, head",
+             RETURNING user_id, head, earliest, bytes",
         )
         .bind(user_ids)
         .fetch_all(&mut *tx)
         .await?;
         let mut heads = HashMap::with_capacity(rows.len());
-        for (user, head) in rows {
-            heads.insert(UserId(key32(&user, "user_id")?), from_db_int(head, "head")?);
+        for (user, head, earliest, bytes) in rows {
+            let head = UserHead {
+                head: from_db_int(head, "head")?,
+                earliest: from_db_int(earliest, "earliest")?,
+                bytes: from_db_int(bytes, "bytes")?,
+            };
+            heads.insert(UserId(key32(&user, "user_id")?), head);
         }
 
         // 2. Which keys are stored already (retries); their payloads decide Duplicate/Conflict.
@@ -234,7 +254,7 @@ impl Store for PgStore {
         }
 
         // 3. Number the new events.
-        let plan = plan_batch(requests, &heads, &stored, &trimmed)?;
+        let plan = plan_batch(requests, &heads, &stored, &trimmed, self.quota)?;
 
         // 4. Insert them and raise the heads, one statement each.
         if !plan.inserts.is_empty() {
@@ -278,20 +298,26 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE users SET head = t.head
-                 FROM UNNEST($1::BYTEA[], $2::BIGINT[]) AS t(user_id, head)
+                "UPDATE users SET head = t.head, bytes = users.bytes + t.bytes
+                 FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[]) AS t(user_id, head, bytes)
                  WHERE users.user_id = t.user_id",
             )
             .bind(
                 plan.heads
                     .iter()
-                    .map(|(u, _)| u.as_bytes().as_slice())
+                    .map(|(u, _, _)| u.as_bytes().as_slice())
                     .collect::<Vec<_>>(),
             )
             .bind(
                 plan.heads
                     .iter()
-                    .map(|(_, head)| db_int(*head))
+                    .map(|(_, head, _)| db_int(*head))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                plan.heads
+                    .iter()
+                    .map(|(_, _, bytes)| db_int(*bytes))
                     .collect::<Vec<_>>(),
             )
             .execute(&mut *tx)

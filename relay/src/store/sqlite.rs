@@ -25,10 +25,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds,
-    READ_PAGE_SQL, Store, StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserPage,
-    batch_devices, batch_keys, batch_users, check_device_seq, db_int, event_from_row, from_db_int,
-    key32, plan_batch, trim_target,
+    AppendOutcome, AppendRequest, DEVICE_COLUMNS, DeviceRecord, DeviceRow, LogBounds, Quota,
+    READ_PAGE_SQL, Store, StoreError, StoreOptions, Stored, TRIM_BATCH, TRIM_USERS_PAGE, UserHead,
+    UserPage, batch_devices, batch_keys, batch_users, check_device_seq, db_int, event_from_row,
+    from_db_int, key32, plan_batch, trim_target,
 };
 
 /// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766-parameter
@@ -43,6 +43,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    quota: Quota,
 }
 
 impl SqliteStore {
@@ -74,14 +75,18 @@ impl SqliteStore {
                 .connect_with(base.create_if_missing(false).pragma("query_only", "ON"))
                 .await?
         };
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            quota: options.quota,
+        })
     }
 
     /// Locks (by `BEGIN IMMEDIATE`) and returns the head of each user, creating head rows.
     async fn lock_heads(
         conn: &mut SqliteConnection,
         users: &[UserId],
-    ) -> Result<HashMap<UserId, u64>, StoreError> {
+    ) -> Result<HashMap<UserId, UserHead>, StoreError> {
         let mut heads = HashMap::with_capacity(users.len());
         // One upsert per chunk: the writer is already exclusive (BEGIN IMMEDIATE), so this
         // only makes sure every user has a head row and reads it, a few statements per batch.
@@ -90,14 +95,22 @@ impl SqliteStore {
             query.push_values(chunk, |mut row, user| {
                 row.push_bind(user.as_bytes().as_slice());
             });
-            query.push(" ON CONFLICT (user_id) DO UPDATE SET head = head RETURNING user_id, head");
+            query.push(
+                " ON CONFLICT (user_id) DO UPDATE SET head = head
+                  RETURNING user_id, head, earliest, bytes",
+            );
             for row in query.build().fetch_all(&mut *conn).await? {
                 let user: Vec<u8> = row.try_get("user_id")?;
                 let user = UserId(
                     user.try_into()
                         .map_err(|_| StoreError::Corrupt("user id is not 32 bytes".into()))?,
                 );
-                heads.insert(user, from_db_int(row.try_get("head")?, "head")?);
+                let head = UserHead {
+                    head: from_db_int(row.try_get("head")?, "head")?,
+                    earliest: from_db_int(row.try_get("earliest")?, "earliest")?,
+                    bytes: from_db_int(row.try_get("bytes")?, "bytes")?,
+                };
+                heads.insert(user, head);
             }
         }
         Ok(heads)
@@ -143,6 +156,17 @@ impl SqliteStore {
                  GROUP BY user_id, device_id
                  ON CONFLICT (user_id, device_id)
                  DO UPDATE SET device_seq = MAX(device_seq, excluded.device_seq)",
+            )
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(from))
+            .bind(db_int(upto))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE users SET bytes = MAX(0, bytes - (
+                     SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events
+                     WHERE user_id = $1 AND seq >= $2 AND seq < $3))
+                 WHERE user_id = $1",
             )
             .bind(user.as_bytes().as_slice())
             .bind(db_int(from))
@@ -258,7 +282,7 @@ impl Store for SqliteStore {
                 );
             }
         }
-        let plan = plan_batch(requests, &heads, &stored, &trimmed)?;
+        let plan = plan_batch(requests, &heads, &stored, &trimmed, self.quota)?;
         for chunk in plan.inserts.chunks(ROWS_PER_STATEMENT) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms) ",
@@ -273,10 +297,11 @@ impl Store for SqliteStore {
             });
             query.build().execute(&mut *tx).await?;
         }
-        for (user, head) in &plan.heads {
-            sqlx::query("UPDATE users SET head = $2 WHERE user_id = $1")
+        for (user, head, bytes) in &plan.heads {
+            sqlx::query("UPDATE users SET head = $2, bytes = bytes + $3 WHERE user_id = $1")
                 .bind(user.as_bytes().as_slice())
                 .bind(db_int(*head))
+                .bind(db_int(*bytes))
                 .execute(&mut *tx)
                 .await?;
         }

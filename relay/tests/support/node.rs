@@ -37,7 +37,8 @@ pub async fn node_on(
     config.log.safety_poll_secs = 3600;
     adjust(&mut config);
     let database_url = config.database_url();
-    let faults = FaultyStore::new(store::open(&database_url).await.unwrap());
+    let store = store::open_with(&database_url, &config.store_options()).await;
+    let faults = FaultyStore::new(store.unwrap());
     let (bus, messages) = hub.node();
     let bus = FaultyBus::new(Arc::new(bus));
     let parts = (Arc::clone(&bus) as Arc<dyn Bus>, messages);
