@@ -14,6 +14,11 @@
 //!
 //! Run with embedded SQLite, and with PostgreSQL (skipped without it unless
 //! `FERRY_REQUIRE_SERVICES=1`; the database is shared, so the test uses a fresh user).
+//!
+//! And two real relay processes on one PostgreSQL and one Redis: a device of the user on each,
+//! one node killed with -9 while its device appends; the device reconnects to the other node,
+//! re-sends what was never answered, and every append is in the log exactly once, while the
+//! device on the surviving node received each event once, in order.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -54,6 +59,16 @@ impl RelayProcess {
     /// Starts the relay on a free port with `data_dir` and, if given, PostgreSQL; waits until
     /// it prints the address it listens on and its key.
     async fn start(data_dir: &Path, database: Option<&str>, log: PathBuf) -> Self {
+        Self::start_with(data_dir, database, None, log).await
+    }
+
+    /// [`RelayProcess::start`], also on Redis when given (a node of a cluster).
+    async fn start_with(
+        data_dir: &Path,
+        database: Option<&str>,
+        redis: Option<&str>,
+        log: PathBuf,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-relay"));
         // Only what this test says: no FERRY_* setting from the environment.
         for (name, _) in std::env::vars_os() {
@@ -76,6 +91,9 @@ impl RelayProcess {
             .stderr(std::fs::File::create(&log).expect("relay log file"));
         if let Some(database) = database {
             command.arg("--database-url").arg(database);
+        }
+        if let Some(redis) = redis {
+            command.arg("--redis-url").arg(redis);
         }
         let mut child = command.spawn().expect("start ferry-relay");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -462,4 +480,109 @@ async fn kill_9_while_appending_postgres() {
     tokio::time::timeout(DEADLINE, crash_and_recover(Some(&database)))
         .await
         .expect("the crash test finished in time");
+}
+
+/// Two `ferry-relay` processes on one PostgreSQL and one Redis; node one dies mid-append.
+async fn two_nodes_one_killed(database: &str, redis: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data_one, data_two) = (dir.path().join("one"), dir.path().join("two"));
+    let mut one = RelayProcess::start_with(
+        &data_one,
+        Some(database),
+        Some(redis),
+        dir.path().join("one.log"),
+    )
+    .await;
+    // The nodes of a cluster share the relay key that clients pin.
+    std::fs::create_dir_all(&data_two).unwrap();
+    let key = ferry_relay::relay_key::KEY_FILE;
+    std::fs::copy(data_one.join(key), data_two.join(key)).unwrap();
+    let two = RelayProcess::start_with(
+        &data_two,
+        Some(database),
+        Some(redis),
+        dir.path().join("two.log"),
+    )
+    .await;
+    assert_eq!(one.relay_id, two.relay_id);
+
+    let user = Identity::new_user();
+    let (writer_id, reader_id) = (user.another_device("writer"), user.another_device("reader"));
+    let writer = one.connect(&writer_id, None).await;
+    let reader = two.connect(&reader_id, None).await;
+
+    // The writer appends on node one (WINDOW in flight); node one dies mid-way.
+    let appending = keep_appending(&writer, None);
+    let crash = async {
+        writer
+            .wait_for("answers before the crash", PATIENCE, |seen| {
+                seen.answers.len() >= BEFORE_CRASH
+            })
+            .await;
+        one.kill();
+    };
+    let (_, ()) = tokio::join!(appending, crash);
+    let before = BeforeCrash::of(&writer, &writer.closed(PATIENCE).await, Vec::new());
+    drop(writer);
+    assert!(
+        before.sent > before.acked.len() as u64,
+        "the crash came while appends were in flight"
+    );
+
+    // The writer reconnects to node two from its cursor and re-sends what was not answered.
+    let back = two.connect(&writer_id, Some(before.cursor)).await;
+    let unanswered: Vec<u64> = (1..=before.sent)
+        .filter(|ds| !before.acked.contains_key(ds))
+        .collect();
+    for &device_seq in &unanswered {
+        back.append(device_seq, &payload(before.id, device_seq));
+    }
+    let seen = back
+        .wait_for("answers to the retries", PATIENCE, |seen| {
+            seen.answers.len() >= unanswered.len()
+        })
+        .await;
+    assert!(seen.errors().is_empty(), "retries: {:?}", seen.errors());
+    let retried: Vec<u64> = seen.answers.iter().map(|(ds, _)| *ds).collect();
+    assert_eq!(retried, unanswered, "answers in the order sent");
+
+    // The log: every append once, acknowledged ones where they were acknowledged.
+    let log = replay_everything(&two, &user.another_device("fresh")).await;
+    let head = log.len() as u64;
+    assert_eq!(head, before.sent);
+    for (device_seq, seq) in &before.acked {
+        let event = &log[(*seq - 1) as usize];
+        assert_eq!((event.device, event.device_seq), (before.id, *device_seq));
+    }
+    let device_seqs: Vec<u64> = log.iter().map(|e| e.device_seq).collect();
+    assert_eq!(
+        device_seqs,
+        (1..=before.sent).collect::<Vec<_>>(),
+        "committed in the order sent, across the crash"
+    );
+
+    // The reader, on the node that survived, had every event once, in order, live.
+    reader
+        .wait_for("every event live on node two", PATIENCE, |seen| {
+            seen.last_seq() >= head
+        })
+        .await;
+    tokio::time::sleep(QUIET).await;
+    if let Err(problem) = exactly_once_in_order(&reader.seen().events, 1, head) {
+        panic!("the reader on node two: {problem}");
+    }
+    drop((back, reader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_one_of_two_nodes_while_appending() {
+    let Some(database) = support::postgres_url().await else {
+        return;
+    };
+    let Some(redis) = support::redis::redis_url().await else {
+        return;
+    };
+    tokio::time::timeout(DEADLINE, two_nodes_one_killed(&database, &redis))
+        .await
+        .expect("the two-node crash test finished in time");
 }
