@@ -3,8 +3,9 @@
 //!
 //! The protocol seeds come from `ferry_protocol::fuzzing::seeds`. The outbox journal seeds
 //! are written here, in the journal's record format (`u32` LE body length, body, first 8
-//! bytes of the body's SHA-256; a body is `1 ‖ seq (u64 LE) ‖ payload` for an entry and
-//! `2 ‖ seq` for a "done" record): without them a fuzzer would almost never pass the check.
+//! bytes of the body's SHA-256; a body is `1 ‖ seq (u64 LE) ‖ payload` for an entry,
+//! `2 ‖ seq` for a "done" record and `3 ‖ new seq ‖ old seq ‖ payload` for an entry moved to a
+//! new sequence): without them a fuzzer would almost never pass the check.
 
 use std::path::Path;
 
@@ -34,7 +35,12 @@ fn journals() -> Vec<Vec<u8>> {
     record(&mut bad_kind, 3, 4, &[]);
     record(&mut bad_kind, 2, 5, &[1]);
     record(&mut bad_kind, 1, 6, &[]);
-    vec![two, done, torn, damaged, bad_kind]
+    let mut moved = two.clone();
+    let mut body = 1u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0xCC; 20]);
+    record(&mut moved, 3, 7, &body);
+    record(&mut moved, 2, 2, &[]);
+    vec![two, done, torn, damaged, bad_kind, moved]
 }
 
 fn main() -> std::io::Result<()> {
