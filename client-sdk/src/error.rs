@@ -43,8 +43,8 @@ pub enum StateError {
     /// Another client (another process, or another `ClientState` in this one) has it open.
     #[error("{} is in use by another Ferry client", .0.display())]
     Locked(PathBuf),
-    /// The relay URL is not of the form `ws://HOST:PORT/PATH`.
-    #[error("invalid relay URL {0:?}: expected ws://HOST:PORT/ws")]
+    /// The relay URL is not of the form `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
+    #[error("invalid relay URL {0:?}: expected ws://HOST:PORT/ws or wss://HOST:PORT/ws")]
     InvalidRelayUrl(String),
     /// The certificate is not the user key's certificate for this device key.
     #[error("the device certificate does not match the user key and device key")]
@@ -80,6 +80,17 @@ pub enum ClientError {
     /// client keeps retrying with backoff; appends wait in the outbox.
     #[error("relay unreachable: {0}")]
     RelayUnreachable(String),
+    /// The `wss://` connection failed in TLS: the relay's certificate is not trusted (a
+    /// private CA not given with [`Options::ca_file`](crate::Options::ca_file), an expired
+    /// certificate, a name mismatch), or the port does not speak TLS. The client keeps
+    /// retrying with backoff (a renewed certificate fixes it); [`Client::connect`](crate::Client::connect)
+    /// reports it when no session opened in time.
+    #[error("TLS with the relay failed: {0}")]
+    Tls(String),
+    /// The TLS settings cannot be used: the CA file is unreadable or holds no certificate,
+    /// or the system has no root certificate. Permanent.
+    #[error("TLS settings: {0}")]
+    TlsConfig(String),
     /// The relay presented another identity key than the one pinned in the state: a
     /// misconfigured URL or a man in the middle. Permanent.
     #[error("the relay presented key {found}, not the pinned key {pinned}")]
@@ -225,8 +236,10 @@ impl ClientError {
             | Self::UnsupportedVersion
             | Self::ResyncRequired { .. }
             | Self::Closed
+            | Self::TlsConfig(_)
             | Self::State(_) => true,
             Self::RelayUnreachable(_)
+            | Self::Tls(_)
             | Self::RateLimited
             | Self::PayloadTooLarge { .. }
             | Self::Conflict { .. }
@@ -297,6 +310,10 @@ pub enum PairingError {
         ferry_protocol::limits::MAX_DEVICE_NAME_LEN
     )]
     NameTooLong,
+    /// The device name contains a control character (NUL, escape, newline...). Nothing was
+    /// sent.
+    #[error("the device name contains a control character")]
+    NameHasControl,
     /// The other device sent something the pairing protocol does not allow.
     #[error("pairing failed: {0}")]
     Protocol(String),
@@ -353,6 +370,7 @@ impl From<ferry_protocol::pairing::PairingError> for PairingError {
             Protocol::BadCode => Self::BadCode,
             Protocol::WrongCode => Self::WrongCode,
             Protocol::Identity(IdentityError::NameTooLong) => Self::NameTooLong,
+            Protocol::Identity(IdentityError::NameHasControl) => Self::NameHasControl,
             other => Self::Protocol(other.to_string()),
         }
     }

@@ -17,6 +17,18 @@ use zeroize::Zeroizing;
 
 use crate::limits::MAX_DEVICE_NAME_LEN;
 
+/// A device name is at most [`MAX_DEVICE_NAME_LEN`] bytes and has no control characters
+/// (checked when a certificate is issued and whenever one is verified).
+pub fn check_device_name(name: &str) -> Result<(), IdentityError> {
+    if name.len() > MAX_DEVICE_NAME_LEN {
+        return Err(IdentityError::NameTooLong);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(IdentityError::NameHasControl);
+    }
+    Ok(())
+}
+
 /// Label for the user key's signature on a device certificate.
 pub const DEVICE_CERTIFICATE_LABEL: &[u8] = b"ferry/v1/device-certificate";
 /// Label for the user key's signature on a device revocation.
@@ -35,6 +47,10 @@ pub enum IdentityError {
     /// A device name is longer than [`MAX_DEVICE_NAME_LEN`] bytes.
     #[error("device name is longer than {MAX_DEVICE_NAME_LEN} bytes")]
     NameTooLong,
+    /// A device name holds a control character (NUL, escape, newline...): it would break
+    /// storage or the terminals that print it.
+    #[error("device name contains a control character")]
+    NameHasControl,
     /// Text was not 64 hexadecimal digits.
     #[error("expected 64 hexadecimal digits")]
     BadHex,
@@ -200,9 +216,7 @@ impl DeviceCertificate {
         name: &str,
         created_at: u64,
     ) -> Result<Self, IdentityError> {
-        if name.len() > MAX_DEVICE_NAME_LEN {
-            return Err(IdentityError::NameTooLong);
-        }
+        check_device_name(name)?;
         let user = user_key.id();
         let signed = Self::signed_fields(&user, &device, name, created_at);
         let signature = user_key.sign(DEVICE_CERTIFICATE_LABEL, &signed);
@@ -217,9 +231,7 @@ impl DeviceCertificate {
 
     /// Checks the user key's signature and the name limit.
     pub fn verify(&self) -> Result<(), IdentityError> {
-        if self.name.len() > MAX_DEVICE_NAME_LEN {
-            return Err(IdentityError::NameTooLong);
-        }
+        check_device_name(&self.name)?;
         let signed = Self::signed_fields(&self.user, &self.device, &self.name, self.created_at);
         self.user
             .verify(DEVICE_CERTIFICATE_LABEL, &signed, &self.signature)
@@ -318,6 +330,31 @@ mod tests {
             DeviceCertificate::issue(&user, DeviceId([9; 32]), &name, 0),
             Err(IdentityError::NameTooLong)
         );
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_when_issued_and_when_verified() {
+        let mut rng = rng();
+        let user = UserKey::generate(&mut rng);
+        assert_eq!(check_device_name(&"x".repeat(MAX_DEVICE_NAME_LEN)), Ok(()));
+        assert_eq!(check_device_name("téléphone ✓"), Ok(()));
+        for name in [
+            "nul\0",
+            "esc\u{1b}[2J",
+            "new\nline",
+            "del\u{7f}",
+            "c1\u{9b}",
+        ] {
+            assert_eq!(
+                DeviceCertificate::issue(&user, DeviceId([9; 32]), name, 0),
+                Err(IdentityError::NameHasControl),
+                "{name:?}"
+            );
+            // A certificate carrying one (signed by hand, or altered) does not verify either.
+            let mut cert = DeviceCertificate::issue(&user, DeviceId([9; 32]), "ok", 0).unwrap();
+            cert.name = name.to_owned();
+            assert_eq!(cert.verify(), Err(IdentityError::NameHasControl));
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub use error::ErrorCode;
 pub use frames::{Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame};
 pub use identity::{
     DeviceCertificate, DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, Revocation, UserId,
-    UserKey,
+    UserKey, check_device_name,
 };
 
 /// The newest protocol version this build speaks.

@@ -428,9 +428,7 @@ impl Joiner {
         device: &DeviceKey,
         name: &str,
     ) -> Result<(JoinerAwaitGrant, Vec<u8>), PairingError> {
-        if name.len() > MAX_DEVICE_NAME_LEN {
-            return Err(IdentityError::NameTooLong.into());
-        }
+        crate::identity::check_device_name(name)?;
         let PairingMessage::InviterHello { pake, confirm } = codec::decode(body)? else {
             return Err(PairingError::Unexpected("expected InviterHello".into()));
         };

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ferry_protocol::IdentityError;
 use ferry_protocol::handshake::Credentials;
-use ferry_protocol::limits::MAX_DEVICE_NAME_LEN;
 use ferry_protocol::pairing::{Joiner, JoinerAwaitGrant, PairingCode};
 use ferry_protocol::{ClientFrame, DeviceId, DeviceKey, ErrorCode, RelayId};
 use rand_core::OsRng;
@@ -78,8 +78,10 @@ impl Join {
         options: &Options,
     ) -> Result<Self, PairingError> {
         let code = PairingCode::parse(code)?;
-        if device_name.len() > MAX_DEVICE_NAME_LEN {
-            return Err(PairingError::NameTooLong);
+        match ferry_protocol::check_device_name(device_name) {
+            Err(IdentityError::NameTooLong) => return Err(PairingError::NameTooLong),
+            Err(_) => return Err(PairingError::NameHasControl),
+            Ok(()) => {}
         }
         check_relay_url(relay_url)?;
         let dir = dir.as_ref().to_owned();

@@ -249,6 +249,9 @@ impl From<IdentityError> for HandshakeError {
     fn from(e: IdentityError) -> Self {
         match e {
             IdentityError::NameTooLong => Self::BadCertificate("device name too long"),
+            IdentityError::NameHasControl => {
+                Self::BadCertificate("device name contains a control character")
+            }
             IdentityError::InvalidKey => {
                 Self::BadCertificate("user key is not a valid Ed25519 key")
             }
