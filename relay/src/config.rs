@@ -1,6 +1,7 @@
 //! Configuration: one struct with defaults, command-line flags and `FERRY_*` environment
 //! overrides. `relay/ferry-relay.example.env` lists every setting.
 
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,22 @@ pub struct Config {
     /// `redis://HOST:PORT` for wake-ups between relay nodes. Default: in-process (one node).
     #[arg(long, global = true, env = "FERRY_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Address to serve `/metrics` and `/readyz` on. When set, the client port answers 404
+    /// for them (it keeps `/healthz`). Default: everything on the client port.
+    #[arg(long, global = true, env = "FERRY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// A load balancer (address or CIDR, repeatable) whose `X-Forwarded-For` header is
+    /// believed: the client is the rightmost address in it that is not a trusted proxy.
+    /// From any other peer the header is ignored and the TCP peer address is the client.
+    #[arg(
+        long = "trusted-proxy",
+        global = true,
+        env = "FERRY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpNet>,
 
     /// Limits on what clients may do.
     #[command(flatten)]
@@ -77,6 +94,45 @@ pub struct Limits {
         default_value_t = 2_000
     )]
     pub appends_per_device_per_second: u32,
+
+    /// Cursor writes (`Ack`) per second from one device (bursts up to twice that); acks
+    /// beyond it are merged into the next one written, never lost.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ACKS_PER_DEVICE_PER_SECOND",
+        default_value_t = 20
+    )]
+    pub acks_per_device_per_second: u32,
+
+    /// Events kept for one user at most; appends beyond it are refused with `quota_exceeded`
+    /// (405) until retention frees space.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_EVENTS_PER_USER",
+        default_value_t = 1_000_000
+    )]
+    pub max_events_per_user: u64,
+
+    /// Payload bytes kept for one user at most (1 GiB by default); as `--max-events-per-user`.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_BYTES_PER_USER",
+        default_value_t = 1 << 30
+    )]
+    pub max_bytes_per_user: u64,
+
+    /// Ephemeral frames per second from one device (bursts up to twice that); beyond it
+    /// they are dropped (ephemerals are best effort) and counted.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_EPHEMERALS_PER_DEVICE_PER_SECOND",
+        default_value_t = 50
+    )]
+    pub ephemerals_per_device_per_second: u32,
 
     /// Devices a user may register (revoked devices do not count).
     #[arg(
@@ -131,6 +187,44 @@ pub struct Limits {
         default_value_t = 120_000
     )]
     pub idle_timeout_ms: u64,
+
+    /// Time a client has to send a request's headers, in ms; also how long an idle
+    /// keep-alive HTTP connection is kept.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_HTTP_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub http_header_timeout_ms: u64,
+
+    /// Connections open at once from one client address (an IPv6 /64 counts as one).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Sessions open at once for one user on this node.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_SESSIONS_PER_USER",
+        default_value_t = 64
+    )]
+    pub max_sessions_per_user: usize,
+
+    /// An anonymous (pairing) session not taking part in a pairing is closed after this
+    /// long, in ms; pings do not count.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PAIRING_IDLE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub pairing_idle_timeout_ms: u64,
 }
 
 /// How the log is committed, replayed and trimmed.
@@ -148,6 +242,25 @@ pub struct LogConfig {
     /// Events per page when replaying from the database.
     #[arg(long, global = true, env = "FERRY_REPLAY_PAGE", default_value_t = 512)]
     pub replay_page: u32,
+
+    /// Payload bytes per replay page (a page always holds at least one event): bounds what
+    /// a session holds in memory while a slow device reads it.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_REPLAY_PAGE_BYTES",
+        default_value_t = 2 * 1024 * 1024
+    )]
+    pub replay_page_bytes: usize,
+
+    /// Sessions replaying from the database at once on this node; more wait their turn.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_CONCURRENT_REPLAYS",
+        default_value_t = 64
+    )]
+    pub max_concurrent_replays: usize,
 
     /// How often connected devices check the log while the wake-up bus is down, in ms.
     #[arg(
@@ -206,6 +319,17 @@ impl Config {
         config
     }
 
+    /// How the store is opened: pools as by default, the per-user quota from the limits.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            quota: crate::store::Quota {
+                max_events: self.limits.max_events_per_user,
+                max_bytes: self.limits.max_bytes_per_user,
+            },
+            ..crate::store::StoreOptions::default()
+        }
+    }
+
     /// The database URL in force: the flag, or SQLite in the data folder.
     pub fn database_url(&self) -> String {
         match &self.database_url {
@@ -233,6 +357,16 @@ impl Limits {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
+
+    /// [`Self::http_header_timeout_ms`] as a duration.
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_ms)
+    }
+
+    /// [`Self::pairing_idle_timeout_ms`] as a duration.
+    pub fn pairing_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.pairing_idle_timeout_ms)
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -247,7 +381,68 @@ impl std::fmt::Debug for Config {
                 &self.redis_url.as_deref().map(crate::redact_url),
             )
             .field("limits", &self.limits)
+            .field("admin_listen", &self.admin_listen)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("log", &self.log)
             .finish()
+    }
+}
+
+/// An address range: `10.0.0.0/8`, `fd00::/8`, or one address (`192.0.2.7`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }

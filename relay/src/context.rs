@@ -35,12 +35,20 @@ pub struct Context {
     pub handshake_limiter: KeyedLimiter<IpAddr>,
     /// Appends per device.
     pub append_limiter: KeyedLimiter<DeviceId>,
+    /// Cursor writes (`Ack`) per device.
+    pub ack_limiter: KeyedLimiter<DeviceId>,
+    /// Ephemeral frames per device.
+    pub ephemeral_limiter: KeyedLimiter<DeviceId>,
+    /// Replays from the database running at once on this node.
+    pub replays: tokio::sync::Semaphore,
     /// Pairing joins per IP address.
     pub pair_join_limiter: KeyedLimiter<IpAddr>,
     /// Open pairing slots.
     pub pairing: PairingSlots,
-    /// Open WebSocket connections.
+    /// Open client connections: HTTP ones waiting for their request, and WebSockets.
     pub connections: AtomicUsize,
+    /// Open connections per client address, and sessions per user.
+    pub occupancy: crate::server::Occupancy,
     /// Becomes true when the node starts shutting down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -68,6 +68,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     println!("ferry-relay listening on ws://{}/ws", server.local_addr());
     println!("relay key (pin this in clients): {}", server.relay_id());
+    if let Some(admin) = server.admin_addr() {
+        println!("admin endpoints on http://{admin}/metrics and /readyz");
+    }
     shutdown_signal().await;
     server.shutdown().await;
     Ok(())

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub trimmed_events: Counter,
     /// Bus messages dropped because the publish queue was full.
     pub bus_dropped: Counter,
+    limit_refusals: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +67,7 @@ impl Metrics {
             bus_up: Gauge::default(),
             trimmed_events: Counter::default(),
             bus_dropped: Counter::default(),
+            limit_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +136,11 @@ impl Metrics {
             "Bus messages dropped (publish queue full)",
             metrics.bus_dropped.clone(),
         );
+        registry.register(
+            "limit_refusals",
+            "Connections and sessions refused or closed by a connection limit, by limit",
+            metrics.limit_refusals.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -162,5 +169,13 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Metrics {
+    /// Counts a connection or session refused or closed by a limit (`connections`,
+    /// `connections_per_ip`, `sessions_per_user`, `http_header_timeout`, `pairing_idle`).
+    pub fn limit_refusal(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
     }
 }

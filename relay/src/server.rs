@@ -10,22 +10,34 @@
 //! | `/readyz` | 200 when the database and the bus answer, 503 otherwise |
 //! | `/metrics` | Prometheus text |
 //!
+//! With `--admin-listen`, `/readyz` and `/metrics` are served only on that address (the client
+//! port answers 404 for them); `/healthz` is on both.
+//!
+//! Every client connection is counted from the moment it is accepted (before its HTTP request
+//! arrives) until its WebSocket closes, globally (`--max-connections`) and per client address
+//! (`--max-connections-per-ip`, IPv6 by /64). Headers must arrive within
+//! `--http-header-timeout-ms`, which also bounds idle keep-alive connections. The client
+//! address is the TCP peer, or, from a `--trusted-proxy`, the rightmost untrusted hop of
+//! `X-Forwarded-For`.
+//!
 //! Shutdown: stop accepting, tell every session to stop reading, commit everything queued and
 //! answer it, close sockets with 1001 (going away), then close the store.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_protocol::{DeviceId, RelayId, UserId};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rand_core::{OsRng, RngCore};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -35,7 +47,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::bus::{self, Bus};
-use crate::config::Config;
+use crate::config::{Config, IpNet};
 use crate::context::{Context, now_ms};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -75,6 +87,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     relay_id: RelayId,
     key_created: bool,
     context: Arc<Context>,
@@ -104,7 +117,7 @@ impl Server {
     pub async fn spawn_with_bus(config: Config, bus: BusParts) -> Result<Self, StartError> {
         // The key first: it creates the data folder the embedded database lives in.
         let key = relay_key::load_or_create(&config.data_dir)?;
-        let store = store::open(&config.database_url()).await?;
+        let store = store::open_with(&config.database_url(), &config.store_options()).await?;
         Self::start(config, key, store, bus).await
     }
 
@@ -146,6 +159,11 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let admin_listener = match config.admin_listen {
+            Some(admin) => Some(bind(admin).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(|(_, addr)| *addr);
         let (stop, stopped) = watch::channel(false);
         let limits = &config.limits;
         let context = Arc::new(Context {
@@ -157,12 +175,22 @@ impl Server {
                 f64::from(limits.appends_per_device_per_second),
                 f64::from(limits.appends_per_device_per_second) * 2.0,
             ),
+            ack_limiter: KeyedLimiter::<DeviceId>::new(
+                f64::from(limits.acks_per_device_per_second),
+                f64::from(limits.acks_per_device_per_second) * 2.0,
+            ),
+            ephemeral_limiter: KeyedLimiter::<DeviceId>::new(
+                f64::from(limits.ephemerals_per_device_per_second),
+                f64::from(limits.ephemerals_per_device_per_second) * 2.0,
+            ),
+            replays: tokio::sync::Semaphore::new(config.log.max_concurrent_replays.max(1)),
             pair_join_limiter: KeyedLimiter::new(
                 f64::from(limits.pair_joins_per_ip_per_minute) / 60.0,
                 f64::from(limits.pair_joins_per_ip_per_minute) / 4.0,
             ),
             pairing: PairingSlots::new(Duration::from_secs(limits.pairing_ttl_secs)),
             connections: AtomicUsize::new(0),
+            occupancy: Occupancy::default(),
             shutdown: stopped.clone(),
             config,
             key,
@@ -172,14 +200,23 @@ impl Server {
             metrics,
         });
 
-        let background = vec![tokio::spawn(retention(
+        let mut background = vec![tokio::spawn(retention(
             Arc::clone(&context),
             stopped.clone(),
         ))];
+        if let Some((admin, admin_addr)) = admin_listener {
+            tracing::info!(addr = %admin_addr, "admin endpoints (/metrics, /readyz) serving");
+            background.push(tokio::spawn(accept_admin(
+                admin,
+                Arc::clone(&context),
+                stopped.clone(),
+            )));
+        }
         let accept_task = tokio::spawn(accept(listener, Arc::clone(&context), stopped));
         tracing::info!(%addr, relay_key = %relay_id, "relay serving");
         Ok(Self {
             addr,
+            admin_addr,
             relay_id,
             key_created,
             context,
@@ -192,6 +229,11 @@ impl Server {
     /// The address the node serves on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` and `/readyz` are served on, when `--admin-listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The relay's public identity key, which clients pin.
@@ -292,74 +334,207 @@ async fn accept(
             }
         };
         let _ = stream.set_nodelay(true);
+        let slot = Arc::new(ConnectionSlot::open(&context, remote.ip()));
+        let builder = http_builder(&context);
         let context = Arc::clone(&context);
+        let stop = stop.clone();
         connections.spawn(async move {
+            let metrics = Arc::clone(&context.metrics);
             let service = hyper::service::service_fn(move |request| {
-                route(request, remote, Arc::clone(&context))
+                route(request, remote, Arc::clone(&slot), Arc::clone(&context))
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "http connection ended with an error");
+            if serve_http(stream, builder, service, stop).await {
+                metrics.limit_refusal("http_header_timeout");
             }
         });
     }
     connections
 }
 
+/// Serves the admin endpoints until the node stops (the task is aborted at shutdown).
+async fn accept_admin(listener: TcpListener, context: Arc<Context>, stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let builder = http_builder(&context);
+        let context = Arc::clone(&context);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                route_admin(request, Arc::clone(&context))
+            });
+            serve_http(stream, builder, service, stop).await;
+        });
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
+/// HTTP/1.1 with a timer: headers must arrive within `--http-header-timeout-ms`, and the same
+/// deadline closes a keep-alive connection that sends no next request.
+fn http_builder(ctx: &Context) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(
+            ctx.config
+                .limits
+                .http_header_timeout()
+                .max(Duration::from_millis(1)),
+        )
+        .max_buf_size(64 * 1024);
+    builder
+}
+
+/// Serves one HTTP connection (and hands over its upgrade); a node that stops closes it
+/// after the request in progress. True when it was closed for not sending headers in time.
+async fn serve_http<S, T>(
+    stream: T,
+    builder: http1::Builder,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+) -> bool
+where
+    S: hyper::service::Service<Request<Incoming>, Response = HttpResponse, Error = Infallible>,
+    S::Future: Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let stopping = async {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    match result {
+        Ok(()) => false,
+        Err(e) if e.is_timeout() => {
+            tracing::debug!("http connection closed: headers not received in time");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "http connection ended with an error");
+            false
+        }
+    }
+}
+
 type HttpResponse = Response<Full<Bytes>>;
 
+/// The client port.
 async fn route(
     request: Request<Incoming>,
     remote: SocketAddr,
+    slot: Arc<ConnectionSlot>,
+    ctx: Arc<Context>,
+) -> Result<HttpResponse, Infallible> {
+    let admin_here = ctx.config.admin_listen.is_none();
+    let over_cap = slot.refusal().is_some();
+    let mut response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/ws") => return Ok(upgrade(request, remote, slot, ctx)),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if admin_here => ready(&ctx).await,
+        (&Method::GET, "/metrics") if admin_here => metrics(&ctx),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if over_cap {
+        // A connection over a cap gets one answer (an upgrade is refused with 402), then
+        // closes.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+/// The admin port (`--admin-listen`).
+async fn route_admin(
+    request: Request<Incoming>,
     ctx: Arc<Context>,
 ) -> Result<HttpResponse, Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(request, remote, ctx),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => ready(&ctx).await,
-        (&Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        }
+        (&Method::GET, "/metrics") => metrics(&ctx),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
 }
 
+fn metrics(ctx: &Context) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Readiness. The answer names only what is not ready; the error itself (which may carry
+/// host names or driver details) goes to the log.
 async fn ready(ctx: &Context) -> HttpResponse {
     let timeout = Duration::from_secs(2);
     let database = match tokio::time::timeout(timeout, ctx.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("database: {e}")),
-        Err(_) => Err("database: timed out".to_owned()),
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database did not answer");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database did not answer within 2 s");
+            false
+        }
     };
     let bus = match tokio::time::timeout(timeout, ctx.hub.ping_bus()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("bus: {e}")),
-        Err(_) => Err("bus: timed out".to_owned()),
-    };
-    match (database, bus) {
-        (Ok(()), Ok(())) => text(StatusCode::OK, "ready\n"),
-        (database, bus) => {
-            let reasons: Vec<String> = [database.err(), bus.err()].into_iter().flatten().collect();
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("not ready: {}\n", reasons.join("; ")),
-            )
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the bus did not answer");
+            false
         }
-    }
+        Err(_) => {
+            tracing::warn!("readiness: the bus did not answer within 2 s");
+            false
+        }
+    };
+    let body = match (database, bus) {
+        (true, true) => return text(StatusCode::OK, "ready\n"),
+        (false, true) => "not ready: database\n",
+        (true, false) => "not ready: bus\n",
+        (false, false) => "not ready: database, bus\n",
+    };
+    text(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// Answers the WebSocket upgrade and hands the socket to a connection task.
-fn upgrade(mut request: Request<Incoming>, remote: SocketAddr, ctx: Arc<Context>) -> HttpResponse {
+fn upgrade(
+    mut request: Request<Incoming>,
+    remote: SocketAddr,
+    slot: Arc<ConnectionSlot>,
+    ctx: Arc<Context>,
+) -> HttpResponse {
     let headers = request.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
@@ -378,6 +553,10 @@ fn upgrade(mut request: Request<Incoming>, remote: SocketAddr, ctx: Arc<Context>
         );
     };
     let accept = derive_accept_key(key.as_bytes());
+    let client = client_address(headers, remote.ip(), &ctx.config.trusted_proxies);
+    // A connection from a trusted proxy is counted against its client's address from here.
+    slot.claim(address_key(client));
+    let refusal = slot.refusal();
     let on_upgrade = hyper::upgrade::on(&mut request);
     let frame_limit = ctx
         .config
@@ -399,7 +578,8 @@ fn upgrade(mut request: Request<Incoming>, remote: SocketAddr, ctx: Arc<Context>
                     Some(ws_config),
                 )
                 .await;
-                crate::connection::serve(ws, remote, ctx).await;
+                crate::connection::serve(ws, client, refusal, ctx).await;
+                drop(slot);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -447,5 +627,294 @@ async fn retention(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "retention failed"),
         }
+    }
+}
+
+/// Open connections per client address and sessions per user, on this node.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    addresses: Mutex<HashMap<IpAddr, usize>>,
+    users: Mutex<HashMap<UserId, usize>>,
+}
+
+impl Occupancy {
+    /// Connections counted against `address` (an [`address_key`]) now.
+    pub fn connections_from(&self, address: IpAddr) -> usize {
+        crate::sync::lock(&self.addresses)
+            .get(&address)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn add_address(&self, key: IpAddr) -> usize {
+        let mut addresses = crate::sync::lock(&self.addresses);
+        let count = addresses.entry(key).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn remove_address(&self, key: IpAddr) {
+        let mut addresses = crate::sync::lock(&self.addresses);
+        if let Some(count) = addresses.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                addresses.remove(&key);
+            }
+        }
+    }
+
+    /// Counts a session of `user`, or `None` when it already has `max` on this node.
+    pub(crate) fn open_session(&self, user: UserId, max: usize) -> Option<SessionSlot<'_>> {
+        let mut users = crate::sync::lock(&self.users);
+        let count = users.entry(user).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SessionSlot {
+            occupancy: self,
+            user,
+        })
+    }
+}
+
+/// One session counted against its user, until dropped.
+#[derive(Debug)]
+pub(crate) struct SessionSlot<'a> {
+    occupancy: &'a Occupancy,
+    user: UserId,
+}
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        let mut users = crate::sync::lock(&self.occupancy.users);
+        if let Some(count) = users.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// One client connection, counted from accept until its WebSocket (if any) ends.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    ctx: Arc<Context>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    /// The address key counted against `--max-connections-per-ip`, once known.
+    address: Option<IpAddr>,
+    /// Why the connection is over a cap (its upgrade is refused with 402).
+    refusal: Option<Refusal>,
+}
+
+impl ConnectionSlot {
+    /// Counts a new connection from `peer`: globally, and against the peer's address unless
+    /// it is a trusted proxy (then the client is known only from the request).
+    fn open(ctx: &Arc<Context>, peer: IpAddr) -> Self {
+        let limits = &ctx.config.limits;
+        let open = ctx.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut state = SlotState {
+            address: None,
+            refusal: (open > limits.max_connections).then_some(Refusal {
+                limit: "connections",
+                reason: "the relay is at its connection limit",
+            }),
+        };
+        let peer = peer.to_canonical();
+        if !is_trusted(peer, &ctx.config.trusted_proxies) {
+            let key = address_key(peer);
+            if ctx.occupancy.add_address(key) > limits.max_connections_per_ip {
+                state.refusal.get_or_insert(PER_ADDRESS);
+            }
+            state.address = Some(key);
+        }
+        Self {
+            ctx: Arc::clone(ctx),
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Counts the connection against `key` if it is not counted against an address yet.
+    fn claim(&self, key: IpAddr) {
+        let mut state = crate::sync::lock(&self.state);
+        if state.address.is_some() {
+            return;
+        }
+        if self.ctx.occupancy.add_address(key) > self.ctx.config.limits.max_connections_per_ip {
+            state.refusal.get_or_insert(PER_ADDRESS);
+        }
+        state.address = Some(key);
+    }
+
+    /// Why this connection may not open a WebSocket, if it is over a cap.
+    fn refusal(&self) -> Option<Refusal> {
+        crate::sync::lock(&self.state).refusal
+    }
+}
+
+/// Why a connection is over a cap: the limit (a metric label) and what the client is told.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusal {
+    pub limit: &'static str,
+    pub reason: &'static str,
+}
+
+const PER_ADDRESS: Refusal = Refusal {
+    limit: "connections_per_ip",
+    reason: "too many connections from this address",
+};
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.ctx.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(key) = crate::sync::lock(&self.state).address {
+            self.ctx.occupancy.remove_address(key);
+        }
+    }
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the rightmost
+/// address in `X-Forwarded-For` that is not itself a trusted proxy. Parsing stops at the
+/// first hop that is not an address (then the last good hop, a trusted proxy, is used).
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| value.to_str().unwrap_or("invalid"))
+        .collect();
+    let mut client = peer;
+    for hop in values.iter().flat_map(|v| v.split(',')).rev() {
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(client, trusted) {
+            break;
+        }
+    }
+    client
+}
+
+/// The key per-address limits count under: an IPv4 address, or an IPv6 address's /64
+/// (one subscriber usually holds a whole /64).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(Ipv6Addr::from(segments))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let h = headers(&["198.51.100.7"]);
+        assert_eq!(
+            client_address(&h, ip("203.0.113.1"), &[]),
+            ip("203.0.113.1")
+        );
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_address(&h, ip("203.0.113.1"), &trusted),
+            ip("203.0.113.1")
+        );
+        assert_eq!(
+            client_address(&h, ip("10.1.2.3"), &trusted),
+            ip("198.51.100.7")
+        );
+        // IPv4-mapped peers (a dual-stack listener) match IPv4 ranges.
+        assert_eq!(
+            client_address(&h, ip("::ffff:10.1.2.3"), &trusted),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // The client forged the first entry; the proxy appended what it saw.
+        let h = headers(&["1.1.1.1, 198.51.100.7, 10.0.0.5"]);
+        assert_eq!(
+            client_address(&h, ip("10.0.0.9"), &trusted),
+            ip("198.51.100.7")
+        );
+        let h = headers(&["1.1.1.1", "198.51.100.7:4242"]);
+        assert_eq!(
+            client_address(&h, ip("10.0.0.9"), &trusted),
+            ip("198.51.100.7")
+        );
+        // Garbage stops the walk at the last trusted hop.
+        let h = headers(&["1.1.1.1, not-an-ip, 10.0.0.5"]);
+        assert_eq!(client_address(&h, ip("10.0.0.9"), &trusted), ip("10.0.0.5"));
+        // No header: the proxy itself.
+        assert_eq!(
+            client_address(&HeaderMap::new(), ip("10.0.0.9"), &trusted),
+            ip("10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(address_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_key(ip("192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn ranges_parse_and_match() {
+        let net: IpNet = "192.168.0.0/16".parse().unwrap();
+        assert!(net.contains(ip("192.168.4.5")));
+        assert!(!net.contains(ip("192.169.0.1")));
+        let one: IpNet = "127.0.0.1".parse().unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        let all: IpNet = "::/0".parse().unwrap();
+        assert!(all.contains(ip("2001:db8::1")) && !all.contains(ip("1.2.3.4")));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("nope".parse::<IpNet>().is_err());
     }
 }

@@ -9,9 +9,8 @@
 mod pairing;
 mod session;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use ferry_protocol::handshake::{AuthFailure, PendingSession, ServerHandshake};
@@ -84,17 +83,29 @@ impl Close {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve<S>(mut ws: WebSocketStream<S>, remote: SocketAddr, ctx: Arc<Context>)
-where
+///
+/// `client` is the client's address (the TCP peer, or what a trusted proxy reported);
+/// `refusal` says why the connection is over a connection cap, if it is (the server counts
+/// connections from accept on).
+pub async fn serve<S>(
+    mut ws: WebSocketStream<S>,
+    client: IpAddr,
+    refusal: Option<crate::server::Refusal>,
+    ctx: Arc<Context>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let open = ctx.connections.fetch_add(1, Ordering::Relaxed) + 1;
     ctx.metrics.connections.inc();
-    let outcome = if open > ctx.config.limits.max_connections {
-        Err(Close::new(ErrorCode::TooManyConnections))
+    let address = crate::server::address_key(client);
+    let outcome = if let Some(refusal) = refusal {
+        ctx.metrics.limit_refusal(refusal.limit);
+        Err(Close::with_reason(
+            ErrorCode::TooManyConnections,
+            refusal.reason,
+        ))
     } else if !ctx
         .handshake_limiter
-        .try_take(&remote.ip(), std::time::Instant::now())
+        .try_take(&address, std::time::Instant::now())
     {
         Err(Close::with_reason(
             ErrorCode::RateLimited,
@@ -112,7 +123,7 @@ where
         }
     };
     let result = match outcome {
-        Ok(pending) => start_session(ws, pending, remote, &ctx).await,
+        Ok(pending) => start_session(ws, pending, address, &ctx).await,
         Err(close) => {
             ctx.metrics.handshake(close.metric_name());
             finish(ws, close, &ctx).await;
@@ -122,7 +133,6 @@ where
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with a transport error");
     }
-    ctx.connections.fetch_sub(1, Ordering::Relaxed);
     ctx.metrics.connections.dec();
 }
 
@@ -160,7 +170,7 @@ where
 async fn start_session<S>(
     mut ws: WebSocketStream<S>,
     pending: PendingSession,
-    remote: SocketAddr,
+    address: IpAddr,
     ctx: &Arc<Context>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
@@ -171,8 +181,23 @@ where
         let (channel, reply) = pending.accept(0, 0);
         ws.send(Message::Binary(reply.into())).await?;
         ctx.metrics.handshake("ok_pairing");
-        pairing::run(ws, channel, remote, Arc::clone(ctx)).await;
+        pairing::run(ws, channel, address, Arc::clone(ctx)).await;
         return Ok(());
+    };
+    // Counted before any database work, released when the session ends.
+    let max_sessions = ctx.config.limits.max_sessions_per_user;
+    let Some(_session_slot) = ctx.occupancy.open_session(auth.user, max_sessions) else {
+        ctx.metrics.limit_refusal("sessions_per_user");
+        return refuse(
+            ws,
+            pending,
+            Close::with_reason(
+                ErrorCode::TooManyConnections,
+                "too many sessions for this user",
+            ),
+            ctx,
+        )
+        .await;
     };
     let admitted = async {
         // A known device is only read (on the store's reader side); the write transaction

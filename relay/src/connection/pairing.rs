@@ -1,7 +1,9 @@
 //! An anonymous session: a device being paired, which may only join a slot and exchange
-//! pairing messages with the inviter. It lives at most as long as a pairing code does.
+//! pairing messages with the inviter. It lives at most as long as a pairing code does, and
+//! while it takes part in no pairing (before its join, after its pairing closed) at most
+//! `--pairing-idle-timeout-ms`: pings do not keep it open.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +25,7 @@ const QUEUE: usize = 16;
 pub(super) async fn run<S>(
     mut ws: WebSocketStream<S>,
     mut channel: ServerChannel,
-    remote: SocketAddr,
+    address: IpAddr,
     ctx: Arc<Context>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -32,13 +34,32 @@ pub(super) async fn run<S>(
     let (frames, mut queued) = mpsc::channel(QUEUE);
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(ctx.config.limits.pairing_ttl_secs);
+    let idle_timeout = ctx.config.limits.pairing_idle_timeout();
+    // `None` while the session takes part in a pairing.
+    let mut idle_deadline = Some(tokio::time::Instant::now() + idle_timeout);
     let mut shutdown = ctx.shutdown.clone();
     let close = loop {
+        let idle = async move {
+            match idle_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let outgoing = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break Some(Close::going_away()),
             _ = tokio::time::sleep_until(deadline) => break Some(Close::new(ErrorCode::PairingExpired)),
-            Some(frame) = queued.recv() => frame,
+            () = idle => {
+                ctx.metrics.limit_refusal("pairing_idle");
+                break Some(Close { code: None, reason: "idle for too long".to_owned() });
+            }
+            Some(frame) = queued.recv() => {
+                if matches!(frame, ServerFrame::PairClosed { .. }) {
+                    // The pairing is over: the idle clock starts again.
+                    idle_deadline = Some(tokio::time::Instant::now() + idle_timeout);
+                }
+                frame
+            }
             message = ws.next() => {
                 let bytes = match message {
                     Some(Ok(Message::Binary(bytes))) => bytes,
@@ -56,14 +77,21 @@ pub(super) async fn run<S>(
                 let party = Party { session, frames: frames.clone() };
                 let result = match frame {
                     ClientFrame::PairJoin { slot, body } => {
-                        if ctx.pair_join_limiter.try_take(&remote.ip(), Instant::now()) {
-                            ctx.pairing.join(slot, party, body)
+                        if ctx.pair_join_limiter.try_take(&address, Instant::now()) {
+                            let joined = ctx.pairing.join(slot, party, body);
+                            if joined.is_ok() {
+                                idle_deadline = None;
+                            }
+                            joined
                         } else {
                             Err(ErrorCode::RateLimited)
                         }
                     }
                     ClientFrame::PairForward { slot, body } => ctx.pairing.forward(slot, session, body),
-                    ClientFrame::PairClose { slot, success } => ctx.pairing.close(slot, session, success),
+                    ClientFrame::PairClose { slot, success } => {
+                        idle_deadline = Some(tokio::time::Instant::now() + idle_timeout);
+                        ctx.pairing.close(slot, session, success)
+                    }
                     ClientFrame::Ping { nonce } => {
                         let _ = frames.try_send(ServerFrame::Pong { nonce });
                         Ok(())
