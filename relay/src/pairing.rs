@@ -5,12 +5,16 @@
 //! closes it, when the inviter leaves, or when it expires. A burned slot stays as a tombstone
 //! until its expiry so that a second use of the same code is told "code already used" and the
 //! slot number cannot be reopened under a code someone may still type.
+//!
+//! A user has at most one live (open, not burned) slot at a time: one session cannot take all
+//! the slots (they stay tombstoned for the code's lifetime), and a second `PairOpen` of the same
+//! user is refused with `rate_limited` until the first pairing ends.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferry_protocol::{ErrorCode, ServerFrame};
+use ferry_protocol::{ErrorCode, ServerFrame, UserId};
 use tokio::sync::mpsc;
 
 use crate::context::now_ms;
@@ -28,6 +32,8 @@ pub struct Party {
 #[derive(Debug)]
 struct Slot {
     inviter: Party,
+    /// The user the inviter acts for.
+    user: UserId,
     joiner: Option<Party>,
     expires: Instant,
     burned: bool,
@@ -49,8 +55,8 @@ impl PairingSlots {
         }
     }
 
-    /// The inviter opens `slot`. Returns the expiry in Unix milliseconds.
-    pub fn open(&self, slot: u16, inviter: Party) -> Result<u64, ErrorCode> {
+    /// The inviter, a device of `user`, opens `slot`. Returns the expiry in Unix milliseconds.
+    pub fn open(&self, slot: u16, inviter: Party, user: UserId) -> Result<u64, ErrorCode> {
         if slot >= ferry_protocol::pairing::SLOTS {
             return Err(ErrorCode::PairingUnknownCode);
         }
@@ -60,10 +66,14 @@ impl PairingSlots {
         if slots.contains_key(&slot) {
             return Err(ErrorCode::PairingSlotTaken);
         }
+        if slots.values().any(|s| s.user == user && !s.burned) {
+            return Err(ErrorCode::RateLimited);
+        }
         slots.insert(
             slot,
             Slot {
                 inviter,
+                user,
                 joiner: None,
                 expires: now + self.ttl,
                 burned: false,
@@ -181,6 +191,9 @@ fn other_end(slot: &Slot, from: u64) -> Result<&Party, ErrorCode> {
 mod tests {
     use super::*;
 
+    const U: UserId = UserId([1; 32]);
+    const V: UserId = UserId([2; 32]);
+
     fn party(session: u64) -> (Party, mpsc::Receiver<ServerFrame>) {
         let (frames, rx) = mpsc::channel(8);
         (Party { session, frames }, rx)
@@ -192,8 +205,11 @@ mod tests {
         let (a, mut a_rx) = party(1);
         let (b, mut b_rx) = party(2);
         let (c, _) = party(3);
-        slots.open(7, a.clone()).unwrap();
-        assert_eq!(slots.open(7, a.clone()), Err(ErrorCode::PairingSlotTaken));
+        slots.open(7, a.clone(), U).unwrap();
+        assert_eq!(
+            slots.open(7, a.clone(), V),
+            Err(ErrorCode::PairingSlotTaken)
+        );
         assert_eq!(
             slots.join(8, b.clone(), vec![]),
             Err(ErrorCode::PairingUnknownCode)
@@ -232,18 +248,32 @@ mod tests {
             }
         );
         assert_eq!(slots.join(7, c, vec![]), Err(ErrorCode::PairingCodeUsed));
-        assert_eq!(slots.open(7, a), Err(ErrorCode::PairingSlotTaken));
+        assert_eq!(slots.open(7, a, U), Err(ErrorCode::PairingSlotTaken));
+    }
+
+    #[test]
+    fn a_user_has_one_live_slot_at_a_time() {
+        let slots = PairingSlots::new(Duration::from_secs(60));
+        let (a, _a_rx) = party(1);
+        let (b, _b_rx) = party(2);
+        slots.open(1, a.clone(), U).unwrap();
+        assert_eq!(slots.open(2, a.clone(), U), Err(ErrorCode::RateLimited));
+        assert_eq!(slots.open(2, b.clone(), U), Err(ErrorCode::RateLimited));
+        slots.open(2, b, V).unwrap();
+        // Once the pairing ends (the inviter left: burned), the user may open another.
+        slots.session_ended(1);
+        slots.open(3, a, U).unwrap();
     }
 
     #[test]
     fn expired_slots_refuse_joins_and_free_up() {
         let (a, _a_rx) = party(1);
         let slots = PairingSlots::new(Duration::from_millis(30));
-        slots.open(5, a.clone()).unwrap();
+        slots.open(5, a.clone(), U).unwrap();
         std::thread::sleep(Duration::from_millis(40));
         let (b, _) = party(2);
         assert_eq!(slots.join(5, b, vec![]), Err(ErrorCode::PairingExpired));
-        slots.open(5, a).unwrap();
+        slots.open(5, a, U).unwrap();
     }
 
     #[test]
@@ -251,7 +281,7 @@ mod tests {
         let slots = PairingSlots::new(Duration::from_secs(60));
         let (a, _a_rx) = party(1);
         let (b, mut b_rx) = party(2);
-        slots.open(1, a).unwrap();
+        slots.open(1, a, U).unwrap();
         slots.join(1, b, vec![]).unwrap();
         slots.session_ended(1);
         assert_eq!(

@@ -321,7 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     session: self.peer.id(),
                     frames: self.peer.direct(),
                 };
-                match self.ctx.pairing.open(slot, inviter) {
+                match self.ctx.pairing.open(slot, inviter, self.user) {
                     Ok(expires_at) => {
                         let frame = ServerFrame::PairOpened { slot, expires_at };
                         self.send(Control::Frame(frame)).await
