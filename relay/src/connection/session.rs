@@ -46,7 +46,7 @@ use super::{Close, transport_close};
 use crate::context::Context;
 use crate::hub::Peer;
 use crate::pairing::Party;
-use crate::store::{AppendOrder, AppendOutcome, AppendRequest, StoreError};
+use crate::store::{AppendOrder, AppendOutcome, AppendRequest, LogBounds, StoreError};
 
 /// Frames queued from the reader to the writer.
 const CONTROL_QUEUE: usize = 256;
@@ -443,12 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
 
     /// Replays, then serves live traffic. Returns how to close.
     async fn serve(&mut self) -> Result<Close, Close> {
-        let bounds = self
-            .ctx
-            .store
-            .log_bounds(self.user)
-            .await
-            .map_err(storage_close)?;
+        let bounds = self.bounds().await?;
         if self.delivered > bounds.head {
             // The device has seen events this log no longer has: the database was restored
             // from a backup, or failed over to a replica that lost its tail. New events would
@@ -522,6 +517,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 }
             }
         }
+    }
+
+    /// The user's log bounds now.
+    async fn bounds(&self) -> Result<LogBounds, Close> {
+        self.ctx
+            .store
+            .log_bounds(self.user)
+            .await
+            .map_err(storage_close)
     }
 
     /// Ends the session with `ResyncRequired { earliest }`: the device cannot continue from
@@ -623,12 +627,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             };
             if events[0].seq != self.delivered + 1 {
                 // Retention removed what the device has not had yet.
-                let bounds = self
-                    .ctx
-                    .store
-                    .log_bounds(self.user)
-                    .await
-                    .map_err(storage_close)?;
+                let bounds = self.bounds().await?;
                 tracing::info!(user = %self.user, delivered = self.delivered, next = events[0].seq, "events trimmed under an open session; asking the device to resync");
                 return Err(self.resync(bounds.earliest).await?);
             }

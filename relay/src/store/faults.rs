@@ -204,16 +204,6 @@ impl Store for FaultyStore {
         Ok(outcomes)
     }
 
-    async fn read_events(
-        &self,
-        user: UserId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.read_gate().await;
-        self.inner.read_events(user, after_seq, limit).await
-    }
-
     async fn read_page(
         &self,
         user: UserId,

@@ -206,7 +206,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         user: UserId,
         after_seq: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_page(user, after_seq, limit, usize::MAX).await
+    }
 
     /// [`Store::read_events`] bounded by size too: stops before the page's payloads pass
     /// `max_bytes` in total, but always returns the first event when there is one. What a

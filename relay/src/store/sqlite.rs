@@ -309,38 +309,6 @@ impl Store for SqliteStore {
         Ok(plan.outcomes)
     }
 
-    async fn read_events(
-        &self,
-        user: UserId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(
-            "SELECT seq, device_id, device_seq, payload FROM events
-             WHERE user_id = $1 AND seq > $2
-             ORDER BY seq LIMIT $3",
-        )
-        .bind(user.as_bytes().as_slice())
-        .bind(db_int(after_seq))
-        .bind(db_int(limit as u64))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let device: Vec<u8> = row.try_get("device_id")?;
-                event_from_row(
-                    row.try_get("seq")?,
-                    &device,
-                    row.try_get("device_seq")?,
-                    row.try_get("payload")?,
-                )
-            })
-            .collect()
-    }
-
     async fn read_page(
         &self,
         user: UserId,
