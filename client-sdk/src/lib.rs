@@ -14,8 +14,17 @@
 //!   and resolves with the event's place in the log once the relay has committed it.
 //!   Nothing appended is lost across disconnects or crashes, and nothing is stored twice.
 //! - [`Client::next_event`] returns the log's events, decrypted, in order, each once, on
-//!   every device of the user (this one included). An event is acknowledged when the app
-//!   asks for the next one.
+//!   every device of the user. This device's own events are acknowledged without being
+//!   shown unless [`Options::own_events`] asks for them. An event is acknowledged when the
+//!   app asks for the next one.
+//! - A device's appends are stored in the order it appended them, also across refusals
+//!   (rate limits, a relay restart, a full quota: kept in the outbox and retried) and across
+//!   a state folder restored from a backup (the relay tells the device where it is, and
+//!   events the relay holds under another payload are re-sealed under new sequences).
+//! - [`ClientError::ResyncRequired`] stops the client when the relay cannot continue from the
+//!   device's cursor (retention deleted what follows it, or the relay's database went back
+//!   in time): the app discards what it derived from the log, calls
+//!   [`ClientState::resync`] and connects again to replay the log.
 //! - [`Client::list_devices`] and [`Client::revoke`] manage the user's devices.
 //! - [`pairing`] adds a device: [`pairing::invite`] (or [`Client::invite`]) on a device that
 //!   has the user shows a 6-digit code; [`pairing::join`] on the new device, with that code,
@@ -82,6 +91,7 @@ mod options;
 mod outbox;
 pub mod pairing;
 mod state;
+mod tls;
 
 pub use client::{Client, ClientHandle};
 pub use error::{ClientError, PairingError, StateError};

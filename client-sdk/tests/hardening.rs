@@ -106,6 +106,57 @@ async fn own_events_are_acknowledged_but_not_shown_by_default() {
     phone.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_relay_restored_from_an_old_backup_makes_the_device_resync_not_drop_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("relay");
+    let mut relay = TestRelay::start(&data);
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let phone = another_device(&laptop, &dir.path().join("phone"), "phone");
+    let laptop = Client::connect(laptop, fast()).await.unwrap();
+    let mut phone = Client::connect(phone, fast()).await.unwrap();
+    laptop.append(b"one").await.unwrap();
+    laptop.append(b"two").await.unwrap();
+    assert_eq!(texts(&events(&mut phone, 2).await), ["one", "two"]);
+
+    // The operator backs the database up here (a stopped relay, so the file is complete)...
+    relay.stop();
+    let backup = dir.path().join("backup");
+    copy_dir(&data, &backup);
+    relay.restart();
+    laptop.append(b"three").await.unwrap();
+    assert_eq!(texts(&events(&mut phone, 1).await), ["three"]);
+    let phone_state = phone.close().await.unwrap();
+    assert_eq!(phone_state.cursor(), 3);
+    let laptop_state = laptop.close().await.unwrap();
+
+    // ...and later restores it: the log is back at 2, and new events would take 3 again.
+    relay.stop();
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    relay.restart();
+
+    // The phone (cursor 3 > head 2) is told to resync rather than go on and take a future
+    // event 3 for the "three" it already has. (The laptop's app never read, so its cursor is
+    // 0 and it just goes on.)
+    let mut phone = Client::connect(phone_state, fast()).await.unwrap();
+    match phone.next_event().await {
+        Err(ferry_client::ClientError::ResyncRequired { earliest }) => assert_eq!(earliest, 1),
+        other => panic!("expected ResyncRequired, got {other:?}"),
+    }
+    let mut phone_state = phone.close().await.unwrap();
+    phone_state.resync(1).unwrap();
+    let laptop = Client::connect(laptop_state, fast()).await.unwrap();
+    assert_eq!(laptop.append(b"new three").await.unwrap(), 3);
+    let mut phone = Client::connect(phone_state, fast()).await.unwrap();
+    assert_eq!(
+        texts(&events(&mut phone, 3).await),
+        ["one", "two", "new three"]
+    );
+    phone.close().await.unwrap();
+    laptop.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // `ferry send -` against a relay process killed with -9.
 
