@@ -1,7 +1,8 @@
 //! One connection to the relay: the WebSocket, the handshake, then a writer task and a
 //! reader half.
 //!
-//! 1. `connect_async` opens `ws://HOST:PORT/ws`; every Ferry frame is one binary message.
+//! 1. `connect_async` opens `ws://HOST:PORT/ws` or `wss://` (TLS, see [`crate::tls`]); every
+//!    Ferry frame is one binary message.
 //! 2. The handshake ([`ferry_protocol::handshake`]) runs on the whole socket: ClientHello,
 //!    ServerHello (checked against the pinned relay key), ClientStart with the device's
 //!    credentials and the resume cursor (or anonymous, for a device being paired),
@@ -13,6 +14,7 @@
 //! A relay that refuses says why with an error frame or a close code `4000 + code`; both
 //! become the matching [`ClientError`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use ferry_protocol::handshake::{ClientHandshake, Credentials, Session};
@@ -76,29 +78,37 @@ pub(crate) async fn open(
     relay_key: RelayId,
     keys: &Keys,
     resume: u64,
+    ca_file: Option<&Path>,
 ) -> Result<Connection, ClientError> {
     let credentials = Credentials::Device {
         key: &keys.device,
         certificate: keys.certificate.clone(),
         resume: Some(resume),
     };
-    open_as(url, relay_key, credentials).await
+    open_as(url, relay_key, credentials, ca_file).await
 }
 
 /// Connects and runs the handshake with `credentials`: a device, or
-/// [`Credentials::Anonymous`] for a device being paired.
+/// [`Credentials::Anonymous`] for a device being paired. `ca_file`: the only CA trusted for
+/// `wss://` (default: the platform's roots).
 pub(crate) async fn open_as(
     url: &str,
     relay_key: RelayId,
     credentials: Credentials<'_>,
+    ca_file: Option<&Path>,
 ) -> Result<Connection, ClientError> {
     let frame_limit = MAX_FRAME_LEN + CHANNEL_OVERHEAD;
     let config = WebSocketConfig::default()
         .max_message_size(Some(frame_limit))
         .max_frame_size(Some(frame_limit));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| ClientError::RelayUnreachable(format!("{url}: {e}")))?;
+    let connector = crate::tls::connector(url, ca_file)?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+            .await
+            .map_err(|e| match crate::tls::tls_failure(&e) {
+                Some(why) => ClientError::Tls(format!("{url}: {why}")),
+                None => ClientError::RelayUnreachable(format!("{url}: {e}")),
+            })?;
 
     let (handshake, hello) = ClientHandshake::start(relay_key, &mut OsRng);
     send(&mut ws, hello).await?;

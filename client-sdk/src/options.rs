@@ -1,5 +1,6 @@
 //! How a client connects, retries and batches: [`Options`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Tuning for a [`Client`](crate::Client). The defaults suit apps; tests shorten the times.
@@ -39,6 +40,10 @@ pub struct Options {
     /// the log (other devices need them) and come back from the relay; by default the client
     /// acknowledges them without handing them to the app.
     pub own_events: bool,
+    /// A CA certificate file (PEM) for a `wss://` relay: when set, it is the only CA trusted
+    /// (a private deployment); by default the platform's root certificates are. Unused with
+    /// `ws://`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -52,6 +57,7 @@ impl Default for Options {
             event_buffer: 1024,
             pairing_timeout: Duration::from_secs(600),
             own_events: false,
+            ca_file: None,
         }
     }
 }
@@ -98,6 +104,12 @@ impl Options {
     /// [`Options::own_events`]).
     pub fn own_events(mut self, include: bool) -> Self {
         self.own_events = include;
+        self
+    }
+
+    /// Sets [`Self::ca_file`]: trust only this CA (PEM) for `wss://`.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
         self
     }
 }

@@ -308,7 +308,10 @@ struct StoredCertificate(DeviceCertificate);
 impl Wire for StoredCertificate {}
 
 pub(crate) fn check_relay_url(url: &str) -> Result<(), StateError> {
-    let rest = url.strip_prefix("ws://").unwrap_or_default();
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .unwrap_or_default();
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || url.chars().any(char::is_whitespace) {
         return Err(StateError::InvalidRelayUrl(url.to_owned()));
@@ -421,7 +424,16 @@ mod tests {
     #[test]
     fn bad_input_and_damaged_folders_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        for url in ["http://x/ws", "ws://", "ws:///ws", "ws://a b/ws", "wss"] {
+        for url in [
+            "http://x/ws",
+            "ws://",
+            "ws:///ws",
+            "ws://a b/ws",
+            "wss",
+            "wss://",
+            "wss:///ws",
+            "https://x/ws",
+        ] {
             assert!(
                 matches!(
                     ClientState::create(dir.path().join("u"), url, RelayId([5; 32]), "x"),

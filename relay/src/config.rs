@@ -52,6 +52,27 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// TLS certificate chain (PEM) for the client port: the relay serves `wss://` itself.
+    /// Needs `--tls-key`. Default: plain `ws://` (terminate TLS in a reverse proxy).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
     /// Limits on what clients may do.
     #[command(flatten)]
     pub limits: Limits,
@@ -383,6 +404,8 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("admin_listen", &self.admin_listen)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("log", &self.log)
             .finish()
     }

@@ -13,6 +13,7 @@
 //! - [`bus`]: wake-ups between nodes: in-process, or Redis pub/sub.
 //! - [`store`]: the log: one trait, SQLite and PostgreSQL backends, group commit.
 //! - [`pairing`]: pairing slots, routing opaque PAKE messages between two devices.
+//! - [`tls`]: TLS termination on the client port (`--tls-cert`, `--tls-key`).
 //! - [`config`], [`metrics`], [`rate_limit`], [`relay_key`]: the supporting pieces.
 //!
 //! # Example
@@ -41,6 +42,7 @@ pub mod relay_key;
 pub mod server;
 pub mod store;
 mod sync;
+pub mod tls;
 
 pub use config::Config;
 pub use redact::redact_url;

@@ -62,11 +62,19 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
+    let scheme = if config.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     let server = Server::spawn(config).await.context("starting the relay")?;
     if server.key_created() {
         eprintln!("created a new relay key");
     }
-    println!("ferry-relay listening on ws://{}/ws", server.local_addr());
+    println!(
+        "ferry-relay listening on {scheme}://{}/ws",
+        server.local_addr()
+    );
     println!("relay key (pin this in clients): {}", server.relay_id());
     if let Some(admin) = server.admin_addr() {
         println!("admin endpoints on http://{admin}/metrics and /readyz");

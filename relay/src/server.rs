@@ -73,6 +73,9 @@ pub enum StartError {
     /// The bus could not be set up.
     #[error("wake-up bus: {0}")]
     Bus(#[from] bus::BusError),
+    /// The TLS certificate or key (`--tls-cert`, `--tls-key`) could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -148,6 +151,7 @@ impl Server {
         let committer =
             Committer::spawn(Arc::clone(&store), commit_config(&config, &hub, &metrics));
 
+        let tls = crate::tls::acceptor(&config)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -212,8 +216,9 @@ impl Server {
                 stopped.clone(),
             )));
         }
-        let accept_task = tokio::spawn(accept(listener, Arc::clone(&context), stopped));
-        tracing::info!(%addr, relay_key = %relay_id, "relay serving");
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let accept_task = tokio::spawn(accept(listener, tls, Arc::clone(&context), stopped));
+        tracing::info!(%addr, scheme, relay_key = %relay_id, "relay serving");
         Ok(Self {
             addr,
             admin_addr,
@@ -314,6 +319,7 @@ fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> Com
 /// Accepts connections until told to stop; returns the set of connection tasks.
 async fn accept(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     context: Arc<Context>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinSet<()> {
@@ -338,12 +344,26 @@ async fn accept(
         let builder = http_builder(&context);
         let context = Arc::clone(&context);
         let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let metrics = Arc::clone(&context.metrics);
+            // The TLS handshake gets the same deadline as the HTTP headers after it.
+            let deadline = context.config.limits.http_header_timeout();
             let service = hyper::service::service_fn(move |request| {
                 route(request, remote, Arc::clone(&slot), Arc::clone(&context))
             });
-            if serve_http(stream, builder, service, stop).await {
+            let timed_out = match tls {
+                None => serve_http(stream, builder, service, stop).await,
+                Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_http(stream, builder, service, stop).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        false
+                    }
+                    Err(_) => true,
+                },
+            };
+            if timed_out {
                 metrics.limit_refusal("http_header_timeout");
             }
         });

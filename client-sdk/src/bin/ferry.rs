@@ -1,13 +1,13 @@
 //! `ferry`: the Ferry command-line client, a thin shell over the `ferry-client` library.
 //!
 //! ```text
-//! ferry --state DIR init --relay ws://HOST:PORT/ws --relay-key HEX [--name NAME]
+//! ferry --state DIR init --relay ws[s]://HOST:PORT/ws --relay-key HEX [--name NAME]
 //! ferry --state DIR send TEXT          # `send -`: each line of stdin is one event
 //! ferry --state DIR tail [--follow] [--limit N]
 //! ferry --state DIR devices
 //! ferry --state DIR revoke DEVICE      # a device id, or a unique prefix of one
 //! ferry --state DIR pair               # prints `code: NNNNNN`, waits for the new device
-//! ferry --state DIR join --relay ws://HOST:PORT/ws --relay-key HEX CODE [--name NAME]
+//! ferry --state DIR join --relay ws[s]://HOST:PORT/ws --relay-key HEX CODE [--name NAME]
 //! ```
 //!
 //! Exit status 0 on success, 1 on any failure (the reason goes to stderr). Event text goes
@@ -39,6 +39,11 @@ struct Cli {
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     timeout: u64,
 
+    /// CA certificate (PEM) to trust for a wss:// relay of a private deployment, instead of
+    /// the system's root certificates.
+    #[arg(long, global = true, env = "FERRY_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -47,7 +52,7 @@ struct Cli {
 enum Command {
     /// Create a new user on this device, pinned to a relay.
     Init {
-        /// The relay's WebSocket URL, ws://HOST:PORT/ws.
+        /// The relay's WebSocket URL, ws://HOST:PORT/ws or wss://HOST:PORT/ws.
         #[arg(long, value_name = "URL")]
         relay: String,
         /// The relay's public key, as it printed at its first start (64 hex digits).
@@ -93,7 +98,7 @@ enum Command {
     ///
     /// Prints `confirm: XXXX-XXXX` (the other device shows the same) and `joined: DEVICE`.
     Join {
-        /// The relay's WebSocket URL, ws://HOST:PORT/ws (the one the other device uses).
+        /// The relay's WebSocket URL, ws://HOST:PORT/ws or wss://HOST:PORT/ws (the one the other device uses).
         #[arg(long, value_name = "URL")]
         relay: String,
         /// The relay's public key (64 hex digits), pinned from now on.
@@ -130,9 +135,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(cli.timeout);
-    let options = Options::default()
+    let mut options = Options::default()
         .connect_timeout(timeout)
         .backoff(Duration::from_millis(200), Duration::from_secs(2));
+    if let Some(ca_file) = cli.ca_file {
+        options = options.ca_file(ca_file);
+    }
     match cli.command {
         Command::Init {
             relay,

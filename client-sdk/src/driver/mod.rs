@@ -259,10 +259,11 @@ impl Driver {
                 self.received,
             );
             let timeout = self.options.connect_timeout;
+            let ca_file = self.options.ca_file.clone();
             let attempt = async move {
                 match tokio::time::timeout(
                     timeout,
-                    connection::open(&url, relay_key, &keys, resume),
+                    connection::open(&url, relay_key, &keys, resume, ca_file.as_deref()),
                 )
                 .await
                 {

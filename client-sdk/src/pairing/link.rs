@@ -54,17 +54,19 @@ impl Link {
         options: &Options,
     ) -> Result<Self, PairingError> {
         let timeout = options.connect_timeout;
-        let connection =
-            match tokio::time::timeout(timeout, connection::open_as(url, relay_key, credentials))
-                .await
-            {
-                Ok(opened) => opened?,
-                Err(_) => {
-                    return Err(PairingError::RelayUnreachable(format!(
-                        "{url}: no session within {timeout:?}"
-                    )));
-                }
-            };
+        let connection = match tokio::time::timeout(
+            timeout,
+            connection::open_as(url, relay_key, credentials, options.ca_file.as_deref()),
+        )
+        .await
+        {
+            Ok(opened) => opened?,
+            Err(_) => {
+                return Err(PairingError::RelayUnreachable(format!(
+                    "{url}: no session within {timeout:?}"
+                )));
+            }
+        };
         // Never zero: `Instant + 0` would ping in a loop.
         let ping_interval = options.ping_interval.max(Duration::from_millis(100));
         Ok(Self {
