@@ -64,6 +64,13 @@ pub fn generous(config: &mut Config) {
     limits.idle_timeout_ms = 3_600_000;
     limits.handshake_timeout_ms = 60_000;
     limits.write_timeout_ms = 60_000;
+    limits.max_connections_per_ip = 1_000_000;
+    limits.max_sessions_per_user = 1_000_000;
+    limits.acks_per_device_per_second = 10_000_000;
+    limits.ephemerals_per_device_per_second = 10_000_000;
+    limits.max_events_per_user = u64::MAX;
+    limits.max_bytes_per_user = u64::MAX;
+    config.log.max_concurrent_replays = 100_000;
 }
 
 /// The same limits as `ferry-relay` flags, for a relay process.
@@ -76,6 +83,13 @@ pub fn generous_flags() -> Vec<String> {
         "--idle-timeout-ms=3600000",
         "--handshake-timeout-ms=60000",
         "--write-timeout-ms=60000",
+        "--max-connections-per-ip=1000000",
+        "--max-sessions-per-user=1000000",
+        "--acks-per-device-per-second=10000000",
+        "--ephemerals-per-device-per-second=10000000",
+        "--max-events-per-user=18446744073709551615",
+        "--max-bytes-per-user=18446744073709551615",
+        "--max-concurrent-replays=100000",
     ]
     .map(str::to_owned)
     .to_vec()
