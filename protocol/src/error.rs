@@ -56,7 +56,7 @@ pub enum ErrorCode {
     TooManyConnections,
     /// 403: the device did not read its frames fast enough.
     SlowConsumer,
-    /// 404: another session of the same device connected to this relay node.
+    /// 404: newer sessions of the same device replaced this one on this relay node.
     SessionReplaced,
     /// 405: the user's storage quota is full.
     QuotaExceeded,
@@ -250,7 +250,7 @@ impl ErrorCode {
                 "The device did not read its frames fast enough and was disconnected; reconnect to resume from the cursor."
             }
             Self::SessionReplaced => {
-                "Another session of this device connected, and a device has one session at a time; this one is closed. Never run two copies of one device's state folder."
+                "Too many sessions of this device connected to this relay node, and this, the oldest, is closed. Never run two copies of one device's state folder."
             }
             Self::QuotaExceeded => {
                 "The user's storage quota (events or bytes kept) is full; nothing more is stored until retention frees space or the operator raises the quota. Keep the event and retry later."

@@ -168,6 +168,11 @@ pub struct Membership {
     user: UserId,
 }
 
+/// Sessions one device may have on one node. More than one: an app's connection and the
+/// second one its pairing (`invite`) opens, or a command-line run beside a running app, are
+/// the same device. The oldest beyond it is closed with `SessionReplaced`.
+pub const MAX_SESSIONS_PER_DEVICE: usize = 4;
+
 /// Capacity of a session's queue of frames from elsewhere.
 const DIRECT_QUEUE: usize = 64;
 
@@ -260,11 +265,18 @@ impl Hub {
             close: watch::Sender::new(None),
         });
         {
-            // One session per device on this node: the newest wins (a reconnect whose old
-            // connection the relay has not noticed yet), and the old one is told why.
+            // At most MAX_SESSIONS_PER_DEVICE sessions per device on this node: beyond it the
+            // oldest is closed and told why (a reconnect whose old connection the relay has not
+            // noticed yet, or a copied state folder), so one device's replays stay bounded.
             let mut users = lock(&self.users);
             let peers = users.entry(user).or_default();
-            for old in peers.iter().filter(|p| p.device == device) {
+            let mut same: Vec<&Arc<Peer>> = peers
+                .iter()
+                .filter(|p| p.device == device && p.close.borrow().is_none())
+                .collect();
+            same.sort_by_key(|p| p.id);
+            let excess = (same.len() + 1).saturating_sub(MAX_SESSIONS_PER_DEVICE);
+            for old in same.into_iter().take(excess) {
                 old.close.send_replace(Some(ErrorCode::SessionReplaced));
             }
             peers.push(Arc::clone(&peer));

@@ -1,5 +1,5 @@
 //! What one client can hold of a relay (issue "hardening", abuse and limits): replay pages
-//! bounded in bytes, replays bounded in number, one session per device, cursor writes and
+//! bounded in bytes, replays bounded in number, sessions per device bounded, cursor writes and
 //! ephemerals rate limited. Each test fails on the code before its limit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use ferry_relay::hub::MAX_SESSIONS_PER_DEVICE;
 use ferry_relay::store::{self, AppendOutcome, AppendRequest, Quota, StoreOptions};
 use support::client::Identity;
 use support::node::{answers, next_frame, node, send_appends};
@@ -90,20 +91,29 @@ async fn replays_wait_their_turn_beyond_the_concurrency_limit() {
 }
 
 #[tokio::test]
-async fn a_device_has_one_session_at_a_time() {
+async fn a_device_has_a_bounded_number_of_sessions() {
     let node = node(|_| {}).await;
     let laptop = Identity::new_user();
-    let mut first = node.connect(&laptop, None).await;
-    first.replay().await;
-    let mut second = node.connect(&laptop, None).await;
-    second.replay().await;
+    let mut sessions = Vec::new();
+    for _ in 0..MAX_SESSIONS_PER_DEVICE {
+        let mut session = node.connect(&laptop, None).await;
+        session.replay().await;
+        sessions.push(session);
+    }
+    // One more: the oldest is closed, the others stay.
+    let mut newest = node.connect(&laptop, None).await;
+    newest.replay().await;
     let replaced = ErrorCode::SessionReplaced.close_code();
-    assert_eq!(next_frame(&mut first).await, Err(Some(replaced)));
-    // The new session works; another device of the user is not affected.
-    assert_eq!(second.append(1, b"e").await.unwrap(), 1);
+    assert_eq!(next_frame(&mut sessions[0]).await, Err(Some(replaced)));
+    for (i, session) in sessions.iter_mut().enumerate().skip(1) {
+        session.send(&ClientFrame::Ping { nonce: i as u64 }).await;
+        let pong = tokio::time::timeout(Duration::from_secs(10), session.recv()).await;
+        assert_eq!(pong.unwrap(), Ok(ServerFrame::Pong { nonce: i as u64 }));
+    }
+    assert_eq!(newest.append(1, b"e").await.unwrap(), 1);
+    // Another device of the user is not affected.
     let mut phone = node.connect(&laptop.another_device("phone"), None).await;
     assert_eq!(seqs(&phone.replay().await.0), [1]);
-    assert_eq!(second.append(2, b"e").await.unwrap(), 2);
 }
 
 #[tokio::test]
