@@ -435,6 +435,143 @@ fn unknown_version_gets_a_clear_refusal() {
 }
 
 #[test]
+fn a_version_range_below_the_relays_is_refused() {
+    // The client's newest version is older than the relay's oldest: the versions would
+    // settle on one the relay does not speak.
+    let below = crate::MIN_PROTOCOL_VERSION - 1;
+    let mut w = world(19);
+    let (_, client_hello) =
+        ClientHandshake::start_with_versions(w.relay.id(), below, below, &mut w.rng);
+    let err =
+        ServerHandshake::handle_client_hello(&w.relay, &client_hello, &mut w.rng).unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::UnsupportedVersion {
+            min: below,
+            max: below
+        }
+    );
+    // A range reaching up to the relay's versions settles on the newest one both speak.
+    let (client, client_hello) = ClientHandshake::start_with_versions(
+        w.relay.id(),
+        below,
+        crate::PROTOCOL_VERSION,
+        &mut w.rng,
+    );
+    let (server, server_hello) =
+        ServerHandshake::handle_client_hello(&w.relay, &client_hello, &mut w.rng).unwrap();
+    let (_, start) = client
+        .handle_server_hello(&server_hello, credentials(&w))
+        .unwrap();
+    let pending = server.handle_client_start(&start).unwrap();
+    assert_eq!(pending.version(), crate::PROTOCOL_VERSION);
+}
+
+/// Plays the relay by hand through step 4, so the test decides what `SessionEstablished`
+/// says. Returns the client waiting for step 5, its relay channel and the real session id.
+fn relay_by_hand(w: &mut World) -> (AwaitSession, ServerChannel, [u8; 16]) {
+    use x25519_dalek::{EphemeralSecret, PublicKey};
+    let (client, client_hello) = ClientHandshake::start(w.relay.id(), &mut w.rng);
+    let hello: ClientHello = codec::decode(&client_hello).unwrap();
+    let secret = EphemeralSecret::random_from_rng(&mut w.rng);
+    let body = codec::encode(&ServerHelloBody {
+        version: crate::PROTOCOL_VERSION,
+        ephemeral: PublicKey::from(&secret).to_bytes(),
+        nonce: [9; 32],
+        relay: w.relay.id(),
+    });
+    let transcript = keys::transcript_hash(&client_hello, &body);
+    let signature = w.relay.sign(keys::SERVER_SIGNATURE_LABEL, &transcript);
+    let server_hello = codec::encode(&ServerHandshakeMessage::Hello(ServerHello {
+        body,
+        signature,
+    }));
+    let shared = secret.diffie_hellman(&PublicKey::from(hello.ephemeral));
+    let keys = keys::derive(shared.as_bytes(), &transcript);
+    let mut channel = ServerChannel::new(&keys.server_to_client, &keys.client_to_server);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, credentials(w))
+        .unwrap();
+    assert!(matches!(
+        channel.open_value::<ClientStart>(&start).unwrap(),
+        ClientStart::Auth(_)
+    ));
+    (client, channel, keys.session_id)
+}
+
+#[test]
+fn session_established_must_match_both_session_id_and_version() {
+    let mut w = world(34);
+    let version = crate::PROTOCOL_VERSION;
+    let (client, mut relay, session_id) = relay_by_hand(&mut w);
+    assert_eq!(client.session_id(), session_id);
+    let mut established = SessionEstablished {
+        session_id,
+        version,
+        head: 5,
+        acked: 4,
+        last_device_seq: 3,
+    };
+    // The honest answer opens the session.
+    let reply = relay
+        .seal_value(&SessionStart::Established(established.clone()))
+        .unwrap();
+    let (session, _) = client.handle_session(&reply).unwrap();
+    assert_eq!(
+        (session.session_id, session.version, session.head),
+        (session_id, version, 5)
+    );
+    // The right session id with another version, and another session id with the right
+    // version: each alone is a mismatch.
+    for (other_id, other_version) in [(false, true), (true, false)] {
+        let (client, mut relay, session_id) = relay_by_hand(&mut w);
+        established.session_id = session_id;
+        established.version = version;
+        if other_id {
+            established.session_id[0] ^= 1;
+        }
+        if other_version {
+            established.version = version + 1;
+        }
+        let reply = relay
+            .seal_value(&SessionStart::Established(established.clone()))
+            .unwrap();
+        assert_eq!(
+            client.handle_session(&reply).unwrap_err(),
+            HandshakeError::SessionMismatch,
+            "other id: {other_id}, other version: {other_version}"
+        );
+    }
+}
+
+#[test]
+fn both_sides_derive_the_same_fresh_session_id() {
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut w = world(35 + ids.len() as u64);
+        let (client, server, _, server_hello) = hello(&mut w);
+        let (client, start) = client
+            .handle_server_hello(&server_hello, credentials(&w))
+            .unwrap();
+        let pending = server.handle_client_start(&start).unwrap();
+        assert_eq!(client.session_id(), pending.session_id());
+        ids.push(client.session_id());
+    }
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn client_state_debug_shows_the_pinned_key_only() {
+    let mut w = world(37);
+    let (client, _) = ClientHandshake::start(w.relay.id(), &mut w.rng);
+    // Nothing of the ephemeral secret or the transcript.
+    assert_eq!(
+        format!("{client:?}"),
+        format!("AwaitServerHello {{ pinned: {:?}, .. }}", w.relay.id())
+    );
+}
+
+#[test]
 fn low_order_ephemeral_key_is_refused() {
     let mut w = world(16);
     let hello = ClientHello {
@@ -480,6 +617,8 @@ fn tampered_session_start_is_refused() {
 
 mod channel {
     use super::*;
+    use crate::channel::Encoded;
+    use crate::limits::CHANNEL_OVERHEAD;
 
     fn append(n: u64) -> ClientFrame {
         ClientFrame::Append(Append {
@@ -574,6 +713,155 @@ mod channel {
         let wire = client.seal(&big).unwrap();
         let err = server.open(&wire).unwrap_err();
         assert_eq!(err.code(), ErrorCode::PayloadTooLarge);
+    }
+
+    /// A `ServerFrame::Events` whose encoding is exactly `len` bytes (about 1 MiB).
+    fn events_frame_of_len(len: usize) -> ServerFrame {
+        let device = DeviceKey::generate(&mut ChaCha20Rng::seed_from_u64(29)).id();
+        let event = |seq: u64, size: usize| crate::Event {
+            seq,
+            device,
+            device_seq: seq,
+            payload: SealedPayload(vec![seq as u8; size]),
+        };
+        // Five payloads under the payload limit; the last one grows to make up the difference
+        // (its length prefix stays three bytes wide).
+        let size = 200_000;
+        let frame = |last: usize| {
+            let mut events: Vec<_> = (1..5).map(|seq| event(seq, size)).collect();
+            events.push(event(5, last));
+            ServerFrame::Events(events)
+        };
+        let missing = len - codec::encode(&frame(size)).len();
+        let frame = frame(size + missing);
+        assert_eq!(codec::encode(&frame).len(), len);
+        frame
+    }
+
+    #[test]
+    fn a_frame_of_exactly_the_maximum_passes_one_byte_more_does_not() {
+        let (mut client, mut server) = connected(28);
+        // Exactly MAX_FRAME_LEN: sealed, and its ciphertext (limit + tag) opens.
+        let max = events_frame_of_len(MAX_FRAME_LEN);
+        let wire = server.seal(&max).unwrap();
+        assert_eq!(wire.len(), MAX_FRAME_LEN + CHANNEL_OVERHEAD);
+        assert_eq!(client.open(&wire).unwrap(), max);
+        assert!(!server.is_closed() && !client.is_closed());
+        // One byte more: the sender refuses it and closes.
+        let over = events_frame_of_len(MAX_FRAME_LEN + 1);
+        assert_eq!(
+            server.seal(&over),
+            Err(ChannelError::TooLarge(MAX_FRAME_LEN + 1))
+        );
+        assert!(server.is_closed());
+        assert_eq!(server.seal(&max), Err(ChannelError::Closed));
+        // The same limits through the split halves and pre-encoded frames.
+        let (client, server) = connected(28);
+        let (mut send, _) = server.split();
+        let (_, mut recv) = client.split();
+        let wire = send.seal_encoded(&Encoded::new(&max)).unwrap();
+        assert_eq!(wire.len(), MAX_FRAME_LEN + CHANNEL_OVERHEAD);
+        assert_eq!(recv.open(&wire).unwrap(), max);
+        assert_eq!(
+            send.seal_encoded(&Encoded::new(&over)),
+            Err(ChannelError::TooLarge(MAX_FRAME_LEN + 1))
+        );
+        assert_eq!(send.seal(&max), Err(ChannelError::Closed));
+    }
+
+    #[test]
+    fn a_ciphertext_one_byte_over_the_maximum_is_refused_before_decrypting() {
+        for len in [
+            MAX_FRAME_LEN + CHANNEL_OVERHEAD,
+            MAX_FRAME_LEN + CHANNEL_OVERHEAD + 1,
+        ] {
+            let (_, mut server) = connected(30);
+            let junk = vec![0u8; len];
+            let expected = if len > MAX_FRAME_LEN + CHANNEL_OVERHEAD {
+                ChannelError::TooLarge(len)
+            } else {
+                // Within the limit: it is decrypted, and fails to authenticate.
+                ChannelError::Decrypt
+            };
+            assert_eq!(server.open(&junk), Err(expected), "{len} bytes");
+            assert!(server.is_closed());
+        }
+    }
+
+    #[test]
+    fn pre_encoded_frames_seal_like_the_frame_itself() {
+        let (mut client, mut server) = connected(31);
+        let frame = ServerFrame::Ping { nonce: 5 };
+        let encoded = Encoded::new(&frame);
+        assert_eq!(encoded.len(), codec::encode(&frame).len());
+        assert!(!encoded.is_empty());
+        assert!(Encoded::<ServerFrame>::from_raw(Vec::new()).is_empty());
+        let wire = server.seal_encoded(&encoded).unwrap();
+        assert_eq!(wire.len(), encoded.len() + CHANNEL_OVERHEAD);
+        assert_eq!(client.open(&wire).unwrap(), frame);
+        // The split sending half too, with the counter carrying on.
+        let (mut send, _) = server.split();
+        let (_, mut recv) = client.split();
+        for nonce in 6..9 {
+            let frame = ServerFrame::Ping { nonce };
+            let wire = send.seal_encoded(&Encoded::new(&frame)).unwrap();
+            assert_eq!(wire.len(), codec::encode(&frame).len() + CHANNEL_OVERHEAD);
+            assert_eq!(recv.open(&wire).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn a_working_channel_is_open() {
+        let (mut client, mut server) = connected(32);
+        assert!(!client.is_closed() && !server.is_closed());
+        let wire = client.seal(&append(1)).unwrap();
+        assert_eq!(server.open(&wire).unwrap(), append(1));
+        assert!(!client.is_closed() && !server.is_closed());
+        assert_eq!(server.open(&wire), Err(ChannelError::Decrypt));
+        assert!(server.is_closed() && !client.is_closed());
+    }
+
+    #[test]
+    fn debug_shows_counters_and_no_key() {
+        let (mut client, mut server) = connected(33);
+        let wire = client.seal(&append(1)).unwrap();
+        server.open(&wire).unwrap();
+        let shown = format!("{server:?}");
+        assert!(shown.starts_with("Channel {"), "{shown}");
+        assert!(
+            shown.contains("sent: 1, received: 2, closed: false"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("cipher") && !shown.contains("key"),
+            "{shown}"
+        );
+        let (send, recv) = server.split();
+        assert_eq!(format!("{send:?}"), "SendHalf { sent: 1, .. }");
+        assert_eq!(format!("{recv:?}"), "RecvHalf { received: 2, .. }");
+    }
+
+    #[test]
+    fn a_payload_of_exactly_the_limit_passes_one_byte_more_does_not() {
+        let limit = crate::limits::MAX_PAYLOAD_LEN;
+        let (mut client, mut server) = connected(38);
+        let frame = |len: usize| {
+            ClientFrame::Append(Append {
+                device_seq: 1,
+                payload: SealedPayload(vec![3; len]),
+            })
+        };
+        let wire = client.seal(&frame(limit)).unwrap();
+        assert_eq!(server.open(&wire).unwrap(), frame(limit));
+        let wire = client.seal(&frame(limit + 1)).unwrap();
+        assert_eq!(
+            server.open(&wire),
+            Err(ChannelError::Decode(DecodeError::FieldTooLarge {
+                field: "payload",
+                len: limit + 1,
+                limit
+            }))
+        );
     }
 
     #[test]
