@@ -236,11 +236,15 @@ impl Device {
         mut done: impl FnMut(&Seen) -> bool,
     ) -> Seen {
         let mut seen = self.seen.clone();
+        // The guard `wait_for` returns is a read lock on the watch: drop it at once. Taking
+        // a second read lock below while holding it deadlocks as soon as the device's reader
+        // task queues a write in between (std's RwLock makes new readers wait for writers).
         let waited = tokio::time::timeout(
             within,
             seen.wait_for(|seen| seen.broken.is_some() || done(seen)),
         )
-        .await;
+        .await
+        .map(|result| result.map(|_| ()));
         let current = self.seen();
         if let Some(broken) = &current.broken {
             panic!("a frame from the relay did not open while waiting for {what}: {broken}");
