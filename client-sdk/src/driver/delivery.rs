@@ -24,42 +24,12 @@ impl Driver {
                     event.seq, self.received
                 )));
             }
-            if event.device == self.device && !self.options.own_events {
-                // Acknowledged in its turn, not shown (Options::own_events).
-                let delivery = Delivery {
-                    seq: Some(event.seq),
-                    item: None,
-                };
-                match self.deliveries.try_send(delivery) {
-                    Ok(()) => self.received = event.seq,
-                    Err(_) => self.overflowed = true,
-                }
-                continue;
-            }
-            let slot = EventSlot {
-                user: self.user,
-                device: event.device,
-                device_seq: event.device_seq,
-            };
-            let item = match seal::open(&self.keys.data, &slot, &event.payload) {
-                Ok(plaintext) => Ok(ClientEvent::Event(ReceivedEvent {
-                    seq: event.seq,
-                    device: event.device,
-                    device_seq: event.device_seq,
-                    plaintext,
-                })),
-                Err(error) => {
-                    tracing::warn!(seq = event.seq, %error, "event does not open with the data key");
-                    Err(ClientError::Undecryptable {
-                        seq: event.seq,
-                        device: event.device,
-                        device_seq: event.device_seq,
-                    })
-                }
-            };
+            // This device's own events are acknowledged in their turn but not shown, unless
+            // the app asked for them (Options::own_events).
+            let shown = event.device != self.device || self.options.own_events;
             let delivery = Delivery {
                 seq: Some(event.seq),
-                item: Some(item),
+                item: shown.then(|| self.open(&event)),
             };
             match self.deliveries.try_send(delivery) {
                 Ok(()) => self.received = event.seq,
@@ -68,6 +38,31 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Decrypts one event for the app.
+    fn open(&self, event: &Event) -> Result<ClientEvent, ClientError> {
+        let slot = EventSlot {
+            user: self.user,
+            device: event.device,
+            device_seq: event.device_seq,
+        };
+        match seal::open(&self.keys.data, &slot, &event.payload) {
+            Ok(plaintext) => Ok(ClientEvent::Event(ReceivedEvent {
+                seq: event.seq,
+                device: event.device,
+                device_seq: event.device_seq,
+                plaintext,
+            })),
+            Err(error) => {
+                tracing::warn!(seq = event.seq, %error, "event does not open with the data key");
+                Err(ClientError::Undecryptable {
+                    seq: event.seq,
+                    device: event.device,
+                    device_seq: event.device_seq,
+                })
+            }
+        }
     }
 
     /// The app took from its queue: schedule a save; refetch if events were dropped and

@@ -141,27 +141,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         ack_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_frame = tokio::time::Instant::now();
         let close = loop {
-            let message = tokio::select! {
+            // What woke the reader (the select's output may hold a borrow of `shutdown`, so
+            // nothing is awaited inside its arms).
+            enum Woken<M> {
+                WriterDone,
+                FlushAck,
+                Read(M),
+            }
+            let woken = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stopping| *stopping) => break Close::going_away(),
-                _ = &mut *writer => None,
-                _ = ack_flush.tick(), if self.unwritten_ack > 0 => Some(None),
+                _ = &mut *writer => Woken::WriterDone,
+                _ = ack_flush.tick(), if self.unwritten_ack > 0 => Woken::FlushAck,
                 message = tokio::time::timeout_at(last_frame + idle, self.stream.next()) => {
-                    Some(Some(message))
+                    Woken::Read(message)
                 }
             };
-            let message = match message {
-                None => {
+            let message = match woken {
+                Woken::WriterDone => {
                     let _ = self.write_ack().await;
                     return true;
                 }
-                Some(None) => {
+                Woken::FlushAck => {
                     if let Err(close) = self.write_ack().await {
                         break close;
                     }
                     continue;
                 }
-                Some(Some(message)) => message,
+                Woken::Read(message) => message,
             };
             last_frame = tokio::time::Instant::now();
             let bytes = match message {
@@ -401,12 +408,6 @@ enum Answer {
     Refused(ErrorCode),
 }
 
-/// What an append came to.
-enum Settled {
-    Committed(Result<AppendOutcome, StoreError>),
-    Refused(ErrorCode),
-}
-
 struct Writer<S> {
     sink: SplitSink<WebSocketStream<S>, Message>,
     send: SendHalf<ServerFrame>,
@@ -536,41 +537,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         Ok(Close::new(ErrorCode::ResyncRequired))
     }
 
-    async fn answer(&mut self, device_seq: u64, settled: Settled) -> Result<(), Close> {
-        let result = match settled {
-            Settled::Committed(result) => result,
-            Settled::Refused(code) => {
+    /// Answers one append: `Appended`, or an error frame with the code it was refused with.
+    async fn answer(
+        &mut self,
+        device_seq: u64,
+        settled: Result<AppendOutcome, ErrorCode>,
+    ) -> Result<(), Close> {
+        if let Ok(AppendOutcome::Duplicate { .. }) = settled {
+            self.ctx.metrics.duplicate_appends.inc();
+        }
+        let frame = match settled.and_then(AppendOutcome::answer) {
+            Ok(seq) => ServerFrame::Appended { device_seq, seq },
+            Err(code) => {
                 self.ctx.metrics.error(code);
-                let frame = ErrorFrame::new(code).for_append(device_seq);
-                return self.send_frame(&ServerFrame::Error(frame)).await;
-            }
-        };
-        let frame = match result {
-            Ok(AppendOutcome::Appended { seq }) => ServerFrame::Appended { device_seq, seq },
-            Ok(AppendOutcome::Duplicate { seq }) => {
-                self.ctx.metrics.duplicate_appends.inc();
-                ServerFrame::Appended { device_seq, seq }
-            }
-            Ok(AppendOutcome::Conflict { .. }) => {
-                self.ctx.metrics.error(ErrorCode::Conflict);
-                ServerFrame::Error(ErrorFrame::new(ErrorCode::Conflict).for_append(device_seq))
-            }
-            Ok(AppendOutcome::QuotaExceeded) => {
-                self.ctx.metrics.error(ErrorCode::QuotaExceeded);
-                let frame = ErrorFrame::new(ErrorCode::QuotaExceeded).for_append(device_seq);
-                ServerFrame::Error(frame)
-            }
-            Ok(AppendOutcome::Expired) => {
-                self.ctx.metrics.error(ErrorCode::AppendExpired);
-                let frame = ErrorFrame::new(ErrorCode::AppendExpired).for_append(device_seq);
-                ServerFrame::Error(frame)
-            }
-            Err(e) => {
-                if !matches!(e, StoreError::EarlierRefused(_)) {
-                    tracing::warn!(error = %e, "append failed");
-                }
-                self.ctx.metrics.error(e.code());
-                ServerFrame::Error(ErrorFrame::new(e.code()).for_append(device_seq))
+                ServerFrame::Error(ErrorFrame::new(code).for_append(device_seq))
             }
         };
         self.send_frame(&frame).await
@@ -680,20 +660,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     }
 }
 
-/// Waits for the oldest pending append's answer (forever when there is none).
-async fn next_reply(pending: &mut VecDeque<PendingAppend>) -> (u64, Settled) {
+/// Waits for the oldest pending append's answer (forever when there is none): its outcome,
+/// or the code it is refused with.
+async fn next_reply(
+    pending: &mut VecDeque<PendingAppend>,
+) -> (u64, Result<AppendOutcome, ErrorCode>) {
     match pending.front_mut() {
         Some(PendingAppend {
             device_seq,
             answer: Answer::Commit(reply),
         }) => {
             let result = reply.await.unwrap_or(Err(StoreError::Closed));
-            (*device_seq, Settled::Committed(result))
+            let settled = result.map_err(|e| {
+                if !matches!(e, StoreError::EarlierRefused(_)) {
+                    tracing::warn!(error = %e, "append failed");
+                }
+                e.code()
+            });
+            (*device_seq, settled)
         }
         Some(PendingAppend {
             device_seq,
             answer: Answer::Refused(code),
-        }) => (*device_seq, Settled::Refused(*code)),
+        }) => (*device_seq, Err(*code)),
         None => std::future::pending().await,
     }
 }

@@ -42,7 +42,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ferry_protocol::{ErrorCode, Event, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{AppendOutcome, AppendRequest, Store, StoreError, check_device_seq};
+use super::{
+    AppendOutcome, AppendRequest, Store, StoreError, batch_users, check_device_seq, distinct_users,
+};
 use crate::sync::lock;
 
 /// Called after every batch commit attempt (for metrics); must be quick and not block.
@@ -383,7 +385,7 @@ impl Committer {
                 }
                 // It may have committed all the same: let the users' devices look.
                 if let Some(on_uncertain) = &self.on_uncertain {
-                    distinct_users(requests.iter().map(|r| r.user))
+                    batch_users(requests)
                         .into_iter()
                         .for_each(|u| on_uncertain(u));
                 }
@@ -432,17 +434,6 @@ impl Batch {
         self.replies.push(reply);
         self.orders.push(order);
     }
-}
-
-/// The distinct users among `users`, in first-seen order.
-fn distinct_users(users: impl Iterator<Item = UserId>) -> Vec<UserId> {
-    let mut distinct: Vec<UserId> = Vec::new();
-    for user in users {
-        if !distinct.contains(&user) {
-            distinct.push(user);
-        }
-    }
-    distinct
 }
 
 /// The events a committed batch added, grouped by user in order of first appearance, each

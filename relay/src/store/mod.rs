@@ -348,12 +348,19 @@ pub enum AppendOutcome {
 }
 
 impl AppendOutcome {
-    /// The sequence to answer `Appended` with: `Some` unless this is a conflict.
-    pub fn committed_seq(self) -> Option<u64> {
+    /// The sequence to answer `Appended` with, or the code the append is refused with.
+    pub fn answer(self) -> Result<u64, ErrorCode> {
         match self {
-            Self::Appended { seq } | Self::Duplicate { seq } => Some(seq),
-            Self::Conflict { .. } | Self::Expired | Self::QuotaExceeded => None,
+            Self::Appended { seq } | Self::Duplicate { seq } => Ok(seq),
+            Self::Conflict { .. } => Err(ErrorCode::Conflict),
+            Self::Expired => Err(ErrorCode::AppendExpired),
+            Self::QuotaExceeded => Err(ErrorCode::QuotaExceeded),
         }
+    }
+
+    /// The sequence to answer `Appended` with: `Some` unless the append was refused.
+    pub fn committed_seq(self) -> Option<u64> {
+        self.answer().ok()
     }
 
     /// Whether a new event was stored (and a wake-up is due).
@@ -648,7 +655,12 @@ struct BatchPlan<'a> {
 /// The distinct users of a batch, sorted (the order in which their head rows are locked,
 /// so two concurrent batches can never wait on each other in a cycle).
 fn batch_users(requests: &[AppendRequest]) -> Vec<UserId> {
-    let mut users: Vec<UserId> = requests.iter().map(|r| r.user).collect();
+    distinct_users(requests.iter().map(|r| r.user))
+}
+
+/// The distinct users among `users`, sorted.
+fn distinct_users(users: impl Iterator<Item = UserId>) -> Vec<UserId> {
+    let mut users: Vec<UserId> = users.collect();
     users.sort_unstable();
     users.dedup();
     users
