@@ -27,7 +27,9 @@ use async_trait::async_trait;
 use ferry_protocol::{DeviceCertificate, DeviceId, DeviceInfo, Event, Revocation, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
-use super::{AppendOutcome, AppendRequest, DeviceRecord, LogBounds, Store, StoreError};
+use super::{
+    AppendOutcome, AppendRequest, DeviceRecord, DeviceStore, LogBounds, LogStore, Store, StoreError,
+};
 use crate::sync::lock;
 
 /// A [`Store`] that misbehaves when told to (see the module docs).
@@ -172,15 +174,7 @@ fn injected(what: &str) -> StoreError {
 }
 
 #[async_trait]
-impl Store for FaultyStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-
+impl LogStore for FaultyStore {
     async fn append_batch(
         &self,
         requests: &[AppendRequest],
@@ -225,6 +219,30 @@ impl Store for FaultyStore {
         self.inner.log_bounds(user).await
     }
 
+    async fn trim_user(
+        &self,
+        user: UserId,
+        max_age_ms: Option<u64>,
+        max_count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .trim_user(user, max_age_ms, max_count, now_ms)
+            .await
+    }
+
+    async fn trim(
+        &self,
+        max_age_ms: Option<u64>,
+        max_count: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner.trim(max_age_ms, max_count, now_ms).await
+    }
+}
+
+#[async_trait]
+impl DeviceStore for FaultyStore {
     async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError> {
         self.acks.fetch_add(1, Ordering::SeqCst);
         self.inner.set_ack(user, device, seq).await
@@ -265,26 +283,16 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.inner.touch_device(user, device, now_s).await
     }
+}
 
-    async fn trim_user(
-        &self,
-        user: UserId,
-        max_age_ms: Option<u64>,
-        max_count: Option<u64>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        self.inner
-            .trim_user(user, max_age_ms, max_count, now_ms)
-            .await
+#[async_trait]
+impl Store for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
     }
 
-    async fn trim(
-        &self,
-        max_age_ms: Option<u64>,
-        max_count: Option<u64>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        self.inner.trim(max_age_ms, max_count, now_ms).await
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
     }
 
     async fn close(&self) {

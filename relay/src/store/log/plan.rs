@@ -1,0 +1,335 @@
+//! Planning an append batch, in memory: once a transaction holds the users' rows and knows
+//! which of the batch's keys are stored already, which appends are new, repeated, refused,
+//! and which sequences the new ones get. Pure and backend-free, so both backends share it and
+//! its rules are unit-tested without a database.
+
+use std::collections::{HashMap, HashSet};
+
+use ferry_protocol::{DeviceId, UserId};
+
+#[cfg(doc)]
+use super::LogStore;
+use super::{AppendOutcome, AppendRequest, LogBounds};
+use crate::store::{Quota, StoreError};
+
+/// What makes an append unique.
+pub(super) type AppendKey = (UserId, DeviceId, u64);
+
+/// A device, as retention's watermarks are keyed.
+pub(super) type DeviceKey = (UserId, DeviceId);
+
+/// The distinct devices of a batch, in first-seen order.
+pub(super) fn batch_devices(requests: &[AppendRequest]) -> Vec<DeviceKey> {
+    let mut seen = HashSet::with_capacity(requests.len());
+    requests
+        .iter()
+        .map(|r| (r.user, r.device))
+        .filter(|key| seen.insert(*key))
+        .collect()
+}
+
+/// An event already stored under an [`AppendKey`].
+pub(super) struct Stored {
+    pub(super) seq: u64,
+    pub(super) payload: Vec<u8>,
+}
+
+/// A user's row as an append batch locks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct UserHead {
+    pub(super) head: u64,
+    pub(super) earliest: u64,
+    /// Payload bytes stored.
+    pub(super) bytes: u64,
+}
+
+impl UserHead {
+    fn events(&self) -> u64 {
+        self.head.saturating_add(1).saturating_sub(self.earliest)
+    }
+}
+
+/// The writes one batch needs, decided in memory once the heads are locked and the
+/// already-stored keys are known.
+pub(super) struct BatchPlan<'a> {
+    /// One outcome per request, in request order.
+    pub(super) outcomes: Vec<AppendOutcome>,
+    /// New events: their sequence and request, in request order.
+    pub(super) inserts: Vec<(u64, &'a AppendRequest)>,
+    /// New head of every user that got events, and the payload bytes added, sorted by user.
+    pub(super) heads: Vec<(UserId, u64, u64)>,
+}
+
+/// The distinct users of a batch, sorted (the order in which their head rows are locked,
+/// so two concurrent batches can never wait on each other in a cycle).
+pub(crate) fn batch_users(requests: &[AppendRequest]) -> Vec<UserId> {
+    distinct_users(requests.iter().map(|r| r.user))
+}
+
+/// The distinct users among `users`, sorted.
+pub(crate) fn distinct_users(users: impl Iterator<Item = UserId>) -> Vec<UserId> {
+    let mut users: Vec<UserId> = users.collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+/// The distinct keys of a batch, in first-seen order.
+pub(super) fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
+    let mut seen = HashSet::with_capacity(requests.len());
+    requests
+        .iter()
+        .map(|r| (r.user, r.device, r.device_seq))
+        .filter(|key| seen.insert(*key))
+        .collect()
+}
+
+/// Assigns sequences: the pure heart of [`LogStore::append_batch`], shared by both backends.
+///
+/// `heads` holds the locked head of every user in the batch; `stored` the events already
+/// stored under any of the batch's keys; `trimmed` the highest `device_seq` retention has
+/// deleted for any of the batch's devices.
+pub(super) fn plan_batch<'a>(
+    requests: &'a [AppendRequest],
+    heads: &HashMap<UserId, UserHead>,
+    stored: &HashMap<AppendKey, Stored>,
+    trimmed: &HashMap<DeviceKey, u64>,
+    quota: Quota,
+) -> Result<BatchPlan<'a>, StoreError> {
+    // Per user: the row as it will be after this batch's inserts so far.
+    let mut next: HashMap<UserId, UserHead> = HashMap::with_capacity(heads.len());
+    // Devices refused for quota in this batch: their later appends are refused too.
+    let mut over_quota: HashSet<DeviceKey> = HashSet::new();
+    // Keys appended earlier in this batch; keys stored before are looked up in `stored`.
+    let mut appended: HashMap<AppendKey, (u64, &[u8])> = HashMap::with_capacity(requests.len());
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut inserts = Vec::with_capacity(requests.len());
+    for request in requests {
+        let key = (request.user, request.device, request.device_seq);
+        let earlier = appended
+            .get(&key)
+            .copied()
+            .or_else(|| stored.get(&key).map(|s| (s.seq, s.payload.as_slice())));
+        let outcome = match earlier {
+            Some((seq, payload)) if payload == request.payload.0.as_slice() => {
+                AppendOutcome::Duplicate { seq }
+            }
+            Some((seq, _)) => AppendOutcome::Conflict { seq },
+            None if trimmed
+                .get(&(request.user, request.device))
+                .is_some_and(|&upto| request.device_seq <= upto) =>
+            {
+                AppendOutcome::Expired
+            }
+            None => {
+                let now = match next.get(&request.user) {
+                    Some(now) => *now,
+                    None => *heads.get(&request.user).ok_or_else(|| {
+                        StoreError::Corrupt("user head row was not locked".into())
+                    })?,
+                };
+                let len = request.payload.0.len() as u64;
+                let device = (request.user, request.device);
+                if over_quota.contains(&device)
+                    || now.events() >= quota.max_events
+                    || now.bytes.saturating_add(len) > quota.max_bytes
+                {
+                    over_quota.insert(device);
+                    AppendOutcome::QuotaExceeded
+                } else {
+                    let seq = now.head + 1;
+                    next.insert(
+                        request.user,
+                        UserHead {
+                            head: seq,
+                            earliest: now.earliest,
+                            bytes: now.bytes + len,
+                        },
+                    );
+                    appended.insert(key, (seq, request.payload.0.as_slice()));
+                    inserts.push((seq, request));
+                    AppendOutcome::Appended { seq }
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    let mut heads: Vec<(UserId, u64, u64)> = next
+        .into_iter()
+        .map(|(user, now)| {
+            let before = heads.get(&user).map_or(0, |h| h.bytes);
+            (user, now.head, now.bytes - before)
+        })
+        .collect();
+    heads.sort_unstable();
+    Ok(BatchPlan {
+        outcomes,
+        inserts,
+        heads,
+    })
+}
+
+/// The sequence below which a user's events go, given its bounds and the retention rules
+/// (`first_young` is the first kept sequence committed at or after the age cutoff, if any).
+pub(super) fn trim_target(
+    bounds: LogBounds,
+    max_count: Option<u64>,
+    age: Option<Option<u64>>,
+) -> u64 {
+    let past_head = bounds.head + 1;
+    let by_count = max_count.map_or(0, |max| past_head.saturating_sub(max));
+    let by_age = match age {
+        None => 0,
+        Some(first_young) => first_young.unwrap_or(past_head),
+    };
+    by_count.max(by_age).min(past_head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::SealedPayload;
+
+    fn request(user: u8, device: u8, device_seq: u64, payload: u8) -> AppendRequest {
+        AppendRequest {
+            user: UserId([user; 32]),
+            device: DeviceId([device; 32]),
+            device_seq,
+            payload: SealedPayload(vec![payload]),
+        }
+    }
+
+    #[test]
+    fn plan_numbers_per_user_and_resolves_repeats_in_the_batch() {
+        let requests = [
+            request(1, 1, 1, 10),
+            request(2, 1, 1, 10),
+            request(1, 1, 1, 10),
+            request(1, 1, 1, 11),
+            request(1, 1, 2, 12),
+            request(1, 2, 7, 13),
+            request(1, 3, 4, 14),
+            request(1, 3, 5, 15),
+        ];
+        let head = |head| UserHead {
+            head,
+            earliest: 1,
+            bytes: 0,
+        };
+        let heads = HashMap::from([(UserId([1; 32]), head(4)), (UserId([2; 32]), head(0))]);
+        let stored = HashMap::from([(
+            (UserId([1; 32]), DeviceId([2; 32]), 7),
+            Stored {
+                seq: 3,
+                payload: vec![99],
+            },
+        )]);
+        let trimmed = HashMap::from([((UserId([1; 32]), DeviceId([3; 32])), 4)]);
+        let plan = plan_batch(&requests, &heads, &stored, &trimmed, Quota::UNLIMITED).unwrap();
+        assert_eq!(
+            plan.outcomes,
+            [
+                AppendOutcome::Appended { seq: 5 },
+                AppendOutcome::Appended { seq: 1 },
+                AppendOutcome::Duplicate { seq: 5 },
+                AppendOutcome::Conflict { seq: 5 },
+                AppendOutcome::Appended { seq: 6 },
+                AppendOutcome::Conflict { seq: 3 },
+                AppendOutcome::Expired,
+                AppendOutcome::Appended { seq: 7 },
+            ]
+        );
+        assert_eq!(
+            plan.inserts.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            [5, 1, 6, 7]
+        );
+        assert_eq!(
+            plan.heads,
+            [(UserId([1; 32]), 7, 3), (UserId([2; 32]), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn the_quota_refuses_what_does_not_fit_and_what_the_device_sent_after_it() {
+        let heads = HashMap::from([(
+            UserId([1; 32]),
+            UserHead {
+                head: 10,
+                earliest: 8,
+                bytes: 250,
+            },
+        )]);
+        let quota = Quota {
+            max_events: 5,
+            max_bytes: 300,
+        };
+        // 3 events and 250 bytes stored: a 1-byte append fits, a 60-byte one does not, and
+        // the device's next append is refused after it even though it would fit.
+        let big = AppendRequest {
+            payload: SealedPayload(vec![0; 60]),
+            ..request(1, 1, 2, 0)
+        };
+        let requests = [
+            request(1, 1, 1, 10),
+            big,
+            request(1, 1, 3, 12),
+            request(1, 2, 1, 13),
+        ];
+        let plan = plan_batch(&requests, &heads, &HashMap::new(), &HashMap::new(), quota).unwrap();
+        assert_eq!(
+            plan.outcomes,
+            [
+                AppendOutcome::Appended { seq: 11 },
+                AppendOutcome::QuotaExceeded,
+                AppendOutcome::QuotaExceeded,
+                AppendOutcome::Appended { seq: 12 },
+            ]
+        );
+        assert_eq!(plan.heads, [(UserId([1; 32]), 12, 2)]);
+        // Counting events: 5 kept at most.
+        let three = [
+            request(1, 3, 1, 1),
+            request(1, 3, 2, 1),
+            request(1, 3, 3, 1),
+        ];
+        let full = plan_batch(&three, &heads, &HashMap::new(), &HashMap::new(), quota).unwrap();
+        assert_eq!(
+            full.outcomes,
+            [
+                AppendOutcome::Appended { seq: 11 },
+                AppendOutcome::Appended { seq: 12 },
+                AppendOutcome::QuotaExceeded,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_head_is_an_error_not_a_guess() {
+        let requests = [request(1, 1, 1, 10)];
+        assert!(
+            plan_batch(
+                &requests,
+                &HashMap::new(),
+                &HashMap::new(),
+                &HashMap::new(),
+                Quota::UNLIMITED
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn trim_targets() {
+        let bounds = LogBounds {
+            earliest: 1,
+            head: 20,
+        };
+        assert_eq!(trim_target(bounds, None, None), 0);
+        assert_eq!(trim_target(bounds, Some(15), None), 6);
+        assert_eq!(trim_target(bounds, Some(50), None), 0);
+        assert_eq!(trim_target(bounds, Some(0), None), 21);
+        assert_eq!(trim_target(bounds, None, Some(Some(11))), 11);
+        assert_eq!(trim_target(bounds, Some(15), Some(Some(3))), 6);
+        assert_eq!(trim_target(bounds, None, Some(None)), 21);
+    }
+}
