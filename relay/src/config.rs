@@ -36,6 +36,17 @@ pub struct Config {
     #[arg(long, global = true, env = "FERRY_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Prefix of the Redis keys and channels holding pairing slots (with `--redis-url`, pairing
+    /// slots are shared by every node on that Redis). Relay clusters sharing one Redis need
+    /// different prefixes; the braces are a Redis Cluster hash tag.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_REDIS_PAIRING_PREFIX",
+        default_value = crate::pairing::DEFAULT_KEY_PREFIX
+    )]
+    pub redis_pairing_prefix: String,
+
     /// Address to serve `/metrics` and `/readyz` on. When set, the client port answers 404
     /// for them (it keeps `/healthz`). Default: everything on the client port.
     #[arg(long, global = true, env = "FERRY_ADMIN_LISTEN")]
@@ -401,6 +412,7 @@ impl std::fmt::Debug for Config {
                 "redis_url",
                 &self.redis_url.as_deref().map(crate::redact_url),
             )
+            .field("redis_pairing_prefix", &self.redis_pairing_prefix)
             .field("limits", &self.limits)
             .field("admin_listen", &self.admin_listen)
             .field("trusted_proxies", &self.trusted_proxies)

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::pairing::PairingSlots;
+use crate::pairing::PairingRegistry;
 use crate::rate_limit::KeyedLimiter;
 use crate::store::Store;
 use crate::store::committer::CommitHandle;
@@ -43,8 +43,8 @@ pub struct Context {
     pub replays: tokio::sync::Semaphore,
     /// Pairing joins per IP address.
     pub pair_join_limiter: KeyedLimiter<IpAddr>,
-    /// Open pairing slots.
-    pub pairing: PairingSlots,
+    /// Pairing slots: in this node's memory, or shared through Redis.
+    pub pairing: Box<dyn PairingRegistry>,
     /// Open client connections: HTTP ones waiting for their request, and WebSockets.
     pub connections: AtomicUsize,
     /// Open connections per client address, and sessions per user.

@@ -12,7 +12,8 @@
 //! - [`hub`]: this node's sessions by user; live wake-ups; the bridge to the bus.
 //! - [`bus`]: wake-ups between nodes: in-process, or Redis pub/sub.
 //! - [`store`]: the log: one trait, SQLite and PostgreSQL backends, group commit.
-//! - [`pairing`]: pairing slots, routing opaque PAKE messages between two devices.
+//! - [`pairing`]: pairing slots, routing opaque PAKE messages between two devices: in this
+//!   node's memory, or shared by every node through Redis.
 //! - [`tls`]: TLS termination on the client port (`--tls-cert`, `--tls-key`).
 //! - [`config`], [`metrics`], [`rate_limit`], [`relay_key`]: the supporting pieces.
 //!

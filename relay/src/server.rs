@@ -1,7 +1,8 @@
 //! The relay node: `Server::spawn(config)` starts it, `shutdown()` stops it gracefully.
 //!
 //! Start-up: open the store (running migrations), load or create the relay key, connect the
-//! bus, start the committer, the hub and the retention job, then bind and serve HTTP:
+//! bus, start the committer and the hub, set up the pairing slots (in Redis with
+//! `--redis-url`, in memory otherwise), start the retention job, then bind and serve HTTP:
 //!
 //! | path | what |
 //! | --- | --- |
@@ -51,7 +52,7 @@ use crate::config::{Config, IpNet};
 use crate::context::{Context, now_ms};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::pairing::PairingSlots;
+use crate::pairing::{LocalPairing, PairingRegistry, RedisPairing, RedisPairingOptions};
 use crate::rate_limit::KeyedLimiter;
 use crate::relay_key;
 use crate::store::committer::{CommitConfig, Committer};
@@ -73,6 +74,9 @@ pub enum StartError {
     /// The bus could not be set up.
     #[error("wake-up bus: {0}")]
     Bus(#[from] bus::BusError),
+    /// The pairing slots in Redis could not be set up.
+    #[error("pairing slots in Redis: {0}")]
+    Pairing(bus::BusError),
     /// The TLS certificate or key (`--tls-cert`, `--tls-key`) could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -151,6 +155,7 @@ impl Server {
         let committer =
             Committer::spawn(Arc::clone(&store), commit_config(&config, &hub, &metrics));
 
+        let pairing = pairing_registry(&config).await?;
         let tls = crate::tls::acceptor(&config)?;
         let listener =
             TcpListener::bind(config.listen)
@@ -192,7 +197,7 @@ impl Server {
                 f64::from(limits.pair_joins_per_ip_per_minute) / 60.0,
                 f64::from(limits.pair_joins_per_ip_per_minute) / 4.0,
             ),
-            pairing: PairingSlots::new(Duration::from_secs(limits.pairing_ttl_secs)),
+            pairing,
             connections: AtomicUsize::new(0),
             occupancy: Occupancy::default(),
             shutdown: stopped.clone(),
@@ -287,9 +292,28 @@ impl Server {
         for task in self.background {
             task.abort();
         }
+        self.context.pairing.shutdown().await;
         self.context.store.close().await;
         tracing::info!("relay stopped");
     }
+}
+
+/// Where pairing slots live: in Redis, shared by every node on it, when the node has a Redis
+/// URL (whatever bus it was given); in this node's memory otherwise.
+async fn pairing_registry(config: &Config) -> Result<Box<dyn PairingRegistry>, StartError> {
+    let ttl = Duration::from_secs(config.limits.pairing_ttl_secs);
+    let Some(url) = &config.redis_url else {
+        return Ok(Box::new(LocalPairing::new(ttl)));
+    };
+    let options = RedisPairingOptions {
+        key_prefix: config.redis_pairing_prefix.clone(),
+        ttl,
+        ..RedisPairingOptions::default()
+    };
+    let registry = RedisPairing::connect(url, options)
+        .await
+        .map_err(StartError::Pairing)?;
+    Ok(Box::new(registry))
 }
 
 fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> CommitConfig {

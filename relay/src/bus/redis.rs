@@ -127,8 +127,8 @@ impl Default for RedisBusOptions {
 impl RedisBusOptions {
     /// Per-command options: fail at once while disconnected, give up after `command_timeout`,
     /// never retry (a retried `PUBLISH` could arrive twice; a lost `SUBSCRIBE` is redone by the
-    /// supervisor).
-    fn command(&self) -> Options {
+    /// supervisor). Pairing (`crate::pairing::RedisPairing`) uses the same.
+    pub(crate) fn command(&self) -> Options {
         Options {
             fail_fast: true,
             timeout: Some(self.command_timeout),
@@ -270,8 +270,8 @@ impl RedisBus {
     }
 }
 
-/// The fred builder for both connections.
-fn builder(mut config: Config, options: &RedisBusOptions) -> Builder {
+/// The fred builder for both connections (and for the pairing registry's two).
+pub(crate) fn builder(mut config: Config, options: &RedisBusOptions) -> Builder {
     // The first connection reports its error instead of retrying forever; later ones reconnect.
     config.fail_fast = true;
     let millis = |duration: Duration| u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);

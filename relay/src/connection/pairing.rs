@@ -47,7 +47,7 @@ pub(super) async fn run<S>(
         };
         let outgoing = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stopping| *stopping) => break Some(Close::going_away()),
+            () = stopping(&mut shutdown) => break Some(Close::going_away()),
             _ = tokio::time::sleep_until(deadline) => break Some(Close::new(ErrorCode::PairingExpired)),
             () = idle => {
                 ctx.metrics.limit_refusal("pairing_idle");
@@ -78,7 +78,7 @@ pub(super) async fn run<S>(
                 let result = match frame {
                     ClientFrame::PairJoin { slot, body } => {
                         if ctx.pair_join_limiter.try_take(&address, Instant::now()) {
-                            let joined = ctx.pairing.join(slot, party, body);
+                            let joined = ctx.pairing.join(slot, party, body).await;
                             if joined.is_ok() {
                                 idle_deadline = None;
                             }
@@ -87,10 +87,10 @@ pub(super) async fn run<S>(
                             Err(ErrorCode::RateLimited)
                         }
                     }
-                    ClientFrame::PairForward { slot, body } => ctx.pairing.forward(slot, session, body),
+                    ClientFrame::PairForward { slot, body } => ctx.pairing.forward(slot, session, body).await,
                     ClientFrame::PairClose { slot, success } => {
                         idle_deadline = Some(tokio::time::Instant::now() + idle_timeout);
-                        ctx.pairing.close(slot, session, success)
+                        ctx.pairing.close(slot, session, success).await
                     }
                     ClientFrame::Ping { nonce } => {
                         let _ = frames.try_send(ServerFrame::Pong { nonce });
@@ -123,8 +123,14 @@ pub(super) async fn run<S>(
             break None;
         }
     };
-    ctx.pairing.session_ended(session);
+    ctx.pairing.session_ended(session).await;
     if let Some(close) = close {
         finish(ws, close, &ctx).await;
     }
+}
+
+/// Resolves once the node starts shutting down. Its output holds no borrow of the watch, so
+/// the pairing calls awaited in the other arms of the loop's `select!` stay `Send`.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
 }

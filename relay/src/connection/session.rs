@@ -113,7 +113,7 @@ pub(super) async fn run<S>(
     if !reader.run(&mut writer_task).await {
         let _ = writer_task.await;
     }
-    ctx.pairing.session_ended(membership.peer.id());
+    ctx.pairing.session_ended(membership.peer.id()).await;
     ctx.hub.leave(membership).await;
     ctx.metrics.sessions.dec();
 }
@@ -328,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     session: self.peer.id(),
                     frames: self.peer.direct(),
                 };
-                match self.ctx.pairing.open(slot, inviter, self.user) {
+                match self.ctx.pairing.open(slot, inviter, self.user).await {
                     Ok(expires_at) => {
                         let frame = ServerFrame::PairOpened { slot, expires_at };
                         self.send(Control::Frame(frame)).await
@@ -337,11 +337,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 }
             }
             ClientFrame::PairForward { slot, body } => {
-                let forwarded = self.ctx.pairing.forward(slot, self.peer.id(), body);
+                let forwarded = self.ctx.pairing.forward(slot, self.peer.id(), body).await;
                 self.pairing_result(forwarded).await
             }
             ClientFrame::PairClose { slot, success } => {
-                let closed = self.ctx.pairing.close(slot, self.peer.id(), success);
+                let closed = self.ctx.pairing.close(slot, self.peer.id(), success).await;
                 self.pairing_result(closed).await
             }
             ClientFrame::PairJoin { .. } => {

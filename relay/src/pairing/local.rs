@@ -1,14 +1,7 @@
-//! Pairing slots: the relay's only part in pairing is to route opaque PAKE messages between
-//! an inviter (an authenticated device) and a joiner (an anonymous session) by slot number.
+//! The in-process registry: pairing slots in this node's memory (see the [rules](super)).
 //!
-//! A slot is opened by the inviter, accepts exactly one join, and is burned when either side
-//! closes it, when the inviter leaves, or when it expires. A burned slot stays as a tombstone
-//! until its expiry so that a second use of the same code is told "code already used" and the
-//! slot number cannot be reopened under a code someone may still type.
-//!
-//! A user has at most one live (open, not burned) slot at a time: one session cannot take all
-//! the slots (they stay tombstoned for the code's lifetime), and a second `PairOpen` of the same
-//! user is refused with `rate_limited` until the first pairing ends.
+//! Used by a node without Redis. Both ends of a pairing must be connected to this node: a
+//! joiner that reaches another node is told "unknown code".
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,17 +10,9 @@ use std::time::{Duration, Instant};
 use ferry_protocol::{ErrorCode, ServerFrame, UserId};
 use tokio::sync::mpsc;
 
+use super::{PairingRegistry, Party};
 use crate::context::now_ms;
 use crate::sync::lock;
-
-/// One end of a pairing: the session id and its queue of frames to send.
-#[derive(Debug, Clone)]
-pub struct Party {
-    /// Session id (unique per node).
-    pub session: u64,
-    /// Frames for that session's writer.
-    pub frames: mpsc::Sender<ServerFrame>,
-}
 
 #[derive(Debug)]
 struct Slot {
@@ -39,14 +24,14 @@ struct Slot {
     burned: bool,
 }
 
-/// The node's pairing slots.
+/// The node's pairing slots, in memory.
 #[derive(Debug)]
-pub struct PairingSlots {
+pub struct LocalPairing {
     slots: Mutex<HashMap<u16, Slot>>,
     ttl: Duration,
 }
 
-impl PairingSlots {
+impl LocalPairing {
     /// Slots that live `ttl` after opening.
     pub fn new(ttl: Duration) -> Self {
         Self {
@@ -178,6 +163,33 @@ impl PairingSlots {
     }
 }
 
+#[async_trait::async_trait]
+impl PairingRegistry for LocalPairing {
+    async fn open(&self, slot: u16, inviter: Party, user: UserId) -> Result<u64, ErrorCode> {
+        LocalPairing::open(self, slot, inviter, user)
+    }
+
+    async fn join(&self, slot: u16, joiner: Party, body: Vec<u8>) -> Result<(), ErrorCode> {
+        LocalPairing::join(self, slot, joiner, body)
+    }
+
+    async fn forward(&self, slot: u16, from: u64, body: Vec<u8>) -> Result<(), ErrorCode> {
+        LocalPairing::forward(self, slot, from, body)
+    }
+
+    async fn close(&self, slot: u16, from: u64, success: bool) -> Result<(), ErrorCode> {
+        LocalPairing::close(self, slot, from, success)
+    }
+
+    async fn session_ended(&self, session: u64) {
+        LocalPairing::session_ended(self, session);
+    }
+
+    fn kind(&self) -> &'static str {
+        "in-process"
+    }
+}
+
 fn other_end(slot: &Slot, from: u64) -> Result<&Party, ErrorCode> {
     match &slot.joiner {
         Some(joiner) if slot.inviter.session == from => Ok(joiner),
@@ -201,7 +213,7 @@ mod tests {
 
     #[test]
     fn one_join_per_slot_and_burned_after_close() {
-        let slots = PairingSlots::new(Duration::from_secs(60));
+        let slots = LocalPairing::new(Duration::from_secs(60));
         let (a, mut a_rx) = party(1);
         let (b, mut b_rx) = party(2);
         let (c, _) = party(3);
@@ -253,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_user_has_one_live_slot_at_a_time() {
-        let slots = PairingSlots::new(Duration::from_secs(60));
+        let slots = LocalPairing::new(Duration::from_secs(60));
         let (a, _a_rx) = party(1);
         let (b, _b_rx) = party(2);
         slots.open(1, a.clone(), U).unwrap();
@@ -268,7 +280,7 @@ mod tests {
     #[test]
     fn expired_slots_refuse_joins_and_free_up() {
         let (a, _a_rx) = party(1);
-        let slots = PairingSlots::new(Duration::from_millis(30));
+        let slots = LocalPairing::new(Duration::from_millis(30));
         slots.open(5, a.clone(), U).unwrap();
         std::thread::sleep(Duration::from_millis(40));
         let (b, _) = party(2);
@@ -278,7 +290,7 @@ mod tests {
 
     #[test]
     fn the_other_end_hears_when_a_party_leaves() {
-        let slots = PairingSlots::new(Duration::from_secs(60));
+        let slots = LocalPairing::new(Duration::from_secs(60));
         let (a, _a_rx) = party(1);
         let (b, mut b_rx) = party(2);
         slots.open(1, a, U).unwrap();
