@@ -63,6 +63,16 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Expect a PROXY protocol header (v1 text or v2 binary, as HAProxy's `send-proxy` /
+    /// `send-proxy-v2` or an AWS NLB send it) at the start of every connection from a
+    /// `--trusted-proxy`, before TLS and HTTP: the client address it names is the one the
+    /// per-address limits, rate limits and logs use (`LOCAL`/`UNKNOWN`: the proxy's own).
+    /// A trusted peer that sends no valid header within `--http-header-timeout-ms` is
+    /// closed; other peers are served as without this flag and their headers not believed.
+    /// Enable only when every trusted proxy sends the header.
+    #[arg(long, global = true, env = "FERRY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// TLS certificate chain (PEM) for the client port: the relay serves `wss://` itself.
     /// Needs `--tls-key`. Default: plain `ws://` (terminate TLS in a reverse proxy).
     #[arg(
@@ -416,6 +426,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("admin_listen", &self.admin_listen)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxy_protocol", &self.proxy_protocol)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log", &self.log)

@@ -15,6 +15,8 @@
 //! - [`pairing`]: pairing slots, routing opaque PAKE messages between two devices: in this
 //!   node's memory, or shared by every node through Redis.
 //! - [`tls`]: TLS termination on the client port (`--tls-cert`, `--tls-key`).
+//! - [`proxy_protocol`]: the client address from a TCP load balancer's PROXY protocol
+//!   header (`--proxy-protocol`).
 //! - [`config`], [`metrics`], [`rate_limit`], [`relay_key`]: the supporting pieces.
 //!
 //! # Example
@@ -37,6 +39,7 @@ pub mod context;
 pub mod hub;
 pub mod metrics;
 pub mod pairing;
+pub mod proxy_protocol;
 pub mod rate_limit;
 mod redact;
 pub mod relay_key;

@@ -46,6 +46,7 @@ pub struct Metrics {
     /// Bus messages dropped because the publish queue was full.
     pub bus_dropped: Counter,
     limit_refusals: Family<Labels, Counter>,
+    proxy_header_errors: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +69,7 @@ impl Metrics {
             trimmed_events: Counter::default(),
             bus_dropped: Counter::default(),
             limit_refusals: Family::default(),
+            proxy_header_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +143,11 @@ impl Metrics {
             "Connections and sessions refused or closed by a connection limit, by limit",
             metrics.limit_refusals.clone(),
         );
+        registry.register(
+            "proxy_header_errors",
+            "Connections from a trusted proxy closed for their PROXY protocol header, by reason",
+            metrics.proxy_header_errors.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -177,5 +184,13 @@ impl Metrics {
     /// `connections_per_ip`, `sessions_per_user`, `http_header_timeout`, `pairing_idle`).
     pub fn limit_refusal(&self, limit: &'static str) {
         self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Counts a connection from a trusted proxy closed for its PROXY protocol header
+    /// (`missing`, `invalid`, `too_long`, `closed`, `timeout`).
+    pub fn proxy_header_error(&self, reason: &'static str) {
+        self.proxy_header_errors
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 }

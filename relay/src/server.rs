@@ -19,7 +19,9 @@
 //! (`--max-connections-per-ip`, IPv6 by /64). Headers must arrive within
 //! `--http-header-timeout-ms`, which also bounds idle keep-alive connections. The client
 //! address is the TCP peer, or, from a `--trusted-proxy`, the rightmost untrusted hop of
-//! `X-Forwarded-For`.
+//! `X-Forwarded-For`. With `--proxy-protocol`, a connection from a trusted proxy starts with a
+//! PROXY protocol header ([`crate::proxy_protocol`]), read before TLS and HTTP within the same
+//! deadline; the address it names takes the peer's place.
 //!
 //! Shutdown: stop accepting, tell every session to stop reading, commit everything queued and
 //! answer it, close sockets with 1001 (going away), then close the store.
@@ -40,7 +42,7 @@ use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rand_core::{OsRng, RngCore};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -53,6 +55,7 @@ use crate::context::{Context, now_ms};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pairing::{LocalPairing, PairingRegistry, RedisPairing, RedisPairingOptions};
+use crate::proxy_protocol::{self, Rewind};
 use crate::rate_limit::KeyedLimiter;
 use crate::relay_key;
 use crate::store::committer::{CommitConfig, Committer};
@@ -222,6 +225,9 @@ impl Server {
             )));
         }
         let scheme = if tls.is_some() { "wss" } else { "ws" };
+        if context.config.proxy_protocol && context.config.trusted_proxies.is_empty() {
+            tracing::warn!("--proxy-protocol has no effect without --trusted-proxy");
+        }
         let accept_task = tokio::spawn(accept(listener, tls, Arc::clone(&context), stopped));
         tracing::info!(%addr, scheme, relay_key = %relay_id, "relay serving");
         Ok(Self {
@@ -371,6 +377,9 @@ async fn accept(
         let tls = tls.clone();
         connections.spawn(async move {
             let metrics = Arc::clone(&context.metrics);
+            let Some((stream, remote)) = proxy_header(stream, remote, &slot, &context).await else {
+                return;
+            };
             // The TLS handshake gets the same deadline as the HTTP headers after it.
             let deadline = context.config.limits.http_header_timeout();
             let service = hyper::service::service_fn(move |request| {
@@ -393,6 +402,38 @@ async fn accept(
         });
     }
     connections
+}
+
+/// With `--proxy-protocol`, reads the PROXY protocol header of a connection from a trusted
+/// proxy and counts the connection against the client it names from then on; `None` when the
+/// connection must be closed. Any other connection passes as it is, from its TCP peer.
+async fn proxy_header(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: &ConnectionSlot,
+    ctx: &Context,
+) -> Option<(Rewind<TcpStream>, SocketAddr)> {
+    let trusted = &ctx.config.trusted_proxies;
+    if !ctx.config.proxy_protocol || !is_trusted(peer.ip(), trusted) {
+        return Some((Rewind::new(Bytes::new(), stream), peer));
+    }
+    let deadline = ctx.config.limits.http_header_timeout();
+    match proxy_protocol::read(stream, deadline).await {
+        Ok((header, stream)) => {
+            let client = header.client(peer);
+            // A proxy named as the client (LOCAL, or a proxy in front of this one) may still
+            // name the real client in X-Forwarded-For: that one is counted at the upgrade.
+            if !is_trusted(client.ip(), trusted) {
+                slot.claim(address_key(client.ip()));
+            }
+            Some((stream, client))
+        }
+        Err(e) => {
+            ctx.metrics.proxy_header_error(e.reason());
+            tracing::debug!(%peer, error = %e, "closing a connection from a trusted proxy");
+            None
+        }
+    }
 }
 
 /// Serves the admin endpoints until the node stops (the task is aborted at shutdown).
