@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod channel;
 pub mod codec;
 mod error;
@@ -64,6 +65,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 pub mod pairing;
+pub mod recovery;
 pub mod seal;
 
 pub use channel::{

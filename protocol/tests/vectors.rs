@@ -199,6 +199,36 @@ fn vectors() -> String {
         joiner.handle_grant(&grant).unwrap().user_key.id(),
         user.id()
     );
+
+    // Section 11: the recovery key and the device chain.
+    let recovery = recovery::RecoveryKey::from_bytes([0x77; 32]);
+    line("recovery_key_secret", &[0x77; 32]);
+    line("recovery_key_written", recovery.display().as_bytes());
+    let recovered_user = recovery.user_key();
+    line("recovery_user_public", recovered_user.id().as_bytes());
+    let mut chain = chain::Chain::new(recovered_user.id());
+    let create = chain.sign(
+        chain::LinkBody::Create {
+            recovery_exchange: [0x78; 32],
+            epoch_key: chain::SealedKey(vec![0x79; 104]),
+        },
+        chain::SigningKey::User(&recovered_user),
+    );
+    chain.apply(&create).unwrap();
+    line("chain_link_1_create", &codec::encode(&create));
+    line("chain_link_1_hash", &create.hash().0);
+    let admit = chain.sign(
+        chain::LinkBody::Admit {
+            device: device.id(),
+            exchange: [0x7a; 32],
+            name: "laptop".into(),
+            created_at: 1_700_000_000,
+        },
+        chain::SigningKey::User(&recovered_user),
+    );
+    chain.apply(&admit).unwrap();
+    line("chain_link_2_admit", &codec::encode(&admit));
+    line("chain_link_2_hash", &admit.hash().0);
     out
 }
 
