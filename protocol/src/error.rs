@@ -337,6 +337,36 @@ mod tests {
     }
 
     #[test]
+    fn only_close_codes_4001_to_4999_carry_an_error_code() {
+        // The edges of the range: 4000 + 0 is not a code, 4000 + 1000 is beyond the numbers.
+        assert_eq!(
+            ErrorCode::from_close_code(4001),
+            Some(ErrorCode::Unknown(1))
+        );
+        assert_eq!(
+            ErrorCode::from_close_code(4999),
+            Some(ErrorCode::Unknown(999))
+        );
+        for close in [0, 1000, 1001, 3999, 4000, 5000, u16::MAX] {
+            assert_eq!(ErrorCode::from_close_code(close), None, "{close}");
+        }
+        assert_eq!(
+            ErrorCode::from_close_code(4203),
+            Some(ErrorCode::DeviceRevoked)
+        );
+        // A code too large for the close-code range closes with the bare base.
+        assert_eq!(ErrorCode::Unknown(999).close_code(), 4999);
+        assert_eq!(ErrorCode::Unknown(1000).close_code(), 4000);
+        assert_eq!(ErrorCode::Unknown(u16::MAX).close_code(), 4000);
+    }
+
+    #[test]
+    fn display_shows_the_name_and_the_number() {
+        assert_eq!(ErrorCode::DeviceRevoked.to_string(), "device_revoked (203)");
+        assert_eq!(ErrorCode::Unknown(777).to_string(), "unknown (777)");
+    }
+
+    #[test]
     fn unknown_codes_survive_the_wire() {
         let bytes = postcard::to_allocvec(&ErrorCode::Unknown(4242)).unwrap();
         let back: ErrorCode = postcard::from_bytes(&bytes).unwrap();

@@ -303,3 +303,55 @@ impl Wire for ServerFrame {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn error_messages_are_cut_to_the_limit_on_a_character_boundary() {
+        // Short and exactly-at-the-limit messages are kept whole.
+        assert_eq!(
+            ErrorFrame::with_message(ErrorCode::Internal, "short").message,
+            "short"
+        );
+        let exact = "x".repeat(MAX_ERROR_MESSAGE_LEN);
+        assert_eq!(
+            ErrorFrame::with_message(ErrorCode::Internal, exact.clone()).message,
+            exact
+        );
+        // ASCII is cut at the limit.
+        let long = "y".repeat(MAX_ERROR_MESSAGE_LEN + 500);
+        assert_eq!(
+            ErrorFrame::with_message(ErrorCode::Internal, long.clone()).message,
+            long[..MAX_ERROR_MESSAGE_LEN]
+        );
+        // "a" then two-byte characters: byte MAX_ERROR_MESSAGE_LEN falls inside one, so the cut
+        // goes back one byte rather than splitting it (or going past the limit).
+        let text = format!("a{}", "é".repeat(MAX_ERROR_MESSAGE_LEN));
+        let frame = ErrorFrame::with_message(ErrorCode::Internal, text.clone());
+        assert_eq!(frame.message.len(), MAX_ERROR_MESSAGE_LEN - 1);
+        assert!(text.starts_with(&frame.message));
+        // Whatever the cut, the frame still decodes at the peer.
+        let wire = codec::encode(&ServerFrame::Error(frame.clone()));
+        assert_eq!(
+            codec::decode::<ServerFrame>(&wire),
+            Ok(ServerFrame::Error(frame))
+        );
+    }
+
+    #[test]
+    fn an_error_answering_an_append_names_it() {
+        let error = ErrorFrame::new(ErrorCode::Conflict);
+        assert_eq!(error.device_seq, None);
+        assert_eq!(error.message, ErrorCode::Conflict.description());
+        assert_eq!(error.for_append(9).device_seq, Some(9));
+    }
+
+    #[test]
+    fn payloads_print_their_length_not_their_bytes() {
+        let payload = SealedPayload(vec![0xab; 300]);
+        assert_eq!(format!("{payload:?}"), "SealedPayload(300 bytes)");
+    }
+}

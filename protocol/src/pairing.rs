@@ -569,7 +569,117 @@ mod tests {
             buckets.iter().all(|&n| (1700..2300).contains(&n)),
             "{buckets:?}"
         );
-        assert!(!format!("{:?}", PairingCode::parse("123456").unwrap()).contains("456"));
+        let shown = format!("{:?}", PairingCode::parse("123456").unwrap());
+        assert!(!shown.contains("456"), "{shown}");
+        assert!(shown.contains("slot 123"), "{shown}");
+    }
+
+    #[test]
+    fn a_requested_name_over_the_limit_is_refused_when_the_request_is_decoded() {
+        // Only a joiner that skips its own name check sends one: build its request by hand.
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let user = UserKey::generate(&mut rng);
+        let data = DataKey::generate(&mut rng);
+        let device = DeviceKey::generate(&mut rng).id();
+        let code = PairingCode::parse("662607").unwrap();
+        let request = |inviter: &InviterAwaitRequest, name: String| {
+            let sealed = seal_once(
+                &inviter.keys.joiner_to_inviter,
+                &codec::encode(&JoinRequest { device, name }),
+            );
+            codec::encode(&PairingMessage::JoinerRequest {
+                confirm: *inviter.keys.confirm_joiner,
+                sealed,
+            })
+        };
+        for (len, admitted) in [
+            (MAX_DEVICE_NAME_LEN, true),
+            (MAX_DEVICE_NAME_LEN + 1, false),
+        ] {
+            let inviter = Inviter::start(&code, &mut rng);
+            let (_, hello) = Joiner::start(&code, &mut rng);
+            let (inviter, _) = inviter.handle_joiner_hello(&hello).unwrap();
+            let body = request(&inviter, "n".repeat(len));
+            let result = inviter.handle_joiner_request(&body, &user, &data, 1);
+            if admitted {
+                assert_eq!(result.unwrap().0.certificate.name.len(), len);
+            } else {
+                assert_eq!(
+                    result.err(),
+                    Some(PairingError::from(DecodeError::FieldTooLarge {
+                        field: "device name",
+                        len,
+                        limit: MAX_DEVICE_NAME_LEN,
+                    }))
+                );
+            }
+        }
+    }
+
+    /// Serves the given `u32`s, then fails the test.
+    struct Draws(Vec<u32>);
+
+    impl rand_core::RngCore for Draws {
+        fn next_u32(&mut self) -> u32 {
+            assert!(
+                !self.0.is_empty(),
+                "the code drew more values than scripted"
+            );
+            self.0.remove(0)
+        }
+        fn next_u64(&mut self) -> u64 {
+            u64::from(self.next_u32())
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for chunk in dest.chunks_mut(4) {
+                let bytes = self.next_u32().to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    impl rand_core::CryptoRng for Draws {}
+
+    #[test]
+    fn codes_come_only_from_whole_blocks_of_a_million_draws() {
+        // 4_294_000_000 is the first value of the partial block at the top of the u32 range
+        // (it would make codes 000000–967295 more likely); it and everything above is drawn
+        // again.
+        let code = PairingCode::generate(&mut Draws(vec![4_294_000_000, u32::MAX, 4_293_999_999]));
+        assert_eq!(*code.digits(), "999999");
+        let code = PairingCode::generate(&mut Draws(vec![4_294_000_000, 1_000_042]));
+        assert_eq!(*code.digits(), "000042");
+        let code = PairingCode::generate(&mut Draws(vec![0]));
+        assert_eq!(*code.digits(), "000000");
+    }
+
+    #[test]
+    fn pairing_states_print_the_confirmation_and_nothing_secret() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let code = PairingCode::parse("314159").unwrap();
+        let inviter = Inviter::start(&code, &mut rng);
+        let (joiner, hello) = Joiner::start(&code, &mut rng);
+        for shown in [format!("{inviter:?}"), format!("{joiner:?}")] {
+            assert!(!shown.contains("314159"), "{shown}");
+        }
+        let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
+        let device = DeviceKey::generate(&mut rng);
+        let (joiner, _) = joiner
+            .handle_inviter_hello(&reply, &device, "tablet")
+            .unwrap();
+        let confirmation = inviter.confirmation().to_owned();
+        assert_eq!(
+            format!("{inviter:?}"),
+            format!("InviterAwaitRequest {{ confirmation: {confirmation:?} }}")
+        );
+        assert_eq!(
+            format!("{joiner:?}"),
+            format!("JoinerAwaitGrant {{ confirmation: {confirmation:?} }}")
+        );
     }
 
     #[test]

@@ -252,4 +252,40 @@ mod tests {
         assert_eq!(max.0.len(), MAX_PAYLOAD_LEN);
         assert!(format!("{key:?}").contains("redacted"));
     }
+
+    #[test]
+    fn an_empty_plaintext_round_trips_and_anything_shorter_is_refused_cleanly() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let key = DataKey::generate(&mut rng);
+        // The shortest valid payload: format byte, nonce and tag, no ciphertext.
+        let empty = seal(&key, &slot(), b"", &mut rng).unwrap();
+        assert_eq!(empty.0.len(), SEAL_OVERHEAD);
+        assert!(open(&key, &slot(), &empty).unwrap().is_empty());
+        // Every shorter payload with a valid format byte is refused, without panicking on the
+        // missing nonce or tag.
+        for len in 1..SEAL_OVERHEAD {
+            let short = SealedPayload(empty.0[..len].to_vec());
+            assert_eq!(
+                open(&key, &slot(), &short),
+                Err(SealError::Authentication),
+                "{len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_restored_from_its_bytes_opens_what_it_sealed() {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let key = DataKey::generate(&mut rng);
+        let sealed = seal(&key, &slot(), b"stored", &mut rng).unwrap();
+        let restored = DataKey::from_bytes(key.bytes());
+        assert_eq!(&open(&restored, &slot(), &sealed).unwrap()[..], b"stored");
+        // Two generated keys differ, and one does not open the other's payloads.
+        let other = DataKey::generate(&mut rng);
+        assert_ne!(other.bytes(), key.bytes());
+        assert_eq!(
+            open(&DataKey::from_bytes(other.bytes()), &slot(), &sealed),
+            Err(SealError::Authentication)
+        );
+    }
 }

@@ -615,6 +615,117 @@ fn tampered_session_start_is_refused() {
     );
 }
 
+/// A certificate for `device` with any name, signed by hand over the documented fields (the
+/// library refuses to issue one with a bad name).
+fn hand_signed_certificate(user: &UserKey, device: DeviceId, name: &str) -> DeviceCertificate {
+    let fields = codec::encode(&(user.id(), device, name, 1_700_000_000u64));
+    DeviceCertificate {
+        user: user.id(),
+        device,
+        name: name.to_owned(),
+        created_at: 1_700_000_000,
+        signature: user.sign(crate::identity::DEVICE_CERTIFICATE_LABEL, &fields),
+    }
+}
+
+#[test]
+fn the_relay_says_why_a_certificate_is_refused() {
+    let mut w = world(19);
+    // A name with a control character, validly signed by the user key.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let certificate = hand_signed_certificate(&w.user, w.device.id(), "bell\u{7}");
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        certificate,
+        resume: None,
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    let failure = server.handle_client_start(&start).unwrap_err();
+    assert_eq!(
+        failure.error,
+        HandshakeError::BadCertificate("device name contains a control character")
+    );
+    assert!(failure.reply.is_some(), "the relay explains the refusal");
+
+    // A user id that is not an Ed25519 public key: nothing it "signed" can verify.
+    let not_a_key = (0..=u8::MAX)
+        .map(|b| UserId([b; 32]))
+        .find(|id| id.verifying_key().is_err())
+        .expect("some 32-byte strings are not curve points");
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let mut certificate = w.certificate.clone();
+    certificate.user = not_a_key;
+    let body = AuthBody {
+        user: not_a_key,
+        device: w.device.id(),
+        certificate,
+        resume: None,
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    assert_eq!(
+        server_error(server, &start),
+        HandshakeError::BadCertificate("user key is not a valid Ed25519 key")
+    );
+
+    // A name over the limit is refused when the body is decoded, before any signature check.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let long = "x".repeat(MAX_DEVICE_NAME_LEN + 1);
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        certificate: hand_signed_certificate(&w.user, w.device.id(), &long),
+        resume: None,
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    assert_eq!(
+        server_error(server, &start),
+        HandshakeError::Decode(DecodeError::FieldTooLarge {
+            field: "device name",
+            len: MAX_DEVICE_NAME_LEN + 1,
+            limit: MAX_DEVICE_NAME_LEN,
+        })
+    );
+}
+
+#[test]
+fn identity_errors_become_certificate_refusals_that_say_why() {
+    for (identity, reason) in [
+        (IdentityError::NameTooLong, "device name too long"),
+        (
+            IdentityError::NameHasControl,
+            "device name contains a control character",
+        ),
+        (
+            IdentityError::InvalidKey,
+            "user key is not a valid Ed25519 key",
+        ),
+        (
+            IdentityError::BadSignature,
+            "signature by the user key does not verify",
+        ),
+    ] {
+        let error = HandshakeError::from(identity);
+        assert_eq!(error, HandshakeError::BadCertificate(reason));
+        assert_eq!(error.code(), ErrorCode::BadCertificate);
+    }
+}
+
+#[test]
+fn session_keys_print_the_session_id_and_no_key() {
+    let keys = keys::derive(&[7; 32], &[8; 32]);
+    let shown = format!("{keys:?}");
+    assert!(shown.contains(&hex::encode(keys.session_id)), "{shown}");
+    assert!(
+        !shown.contains(&hex::encode(keys.client_to_server)),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(&hex::encode(keys.server_to_client)),
+        "{shown}"
+    );
+}
+
 mod channel {
     use super::*;
     use crate::channel::Encoded;
