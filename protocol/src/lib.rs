@@ -58,6 +58,7 @@
 pub mod chain;
 pub mod channel;
 pub mod codec;
+pub mod epoch;
 mod error;
 pub mod frames;
 #[cfg(feature = "fuzzing")]

@@ -80,12 +80,17 @@ impl RecoveryKey {
 
     /// The user key this recovery key stands for (the same every time).
     pub fn user_key(&self) -> UserKey {
+        UserKey::from_secret_bytes(&self.derive(USER_KEY_INFO))
+    }
+
+    /// A 32-byte secret derived from the recovery key for one purpose (`info`).
+    pub(crate) fn derive(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
         let hkdf = Hkdf::<Sha256>::new(Some(USER_KEY_SALT), self.0.as_ref());
-        let mut seed = Zeroizing::new([0u8; 32]);
-        if hkdf.expand(USER_KEY_INFO, seed.as_mut()).is_err() {
+        let mut out = Zeroizing::new([0u8; 32]);
+        if hkdf.expand(info, out.as_mut()).is_err() {
             unreachable!("32 bytes is a valid HKDF-SHA256 output length");
         }
-        UserKey::from_secret_bytes(&seed)
+        out
     }
 
     /// The key as the user writes it down: groups of five characters joined by dashes.

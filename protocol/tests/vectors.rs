@@ -229,6 +229,23 @@ fn vectors() -> String {
     chain.apply(&admit).unwrap();
     line("chain_link_2_admit", &codec::encode(&admit));
     line("chain_link_2_hash", &admit.hash().0);
+    let recovery_exchange = recovery.exchange_secret();
+    line("recovery_exchange_public", &recovery_exchange.public());
+    let sealed_epoch = epoch::seal_epoch_key(
+        &mut Scripted::new(&[&[0x7b; 32], &[0x7c; 24]]),
+        &recovered_user.id(),
+        0,
+        &data_key,
+        &recovery_exchange.public(),
+    )
+    .unwrap();
+    line("epoch_0_key_sealed_to_recovery", &sealed_epoch.0);
+    assert_eq!(
+        epoch::open_epoch_key(&recovery_exchange, &recovered_user.id(), 0, &sealed_epoch)
+            .unwrap()
+            .bytes(),
+        data_key.bytes()
+    );
     out
 }
 
