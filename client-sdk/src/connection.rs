@@ -11,13 +11,17 @@
 //!    seals frames from a bounded queue; the driver owns the receiving halves and reads
 //!    while the writer writes, so neither side of the socket can block the other.
 //!
-//! A relay that refuses says why with an error frame or a close code `4000 + code`; both
-//! become the matching [`ClientError`].
+//! A relay that refuses says why with an error frame or a close code `4000 + code`. Only
+//! what comes through the encrypted channel is believed: the encrypted
+//! `SessionStart::Rejected` and error frames become the matching [`ClientError`] (which may
+//! stop the client). A close code, and the plaintext `Reject` that may answer a ClientHello,
+//! can be forged by anyone on the path: they become [`ClientError::Unauthenticated`], a
+//! transient failure the client retries.
 
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_protocol::handshake::{ClientHandshake, Credentials, Session};
+use ferry_protocol::handshake::{ClientHandshake, Credentials, HandshakeError, Session};
 use ferry_protocol::limits::{CHANNEL_OVERHEAD, MAX_FRAME_LEN};
 use ferry_protocol::{ClientFrame, RecvHalf, RelayId, SendHalf, ServerFrame};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -113,7 +117,16 @@ pub(crate) async fn open_as(
     let (handshake, hello) = ClientHandshake::start(relay_key, &mut OsRng);
     send(&mut ws, hello).await?;
     let server_hello = next_binary(&mut ws).await?;
-    let (handshake, start) = handshake.handle_server_hello(&server_hello, credentials)?;
+    let (handshake, start) = handshake
+        .handle_server_hello(&server_hello, credentials)
+        .map_err(|error| match error {
+            // The plaintext `Reject` of step 2: not signed, not encrypted.
+            HandshakeError::Rejected(frame) => ClientError::Unauthenticated {
+                code: frame.code,
+                message: frame.message,
+            },
+            other => ClientError::from(other),
+        })?;
     send(&mut ws, start).await?;
     let established = next_binary(&mut ws).await?;
     let (session, channel) = handshake.handle_session(&established)?;
@@ -213,13 +226,14 @@ where
     }
 }
 
-/// The error a close frame stands for.
+/// The error a close frame stands for: never more than a transient failure, since a close
+/// frame is not authenticated (see the module docs).
 fn closed(frame: Option<CloseFrame>) -> ClientError {
     let Some(frame) = frame else {
         return ClientError::RelayUnreachable("the relay closed the connection".to_owned());
     };
     let code = u16::from(frame.code);
-    ClientError::from_close_code(code, &frame.reason).unwrap_or_else(|| {
+    ClientError::unauthenticated_close(code, &frame.reason).unwrap_or_else(|| {
         let why = match frame.code {
             CloseCode::Away => "the relay is going away",
             _ => "the relay closed the connection",

@@ -6,6 +6,11 @@
 //! [`ClientError::from_code`]; codes without a variant of their own keep their number in
 //! [`ClientError::Relay`]. [`ClientError::is_permanent`] tells which errors stop the client
 //! (reconnecting cannot fix them) and which it rides out by reconnecting with backoff.
+//!
+//! Only what arrives inside the encrypted channel (an `Error` frame, `ResyncRequired`, the
+//! encrypted `SessionStart::Rejected`) can stop the client or refuse an append. A close code
+//! or the plaintext handshake `Reject` can be forged by anyone on the network path: the
+//! connection reports them as [`ClientError::Unauthenticated`], which the client rides out.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -186,6 +191,38 @@ pub enum ClientError {
     /// The relay sent something the protocol does not allow. The client reconnects.
     #[error("protocol violation by the relay: {0}")]
     Protocol(String),
+    /// A refusal that did not come through the authenticated channel: a WebSocket close
+    /// code `4000 + code`, or the plaintext handshake `Reject`. Anyone on the network path
+    /// can send these, so the client never acts on them beyond retrying: it reconnects with
+    /// backoff and keeps its outbox. When the relay really refuses the device (revoked, say),
+    /// the client learns it inside the encrypted channel at its next handshake
+    /// ([`ClientError::Revoked`] and the others, permanent). Until then this is the warning
+    /// the app sees in [`Status::last_error`](crate::Status::last_error): "the relay (or
+    /// someone on the path) refuses this device".
+    #[error(
+        "the connection was refused with code {code} ({message}), unauthenticated: it may come \
+         from the relay or from anyone on the network path; retrying"
+    )]
+    Unauthenticated {
+        /// The code the close frame or the plaintext refusal carried.
+        code: ErrorCode,
+        /// The text that came with it.
+        message: String,
+    },
+    /// The relay answered `Appended { seq }` for one of this device's appends, but the event
+    /// the log holds at `seq` is not that append: the relay lied about where it stored it
+    /// (or lost it). The event found there is delivered as usual; the append may be missing
+    /// from the log. Reported once, through [`Client::next_event`](crate::Client::next_event).
+    #[error(
+        "the relay said this device's append #{device_seq} was stored as event {seq}, but the \
+         log holds another event there"
+    )]
+    MisplacedAppend {
+        /// This device's sequence number for the append.
+        device_seq: u64,
+        /// The stream sequence the relay gave for it.
+        seq: u64,
+    },
     /// Nothing was acknowledged in the time allowed; what is in the outbox stays there.
     #[error("timed out with {pending} event(s) not yet acknowledged by the relay")]
     Timeout {
@@ -217,9 +254,32 @@ impl ClientError {
         }
     }
 
-    /// The error for a WebSocket close code, if it carries one of Ferry's codes.
+    /// The error a WebSocket close code `4000 + code` names, if it carries one of Ferry's
+    /// codes: what the code means, for messages and for pairing's one-shot answers.
+    ///
+    /// A close frame is never authenticated, so the client's connection does not act on
+    /// this: it reports [`ClientError::Unauthenticated`] ([`unauthenticated_close`](Self::unauthenticated_close))
+    /// and retries.
     pub fn from_close_code(close: u16, reason: &str) -> Option<Self> {
         ErrorCode::from_close_code(close).map(|code| Self::from_code(code, reason))
+    }
+
+    /// What a client makes of a close code `4000 + code`: [`ClientError::Unauthenticated`]
+    /// (transient), if it carries one of Ferry's codes.
+    pub fn unauthenticated_close(close: u16, reason: &str) -> Option<Self> {
+        ErrorCode::from_close_code(close).map(|code| Self::Unauthenticated {
+            code,
+            message: reason.to_owned(),
+        })
+    }
+
+    /// What the code of an unauthenticated refusal would mean had it been authenticated
+    /// (itself for every other error).
+    pub fn claimed(&self) -> Self {
+        match self {
+            Self::Unauthenticated { code, message } => Self::from_code(*code, message.clone()),
+            other => other.clone(),
+        }
     }
 
     /// Whether reconnecting cannot help: the client stops and reports it.
@@ -250,6 +310,8 @@ impl ClientError {
             | Self::BadRevocation
             | Self::Relay { .. }
             | Self::Protocol(_)
+            | Self::Unauthenticated { .. }
+            | Self::MisplacedAppend { .. }
             | Self::Timeout { .. } => false,
         }
     }
@@ -346,6 +408,13 @@ impl PairingError {
 
 impl From<ClientError> for PairingError {
     fn from(error: ClientError) -> Self {
+        // A pairing is one attempt that fails on any disconnect, whatever its cause; a close
+        // code only says which message to show, so it is read for what it claims. Nothing is
+        // kept from it.
+        let error = match error {
+            unauthenticated @ ClientError::Unauthenticated { .. } => unauthenticated.claimed(),
+            other => other,
+        };
         match error {
             ClientError::RelayUnreachable(why) => Self::RelayUnreachable(why),
             ClientError::WrongRelayKey { pinned, found } => Self::WrongRelayKey { pinned, found },
@@ -382,6 +451,9 @@ impl From<HandshakeError> for ClientError {
             HandshakeError::WrongRelayKey { pinned, found } => {
                 Self::WrongRelayKey { pinned, found }
             }
+            // Only `SessionStart::Rejected` reaches here as `Rejected`: it is encrypted and
+            // so the relay's own word. `connection.rs` takes the plaintext `Reject` of the
+            // ServerHello step apart before (as `Unauthenticated`).
             HandshakeError::Rejected(frame) => Self::from_code(frame.code, frame.message),
             HandshakeError::UnsupportedVersion { .. } => Self::UnsupportedVersion,
             HandshakeError::BadRelaySignature

@@ -64,4 +64,10 @@ pub struct Status {
     pub last_error: Option<ClientError>,
     /// Set when the client stopped: why (a permanent error, or [`ClientError::Closed`]).
     pub stopped: Option<ClientError>,
+    /// Old events the relay served again at a new place in the log, dropped (acknowledged,
+    /// never shown). Any is a misbehaving relay.
+    pub replayed_events: u64,
+    /// This device's appends that the log does not hold where the relay said it stored them
+    /// (each also reported as [`ClientError::MisplacedAppend`]). Any is a misbehaving relay.
+    pub misplaced_appends: u64,
 }

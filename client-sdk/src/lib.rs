@@ -32,6 +32,29 @@
 //! - Errors are [`ClientError`]s: one variant per thing that can go wrong, relay error
 //!   codes included; [`ClientError::is_permanent`] says which ones stop the client.
 //!
+//! # What the client does not take on trust
+//!
+//! - **Refusals outside the channel.** WebSocket close codes and the plaintext handshake
+//!   `Reject` can be forged by anyone on the network path. They never stop the client and
+//!   never take an append out of the outbox: the client reconnects with backoff and shows
+//!   the code as [`ClientError::Unauthenticated`] in [`Status::last_error`] ("the relay, or
+//!   someone, refuses this device"). Only answers inside the encrypted channel are final: a
+//!   revoked device learns [`ClientError::Revoked`] from the encrypted handshake answer at
+//!   its next connection; an append is refused only by an `Error` frame naming it. The cost:
+//!   an append the relay can only refuse by closing (a frame over a limit the relay set below
+//!   the protocol's) stays in the outbox and is retried, with the close code in
+//!   [`Status::last_error`]. A relay key that does not match the pin stops a client that
+//!   never had a session (a misconfiguration); after a session it is retried as a failure on
+//!   the path.
+//! - **Replayed events.** Each device's `device_seq` rises with the stream sequence in an
+//!   honest log. The client keeps, per device, the highest it has read and where (file
+//!   `seen` in the state folder); an old event served again at a later place is acknowledged
+//!   but not shown, logged and counted in [`Status::replayed_events`]. Reading the same
+//!   places again after a resync is not a replay.
+//! - **Where its appends went.** The place the relay gives in `Appended` is checked when the
+//!   event there is read: another event there is a [`ClientError::MisplacedAppend`] from
+//!   [`Client::next_event`], logged and counted in [`Status::misplaced_appends`].
+//!
 //! # Data flow
 //!
 //! ```text

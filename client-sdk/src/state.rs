@@ -6,6 +6,7 @@
 //! | `certificate` | the user key's certificate for this device (hex of its postcard encoding) | at creation |
 //! | `relay` | the relay URL and the pinned relay key, one per line | at creation |
 //! | `cursor` | the highest stream sequence the app has received | as the app reads |
+//! | `seen` | per device of the user, the highest device sequence read and its stream sequence, to tell a replayed event (see `driver/checks.rs`); absent in folders from before it | as the app reads |
 //! | `device_seq`, `outbox` | the next device sequence and the journal of unacknowledged events ([`crate::outbox`]) | as the app appends |
 //! | `lock` | held (`flock`) while a client uses the folder | — |
 //! | `format` | the format marker, written last, so a half-created folder is not mistaken for one | at creation |
@@ -23,6 +24,7 @@ use ferry_protocol::{DeviceCertificate, DeviceId, DeviceKey, RelayId, UserId, Us
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 
+use crate::driver::checks::{Marks, decode_marks, encode_marks};
 use crate::error::StateError;
 use crate::files::{self, Access};
 use crate::outbox::Outbox;
@@ -35,6 +37,7 @@ const DATA_KEY_FILE: &str = "data.key";
 const CERTIFICATE_FILE: &str = "certificate";
 const RELAY_FILE: &str = "relay";
 const CURSOR_FILE: &str = "cursor";
+const SEEN_FILE: &str = "seen";
 
 /// A device's persistent state, held open (and locked) in its folder.
 ///
@@ -50,6 +53,8 @@ pub struct ClientState {
     relay_key: RelayId,
     keys: Arc<Keys>,
     cursor: u64,
+    /// What [`crate::driver`] checks replays against.
+    seen: Marks,
     pub(crate) outbox: Outbox,
     _lock: File,
 }
@@ -117,6 +122,7 @@ impl ClientState {
         let relay = format!("{relay_url}\n{}\n", relay_key.to_hex());
         files::write_atomic(&dir.join(RELAY_FILE), relay.as_bytes(), Access::Normal)?;
         files::write_u64(&dir.join(CURSOR_FILE), 0)?;
+        files::write_atomic(&dir.join(SEEN_FILE), b"", Access::Normal)?;
         Outbox::create(&dir)?;
         // Last: only a folder with every file written counts as a state.
         files::write_atomic(
@@ -191,6 +197,14 @@ impl ClientState {
         check_relay_url(relay_url)?;
 
         let cursor = files::read_u64(&dir.join(CURSOR_FILE))?;
+        let seen_path = dir.join(SEEN_FILE);
+        let seen = match std::fs::read_to_string(&seen_path) {
+            Ok(text) => decode_marks(&text).ok_or_else(|| {
+                StateError::corrupt(&seen_path, "expected DEVICE DEVICE_SEQ SEQ lines")
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Marks::new(),
+            Err(e) => return Err(StateError::io(&seen_path, e)),
+        };
         let outbox = Outbox::open(&dir)?;
         Ok(Self {
             relay_url: relay_url.to_owned(),
@@ -202,6 +216,7 @@ impl ClientState {
                 certificate,
             }),
             cursor,
+            seen,
             outbox,
             dir,
             _lock: lock,
@@ -291,6 +306,22 @@ impl ClientState {
             files::write_u64(&self.dir.join(CURSOR_FILE), seq)?;
             self.cursor = seq;
         }
+        Ok(())
+    }
+
+    /// The highest device sequence read from each device, and where.
+    pub(crate) fn seen(&self) -> &Marks {
+        &self.seen
+    }
+
+    /// Replaces the `seen` file.
+    pub(crate) fn save_seen(&mut self, seen: Marks) -> Result<(), StateError> {
+        files::write_atomic(
+            &self.dir.join(SEEN_FILE),
+            encode_marks(&seen).as_bytes(),
+            Access::Normal,
+        )?;
+        self.seen = seen;
         Ok(())
     }
 

@@ -15,7 +15,15 @@
 //!    device sequence and bytes; the relay answers a repeat with the original sequence.
 //! 2. **Exactly once to the app.** `received` is the highest stream sequence handed to the
 //!    app's queue; events at or below it are dropped, and each connection resumes after it.
-//!    The relay delivers in order without gaps, so a gap is a protocol violation.
+//!    The relay delivers in order without gaps, so a gap is a protocol violation. An old
+//!    event served again at a new place (a replay) is acknowledged but not shown, and the
+//!    place the relay gave for each of this device's appends is checked when it is read
+//!    (`checks.rs`).
+//! 5. **Only the channel is believed.** A close code or a plaintext handshake refusal can be
+//!    forged on the path: it ends the connection, never the client, and never takes an
+//!    entry out of the outbox. Only frames inside the encrypted channel stop the client
+//!    (`ResyncRequired`, an encrypted `SessionStart::Rejected`) or settle an append with an
+//!    error (an `Error` frame naming its `device_seq`).
 //! 3. **Acknowledge what the app has.** The app has an event once it asks for the next one
 //!    (or closes). Only then does the cursor move: written to disk first, then sent as
 //!    `Ack`, batched over [`Options::ack_delay`].
@@ -29,6 +37,7 @@
 //! the device requests.
 
 mod appends;
+pub(crate) mod checks;
 mod delivery;
 mod requests;
 
@@ -38,8 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ferry_protocol::{
-    ClientFrame, DeviceId, DeviceInfo, ErrorCode, RelayId, Revocation, SealedPayload, ServerFrame,
-    UserId,
+    ClientFrame, DeviceId, DeviceInfo, RelayId, Revocation, SealedPayload, ServerFrame, UserId,
 };
 use rand_core::OsRng;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -199,6 +207,8 @@ pub(crate) struct Driver {
     ping_nonce: u64,
     /// Appends the relay answered `Conflict`: to re-seal under new device sequences.
     conflicted: Vec<u64>,
+    /// Replays and misplaced appends (see `checks.rs`).
+    checks: checks::LogChecks,
 }
 
 impl Driver {
@@ -222,6 +232,7 @@ impl Driver {
             })
             .collect();
         let cursor = state.cursor();
+        let checks = checks::LogChecks::new(state.seen().clone());
         shared.received.store(cursor, Ordering::Release);
         Self {
             keys: state.keys(),
@@ -245,6 +256,7 @@ impl Driver {
             save_at: None,
             ping_nonce: 0,
             conflicted: Vec::new(),
+            checks,
         }
     }
 
@@ -276,7 +288,7 @@ impl Driver {
             let ended = match self.offline_until(attempt).await {
                 Err(interrupt) => break interrupt,
                 Ok(Ok(connection)) => self.online(connection, &mut backoff).await,
-                Ok(Err(error)) => Ended::Failed(error),
+                Ok(Err(error)) => Ended::Failed(self.pin_failure_after_a_session(error)),
             };
             match ended {
                 Ended::Close => break Interrupt::Close,
@@ -300,6 +312,30 @@ impl Driver {
         Finished {
             state: self.state,
             saved,
+        }
+    }
+
+    /// A relay key that does not match the pin, or a ServerHello whose signature does not
+    /// verify, stops a client that never had a session (a misconfigured URL or key: the app
+    /// should hear at once). Once this client has had a session with the pinned key, the
+    /// same failure is somebody on the path answering in the relay's place: nothing the
+    /// relay said, so it is retried like any other unauthenticated failure.
+    fn pin_failure_after_a_session(&self, error: ClientError) -> ClientError {
+        let had_session = self.shared.status.borrow().sessions > 0;
+        match error {
+            ClientError::WrongRelayKey { pinned, found } if had_session => {
+                tracing::warn!(%pinned, %found, "the relay presented another key than the pinned one; retrying");
+                ClientError::RelayUnreachable(format!(
+                    "the relay presented key {found}, not the pinned key {pinned} (someone on the path?)"
+                ))
+            }
+            ClientError::HandshakeFailed(why) if had_session => {
+                tracing::warn!(%why, "the relay's handshake did not verify; retrying");
+                ClientError::RelayUnreachable(format!(
+                    "handshake did not verify: {why} (someone on the path?)"
+                ))
+            }
+            other => other,
         }
     }
 
@@ -372,7 +408,7 @@ impl Driver {
                 frame = link.incoming.next() => {
                     let result = match frame {
                         Ok(frame) => self.frame(frame, &mut link, backoff),
-                        Err(error) => Err(self.connection_error(error, &mut link)),
+                        Err(error) => Err(Ended::Failed(error)),
                     };
                     if let Err(ended) = result {
                         break ended;
@@ -479,6 +515,7 @@ impl Driver {
             ServerFrame::Appended { device_seq, seq } => {
                 remove_first(&mut link.in_flight, device_seq);
                 self.append_backoff.reset();
+                self.appended(device_seq, seq);
                 self.finish_append(device_seq, Ok(seq));
             }
             ServerFrame::Events(events) => self.deliver(events).map_err(Ended::Failed)?,
@@ -520,28 +557,6 @@ impl Driver {
             }
         }
         Ok(())
-    }
-
-    /// The connection failed: if the relay refused an append as too large by closing, that
-    /// append leaves the outbox (it could never be stored).
-    fn connection_error(&mut self, error: ClientError, link: &mut Link) -> Ended {
-        let too_large = matches!(
-            error,
-            ClientError::Relay {
-                code: ErrorCode::FrameTooLarge | ErrorCode::PayloadTooLarge,
-                ..
-            }
-        );
-        // The relay answers every append before the one it choked on, in order; so the
-        // culprit is the oldest one unanswered.
-        if too_large && let Some(device_seq) = link.in_flight.pop_front() {
-            let len = self
-                .pending
-                .get(&device_seq)
-                .map_or(0, |p| p.payload.0.len());
-            self.finish_append(device_seq, Err(ClientError::PayloadTooLarge { len }));
-        }
-        Ended::Failed(error)
     }
 
     /// Handles commands, taking every waiting `Enqueue` into one outbox write.
