@@ -338,6 +338,28 @@ async fn ferry_send_through_a_relay_killed_with_9_arrives_once_in_order() {
     };
     assert!(status.success(), "ferry send failed: {status}");
 
+    // The relay's log itself: every line once, stored in the order sent. (Checked here and
+    // not only through the phone, whose replay check would hide a reordered event and make
+    // the read below time out instead of naming the fault.)
+    let mut stored = Vec::new();
+    while stored.len() < LINES as usize {
+        let page = store
+            .read_events(user, stored.len() as u64, 4096)
+            .await
+            .unwrap();
+        assert!(!page.is_empty(), "the log holds {} events", stored.len());
+        stored.extend(page.into_iter().map(|e| e.device_seq));
+    }
+    let stored_out_of_order: Vec<(u64, u64)> = stored
+        .windows(2)
+        .filter(|pair| pair[1] != pair[0] + 1)
+        .map(|pair| (pair[0], pair[1]))
+        .collect();
+    assert!(
+        stored_out_of_order.is_empty(),
+        "stored out of order: {stored_out_of_order:?}"
+    );
+
     // The other device: every line once, in the order sent, gapless.
     let mut phone = Client::connect(phone, fast()).await.unwrap();
     let got = events(&mut phone, LINES as usize).await;
@@ -354,6 +376,7 @@ async fn ferry_send_through_a_relay_killed_with_9_arrives_once_in_order() {
     for (i, event) in got.iter().enumerate() {
         assert_eq!(event.plaintext[..], *format!("line {}", i + 1).as_bytes());
     }
+    assert_eq!(phone.status().replayed_events, 0);
     phone.close().await.unwrap();
     store.close().await;
 }
