@@ -10,6 +10,7 @@ use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, ServerFrame};
 use ferry_relay::{Config, Server};
 use rand_core::OsRng;
 use support::client::{Client, Identity, close_code};
+use support::pairing::pair;
 
 async fn relay(adjust: impl FnOnce(&mut Config)) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -38,84 +39,11 @@ async fn a_new_device_pairs_and_syncs() {
     a.replay().await;
     a.append(1, b"before pairing").await.unwrap();
 
-    let code = PairingCode::generate(&mut OsRng);
-    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
-    assert!(
-        matches!(a.pairing_frame().await, ServerFrame::PairOpened { slot, .. } if slot == code.slot())
-    );
-    let inviter = Inviter::start(&code, &mut OsRng);
-
     // Device B types the code.
     let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let typed = PairingCode::parse(&code.digits()).unwrap();
-    let (joiner, hello) = Joiner::start(&typed, &mut OsRng);
-    b.send(&ClientFrame::PairJoin {
-        slot: typed.slot(),
-        body: hello,
-    })
-    .await;
-
-    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
-        panic!("joiner hello")
-    };
-    let (inviter, reply) = inviter.handle_joiner_hello(&body).unwrap();
-    a.send(&ClientFrame::PairForward {
-        slot: code.slot(),
-        body: reply,
-    })
-    .await;
-
-    let tablet = DeviceKey::generate(&mut OsRng);
-    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
-        panic!("inviter hello")
-    };
-    let (joiner, request) = joiner
-        .handle_inviter_hello(&body, &tablet, "tablet")
-        .unwrap();
-    assert_eq!(joiner.confirmation(), inviter.confirmation());
-    b.send(&ClientFrame::PairForward {
-        slot: code.slot(),
-        body: request,
-    })
-    .await;
-
-    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
-        panic!("joiner request")
-    };
-    let (admitted, grant) = inviter
-        .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
-        .unwrap();
-    assert_eq!(admitted.device, tablet.id());
-    a.send(&ClientFrame::PairForward {
-        slot: code.slot(),
-        body: grant,
-    })
-    .await;
-    a.send(&ClientFrame::PairClose {
-        slot: code.slot(),
-        success: true,
-    })
-    .await;
-
-    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
-        panic!("grant")
-    };
-    let grant = joiner.handle_grant(&body).unwrap();
-    assert_eq!(grant.data_key.bytes(), data_key.bytes());
-    assert_eq!(
-        b.pairing_frame().await,
-        ServerFrame::PairClosed {
-            slot: code.slot(),
-            code: None
-        }
-    );
+    let (code, paired) = pair(&mut a, &mut b, &laptop, &data_key).await;
 
     // The new device is a device of the user now.
-    let paired = Identity {
-        user: grant.user_key,
-        device: tablet,
-        certificate: grant.certificate,
-    };
     let mut t = Client::connect(addr, relay_id, &paired, None)
         .await
         .unwrap();

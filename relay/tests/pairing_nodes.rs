@@ -25,6 +25,7 @@ use ferry_relay::pairing::{PairingRegistry, Party, RedisPairing, RedisPairingOpt
 use ferry_relay::{Config, Server};
 use rand_core::OsRng;
 use support::client::{Client, Identity};
+use support::pairing::pair;
 use support::proxy::Proxy;
 use tokio::sync::mpsc;
 
@@ -126,82 +127,11 @@ async fn an_inviter_on_one_node_pairs_a_joiner_on_another() {
     let mut a = one.device(&laptop).await;
     a.append(1, b"before pairing").await.unwrap();
 
-    let code = PairingCode::generate(&mut OsRng);
-    let opened = open(&mut a, code.slot()).await;
-    assert!(
-        matches!(opened, ServerFrame::PairOpened { slot, .. } if slot == code.slot()),
-        "{opened:?}"
-    );
-    let inviter = Inviter::start(&code, &mut OsRng);
-
     // Device B types the code on the other node.
     let mut b = two.anonymous().await;
-    let typed = PairingCode::parse(&code.digits()).unwrap();
-    let (joiner, hello) = Joiner::start(&typed, &mut OsRng);
-    b.send(&ClientFrame::PairJoin {
-        slot: typed.slot(),
-        body: hello,
-    })
-    .await;
-
-    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
-        panic!("joiner hello")
-    };
-    let (inviter, reply) = inviter.handle_joiner_hello(&body).unwrap();
-    a.send(&ClientFrame::PairForward {
-        slot: code.slot(),
-        body: reply,
-    })
-    .await;
-    let tablet = DeviceKey::generate(&mut OsRng);
-    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
-        panic!("inviter hello")
-    };
-    let (joiner, request) = joiner
-        .handle_inviter_hello(&body, &tablet, "tablet")
-        .unwrap();
-    assert_eq!(joiner.confirmation(), inviter.confirmation());
-    b.send(&ClientFrame::PairForward {
-        slot: code.slot(),
-        body: request,
-    })
-    .await;
-    let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
-        panic!("joiner request")
-    };
-    let (admitted, grant) = inviter
-        .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
-        .unwrap();
-    assert_eq!(admitted.device, tablet.id());
-    a.send(&ClientFrame::PairForward {
-        slot: code.slot(),
-        body: grant,
-    })
-    .await;
-    a.send(&ClientFrame::PairClose {
-        slot: code.slot(),
-        success: true,
-    })
-    .await;
-    let ServerFrame::PairPeer { body, .. } = b.pairing_frame().await else {
-        panic!("grant")
-    };
-    let grant = joiner.handle_grant(&body).unwrap();
-    assert_eq!(grant.data_key.bytes(), data_key.bytes());
-    assert_eq!(
-        b.pairing_frame().await,
-        ServerFrame::PairClosed {
-            slot: code.slot(),
-            code: None
-        }
-    );
+    let (code, paired) = pair(&mut a, &mut b, &laptop, &data_key).await;
 
     // The new device is a device of the user, on the node it paired through.
-    let paired = Identity {
-        user: grant.user_key,
-        device: tablet,
-        certificate: grant.certificate,
-    };
     let mut t = Client::connect(
         two.server.local_addr(),
         two.server.relay_id(),

@@ -11,6 +11,7 @@ pub mod client;
 pub mod device;
 pub mod http;
 pub mod node;
+pub mod pairing;
 pub mod proxy;
 pub mod redis;
 pub mod storage;

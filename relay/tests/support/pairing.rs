@@ -1,0 +1,102 @@
+//! One whole pairing through relays, as a honest inviter and joiner run it.
+
+use ferry_protocol::pairing::{Inviter, Joiner, PairingCode};
+use ferry_protocol::seal::DataKey;
+use ferry_protocol::{ClientFrame, DeviceKey, ServerFrame};
+use rand_core::OsRng;
+
+use super::client::{Client, Identity};
+
+/// `inviter` (a session of `laptop`) opens a fresh code, `joiner` (an anonymous session, on
+/// the same node or another) types it, and the PAKE runs to the grant and the slot's close.
+/// Returns the code (now used) and the new device's identity.
+pub async fn pair(
+    inviter: &mut Client,
+    joiner: &mut Client,
+    laptop: &Identity,
+    data_key: &DataKey,
+) -> (PairingCode, Identity) {
+    let code = PairingCode::generate(&mut OsRng);
+    inviter
+        .send(&ClientFrame::PairOpen { slot: code.slot() })
+        .await;
+    let opened = inviter.pairing_frame().await;
+    assert!(
+        matches!(opened, ServerFrame::PairOpened { slot, .. } if slot == code.slot()),
+        "{opened:?}"
+    );
+    let pake = Inviter::start(&code, &mut OsRng);
+
+    // The joiner types the code.
+    let typed = PairingCode::parse(&code.digits()).unwrap();
+    let (peer, hello) = Joiner::start(&typed, &mut OsRng);
+    joiner
+        .send(&ClientFrame::PairJoin {
+            slot: typed.slot(),
+            body: hello,
+        })
+        .await;
+
+    let ServerFrame::PairPeer { body, .. } = inviter.pairing_frame().await else {
+        panic!("joiner hello")
+    };
+    let (pake, reply) = pake.handle_joiner_hello(&body).unwrap();
+    inviter
+        .send(&ClientFrame::PairForward {
+            slot: code.slot(),
+            body: reply,
+        })
+        .await;
+
+    let tablet = DeviceKey::generate(&mut OsRng);
+    let ServerFrame::PairPeer { body, .. } = joiner.pairing_frame().await else {
+        panic!("inviter hello")
+    };
+    let (peer, request) = peer.handle_inviter_hello(&body, &tablet, "tablet").unwrap();
+    assert_eq!(peer.confirmation(), pake.confirmation());
+    joiner
+        .send(&ClientFrame::PairForward {
+            slot: code.slot(),
+            body: request,
+        })
+        .await;
+
+    let ServerFrame::PairPeer { body, .. } = inviter.pairing_frame().await else {
+        panic!("joiner request")
+    };
+    let (admitted, grant) = pake
+        .handle_joiner_request(&body, &laptop.user, data_key, 1_700_000_000)
+        .unwrap();
+    assert_eq!(admitted.device, tablet.id());
+    inviter
+        .send(&ClientFrame::PairForward {
+            slot: code.slot(),
+            body: grant,
+        })
+        .await;
+    inviter
+        .send(&ClientFrame::PairClose {
+            slot: code.slot(),
+            success: true,
+        })
+        .await;
+
+    let ServerFrame::PairPeer { body, .. } = joiner.pairing_frame().await else {
+        panic!("grant")
+    };
+    let grant = peer.handle_grant(&body).unwrap();
+    assert_eq!(grant.data_key.bytes(), data_key.bytes());
+    assert_eq!(
+        joiner.pairing_frame().await,
+        ServerFrame::PairClosed {
+            slot: code.slot(),
+            code: None
+        }
+    );
+    let paired = Identity {
+        user: grant.user_key,
+        device: tablet,
+        certificate: grant.certificate,
+    };
+    (code, paired)
+}
