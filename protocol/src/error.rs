@@ -32,14 +32,19 @@ pub enum ErrorCode {
     HandshakeFailed,
     /// 201: the handshake did not finish in time.
     HandshakeTimeout,
-    /// 202: the device certificate is invalid or not for this user and device.
+    /// 202: retired (device certificates, before the device chain); never sent any more.
     BadCertificate,
     /// 203: this device has been revoked by its user.
     DeviceRevoked,
-    /// 204: a revocation is not validly signed by the user key.
+    /// 204: retired (user-key revocations, before the device chain); never sent any more.
     BadRevocation,
-    /// 205: the device named in a request is not registered for this user.
+    /// 205: the device is not admitted by the user's device chain (at the handshake), or a
+    /// device named in a request is not the user's.
     UnknownDevice,
+    /// 206: the recovery proof (the user key's signature over the handshake) does not verify.
+    BadUserProof,
+    /// 207: a device chain link does not extend the user's chain.
+    ChainLinkRefused,
     /// 300: the device sequence was already used for a different payload.
     Conflict,
     /// 301: the device sequence is invalid (device sequences start at 1).
@@ -84,7 +89,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 31] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -97,6 +102,8 @@ impl ErrorCode {
         Self::DeviceRevoked,
         Self::BadRevocation,
         Self::UnknownDevice,
+        Self::BadUserProof,
+        Self::ChainLinkRefused,
         Self::Conflict,
         Self::InvalidSequence,
         Self::ResyncRequired,
@@ -131,6 +138,8 @@ impl ErrorCode {
             Self::DeviceRevoked => 203,
             Self::BadRevocation => 204,
             Self::UnknownDevice => 205,
+            Self::BadUserProof => 206,
+            Self::ChainLinkRefused => 207,
             Self::Conflict => 300,
             Self::InvalidSequence => 301,
             Self::ResyncRequired => 302,
@@ -167,6 +176,8 @@ impl ErrorCode {
             Self::DeviceRevoked => "device_revoked",
             Self::BadRevocation => "bad_revocation",
             Self::UnknownDevice => "unknown_device",
+            Self::BadUserProof => "bad_user_proof",
+            Self::ChainLinkRefused => "chain_link_refused",
             Self::Conflict => "conflict",
             Self::InvalidSequence => "invalid_sequence",
             Self::ResyncRequired => "resync_required",
@@ -216,16 +227,22 @@ impl ErrorCode {
                 "The handshake did not complete within the relay's time limit; check the network and retry."
             }
             Self::BadCertificate => {
-                "The device certificate is forged or was issued for another user or device; pair this device again."
+                "Retired: device certificates were replaced by the device chain; upgrade the peer that sent it."
             }
             Self::DeviceRevoked => {
-                "This device was revoked by its user and may no longer connect; pair it again to reuse it."
+                "This device was revoked by its user and may no longer act for it; a revoked device key is never admitted again: pair the machine again as a new device."
             }
             Self::BadRevocation => {
-                "The revocation is not signed by this user's key; only a device holding the user key can revoke."
+                "Retired: revocations are device chain links now; upgrade the peer that sent it."
             }
             Self::UnknownDevice => {
-                "The device named in the request is not registered for this user."
+                "This device is not admitted by the user's device chain (or a device named in the request is not the user's); pair it from another device, or recover with the recovery key."
+            }
+            Self::BadUserProof => {
+                "The recovery proof does not verify: the user key derived from the recovery key is not this user's. Check the recovery key."
+            }
+            Self::ChainLinkRefused => {
+                "The device chain link was refused: it does not extend the user's chain (another device extended it first), or its signer is revoked. Fetch the chain and try again."
             }
             Self::Conflict => {
                 "This device sequence number was already used for a different payload; device sequences must never be reused."

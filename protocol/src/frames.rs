@@ -15,6 +15,11 @@
 //!    stores it as the device's cursor.
 //! 5. `Ephemeral` frames go to the user's other online devices and are never stored.
 //!
+//! The device chain (`Chain*`): a device appends a signed link (admit, revoke, rotate) with
+//! `ChainAppend`; the relay checks it against the user's chain and answers `ChainAppended`, or
+//! `Error(chain_link_refused)`. `ChainFetch { after }` returns the links after a position in
+//! `ChainLinks` pages; `ChainGrew` tells every session of the user that the chain is longer.
+//!
 //! Pairing frames (`Pair*`) carry opaque PAKE messages between two devices; the relay
 //! forwards them between the two ends of a slot and never reads them.
 
@@ -22,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
 use crate::codec::{DecodeError, Wire, check_len};
-use crate::identity::{DeviceCertificate, DeviceId, Revocation};
+use crate::chain::Link;
+use crate::identity::DeviceId;
 use crate::limits::*;
 
 /// An event payload sealed by the client; opaque to the relay.
@@ -105,14 +111,17 @@ impl ErrorFrame {
     }
 }
 
-/// One of the user's devices, as listed by the relay.
+/// One of the user's devices, as listed by the relay. Informational: which devices act for
+/// the user is the device chain's word, which clients verify themselves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
-    /// The certificate the device registered with (verifiable by the client).
-    pub certificate: DeviceCertificate,
+    /// The device.
+    pub device: DeviceId,
+    /// Its name, from the chain link that admitted it.
+    pub name: String,
     /// When the relay last saw it connect, in seconds since the Unix epoch.
     pub last_seen: u64,
-    /// Whether the device has been revoked.
+    /// Whether the chain has revoked it.
     pub revoked: bool,
 }
 
@@ -144,8 +153,9 @@ pub enum ClientFrame {
     },
     /// Ask for the user's devices.
     ListDevices,
-    /// Revoke a device; signed with the user key.
-    RevokeDevice(Revocation),
+    /// Append a link to the user's device chain (admit, revoke, rotate); the relay answers
+    /// `ChainAppended` or `Error(chain_link_refused)`.
+    ChainAppend(Box<Link>),
     /// An authenticated device opens pairing slot `slot` (see the pairing section of the spec).
     PairOpen {
         /// The slot number, from the first digits of the code.
@@ -173,6 +183,12 @@ pub enum ClientFrame {
         slot: u16,
         /// Whether the exchange succeeded.
         success: bool,
+    },
+    /// Ask for the chain's links after position `after` (0: from the first); the relay
+    /// answers with one or more `ChainLinks` frames.
+    ChainFetch {
+        /// The position of the last link the device holds.
+        after: u64,
     },
 }
 
@@ -220,10 +236,10 @@ pub enum ServerFrame {
     },
     /// The user's devices.
     Devices(Vec<DeviceInfo>),
-    /// A device was revoked.
-    DeviceRevoked {
-        /// The revoked device.
-        device: DeviceId,
+    /// The link sent with `ChainAppend` is stored at position `seqno`.
+    ChainAppended {
+        /// Its position in the chain.
+        seqno: u64,
     },
     /// A pairing slot is open until `expires_at`.
     PairOpened {
@@ -247,7 +263,22 @@ pub enum ServerFrame {
         /// `None` on success.
         code: Option<ErrorCode>,
     },
+    /// Links of the chain, in order, answering `ChainFetch`. `more` says another page follows.
+    ChainLinks {
+        /// Consecutive links, the first right after the `after` asked for.
+        links: Vec<Link>,
+        /// Whether more links follow in another `ChainLinks` frame.
+        more: bool,
+    },
+    /// The user's chain now has `seqno` links: fetch the ones you lack.
+    ChainGrew {
+        /// The chain's length.
+        seqno: u64,
+    },
 }
+
+/// Most links in one `ChainLinks` frame (a relay also keeps a frame under the frame limit).
+pub const MAX_LINKS_PER_FRAME: usize = 256;
 
 impl Wire for ClientFrame {
     fn check_limits(&self) -> Result<(), DecodeError> {
@@ -257,7 +288,8 @@ impl Wire for ClientFrame {
             Self::PairJoin { body, .. } | Self::PairForward { body, .. } => {
                 check_len("pairing body", body.len(), MAX_PAIRING_BODY_LEN)
             }
-            Self::RevokeDevice(_)
+            Self::ChainAppend(link) => link.check_limits(),
+            Self::ChainFetch { .. }
             | Self::Ack { .. }
             | Self::Ping { .. }
             | Self::Pong { .. }
@@ -285,19 +317,24 @@ impl Wire for ServerFrame {
             }
             Self::Devices(devices) => {
                 check_len("devices", devices.len(), MAX_DEVICES_PER_FRAME)?;
-                devices.iter().try_for_each(|d| {
-                    check_len("device name", d.certificate.name.len(), MAX_DEVICE_NAME_LEN)
-                })
+                devices
+                    .iter()
+                    .try_for_each(|d| check_len("device name", d.name.len(), MAX_DEVICE_NAME_LEN))
             }
             Self::PairPeer { body, .. } => {
                 check_len("pairing body", body.len(), MAX_PAIRING_BODY_LEN)
+            }
+            Self::ChainLinks { links, .. } => {
+                check_len("links", links.len(), MAX_LINKS_PER_FRAME)?;
+                links.iter().try_for_each(Wire::check_limits)
             }
             Self::Appended { .. }
             | Self::CaughtUp { .. }
             | Self::ResyncRequired { .. }
             | Self::Ping { .. }
             | Self::Pong { .. }
-            | Self::DeviceRevoked { .. }
+            | Self::ChainAppended { .. }
+            | Self::ChainGrew { .. }
             | Self::PairOpened { .. }
             | Self::PairClosed { .. } => Ok(()),
         }

@@ -1,11 +1,10 @@
 //! Identities: users, devices and relays are Ed25519 keys.
 //!
-//! - A **user** is a key pair made on the user's first device; [`UserId`] is its public key.
+//! - A **user** is a key pair derived from the user's recovery key
+//!   ([`crate::recovery::RecoveryKey`]); [`UserId`] is its public key.
 //! - A **device** has its own key pair ([`DeviceKey`], [`DeviceId`]) and acts for a user only
-//!   with a [`DeviceCertificate`]: the user key's signature over the device key, its name and
-//!   creation time.
+//!   while the user's device chain ([`crate::chain`]) admits it and has not revoked it.
 //! - A **relay** has an identity key ([`RelayKey`]) that clients pin ([`RelayId`]).
-//! - A [`Revocation`] is the user key's signature removing one device.
 //!
 //! Every signature is made over a versioned label followed by the postcard encoding of the
 //! signed fields, so a signature made for one purpose can never be replayed for another.
@@ -28,11 +27,6 @@ pub fn check_device_name(name: &str) -> Result<(), IdentityError> {
     }
     Ok(())
 }
-
-/// Label for the user key's signature on a device certificate.
-pub const DEVICE_CERTIFICATE_LABEL: &[u8] = b"ferry/v1/device-certificate";
-/// Label for the user key's signature on a device revocation.
-pub const REVOCATION_LABEL: &[u8] = b"ferry/v1/device-revocation";
 
 /// Why an identity could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,12 +166,12 @@ public_key_id!(
 );
 
 secret_signing_key!(
-    /// The user key: signs device certificates and revocations. Shared between the
-    /// user's devices end to end; never sent to the relay.
+    /// The user key, derived from the recovery key: signs the chain's first links and
+    /// recovery links. No device keeps it; it exists while the user types the recovery key.
     UserKey => UserId
 );
 secret_signing_key!(
-    /// A device's own key: signs the handshake transcript.
+    /// A device's own key: signs the handshake transcript and the chain links it makes.
     DeviceKey => DeviceId
 );
 secret_signing_key!(
@@ -192,97 +186,6 @@ fn labeled(label: &[u8], message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The user key's statement that a device key may act for the user.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceCertificate {
-    /// The user the device belongs to (the signer).
-    pub user: UserId,
-    /// The device key being certified.
-    pub device: DeviceId,
-    /// A human name for the device, at most [`MAX_DEVICE_NAME_LEN`] bytes.
-    pub name: String,
-    /// When the certificate was issued, in seconds since the Unix epoch.
-    pub created_at: u64,
-    /// Ed25519 signature by `user` over [`DEVICE_CERTIFICATE_LABEL`] and the fields above.
-    #[serde(with = "serde_bytes")]
-    pub signature: [u8; 64],
-}
-
-impl DeviceCertificate {
-    /// Issues a certificate for `device`, signed with the user key.
-    pub fn issue(
-        user_key: &UserKey,
-        device: DeviceId,
-        name: &str,
-        created_at: u64,
-    ) -> Result<Self, IdentityError> {
-        check_device_name(name)?;
-        let user = user_key.id();
-        let signed = Self::signed_fields(&user, &device, name, created_at);
-        let signature = user_key.sign(DEVICE_CERTIFICATE_LABEL, &signed);
-        Ok(Self {
-            user,
-            device,
-            name: name.to_owned(),
-            created_at,
-            signature,
-        })
-    }
-
-    /// Checks the user key's signature and the name limit.
-    pub fn verify(&self) -> Result<(), IdentityError> {
-        check_device_name(&self.name)?;
-        let signed = Self::signed_fields(&self.user, &self.device, &self.name, self.created_at);
-        self.user
-            .verify(DEVICE_CERTIFICATE_LABEL, &signed, &self.signature)
-    }
-
-    fn signed_fields(user: &UserId, device: &DeviceId, name: &str, created_at: u64) -> Vec<u8> {
-        crate::codec::encode(&(user, device, name, created_at))
-    }
-}
-
-/// The user key's statement that a device may no longer act for the user.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revocation {
-    /// The user (the signer).
-    pub user: UserId,
-    /// The device being revoked.
-    pub device: DeviceId,
-    /// When the revocation was made, in seconds since the Unix epoch.
-    pub revoked_at: u64,
-    /// Ed25519 signature by `user` over [`REVOCATION_LABEL`] and the fields above.
-    #[serde(with = "serde_bytes")]
-    pub signature: [u8; 64],
-}
-
-impl Revocation {
-    /// Revokes `device`, signed with the user key.
-    pub fn issue(user_key: &UserKey, device: DeviceId, revoked_at: u64) -> Self {
-        let user = user_key.id();
-        let signature = user_key.sign(
-            REVOCATION_LABEL,
-            &Self::signed_fields(&user, &device, revoked_at),
-        );
-        Self {
-            user,
-            device,
-            revoked_at,
-            signature,
-        }
-    }
-
-    /// Checks the user key's signature.
-    pub fn verify(&self) -> Result<(), IdentityError> {
-        let signed = Self::signed_fields(&self.user, &self.device, self.revoked_at);
-        self.user.verify(REVOCATION_LABEL, &signed, &self.signature)
-    }
-
-    fn signed_fields(user: &UserId, device: &DeviceId, revoked_at: u64) -> Vec<u8> {
-        crate::codec::encode(&(user, device, revoked_at))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,80 +197,32 @@ mod tests {
     }
 
     #[test]
-    fn certificate_verifies_and_binds_every_field() {
-        let mut rng = rng();
-        let user = UserKey::generate(&mut rng);
-        let device = DeviceKey::generate(&mut rng);
-        let cert = DeviceCertificate::issue(&user, device.id(), "laptop", 1_700_000_000).unwrap();
-        cert.verify().unwrap();
-
-        let mut renamed = cert.clone();
-        renamed.name = "phone".into();
-        assert_eq!(renamed.verify(), Err(IdentityError::BadSignature));
-
-        let other = DeviceKey::generate(&mut rng);
-        let mut moved = cert.clone();
-        moved.device = other.id();
-        assert_eq!(moved.verify(), Err(IdentityError::BadSignature));
-
-        let mut older = cert.clone();
-        older.created_at -= 1;
-        assert_eq!(older.verify(), Err(IdentityError::BadSignature));
-
-        // A certificate claiming another user, signed by a key that is not that user's.
-        let mallory = UserKey::generate(&mut rng);
-        let mut forged = DeviceCertificate::issue(&mallory, device.id(), "laptop", 1).unwrap();
-        forged.user = user.id();
-        assert_eq!(forged.verify(), Err(IdentityError::BadSignature));
-    }
-
-    #[test]
-    fn long_names_are_refused() {
-        let mut rng = rng();
-        let user = UserKey::generate(&mut rng);
-        let name = "x".repeat(MAX_DEVICE_NAME_LEN + 1);
+    fn names_with_control_characters_or_too_long_are_refused() {
+        assert_eq!(check_device_name(&"x".repeat(MAX_DEVICE_NAME_LEN)), Ok(()));
         assert_eq!(
-            DeviceCertificate::issue(&user, DeviceId([9; 32]), &name, 0),
+            check_device_name(&"x".repeat(MAX_DEVICE_NAME_LEN + 1)),
             Err(IdentityError::NameTooLong)
         );
-    }
-
-    #[test]
-    fn names_with_control_characters_are_refused_when_issued_and_when_verified() {
-        let mut rng = rng();
-        let user = UserKey::generate(&mut rng);
-        assert_eq!(check_device_name(&"x".repeat(MAX_DEVICE_NAME_LEN)), Ok(()));
         assert_eq!(check_device_name("téléphone ✓"), Ok(()));
-        for name in [
-            "nul\0",
-            "esc\u{1b}[2J",
-            "new\nline",
-            "del\u{7f}",
-            "c1\u{9b}",
-        ] {
+        for name in ["nul\0", "esc\u{1b}[2J", "new\nline", "del\u{7f}", "c1\u{9b}"] {
             assert_eq!(
-                DeviceCertificate::issue(&user, DeviceId([9; 32]), name, 0),
+                check_device_name(name),
                 Err(IdentityError::NameHasControl),
                 "{name:?}"
             );
-            // A certificate carrying one (signed by hand, or altered) does not verify either.
-            let mut cert = DeviceCertificate::issue(&user, DeviceId([9; 32]), "ok", 0).unwrap();
-            cert.name = name.to_owned();
-            assert_eq!(cert.verify(), Err(IdentityError::NameHasControl));
         }
     }
 
     #[test]
-    fn a_certificate_signature_is_not_a_revocation_signature() {
+    fn a_signature_is_bound_to_its_label() {
         let mut rng = rng();
-        let user = UserKey::generate(&mut rng);
-        let device = DeviceKey::generate(&mut rng).id();
-        let revocation = Revocation::issue(&user, device, 5);
-        revocation.verify().unwrap();
-        let cert = DeviceCertificate::issue(&user, device, "", 5).unwrap();
-        let mut swapped = revocation.clone();
-        swapped.signature = cert.signature;
-        assert_eq!(swapped.verify(), Err(IdentityError::BadSignature));
+        let key = DeviceKey::generate(&mut rng);
+        let signature = key.sign(b"label-a", b"message");
+        assert_eq!(key.id().verify(b"label-a", b"message", &signature), Ok(()));
+        assert_eq!(
+            key.id().verify(b"label-b", b"message", &signature),
+            Err(IdentityError::BadSignature)
+        );
     }
 
     #[test]

@@ -25,13 +25,12 @@
 //! # Example
 //!
 //! ```
-//! use ferry_protocol::{handshake, ClientFrame, DeviceCertificate, DeviceKey, RelayKey, UserKey};
+//! use ferry_protocol::{handshake, ClientFrame, DeviceKey, RelayKey, UserKey};
 //! # use rand_core::SeedableRng;
 //! # let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
 //! let relay_key = RelayKey::generate(&mut rng);
 //! let user = UserKey::generate(&mut rng);
 //! let device = DeviceKey::generate(&mut rng);
-//! let cert = DeviceCertificate::issue(&user, device.id(), "laptop", 1_700_000_000).unwrap();
 //!
 //! // Client → relay: ClientHello.
 //! let (client, hello) = handshake::ClientHandshake::start(relay_key.id(), &mut rng);
@@ -39,7 +38,9 @@
 //! let (server, server_hello) =
 //!     handshake::ServerHandshake::handle_client_hello(&relay_key, &hello, &mut rng).unwrap();
 //! // Client → relay: ClientAuth, encrypted.
-//! let credentials = handshake::Credentials::Device { key: &device, certificate: cert, resume: None };
+//! // (The relay then checks that the user's device chain admits the device.)
+//! let credentials =
+//!     handshake::Credentials::Device { key: &device, user: user.id(), resume: None, recovery: None };
 //! let (client, auth) = client.handle_server_hello(&server_hello, credentials).unwrap();
 //! let pending = server.handle_client_start(&auth).unwrap();
 //! assert_eq!(pending.auth().unwrap().user, user.id());
@@ -75,9 +76,9 @@ pub use channel::{
 pub use codec::{DecodeError, Wire};
 pub use error::ErrorCode;
 pub use frames::{Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame};
+pub use chain::{Chain, ChainError, Link, LinkBody, LinkHash, Signer, SigningKey};
 pub use identity::{
-    DeviceCertificate, DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, Revocation, UserId,
-    UserKey, check_device_name,
+    DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, UserId, UserKey, check_device_name,
 };
 
 /// The newest protocol version this build speaks.
@@ -93,8 +94,8 @@ pub mod limits {
     pub const MAX_PAYLOAD_LEN: usize = 256 * 1024;
     /// Largest ephemeral body (typing, presence, call signaling) in bytes.
     pub const MAX_EPHEMERAL_LEN: usize = 16 * 1024;
-    /// Largest pairing message body in bytes.
-    pub const MAX_PAIRING_BODY_LEN: usize = 4 * 1024;
+    /// Largest pairing message body in bytes (a grant carries every data-key epoch).
+    pub const MAX_PAIRING_BODY_LEN: usize = 48 * 1024;
     /// Longest device name in bytes (UTF-8).
     pub const MAX_DEVICE_NAME_LEN: usize = 64;
     /// Longest human-readable error message in bytes.

@@ -2,7 +2,7 @@
 //!
 //! # Message flow
 //!
-//! Device A (the **inviter**, already holding the user key and the data key) draws a code
+//! Device A (the **inviter**, an active device of the user's chain) draws a code
 //! `c` uniformly from 000000–999999 and shows it; device B (the **joiner**) enters it. The
 //! relay routes by the slot `c / 1000` and forwards the bodies below between the two, opaque.
 //!
@@ -10,10 +10,12 @@
 //! 2. A → B `InviterHello { pake: SPAKE2 message A, confirm: confirm_a }`.
 //! 3. B checks `confirm_a` (a mismatch means a wrong code: B closes the slot as failed), then
 //!    B → A `JoinerRequest { confirm: confirm_b, sealed: seal(k_b2a, JoinRequest) }` with B's
-//!    new device key and name.
-//! 4. A checks `confirm_b`, opens the request, issues B's device certificate, and
-//!    A → B `InviterGrant { sealed: seal(k_a2b, Grant) }` carrying the certificate, the user key
-//!    and the data key. A closes the slot as successful.
+//!    new device key, its X25519 exchange key and its name.
+//! 4. A checks `confirm_b` and opens the request. Once its user confirmed, A appends an
+//!    `Admit` link for B to the user's device chain (signed with A's own device key), then
+//!    A → B `InviterGrant { sealed: seal(k_a2b, Grant) }` carrying the user id and every
+//!    data-key epoch's key, so B reads the whole history. A closes the slot as successful.
+//!    No device ever hands over the user key: it exists only while the recovery key is typed.
 //!
 //! Key schedule: SPAKE2 over Ed25519 (RustCrypto `spake2`) with the six code digits as the
 //! password and identities `INVITER_ID` / `JOINER_ID`, giving `K`;
@@ -38,7 +40,7 @@ use zeroize::Zeroizing;
 
 use crate::ErrorCode;
 use crate::codec::{self, DecodeError, Wire, check_len};
-use crate::identity::{DeviceCertificate, DeviceId, DeviceKey, IdentityError, UserKey};
+use crate::identity::{DeviceId, DeviceKey, IdentityError, UserId};
 use crate::limits::MAX_DEVICE_NAME_LEN;
 use crate::seal::DataKey;
 
@@ -77,10 +79,10 @@ pub enum PairingError {
     /// A message did not decode or was not the one expected at this step.
     #[error("unexpected pairing message: {0}")]
     Unexpected(String),
-    /// The grant's certificate or keys do not fit together.
+    /// The grant's keys are not a usable set of epochs.
     #[error("the other device sent an invalid grant: {0}")]
     BadGrant(&'static str),
-    /// A name or certificate problem.
+    /// A device name problem.
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -175,12 +177,19 @@ pub enum PairingMessage {
 
 impl Wire for PairingMessage {}
 
-/// What the joiner asks for (sealed).
-#[derive(Serialize, Deserialize)]
-struct JoinRequest {
-    device: DeviceId,
-    name: String,
+/// What the joiner asks for (sealed): the inviter admits exactly this to the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The new device's signing key.
+    pub device: DeviceId,
+    /// The new device's X25519 exchange key (later epochs are sealed to it).
+    pub exchange: [u8; 32],
+    /// The name the new device asked for.
+    pub name: String,
 }
+
+/// Most data-key epochs one grant carries.
+pub const MAX_GRANT_EPOCHS: usize = 1024;
 
 impl Wire for JoinRequest {
     fn check_limits(&self) -> Result<(), DecodeError> {
@@ -192,22 +201,24 @@ impl Wire for JoinRequest {
 #[derive(Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct GrantWire {
     #[zeroize(skip)]
-    certificate: DeviceCertificate,
-    user_secret: [u8; 32],
-    data_key: [u8; 32],
+    user: UserId,
+    epochs: Vec<(u32, [u8; 32])>,
 }
 
-impl Wire for GrantWire {}
+impl Wire for GrantWire {
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        check_len("grant epochs", self.epochs.len(), MAX_GRANT_EPOCHS)
+    }
+}
 
-/// Everything a newly paired device needs.
+/// Everything a newly paired device needs besides the chain (which it fetches from the
+/// relay and verifies itself): whose device it is, and every data-key epoch's key.
 #[derive(Debug)]
 pub struct Grant {
-    /// The user key's certificate for the new device.
-    pub certificate: DeviceCertificate,
-    /// The user key.
-    pub user_key: UserKey,
-    /// The data key that seals event payloads.
-    pub data_key: DataKey,
+    /// The user the device now acts for.
+    pub user: UserId,
+    /// Every epoch's data key, epoch 0 first, consecutive.
+    pub epochs: Vec<(u32, DataKey)>,
 }
 
 /// Keys derived once both SPAKE2 messages are known.
@@ -301,13 +312,18 @@ impl std::fmt::Debug for InviterAwaitRequest {
     }
 }
 
-/// A device the inviter admitted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Admitted {
-    /// The new device's key.
-    pub device: DeviceId,
-    /// Its certificate, as sent.
-    pub certificate: DeviceCertificate,
+/// The inviter once the joiner proved the code: it holds the request, and seals the grant
+/// once the new device is admitted to the chain.
+pub struct InviterReady {
+    keys: PairingKeys,
+}
+
+impl std::fmt::Debug for InviterReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviterReady")
+            .field("confirmation", &self.keys.confirmation)
+            .finish()
+    }
 }
 
 impl Inviter {
@@ -347,14 +363,13 @@ impl InviterAwaitRequest {
         &self.keys.confirmation
     }
 
-    /// Step 3 → 4: checks the joiner's proof, certifies its key, and returns the sealed grant.
+    /// Step 3: checks the joiner's proof and opens its request. Nothing is granted yet: the
+    /// caller shows the confirmation, admits `request` to the chain, then calls
+    /// [`InviterReady::grant`].
     pub fn handle_joiner_request(
         self,
         body: &[u8],
-        user_key: &UserKey,
-        data_key: &DataKey,
-        now_s: u64,
-    ) -> Result<(Admitted, Vec<u8>), PairingError> {
+    ) -> Result<(JoinRequest, InviterReady), PairingError> {
         let PairingMessage::JoinerRequest { confirm, sealed } = codec::decode(body)? else {
             return Err(PairingError::Unexpected("expected JoinerRequest".into()));
         };
@@ -363,23 +378,28 @@ impl InviterAwaitRequest {
         }
         let request: JoinRequest =
             codec::decode(&open_once(&self.keys.joiner_to_inviter, &sealed)?)?;
-        let certificate = DeviceCertificate::issue(user_key, request.device, &request.name, now_s)?;
+        crate::identity::check_device_name(&request.name)?;
+        Ok((request, InviterReady { keys: self.keys }))
+    }
+}
+
+impl InviterReady {
+    /// The short string both screens can show to catch a relay in the middle.
+    pub fn confirmation(&self) -> &str {
+        &self.keys.confirmation
+    }
+
+    /// Step 4: the sealed grant of `user`'s epoch keys (`epochs`, epoch 0 first,
+    /// consecutive), to send once the new device's `Admit` link is in the chain.
+    pub fn grant(self, user: UserId, epochs: &[(u32, &DataKey)]) -> Vec<u8> {
         let grant = GrantWire {
-            certificate: certificate.clone(),
-            user_secret: *user_key.secret_bytes(),
-            data_key: *data_key.bytes(),
+            user,
+            epochs: epochs.iter().map(|(n, key)| (*n, *key.bytes())).collect(),
         };
         let plain = Zeroizing::new(codec::encode(&grant));
-        let body = codec::encode(&PairingMessage::InviterGrant {
+        codec::encode(&PairingMessage::InviterGrant {
             sealed: seal_once(&self.keys.inviter_to_joiner, &plain),
-        });
-        Ok((
-            Admitted {
-                device: request.device,
-                certificate,
-            },
-            body,
-        ))
+        })
     }
 }
 
@@ -398,7 +418,6 @@ impl std::fmt::Debug for Joiner {
 /// The joiner, waiting for the grant.
 pub struct JoinerAwaitGrant {
     keys: PairingKeys,
-    device: DeviceId,
 }
 
 impl std::fmt::Debug for JoinerAwaitGrant {
@@ -421,11 +440,13 @@ impl Joiner {
         (Self { state, message }, body)
     }
 
-    /// Step 2 → 3: checks the inviter's proof and returns the sealed request for `device`.
+    /// Step 2 → 3: checks the inviter's proof and returns the sealed request for `device`,
+    /// whose X25519 exchange key is `exchange`.
     pub fn handle_inviter_hello(
         self,
         body: &[u8],
         device: &DeviceKey,
+        exchange: [u8; 32],
         name: &str,
     ) -> Result<(JoinerAwaitGrant, Vec<u8>), PairingError> {
         crate::identity::check_device_name(name)?;
@@ -443,19 +464,14 @@ impl Joiner {
         }
         let request = codec::encode(&JoinRequest {
             device: device.id(),
+            exchange,
             name: name.to_owned(),
         });
         let body = codec::encode(&PairingMessage::JoinerRequest {
             confirm: *keys.confirm_joiner,
             sealed: seal_once(&keys.joiner_to_inviter, &request),
         });
-        Ok((
-            JoinerAwaitGrant {
-                keys,
-                device: device.id(),
-            },
-            body,
-        ))
+        Ok((JoinerAwaitGrant { keys }, body))
     }
 }
 
@@ -465,27 +481,26 @@ impl JoinerAwaitGrant {
         &self.keys.confirmation
     }
 
-    /// Step 4: opens the grant and checks that the certificate, the user key and this device
-    /// fit together.
+    /// Step 4: opens the grant and checks that its epochs are 0, 1, 2… (at least one). That
+    /// the chain admits this device is checked against the chain itself, once connected.
     pub fn handle_grant(self, body: &[u8]) -> Result<Grant, PairingError> {
         let PairingMessage::InviterGrant { sealed } = codec::decode(body)? else {
             return Err(PairingError::Unexpected("expected InviterGrant".into()));
         };
         let grant: GrantWire = codec::decode(&open_once(&self.keys.inviter_to_joiner, &sealed)?)?;
-        let user_key = UserKey::from_secret_bytes(&grant.user_secret);
-        if grant.certificate.device != self.device {
-            return Err(PairingError::BadGrant("certificate is for another device"));
+        if grant.epochs.is_empty() {
+            return Err(PairingError::BadGrant("no data key"));
         }
-        if grant.certificate.user != user_key.id() {
-            return Err(PairingError::BadGrant(
-                "certificate is not signed by the granted user key",
-            ));
+        if grant.epochs.iter().enumerate().any(|(i, (n, _))| *n as usize != i) {
+            return Err(PairingError::BadGrant("epochs are not 0, 1, 2…"));
         }
-        grant.certificate.verify()?;
         Ok(Grant {
-            certificate: grant.certificate.clone(),
-            user_key,
-            data_key: DataKey::from_bytes(&grant.data_key),
+            user: grant.user,
+            epochs: grant
+                .epochs
+                .iter()
+                .map(|(n, key)| (*n, DataKey::from_bytes(key)))
+                .collect(),
         })
     }
 }

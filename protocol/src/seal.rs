@@ -1,12 +1,14 @@
 //! End-to-end sealing of event payloads (client side only; the relay never calls this).
 //!
-//! A payload is sealed with the user's [`DataKey`] using XChaCha20-Poly1305 and a random
-//! 24-byte nonce. The event's slot, `(user, device, device_seq)`, is bound as associated
-//! data, so a relay that moves a payload to another user, device or sequence number makes
-//! it fail to open.
+//! A payload is sealed with one epoch's [`DataKey`] (the device chain moves the data key to a
+//! new epoch at every revocation: [`crate::chain`]) using XChaCha20-Poly1305 and a random
+//! 24-byte nonce. The payload names its epoch in clear, so a reader picks the key without
+//! trying them all. The event's slot, `(user, device, device_seq)`, and the epoch are bound as
+//! associated data, so a relay that moves a payload to another user, device or sequence
+//! number, or relabels its epoch, makes it fail to open.
 //!
-//! Sealed layout: `format(1) = 0x01 ‖ nonce(24) ‖ ciphertext ‖ tag(16)`.
-//! Associated data: `SEAL_LABEL ‖ format ‖ postcard(EventSlot)`.
+//! Sealed layout: `format(1) = 0x02 ‖ epoch(4, big-endian) ‖ nonce(24) ‖ ciphertext ‖ tag(16)`.
+//! Associated data: `SEAL_LABEL ‖ format ‖ epoch(4) ‖ postcard(EventSlot)`.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -21,10 +23,10 @@ use crate::limits::MAX_PAYLOAD_LEN;
 
 /// Label at the start of every payload's associated data.
 pub const SEAL_LABEL: &[u8] = b"ferry/v1/event-payload";
-/// The only sealed-payload format so far.
-pub const FORMAT_V1: u8 = 1;
+/// The sealed-payload format: 2, with the epoch (format 1, without, is no longer read).
+pub const FORMAT_V2: u8 = 2;
 /// Bytes sealing adds to a plaintext.
-pub const SEAL_OVERHEAD: usize = 1 + 24 + 16;
+pub const SEAL_OVERHEAD: usize = 1 + 4 + 24 + 16;
 /// Largest plaintext that fits in one event.
 pub const MAX_PLAINTEXT_LEN: usize = MAX_PAYLOAD_LEN - SEAL_OVERHEAD;
 
@@ -92,18 +94,20 @@ pub struct EventSlot {
 }
 
 impl EventSlot {
-    fn associated_data(&self) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(SEAL_LABEL.len() + 1 + 80);
+    fn associated_data(&self, epoch: u32) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(SEAL_LABEL.len() + 5 + 80);
         aad.extend_from_slice(SEAL_LABEL);
-        aad.push(FORMAT_V1);
+        aad.push(FORMAT_V2);
+        aad.extend_from_slice(&epoch.to_be_bytes());
         codec::encode_into(self, &mut aad);
         aad
     }
 }
 
-/// Seals `plaintext` for `slot` with a nonce drawn from `rng`.
+/// Seals `plaintext` for `slot` under epoch `epoch`'s `key`, with a nonce drawn from `rng`.
 pub fn seal(
     key: &DataKey,
+    epoch: u32,
     slot: &EventSlot,
     plaintext: &[u8],
     rng: &mut impl CryptoRngCore,
@@ -113,7 +117,7 @@ pub fn seal(
     }
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
-    let aad = slot.associated_data();
+    let aad = slot.associated_data(epoch);
     let ciphertext = key
         .cipher()
         .encrypt(
@@ -124,30 +128,40 @@ pub fn seal(
             },
         )
         .map_err(|_| SealError::TooLarge(plaintext.len()))?;
-    let mut out = Vec::with_capacity(1 + 24 + ciphertext.len());
-    out.push(FORMAT_V1);
+    let mut out = Vec::with_capacity(1 + 4 + 24 + ciphertext.len());
+    out.push(FORMAT_V2);
+    out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ciphertext);
     Ok(SealedPayload(out))
 }
 
-/// Opens a payload sealed for `slot`. The plaintext is zeroized when dropped.
-pub fn open(
-    key: &DataKey,
-    slot: &EventSlot,
-    sealed: &SealedPayload,
-) -> Result<Zeroizing<Vec<u8>>, SealError> {
+/// The epoch a payload says it is sealed under (not authenticated until it opens).
+pub fn epoch_of(sealed: &SealedPayload) -> Result<u32, SealError> {
     let bytes = &sealed.0;
     match bytes.first() {
-        Some(&FORMAT_V1) => {}
+        Some(&FORMAT_V2) => {}
         Some(&other) => return Err(SealError::UnknownFormat(other)),
         None => return Err(SealError::Authentication),
     }
     if bytes.len() < SEAL_OVERHEAD {
         return Err(SealError::Authentication);
     }
-    let (nonce, ciphertext) = bytes[1..].split_at(24);
-    let aad = slot.associated_data();
+    let mut epoch = [0u8; 4];
+    epoch.copy_from_slice(&bytes[1..5]);
+    Ok(u32::from_be_bytes(epoch))
+}
+
+/// Opens a payload sealed for `slot` with `key`, the key of the epoch [`epoch_of`] names.
+/// The plaintext is zeroized when dropped.
+pub fn open(
+    key: &DataKey,
+    slot: &EventSlot,
+    sealed: &SealedPayload,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let epoch = epoch_of(sealed)?;
+    let (nonce, ciphertext) = sealed.0[5..].split_at(24);
+    let aad = slot.associated_data(epoch);
     key.cipher()
         .decrypt(
             XNonce::from_slice(nonce),
@@ -178,7 +192,7 @@ mod tests {
     fn round_trip() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let key = DataKey::generate(&mut rng);
-        let sealed = seal(&key, &slot(), b"hello", &mut rng).unwrap();
+        let sealed = seal(&key, 7, &slot(), b"hello", &mut rng).unwrap();
         assert_eq!(sealed.0.len(), 5 + SEAL_OVERHEAD);
         assert_eq!(&open(&key, &slot(), &sealed).unwrap()[..], b"hello");
     }
@@ -187,7 +201,7 @@ mod tests {
     fn moving_a_payload_to_another_slot_is_detected() {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let key = DataKey::generate(&mut rng);
-        let sealed = seal(&key, &slot(), b"hello", &mut rng).unwrap();
+        let sealed = seal(&key, 7, &slot(), b"hello", &mut rng).unwrap();
         for moved in [
             EventSlot {
                 user: UserId([9; 32]),
@@ -210,7 +224,7 @@ mod tests {
     fn tampering_and_wrong_keys_are_detected() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let key = DataKey::generate(&mut rng);
-        let sealed = seal(&key, &slot(), b"hello", &mut rng).unwrap();
+        let sealed = seal(&key, 7, &slot(), b"hello", &mut rng).unwrap();
         for i in 1..sealed.0.len() {
             let mut bad = sealed.clone();
             bad.0[i] ^= 0x40;
@@ -221,8 +235,8 @@ mod tests {
             );
         }
         let mut bad = sealed.clone();
-        bad.0[0] = 2;
-        assert_eq!(open(&key, &slot(), &bad), Err(SealError::UnknownFormat(2)));
+        bad.0[0] = 1;
+        assert_eq!(open(&key, &slot(), &bad), Err(SealError::UnknownFormat(1)));
         let truncated = SealedPayload(sealed.0[..sealed.0.len() - 1].to_vec());
         assert_eq!(
             open(&key, &slot(), &truncated),
@@ -240,15 +254,36 @@ mod tests {
     }
 
     #[test]
+    fn the_epoch_is_named_in_clear_and_bound() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let key = DataKey::generate(&mut rng);
+        let sealed = seal(&key, 0x0102_0304, &slot(), b"hello", &mut rng).unwrap();
+        assert_eq!(&sealed.0[..5], &[FORMAT_V2, 1, 2, 3, 4]);
+        assert_eq!(epoch_of(&sealed), Ok(0x0102_0304));
+        // Relabelled to another epoch (a relay pointing a reader at an older key): refused.
+        let mut relabelled = sealed.clone();
+        relabelled.0[4] = 5;
+        assert_eq!(epoch_of(&relabelled), Ok(0x0102_0305));
+        assert_eq!(
+            open(&key, &slot(), &relabelled),
+            Err(SealError::Authentication)
+        );
+        assert_eq!(
+            epoch_of(&SealedPayload(vec![FORMAT_V2; SEAL_OVERHEAD - 1])),
+            Err(SealError::Authentication)
+        );
+    }
+
+    #[test]
     fn limits() {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let key = DataKey::generate(&mut rng);
         let big = vec![0u8; MAX_PLAINTEXT_LEN + 1];
         assert_eq!(
-            seal(&key, &slot(), &big, &mut rng),
+            seal(&key, 7, &slot(), &big, &mut rng),
             Err(SealError::TooLarge(big.len()))
         );
-        let max = seal(&key, &slot(), &big[1..], &mut rng).unwrap();
+        let max = seal(&key, 7, &slot(), &big[1..], &mut rng).unwrap();
         assert_eq!(max.0.len(), MAX_PAYLOAD_LEN);
         assert!(format!("{key:?}").contains("redacted"));
     }
@@ -257,8 +292,8 @@ mod tests {
     fn an_empty_plaintext_round_trips_and_anything_shorter_is_refused_cleanly() {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let key = DataKey::generate(&mut rng);
-        // The shortest valid payload: format byte, nonce and tag, no ciphertext.
-        let empty = seal(&key, &slot(), b"", &mut rng).unwrap();
+        // The shortest valid payload: format byte, epoch, nonce and tag, no ciphertext.
+        let empty = seal(&key, 7, &slot(), b"", &mut rng).unwrap();
         assert_eq!(empty.0.len(), SEAL_OVERHEAD);
         assert!(open(&key, &slot(), &empty).unwrap().is_empty());
         // Every shorter payload with a valid format byte is refused, without panicking on the
@@ -277,7 +312,7 @@ mod tests {
     fn a_key_restored_from_its_bytes_opens_what_it_sealed() {
         let mut rng = ChaCha20Rng::seed_from_u64(6);
         let key = DataKey::generate(&mut rng);
-        let sealed = seal(&key, &slot(), b"stored", &mut rng).unwrap();
+        let sealed = seal(&key, 7, &slot(), b"stored", &mut rng).unwrap();
         let restored = DataKey::from_bytes(key.bytes());
         assert_eq!(&open(&restored, &slot(), &sealed).unwrap()[..], b"stored");
         // Two generated keys differ, and one does not open the other's payloads.

@@ -3,14 +3,14 @@
 use rand_core::CryptoRngCore;
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
-use super::keys::{self, CLIENT_SIGNATURE_LABEL, SERVER_SIGNATURE_LABEL};
+use super::keys::{self, CLIENT_SIGNATURE_LABEL, SERVER_SIGNATURE_LABEL, USER_PROOF_LABEL};
 use super::{
     AuthBody, ClientAuth, ClientHello, ClientStart, HandshakeError, ServerHandshakeMessage,
     ServerHelloBody, SessionStart,
 };
 use crate::channel::ClientChannel;
 use crate::codec;
-use crate::identity::{DeviceCertificate, DeviceKey, RelayId};
+use crate::identity::{DeviceKey, RelayId, UserId, UserKey};
 use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Entry point of the client handshake.
@@ -57,14 +57,17 @@ impl ClientHandshake {
 /// What the client proves in step 4.
 #[derive(Debug)]
 pub enum Credentials<'a> {
-    /// A paired device.
+    /// A device of `user` (admitted by the user's chain, or being admitted with `recovery`).
     Device {
         /// The device's key, which signs the transcript.
         key: &'a DeviceKey,
-        /// The user key's certificate for it.
-        certificate: DeviceCertificate,
+        /// The user it acts for.
+        user: UserId,
         /// The local cursor to resume after (`None`: the relay's stored cursor).
         resume: Option<u64>,
+        /// The user key, only while the user typed the recovery key: it signs the transcript
+        /// too, so the relay opens a recovery session (see the module docs).
+        recovery: Option<&'a UserKey>,
     },
     /// A device being paired, with no identity yet.
     Anonymous,
@@ -100,19 +103,21 @@ impl AwaitServerHello {
             Credentials::Anonymous => ClientStart::Anonymous,
             Credentials::Device {
                 key,
-                certificate,
+                user,
                 resume,
+                recovery,
             } => {
-                if certificate.device != key.id() {
-                    return Err(HandshakeError::BadCertificate(
-                        "certificate is for another device key",
-                    ));
-                }
+                let user_proof = recovery.map(|user_key| {
+                    user_key.sign(
+                        USER_PROOF_LABEL,
+                        &keys::user_proof_message(&transcript, &key.id()),
+                    )
+                });
                 let body = codec::encode(&AuthBody {
-                    user: certificate.user,
+                    user,
                     device: key.id(),
-                    certificate,
                     resume,
+                    user_proof,
                 });
                 let signature = key.sign(
                     CLIENT_SIGNATURE_LABEL,
@@ -200,6 +205,8 @@ pub struct Session {
     pub acked: u64,
     /// The highest `device_seq` the relay holds (or trimmed) from this device.
     pub last_device_seq: u64,
+    /// The number of links in the user's device chain at the relay.
+    pub chain_seqno: u64,
 }
 
 impl AwaitSession {
@@ -221,6 +228,7 @@ impl AwaitSession {
                     head: established.head,
                     acked: established.acked,
                     last_device_seq: established.last_device_seq,
+                    chain_seqno: established.chain_seqno,
                 };
                 Ok((session, self.channel))
             }

@@ -20,6 +20,8 @@ pub const TRANSCRIPT_LABEL: &[u8] = b"ferry/v1/transcript";
 pub const SERVER_SIGNATURE_LABEL: &[u8] = b"ferry/v1/server-hello-signature";
 /// Prefix of the message the device signs in step 4.
 pub const CLIENT_SIGNATURE_LABEL: &[u8] = b"ferry/v1/client-auth-signature";
+/// Prefix of the user key's recovery proof over the transcript.
+pub const USER_PROOF_LABEL: &[u8] = b"ferry/v1/user-proof";
 /// HKDF info for the client-to-server channel key.
 pub const C2S_KEY_LABEL: &[u8] = b"ferry/v1/channel-key/client-to-server";
 /// HKDF info for the server-to-client channel key.
@@ -83,5 +85,14 @@ pub(crate) fn client_signed_message(transcript: &[u8; 32], auth_body: &[u8]) -> 
     let mut message = Vec::with_capacity(32 + auth_body.len());
     message.extend_from_slice(transcript);
     message.extend_from_slice(auth_body);
+    message
+}
+
+/// The message the user key signs for a recovery session (after its label): the transcript
+/// and the device it vouches for, so the proof is good for this session and device only.
+pub(crate) fn user_proof_message(transcript: &[u8; 32], device: &crate::DeviceId) -> Vec<u8> {
+    let mut message = Vec::with_capacity(64);
+    message.extend_from_slice(transcript);
+    message.extend_from_slice(device.as_bytes());
     message
 }

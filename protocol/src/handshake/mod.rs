@@ -16,13 +16,17 @@
 //!    HKDF-SHA256 salted with `th`: the client-to-server key, the server-to-client key and the
 //!    session id ([`keys`]). From here on everything travels in the encrypted [`Channel`].
 //! 4. Client → relay, encrypted: [`ClientStart::Auth`] with the encoded [`AuthBody`]
-//!    `{ user, device, certificate, resume }` and the device key's signature over
-//!    `CLIENT_SIGNATURE_LABEL ‖ th ‖ AuthBody bytes`. The relay checks that the certificate
-//!    is signed by `user` for `device` and that the device signed this very transcript.
-//!    A device being paired sends [`ClientStart::Anonymous`] instead and may only use pairing
-//!    frames.
+//!    `{ user, device, resume, user_proof }` and the device key's signature over
+//!    `CLIENT_SIGNATURE_LABEL ‖ th ‖ AuthBody bytes`. The relay checks that the device signed
+//!    this very transcript, then (outside this crate) that the user's device chain admits the
+//!    device and has not revoked it. `user_proof`, present only while the user typed the
+//!    recovery key, is the user key's signature over `USER_PROOF_LABEL ‖ th ‖ device`: it
+//!    opens a *recovery session* that may read and extend the chain although the device is not
+//!    (yet) admitted. A device being paired sends [`ClientStart::Anonymous`] instead and may
+//!    only use pairing frames.
 //! 5. Relay → client, encrypted: [`SessionStart::Established`] `{ session_id, version, head,
-//!    acked }` once the relay has looked up the log, or [`SessionStart::Rejected`].
+//!    acked, last_device_seq, chain_seqno }` once the relay has looked up the log, or
+//!    [`SessionStart::Rejected`].
 //!
 //! [`Channel`]: crate::Channel
 
@@ -36,8 +40,8 @@ pub use server::{AuthFailure, AwaitClientStart, PendingSession, ServerHandshake,
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{DecodeError, Wire, check_len};
-use crate::identity::{DeviceCertificate, DeviceId, IdentityError, RelayId, UserId};
-use crate::limits::{MAX_DEVICE_NAME_LEN, MAX_ERROR_MESSAGE_LEN};
+use crate::identity::{DeviceId, RelayId, UserId};
+use crate::limits::MAX_ERROR_MESSAGE_LEN;
 use crate::{ChannelError, ErrorCode, ErrorFrame};
 
 /// Step 1, plaintext.
@@ -113,10 +117,35 @@ pub struct AuthBody {
     pub user: UserId,
     /// The device's key.
     pub device: DeviceId,
-    /// The user key's certificate for the device.
-    pub certificate: DeviceCertificate,
     /// The device's local cursor: replay starts after it. `None` uses the cursor the relay stored.
     pub resume: Option<u64>,
+    /// The user key's signature over `USER_PROOF_LABEL ‖ th ‖ device`, sent only by a device
+    /// whose user typed the recovery key: it may then read and extend the chain before the
+    /// chain admits it.
+    #[serde(with = "option_signature")]
+    pub user_proof: Option<[u8; 64]>,
+}
+
+/// `Option<[u8; 64]>` as an optional byte string (serde has no 64-byte arrays).
+mod option_signature {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 64]>, s: S) -> Result<S::Ok, S::Error> {
+        value
+            .as_ref()
+            .map(|v| serde_bytes::Bytes::new(v.as_slice()))
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 64]>, D::Error> {
+        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        bytes
+            .map(|b| {
+                <[u8; 64]>::try_from(b.as_slice())
+                    .map_err(|_| serde::de::Error::invalid_length(b.len(), &"64 bytes"))
+            })
+            .transpose()
+    }
 }
 
 /// Step 5, encrypted.
@@ -143,6 +172,9 @@ pub struct SessionEstablished {
     /// 0 for none. A device whose own counter is not past it (its state folder was restored
     /// from a backup, or copied) numbers its next appends after it.
     pub last_device_seq: u64,
+    /// The number of links in the user's device chain: a device whose copy is shorter
+    /// fetches the rest (`ChainFetch`) before it trusts anything else.
+    pub chain_seqno: u64,
 }
 
 impl Wire for ClientHello {}
@@ -158,15 +190,7 @@ impl Wire for ServerHandshakeMessage {
     }
 }
 
-impl Wire for AuthBody {
-    fn check_limits(&self) -> Result<(), DecodeError> {
-        check_len(
-            "device name",
-            self.certificate.name.len(),
-            MAX_DEVICE_NAME_LEN,
-        )
-    }
-}
+impl Wire for AuthBody {}
 
 impl Wire for SessionStart {
     fn check_limits(&self) -> Result<(), DecodeError> {
@@ -209,9 +233,9 @@ pub enum HandshakeError {
     /// The X25519 exchange gave an all-zero secret (a low-order public key).
     #[error("ephemeral key is of low order")]
     WeakKey,
-    /// The device certificate is not valid for the claimed user and device.
-    #[error("bad device certificate: {0}")]
-    BadCertificate(&'static str),
+    /// The user key's recovery proof does not verify.
+    #[error("the user key's proof does not verify")]
+    BadUserProof,
     /// The device's transcript signature did not verify.
     #[error("device signature does not verify")]
     BadDeviceSignature,
@@ -238,24 +262,9 @@ impl HandshakeError {
             | Self::WeakKey
             | Self::BadDeviceSignature
             | Self::SessionMismatch => ErrorCode::HandshakeFailed,
-            Self::BadCertificate(_) => ErrorCode::BadCertificate,
+            Self::BadUserProof => ErrorCode::BadUserProof,
             Self::Unexpected(_) => ErrorCode::UnexpectedFrame,
             Self::Rejected(frame) => frame.code,
-        }
-    }
-}
-
-impl From<IdentityError> for HandshakeError {
-    fn from(e: IdentityError) -> Self {
-        match e {
-            IdentityError::NameTooLong => Self::BadCertificate("device name too long"),
-            IdentityError::NameHasControl => {
-                Self::BadCertificate("device name contains a control character")
-            }
-            IdentityError::InvalidKey => {
-                Self::BadCertificate("user key is not a valid Ed25519 key")
-            }
-            _ => Self::BadCertificate("signature by the user key does not verify"),
         }
     }
 }

@@ -3,14 +3,14 @@
 use rand_core::CryptoRngCore;
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
-use super::keys::{self, CLIENT_SIGNATURE_LABEL, SERVER_SIGNATURE_LABEL};
+use super::keys::{self, CLIENT_SIGNATURE_LABEL, SERVER_SIGNATURE_LABEL, USER_PROOF_LABEL};
 use super::{
     AuthBody, ClientHello, ClientStart, HandshakeError, ServerHandshakeMessage, ServerHello,
     ServerHelloBody, SessionEstablished, SessionStart,
 };
 use crate::channel::ServerChannel;
 use crate::codec;
-use crate::identity::{DeviceCertificate, DeviceId, RelayKey, UserId};
+use crate::identity::{DeviceId, RelayKey, UserId};
 use crate::{ErrorFrame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Entry point of the relay handshake.
@@ -90,18 +90,20 @@ pub struct AuthFailure {
     pub reply: Option<Vec<u8>>,
 }
 
-/// A client identity whose certificate and transcript signature were checked.
+/// A client identity whose transcript signature (and recovery proof, if any) were checked.
+/// Whether the user's chain admits the device is the relay's to check next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifiedAuth {
-    /// The user, whose key signed the certificate.
+    /// The user the device claims to act for.
     pub user: UserId,
     /// The device, whose key signed the transcript.
     pub device: DeviceId,
-    /// The verified certificate.
-    pub certificate: DeviceCertificate,
     /// Where the device wants replay to start (after this sequence).
     pub resume: Option<u64>,
+    /// The user key signed this transcript too: a recovery session, which may read and
+    /// extend the chain before the chain admits the device.
+    pub user_proven: bool,
 }
 
 impl AwaitClientStart {
@@ -142,20 +144,9 @@ impl AwaitClientStart {
         let AuthBody {
             user,
             device,
-            certificate,
             resume,
+            user_proof,
         } = codec::decode(body)?;
-        if certificate.user != user {
-            return Err(HandshakeError::BadCertificate(
-                "certificate is for another user",
-            ));
-        }
-        if certificate.device != device {
-            return Err(HandshakeError::BadCertificate(
-                "certificate is for another device",
-            ));
-        }
-        certificate.verify()?;
         device
             .verify(
                 CLIENT_SIGNATURE_LABEL,
@@ -163,11 +154,19 @@ impl AwaitClientStart {
                 signature,
             )
             .map_err(|_| HandshakeError::BadDeviceSignature)?;
+        if let Some(proof) = &user_proof {
+            user.verify(
+                USER_PROOF_LABEL,
+                &keys::user_proof_message(&self.transcript, &device),
+                proof,
+            )
+            .map_err(|_| HandshakeError::BadUserProof)?;
+        }
         Ok(VerifiedAuth {
             user,
             device,
-            certificate,
             resume,
+            user_proven: user_proof.is_some(),
         })
     }
 }
@@ -198,19 +197,20 @@ impl PendingSession {
     }
 
     /// Step 5: opens the session with the user's log `head` and the device's stored `acked`
-    /// cursor (and no stored device sequence). Returns the channel and the encrypted
-    /// `SessionEstablished`.
+    /// cursor (and no stored device sequence, no chain: an anonymous session). Returns the
+    /// channel and the encrypted `SessionEstablished`.
     pub fn accept(self, head: u64, acked: u64) -> (ServerChannel, Vec<u8>) {
-        self.accept_device(head, acked, 0)
+        self.accept_device(head, acked, 0, 0)
     }
 
     /// [`accept`](Self::accept) for a device whose highest stored `device_seq` is
-    /// `last_device_seq`.
+    /// `last_device_seq`, of a user whose chain has `chain_seqno` links.
     pub fn accept_device(
         mut self,
         head: u64,
         acked: u64,
         last_device_seq: u64,
+        chain_seqno: u64,
     ) -> (ServerChannel, Vec<u8>) {
         let established = SessionEstablished {
             session_id: self.session_id,
@@ -218,6 +218,7 @@ impl PendingSession {
             head,
             acked,
             last_device_seq,
+            chain_seqno,
         };
         let reply = self.seal_start(&SessionStart::Established(established));
         (self.channel, reply)
