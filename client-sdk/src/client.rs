@@ -6,14 +6,14 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use ferry_protocol::seal::MAX_PLAINTEXT_LEN;
-use ferry_protocol::{DeviceId, DeviceInfo, UserId};
+use ferry_protocol::{DeviceId, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Shared};
 use crate::error::ClientError;
-use crate::event::{ClientEvent, Status};
+use crate::event::{ClientEvent, Device, Status};
 use crate::options::Options;
 use crate::pairing::{Invitation, InviterDevice, PairingError};
 use crate::state::ClientState;
@@ -195,7 +195,7 @@ impl Client {
     }
 
     /// See [`ClientHandle::list_devices`].
-    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+    pub async fn list_devices(&self) -> Result<Vec<Device>, ClientError> {
         self.handle.list_devices().await
     }
 
@@ -298,16 +298,21 @@ impl ClientHandle {
         }
     }
 
-    /// The user's devices, revoked ones included, with every certificate verified against
-    /// the user key. Waits for a connection.
-    pub async fn list_devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
+    /// The user's devices, revoked ones included, as the device chain says (fetched and
+    /// verified first if the relay holds a longer one), with when the relay last saw each.
+    /// Waits for a connection.
+    pub async fn list_devices(&self) -> Result<Vec<Device>, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::ListDevices(reply)).await?;
         answer.await.map_err(|_| self.shared.stopped())?
     }
 
-    /// Revokes a device of the user (a revocation signed with the user key); the relay
-    /// closes its sessions and refuses it from now on. Waits for a connection.
+    /// Revokes a device of the user: appends a revocation to the device chain, signed by
+    /// this device, that moves the data key to a new epoch sealed to every device that stays
+    /// (and to the recovery key). The relay closes the revoked device's sessions and refuses
+    /// it from now on; it can read nothing appended after this. Waits for a connection and
+    /// for the chain to be current; answered once the relay stored the link. Revoking a
+    /// device the chain has revoked already succeeds.
     pub async fn revoke(&self, device: DeviceId) -> Result<(), ClientError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Revoke { device, reply }).await?;

@@ -86,8 +86,9 @@ pub(crate) async fn open(
 ) -> Result<Connection, ClientError> {
     let credentials = Credentials::Device {
         key: &keys.device,
-        certificate: keys.certificate.clone(),
+        user: keys.user,
         resume: Some(resume),
+        recovery: None,
     };
     open_as(url, relay_key, credentials, ca_file).await
 }

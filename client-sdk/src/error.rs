@@ -51,11 +51,21 @@ pub enum StateError {
     /// The relay URL is not of the form `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
     #[error("invalid relay URL {0:?}: expected ws://HOST:PORT/ws or wss://HOST:PORT/ws")]
     InvalidRelayUrl(String),
-    /// The certificate is not the user key's certificate for this device key.
-    #[error("the device certificate does not match the user key and device key")]
-    CertificateMismatch,
-    /// A certificate could not be issued or does not verify.
-    #[error("device certificate: {0}")]
+    /// The device chain given for a new state does not verify, or does not admit this
+    /// device with its exchange key.
+    #[error("the device chain does not fit this device: {0}")]
+    ChainMismatch(String),
+    /// The folder was made by a Ferry from before the device chain (it held the user key,
+    /// which no device keeps any more). It cannot be converted.
+    #[error(
+        "{} was made by an earlier Ferry (with device certificates) and cannot be used any \
+         more: make a new folder with `ferry init` (a new user) or `ferry pair`/`ferry join` \
+         (this device joining the user again), then delete the old one",
+        .0.display()
+    )]
+    OldFormat(PathBuf),
+    /// The device name is too long or holds a control character.
+    #[error("device name: {0}")]
     Identity(#[from] IdentityError),
 }
 
@@ -108,12 +118,47 @@ pub enum ClientError {
     /// A handshake signature did not verify (code 200). Permanent.
     #[error("handshake failed: {0}")]
     HandshakeFailed(String),
-    /// The relay refused this device's certificate (code 202). Permanent: pair again.
-    #[error("the relay refused this device's certificate; pair this device again")]
-    BadCertificate,
-    /// This device was revoked by its user (code 203). Permanent: pair again.
-    #[error("this device was revoked by its user; pair it again to reuse it")]
+    /// This device was revoked by its user (code 203, inside the encrypted channel, or a
+    /// revocation of this device in the device chain). Permanent: a revoked device key is
+    /// never admitted again; pair the machine again as a new device (a new folder).
+    #[error(
+        "this device was revoked by its user; it can no longer act for the user (pair this \
+         machine again as a new device, in a new folder)"
+    )]
     Revoked,
+    /// The relay does not know this device as one the user's device chain admits (code
+    /// 205 at the handshake). Permanent.
+    #[error("the relay does not know this device as one of the user's (code 205): pair it again")]
+    NotAdmitted,
+    /// The relay served device chain links that do not verify against the chain this
+    /// device holds: a link forged, a device added without the user's signature, or history
+    /// rewritten. The relay is misbehaving (or someone controls it). Permanent: nothing it
+    /// serves is believed.
+    #[error(
+        "the relay served a device chain that does not verify (link {seqno}: {reason}); the \
+         relay is misbehaving, nothing it says is believed"
+    )]
+    ChainRejected {
+        /// The position of the first link that does not verify.
+        seqno: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The relay refused a device chain link (code 207): another device extended the chain
+    /// first, or the signer is revoked.
+    #[error("the relay refused the device chain link: {0}")]
+    ChainLinkRefused(String),
+    /// This device does not hold the key of the chain's current data-key epoch (its sealed
+    /// key did not open), so it cannot seal new events. Permanent: recover with the
+    /// recovery key, or pair the machine again.
+    #[error(
+        "this device cannot open the key of data-key epoch {epoch}; it cannot seal new events \
+         (recover with the recovery key, or pair this machine again)"
+    )]
+    EpochKeyUnavailable {
+        /// The epoch.
+        epoch: u32,
+    },
     /// The user already has as many devices as the relay allows (code 401). Permanent until
     /// another device is revoked.
     #[error("the user already has the maximum number of devices; revoke one first")]
@@ -156,9 +201,10 @@ pub enum ClientError {
         /// The device sequence.
         device_seq: u64,
     },
-    /// An event's payload does not open with the data key for its slot: it was sealed under
-    /// another key, or the relay tampered with it or moved it. The event is skipped once the
-    /// app asks for the next one.
+    /// An event's payload does not open with the data key of the epoch it names for its
+    /// slot: it was sealed under another key (or an epoch this device never got, such as one
+    /// after its revocation), or the relay tampered with it or moved it. The event is skipped
+    /// once the app asks for the next one.
     #[error("event {seq} from device {device} (#{device_seq}) does not open with the data key")]
     Undecryptable {
         /// Stream sequence of the event.
@@ -168,18 +214,16 @@ pub enum ClientError {
         /// Its device sequence.
         device_seq: u64,
     },
-    /// The relay listed a device whose certificate does not verify for this user.
-    #[error("the relay lists device {device} with a certificate that does not verify")]
-    InvalidCertificate {
-        /// The device.
-        device: DeviceId,
-    },
-    /// The device to revoke is not registered for this user (code 205).
-    #[error("device {0} is not registered for this user")]
+    /// The device to revoke is not an active device of the user's chain.
+    #[error("device {0} is not an active device of this user")]
     UnknownDevice(DeviceId),
-    /// The relay refused a revocation as not signed by the user key (code 204).
-    #[error("the relay refused the revocation as not signed by the user key")]
-    BadRevocation,
+    /// The recovery key typed is not this account's: the relay holds no device chain for
+    /// the user it stands for, or the chain is another user's.
+    #[error(
+        "this recovery key is not this account's: the relay knows no user for it (check the \
+         key, and the relay)"
+    )]
+    WrongRecoveryKey,
     /// Any other code the relay sent.
     #[error("relay error {code}: {message}")]
     Relay {
@@ -243,13 +287,14 @@ impl ClientError {
         let message = message.into();
         match code {
             ErrorCode::HandshakeFailed => Self::HandshakeFailed(message),
-            ErrorCode::BadCertificate => Self::BadCertificate,
             ErrorCode::DeviceRevoked => Self::Revoked,
+            ErrorCode::UnknownDevice => Self::NotAdmitted,
+            ErrorCode::BadUserProof => Self::WrongRecoveryKey,
+            ErrorCode::ChainLinkRefused => Self::ChainLinkRefused(message),
             ErrorCode::TooManyDevices => Self::TooManyDevices,
             ErrorCode::UnsupportedVersion => Self::UnsupportedVersion,
             ErrorCode::ResyncRequired => Self::ResyncRequired { earliest: 0 },
             ErrorCode::RateLimited => Self::RateLimited,
-            ErrorCode::BadRevocation => Self::BadRevocation,
             _ => Self::Relay { code, message },
         }
     }
@@ -290,8 +335,11 @@ impl ClientError {
         match self {
             Self::WrongRelayKey { .. }
             | Self::HandshakeFailed(_)
-            | Self::BadCertificate
             | Self::Revoked
+            | Self::NotAdmitted
+            | Self::ChainRejected { .. }
+            | Self::EpochKeyUnavailable { .. }
+            | Self::WrongRecoveryKey
             | Self::TooManyDevices
             | Self::UnsupportedVersion
             | Self::ResyncRequired { .. }
@@ -305,9 +353,8 @@ impl ClientError {
             | Self::Conflict { .. }
             | Self::AppendExpired { .. }
             | Self::Undecryptable { .. }
-            | Self::InvalidCertificate { .. }
             | Self::UnknownDevice(_)
-            | Self::BadRevocation
+            | Self::ChainLinkRefused(_)
             | Self::Relay { .. }
             | Self::Protocol(_)
             | Self::Unauthenticated { .. }
@@ -459,9 +506,7 @@ impl From<HandshakeError> for ClientError {
             HandshakeError::BadRelaySignature
             | HandshakeError::WeakKey
             | HandshakeError::SessionMismatch => Self::HandshakeFailed(error.to_string()),
-            HandshakeError::BadCertificate(why) => {
-                Self::HandshakeFailed(format!("local certificate: {why}"))
-            }
+            HandshakeError::BadUserProof => Self::WrongRecoveryKey,
             // A garbled or cut handshake message: the network, not the identities.
             other => Self::RelayUnreachable(format!("handshake: {other}")),
         }

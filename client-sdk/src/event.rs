@@ -71,3 +71,24 @@ pub struct Status {
     /// (each also reported as [`ClientError::MisplacedAppend`]). Any is a misbehaving relay.
     pub misplaced_appends: u64,
 }
+
+/// One of the user's devices, as the device chain (verified by this device) says, with
+/// when the relay last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Device {
+    /// The device's key.
+    pub id: DeviceId,
+    /// Its name, from the link that admitted it.
+    pub name: String,
+    /// When it was admitted, in seconds since the Unix epoch (as the admitting device said).
+    pub created_at: u64,
+    /// The position of the link that admitted it.
+    pub admitted_at: u64,
+    /// Whether the chain has revoked it.
+    pub revoked: bool,
+    /// When the relay last saw it connect (seconds since the Unix epoch), if it said.
+    pub last_seen: Option<u64>,
+    /// Whether it is the device asking.
+    pub this_device: bool,
+}

@@ -3,14 +3,16 @@
 //!
 //! # In five minutes
 //!
-//! - A device keeps its [`ClientState`] in a folder: its keys (owner-only files), its
-//!   certificate, the relay's URL and pinned key, its cursor and its outbox.
-//!   [`ClientState::create`] makes a new user, [`pairing::join`] another device of a user;
-//!   [`ClientState::open`] opens it again.
+//! - A device keeps its [`ClientState`] in a folder: its keys (owner-only files), the
+//!   user's device chain as it verified it, the data-key epochs it holds, the relay's URL
+//!   and pinned key, its cursor and its outbox. [`account::create`] makes a new user (and
+//!   its recovery key, shown once), [`pairing::join`] another device of a user,
+//!   [`account::recover`] a device from the recovery key; [`ClientState::open`] opens it
+//!   again.
 //! - [`Client::connect`] (or [`Client::start`], which does not wait) hands the state to a
 //!   background task that keeps a session with the relay, reconnecting with jittered
 //!   exponential backoff.
-//! - [`Client::append`] seals bytes with the user's data key, writes them to the outbox,
+//! - [`Client::append`] seals bytes with the newest data-key epoch, writes them to the outbox,
 //!   and resolves with the event's place in the log once the relay has committed it.
 //!   Nothing appended is lost across disconnects or crashes, and nothing is stored twice.
 //! - [`Client::next_event`] returns the log's events, decrypted, in order, each once, on
@@ -25,14 +27,24 @@
 //!   device's cursor (retention deleted what follows it, or the relay's database went back
 //!   in time): the app discards what it derived from the log, calls
 //!   [`ClientState::resync`] and connects again to replay the log.
-//! - [`Client::list_devices`] and [`Client::revoke`] manage the user's devices.
-//! - [`pairing`] adds a device: [`pairing::invite`] (or [`Client::invite`]) on a device that
-//!   has the user shows a 6-digit code; [`pairing::join`] on the new device, with that code,
-//!   receives the user's keys end to end and writes its [`ClientState`].
+//! - [`Client::list_devices`] and [`Client::revoke`] manage the user's devices. A revocation
+//!   is a link of the device chain signed by this device; it moves the data key to a new
+//!   epoch that the revoked device never gets.
+//! - [`pairing`] adds a device: [`pairing::invite`] (or [`Client::invite`]) on a device of
+//!   the user shows a 6-digit code; [`pairing::join`] on the new device, with that code, is
+//!   admitted to the chain, receives every epoch's key end to end and writes its
+//!   [`ClientState`].
 //! - Errors are [`ClientError`]s: one variant per thing that can go wrong, relay error
 //!   codes included; [`ClientError::is_permanent`] says which ones stop the client.
 //!
 //! # What the client does not take on trust
+//!
+//! - **Which devices are the user's.** Each device keeps the user's device chain, verified
+//!   from its first link and pinned to the user id (from `ferry init`, the pairing grant or
+//!   the recovery key), and verifies every link the relay serves after it. A link that does
+//!   not verify (a device added without a valid signature, a revoked device signing,
+//!   history rewritten) stops the client with [`ClientError::ChainRejected`]. No device
+//!   holds the user key: it exists only while the user types the recovery key.
 //!
 //! - **Refusals outside the channel.** WebSocket close codes and the plaintext handshake
 //!   `Reject` can be forged by anyone on the network path. They never stop the client and
@@ -58,9 +70,10 @@
 //! # Data flow
 //!
 //! ```text
-//!  app ─append(bytes)─▶ seal(data key, slot = user/device/device_seq) ─▶ outbox (fsync) ─Append─▶ relay
+//!  app ─append(bytes)─▶ seal(newest epoch key, slot = user/device/device_seq) ─▶ outbox (fsync) ─Append─▶ relay
 //!                                                   ◀─ remove from outbox ◀─ Appended(seq) ─┘
-//!  app ◀─next_event()─ open(data key, slot) ◀─ drop seq ≤ cursor ◀─ Events ◀─ relay (replay, then live)
+//!  app ◀─next_event()─ open(key of the payload's epoch, slot) ◀─ drop seq ≤ cursor ◀─ Events ◀─ relay (replay, then live)
+//!  chain: SessionEstablished{chain_seqno} / ChainGrew ─▶ ChainFetch ─▶ ChainLinks ─▶ verify, open epoch keys
 //!      ─next_event() again─▶ cursor to disk ─Ack(seq)─▶ relay
 //! ```
 //!
@@ -71,12 +84,15 @@
 //! # Example
 //!
 //! ```no_run
-//! use ferry_client::{Client, ClientEvent, ClientState, Options, RelayId};
+//! use ferry_client::{Client, ClientEvent, ClientState, Options, RelayId, account};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Once per device: a new user, pinned to the relay's key (printed at its first start).
+//! // Once per user: a new user, pinned to the relay's key (printed at its first start).
 //! let relay_key: RelayId = "b533d8ad9fcfbdde0b481c1b334ddc3c53412fd614564e7e5afd020368d382c3".parse()?;
-//! let state = ClientState::create("laptop-state", "ws://127.0.0.1:7070/ws", relay_key, "laptop")?;
+//! let created = account::create("laptop-state", "ws://127.0.0.1:7070/ws", relay_key, "laptop", &Options::default()).await?;
+//! // Shown once: the only way back to the account when every device is lost.
+//! println!("recovery key: {}", created.recovery_key.display().as_str());
+//! let state = created.state;
 //! // Every later start: ClientState::open("laptop-state")?
 //!
 //! let mut client = Client::connect(state, Options::default()).await?;
@@ -103,6 +119,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod account;
 mod backoff;
 mod client;
 mod connection;
@@ -113,14 +130,16 @@ mod files;
 mod options;
 mod outbox;
 pub mod pairing;
+mod session;
 mod state;
 mod tls;
+mod trust;
 
 pub use client::{Client, ClientHandle};
 pub use error::{ClientError, PairingError, StateError};
-pub use event::{ClientEvent, ReceivedEvent, Status};
+pub use event::{ClientEvent, Device, ReceivedEvent, Status};
 pub use options::Options;
-pub use state::ClientState;
+pub use state::{ClientState, DeviceSecrets};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each panics only when
 /// a promise of the code under test is broken.
@@ -131,8 +150,8 @@ pub mod fuzzing {
 
 // The protocol types that appear in this crate's API, so apps need not depend on
 // `ferry-protocol` themselves.
+pub use ferry_protocol::epoch::ExchangeSecret;
 pub use ferry_protocol::limits;
+pub use ferry_protocol::recovery::{RecoveryKey, RecoveryKeyError};
 pub use ferry_protocol::seal::{DataKey, MAX_PLAINTEXT_LEN};
-pub use ferry_protocol::{
-    DeviceCertificate, DeviceId, DeviceInfo, DeviceKey, ErrorCode, RelayId, UserId, UserKey,
-};
+pub use ferry_protocol::{DeviceId, DeviceInfo, DeviceKey, ErrorCode, Link, RelayId, UserId};

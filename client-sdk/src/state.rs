@@ -1,49 +1,82 @@
-//! The state folder: a device's identity, its pinned relay, its cursor and its outbox.
+//! The state folder: a device's identity, its pinned relay, its verified device chain, its
+//! cursor and its outbox.
 //!
 //! | file | what | written |
 //! | --- | --- | --- |
-//! | `user.key`, `device.key`, `data.key` | the secrets, 64 hex digits, mode 0600 | at creation |
-//! | `certificate` | the user key's certificate for this device (hex of its postcard encoding) | at creation |
+//! | `device.key`, `exchange.key` | the device's Ed25519 key and X25519 exchange secret, 64 hex digits, mode 0600 | at creation |
+//! | `epochs` | every data-key epoch's key this device holds, `EPOCH HEX` per line, mode 0600 | at creation, and when a revocation or rotation seals a new epoch to this device |
+//! | `user` | the user id (public) the chain is pinned to | at creation |
+//! | `chain` | the user's device chain as verified, one link per line (hex of its postcard encoding); re-verified from link 1 on every open | at creation, and as the chain grows |
 //! | `relay` | the relay URL and the pinned relay key, one per line | at creation |
 //! | `cursor` | the highest stream sequence the app has received | as the app reads |
-//! | `seen` | per device of the user, the highest device sequence read and its stream sequence, to tell a replayed event (see `driver/checks.rs`); absent in folders from before it | as the app reads |
+//! | `seen` | per device of the user, the highest device sequence read and its stream sequence, to tell a replayed event (see `driver/checks.rs`) | as the app reads |
 //! | `device_seq`, `outbox` | the next device sequence and the journal of unacknowledged events ([`crate::outbox`]) | as the app appends |
 //! | `lock` | held (`flock`) while a client uses the folder | — |
 //! | `format` | the format marker, written last, so a half-created folder is not mistaken for one | at creation |
 //!
+//! No file holds the user key: it exists only while the user types the recovery key (or
+//! during `ferry init`, which shows the recovery key once and forgets it).
+//!
 //! Every file but the journal is replaced atomically (temporary file, `fsync`, rename), so a
 //! crash never leaves a half-written file. The folder is created with mode 0700.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
-use ferry_protocol::codec::{self, Wire};
+use ferry_protocol::codec;
+use ferry_protocol::epoch::ExchangeSecret;
 use ferry_protocol::seal::DataKey;
-use ferry_protocol::{DeviceCertificate, DeviceId, DeviceKey, RelayId, UserId, UserKey};
+use ferry_protocol::{DeviceId, DeviceKey, Link, RelayId, UserId};
 use rand_core::OsRng;
-use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::driver::checks::{Marks, decode_marks, encode_marks};
 use crate::error::StateError;
 use crate::files::{self, Access};
 use crate::outbox::Outbox;
+use crate::trust::Trust;
 
 const FORMAT_FILE: &str = "format";
-const FORMAT: &str = "ferry-client-state 1";
-const USER_KEY_FILE: &str = "user.key";
+const FORMAT: &str = "ferry-client-state 2";
+/// The format of folders from before the device chain (they held the user key).
+const FORMAT_CERTIFICATES: &str = "ferry-client-state 1";
 const DEVICE_KEY_FILE: &str = "device.key";
-const DATA_KEY_FILE: &str = "data.key";
-const CERTIFICATE_FILE: &str = "certificate";
+const EXCHANGE_KEY_FILE: &str = "exchange.key";
+const EPOCHS_FILE: &str = "epochs";
+const USER_FILE: &str = "user";
+const CHAIN_FILE: &str = "chain";
 const RELAY_FILE: &str = "relay";
 const CURSOR_FILE: &str = "cursor";
 const SEEN_FILE: &str = "seen";
 
+/// A device's own secrets: its signing key and its X25519 exchange secret (to which new
+/// data-key epochs are sealed).
+#[derive(Debug)]
+pub struct DeviceSecrets {
+    /// The device's Ed25519 key; its public half is the device id.
+    pub device: DeviceKey,
+    /// The device's X25519 exchange secret; its public half is in the chain's `Admit` link.
+    pub exchange: ExchangeSecret,
+}
+
+impl DeviceSecrets {
+    /// New secrets from the operating system's random number generator.
+    pub fn generate() -> Self {
+        Self {
+            device: DeviceKey::generate(&mut OsRng),
+            exchange: ExchangeSecret::generate(&mut OsRng),
+        }
+    }
+}
+
 /// A device's persistent state, held open (and locked) in its folder.
 ///
-/// Create it once per device with [`create`](Self::create) (a new user) or
-/// [`from_parts`](Self::from_parts) (a device joining an existing user, as pairing does),
-/// then [`open`](Self::open) it on every start and hand it to [`Client`](crate::Client).
+/// Made once per device by [`account::create`](crate::account::create) (a new user),
+/// [`pairing::join`](crate::pairing::join) (a device joining a user) or
+/// [`account::recover`](crate::account::recover) (the recovery key typed on a new device),
+/// then [`open`](Self::open)ed on every start and handed to [`Client`](crate::Client).
 /// Only one `ClientState` may have a folder open at a time, in any process; the lock is
 /// released when it is dropped.
 #[derive(Debug)]
@@ -52,6 +85,7 @@ pub struct ClientState {
     relay_url: String,
     relay_key: RelayId,
     keys: Arc<Keys>,
+    trust: Arc<RwLock<Trust>>,
     cursor: u64,
     /// What [`crate::driver`] checks replays against.
     seen: Marks,
@@ -59,66 +93,57 @@ pub struct ClientState {
     _lock: File,
 }
 
-/// The secrets and the certificate; never written anywhere but the state folder.
+/// The device's secrets and the user it acts for; never written anywhere but the state
+/// folder.
 #[derive(Debug)]
 pub(crate) struct Keys {
-    pub user: UserKey,
+    pub user: UserId,
     pub device: DeviceKey,
-    pub data: DataKey,
-    pub certificate: DeviceCertificate,
+    pub exchange: ExchangeSecret,
 }
 
 impl ClientState {
-    /// Makes a new user on this device: a user key, a device key, the certificate linking
-    /// them and a data key, all drawn from the operating system's random number generator,
-    /// and writes them to `dir` (created if needed) with the relay to talk to.
+    /// Writes a state for a device of `user`, from its secrets, the epoch keys it holds and
+    /// the user's device chain (`links`, from link 1), which must verify for `user` and
+    /// admit this device with its exchange key.
     ///
-    /// `relay_url` is `ws://HOST:PORT/ws`; `relay_key` is the key the relay printed at its
-    /// first start, pinned from now on.
-    pub fn create(
-        dir: impl AsRef<Path>,
-        relay_url: &str,
-        relay_key: RelayId,
-        device_name: &str,
-    ) -> Result<Self, StateError> {
-        let user = UserKey::generate(&mut OsRng);
-        let device = DeviceKey::generate(&mut OsRng);
-        let data = DataKey::generate(&mut OsRng);
-        let certificate = DeviceCertificate::issue(&user, device.id(), device_name, unix_now())?;
-        Self::from_parts(dir, relay_url, relay_key, user, device, certificate, data)
-    }
-
-    /// Writes a state for a device of an existing user, from keys it was given (by pairing)
-    /// and a certificate the user key issued for `device_key`.
+    /// The low-level constructor behind `account::create`, `pairing::join` and
+    /// `account::recover`; an app that moves keys between devices by its own means uses it
+    /// too. `relay_url` is `ws://HOST:PORT/ws` (or `wss://`); `relay_key` is pinned from now
+    /// on.
     pub fn from_parts(
         dir: impl AsRef<Path>,
         relay_url: &str,
         relay_key: RelayId,
-        user_key: UserKey,
-        device_key: DeviceKey,
-        certificate: DeviceCertificate,
-        data_key: DataKey,
+        user: UserId,
+        secrets: DeviceSecrets,
+        epochs: Vec<(u32, DataKey)>,
+        links: &[Link],
     ) -> Result<Self, StateError> {
         check_relay_url(relay_url)?;
-        certificate.verify()?;
-        if certificate.user != user_key.id() || certificate.device != device_key.id() {
-            return Err(StateError::CertificateMismatch);
-        }
+        let trust = Trust::verify(user, links.to_vec(), epochs.into_iter().collect()).map_err(
+            |refused| {
+                StateError::ChainMismatch(format!(
+                    "link {} of the chain does not verify: {}",
+                    refused.seqno, refused.error
+                ))
+            },
+        )?;
+        check_member(&trust, &secrets).map_err(StateError::ChainMismatch)?;
         let dir = dir.as_ref().to_owned();
         files::create_private_dir(&dir)?;
         let lock = files::lock_dir(&dir)?;
         if dir.join(FORMAT_FILE).exists() {
             return Err(StateError::AlreadyExists(dir));
         }
-        files::write_secret(&dir.join(USER_KEY_FILE), &user_key.secret_bytes())?;
-        files::write_secret(&dir.join(DEVICE_KEY_FILE), &device_key.secret_bytes())?;
-        files::write_secret(&dir.join(DATA_KEY_FILE), data_key.bytes())?;
-        let encoded = hex::encode(codec::encode(&certificate)) + "\n";
+        files::write_secret(&dir.join(DEVICE_KEY_FILE), &secrets.device.secret_bytes())?;
+        files::write_secret(&dir.join(EXCHANGE_KEY_FILE), secrets.exchange.bytes())?;
         files::write_atomic(
-            &dir.join(CERTIFICATE_FILE),
-            encoded.as_bytes(),
+            &dir.join(USER_FILE),
+            format!("{}\n", user.to_hex()).as_bytes(),
             Access::Normal,
         )?;
+        write_trust(&dir, &trust)?;
         let relay = format!("{relay_url}\n{}\n", relay_key.to_hex());
         files::write_atomic(&dir.join(RELAY_FILE), relay.as_bytes(), Access::Normal)?;
         files::write_u64(&dir.join(CURSOR_FILE), 0)?;
@@ -133,7 +158,8 @@ impl ClientState {
         Self::load(dir, lock)
     }
 
-    /// Opens the state in `dir` and locks it.
+    /// Opens the state in `dir` and locks it. The stored chain is verified again from its
+    /// first link.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StateError> {
         let dir = dir.as_ref().to_owned();
         if !dir.join(FORMAT_FILE).exists() {
@@ -143,7 +169,11 @@ impl ClientState {
         files::make_dir_private(&dir)?;
         let lock = files::lock_dir(&dir)?;
         let format_path = dir.join(FORMAT_FILE);
-        if files::read_text(&format_path)?.as_str() != FORMAT {
+        let format = files::read_text(&format_path)?;
+        if format.as_str() == FORMAT_CERTIFICATES {
+            return Err(StateError::OldFormat(dir));
+        }
+        if format.as_str() != FORMAT {
             return Err(StateError::corrupt(
                 format_path,
                 format!("unknown format (this client reads {FORMAT:?})"),
@@ -153,7 +183,7 @@ impl ClientState {
     }
 
     /// Fails with [`StateError::AlreadyExists`] if `dir` holds a state: checked before
-    /// pairing, so a code is not burned for a folder that cannot take the new device.
+    /// pairing or creating a user, so nothing is sent for a folder that cannot take it.
     pub(crate) fn check_vacant(dir: &Path) -> Result<(), StateError> {
         if dir.join(FORMAT_FILE).exists() {
             return Err(StateError::AlreadyExists(dir.to_owned()));
@@ -162,25 +192,27 @@ impl ClientState {
     }
 
     fn load(dir: PathBuf, lock: File) -> Result<Self, StateError> {
-        let user = UserKey::from_secret_bytes(&*files::read_hex32(&dir.join(USER_KEY_FILE))?);
         let device = DeviceKey::from_secret_bytes(&*files::read_hex32(&dir.join(DEVICE_KEY_FILE))?);
-        let data = DataKey::from_bytes(&*files::read_hex32(&dir.join(DATA_KEY_FILE))?);
-
-        let certificate_path = dir.join(CERTIFICATE_FILE);
-        let certificate = hex::decode(files::read_text(&certificate_path)?.as_bytes())
-            .ok()
-            .and_then(|bytes| codec::decode::<StoredCertificate>(&bytes).ok())
-            .ok_or_else(|| StateError::corrupt(&certificate_path, "not a device certificate"))?
-            .0;
-        let matches = certificate.verify().is_ok()
-            && certificate.user == user.id()
-            && certificate.device == device.id();
-        if !matches {
-            return Err(StateError::corrupt(
-                &certificate_path,
-                "the certificate does not verify for these keys",
-            ));
-        }
+        let exchange =
+            ExchangeSecret::from_bytes(&*files::read_hex32(&dir.join(EXCHANGE_KEY_FILE))?);
+        let user_path = dir.join(USER_FILE);
+        let user = UserId::from_hex(&files::read_text(&user_path)?)
+            .map_err(|_| StateError::corrupt(&user_path, "expected the user id, 64 hex digits"))?;
+        let epochs = read_epochs(&dir.join(EPOCHS_FILE))?;
+        let chain_path = dir.join(CHAIN_FILE);
+        let links = read_links(&chain_path)?;
+        let trust = Trust::verify(user, links, epochs).map_err(|refused| {
+            StateError::corrupt(
+                &chain_path,
+                format!(
+                    "link {} of the stored device chain does not verify: {}",
+                    refused.seqno, refused.error
+                ),
+            )
+        })?;
+        let secrets = DeviceSecrets { device, exchange };
+        check_member(&trust, &secrets).map_err(|why| StateError::corrupt(&chain_path, why))?;
+        let DeviceSecrets { device, exchange } = secrets;
 
         let relay_path = dir.join(RELAY_FILE);
         let relay = files::read_text(&relay_path)?;
@@ -212,9 +244,9 @@ impl ClientState {
             keys: Arc::new(Keys {
                 user,
                 device,
-                data,
-                certificate,
+                exchange,
             }),
+            trust: Arc::new(RwLock::new(trust)),
             cursor,
             seen,
             outbox,
@@ -240,7 +272,7 @@ impl ClientState {
 
     /// The user this device acts for.
     pub fn user_id(&self) -> UserId {
-        self.keys.certificate.user
+        self.keys.user
     }
 
     /// This device.
@@ -248,26 +280,39 @@ impl ClientState {
         self.keys.device.id()
     }
 
-    /// This device's name, as its certificate says.
-    pub fn device_name(&self) -> &str {
-        &self.keys.certificate.name
+    /// This device's name, as the chain link that admitted it says.
+    pub fn device_name(&self) -> String {
+        let me = self.device_id();
+        self.trust()
+            .chain()
+            .member(&me)
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
     }
 
-    /// The user key's certificate for this device.
-    pub fn certificate(&self) -> &DeviceCertificate {
-        &self.keys.certificate
+    /// The number of links in the device chain this device has verified.
+    pub fn chain_len(&self) -> u64 {
+        self.trust().seqno()
     }
 
-    /// The user key: signs certificates for new devices and revocations. Pairing hands it
-    /// to a new device end to end; it never goes to the relay.
-    pub fn user_key(&self) -> &UserKey {
-        &self.keys.user
+    /// The current data-key epoch, as far as this device knows.
+    pub fn epoch(&self) -> u32 {
+        self.trust().chain().epoch()
     }
 
-    /// The data key that seals event payloads. Pairing hands it to a new device end to
-    /// end; it never goes to the relay.
-    pub fn data_key(&self) -> &DataKey {
-        &self.keys.data
+    /// Whether the chain as this device knows it has revoked this device.
+    pub fn is_revoked(&self) -> bool {
+        let me = self.device_id();
+        !self.trust().chain().is_active(&me)
+    }
+
+    /// The data-key epochs this device holds, oldest first. Secrets: they open the user's
+    /// events. They never go to the relay.
+    pub fn epoch_keys(&self) -> Vec<(u32, DataKey)> {
+        self.trust()
+            .epochs()
+            .map(|(n, key)| (n, DataKey::from_bytes(key.bytes())))
+            .collect()
     }
 
     /// The highest stream sequence the app has received (0: none yet).
@@ -325,18 +370,110 @@ impl ClientState {
         Ok(())
     }
 
+    /// Writes the chain and the epoch keys as they are in memory.
+    pub(crate) fn save_trust(&mut self) -> Result<(), StateError> {
+        let trust = self.trust().clone();
+        write_trust(&self.dir, &trust)
+    }
+
     pub(crate) fn keys(&self) -> Arc<Keys> {
         Arc::clone(&self.keys)
     }
+
+    /// The chain and epochs, shared with the client's driver and its pairing handle.
+    pub(crate) fn shared_trust(&self) -> Arc<RwLock<Trust>> {
+        Arc::clone(&self.trust)
+    }
+
+    pub(crate) fn trust(&self) -> RwLockReadGuard<'_, Trust> {
+        self.trust.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new user's first device, without a relay (for unit tests): the chain's first two
+    /// links are made here and never uploaded.
+    #[cfg(test)]
+    pub(crate) fn create_offline(
+        dir: impl AsRef<Path>,
+        relay_url: &str,
+        relay_key: RelayId,
+        device_name: &str,
+    ) -> Result<Self, StateError> {
+        let genesis = crate::account::Genesis::new(device_name);
+        let crate::account::Genesis {
+            user,
+            secrets,
+            epoch0,
+            links,
+            ..
+        } = genesis;
+        Self::from_parts(
+            dir,
+            relay_url,
+            relay_key,
+            user,
+            secrets,
+            vec![(0, epoch0)],
+            &links,
+        )
+    }
 }
 
-/// A certificate as stored: the protocol's own encoding.
-#[derive(Serialize, Deserialize)]
-#[serde(transparent)]
-struct StoredCertificate(DeviceCertificate);
+/// Checks that the chain admitted this device with its exchange key.
+fn check_member(trust: &Trust, secrets: &DeviceSecrets) -> Result<(), String> {
+    match trust.chain().member(&secrets.device.id()) {
+        None => Err("the device chain does not admit this device".to_owned()),
+        Some(member) if member.exchange != secrets.exchange.public() => {
+            Err("the device chain admits this device with another exchange key".to_owned())
+        }
+        Some(_) => Ok(()),
+    }
+}
 
-// The name's length limit is checked by `DeviceCertificate::verify` right after decoding.
-impl Wire for StoredCertificate {}
+fn write_trust(dir: &Path, trust: &Trust) -> Result<(), StateError> {
+    let mut epochs = Zeroizing::new(String::new());
+    for (n, key) in trust.epochs() {
+        epochs.push_str(&format!("{n} {}\n", hex::encode(key.bytes())));
+    }
+    files::write_atomic(&dir.join(EPOCHS_FILE), epochs.as_bytes(), Access::Private)?;
+    let mut chain = String::new();
+    for link in trust.links() {
+        chain.push_str(&hex::encode(codec::encode(link)));
+        chain.push('\n');
+    }
+    files::write_atomic(&dir.join(CHAIN_FILE), chain.as_bytes(), Access::Normal)
+}
+
+fn read_epochs(path: &Path) -> Result<BTreeMap<u32, DataKey>, StateError> {
+    let text = files::read_text(path)?;
+    let mut epochs = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed = line.split_once(' ').and_then(|(n, key)| {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(key.trim(), bytes.as_mut()).ok()?;
+            Some((n.parse::<u32>().ok()?, DataKey::from_bytes(&bytes)))
+        });
+        let (n, key) =
+            parsed.ok_or_else(|| StateError::corrupt(path, "expected EPOCH KEY lines"))?;
+        epochs.insert(n, key);
+    }
+    Ok(epochs)
+}
+
+fn read_links(path: &Path) -> Result<Vec<Link>, StateError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StateError::io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            hex::decode(line.trim())
+                .ok()
+                .and_then(|bytes| codec::decode::<Link>(&bytes).ok())
+                .ok_or_else(|| {
+                    StateError::corrupt(path, format!("line {} is not a chain link", i + 1))
+                })
+        })
+        .collect()
+}
 
 pub(crate) fn check_relay_url(url: &str) -> Result<(), StateError> {
     let rest = url
@@ -369,24 +506,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
         let relay = RelayId([5; 32]);
-        let created = ClientState::create(&path, URL, relay, "laptop").unwrap();
+        let created = ClientState::create_offline(&path, URL, relay, "laptop").unwrap();
         let (user, device) = (created.user_id(), created.device_id());
-        let data = *created.data_key().bytes();
+        let data = *created.epoch_keys()[0].1.bytes();
         // Locked while open, here or in another process.
         assert!(matches!(
             ClientState::open(&path),
             Err(StateError::Locked(_))
         ));
         assert!(matches!(
-            ClientState::create(&path, URL, relay, "again"),
+            ClientState::create_offline(&path, URL, relay, "again"),
             Err(StateError::Locked(_))
         ));
         drop(created);
 
         let state = ClientState::open(&path).unwrap();
         assert_eq!((state.user_id(), state.device_id()), (user, device));
-        assert_eq!(state.user_key().id(), user);
-        assert_eq!(state.data_key().bytes(), &data);
+        assert_eq!(state.epoch_keys().len(), 1);
+        assert_eq!(state.epoch_keys()[0].1.bytes(), &data);
+        assert_eq!(
+            (state.chain_len(), state.epoch(), state.is_revoked()),
+            (2, 0, false)
+        );
         assert_eq!((state.relay_url(), state.relay_key()), (URL, relay));
         assert_eq!(state.device_name(), "laptop");
         assert_eq!(
@@ -395,14 +536,16 @@ mod tests {
         );
         drop(state);
         assert!(matches!(
-            ClientState::create(&path, URL, relay, "again"),
+            ClientState::create_offline(&path, URL, relay, "again"),
             Err(StateError::AlreadyExists(_))
         ));
+        // No file holds anything named like a user key.
+        assert!(!path.join("user.key").exists());
 
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for file in [USER_KEY_FILE, DEVICE_KEY_FILE, DATA_KEY_FILE] {
+            for file in [DEVICE_KEY_FILE, EXCHANGE_KEY_FILE, EPOCHS_FILE] {
                 let mode = std::fs::metadata(path.join(file))
                     .unwrap()
                     .permissions()
@@ -420,7 +563,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        drop(ClientState::create(&path, URL, RelayId([5; 32]), "laptop").unwrap());
+        drop(ClientState::create_offline(&path, URL, RelayId([5; 32]), "laptop").unwrap());
         for loose in [0o755, 0o750, 0o777, 0o711] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
             drop(ClientState::open(&path).unwrap());
@@ -431,7 +574,7 @@ mod tests {
         let existing = dir.path().join("existing");
         std::fs::create_dir(&existing).unwrap();
         std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
-        drop(ClientState::create(&existing, URL, RelayId([5; 32]), "phone").unwrap());
+        drop(ClientState::create_offline(&existing, URL, RelayId([5; 32]), "phone").unwrap());
         let mode = std::fs::metadata(&existing).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o700);
     }
@@ -439,12 +582,12 @@ mod tests {
     #[test]
     fn debug_output_shows_no_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let state = ClientState::create(dir.path(), URL, RelayId([5; 32]), "x").unwrap();
+        let state = ClientState::create_offline(dir.path(), URL, RelayId([5; 32]), "x").unwrap();
         let shown = format!("{state:?}");
         for secret in [
-            hex::encode(*state.user_key().secret_bytes()),
-            hex::encode(state.data_key().bytes()),
+            hex::encode(state.epoch_keys()[0].1.bytes()),
             hex::encode(*state.keys.device.secret_bytes()),
+            hex::encode(state.keys.exchange.bytes()),
         ] {
             assert!(!shown.contains(&secret));
             assert!(!shown.contains(&secret[..16]));
@@ -467,7 +610,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    ClientState::create(dir.path().join("u"), url, RelayId([5; 32]), "x"),
+                    ClientState::create_offline(dir.path().join("u"), url, RelayId([5; 32]), "x"),
                     Err(StateError::InvalidRelayUrl(_))
                 ),
                 "{url}"
@@ -478,28 +621,64 @@ mod tests {
             Err(StateError::NotFound(_))
         ));
 
-        // A certificate for another device key.
-        let user = UserKey::generate(&mut OsRng);
-        let device = DeviceKey::generate(&mut OsRng);
-        let other = DeviceKey::generate(&mut OsRng);
-        let certificate = DeviceCertificate::issue(&user, other.id(), "x", 1).unwrap();
-        let data = DataKey::generate(&mut OsRng);
+        // A chain that does not admit the device, or admits it with another exchange key.
+        let genesis = crate::account::Genesis::new("x");
+        let stranger = DeviceSecrets::generate();
         assert!(matches!(
             ClientState::from_parts(
                 dir.path().join("p"),
                 URL,
                 RelayId([5; 32]),
-                user,
-                device,
-                certificate,
-                data
+                genesis.user,
+                stranger,
+                vec![(0, DataKey::from_bytes(genesis.epoch0.bytes()))],
+                &genesis.links
             ),
-            Err(StateError::CertificateMismatch)
+            Err(StateError::ChainMismatch(_))
+        ));
+        let swapped = DeviceSecrets {
+            device: genesis.secrets.device,
+            exchange: ExchangeSecret::generate(&mut OsRng),
+        };
+        assert!(matches!(
+            ClientState::from_parts(
+                dir.path().join("q"),
+                URL,
+                RelayId([5; 32]),
+                genesis.user,
+                swapped,
+                vec![],
+                &genesis.links
+            ),
+            Err(StateError::ChainMismatch(_))
         ));
 
         let path = dir.path().join("s");
-        drop(ClientState::create(&path, URL, RelayId([5; 32]), "x").unwrap());
-        std::fs::write(path.join(DATA_KEY_FILE), "nothex").unwrap();
+        drop(ClientState::create_offline(&path, URL, RelayId([5; 32]), "x").unwrap());
+        std::fs::write(path.join(EPOCHS_FILE), "0 nothex").unwrap();
+        assert!(matches!(
+            ClientState::open(&path),
+            Err(StateError::Corrupt { .. })
+        ));
+
+        // A chain rewritten in the folder (here: its last link dropped, so the chain no
+        // longer admits the device) is caught when opened.
+        let path = dir.path().join("t");
+        drop(ClientState::create_offline(&path, URL, RelayId([5; 32]), "x").unwrap());
+        let chain = std::fs::read_to_string(path.join(CHAIN_FILE)).unwrap();
+        let first = chain.lines().next().unwrap();
+        std::fs::write(path.join(CHAIN_FILE), format!("{first}\n")).unwrap();
+        assert!(matches!(
+            ClientState::open(&path),
+            Err(StateError::Corrupt { .. })
+        ));
+        // A link tampered with.
+        let mut tampered: Vec<String> = chain.lines().map(str::to_owned).collect();
+        let last = tampered.last_mut().unwrap();
+        let flipped = if last.ends_with('0') { '1' } else { '0' };
+        last.pop();
+        last.push(flipped);
+        std::fs::write(path.join(CHAIN_FILE), tampered.join("\n")).unwrap();
         assert!(matches!(
             ClientState::open(&path),
             Err(StateError::Corrupt { .. })
@@ -507,9 +686,23 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_from_before_the_device_chain_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FORMAT_FILE), "ferry-client-state 1\n").unwrap();
+        let error = ClientState::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StateError::OldFormat(_)), "{error:?}");
+        let shown = error.to_string();
+        assert!(
+            shown.contains("ferry init") && shown.contains("pair"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn the_cursor_only_moves_forward_and_resync_sets_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = ClientState::create(dir.path(), URL, RelayId([5; 32]), "x").unwrap();
+        let mut state =
+            ClientState::create_offline(dir.path(), URL, RelayId([5; 32]), "x").unwrap();
         state.save_cursor(10).unwrap();
         state.save_cursor(4).unwrap();
         assert_eq!(state.cursor(), 10);

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! ferry --state DIR init --relay ws[s]://HOST:PORT/ws --relay-key HEX [--name NAME]
+//! ferry --state DIR recover --relay ws[s]://HOST:PORT/ws --relay-key HEX [--name NAME] [--revoke-all]
+//!                                      # reads the recovery key from stdin
 //! ferry --state DIR send TEXT          # `send -`: each line of stdin is one event
 //! ferry --state DIR tail [--follow] [--limit N]
 //! ferry --state DIR devices
@@ -11,13 +13,18 @@
 //! ```
 //!
 //! Exit status 0 on success, 1 on any failure (the reason goes to stderr). Event text goes
-//! to stdout, one event per line; everything else goes to stderr.
+//! to stdout, one event per line; everything else goes to stderr, except what a command
+//! exists to print (`init`'s recovery key, `devices`' list, pairing's lines).
+//!
+//! `init` prints the recovery key once, on stdout, in a line `recovery key: XXXXX-…`, with
+//! how to keep it. It is stored nowhere: it is the only way back to the account once every
+//! device is lost (`recover`), and whoever has it controls the account.
 //!
 //! Pairing, on stdout: `pair` prints `code: NNNNNN`, then `confirm: XXXX-XXXX` once a device
 //! joined with the right code, then `paired: DEVICE NAME`; `join` prints `confirm:
 //! XXXX-XXXX`, then `joined: DEVICE`. Both screens show the same confirmation string.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +32,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferry_client::pairing::{self, Join};
-use ferry_client::{Client, ClientError, ClientEvent, ClientState, DeviceInfo, Options, RelayId};
+use ferry_client::{
+    Client, ClientError, ClientEvent, ClientState, Device, Options, RecoveryKey, RecoveryKeyError,
+    RelayId, account,
+};
+use zeroize::Zeroizing;
 
 /// Ferry: end-to-end encrypted sync between your devices, through a relay that cannot read it.
 #[derive(Parser, Debug)]
@@ -50,7 +61,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a new user on this device, pinned to a relay.
+    /// Create a new user on this device, pinned to a relay, and print its recovery key once.
+    ///
+    /// The recovery key is the only way back to the account when every device is lost
+    /// (`ferry recover`); it is stored nowhere, not even in the state folder.
     Init {
         /// The relay's WebSocket URL, ws://HOST:PORT/ws or wss://HOST:PORT/ws.
         #[arg(long, value_name = "URL")]
@@ -61,6 +75,24 @@ enum Command {
         /// A name for this device, shown by `devices` (default: the host name).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Recover the account on this new folder with the recovery key (read from stdin, one
+    /// line; never give it as an argument): a new device, admitted with the recovery key,
+    /// that reads the whole history.
+    Recover {
+        /// The relay's WebSocket URL, ws://HOST:PORT/ws or wss://HOST:PORT/ws.
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// The relay's public key (64 hex digits), pinned from now on.
+        #[arg(long, value_name = "HEX")]
+        relay_key: RelayId,
+        /// A name for this device, shown by `devices` (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Revoke every other device of the account first (lost or stolen ones): none of
+        /// them can act for the account or read anything written after this.
+        #[arg(long)]
+        revoke_all: bool,
     },
     /// Append an event and wait until the relay has stored it.
     ///
@@ -81,7 +113,8 @@ enum Command {
     },
     /// List the user's devices.
     Devices,
-    /// Revoke a device: it can no longer connect.
+    /// Revoke a device: it can no longer connect, and reads nothing written after this (the
+    /// data key moves to a new epoch it never gets).
     Revoke {
         /// The device id (or a unique prefix of it), as `devices` shows it.
         device: String,
@@ -146,7 +179,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             relay,
             relay_key,
             name,
-        } => init(&cli.state, &relay, relay_key, name),
+        } => init(&cli.state, &relay, relay_key, name, options).await,
+        Command::Recover {
+            relay,
+            relay_key,
+            name,
+            revoke_all,
+        } => recover(&cli.state, &relay, relay_key, name, revoke_all, options).await,
         Command::Send { text } => send(&cli.state, &text, options, timeout).await,
         // A log viewer: this device's own events included (the library hides them by default).
         Command::Tail { follow, limit } => {
@@ -164,18 +203,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init(
+async fn init(
     dir: &std::path::Path,
     relay: &str,
     relay_key: RelayId,
     name: Option<String>,
+    options: Options,
 ) -> anyhow::Result<()> {
     let name = name.unwrap_or_else(default_name);
-    let state = ClientState::create(dir, relay, relay_key, &name)?;
-    println!("user   {}", state.user_id());
-    println!("device {} ({})", state.device_id(), state.device_name());
+    let created = account::create(dir, relay, relay_key, &name, &options).await?;
+    let state = created.state;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "user   {}", state.user_id())?;
+    writeln!(
+        out,
+        "device {} ({})",
+        state.device_id(),
+        printable(&state.device_name())
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "recovery key: {}",
+        created.recovery_key.display().as_str()
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "This is your recovery key. It is shown this once and never again, and it is stored\n\
+         nowhere, not even on this device. Write it down on paper, or keep it in a password\n\
+         manager. With it you can get your account and your whole history back on a new\n\
+         device if you lose every device (`ferry recover`), and revoke a lost one.\n\
+         Anyone who has it controls your account: keep it secret. If you lose it, nobody,\n\
+         Ferry included, can make it again or recover the account without it."
+    )?;
+    out.flush()?;
+    drop(created.recovery_key);
     eprintln!(
         "ferry: new user created in {}; keep this folder private",
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn recover(
+    dir: &std::path::Path,
+    relay: &str,
+    relay_key: RelayId,
+    name: Option<String>,
+    revoke_all: bool,
+    options: Options,
+) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(default_name);
+    if std::io::stdin().is_terminal() {
+        eprint!("ferry: type the recovery key, then Enter: ");
+    }
+    let mut typed = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut typed)
+        .context("reading the recovery key from stdin")?;
+    let recovery = match RecoveryKey::parse(typed.trim()) {
+        Ok(key) => key,
+        Err(RecoveryKeyError::Checksum) => bail!(
+            "the recovery key does not check out: a character is mistyped (nothing was sent); \
+             check it against what you wrote down"
+        ),
+        Err(e) => bail!("that is not a recovery key: {e} (nothing was sent)"),
+    };
+    let recovered = account::recover(
+        dir, relay, relay_key, &name, &recovery, revoke_all, &options,
+    )
+    .await?;
+    drop(recovery);
+    let state = recovered.state;
+    line(&format!("user   {}", state.user_id()))?;
+    line(&format!(
+        "device {} ({})",
+        state.device_id(),
+        printable(&state.device_name())
+    ))?;
+    for device in &recovered.revoked {
+        line(&format!("revoked: {device}"))?;
+    }
+    // The relay admits the new device as one of the user's now.
+    let client = Client::connect(state, options).await?;
+    client.close().await?;
+    eprintln!(
+        "ferry: {} is a device of the account again; it reads the whole history",
         dir.display()
     );
     Ok(())
@@ -256,17 +371,18 @@ async fn devices(dir: &std::path::Path, options: Options, timeout: Duration) -> 
     let this = client.device_id();
     client.close().await?;
     for device in listed? {
+        let seen = device.last_seen.map_or_else(|| "never".to_owned(), date);
         let mut line = format!(
             "{}  {:<20}  added {}  last seen {}",
-            device.certificate.device,
-            printable(&device.certificate.name),
-            date(device.certificate.created_at),
-            date(device.last_seen),
+            device.id,
+            printable(&device.name),
+            date(device.created_at),
+            seen,
         );
         if device.revoked {
             line.push_str("  revoked");
         }
-        if device.certificate.device == this {
+        if device.id == this {
             line.push_str("  (this device)");
         }
         println!("{line}");
@@ -287,26 +403,22 @@ async fn revoke(
     let client = Client::connect(ClientState::open(dir)?, options).await?;
     let outcome = async {
         let devices = within(timeout, client.list_devices()).await?;
-        let found: Vec<&DeviceInfo> = devices
+        let found: Vec<&Device> = devices
             .iter()
-            .filter(|d| d.certificate.device.to_hex().starts_with(&prefix))
+            .filter(|d| d.id.to_hex().starts_with(&prefix))
             .collect();
         let device = match found.as_slice() {
             [device] => *device,
             [] => bail!("no device of this user has an id starting with {prefix}"),
             _ => bail!("{prefix} matches several devices; give more of the id"),
         };
-        within(timeout, client.revoke(device.certificate.device)).await?;
+        within(timeout, client.revoke(device.id)).await?;
         Ok(device.clone())
     }
     .await;
     client.close().await?;
     let device = outcome?;
-    println!(
-        "revoked {} ({})",
-        device.certificate.device,
-        printable(&device.certificate.name)
-    );
+    println!("revoked {} ({})", device.id, printable(&device.name));
     Ok(())
 }
 
@@ -359,7 +471,7 @@ async fn join(
     eprintln!(
         "ferry: {} is now device {:?} of user {}",
         dir.display(),
-        state.device_name(),
+        printable(&state.device_name()),
         state.user_id()
     );
     Ok(())
@@ -399,7 +511,7 @@ fn default_name() -> String {
 
 /// A device name as it may be shown on a terminal.
 ///
-/// Names come from other devices (a certificate names whatever its device asked for), so
+/// Names come from other devices (an admission names whatever its device asked for), so
 /// a name could carry terminal escape sequences, or characters that reorder the line.
 /// Control characters (C0, DEL, C1) and the bidirectional overrides are shown escaped
 /// (`\u{1b}`), and so is a backslash (`\\`), so an escaped name cannot pass for another.
@@ -500,6 +612,29 @@ mod tests {
             Cli::try_parse_from(["ferry", "--state", "s", "pair"]).map(|c| c.command),
             Ok(Command::Pair)
         ));
+        // The recovery key is never an argument.
+        let recover = [
+            "ferry",
+            "--state",
+            "s",
+            "recover",
+            "--relay",
+            "ws://x/ws",
+            "--relay-key",
+            &"ab".repeat(32),
+            "--revoke-all",
+        ];
+        assert!(matches!(
+            Cli::try_parse_from(recover).map(|c| c.command),
+            Ok(Command::Recover {
+                revoke_all: true,
+                name: None,
+                ..
+            })
+        ));
+        let mut with_key = recover.to_vec();
+        with_key.push("ABCDE-FGHJK");
+        assert!(Cli::try_parse_from(with_key).is_err());
         assert!(
             Cli::try_parse_from([
                 "ferry",

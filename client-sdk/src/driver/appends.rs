@@ -1,7 +1,7 @@
 //! Appends: sealing into the outbox (one `fsync` per batch), sending within a window, and
 //! settling each one when the relay answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use ferry_protocol::limits::MAX_PAYLOAD_LEN;
 use ferry_protocol::seal::{self, EventSlot, MAX_PLAINTEXT_LEN};
@@ -9,7 +9,7 @@ use ferry_protocol::{Append, ClientFrame, ErrorCode, ErrorFrame};
 use rand_core::OsRng;
 use tokio::time::Instant;
 
-use super::{Delivery, Driver, Enqueue, Link, Pending, WINDOW, remove_first};
+use super::{Delivery, Driver, Ended, Enqueue, Link, Pending, WINDOW, is_revoked, remove_first};
 use crate::error::{ClientError, StateError};
 
 impl Driver {
@@ -26,13 +26,20 @@ impl Driver {
             plaintexts.push(plaintext);
             replies.push((stored, appended));
         }
-        let keys = Arc::clone(&self.keys);
+        let trust = Arc::clone(&self.trust);
         let (user, device) = (self.user, self.device);
         let sealed = self
             .on_disk(move |state| {
                 let mut results = Vec::with_capacity(plaintexts.len());
                 let mut batch = Vec::with_capacity(plaintexts.len());
+                // Sealed under the newest epoch this device knows of.
+                let trust = trust.read().unwrap_or_else(PoisonError::into_inner);
+                let (epoch, key) = trust.newest();
                 for plaintext in plaintexts {
+                    let Some(key) = key else {
+                        results.push(Err(ClientError::EpochKeyUnavailable { epoch }));
+                        continue;
+                    };
                     if plaintext.len() > MAX_PLAINTEXT_LEN {
                         results.push(Err(ClientError::PayloadTooLarge {
                             len: plaintext.len(),
@@ -45,7 +52,7 @@ impl Driver {
                         device,
                         device_seq,
                     };
-                    match seal::seal(&keys.data, &slot, &plaintext, &mut OsRng) {
+                    match seal::seal(key, epoch, &slot, &plaintext, &mut OsRng) {
                         Ok(payload) => {
                             results.push(Ok(device_seq));
                             batch.push((device_seq, payload));
@@ -111,7 +118,7 @@ impl Driver {
 
     pub(super) fn has_output(&self, link: &Link) -> bool {
         !link.control.is_empty()
-            || self.requests_sent < self.requests.len()
+            || self.has_request(link)
             || (!link.unsent.is_empty()
                 && link.in_flight.len() < WINDOW
                 && link.hold_until.is_none())
@@ -122,9 +129,8 @@ impl Driver {
         if let Some(frame) = link.control.pop_front() {
             return Some(frame);
         }
-        if let Some(request) = self.requests.get(self.requests_sent) {
-            self.requests_sent += 1;
-            return Some(request.frame.clone());
+        if let Some(frame) = self.next_request(link) {
+            return Some(frame);
         }
         if link.hold_until.is_some() || link.in_flight.len() >= WINDOW {
             return None;
@@ -143,9 +149,14 @@ impl Driver {
 
     /// An `Error` frame: for an append, retry it later or drop it; otherwise it answers the
     /// oldest request.
-    pub(super) fn relay_error(&mut self, error: ErrorFrame, link: &mut Link) {
+    pub(super) fn relay_error(&mut self, error: ErrorFrame, link: &mut Link) -> Result<(), Ended> {
+        // The relay's own word, inside the channel: this device is revoked. The client
+        // stops; what waits in the outbox stays there (it will never be sent).
+        if is_revoked(error.code) {
+            return Err(Ended::Failed(ClientError::Revoked));
+        }
         let Some(device_seq) = error.device_seq else {
-            return self.request_failed(error);
+            return self.request_failed(error, link);
         };
         remove_first(&mut link.in_flight, device_seq);
         match error.code {
@@ -193,6 +204,7 @@ impl Driver {
                 self.finish_append(device_seq, Err(ClientError::from_code(code, error.message)))
             }
         }
+        Ok(())
     }
 
     /// Numbers new appends past `last_device_seq`, the highest the relay holds from this
@@ -215,19 +227,25 @@ impl Driver {
             .into_iter()
             .filter_map(|seq| self.pending.get(&seq).map(|p| (seq, p.payload.clone())))
             .collect();
-        let keys = Arc::clone(&self.keys);
+        let trust = Arc::clone(&self.trust);
         let (user, device) = (self.user, self.device);
         let moved = self
             .on_disk(move |state| {
                 let mut moves = Vec::with_capacity(olds.len());
                 let mut unopenable = Vec::new();
+                let trust = trust.read().unwrap_or_else(PoisonError::into_inner);
+                let (epoch, newest) = trust.newest();
                 for (old, payload) in olds {
                     let slot = EventSlot {
                         user,
                         device,
                         device_seq: old,
                     };
-                    let Ok(plaintext) = seal::open(&keys.data, &slot, &payload) else {
+                    let opened = seal::epoch_of(&payload)
+                        .ok()
+                        .and_then(|e| trust.key(e))
+                        .and_then(|key| seal::open(key, &slot, &payload).ok());
+                    let (Some(plaintext), Some(newest)) = (opened, newest) else {
                         unopenable.push(old);
                         continue;
                     };
@@ -236,7 +254,7 @@ impl Driver {
                         device_seq: new,
                         ..slot
                     };
-                    match seal::seal(&keys.data, &slot, &plaintext, &mut OsRng) {
+                    match seal::seal(newest, epoch, &slot, &plaintext, &mut OsRng) {
                         Ok(sealed) => moves.push((old, new, sealed)),
                         Err(_) => unopenable.push(old),
                     }

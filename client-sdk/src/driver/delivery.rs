@@ -100,7 +100,13 @@ impl Driver {
             device: event.device,
             device_seq: event.device_seq,
         };
-        match seal::open(&self.keys.data, &slot, &event.payload) {
+        let opened = seal::epoch_of(&event.payload).ok().and_then(|epoch| {
+            let trust = self.trust();
+            trust
+                .key(epoch)
+                .and_then(|key| seal::open(key, &slot, &event.payload).ok())
+        });
+        match opened.ok_or(seal::SealError::Authentication) {
             Ok(plaintext) => Ok(ClientEvent::Event(ReceivedEvent {
                 seq: event.seq,
                 device: event.device,
@@ -108,7 +114,7 @@ impl Driver {
                 plaintext,
             })),
             Err(error) => {
-                tracing::warn!(seq = event.seq, %error, "event does not open with the data key");
+                tracing::warn!(seq = event.seq, %error, "event does not open with the data key of its epoch");
                 Err(ClientError::Undecryptable {
                     seq: event.seq,
                     device: event.device,
@@ -212,7 +218,9 @@ mod tests {
                 device_seq,
             };
             let text = format!("{device:?} #{device_seq}");
-            let payload = seal::seal(&self.driver.keys.data, &slot, text.as_bytes(), &mut OsRng);
+            let trust = self.driver.trust();
+            let (epoch, key) = trust.newest();
+            let payload = seal::seal(key.unwrap(), epoch, &slot, text.as_bytes(), &mut OsRng);
             Event {
                 seq,
                 device,
@@ -279,7 +287,7 @@ mod tests {
     }
 
     fn new_state(dir: &std::path::Path) -> ClientState {
-        ClientState::create(dir, "ws://127.0.0.1:9/ws", RelayId([7; 32]), "me").unwrap()
+        ClientState::create_offline(dir, "ws://127.0.0.1:9/ws", RelayId([7; 32]), "me").unwrap()
     }
 
     #[tokio::test]

@@ -32,22 +32,33 @@
 //!    behind, further events are dropped (not acknowledged), and once the app has drained
 //!    half of its queue the driver reconnects to fetch them again.
 //!
+//! 6. **The chain before the keys.** At every session the relay says how long the user's
+//!    device chain is; a longer chain than this device holds is fetched and every new link
+//!    verified ([`Chain::apply`](ferry_protocol::Chain::apply)) before anything is believed:
+//!    a link that does not verify stops the client ([`ClientError::ChainRejected`]), a
+//!    revocation of this device stops it too ([`ClientError::Revoked`]), and a new epoch
+//!    sealed to this device is opened and kept. `ChainGrew` fetches again. Events sealed
+//!    under an epoch this device does not know yet wait for the fetch, in order. Appends
+//!    are sealed under the newest epoch; device requests (list, revoke) wait until the
+//!    chain is current.
+//!
 //! This file holds the loop (offline: wait and serve commands; online: one session);
 //! `appends.rs` the outbox side, `delivery.rs` the event and cursor side, `requests.rs`
-//! the device requests.
+//! the device requests, `chain.rs` the device chain.
 
 mod appends;
+mod chain;
 pub(crate) mod checks;
 mod delivery;
 mod requests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use ferry_protocol::{
-    ClientFrame, DeviceId, DeviceInfo, RelayId, Revocation, SealedPayload, ServerFrame, UserId,
+    ClientFrame, DeviceId, ErrorCode, Event, RelayId, SealedPayload, ServerFrame, UserId,
 };
 use rand_core::OsRng;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -58,9 +69,10 @@ use zeroize::Zeroizing;
 use crate::backoff::Backoff;
 use crate::connection::{self, Connection, Incoming};
 use crate::error::{ClientError, StateError};
-use crate::event::{ClientEvent, Status};
+use crate::event::{ClientEvent, Device, Status};
 use crate::options::Options;
-use crate::state::{ClientState, Keys, unix_now};
+use crate::state::{ClientState, Keys};
+use crate::trust::Trust;
 use requests::{Reply, Request};
 
 /// Appends sent and not yet answered, per connection (the relay takes up to 1024).
@@ -76,8 +88,8 @@ const MAX_CONTROL: usize = 64;
 pub(crate) enum Command {
     /// Seal, store in the outbox, send.
     Enqueue(Enqueue),
-    /// Ask the relay for the user's devices.
-    ListDevices(oneshot::Sender<Result<Vec<DeviceInfo>, ClientError>>),
+    /// List the user's devices (from the chain, with the relay's last-seen times).
+    ListDevices(oneshot::Sender<Result<Vec<Device>, ClientError>>),
     /// Revoke a device.
     Revoke {
         device: DeviceId,
@@ -178,11 +190,26 @@ struct Link {
     ping: Option<u64>,
     next_ping: Instant,
     ack_sent: u64,
+    /// The chain's length as the relay last said it.
+    relay_chain: u64,
+    /// A `ChainFetch` is unanswered.
+    fetching: bool,
+    /// Fetch the chain as soon as no chain request is in flight.
+    want_fetch: bool,
+    /// A fetch for an event of an unknown epoch finished since the last `ChainGrew`: such
+    /// events are not held again (they do not open).
+    unknown_fetched: bool,
+    /// Events waiting for the chain fetch (their epoch is not known yet), in order.
+    held: VecDeque<Event>,
 }
 
 pub(crate) struct Driver {
     state: Arc<Mutex<ClientState>>,
     keys: Arc<Keys>,
+    /// The verified chain and the epoch keys (shared with the state and the handles).
+    trust: Arc<RwLock<Trust>>,
+    /// The chain or epochs changed since they were last written.
+    trust_dirty: bool,
     url: String,
     relay_key: RelayId,
     user: UserId,
@@ -236,6 +263,8 @@ impl Driver {
         shared.received.store(cursor, Ordering::Release);
         Self {
             keys: state.keys(),
+            trust: state.shared_trust(),
+            trust_dirty: false,
             url: state.relay_url().to_owned(),
             relay_key: state.relay_key(),
             user: state.user_id(),
@@ -263,7 +292,12 @@ impl Driver {
     /// Connects, serves, reconnects, until closed or stopped by a permanent error.
     pub async fn run(mut self) -> Finished {
         let mut backoff = Backoff::new(self.options.backoff_min, self.options.backoff_max);
+        // A device that learned its revocation from the chain before does not try again.
+        let revoked = !self.trust().chain().is_active(&self.device);
         let stop = loop {
+            if revoked {
+                break Interrupt::Failed(ClientError::Revoked);
+            }
             let (url, keys, relay_key, resume) = (
                 self.url.clone(),
                 Arc::clone(&self.keys),
@@ -387,7 +421,21 @@ impl Driver {
             ping: None,
             next_ping: Instant::now() + self.options.ping_interval,
             ack_sent: session.acked,
+            relay_chain: session.chain_seqno,
+            fetching: false,
+            want_fetch: false,
+            unknown_fetched: false,
+            held: VecDeque::new(),
         };
+        if session.chain_seqno < self.trust().seqno() {
+            tracing::warn!(
+                relay = session.chain_seqno,
+                held = self.trust().seqno(),
+                "the relay holds a shorter device chain than this device verified"
+            );
+        }
+        // A longer chain at the relay: fetch and verify it before anything else.
+        self.maybe_fetch(&mut link);
         // The relay may hold an older cursor than the one on disk.
         if self.cursor_saved > link.ack_sent {
             link.ack_sent = self.cursor_saved;
@@ -412,6 +460,11 @@ impl Driver {
                     };
                     if let Err(ended) = result {
                         break ended;
+                    }
+                    if self.trust_dirty
+                        && let Err(error) = self.save_trust().await
+                    {
+                        break Ended::Failed(error);
                     }
                     if !self.conflicted.is_empty()
                         && let Err(error) = self.reseal_conflicted(&mut link).await
@@ -518,7 +571,7 @@ impl Driver {
                 self.appended(device_seq, seq);
                 self.finish_append(device_seq, Ok(seq));
             }
-            ServerFrame::Events(events) => self.deliver(events).map_err(Ended::Failed)?,
+            ServerFrame::Events(events) => self.receive(events, link).map_err(Ended::Failed)?,
             ServerFrame::CaughtUp { head } => {
                 // The connection works end to end: start over with short waits.
                 backoff.reset();
@@ -536,7 +589,7 @@ impl Driver {
             ServerFrame::ResyncRequired { earliest } => {
                 return Err(Ended::Failed(ClientError::ResyncRequired { earliest }));
             }
-            ServerFrame::Error(error) => self.relay_error(error, link),
+            ServerFrame::Error(error) => self.relay_error(error, link)?,
             ServerFrame::Ping { nonce } => {
                 if link.control.len() < MAX_CONTROL {
                     link.control.push_back(ClientFrame::Pong { nonce });
@@ -548,7 +601,13 @@ impl Driver {
                 }
             }
             ServerFrame::Devices(devices) => self.answer_devices(devices),
-            ServerFrame::DeviceRevoked { device } => self.answer_revoked(device),
+            ServerFrame::ChainAppended { seqno } => self.chain_appended(seqno, link)?,
+            ServerFrame::ChainLinks { links, more } => self.chain_links(links, more, link)?,
+            ServerFrame::ChainGrew { seqno } => {
+                link.relay_chain = link.relay_chain.max(seqno);
+                link.unknown_fetched = false;
+                self.maybe_fetch(link);
+            }
             other @ (ServerFrame::Ephemeral { .. }
             | ServerFrame::PairOpened { .. }
             | ServerFrame::PairPeer { .. }
@@ -583,19 +642,27 @@ impl Driver {
                     self.enqueue(batch, link.as_deref_mut()).await;
                 }
                 Command::ListDevices(reply) => {
-                    self.request(ClientFrame::ListDevices, Reply::Devices(reply))
+                    self.request(Some(ClientFrame::ListDevices), Reply::Devices(reply))
                 }
-                Command::Revoke { device, reply } => {
-                    let revocation = Revocation::issue(&self.keys.user, device, unix_now());
-                    self.request(
-                        ClientFrame::RevokeDevice(revocation),
-                        Reply::Revoke { device, reply },
-                    );
-                }
+                // The link is signed when it is sent, against the chain as it is then.
+                Command::Revoke { device, reply } => self.request(
+                    None,
+                    Reply::Revoke {
+                        device,
+                        reply,
+                        sent: None,
+                        attempts: 0,
+                    },
+                ),
                 Command::Close => return Err(Interrupt::Close),
             }
         }
         Ok(())
+    }
+
+    /// The chain and epochs (read-locked briefly; never held across an await).
+    fn trust(&self) -> RwLockReadGuard<'_, Trust> {
+        self.trust.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn publish_pending(&self) {
@@ -656,6 +723,11 @@ fn remove_first(queue: &mut VecDeque<u64>, value: u64) {
     if let Some(at) = queue.iter().position(|v| *v == value) {
         queue.remove(at);
     }
+}
+
+/// Whether an `Error` frame is the relay's encrypted word that this device is revoked.
+fn is_revoked(code: ErrorCode) -> bool {
+    code == ErrorCode::DeviceRevoked
 }
 
 /// A deadline that never comes (for timers that are off).

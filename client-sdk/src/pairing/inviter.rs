@@ -1,20 +1,27 @@
-//! The inviter: a device that has the user's keys shows a code and admits the device that
-//! types it.
+//! The inviter: an active device of the user shows a code, admits the device that types it
+//! to the device chain (signed with its own device key), and grants it every epoch's key.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::handshake::Credentials;
-use ferry_protocol::pairing::{Inviter, InviterAwaitRequest, PairingCode};
-use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, RelayId};
+use ferry_protocol::pairing::{Inviter, InviterReady, JoinRequest, PairingCode};
+use ferry_protocol::seal::DataKey;
+use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, RelayId, SigningKey};
 use rand_core::OsRng;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::link::{Link, PairFrame};
-use crate::error::PairingError;
+use crate::error::{ClientError, PairingError};
 use crate::options::Options;
+use crate::session;
 use crate::state::{ClientState, Keys, unix_now};
+use crate::trust::Trust;
+
+/// Admissions signed again after the relay refused one (another device extended the chain
+/// first).
+const ADMIT_ATTEMPTS: usize = 3;
 
 /// Codes drawn before giving up when every slot tried is taken.
 const OPEN_ATTEMPTS: usize = 5;
@@ -27,6 +34,8 @@ pub(crate) struct InviterDevice {
     pub relay_url: String,
     pub relay_key: RelayId,
     pub keys: Arc<Keys>,
+    /// The chain and epochs as this device holds them (a client's driver keeps it current).
+    pub trust: Arc<RwLock<Trust>>,
 }
 
 impl InviterDevice {
@@ -35,6 +44,7 @@ impl InviterDevice {
             relay_url: state.relay_url().to_owned(),
             relay_key: state.relay_key(),
             keys: state.keys(),
+            trust: state.shared_trust(),
         }
     }
 }
@@ -116,8 +126,9 @@ impl Invitation {
     ) -> Result<Opened, PairingError> {
         let credentials = Credentials::Device {
             key: &device.keys.device,
-            certificate: device.keys.certificate.clone(),
+            user: device.keys.user,
             resume,
+            recovery: None,
         };
         let mut link =
             Link::connect(&device.relay_url, device.relay_key, credentials, options).await?;
@@ -160,8 +171,9 @@ impl Invitation {
         self.expires_at
     }
 
-    /// Waits for a device to join, and admits it: sends it a certificate for its key, the
-    /// user key and the data key, sealed under the key both devices derived from the code.
+    /// Waits for a device to join, and admits it: appends its admission to the user's device
+    /// chain (signed by this device), then sends it every data-key epoch's key, sealed under
+    /// the key both devices derived from the code.
     ///
     /// The same as [`joined`](Self::joined) followed by [`PendingDevice::admit`]; use those
     /// to show the confirmation string (and the device's name) before the keys leave.
@@ -199,21 +211,22 @@ impl Invitation {
         let Some(request) = peer_message(&mut link, slot, Instant::now() + timeout).await? else {
             return Err(fail(link, slot, PairingError::PeerLeft).await);
         };
-        let admitted = admit_request(waiting, &request, &device.keys);
-        let (admitted, grant) = match admitted {
-            Ok(admitted) => admitted,
-            Err(e) => return Err(fail(link, slot, e).await),
+        let (request, ready) = match waiting.handle_joiner_request(&request) {
+            Ok(next) => next,
+            Err(e) => return Err(fail(link, slot, e.into()).await),
         };
         Ok(PendingDevice {
             link,
             slot,
             timeout,
             paired: Paired {
-                device: admitted.device,
-                name: admitted.certificate.name,
+                device: request.device,
+                name: request.name.clone(),
                 confirmation,
             },
-            grant,
+            inviter: device,
+            request,
+            ready,
         })
     }
 }
@@ -237,8 +250,12 @@ pub struct PendingDevice {
     slot: u16,
     timeout: Duration,
     paired: Paired,
-    /// The sealed grant (certificate, user key, data key), sent by `admit`.
-    grant: Vec<u8>,
+    /// This device, which signs the admission.
+    inviter: InviterDevice,
+    /// What the new device asked to be admitted as.
+    request: JoinRequest,
+    /// Seals the grant once the admission is in the chain.
+    ready: InviterReady,
 }
 
 impl std::fmt::Debug for PendingDevice {
@@ -261,12 +278,15 @@ impl PendingDevice {
         self.paired.device
     }
 
-    /// The name the new device asked for (in its certificate).
+    /// The name the new device asked for (in its admission).
     pub fn name(&self) -> &str {
         &self.paired.name
     }
 
-    /// Sends the grant and closes the pairing as successful.
+    /// Admits the device: appends its admission to the user's device chain (signed by this
+    /// device, against the chain as the relay has it, which is fetched and verified first),
+    /// waits for the relay to store it, then sends the grant (the user and every epoch's
+    /// key) and closes the pairing as successful.
     ///
     /// Returns once the relay has passed the grant on. Fails with
     /// [`PairingError::PeerLeft`] if the new device is gone.
@@ -276,8 +296,16 @@ impl PendingDevice {
             slot,
             timeout,
             paired,
-            grant,
+            inviter,
+            request,
+            ready,
         } = self;
+        let epochs = match admit_to_chain(&mut link, &inviter, &request, timeout).await {
+            Ok(epochs) => epochs,
+            Err(e) => return Err(fail(link, slot, e).await),
+        };
+        let granted: Vec<(u32, &DataKey)> = epochs.iter().map(|(n, key)| (*n, key)).collect();
+        let grant = ready.grant(inviter.keys.user, &granted);
         link.send(ClientFrame::PairForward { slot, body: grant })
             .await?;
         link.send(ClientFrame::PairClose {
@@ -327,19 +355,66 @@ impl PendingDevice {
 pub struct Paired {
     /// The new device's key.
     pub device: DeviceId,
-    /// Its name, as its certificate says.
+    /// Its name, as its admission says.
     pub name: String,
     /// The confirmation string both screens showed.
     pub confirmation: String,
 }
 
-/// Checks the joiner's proof and seals the grant (nothing is sent yet).
-fn admit_request(
-    waiting: InviterAwaitRequest,
-    request: &[u8],
-    keys: &Keys,
-) -> Result<(ferry_protocol::pairing::Admitted, Vec<u8>), PairingError> {
-    Ok(waiting.handle_joiner_request(request, &keys.user, &keys.data, unix_now())?)
+/// Appends the admission of `request` to the chain, signed by this device, and returns
+/// every epoch's key to grant. The chain is brought up to the relay's first (verified); a
+/// refusal because another device extended it meanwhile is retried.
+async fn admit_to_chain(
+    link: &mut Link,
+    inviter: &InviterDevice,
+    request: &JoinRequest,
+    timeout: Duration,
+) -> Result<Vec<(u32, DataKey)>, PairingError> {
+    let me = inviter.keys.device.id();
+    let mut trust = inviter
+        .trust
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    for _ in 0..ADMIT_ATTEMPTS {
+        let connection = link.connection();
+        let fetched = session::fetch_chain(connection, trust.seqno(), timeout).await?;
+        let applied = trust
+            .apply(&fetched, me, &inviter.keys.exchange)
+            .map_err(|refused| ClientError::ChainRejected {
+                seqno: refused.seqno,
+                reason: refused.error.to_string(),
+            })?;
+        if applied.revoked || !trust.chain().is_active(&me) {
+            return Err(ClientError::Revoked.into());
+        }
+        if !trust.has_every_epoch() {
+            return Err(PairingError::Protocol(format!(
+                "this device does not hold every data-key epoch (up to {}); pair from another device",
+                trust.chain().epoch()
+            )));
+        }
+        let admission = trust.admit(
+            request.device,
+            request.exchange,
+            &request.name,
+            unix_now(),
+            SigningKey::Device(&inviter.keys.device),
+        );
+        match session::append_link(link.connection(), &admission, timeout).await {
+            Ok(()) => {
+                return Ok(trust
+                    .epochs()
+                    .map(|(n, key)| (n, DataKey::from_bytes(key.bytes())))
+                    .collect());
+            }
+            Err(error) if session::is_refused_link(&error) => {
+                tracing::info!(%error, "the relay refused the admission; fetching the chain and signing again");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(ClientError::ChainLinkRefused("the chain kept moving; try again".to_owned()).into())
 }
 
 /// The next body from the joiner; `None` if `deadline` passed first.

@@ -1,18 +1,20 @@
-//! The joiner: a new device types the code and receives the user's keys.
+//! The joiner: a new device types the code, is admitted to the user's device chain by the
+//! inviter, and receives every epoch's data key. It then checks the chain itself.
 
 use std::path::{Path, PathBuf};
 
 use ferry_protocol::IdentityError;
 use ferry_protocol::handshake::Credentials;
 use ferry_protocol::pairing::{Joiner, JoinerAwaitGrant, PairingCode};
-use ferry_protocol::{ClientFrame, DeviceId, DeviceKey, ErrorCode, RelayId};
+use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, RelayId};
 use rand_core::OsRng;
 use tokio::time::Instant;
 
 use super::link::{Link, PairFrame};
+use crate::account::fetch_verified_chain;
 use crate::error::PairingError;
 use crate::options::Options;
-use crate::state::{ClientState, check_relay_url};
+use crate::state::{ClientState, DeviceSecrets, check_relay_url};
 
 /// Pairs this device with the code shown on another device of the user, and writes its new
 /// state to `dir`.
@@ -43,7 +45,8 @@ pub struct Join {
     dir: PathBuf,
     relay_url: String,
     relay_key: RelayId,
-    device: DeviceKey,
+    secrets: DeviceSecrets,
+    options: Options,
     waiting: JoinerAwaitGrant,
     slot: u16,
     deadline: Instant,
@@ -53,7 +56,7 @@ impl std::fmt::Debug for Join {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Join")
             .field("dir", &self.dir)
-            .field("device", &self.device.id())
+            .field("device", &self.secrets.device.id())
             .field("confirmation", &self.confirmation())
             .finish_non_exhaustive()
     }
@@ -62,7 +65,7 @@ impl std::fmt::Debug for Join {
 impl Join {
     /// Joins the pairing that `code` names: checks the arguments (nothing is sent if they
     /// are wrong, so the code is not burned), connects anonymously, makes this device's key,
-    /// runs the key exchange with the inviter and sends it the request for a certificate.
+    /// runs the key exchange with the inviter and sends it the request to be admitted.
     ///
     /// Fails with [`PairingError::WrongCode`] if the inviter holds another code (the code is
     /// burned), [`PairingError::UnknownCode`], [`PairingError::Expired`] or
@@ -89,13 +92,15 @@ impl Join {
 
         let deadline = Instant::now() + options.pairing_timeout;
         let mut link = Link::connect(relay_url, relay_key, Credentials::Anonymous, options).await?;
-        let device = DeviceKey::generate(&mut OsRng);
+        let secrets = DeviceSecrets::generate();
         let slot = code.slot();
         let (joiner, hello) = Joiner::start(&code, &mut OsRng);
         link.send(ClientFrame::PairJoin { slot, body: hello })
             .await?;
         let reply = inviter_message(&mut link, slot, deadline, Stage::Hello).await?;
-        let (waiting, request) = match joiner.handle_inviter_hello(&reply, &device, device_name) {
+        let exchange = secrets.exchange.public();
+        let hello = joiner.handle_inviter_hello(&reply, &secrets.device, exchange, device_name);
+        let (waiting, request) = match hello {
             Ok(next) => next,
             Err(e) => {
                 // The inviter proved another key: a wrong code. Burn it and say so.
@@ -119,7 +124,8 @@ impl Join {
             dir,
             relay_url: relay_url.to_owned(),
             relay_key,
-            device,
+            secrets,
+            options: options.clone(),
             waiting,
             slot,
             deadline,
@@ -135,20 +141,24 @@ impl Join {
 
     /// This device's new key.
     pub fn device_id(&self) -> DeviceId {
-        self.device.id()
+        self.secrets.device.id()
     }
 
-    /// Waits for the inviter's grant, checks it (a certificate for this device's key,
-    /// signed by the granted user key) and writes the new state to the folder.
+    /// Waits for the inviter's grant (the user and every epoch's key), then connects as
+    /// the new device, fetches the user's device chain and verifies it from link 1, pinned to
+    /// the granted user, checks that it admits this device with its exchange key, and writes
+    /// the new state to the folder.
     ///
-    /// Fails with [`PairingError::Refused`] if the inviter turned this device down.
+    /// Fails with [`PairingError::Refused`] if the inviter turned this device down, and with
+    /// [`PairingError::Protocol`] if the chain does not admit this device.
     pub async fn finish(self) -> Result<ClientState, PairingError> {
         let Self {
             mut link,
             dir,
             relay_url,
             relay_key,
-            device,
+            secrets,
+            options,
             waiting,
             slot,
             deadline,
@@ -164,14 +174,27 @@ impl Join {
         })?;
         // The inviter closed the pairing after the grant; nothing more to say.
         drop(link);
+        let trust =
+            fetch_verified_chain(&relay_url, relay_key, grant.user, &secrets, &options).await?;
+        let admitted = trust
+            .chain()
+            .member(&secrets.device.id())
+            .is_some_and(|m| m.is_active() && m.exchange == secrets.exchange.public());
+        if !admitted {
+            return Err(PairingError::Protocol(
+                "the user's device chain does not admit this device (with its exchange key): \
+                 the other device did not admit it; pair again"
+                    .to_owned(),
+            ));
+        }
         Ok(ClientState::from_parts(
             dir,
             &relay_url,
             relay_key,
-            grant.user_key,
-            device,
-            grant.certificate,
-            grant.data_key,
+            grant.user,
+            secrets,
+            grant.epochs,
+            trust.links(),
         )?)
     }
 }

@@ -77,6 +77,11 @@ impl Link {
         })
     }
 
+    /// The session, for device chain requests ([`crate::session`]).
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+
     /// Queues a frame for the relay.
     pub async fn send(&self, frame: ClientFrame) -> Result<(), PairingError> {
         self.connection
