@@ -10,20 +10,27 @@
 //! Payloads are opaque 256-byte blobs, not sealed with a data key: the relay cannot tell the
 //! difference, and end-to-end sealing is a client cost measured by the protocol
 //! micro-benchmarks, which here would only take CPU away from the relay under test.
+//!
+//! Users are made as real clients make them: a device chain (`Create`, then an `Admit` per
+//! device, all signed by the user key) uploaded in a recovery session. The first connection
+//! of any device of a user uploads it ([`Identity::register`]), untimed by the scenarios
+//! (which connect every device once before they measure).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use ferry_protocol::chain::SealedKey;
 use ferry_protocol::handshake::{ClientHandshake, Credentials, HandshakeError, Session};
 use ferry_protocol::{
-    Append, ChannelError, ClientChannel, ClientFrame, DeviceCertificate, DeviceId, DeviceKey,
-    ErrorCode, ErrorFrame, RecvHalf, RelayId, SealedPayload, SendHalf, ServerFrame, UserId,
-    UserKey,
+    Append, Chain, ChannelError, ClientChannel, ClientFrame, DeviceId, DeviceKey, ErrorCode,
+    ErrorFrame, Link, LinkBody, RecvHalf, RelayId, SealedPayload, SendHalf, ServerFrame,
+    SigningKey, UserId, UserKey,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rand_core::OsRng;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OnceCell;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -45,42 +52,127 @@ pub struct Target {
     pub relay: RelayId,
 }
 
-/// A device of a user: its key and the user key's certificate for it.
+/// A device of a user: its key, and the user's chain to upload before the first session.
 #[derive(Debug)]
 pub struct Identity {
     /// The device key (signs the handshake transcript).
     pub device: DeviceKey,
-    /// The user key's certificate for the device.
-    pub certificate: DeviceCertificate,
+    /// The user it acts for.
+    user: UserId,
+    /// Shared by the user's devices: the user key and the chain admitting them all.
+    setup: Arc<Setup>,
+}
+
+/// A user's chain, uploaded once.
+#[derive(Debug)]
+pub struct Setup {
+    user_key: UserKey,
+    /// `Create`, then an `Admit` per device.
+    links: Vec<Link>,
+    registered: OnceCell<()>,
+}
+
+impl Setup {
+    /// The chain's links (for a scenario that writes them to the store itself).
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// Marks the chain as uploaded (by a scenario that wrote it to the store itself).
+    pub fn mark_registered(&self) {
+        let _ = self.registered.set(());
+    }
 }
 
 impl Identity {
-    /// A new user with `devices` devices (each with its own certificate).
+    /// A new user with `devices` devices, all admitted by the user key in its chain.
     pub fn new_user(devices: usize) -> Vec<Self> {
-        let user = UserKey::generate(&mut OsRng);
-        (0..devices)
-            .map(|i| {
-                let device = DeviceKey::generate(&mut OsRng);
-                // Issuing fails only for an over-long name; these are short.
-                let certificate =
-                    DeviceCertificate::issue(&user, device.id(), &format!("bench-{i}"), 1)
-                        .unwrap_or_else(|e| unreachable!("short device name refused: {e}"));
-                Self {
-                    device,
-                    certificate,
-                }
+        let user_key = UserKey::generate(&mut OsRng);
+        let user = user_key.id();
+        let keys: Vec<DeviceKey> = (0..devices)
+            .map(|_| DeviceKey::generate(&mut OsRng))
+            .collect();
+        let mut chain = Chain::new(user);
+        let mut links = Vec::with_capacity(devices + 1);
+        // The bench never opens a payload: the sealed epoch key is a placeholder of the
+        // right size (the relay cannot tell).
+        let mut bodies = vec![LinkBody::Create {
+            recovery_exchange: [9; 32],
+            epoch_key: SealedKey(vec![7; ferry_protocol::epoch::SEALED_EPOCH_KEY_LEN]),
+        }];
+        bodies.extend(keys.iter().enumerate().map(|(i, key)| LinkBody::Admit {
+            device: key.id(),
+            exchange: [9; 32],
+            name: format!("bench-{i}"),
+            created_at: 1,
+        }));
+        for body in bodies {
+            let link = chain.sign(body, SigningKey::User(&user_key));
+            if let Err(e) = chain.apply(&link) {
+                unreachable!("a fresh chain takes its own links: {e}");
+            }
+            links.push(link);
+        }
+        let setup = Arc::new(Setup {
+            user_key,
+            links,
+            registered: OnceCell::new(),
+        });
+        keys.into_iter()
+            .map(|device| Self {
+                device,
+                user,
+                setup: Arc::clone(&setup),
             })
             .collect()
     }
 
     /// The user this device belongs to.
     pub fn user(&self) -> UserId {
-        self.certificate.user
+        self.user
     }
 
     /// The device's id.
     pub fn id(&self) -> DeviceId {
         self.device.id()
+    }
+
+    /// The user's chain, shared by its devices.
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
+    /// Uploads the user's chain to `target` in a recovery session, once per user (every
+    /// device of the user waits for the same upload).
+    pub async fn register(&self, target: Target) -> Result<(), ClientError> {
+        self.setup
+            .registered
+            .get_or_try_init(|| async {
+                let mut connection = Connection::handshake(
+                    target,
+                    &self.device,
+                    self.user,
+                    Some(&self.setup.user_key),
+                    None,
+                    None,
+                )
+                .await?;
+                for link in &self.setup.links {
+                    connection
+                        .send(&ClientFrame::ChainAppend(Box::new(link.clone())))
+                        .await?;
+                    loop {
+                        match connection.recv().await? {
+                            ServerFrame::ChainAppended { seqno } if seqno == link.seqno => break,
+                            ServerFrame::Error(error) => return Err(ClientError::Relay(error)),
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(drop)
     }
 }
 
@@ -161,9 +253,23 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and authenticates `id`; `resume: None` replays from the relay's stored cursor.
+    /// The user's chain is uploaded first if no device of the user did it yet.
     pub async fn connect(
         target: Target,
         id: &Identity,
+        resume: Option<u64>,
+        source: Option<IpAddr>,
+    ) -> Result<Self, ClientError> {
+        id.register(target).await?;
+        Self::handshake(target, &id.device, id.user, None, resume, source).await
+    }
+
+    /// Connects as `device` of `user` (a recovery session with `recovery`).
+    async fn handshake(
+        target: Target,
+        device: &DeviceKey,
+        user: UserId,
+        recovery: Option<&UserKey>,
         resume: Option<u64>,
         source: Option<IpAddr>,
     ) -> Result<Self, ClientError> {
@@ -173,9 +279,10 @@ impl Connection {
         ws.send(Message::Binary(hello.into())).await?;
         let server_hello = next_binary(&mut ws).await?;
         let credentials = Credentials::Device {
-            key: &id.device,
-            certificate: id.certificate.clone(),
+            key: device,
+            user,
             resume,
+            recovery,
         };
         let (state, start) = state.handle_server_hello(&server_hello, credentials)?;
         ws.send(Message::Binary(start.into())).await?;

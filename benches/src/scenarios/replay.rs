@@ -41,6 +41,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let log = store::open(&config.database_url())
         .await
         .context("opening the store to pre-fill it")?;
+    // The user's chain first: only devices it admits may append.
+    for link in ids[0].setup().links() {
+        log.append_link(link, usize::MAX, 0).await?;
+    }
+    ids[0].setup().mark_registered();
     let body = payload(PAYLOAD);
     let writer = &ids[0];
     let mut device_seq = 0;
