@@ -17,6 +17,11 @@
 //!   is connected to it, and ignores messages it published itself. Every session holds one
 //!   reference on the subscription (the bus counts them) and waits until it is in effect
 //!   before replaying, even when another session of the user asked for it first.
+//! - Revocations are hints too: a stored chain link that revokes devices closes their sessions
+//!   here and, through the bus, on other nodes (`ChainGrew`). The store is the truth: every
+//!   session re-reads its device's record right after joining, at every safety poll and when
+//!   the bus comes back after an outage ([`Peer::take_recheck`]), and the append transaction
+//!   refuses a revoked device's appends whatever reached its sessions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -63,8 +68,16 @@ enum BusMessage {
         from: DeviceId,
         body: Vec<u8>,
     },
-    /// A device was revoked: close its sessions.
+    /// A device was revoked: close its sessions. Sent by relays from before the device
+    /// chain (kept so that a mixed cluster still closes them); see `ChainGrew`.
     Revoked { origin: u64, device: DeviceId },
+    /// The user's device chain grew to `seqno` links; the last one revoked `revoked`:
+    /// close their sessions, and tell every other session of the user.
+    ChainGrew {
+        origin: u64,
+        seqno: u64,
+        revoked: Vec<DeviceId>,
+    },
 }
 
 impl Wire for BusMessage {}
@@ -93,9 +106,18 @@ pub struct Peer {
     wake: Notify,
     direct: mpsc::Sender<ServerFrame>,
     close: watch::Sender<Option<ErrorCode>>,
+    /// Set when the bus came back after an outage: a revocation may have been lost with it,
+    /// so the session re-reads its device's record (see [`Peer::take_recheck`]).
+    recheck: AtomicBool,
 }
 
 impl Peer {
+    /// Whether the session must re-read its device's record (the bus came back after being
+    /// down, and a revocation may have been lost meanwhile); clears the flag.
+    pub fn take_recheck(&self) -> bool {
+        self.recheck.swap(false, Ordering::AcqRel)
+    }
+
     /// Waits until there is something in the inbox (or it overflowed).
     pub async fn woken(&self) {
         self.wake.notified().await;
@@ -263,6 +285,7 @@ impl Hub {
             wake: Notify::new(),
             direct: direct_tx,
             close: watch::Sender::new(None),
+            recheck: AtomicBool::new(false),
         });
         {
             // At most MAX_SESSIONS_PER_DEVICE sessions per device on this node: beyond it the
@@ -367,14 +390,23 @@ impl Hub {
         );
     }
 
-    /// A device was revoked: close its sessions here and on other nodes.
-    pub async fn revoked(&self, user: UserId, device: DeviceId) {
-        self.close_device(&user, device);
+    /// The user's chain grew to `seqno` links (stored by the session `sender` on this node, if
+    /// any) and revoked `revoked`: the revoked devices' sessions close, here and on other
+    /// nodes, and every other session of the user hears `ChainGrew { seqno }`.
+    pub async fn chain_grew(
+        &self,
+        user: UserId,
+        seqno: u64,
+        revoked: &[DeviceId],
+        sender: Option<u64>,
+    ) {
+        self.apply_chain_grew(&user, seqno, revoked, sender);
         self.publish(
             &user,
-            &BusMessage::Revoked {
+            &BusMessage::ChainGrew {
                 origin: self.node,
-                device,
+                seqno,
+                revoked: revoked.to_vec(),
             },
         )
         .await;
@@ -406,6 +438,7 @@ impl Hub {
             BusMessage::Committed { origin, .. }
             | BusMessage::Ephemeral { origin, .. }
             | BusMessage::Revoked { origin, .. }
+            | BusMessage::ChainGrew { origin, .. }
                 if origin == self.node => {}
             BusMessage::Committed { events, .. } if events.is_empty() => {
                 self.for_each_peer(&user, Peer::poll)
@@ -414,7 +447,10 @@ impl Hub {
             BusMessage::Ephemeral { from, body, .. } => {
                 self.deliver_ephemeral(&user, from, None, &body)
             }
-            BusMessage::Revoked { device, .. } => self.close_device(&user, device),
+            BusMessage::Revoked { device, .. } => self.close_devices(&user, &[device]),
+            BusMessage::ChainGrew { seqno, revoked, .. } => {
+                self.apply_chain_grew(&user, seqno, &revoked, None)
+            }
         }
     }
 
@@ -427,8 +463,13 @@ impl Hub {
             if !was {
                 tracing::info!("wake-up bus is back; every session re-reads the log once");
             }
+            // A revocation published meanwhile may be lost too: every session re-reads its
+            // device's record.
             for peers in lock(&self.users).values() {
-                peers.iter().for_each(|p| p.poll());
+                for peer in peers {
+                    peer.recheck.store(true, Ordering::Release);
+                    peer.poll();
+                }
             }
         } else if was {
             tracing::warn!("wake-up bus is down; sessions poll the log until it returns");
@@ -448,10 +489,28 @@ impl Hub {
         });
     }
 
-    fn close_device(&self, user: &UserId, device: DeviceId) {
+    fn close_devices(&self, user: &UserId, devices: &[DeviceId]) {
         self.for_each_peer(user, |peer| {
-            if peer.device == device {
+            if devices.contains(&peer.device) {
                 peer.close.send_replace(Some(ErrorCode::DeviceRevoked));
+            }
+        });
+    }
+
+    fn apply_chain_grew(
+        &self,
+        user: &UserId,
+        seqno: u64,
+        revoked: &[DeviceId],
+        sender: Option<u64>,
+    ) {
+        self.close_devices(user, revoked);
+        let frame = ServerFrame::ChainGrew { seqno };
+        self.for_each_peer(user, |peer| {
+            if Some(peer.id) != sender && !revoked.contains(&peer.device) {
+                // A hint like a wake-up: a session whose queue is full misses it, and its
+                // device learns the chain's length at its next handshake.
+                let _ = peer.direct.try_send(frame.clone());
             }
         });
     }

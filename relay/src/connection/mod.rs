@@ -3,10 +3,24 @@
 //! 1. The handshake runs under a deadline (`--handshake-timeout-ms`): ClientHello in,
 //!    ServerHello out, ClientStart in. Failures are answered with the handshake's own
 //!    refusal message where one exists, then a close code `4000 + error code`.
-//! 2. An authenticated device is registered (first handshake) or checked (revoked, too many
-//!    devices), joins the hub, and the session starts: see [`session`].
+//! 2. An authenticated device is admitted only if the user's device chain admits it: its
+//!    `devices` row (written by the chain, see [`crate::store::ChainStore`]) exists and is not
+//!    revoked. Otherwise the encrypted `SessionStart::Rejected` says 205 `unknown_device` (never
+//!    admitted) or 203 `device_revoked`, and the connection closes with `4000 + code`. Nothing
+//!    is registered on first sight: a device exists for the relay once a link admits it.
+//! 3. An admitted device joins the hub and the session starts: see [`session`]. The session
+//!    re-reads the device's record right after joining the hub (a revocation stored between
+//!    the check above and the join reached no session), at every safety poll and when the
+//!    bus comes back, and closes with an encrypted `Error(203)` then 4203 once it is revoked.
+//! 4. A device whose user typed the recovery key proves the user key too (`user_proven`): it
+//!    gets a *recovery session* even if the chain does not admit it (or there is no chain yet),
+//!    but never if the chain revoked it. A recovery session may only read and extend the chain
+//!    and list devices (`ChainFetch`, `ChainAppend`, `ListDevices`, `Ping`, `Pong`): no replay,
+//!    no events, no hub membership; anything else is `Error(104)` and the end. See [`recovery`].
 
+mod chain;
 mod pairing;
+mod recovery;
 mod session;
 
 use std::net::IpAddr;
@@ -199,30 +213,28 @@ where
         )
         .await;
     };
+    let recovery = auth.user_proven;
     let admitted = async {
-        // A known device is only read (on the store's reader side); the write transaction
-        // that registers a device runs once per device, not on every reconnect.
+        // Only reads on the store's reader side, and a rare `last_seen` write: the chain
+        // (written by `ChainAppend`) is what admits a device, never a handshake.
         let now = now_s();
-        let record = match ctx.store.device(auth.user, auth.device).await? {
-            Some(record) => record,
-            None => {
-                let max = ctx.config.limits.max_devices_per_user;
-                ctx.store
-                    .register_device(&auth.certificate, max, now)
-                    .await?
+        let record = ctx.store.device(auth.user, auth.device).await?;
+        match &record {
+            Some(record) if record.is_revoked() => {
+                return Ok(Err(Close::new(ErrorCode::DeviceRevoked)));
             }
-        };
-        if record.is_revoked() {
-            return Ok(Err(Close::new(ErrorCode::DeviceRevoked)));
-        }
-        if now.saturating_sub(record.last_seen) >= LAST_SEEN_RESOLUTION_S {
-            ctx.store.touch_device(auth.user, auth.device, now).await?;
+            None if !recovery => return Ok(Err(Close::new(ErrorCode::UnknownDevice))),
+            Some(record) if now.saturating_sub(record.last_seen) >= LAST_SEEN_RESOLUTION_S => {
+                ctx.store.touch_device(auth.user, auth.device, now).await?;
+            }
+            _ => {}
         }
         let bounds = ctx.store.log_bounds(auth.user).await?;
         let last_device_seq = ctx.store.last_device_seq(auth.user, auth.device).await?;
-        Ok::<_, StoreError>(Ok((record, bounds, last_device_seq)))
+        let chain_seqno = ctx.store.chain_seqno(auth.user).await?;
+        Ok::<_, StoreError>(Ok((record, bounds, last_device_seq, chain_seqno)))
     };
-    let (record, bounds, last_device_seq) = match admitted.await {
+    let (record, bounds, last_device_seq, chain_seqno) = match admitted.await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(close)) => return refuse(ws, pending, close, ctx).await,
         Err(e) => {
@@ -239,11 +251,17 @@ where
             .await;
         }
     };
+    let acked = record.as_ref().map_or(0, |record| record.acked);
+    let (channel, reply) = pending.accept_device(bounds.head, acked, last_device_seq, chain_seqno);
+    ws.send(Message::Binary(reply.into())).await?;
+    if recovery {
+        ctx.metrics.handshake("ok_recovery");
+        recovery::run(ws, channel, auth.user, auth.device, Arc::clone(ctx)).await;
+        return Ok(());
+    }
     // A cursor beyond the head (the client saw events this database no longer has) is not
     // clamped: the session answers it with ResyncRequired, never with reused sequences.
-    let cursor = auth.resume.unwrap_or(record.acked);
-    let (channel, reply) = pending.accept_device(bounds.head, record.acked, last_device_seq);
-    ws.send(Message::Binary(reply.into())).await?;
+    let cursor = auth.resume.unwrap_or(acked);
     ctx.metrics.handshake("ok");
     session::run(ws, channel, auth.user, auth.device, cursor, Arc::clone(ctx)).await;
     Ok(())

@@ -24,6 +24,13 @@
 //!   when the device sends `Ack`.
 //! - Every queue is bounded; a write that takes longer than `--write-timeout-ms` drops the
 //!   device with `SlowConsumer`, and it resumes from its cursor when it reconnects.
+//! - A revoked device's session ends with an encrypted `Error(203 device_revoked)`, then close
+//!   code 4203: when the hub closes it (a stored chain link revoked the device, on this node
+//!   or, through the bus, another), when an append is refused by the store because the device
+//!   is no longer active (the check that cannot race: it runs under the user's row lock, as
+//!   the revocation does), and when the writer re-reads the device's record: right after the
+//!   session joined the hub (before replay), at every safety poll (`--safety-poll-secs`, also
+//!   while the bus is down) and when the bus comes back after an outage.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +41,8 @@ use ferry_protocol::{
     ClientFrame, DeviceId, ErrorCode, ErrorFrame, Event, RecvHalf, SendHalf, ServerChannel,
     ServerFrame, UserId,
 };
+
+use super::chain::{self, Fetch};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -92,6 +101,7 @@ pub(super) async fn run<S>(
         send,
         ctx: Arc::clone(&ctx),
         user,
+        device,
         peer: Arc::clone(&membership.peer),
         delivered: cursor,
         control: control_rx,
@@ -191,7 +201,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                         "text messages are not part of the protocol",
                     );
                 }
-                Ok(Some(Err(e))) => break transport_close(&e),
+                Ok(Some(Err(e))) => {
+                    let close = transport_close(&e);
+                    if close.code == Some(ErrorCode::FrameTooLarge) {
+                        // Told inside the channel too, where the client can trust it.
+                        let error =
+                            ErrorFrame::with_message(ErrorCode::FrameTooLarge, &close.reason);
+                        let _ = self
+                            .control
+                            .send(Control::Frame(ServerFrame::Error(error)))
+                            .await;
+                    }
+                    break close;
+                }
             };
             let frame = match self.recv.open(&bytes) {
                 Ok(frame) => frame,
@@ -307,20 +329,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 }
                 Err(e) => self.storage_error(e).await,
             },
-            ClientFrame::RevokeDevice(revocation) => {
-                if revocation.user != self.user || revocation.verify().is_err() {
-                    return self.error(ErrorFrame::new(ErrorCode::BadRevocation)).await;
+            ClientFrame::ChainAppend(link) => {
+                let answer = chain::append(&self.ctx, self.user, &link, Some(self.peer.id())).await;
+                if let ServerFrame::Error(error) = &answer {
+                    self.ctx.metrics.error(error.code);
                 }
-                match self.ctx.store.revoke_device(&revocation).await {
-                    Ok(true) => {
-                        self.ctx.hub.revoked(self.user, revocation.device).await;
-                        self.send(Control::Frame(ServerFrame::DeviceRevoked {
-                            device: revocation.device,
-                        }))
-                        .await
+                self.send(Control::Frame(answer)).await
+            }
+            ClientFrame::ChainFetch { after } => {
+                let mut fetch = Fetch::new(self.user, after);
+                loop {
+                    match fetch.next_page(&*self.ctx.store).await {
+                        Ok(Some(page)) => self.send(Control::Frame(page)).await?,
+                        Ok(None) => return Ok(()),
+                        Err(e) => return self.storage_error(e).await,
                     }
-                    Ok(false) => self.error(ErrorFrame::new(ErrorCode::UnknownDevice)).await,
-                    Err(e) => self.storage_error(e).await,
                 }
             }
             ClientFrame::PairOpen { slot } => {
@@ -413,6 +436,7 @@ struct Writer<S> {
     send: SendHalf<ServerFrame>,
     ctx: Arc<Context>,
     user: UserId,
+    device: DeviceId,
     peer: Arc<Peer>,
     delivered: u64,
     control: mpsc::Receiver<Control>,
@@ -444,6 +468,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
 
     /// Replays, then serves live traffic. Returns how to close.
     async fn serve(&mut self) -> Result<Close, Close> {
+        // The session has joined the hub: a revocation stored from now on closes it. One
+        // stored between the handshake's check and the join reached no session: look again.
+        self.check_device().await?;
         let bounds = self.bounds().await?;
         if self.delivered > bounds.head {
             // The device has seen events this log no longer has: the database was restored
@@ -476,6 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_log_read = Instant::now();
+        let mut last_device_check = Instant::now();
         let mut closing = self.peer.close_signal();
         let mut ending: Option<Close> = None;
         loop {
@@ -487,7 +515,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             tokio::select! {
                 biased;
                 code = async { closing.wait_for(Option::is_some).await.ok().and_then(|code| *code) } => {
-                    return Ok(Close::new(code.unwrap_or(ErrorCode::Unavailable)));
+                    let code = code.unwrap_or(ErrorCode::Unavailable);
+                    if code == ErrorCode::DeviceRevoked {
+                        return Ok(self.end_with(code).await);
+                    }
+                    return Ok(Close::new(code));
                 }
                 (device_seq, settled) = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
@@ -509,15 +541,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                     }
                 }
                 Some(frame) = self.direct.recv() => self.send_frame(&frame).await?,
-                _ = self.peer.woken() => self.deliver_live().await?,
+                _ = self.peer.woken() => {
+                    if self.peer.take_recheck() {
+                        last_device_check = Instant::now();
+                        self.check_device().await?;
+                    }
+                    self.deliver_live().await?;
+                }
                 _ = poll.tick() => {
                     if !self.ctx.hub.bus_up() || last_log_read.elapsed() >= safety_every {
                         last_log_read = Instant::now();
                         self.deliver_from_log(false).await?;
                     }
+                    // Its own clock: while the bus is down the log is read at every tick, and
+                    // a revocation published meanwhile is lost with the bus.
+                    if self.peer.take_recheck() || last_device_check.elapsed() >= safety_every {
+                        last_device_check = Instant::now();
+                        self.check_device().await?;
+                    }
                 }
             }
         }
+    }
+
+    /// Re-reads the device's record: a device the chain no longer admits (revoked) ends the
+    /// session with an encrypted `Error(203)`, then close code 4203.
+    async fn check_device(&mut self) -> Result<(), Close> {
+        let record = self
+            .ctx
+            .store
+            .device(self.user, self.device)
+            .await
+            .map_err(storage_close)?;
+        let code = match record {
+            Some(record) if !record.is_revoked() => return Ok(()),
+            Some(_) => ErrorCode::DeviceRevoked,
+            None => ErrorCode::UnknownDevice,
+        };
+        tracing::info!(user = %self.user, device = %self.device, code = code.name(), "device no longer admitted; closing its session");
+        Err(self.end_with(code).await)
+    }
+
+    /// Tells the device why its session ends inside the channel (where it can trust it, unlike
+    /// a close code), and returns the close to end with.
+    async fn end_with(&mut self, code: ErrorCode) -> Close {
+        let _ = self
+            .send_frame(&ServerFrame::Error(ErrorFrame::new(code)))
+            .await;
+        Close::new(code)
     }
 
     /// The user's log bounds now.
@@ -546,14 +617,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         if let Ok(AppendOutcome::Duplicate { .. }) = settled {
             self.ctx.metrics.duplicate_appends.inc();
         }
-        let frame = match settled.and_then(AppendOutcome::answer) {
-            Ok(seq) => ServerFrame::Appended { device_seq, seq },
+        let (frame, revoked) = match settled.and_then(AppendOutcome::answer) {
+            Ok(seq) => (ServerFrame::Appended { device_seq, seq }, false),
             Err(code) => {
                 self.ctx.metrics.error(code);
-                ServerFrame::Error(ErrorFrame::new(code).for_append(device_seq))
+                let frame = ServerFrame::Error(ErrorFrame::new(code).for_append(device_seq));
+                (frame, code == ErrorCode::DeviceRevoked)
             }
         };
-        self.send_frame(&frame).await
+        self.send_frame(&frame).await?;
+        if revoked {
+            // The store found the device inactive under the user's lock: the chain revoked it
+            // (the hub's word may not have come, or not yet). Its session ends.
+            return Err(Close::new(ErrorCode::DeviceRevoked));
+        }
+        Ok(())
     }
 
     /// Sends what the hub put in the inbox, or reads the log if that is not gapless.

@@ -1,11 +1,17 @@
-//! The devices domain of storage: which devices a user has, their certificates, revocations,
-//! last-seen times and log cursors. Every statement here is written once for both backends.
+//! The devices domain of storage: the relay's mirror of each user's device chain (which
+//! devices are admitted, which revoked), their names, last-seen times and log cursors. Every
+//! statement here is written once for both backends.
+//!
+//! Rows are written only by [`ChainStore::append_link`](super::ChainStore::append_link), in the
+//! transaction that stores the link: an Admit inserts the row, a Revoke sets `revoked_at`.
+//! Rows from before the chain (registered from a device certificate, `admitted_seqno` NULL)
+//! are invisible here: such a device is not admitted until a chain link admits it.
 
 use async_trait::async_trait;
-use ferry_protocol::{DeviceCertificate, DeviceId, DeviceInfo, Revocation, UserId};
+use ferry_protocol::{DeviceId, DeviceInfo, UserId};
 
 use super::StoreError;
-use super::sql::{SqlStore, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
+use super::sql::{SqlStore, db_int, from_db_int, key32, on_reader, on_writer};
 
 /// Storage of a user's devices.
 #[async_trait]
@@ -15,36 +21,18 @@ pub trait DeviceStore: Send + Sync {
     /// The stored value is `max(previous, min(seq, head))`: it never goes backwards and is
     /// clamped (not refused) to the user's head, so a cursor never claims events that do not
     /// exist. A returned value below `seq` tells the caller the client acked beyond the head.
-    /// Fails with [`StoreError::UnknownDevice`] if the device is not registered.
+    /// Fails with [`StoreError::UnknownDevice`] if the chain has not admitted the device.
     async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError>;
 
-    /// Registers a device on first sight and returns its record.
-    ///
-    /// Idempotent: a known device (revoked or not) is returned as stored, the first
-    /// certificate kept. A new device is refused with [`StoreError::TooManyDevices`] when
-    /// the user already has `max_devices` devices that are not revoked. The caller has
-    /// verified the certificate. `now_s` (Unix seconds) becomes `registered_at` and
-    /// `last_seen`.
-    async fn register_device(
-        &self,
-        certificate: &DeviceCertificate,
-        max_devices: usize,
-        now_s: u64,
-    ) -> Result<DeviceRecord, StoreError>;
-
-    /// The stored record of one device, if it is registered.
+    /// The stored record of one device, if the user's chain has admitted it (revoked or not).
     async fn device(
         &self,
         user: UserId,
         device: DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError>;
 
-    /// The user's devices, revoked ones included, in registration order.
+    /// The devices the user's chain has admitted, revoked ones included, in admission order.
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError>;
-
-    /// Marks a device revoked and returns whether it was registered. The caller has verified
-    /// the signature. Revoking twice keeps the first revocation. The device's events stay.
-    async fn revoke_device(&self, revocation: &Revocation) -> Result<bool, StoreError>;
 
     /// Raises the device's `last_seen` to `now_s` (Unix seconds); unknown devices are ignored.
     async fn touch_device(
@@ -55,18 +43,24 @@ pub trait DeviceStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// What the relay knows about one device.
+/// What the relay knows about one device the user's chain has admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRecord {
-    /// The certificate the device first registered with.
-    pub certificate: DeviceCertificate,
+    /// The device.
+    pub device: DeviceId,
+    /// Its name, from the link that admitted it.
+    pub name: String,
+    /// When it was admitted (Unix seconds, from the link: informational).
+    pub created_at: u64,
+    /// The position of the chain link that admitted it.
+    pub admitted_seqno: u64,
     /// Its cumulative acknowledged sequence (0 before the first ack).
     pub acked: u64,
-    /// When it was revoked (Unix seconds, from the revocation), if it was.
+    /// When the relay stored the link that revoked it (Unix seconds), if one did.
     pub revoked_at: Option<u64>,
     /// When the relay last saw it (Unix seconds).
     pub last_seen: u64,
-    /// When the relay first saw it (Unix seconds).
+    /// When the relay stored the link that admitted it (Unix seconds).
     pub registered_at: u64,
 }
 
@@ -81,7 +75,8 @@ impl From<DeviceRecord> for DeviceInfo {
     fn from(record: DeviceRecord) -> Self {
         Self {
             revoked: record.is_revoked(),
-            certificate: record.certificate,
+            device: record.device,
+            name: record.name,
             last_seen: record.last_seen,
         }
     }
@@ -90,11 +85,10 @@ impl From<DeviceRecord> for DeviceInfo {
 /// A row of `devices` (columns in [`DEVICE_COLUMNS`] order).
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
-    user_id: Vec<u8>,
     device_id: Vec<u8>,
     name: String,
     created_at: i64,
-    signature: Vec<u8>,
+    admitted_seqno: i64,
     registered_at: i64,
     last_seen: i64,
     acked: i64,
@@ -103,24 +97,18 @@ struct DeviceRow {
 
 /// The columns of `devices` that make a [`DeviceRow`], in order.
 const DEVICE_COLUMNS: &str =
-    "user_id, device_id, name, created_at, signature, registered_at, last_seen, acked, revoked_at";
+    "device_id, name, created_at, admitted_seqno, registered_at, last_seen, acked, revoked_at";
+
+/// Only devices a chain link admitted (not rows from before the chain).
+const ADMITTED: &str = "admitted_seqno IS NOT NULL";
 
 impl DeviceRow {
     fn into_record(self) -> Result<DeviceRecord, StoreError> {
-        let signature: [u8; 64] = self.signature.as_slice().try_into().map_err(|_| {
-            StoreError::Corrupt(format!(
-                "device signature of {} bytes, expected 64",
-                self.signature.len()
-            ))
-        })?;
         Ok(DeviceRecord {
-            certificate: DeviceCertificate {
-                user: UserId(key32(&self.user_id, "user_id")?),
-                device: DeviceId(key32(&self.device_id, "device_id")?),
-                name: self.name,
-                created_at: from_db_int(self.created_at, "created_at")?,
-                signature,
-            },
+            device: DeviceId(key32(&self.device_id, "device_id")?),
+            name: self.name,
+            created_at: from_db_int(self.created_at, "created_at")?,
+            admitted_seqno: from_db_int(self.admitted_seqno, "admitted_seqno")?,
             acked: from_db_int(self.acked, "acked")?,
             revoked_at: self
                 .revoked_at
@@ -143,7 +131,7 @@ impl DeviceStore for SqlStore {
             "UPDATE devices
              SET acked = {greatest}(acked, {least}($3,
                      COALESCE((SELECT head FROM users WHERE user_id = $1), 0)))
-             WHERE user_id = $1 AND device_id = $2
+             WHERE user_id = $1 AND device_id = $2 AND {ADMITTED}
              RETURNING acked",
             greatest = dialect.greatest(),
             least = dialect.least(),
@@ -159,69 +147,15 @@ impl DeviceStore for SqlStore {
         from_db_int(acked.ok_or(StoreError::UnknownDevice)?, "acked")
     }
 
-    async fn register_device(
-        &self,
-        certificate: &DeviceCertificate,
-        max_devices: usize,
-        now_s: u64,
-    ) -> Result<DeviceRecord, StoreError> {
-        let user = certificate.user.as_bytes().as_slice();
-        let device = certificate.device.as_bytes().as_slice();
-        let mut tx = self.db.begin().await?;
-        // The user's row serialises registrations, so two devices registering at once
-        // cannot both take the last free place.
-        tx.lock_user(user).await?;
-        let select =
-            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 AND device_id = $2");
-        let existing: Option<DeviceRow> = in_tx!(&mut tx, |conn| {
-            sqlx::query_as(&select)
-                .bind(user)
-                .bind(device)
-                .fetch_optional(&mut *conn)
-                .await?
-        });
-        if let Some(row) = existing {
-            tx.commit().await?;
-            return row.into_record();
-        }
-        let active: i64 = in_tx!(&mut tx, |conn| {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM devices WHERE user_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(user)
-            .fetch_one(&mut *conn)
-            .await?
-        });
-        if usize::try_from(active).unwrap_or(usize::MAX) >= max_devices {
-            return Err(StoreError::TooManyDevices { max: max_devices });
-        }
-        let insert = format!(
-            "INSERT INTO devices (user_id, device_id, name, created_at, signature, registered_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             RETURNING {DEVICE_COLUMNS}"
-        );
-        let row: DeviceRow = in_tx!(&mut tx, |conn| {
-            sqlx::query_as(&insert)
-                .bind(user)
-                .bind(device)
-                .bind(certificate.name.as_str())
-                .bind(db_int(certificate.created_at))
-                .bind(certificate.signature.as_slice())
-                .bind(db_int(now_s))
-                .fetch_one(&mut *conn)
-                .await?
-        });
-        tx.commit().await?;
-        row.into_record()
-    }
-
     async fn device(
         &self,
         user: UserId,
         device: DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError> {
-        let select =
-            format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 AND device_id = $2");
+        let select = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices
+             WHERE user_id = $1 AND device_id = $2 AND {ADMITTED}"
+        );
         let row: Option<DeviceRow> = on_reader!(&self.db, |pool| {
             sqlx::query_as(&select)
                 .bind(user.as_bytes().as_slice())
@@ -234,7 +168,8 @@ impl DeviceStore for SqlStore {
 
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError> {
         let select = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 ORDER BY registered_at, device_id"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = $1 AND {ADMITTED}
+             ORDER BY admitted_seqno"
         );
         let rows: Vec<DeviceRow> = on_reader!(&self.db, |pool| {
             sqlx::query_as(&select)
@@ -245,25 +180,6 @@ impl DeviceStore for SqlStore {
         rows.into_iter()
             .map(|row| row.into_record().map(DeviceInfo::from))
             .collect()
-    }
-
-    async fn revoke_device(&self, revocation: &Revocation) -> Result<bool, StoreError> {
-        let done = on_writer!(&self.db, |pool| {
-            sqlx::query(
-                "UPDATE devices
-                 SET revoked_at = COALESCE(revoked_at, $3),
-                     revocation_signature = COALESCE(revocation_signature, $4)
-                 WHERE user_id = $1 AND device_id = $2",
-            )
-            .bind(revocation.user.as_bytes().as_slice())
-            .bind(revocation.device.as_bytes().as_slice())
-            .bind(db_int(revocation.revoked_at))
-            .bind(revocation.signature.as_slice())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        Ok(done > 0)
     }
 
     async fn touch_device(

@@ -13,6 +13,10 @@
 //! - [`FaultyStore::delay_batches`]: every batch takes at least this long;
 //! - [`FaultyStore::pause_reads_after`]: after `n` more event reads, reads wait until
 //!   [`FaultyStore::resume_reads`] (to act between two pages of a replay);
+//! - [`FaultyStore::pause_device_reads_after`]: the same for reads of one device's record
+//!   ([`DeviceStore::device`]: a session's admission check, then its re-checks), until
+//!   [`FaultyStore::resume_device_reads`] (to act between a session's admission and its
+//!   re-check after joining the hub);
 //! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate;
 //! - [`FaultyStore::acks_written`]: how many cursor writes reached the store.
 //!
@@ -24,11 +28,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_protocol::{DeviceCertificate, DeviceId, DeviceInfo, Event, Revocation, UserId};
+use ferry_protocol::{DeviceId, DeviceInfo, Event, Link, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use super::{
-    AppendOutcome, AppendRequest, DeviceRecord, DeviceStore, LogBounds, LogStore, Store, StoreError,
+    AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
+    LogStore, Store, StoreError,
 };
 use crate::sync::lock;
 
@@ -44,12 +49,56 @@ pub struct FaultyStore {
     arrived: AtomicUsize,
     arrival: Notify,
     batch_sizes: Mutex<Vec<usize>>,
-    /// Event reads that may still pass before reads pause; `None`: never pause.
-    read_budget: Mutex<Option<usize>>,
-    /// Event reads waiting for [`FaultyStore::resume_reads`].
-    reads_waiting: AtomicUsize,
-    reads_resumed: Notify,
+    /// Event reads ([`LogStore::read_page`]).
+    event_reads: ReadGate,
+    /// Device record reads ([`DeviceStore::device`]).
+    device_reads: ReadGate,
     acks: AtomicUsize,
+}
+
+/// Lets a budget of reads through, then holds the rest until resumed.
+#[derive(Debug, Default)]
+struct ReadGate {
+    /// Reads that may still pass before reads pause; `None`: never pause.
+    budget: Mutex<Option<usize>>,
+    /// Reads waiting to be resumed.
+    waiting: AtomicUsize,
+    resumed: Notify,
+}
+
+impl ReadGate {
+    fn pause_after(&self, n: usize) {
+        *lock(&self.budget) = Some(n);
+    }
+
+    fn resume(&self) {
+        *lock(&self.budget) = None;
+        self.resumed.notify_waiters();
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            {
+                let mut budget = lock(&self.budget);
+                match *budget {
+                    None => return,
+                    Some(0) => {}
+                    Some(n) => {
+                        *budget = Some(n - 1);
+                        return;
+                    }
+                }
+            }
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            resumed.await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Holds append batches at the gate until dropped.
@@ -67,9 +116,8 @@ impl FaultyStore {
             arrived: AtomicUsize::new(0),
             arrival: Notify::new(),
             batch_sizes: Mutex::default(),
-            read_budget: Mutex::new(None),
-            reads_waiting: AtomicUsize::new(0),
-            reads_resumed: Notify::new(),
+            event_reads: ReadGate::default(),
+            device_reads: ReadGate::default(),
             acks: AtomicUsize::new(0),
         })
     }
@@ -77,13 +125,12 @@ impl FaultyStore {
     /// Lets `n` more event reads through, then makes every read wait until
     /// [`resume_reads`](Self::resume_reads).
     pub fn pause_reads_after(&self, n: usize) {
-        *lock(&self.read_budget) = Some(n);
+        self.event_reads.pause_after(n);
     }
 
     /// Lets every waiting and future event read through.
     pub fn resume_reads(&self) {
-        *lock(&self.read_budget) = None;
-        self.reads_resumed.notify_waiters();
+        self.event_reads.resume();
     }
 
     /// Cursor writes ([`Store::set_ack`]) that reached the store so far.
@@ -93,27 +140,23 @@ impl FaultyStore {
 
     /// Event reads waiting for [`resume_reads`](Self::resume_reads) right now.
     pub fn reads_waiting(&self) -> usize {
-        self.reads_waiting.load(Ordering::SeqCst)
+        self.event_reads.waiting()
     }
 
-    async fn read_gate(&self) {
-        loop {
-            let resumed = self.reads_resumed.notified();
-            {
-                let mut budget = lock(&self.read_budget);
-                match *budget {
-                    None => return,
-                    Some(0) => {}
-                    Some(n) => {
-                        *budget = Some(n - 1);
-                        return;
-                    }
-                }
-            }
-            self.reads_waiting.fetch_add(1, Ordering::SeqCst);
-            resumed.await;
-            self.reads_waiting.fetch_sub(1, Ordering::SeqCst);
-        }
+    /// Lets `n` more device record reads through, then makes every one wait until
+    /// [`resume_device_reads`](Self::resume_device_reads).
+    pub fn pause_device_reads_after(&self, n: usize) {
+        self.device_reads.pause_after(n);
+    }
+
+    /// Lets every waiting and future device record read through.
+    pub fn resume_device_reads(&self) {
+        self.device_reads.resume();
+    }
+
+    /// Device record reads waiting for [`resume_device_reads`](Self::resume_device_reads).
+    pub fn device_reads_waiting(&self) -> usize {
+        self.device_reads.waiting()
     }
 
     /// The wrapped store (to act on the database behind the relay's back, like another node).
@@ -205,7 +248,7 @@ impl LogStore for FaultyStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        self.read_gate().await;
+        self.event_reads.pass().await;
         self.inner
             .read_page(user, after_seq, limit, max_bytes)
             .await
@@ -248,31 +291,17 @@ impl DeviceStore for FaultyStore {
         self.inner.set_ack(user, device, seq).await
     }
 
-    async fn register_device(
-        &self,
-        certificate: &DeviceCertificate,
-        max_devices: usize,
-        now_s: u64,
-    ) -> Result<DeviceRecord, StoreError> {
-        self.inner
-            .register_device(certificate, max_devices, now_s)
-            .await
-    }
-
     async fn device(
         &self,
         user: UserId,
         device: DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.device_reads.pass().await;
         self.inner.device(user, device).await
     }
 
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError> {
         self.inner.list_devices(user).await
-    }
-
-    async fn revoke_device(&self, revocation: &Revocation) -> Result<bool, StoreError> {
-        self.inner.revoke_device(revocation).await
     }
 
     async fn touch_device(
@@ -282,6 +311,31 @@ impl DeviceStore for FaultyStore {
         now_s: u64,
     ) -> Result<(), StoreError> {
         self.inner.touch_device(user, device, now_s).await
+    }
+}
+
+#[async_trait]
+impl ChainStore for FaultyStore {
+    async fn append_link(
+        &self,
+        link: &Link,
+        max_devices: usize,
+        now_s: u64,
+    ) -> Result<LinkAppended, StoreError> {
+        self.inner.append_link(link, max_devices, now_s).await
+    }
+
+    async fn chain_links(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Link>, StoreError> {
+        self.inner.chain_links(user, after, limit).await
+    }
+
+    async fn chain_seqno(&self, user: UserId) -> Result<u64, StoreError> {
+        self.inner.chain_seqno(user).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! The relay's durable storage: per-user event logs, device records and cursors.
 //!
 //! Storage is split by domain, each with a trait of its own: [`LogStore`] (the per-user event
-//! logs and their retention, in `log/`) and [`DeviceStore`] (device records and cursors, in
+//! logs and their retention, in `log/`), [`ChainStore`] (each user's device chain, in
+//! `chain.rs`) and [`DeviceStore`] (the chain's mirror: device records and cursors, in
 //! `devices.rs`). [`Store`] is all of them together, what a relay node runs on. One
 //! implementation, [`SqlStore`], serves every domain on either backend, chosen from the URL
 //! scheme by [`open`]: SQLite (`sqlite://path?mode=rwc`, the embedded default) or PostgreSQL
@@ -27,6 +28,8 @@
 //!  connection tasks ◀── oneshot answer per append ────────────┘
 //!  replay           ──LogStore::log_bounds, LogStore::read_page(user, after, limit, bytes)──▶ pages
 //!  Ack frames       ──DeviceStore::set_ack──▶ devices.acked = max(old, min(seq, head))
+//!  ChainAppend      ──ChainStore::append_link (ONE transaction, user row locked)──▶
+//!                     chain_links + devices (Admit inserts the row, Revoke sets revoked_at)
 //!  retention job    ──LogStore::trim──▶ deletes a prefix of each user's log, raises `earliest`
 //! ```
 //!
@@ -51,7 +54,19 @@
 //! - The events kept for a user are exactly the sequences `earliest..=head` ([`LogBounds`]):
 //!   retention only ever deletes a prefix and never renumbers anything.
 //! - A device's acknowledged sequence only grows and never exceeds the user's head.
-//! - A revoked device stays revoked; its events stay in the log.
+//! - A user's chain is stored only as a whole that verifies ([`ferry_protocol::Chain`]):
+//!   [`ChainStore::append_link`] verifies the stored links and applies the new one under the
+//!   user's row lock, and stores it with its mirror in `devices` in the same transaction. A
+//!   device row exists (with `admitted_seqno`) exactly for the devices the chain admitted, and
+//!   carries `revoked_at` exactly for those it revoked. An Admit beyond the limit of active
+//!   devices is [`StoreError::TooManyDevices`]; a link that does not extend the chain is
+//!   [`StoreError::ChainLinkRefused`].
+//! - Only an active device appends: inside the append batch, under the same user row lock as
+//!   `append_link`, an append from a device without an active row (never admitted, or
+//!   revoked) is [`AppendOutcome::Revoked`] and stores nothing. So no append is stored after
+//!   the revocation of its device committed, on any node.
+//! - A revoked device stays revoked (the chain never admits a device key twice); its events
+//!   stay in the log.
 //! - Every query touches one user's rows (only [`LogStore::trim`] walks the users table), so the
 //!   events table can be hash-partitioned or distributed by `user_id`.
 //!
@@ -86,6 +101,7 @@
 //! # }
 //! ```
 
+mod chain;
 pub mod committer;
 mod devices;
 pub mod faults;
@@ -96,8 +112,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_protocol::ErrorCode;
+use ferry_protocol::{ChainError, ErrorCode};
 
+pub use chain::{ChainStore, LINK_PAGE_BYTES, LinkAppended};
 pub use committer::{
     AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply, CommitStats,
     CommittedHook, Committer, UncertainHook,
@@ -170,7 +187,7 @@ impl Default for StoreOptions {
 /// same semantics (see the module documentation for the invariants), checked by one shared
 /// test suite (`relay/tests/store.rs`).
 #[async_trait]
-pub trait Store: LogStore + DeviceStore + std::fmt::Debug + 'static {
+pub trait Store: LogStore + ChainStore + DeviceStore + std::fmt::Debug + 'static {
     /// `"sqlite"` or `"postgres"`, for logs and metrics.
     fn backend(&self) -> &'static str;
 
@@ -221,9 +238,12 @@ pub enum StoreError {
         /// The limit in force.
         max: usize,
     },
-    /// The device is not registered for this user.
-    #[error("the device is not registered for this user")]
+    /// The user's chain has not admitted the device.
+    #[error("the user's device chain has not admitted the device")]
     UnknownDevice,
+    /// A chain link does not extend the user's chain (the error says why).
+    #[error("chain link refused: {0}")]
+    ChainLinkRefused(#[source] ChainError),
     /// A stored row could not be read back (bad length, negative number).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -244,6 +264,7 @@ impl StoreError {
             Self::InvalidSequence(_) => ErrorCode::InvalidSequence,
             Self::TooManyDevices { .. } => ErrorCode::TooManyDevices,
             Self::UnknownDevice => ErrorCode::UnknownDevice,
+            Self::ChainLinkRefused(_) => ErrorCode::ChainLinkRefused,
             Self::Database(_) | Self::Closed => ErrorCode::Unavailable,
             Self::EarlierRefused(code) => *code,
             Self::InvalidUrl(_) | Self::Migrate(_) | Self::Corrupt(_) => ErrorCode::Internal,

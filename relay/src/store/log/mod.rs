@@ -11,9 +11,10 @@
 //! 1. lock the row of every user in the batch, in user order (so two batches, on this node or
 //!    another, never wait on each other in a cycle; SQLite's single writer is locked anyway),
 //!    creating missing rows, and read the heads;
-//! 2. look up which `(user, device, device_seq)` keys are already stored, and retention's
-//!    watermarks for the batch's devices: after step 1 no other transaction can change them
-//!    for these users until this one commits;
+//! 2. look up which `(user, device, device_seq)` keys are already stored, retention's
+//!    watermarks for the batch's devices, and which of them are active (admitted by the chain,
+//!    not revoked): after step 1 no other transaction can change them for these users until
+//!    this one commits (a revocation takes the same lock, [`ChainStore::append_link`]);
 //! 3. number the new events in memory ([`plan::plan_batch`]);
 //! 4. insert them, raise the heads, commit.
 //!
@@ -24,12 +25,14 @@ pub(crate) mod plan;
 mod postgres;
 mod sqlite;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use ferry_protocol::{DeviceId, ErrorCode, Event, SealedPayload, UserId};
 
 use self::plan::{AppendKey, DeviceKey, Stored, UserHead, plan_batch, trim_target};
+#[cfg(doc)]
+use super::ChainStore;
 use super::StoreError;
 use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader};
 
@@ -43,7 +46,9 @@ pub const TRIM_USERS_PAGE: i64 = 500;
 pub trait LogStore: Send + Sync {
     /// Appends every request in ONE transaction, in order, and answers each.
     ///
-    /// Requests for the same user get increasing sequences in request order. A request that
+    /// Requests for the same user get increasing sequences in request order. A request from a
+    /// device the user's chain has not admitted, or has revoked, is [`AppendOutcome::Revoked`].
+    /// A request that
     /// repeats an earlier one (stored before, or earlier in this batch) is a
     /// [`AppendOutcome::Duplicate`] or [`AppendOutcome::Conflict`] and stores nothing.
     /// `now_ms` (Unix milliseconds) is recorded as the commit time, for age retention.
@@ -166,6 +171,9 @@ pub enum AppendOutcome {
     Expired,
     /// Storing it would pass the user's [`Quota`](super::Quota); nothing stored.
     QuotaExceeded,
+    /// The sending device is not active in the user's chain (never admitted, or revoked),
+    /// as checked under the user's row lock; nothing stored.
+    Revoked,
 }
 
 impl AppendOutcome {
@@ -176,6 +184,7 @@ impl AppendOutcome {
             Self::Conflict { .. } => Err(ErrorCode::Conflict),
             Self::Expired => Err(ErrorCode::AppendExpired),
             Self::QuotaExceeded => Err(ErrorCode::QuotaExceeded),
+            Self::Revoked => Err(ErrorCode::DeviceRevoked),
         }
     }
 
@@ -237,6 +246,8 @@ struct BatchState {
     stored: HashMap<AppendKey, Stored>,
     /// Retention's watermark of any of the batch's devices that has one.
     trimmed: HashMap<DeviceKey, u64>,
+    /// The batch's devices that are active (admitted by the chain, not revoked).
+    active: HashSet<DeviceKey>,
 }
 
 impl BatchState {
@@ -274,6 +285,21 @@ impl BatchState {
             .insert(device, from_db_int(row.device_seq, "device_seq")?);
         Ok(())
     }
+
+    fn add_active(&mut self, row: ActiveRow) -> Result<(), StoreError> {
+        self.active.insert((
+            UserId(key32(&row.user_id, "user_id")?),
+            DeviceId(key32(&row.device_id, "device_id")?),
+        ));
+        Ok(())
+    }
+}
+
+/// One of a batch's devices that is active, as step 2 finds it.
+#[derive(sqlx::FromRow)]
+struct ActiveRow {
+    user_id: Vec<u8>,
+    device_id: Vec<u8>,
 }
 
 /// A user's row as step 1 of an append batch returns it.
@@ -367,6 +393,7 @@ impl LogStore for SqlStore {
             &state.heads,
             &state.stored,
             &state.trimmed,
+            &state.active,
             self.quota,
         )?;
         match &mut tx {

@@ -88,12 +88,15 @@ pub(super) fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
 ///
 /// `heads` holds the locked head of every user in the batch; `stored` the events already
 /// stored under any of the batch's keys; `trimmed` the highest `device_seq` retention has
-/// deleted for any of the batch's devices.
+/// deleted for any of the batch's devices; `active` the batch's devices that the chain
+/// admits and has not revoked (the others' appends are [`AppendOutcome::Revoked`], before
+/// anything else is looked at: a revoked device learns nothing, not even of a duplicate).
 pub(super) fn plan_batch<'a>(
     requests: &'a [AppendRequest],
     heads: &HashMap<UserId, UserHead>,
     stored: &HashMap<AppendKey, Stored>,
     trimmed: &HashMap<DeviceKey, u64>,
+    active: &HashSet<DeviceKey>,
     quota: Quota,
 ) -> Result<BatchPlan<'a>, StoreError> {
     // Per user: the row as it will be after this batch's inserts so far.
@@ -111,6 +114,7 @@ pub(super) fn plan_batch<'a>(
             .copied()
             .or_else(|| stored.get(&key).map(|s| (s.seq, s.payload.as_slice())));
         let outcome = match earlier {
+            _ if !active.contains(&(request.user, request.device)) => AppendOutcome::Revoked,
             Some((seq, payload)) if payload == request.payload.0.as_slice() => {
                 AppendOutcome::Duplicate { seq }
             }
@@ -199,6 +203,59 @@ mod tests {
         }
     }
 
+    fn all_active(requests: &[AppendRequest]) -> HashSet<DeviceKey> {
+        batch_devices(requests).into_iter().collect()
+    }
+
+    #[test]
+    fn appends_of_inactive_devices_are_refused_before_anything_else() {
+        // Device 2 is not active: its new append, its retry of a stored event and its
+        // conflicting one are all Revoked, and nothing of it is numbered.
+        let requests = [
+            request(1, 1, 1, 10),
+            request(1, 2, 1, 10),
+            request(1, 2, 7, 99),
+            request(1, 2, 7, 98),
+            request(1, 1, 2, 10),
+        ];
+        let heads = HashMap::from([(
+            UserId([1; 32]),
+            UserHead {
+                head: 4,
+                earliest: 1,
+                bytes: 0,
+            },
+        )]);
+        let stored = HashMap::from([(
+            (UserId([1; 32]), DeviceId([2; 32]), 7),
+            Stored {
+                seq: 3,
+                payload: vec![99],
+            },
+        )]);
+        let active = HashSet::from([(UserId([1; 32]), DeviceId([1; 32]))]);
+        let plan = plan_batch(
+            &requests,
+            &heads,
+            &stored,
+            &HashMap::new(),
+            &active,
+            Quota::UNLIMITED,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.outcomes,
+            [
+                AppendOutcome::Appended { seq: 5 },
+                AppendOutcome::Revoked,
+                AppendOutcome::Revoked,
+                AppendOutcome::Revoked,
+                AppendOutcome::Appended { seq: 6 },
+            ]
+        );
+        assert_eq!(plan.heads, [(UserId([1; 32]), 6, 2)]);
+    }
+
     #[test]
     fn plan_numbers_per_user_and_resolves_repeats_in_the_batch() {
         let requests = [
@@ -225,7 +282,16 @@ mod tests {
             },
         )]);
         let trimmed = HashMap::from([((UserId([1; 32]), DeviceId([3; 32])), 4)]);
-        let plan = plan_batch(&requests, &heads, &stored, &trimmed, Quota::UNLIMITED).unwrap();
+        let active = all_active(&requests);
+        let plan = plan_batch(
+            &requests,
+            &heads,
+            &stored,
+            &trimmed,
+            &active,
+            Quota::UNLIMITED,
+        )
+        .unwrap();
         assert_eq!(
             plan.outcomes,
             [
@@ -275,7 +341,16 @@ mod tests {
             request(1, 1, 3, 12),
             request(1, 2, 1, 13),
         ];
-        let plan = plan_batch(&requests, &heads, &HashMap::new(), &HashMap::new(), quota).unwrap();
+        let active = all_active(&requests);
+        let plan = plan_batch(
+            &requests,
+            &heads,
+            &HashMap::new(),
+            &HashMap::new(),
+            &active,
+            quota,
+        )
+        .unwrap();
         assert_eq!(
             plan.outcomes,
             [
@@ -292,7 +367,16 @@ mod tests {
             request(1, 3, 2, 1),
             request(1, 3, 3, 1),
         ];
-        let full = plan_batch(&three, &heads, &HashMap::new(), &HashMap::new(), quota).unwrap();
+        let active = all_active(&three);
+        let full = plan_batch(
+            &three,
+            &heads,
+            &HashMap::new(),
+            &HashMap::new(),
+            &active,
+            quota,
+        )
+        .unwrap();
         assert_eq!(
             full.outcomes,
             [
@@ -312,6 +396,7 @@ mod tests {
                 &HashMap::new(),
                 &HashMap::new(),
                 &HashMap::new(),
+                &all_active(&requests),
                 Quota::UNLIMITED
             )
             .is_err()

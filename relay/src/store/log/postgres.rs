@@ -6,7 +6,7 @@
 use sqlx::PgConnection;
 
 use super::plan::{BatchPlan, batch_devices, batch_keys, batch_users};
-use super::{AppendRequest, BatchState, HeadRow, StoredRow, WatermarkRow};
+use super::{ActiveRow, AppendRequest, BatchState, HeadRow, StoredRow, WatermarkRow};
 use crate::store::StoreError;
 use crate::store::sql::db_int;
 
@@ -63,6 +63,22 @@ pub(super) async fn read_batch_state(
     .await?;
     for row in rows {
         state.add_watermark(row)?;
+    }
+
+    // Which of the batch's devices the chain admits and has not revoked (a revocation takes
+    // the user row lock too, so this holds until commit).
+    let rows: Vec<ActiveRow> = sqlx::query_as(
+        "SELECT d.user_id, d.device_id
+         FROM UNNEST($1::BYTEA[], $2::BYTEA[]) AS k(user_id, device_id)
+         JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id
+         WHERE d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL",
+    )
+    .bind(column(&devices, |(u, _)| u.as_bytes().as_slice()))
+    .bind(column(&devices, |(_, d)| d.as_bytes().as_slice()))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        state.add_active(row)?;
     }
     Ok(state)
 }

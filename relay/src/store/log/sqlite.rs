@@ -74,6 +74,26 @@ pub(super) async fn read_batch_state(
             state.add_watermark(row)?;
         }
     }
+    // Which of the batch's devices the chain admits and has not revoked.
+    for chunk in batch_devices(requests).chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT user_id, device_id FROM devices
+             WHERE admitted_seqno IS NOT NULL AND revoked_at IS NULL
+               AND (user_id, device_id) IN (",
+        );
+        let mut keys = query.separated(", ");
+        for (user, device) in chunk {
+            keys.push("(");
+            keys.push_bind_unseparated(user.as_bytes().as_slice());
+            keys.push_unseparated(", ");
+            keys.push_bind_unseparated(device.as_bytes().as_slice());
+            keys.push_unseparated(")");
+        }
+        query.push(")");
+        for row in query.build_query_as().fetch_all(&mut *conn).await? {
+            state.add_active(row)?;
+        }
+    }
     Ok(state)
 }
 
