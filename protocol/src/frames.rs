@@ -26,8 +26,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
-use crate::codec::{DecodeError, Wire, check_len};
 use crate::chain::Link;
+use crate::codec::{DecodeError, Wire, check_len};
 use crate::identity::DeviceId;
 use crate::limits::*;
 

@@ -204,7 +204,13 @@ mod tests {
             Err(IdentityError::NameTooLong)
         );
         assert_eq!(check_device_name("téléphone ✓"), Ok(()));
-        for name in ["nul\0", "esc\u{1b}[2J", "new\nline", "del\u{7f}", "c1\u{9b}"] {
+        for name in [
+            "nul\0",
+            "esc\u{1b}[2J",
+            "new\nline",
+            "del\u{7f}",
+            "c1\u{9b}",
+        ] {
             assert_eq!(
                 check_device_name(name),
                 Err(IdentityError::NameHasControl),

@@ -70,13 +70,13 @@ pub mod pairing;
 pub mod recovery;
 pub mod seal;
 
+pub use chain::{Chain, ChainError, Link, LinkBody, LinkHash, Signer, SigningKey};
 pub use channel::{
     Channel, ChannelError, ClientChannel, Encoded, RecvHalf, SendHalf, ServerChannel,
 };
 pub use codec::{DecodeError, Wire};
 pub use error::ErrorCode;
 pub use frames::{Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame};
-pub use chain::{Chain, ChainError, Link, LinkBody, LinkHash, Signer, SigningKey};
 pub use identity::{
     DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, UserId, UserKey, check_device_name,
 };

@@ -491,7 +491,12 @@ impl JoinerAwaitGrant {
         if grant.epochs.is_empty() {
             return Err(PairingError::BadGrant("no data key"));
         }
-        if grant.epochs.iter().enumerate().any(|(i, (n, _))| *n as usize != i) {
+        if grant
+            .epochs
+            .iter()
+            .enumerate()
+            .any(|(i, (n, _))| *n as usize != i)
+        {
             return Err(PairingError::BadGrant("epochs are not 0, 1, 2…"));
         }
         Ok(Grant {
@@ -515,31 +520,38 @@ mod tests {
         inviter_confirmation: String,
         joiner_confirmation: String,
         grant: Grant,
-        admitted: Admitted,
+        request: JoinRequest,
     }
 
+    /// Pairs with two epochs (0 and 1), checking what each side learns.
     fn pair(inviter_code: &str, joiner_code: &str) -> Result<Run, PairingError> {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
-        let user = UserKey::generate(&mut rng);
-        let data = DataKey::generate(&mut rng);
+        let user = crate::identity::UserKey::generate(&mut rng).id();
+        let data = [DataKey::generate(&mut rng), DataKey::generate(&mut rng)];
         let device = DeviceKey::generate(&mut rng);
         let inviter = Inviter::start(&PairingCode::parse(inviter_code)?, &mut rng);
         let (joiner, hello) = Joiner::start(&PairingCode::parse(joiner_code)?, &mut rng);
         let (inviter, reply) = inviter.handle_joiner_hello(&hello)?;
-        let (joiner, request) = joiner.handle_inviter_hello(&reply, &device, "tablet")?;
+        let (joiner, request) = joiner.handle_inviter_hello(&reply, &device, [5; 32], "tablet")?;
         let inviter_confirmation = inviter.confirmation().to_owned();
         let joiner_confirmation = joiner.confirmation().to_owned();
-        let (admitted, grant) =
-            inviter.handle_joiner_request(&request, &user, &data, 1_700_000_000)?;
+        let (request, ready) = inviter.handle_joiner_request(&request)?;
+        assert_eq!(ready.confirmation(), inviter_confirmation);
+        // (The inviter admits `request` to the chain here, then grants.)
+        let grant = ready.grant(user, &[(0, &data[0]), (1, &data[1])]);
         let grant = joiner.handle_grant(&grant)?;
-        assert_eq!(grant.user_key.id(), user.id());
-        assert_eq!(grant.data_key.bytes(), data.bytes());
-        assert_eq!(admitted.device, device.id());
+        assert_eq!(grant.user, user);
+        assert_eq!(grant.epochs.len(), 2);
+        for (i, (epoch, key)) in grant.epochs.iter().enumerate() {
+            assert_eq!(*epoch as usize, i);
+            assert_eq!(key.bytes(), data[i].bytes());
+        }
+        assert_eq!(request.device, device.id());
         Ok(Run {
             inviter_confirmation,
             joiner_confirmation,
             grant,
-            admitted,
+            request,
         })
     }
 
@@ -547,9 +559,61 @@ mod tests {
     fn the_right_code_pairs_and_both_screens_agree() {
         let run = pair("123456", "123-456").unwrap();
         assert_eq!(run.inviter_confirmation, run.joiner_confirmation);
-        assert_eq!(run.grant.certificate, run.admitted.certificate);
-        assert_eq!(run.grant.certificate.name, "tablet");
-        run.grant.certificate.verify().unwrap();
+        // The inviter learns exactly what it admits: device key, exchange key and name.
+        assert_eq!(run.request.exchange, [5; 32]);
+        assert_eq!(run.request.name, "tablet");
+        assert_eq!(run.grant.epochs[0].0, 0);
+    }
+
+    /// Runs a pairing up to the inviter's grant of `epochs`, and returns the joiner's verdict.
+    fn grant_of(epochs: &[u32]) -> Result<Grant, PairingError> {
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        let user = crate::identity::UserKey::generate(&mut rng).id();
+        let key = DataKey::generate(&mut rng);
+        let device = DeviceKey::generate(&mut rng);
+        let code = PairingCode::parse("271828").unwrap();
+        let inviter = Inviter::start(&code, &mut rng);
+        let (joiner, hello) = Joiner::start(&code, &mut rng);
+        let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
+        let (joiner, request) = joiner
+            .handle_inviter_hello(&reply, &device, [5; 32], "tablet")
+            .unwrap();
+        let (_, ready) = inviter.handle_joiner_request(&request).unwrap();
+        let epochs: Vec<(u32, &DataKey)> = epochs.iter().map(|&n| (n, &key)).collect();
+        joiner.handle_grant(&ready.grant(user, &epochs))
+    }
+
+    #[test]
+    fn a_grant_needs_epochs_zero_one_two_and_so_on() {
+        assert_eq!(grant_of(&[0]).unwrap().epochs.len(), 1);
+        assert_eq!(grant_of(&[0, 1, 2]).unwrap().epochs.len(), 3);
+        assert_eq!(
+            grant_of(&[]).err(),
+            Some(PairingError::BadGrant("no data key"))
+        );
+        for epochs in [&[1][..], &[0, 2], &[0, 1, 1], &[1, 0], &[0, 1, 3]] {
+            assert_eq!(
+                grant_of(epochs).err(),
+                Some(PairingError::BadGrant("epochs are not 0, 1, 2…")),
+                "{epochs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grant_over_the_epoch_limit_is_refused_when_decoded() {
+        let epochs: Vec<u32> = (0..=MAX_GRANT_EPOCHS as u32).collect();
+        assert_eq!(
+            grant_of(&epochs).err(),
+            Some(PairingError::from(DecodeError::FieldTooLarge {
+                field: "grant epochs",
+                len: MAX_GRANT_EPOCHS + 1,
+                limit: MAX_GRANT_EPOCHS,
+            }))
+        );
+        // The largest grant fits in a pairing body.
+        let epochs: Vec<u32> = (0..MAX_GRANT_EPOCHS as u32).collect();
+        assert_eq!(grant_of(&epochs).unwrap().epochs.len(), MAX_GRANT_EPOCHS);
     }
 
     #[test]
@@ -593,14 +657,16 @@ mod tests {
     fn a_requested_name_over_the_limit_is_refused_when_the_request_is_decoded() {
         // Only a joiner that skips its own name check sends one: build its request by hand.
         let mut rng = ChaCha20Rng::seed_from_u64(12);
-        let user = UserKey::generate(&mut rng);
-        let data = DataKey::generate(&mut rng);
         let device = DeviceKey::generate(&mut rng).id();
         let code = PairingCode::parse("662607").unwrap();
         let request = |inviter: &InviterAwaitRequest, name: String| {
             let sealed = seal_once(
                 &inviter.keys.joiner_to_inviter,
-                &codec::encode(&JoinRequest { device, name }),
+                &codec::encode(&JoinRequest {
+                    device,
+                    exchange: [5; 32],
+                    name,
+                }),
             );
             codec::encode(&PairingMessage::JoinerRequest {
                 confirm: *inviter.keys.confirm_joiner,
@@ -615,9 +681,9 @@ mod tests {
             let (_, hello) = Joiner::start(&code, &mut rng);
             let (inviter, _) = inviter.handle_joiner_hello(&hello).unwrap();
             let body = request(&inviter, "n".repeat(len));
-            let result = inviter.handle_joiner_request(&body, &user, &data, 1);
+            let result = inviter.handle_joiner_request(&body);
             if admitted {
-                assert_eq!(result.unwrap().0.certificate.name.len(), len);
+                assert_eq!(result.unwrap().0.name.len(), len);
             } else {
                 assert_eq!(
                     result.err(),
@@ -684,7 +750,7 @@ mod tests {
         let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
         let device = DeviceKey::generate(&mut rng);
         let (joiner, _) = joiner
-            .handle_inviter_hello(&reply, &device, "tablet")
+            .handle_inviter_hello(&reply, &device, [5; 32], "tablet")
             .unwrap();
         let confirmation = inviter.confirmation().to_owned();
         assert_eq!(
@@ -709,7 +775,9 @@ mod tests {
         // ...and forwards the inviter's answer to the real joiner: the proof does not match.
         let (joiner, _) = Joiner::start(&code, &mut rng);
         assert_eq!(
-            joiner.handle_inviter_hello(&reply, &device, "x").err(),
+            joiner
+                .handle_inviter_hello(&reply, &device, [5; 32], "x")
+                .err(),
             Some(PairingError::WrongCode)
         );
     }

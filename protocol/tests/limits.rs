@@ -7,8 +7,10 @@
 
 use std::fmt::Debug;
 
+use ferry_protocol::chain::{EpochKeys, MAX_CHAIN_DEVICES, MAX_SEALED_KEY_LEN, SealedKey};
 use ferry_protocol::codec::{self, DecodeError, Wire};
-use ferry_protocol::handshake::{AuthBody, ServerHandshakeMessage, SessionStart};
+use ferry_protocol::frames::MAX_LINKS_PER_FRAME;
+use ferry_protocol::handshake::{ServerHandshakeMessage, SessionStart};
 use ferry_protocol::limits::*;
 use ferry_protocol::seal::SEAL_OVERHEAD;
 use ferry_protocol::*;
@@ -44,6 +46,9 @@ fn the_documented_limits_are_the_enforced_ones() {
         format!("| error message | {MAX_ERROR_MESSAGE_LEN} bytes |"),
         format!("| events per `Events` frame | {MAX_EVENTS_PER_FRAME} |"),
         format!("| devices per `Devices` frame | {MAX_DEVICES_PER_FRAME} |"),
+        format!("| links per `ChainLinks` frame | {MAX_LINKS_PER_FRAME} |"),
+        format!("| sealed epoch key (in a chain link) | {MAX_SEALED_KEY_LEN} bytes |"),
+        format!("| devices named by one link (revoked, or sealed to) | {MAX_CHAIN_DEVICES} |"),
     ] {
         assert!(doc.contains(&row), "docs/protocol.md lacks the row:\n{row}");
     }
@@ -82,15 +87,101 @@ fn event(seq: u64, len: usize) -> Event {
     }
 }
 
-/// A certificate as it arrives: decoding checks its length limit, not its signature.
-fn certificate(name_len: usize) -> DeviceCertificate {
-    DeviceCertificate {
+/// A chain link as it arrives: decoding checks its sizes, not its signature or its place in
+/// a chain.
+fn link(body: LinkBody) -> Link {
+    Link {
         user: UserId([1; 32]),
-        device: DeviceId([2; 32]),
-        name: "n".repeat(name_len),
-        created_at: 5,
+        seqno: 2,
+        prev: LinkHash([6; 32]),
+        body,
+        signer: Signer::Device(DeviceId([2; 32])),
         signature: [9; 64],
     }
+}
+
+fn admit(name_len: usize) -> LinkBody {
+    LinkBody::Admit {
+        device: DeviceId([3; 32]),
+        exchange: [4; 32],
+        name: "n".repeat(name_len),
+        created_at: 5,
+    }
+}
+
+fn sealed(len: usize) -> SealedKey {
+    SealedKey(vec![7; len])
+}
+
+fn epoch(recipients: usize, key_len: usize) -> EpochKeys {
+    EpochKeys {
+        epoch: 1,
+        recovery: sealed(1),
+        devices: (0..recipients)
+            .map(|i| {
+                let mut id = [0; 32];
+                id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                (DeviceId(id), sealed(key_len))
+            })
+            .collect(),
+    }
+}
+
+/// Every size limit of a link, each as `(field, limit, make)`.
+type LinkLimit = (&'static str, usize, Box<dyn Fn(usize) -> Link>);
+
+fn link_limits() -> Vec<LinkLimit> {
+    vec![
+        (
+            "device name",
+            MAX_DEVICE_NAME_LEN,
+            Box::new(|n| link(admit(n))),
+        ),
+        (
+            "sealed key",
+            MAX_SEALED_KEY_LEN,
+            Box::new(|n| {
+                link(LinkBody::Create {
+                    recovery_exchange: [8; 32],
+                    epoch_key: sealed(n),
+                })
+            }),
+        ),
+        (
+            "sealed key",
+            MAX_SEALED_KEY_LEN,
+            Box::new(|n| {
+                let mut keys = epoch(2, 1);
+                keys.recovery = sealed(n);
+                link(LinkBody::Rotate { epoch: keys })
+            }),
+        ),
+        (
+            "sealed key",
+            MAX_SEALED_KEY_LEN,
+            Box::new(|n| {
+                link(LinkBody::Revoke {
+                    devices: vec![DeviceId([3; 32])],
+                    epoch: epoch(2, n),
+                })
+            }),
+        ),
+        (
+            "epoch recipients",
+            MAX_CHAIN_DEVICES,
+            Box::new(|n| link(LinkBody::Rotate { epoch: epoch(n, 1) })),
+        ),
+        (
+            "revoked devices",
+            MAX_CHAIN_DEVICES,
+            Box::new(|n| {
+                link(LinkBody::Revoke {
+                    devices: (0..n).map(|_| DeviceId([3; 32])).collect(),
+                    epoch: epoch(0, 1),
+                })
+            }),
+        ),
+    ]
 }
 
 fn error(len: usize) -> ErrorFrame {
@@ -124,6 +215,19 @@ fn client_frames_are_checked_at_every_limit() {
             body: vec![3; n],
         }
     });
+    // A link with an oversized field inside `ChainAppend` is refused when the frame decodes.
+    for (field, limit, make) in link_limits() {
+        enforced_at(field, limit, |n| {
+            ClientFrame::ChainAppend(Box::new(make(n)))
+        });
+    }
+}
+
+#[test]
+fn links_are_checked_at_every_limit() {
+    for (field, limit, make) in link_limits() {
+        enforced_at(field, limit, &make);
+    }
 }
 
 #[test]
@@ -144,7 +248,8 @@ fn server_frames_are_checked_at_every_limit() {
         ServerFrame::Error(error(n))
     });
     let device = |name_len| DeviceInfo {
-        certificate: certificate(name_len),
+        device: DeviceId([2; 32]),
+        name: "n".repeat(name_len),
         last_seen: 0,
         revoked: false,
     };
@@ -160,6 +265,17 @@ fn server_frames_are_checked_at_every_limit() {
             body: vec![5; n],
         }
     });
+    enforced_at("links", MAX_LINKS_PER_FRAME, |n| ServerFrame::ChainLinks {
+        links: (0..n).map(|_| link(admit(1))).collect(),
+        more: true,
+    });
+    // A link with an oversized field inside `ChainLinks` (after a valid one) is refused.
+    for (field, limit, make) in link_limits() {
+        enforced_at(field, limit, |n| ServerFrame::ChainLinks {
+            links: vec![link(admit(0)), make(n)],
+            more: false,
+        });
+    }
 }
 
 #[test]
@@ -170,10 +286,6 @@ fn handshake_messages_are_checked_at_every_limit() {
     enforced_at("error message", MAX_ERROR_MESSAGE_LEN, |n| {
         SessionStart::Rejected(error(n))
     });
-    enforced_at("device name", MAX_DEVICE_NAME_LEN, |n| AuthBody {
-        user: UserId([1; 32]),
-        device: DeviceId([2; 32]),
-        certificate: certificate(n),
-        resume: Some(3),
-    });
+    // `AuthBody` has no field of variable length any more (the user proof is 64 bytes or
+    // absent; the handshake tests check that).
 }

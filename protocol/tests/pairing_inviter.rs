@@ -4,64 +4,36 @@
 //! anything sealed, so the other pairing tests never reach the inviter's own checks. These
 //! tests send the inviter a `JoinerRequest` anyway: from a joiner that typed a wrong code and
 //! ignores its own check, and from one (or a relay in the middle) that tampers with the
-//! request. The inviter must refuse every one with an error, which means no grant: the user
-//! key and the data key stay on the inviter.
+//! request. The inviter must refuse every one with an error, which means nothing to admit to
+//! the device chain and no grant: the data keys stay on the inviter.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use ferry_protocol::codec::{self, Wire};
+use ferry_protocol::codec;
 use ferry_protocol::pairing::{
     CONFIRM_INVITER_LABEL, CONFIRM_JOINER_LABEL, Inviter, InviterAwaitRequest, JOINER_ID,
-    JOINER_KEY_LABEL, Joiner, PAIRING_LABEL, PairingCode, PairingError, PairingMessage,
+    JOINER_KEY_LABEL, JoinRequest, Joiner, PAIRING_LABEL, PairingCode, PairingError,
+    PairingMessage,
 };
-use ferry_protocol::seal::DataKey;
-use ferry_protocol::{DeviceId, DeviceKey, UserKey};
+use ferry_protocol::{DeviceId, DeviceKey};
 use hkdf::Hkdf;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
-const NOW: u64 = 1_700_000_000;
+/// The exchange key every joiner here asks to be admitted with.
+const EXCHANGE: [u8; 32] = [0x5e; 32];
 
-/// The inviter's keys.
-struct Keys {
-    user: UserKey,
-    data: DataKey,
+/// Step 3 on the inviter: `Ok` means the request was accepted (the inviter would admit the
+/// device to the chain and grant it the data keys); the device it would admit.
+fn answer(inviter: InviterAwaitRequest, request: &[u8]) -> Result<DeviceId, PairingError> {
+    inviter
+        .handle_joiner_request(request)
+        .map(|(request, _ready)| request.device)
 }
-
-impl Keys {
-    fn new(rng: &mut ChaCha20Rng) -> Self {
-        Self {
-            user: UserKey::generate(rng),
-            data: DataKey::generate(rng),
-        }
-    }
-
-    /// Step 3 → 4 on the inviter: `Ok` means the grant (user key, data key) left.
-    fn answer(
-        &self,
-        inviter: InviterAwaitRequest,
-        request: &[u8],
-    ) -> Result<DeviceId, PairingError> {
-        inviter
-            .handle_joiner_request(request, &self.user, &self.data, NOW)
-            .map(|(admitted, _grant)| admitted.device)
-    }
-}
-
-/// What a joiner asks for, as the protocol documents it (`JoinRequest` is private to the
-/// crate; a hostile joiner builds its own).
-#[derive(Serialize, Deserialize)]
-struct JoinRequest {
-    device: DeviceId,
-    name: String,
-}
-
-impl Wire for JoinRequest {}
 
 /// A joiner that follows the documented key schedule but skips every check of its own: it
 /// sends a well-formed `JoinerRequest` whatever the inviter proved.
@@ -118,6 +90,7 @@ impl RogueJoiner {
         let joiner_to_inviter = expand(JOINER_KEY_LABEL);
         let plain = codec::encode(&JoinRequest {
             device,
+            exchange: EXCHANGE,
             name: "rogue".to_owned(),
         });
         let body = codec::encode(&PairingMessage::JoinerRequest {
@@ -160,7 +133,7 @@ fn honest_run(rng: &mut ChaCha20Rng) -> (InviterAwaitRequest, Vec<u8>, DeviceId)
     let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
     let device = DeviceKey::generate(rng);
     let (_, request) = joiner
-        .handle_inviter_hello(&reply, &device, "tablet")
+        .handle_inviter_hello(&reply, &device, EXCHANGE, "tablet")
         .unwrap();
     (inviter, request, device.id())
 }
@@ -181,21 +154,36 @@ fn the_rogue_joiner_follows_the_key_schedule_so_with_the_right_code_it_is_admitt
     // The control for the tests below: the rogue joiner builds requests exactly as the
     // protocol does, so when the inviter refuses it, the code (or the tampering) is why.
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let keys = Keys::new(&mut rng);
     let (inviter, rogue, device) = rogue_run("482913", "482913", &mut rng);
-    assert_eq!(keys.answer(inviter, &rogue.body), Ok(device));
+    assert_eq!(answer(inviter, &rogue.body), Ok(device));
+}
+
+#[test]
+fn the_inviter_learns_exactly_the_device_exchange_key_and_name_it_will_admit() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let (inviter, honest, device) = honest_run(&mut rng);
+    let (request, ready) = inviter.handle_joiner_request(&honest).unwrap();
+    assert_eq!(
+        request,
+        JoinRequest {
+            device,
+            exchange: EXCHANGE,
+            name: "tablet".to_owned(),
+        }
+    );
+    // Nothing is granted yet: the grant is a separate step, after the Admit link.
+    assert!(format!("{ready:?}").starts_with("InviterReady"));
 }
 
 #[test]
 fn a_joiner_with_a_wrong_code_that_ignores_its_own_check_gets_no_keys() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let keys = Keys::new(&mut rng);
     // Same slot (so the relay routes it to the inviter), other digits; one digit off; and
     // the code with its halves swapped.
     for typed in ["482000", "482914", "482912", "913482", "000000"] {
         let (inviter, rogue, _) = rogue_run("482913", typed, &mut rng);
         assert_eq!(
-            keys.answer(inviter, &rogue.body),
+            answer(inviter, &rogue.body),
             Err(PairingError::WrongCode),
             "typed {typed}"
         );
@@ -207,12 +195,11 @@ fn a_wrong_code_confirmation_is_refused_even_with_a_valid_sealed_request() {
     // A relay in the middle runs a wrong-code joiner of its own and splices its confirmation
     // onto a valid sealed request: the confirmation alone must stop it.
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let keys = Keys::new(&mut rng);
     let (_, wrong, _) = rogue_run("482913", "482914", &mut rng);
     let (inviter, right, _) = rogue_run("482913", "482913", &mut rng);
     let (_, sealed) = parts(&right.body);
     assert_eq!(
-        keys.answer(inviter, &request(wrong.confirm_joiner, sealed)),
+        answer(inviter, &request(wrong.confirm_joiner, sealed)),
         Err(PairingError::WrongCode)
     );
 }
@@ -220,14 +207,13 @@ fn a_wrong_code_confirmation_is_refused_even_with_a_valid_sealed_request() {
 #[test]
 fn a_wrong_confirmation_is_refused_even_when_the_sealed_request_is_valid() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
-    let keys = Keys::new(&mut rng);
     // One bit of the confirmation flipped, in every byte.
     for byte in 0..32 {
         let (inviter, honest, _) = honest_run(&mut rng);
         let (mut confirm, sealed) = parts(&honest);
         confirm[byte] ^= 1 << (byte % 8);
         assert_eq!(
-            keys.answer(inviter, &request(confirm, sealed)),
+            answer(inviter, &request(confirm, sealed)),
             Err(PairingError::WrongCode),
             "byte {byte} flipped"
         );
@@ -237,14 +223,14 @@ fn a_wrong_confirmation_is_refused_even_when_the_sealed_request_is_valid() {
     let (inviter, honest, _) = honest_run(&mut rng);
     let (_, sealed) = parts(&honest);
     assert_eq!(
-        keys.answer(inviter, &request([0; 32], sealed)),
+        answer(inviter, &request([0; 32], sealed)),
         Err(PairingError::WrongCode)
     );
     let (inviter, rogue, _) = rogue_run("482913", "482913", &mut rng);
     let (_, sealed) = parts(&rogue.body);
     assert_ne!(rogue.confirm_inviter, rogue.confirm_joiner);
     assert_eq!(
-        keys.answer(inviter, &request(rogue.confirm_inviter, sealed)),
+        answer(inviter, &request(rogue.confirm_inviter, sealed)),
         Err(PairingError::WrongCode)
     );
 }
@@ -252,7 +238,6 @@ fn a_wrong_confirmation_is_refused_even_when_the_sealed_request_is_valid() {
 #[test]
 fn a_tampered_or_forged_request_is_refused_even_with_the_right_confirmation() {
     let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let keys = Keys::new(&mut rng);
 
     // Every byte of the sealed request flipped in turn (device id, name and tag alike): a
     // relay in the middle cannot redirect the certificate to a key of its own.
@@ -267,7 +252,7 @@ fn a_tampered_or_forged_request_is_refused_even_with_the_right_confirmation() {
         let (confirm, mut sealed) = parts(&honest);
         sealed[byte] ^= 0x80;
         assert_eq!(
-            keys.answer(inviter, &request(confirm, sealed)),
+            answer(inviter, &request(confirm, sealed)),
             Err(PairingError::WrongCode),
             "byte {byte} of {sealed_len} flipped"
         );
@@ -277,6 +262,7 @@ fn a_tampered_or_forged_request_is_refused_even_with_the_right_confirmation() {
     let attacker_device = DeviceKey::generate(&mut rng).id();
     let attacker_plain = codec::encode(&JoinRequest {
         device: attacker_device,
+        exchange: [0xa7; 32],
         name: "attacker".to_owned(),
     });
     let mut other_key = [0u8; 32];
@@ -311,7 +297,7 @@ fn a_tampered_or_forged_request_is_refused_even_with_the_right_confirmation() {
     for (what, forge) in &forgeries {
         let (inviter, honest, _) = honest_run(&mut rng);
         let (confirm, sealed) = parts(&honest);
-        let refused = keys.answer(inviter, &request(confirm, forge(&sealed)));
+        let refused = answer(inviter, &request(confirm, forge(&sealed)));
         assert!(refused.is_err(), "{what}: {refused:?}");
         assert_ne!(refused, Ok(attacker_device), "{what}");
     }
@@ -323,7 +309,7 @@ fn a_tampered_or_forged_request_is_refused_even_with_the_right_confirmation() {
         rogue.confirm_joiner,
         seal(&rogue.joiner_to_inviter, &attacker_plain),
     );
-    assert_eq!(keys.answer(inviter, &forged), Ok(attacker_device));
+    assert_eq!(answer(inviter, &forged), Ok(attacker_device));
 }
 
 #[test]
@@ -331,17 +317,16 @@ fn a_request_from_another_pairing_is_refused() {
     // Replayed from an earlier pairing with the same code: both the confirmation and the
     // sealing key are fresh in every run.
     let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let keys = Keys::new(&mut rng);
     let (_, earlier, _) = honest_run(&mut rng);
     let (inviter, _, _) = honest_run(&mut rng);
-    assert_eq!(keys.answer(inviter, &earlier), Err(PairingError::WrongCode));
+    assert_eq!(answer(inviter, &earlier), Err(PairingError::WrongCode));
     // The confirmation of this run with the sealed request of the earlier one.
     let (_, earlier, _) = honest_run(&mut rng);
     let (inviter, now, _) = honest_run(&mut rng);
     let (confirm, _) = parts(&now);
     let (_, sealed) = parts(&earlier);
     assert_eq!(
-        keys.answer(inviter, &request(confirm, sealed)),
+        answer(inviter, &request(confirm, sealed)),
         Err(PairingError::WrongCode)
     );
 }
@@ -349,7 +334,6 @@ fn a_request_from_another_pairing_is_refused() {
 #[test]
 fn messages_out_of_place_are_refused() {
     let mut rng = ChaCha20Rng::seed_from_u64(8);
-    let keys = Keys::new(&mut rng);
     let (_, honest, _) = honest_run(&mut rng);
     let (confirm, sealed) = parts(&honest);
     let out_of_place = [
@@ -364,7 +348,7 @@ fn messages_out_of_place_are_refused() {
     ];
     for body in out_of_place {
         let (inviter, _, _) = honest_run(&mut rng);
-        let refused = keys.answer(inviter, &body);
+        let refused = answer(inviter, &body);
         assert!(
             matches!(refused, Err(PairingError::Unexpected(_))),
             "{body:?}: {refused:?}"

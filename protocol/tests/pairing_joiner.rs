@@ -1,22 +1,22 @@
 //! The joiner's side of pairing against an inviter that does not play by the rules.
 //!
-//! An honest inviter always grants a certificate it just issued with the user key it grants,
-//! so the other pairing tests never reach the joiner's own checks of the grant. Here an
-//! inviter that knows the code (it follows the documented key schedule, so every message
-//! authenticates) grants keys that do not fit together. The joiner must refuse each grant:
-//! a device that kept one would hold a certificate the relay refuses, or act for a user whose
-//! key does not match its certificate.
+//! An honest inviter always grants epochs 0, 1, 2… of the user's data key, so the other
+//! pairing tests never reach the joiner's own checks of the grant. Here an inviter that knows
+//! the code (it follows the documented key schedule, so every message authenticates) grants
+//! sets of epochs that are not usable. The joiner must refuse each grant: a device that kept
+//! one would miss an epoch's key and fail to read part of the history. (That the chain admits
+//! the joiner is checked against the chain itself, once the joiner connects.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use ferry_protocol::codec::{self, Wire};
+use ferry_protocol::codec::{self, DecodeError, Wire};
 use ferry_protocol::pairing::{
     CONFIRM_INVITER_LABEL, INVITER_ID, INVITER_KEY_LABEL, JOINER_ID, Joiner, JoinerAwaitGrant,
-    PAIRING_LABEL, PairingCode, PairingError, PairingMessage,
+    MAX_GRANT_EPOCHS, PAIRING_LABEL, PairingCode, PairingError, PairingMessage,
 };
-use ferry_protocol::{DeviceCertificate, DeviceKey, IdentityError, UserKey};
+use ferry_protocol::{DeviceKey, UserId, UserKey};
 use hkdf::Hkdf;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -25,17 +25,22 @@ use sha2::{Digest, Sha256};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
 const CODE: &str = "271828";
-const NOW: u64 = 1_700_000_000;
 
 /// What an inviter grants, as the protocol documents it (the crate's own type is private).
 #[derive(Serialize, Deserialize)]
 struct GrantWire {
-    certificate: DeviceCertificate,
-    user_secret: [u8; 32],
-    data_key: [u8; 32],
+    user: UserId,
+    epochs: Vec<(u32, [u8; 32])>,
 }
 
 impl Wire for GrantWire {}
+
+/// Epoch `n`'s key in these tests.
+fn key_of(n: u32) -> [u8; 32] {
+    let mut key = [0xd0; 32];
+    key[..4].copy_from_slice(&n.to_be_bytes());
+    key
+}
 
 /// Runs steps 1–3 between an inviter that knows the code and follows the documented key
 /// schedule, and an honest joiner for `device`. Returns the joiner, waiting for its grant, and
@@ -72,33 +77,38 @@ fn rogue_inviter(device: &DeviceKey, rng: &mut ChaCha20Rng) -> (JoinerAwaitGrant
         confirm: expand(CONFIRM_INVITER_LABEL),
     });
     let (joiner, _request) = joiner
-        .handle_inviter_hello(&hello, device, "tablet")
+        .handle_inviter_hello(&hello, device, [0x5e; 32], "tablet")
         .unwrap();
     (joiner, expand(INVITER_KEY_LABEL))
 }
 
-fn grant(key: &[u8; 32], certificate: DeviceCertificate, user: &UserKey) -> Vec<u8> {
-    let plain = codec::encode(&GrantWire {
-        certificate,
-        user_secret: *user.secret_bytes(),
-        data_key: [0xd0; 32],
-    });
+/// Seals `plain` as the grant, under `key`.
+fn sealed_grant(key: &[u8; 32], plain: &[u8]) -> Vec<u8> {
     let sealed = ChaCha20Poly1305::new(Key::from_slice(key))
-        .encrypt(&Nonce::default(), plain.as_slice())
+        .encrypt(&Nonce::default(), plain)
         .unwrap();
     codec::encode(&PairingMessage::InviterGrant { sealed })
+}
+
+/// The grant of `user`'s epochs numbered `epochs`.
+fn grant(key: &[u8; 32], user: UserId, epochs: &[u32]) -> Vec<u8> {
+    let plain = codec::encode(&GrantWire {
+        user,
+        epochs: epochs.iter().map(|&n| (n, key_of(n))).collect(),
+    });
+    sealed_grant(key, &plain)
 }
 
 struct Setup {
     rng: ChaCha20Rng,
     device: DeviceKey,
-    user: UserKey,
+    user: UserId,
 }
 
 fn setup(seed: u64) -> Setup {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let device = DeviceKey::generate(&mut rng);
-    let user = UserKey::generate(&mut rng);
+    let user = UserKey::generate(&mut rng).id();
     Setup { rng, device, user }
 }
 
@@ -106,82 +116,92 @@ fn setup(seed: u64) -> Setup {
 fn a_grant_that_fits_is_accepted() {
     // The rogue inviter is faithful to the protocol: a grant that fits goes through.
     let mut s = setup(1);
-    let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
-    let certificate = DeviceCertificate::issue(&s.user, s.device.id(), "tablet", NOW).unwrap();
-    let granted = joiner
-        .handle_grant(&grant(&key, certificate.clone(), &s.user))
-        .unwrap();
-    assert_eq!(granted.certificate, certificate);
-    assert_eq!(granted.user_key.id(), s.user.id());
-    assert_eq!(granted.data_key.bytes(), &[0xd0; 32]);
+    for epochs in [&[0][..], &[0, 1, 2, 3]] {
+        let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
+        let granted = joiner.handle_grant(&grant(&key, s.user, epochs)).unwrap();
+        assert_eq!(granted.user, s.user);
+        let got: Vec<(u32, [u8; 32])> = granted
+            .epochs
+            .iter()
+            .map(|(n, key)| (*n, *key.bytes()))
+            .collect();
+        let want: Vec<(u32, [u8; 32])> = epochs.iter().map(|&n| (n, key_of(n))).collect();
+        assert_eq!(got, want);
+    }
 }
 
 #[test]
-fn a_certificate_for_another_device_is_refused() {
+fn a_grant_with_no_epoch_is_refused() {
     let mut s = setup(2);
     let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
-    let other = DeviceKey::generate(&mut s.rng).id();
-    let certificate = DeviceCertificate::issue(&s.user, other, "tablet", NOW).unwrap();
     assert_eq!(
-        joiner
-            .handle_grant(&grant(&key, certificate, &s.user))
-            .err(),
-        Some(PairingError::BadGrant("certificate is for another device"))
+        joiner.handle_grant(&grant(&key, s.user, &[])).err(),
+        Some(PairingError::BadGrant("no data key"))
     );
 }
 
 #[test]
-fn a_certificate_from_another_user_than_the_granted_key_is_refused() {
+fn a_grant_whose_epochs_are_not_consecutive_from_zero_is_refused() {
     let mut s = setup(3);
+    for epochs in [
+        &[1][..],
+        &[0, 2],
+        &[0, 0],
+        &[1, 0],
+        &[0, 1, 3],
+        &[0, 1, 2, 1],
+        &[u32::MAX],
+    ] {
+        let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
+        assert_eq!(
+            joiner.handle_grant(&grant(&key, s.user, epochs)).err(),
+            Some(PairingError::BadGrant("epochs are not 0, 1, 2…")),
+            "{epochs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_grant_over_the_epoch_limit_is_refused_when_decoded() {
+    let mut s = setup(4);
     let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
-    // Valid, for this device, but by a user key other than the one granted.
-    let other_user = UserKey::generate(&mut s.rng);
-    let certificate = DeviceCertificate::issue(&other_user, s.device.id(), "tablet", NOW).unwrap();
+    let epochs: Vec<u32> = (0..=MAX_GRANT_EPOCHS as u32).collect();
     assert_eq!(
-        joiner
-            .handle_grant(&grant(&key, certificate, &s.user))
-            .err(),
-        Some(PairingError::BadGrant(
-            "certificate is not signed by the granted user key"
-        ))
+        joiner.handle_grant(&grant(&key, s.user, &epochs)).err(),
+        Some(PairingError::from(DecodeError::FieldTooLarge {
+            field: "grant epochs",
+            len: MAX_GRANT_EPOCHS + 1,
+            limit: MAX_GRANT_EPOCHS,
+        }))
     );
 }
 
 #[test]
-fn a_certificate_the_granted_user_key_did_not_sign_is_refused() {
-    let mut s = setup(4);
-    // Signed by another key, relabelled as the granted user's.
+fn a_grant_carrying_more_than_documented_is_refused() {
+    // Say a user key appended after the epochs: the joiner takes nothing it does not expect.
+    let mut s = setup(5);
     let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
-    let mallory = UserKey::generate(&mut s.rng);
-    let mut forged = DeviceCertificate::issue(&mallory, s.device.id(), "tablet", NOW).unwrap();
-    forged.user = s.user.id();
+    let mut plain = codec::encode(&GrantWire {
+        user: s.user,
+        epochs: vec![(0, key_of(0))],
+    });
+    plain.extend_from_slice(&[0x11; 32]);
     assert_eq!(
-        joiner.handle_grant(&grant(&key, forged, &s.user)).err(),
-        Some(PairingError::Identity(IdentityError::BadSignature))
-    );
-    // Signed by the granted key, then altered.
-    let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
-    let mut renamed = DeviceCertificate::issue(&s.user, s.device.id(), "tablet", NOW).unwrap();
-    renamed.name = "phone".to_owned();
-    assert_eq!(
-        joiner.handle_grant(&grant(&key, renamed, &s.user)).err(),
-        Some(PairingError::Identity(IdentityError::BadSignature))
+        joiner.handle_grant(&sealed_grant(&key, &plain)).err(),
+        Some(PairingError::from(DecodeError::TrailingBytes(32)))
     );
 }
 
 #[test]
 fn a_grant_sealed_under_another_key_or_tampered_is_refused() {
-    let mut s = setup(5);
-    let certificate = DeviceCertificate::issue(&s.user, s.device.id(), "tablet", NOW).unwrap();
+    let mut s = setup(6);
     let (joiner, _) = rogue_inviter(&s.device, &mut s.rng);
     assert_eq!(
-        joiner
-            .handle_grant(&grant(&[7; 32], certificate.clone(), &s.user))
-            .err(),
+        joiner.handle_grant(&grant(&[7; 32], s.user, &[0])).err(),
         Some(PairingError::WrongCode)
     );
     let (joiner, key) = rogue_inviter(&s.device, &mut s.rng);
-    let body = grant(&key, certificate, &s.user);
+    let body = grant(&key, s.user, &[0, 1]);
     let PairingMessage::InviterGrant { mut sealed } = codec::decode(&body).unwrap() else {
         panic!("expected InviterGrant")
     };

@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use ferry_protocol::chain::{EpochKeys, MAX_SEALED_KEY_LEN, SealedKey};
 use ferry_protocol::codec::{self, Wire};
 use ferry_protocol::handshake::{
-    ClientHandshake, ClientHello, ClientStart, Credentials, ServerHandshake,
+    AuthBody, ClientHandshake, ClientHello, ClientStart, Credentials, ServerHandshake,
     ServerHandshakeMessage, SessionStart,
 };
 use ferry_protocol::limits::{MAX_DEVICE_NAME_LEN, MAX_PAYLOAD_LEN};
@@ -40,22 +41,74 @@ fn error_frame() -> impl Strategy<Value = ErrorFrame> {
     })
 }
 
-fn certificate() -> impl Strategy<Value = DeviceCertificate> {
+fn sealed_key() -> impl Strategy<Value = SealedKey> {
+    prop_oneof![
+        vec(any::<u8>(), 1..120),
+        Just(vec![5u8; MAX_SEALED_KEY_LEN])
+    ]
+    .prop_map(SealedKey)
+}
+
+fn epoch_keys() -> impl Strategy<Value = EpochKeys> {
     (
-        bytes32(),
-        bytes32(),
-        text(MAX_DEVICE_NAME_LEN),
-        any::<u64>(),
-        any::<[u8; 32]>(),
+        any::<u32>(),
+        sealed_key(),
+        vec((bytes32(), sealed_key()), 0..4),
     )
-        .prop_map(|(user, device, name, created_at, half)| {
-            let mut signature = [0u8; 64];
-            signature[..32].copy_from_slice(&half);
-            DeviceCertificate {
-                user: UserId(user),
+        .prop_map(|(epoch, recovery, devices)| EpochKeys {
+            epoch,
+            recovery,
+            devices: devices
+                .into_iter()
+                .map(|(d, key)| (DeviceId(d), key))
+                .collect(),
+        })
+}
+
+fn link_body() -> impl Strategy<Value = LinkBody> {
+    prop_oneof![
+        (bytes32(), sealed_key()).prop_map(|(recovery_exchange, epoch_key)| LinkBody::Create {
+            recovery_exchange,
+            epoch_key
+        }),
+        (
+            bytes32(),
+            bytes32(),
+            text(MAX_DEVICE_NAME_LEN),
+            any::<u64>()
+        )
+            .prop_map(|(device, exchange, name, created_at)| LinkBody::Admit {
                 device: DeviceId(device),
+                exchange,
                 name,
                 created_at,
+            }),
+        (vec(bytes32(), 0..4), epoch_keys()).prop_map(|(devices, epoch)| LinkBody::Revoke {
+            devices: devices.into_iter().map(DeviceId).collect(),
+            epoch,
+        }),
+        epoch_keys().prop_map(|epoch| LinkBody::Rotate { epoch }),
+    ]
+}
+
+fn link() -> impl Strategy<Value = Link> {
+    (
+        bytes32(),
+        any::<u64>(),
+        bytes32(),
+        link_body(),
+        proptest::option::of(bytes32()),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(user, seqno, prev, body, signer, half)| {
+            let mut signature = [0u8; 64];
+            signature[32..].copy_from_slice(&half);
+            Link {
+                user: UserId(user),
+                seqno,
+                prev: LinkHash(prev),
+                body,
+                signer: signer.map_or(Signer::User, |d| Signer::Device(DeviceId(d))),
                 signature,
             }
         })
@@ -83,14 +136,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         any::<u64>().prop_map(|nonce| ClientFrame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| ClientFrame::Pong { nonce }),
         Just(ClientFrame::ListDevices),
-        (bytes32(), bytes32(), any::<u64>()).prop_map(|(user, device, revoked_at)| {
-            ClientFrame::RevokeDevice(Revocation {
-                user: UserId(user),
-                device: DeviceId(device),
-                revoked_at,
-                signature: [3; 64],
-            })
-        }),
+        link().prop_map(|link| ClientFrame::ChainAppend(Box::new(link))),
+        any::<u64>().prop_map(|after| ClientFrame::ChainFetch { after }),
         any::<u16>().prop_map(|slot| ClientFrame::PairOpen { slot }),
         (any::<u16>(), vec(any::<u8>(), 0..200))
             .prop_map(|(slot, body)| ClientFrame::PairJoin { slot, body }),
@@ -116,21 +163,32 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         error_frame().prop_map(ServerFrame::Error),
         any::<u64>().prop_map(|nonce| ServerFrame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| ServerFrame::Pong { nonce }),
-        vec((certificate(), any::<u64>(), any::<bool>()), 0..4).prop_map(|devices| {
+        vec(
+            (
+                bytes32(),
+                text(MAX_DEVICE_NAME_LEN),
+                any::<u64>(),
+                any::<bool>()
+            ),
+            0..4
+        )
+        .prop_map(|devices| {
             ServerFrame::Devices(
                 devices
                     .into_iter()
-                    .map(|(certificate, last_seen, revoked)| DeviceInfo {
-                        certificate,
+                    .map(|(device, name, last_seen, revoked)| DeviceInfo {
+                        device: DeviceId(device),
+                        name,
                         last_seen,
                         revoked,
                     })
                     .collect(),
             )
         }),
-        bytes32().prop_map(|d| ServerFrame::DeviceRevoked {
-            device: DeviceId(d)
-        }),
+        any::<u64>().prop_map(|seqno| ServerFrame::ChainAppended { seqno }),
+        (vec(link(), 0..4), any::<bool>())
+            .prop_map(|(links, more)| ServerFrame::ChainLinks { links, more }),
+        any::<u64>().prop_map(|seqno| ServerFrame::ChainGrew { seqno }),
         (any::<u16>(), any::<u64>())
             .prop_map(|(slot, expires_at)| ServerFrame::PairOpened { slot, expires_at }),
         (any::<u16>(), vec(any::<u8>(), 0..200))
@@ -157,6 +215,8 @@ fn decode_everything(bytes: &[u8]) {
     let _ = codec::decode::<ServerHandshakeMessage>(bytes);
     let _ = codec::decode::<ClientStart>(bytes);
     let _ = codec::decode::<SessionStart>(bytes);
+    let _ = codec::decode::<AuthBody>(bytes);
+    let _ = codec::decode::<Link>(bytes);
 }
 
 fn channels(seed: u64) -> (ClientChannel, ServerChannel) {

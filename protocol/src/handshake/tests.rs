@@ -3,7 +3,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use super::keys::{self, CLIENT_SIGNATURE_LABEL};
+use super::keys::{self, CLIENT_SIGNATURE_LABEL, USER_PROOF_LABEL};
 use super::*;
 use crate::channel::{ClientChannel, ServerChannel};
 use crate::codec;
@@ -16,7 +16,6 @@ struct World {
     relay: RelayKey,
     user: UserKey,
     device: DeviceKey,
-    certificate: DeviceCertificate,
 }
 
 fn world(seed: u64) -> World {
@@ -24,14 +23,11 @@ fn world(seed: u64) -> World {
     let relay = RelayKey::generate(&mut rng);
     let user = UserKey::generate(&mut rng);
     let device = DeviceKey::generate(&mut rng);
-    let certificate =
-        DeviceCertificate::issue(&user, device.id(), "laptop", 1_700_000_000).unwrap();
     World {
         rng,
         relay,
         user,
         device,
-        certificate,
     }
 }
 
@@ -46,8 +42,20 @@ fn hello(w: &mut World) -> (AwaitServerHello, AwaitClientStart, Vec<u8>, Vec<u8>
 fn credentials(w: &World) -> Credentials<'_> {
     Credentials::Device {
         key: &w.device,
-        certificate: w.certificate.clone(),
+        user: w.user.id(),
         resume: Some(7),
+        recovery: None,
+    }
+}
+
+/// The credentials of a device whose user typed the recovery key (`recovery` signs the
+/// transcript too).
+fn recovery_credentials<'a>(w: &'a World, recovery: &'a UserKey) -> Credentials<'a> {
+    Credentials::Device {
+        key: &w.device,
+        user: w.user.id(),
+        resume: None,
+        recovery: Some(recovery),
     }
 }
 
@@ -101,9 +109,9 @@ fn device_handshake_opens_a_session_both_ways() {
         (auth.user, auth.device, auth.resume),
         (w.user.id(), w.device.id(), Some(7))
     );
-    assert_eq!(auth.certificate, w.certificate);
+    assert!(!auth.user_proven, "no recovery proof was sent");
     let session_id = pending.session_id();
-    let (mut server_channel, established) = pending.accept_device(10, 4, 12);
+    let (mut server_channel, established) = pending.accept_device(10, 4, 12, 6);
     let (session, mut client_channel) = client.handle_session(&established).unwrap();
     assert_eq!(
         session,
@@ -113,6 +121,7 @@ fn device_handshake_opens_a_session_both_ways() {
             head: 10,
             acked: 4,
             last_device_seq: 12,
+            chain_seqno: 6,
         }
     );
 
@@ -212,88 +221,291 @@ fn server_hello_replayed_from_another_session_is_refused() {
     assert_eq!(err, HandshakeError::BadRelaySignature);
 }
 
-#[test]
-fn forged_certificate_is_refused() {
-    let mut w = world(7);
-    let mallory = UserKey::generate(&mut w.rng);
-    let mut forged = DeviceCertificate::issue(&mallory, w.device.id(), "laptop", 1).unwrap();
-    forged.user = w.user.id();
-    let (client, server, _, server_hello) = hello(&mut w);
-    let credentials = Credentials::Device {
-        key: &w.device,
-        certificate: forged,
-        resume: None,
+/// The user key's proof over `transcript` for `device`, as an honest client makes it.
+fn user_proof(user: &UserKey, transcript: &[u8; 32], device: &DeviceId) -> [u8; 64] {
+    user.sign(
+        USER_PROOF_LABEL,
+        &keys::user_proof_message(transcript, device),
+    )
+}
+
+/// The transcript hash of a handshake, from its two hello messages.
+fn transcript_of(client_hello: &[u8], server_hello: &[u8]) -> [u8; 32] {
+    let ServerHandshakeMessage::Hello(hello) = codec::decode(server_hello).unwrap() else {
+        panic!()
     };
-    let (_, start) = client
-        .handle_server_hello(&server_hello, credentials)
-        .unwrap();
-    let failure = server.handle_client_start(&start).unwrap_err();
-    assert_eq!(failure.error.code(), ErrorCode::BadCertificate);
-    assert!(failure.reply.is_some(), "the relay explains the refusal");
+    keys::transcript_hash(client_hello, &hello.body)
 }
 
 #[test]
-fn certificate_for_another_user_is_refused() {
-    let mut w = world(8);
-    let other_user = UserKey::generate(&mut w.rng);
+fn the_device_signs_the_transcript_and_the_auth_body() {
+    // The genuine start verifies: the device key signed `CLIENT_SIGNATURE_LABEL ‖ th ‖ body`.
+    let mut w = world(7);
     let (client, server, client_hello, server_hello) = hello(&mut w);
-    // A genuine certificate from another user, presented as this user's.
-    let certificate = DeviceCertificate::issue(&other_user, w.device.id(), "x", 1).unwrap();
     let body = AuthBody {
         user: w.user.id(),
         device: w.device.id(),
-        certificate,
-        resume: None,
+        resume: Some(3),
+        user_proof: None,
     };
     let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
-    let err = server_error(server, &start);
+    let auth = server.handle_client_start(&start).unwrap().auth().cloned();
     assert_eq!(
-        err,
-        HandshakeError::BadCertificate("certificate is for another user")
+        auth,
+        Some(VerifiedAuth {
+            user: w.user.id(),
+            device: w.device.id(),
+            resume: Some(3),
+            user_proven: false,
+        })
+    );
+    // Every field of the body is signed: the signature over one body does not cover another.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    let signed = codec::encode(&body);
+    let signature = w.device.sign(
+        CLIENT_SIGNATURE_LABEL,
+        &keys::client_signed_message(&transcript, &signed),
+    );
+    let altered = codec::encode(&AuthBody {
+        resume: Some(0),
+        ..body.clone()
+    });
+    let start = codec::encode(&ClientStart::Auth(ClientAuth {
+        body: altered,
+        signature,
+    }));
+    let sealed = client.seal_raw_start(&server_hello, &start).unwrap();
+    let failure = server.handle_client_start(&sealed).unwrap_err();
+    assert_eq!(failure.error, HandshakeError::BadDeviceSignature);
+    assert_eq!(failure.error.code(), ErrorCode::HandshakeFailed);
+    assert!(failure.reply.is_some(), "the relay explains the refusal");
+    // A signature under another label (the user-proof label) is not a device signature.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    let signature = w.device.sign(
+        USER_PROOF_LABEL,
+        &keys::client_signed_message(&transcript, &signed),
+    );
+    let start = codec::encode(&ClientStart::Auth(ClientAuth {
+        body: signed.clone(),
+        signature,
+    }));
+    let sealed = client.seal_raw_start(&server_hello, &start).unwrap();
+    assert_eq!(
+        server_error(server, &sealed),
+        HandshakeError::BadDeviceSignature
     );
 }
 
 #[test]
-fn certificate_for_another_device_is_refused() {
+fn a_device_id_is_worth_nothing_without_its_key() {
     let mut w = world(9);
     let thief = DeviceKey::generate(&mut w.rng);
-    // The client library refuses to present it...
-    let (client, _, _, server_hello) = hello(&mut w);
-    let credentials = Credentials::Device {
-        key: &thief,
-        certificate: w.certificate.clone(),
-        resume: None,
-    };
-    assert!(matches!(
-        client.handle_server_hello(&server_hello, credentials),
-        Err(HandshakeError::BadCertificate(_))
-    ));
-    // ...and the relay refuses it when a hostile client does.
-    let (client, server, client_hello, server_hello) = hello(&mut w);
-    let body = AuthBody {
-        user: w.user.id(),
-        device: thief.id(),
-        certificate: w.certificate.clone(),
-        resume: None,
-    };
-    let start = crafted_start(client, &client_hello, &server_hello, &body, &thief);
-    assert_eq!(
-        server_error(server, &start),
-        HandshakeError::BadCertificate("certificate is for another device")
-    );
-    // Knowing a device id is worth nothing without its key: claim the device, sign with another key.
+    // Claim the device, sign with another key.
     let (client, server, client_hello, server_hello) = hello(&mut w);
     let body = AuthBody {
         user: w.user.id(),
         device: w.device.id(),
-        certificate: w.certificate.clone(),
         resume: None,
+        user_proof: None,
     };
     let start = crafted_start(client, &client_hello, &server_hello, &body, &thief);
     assert_eq!(
         server_error(server, &start),
         HandshakeError::BadDeviceSignature
     );
+    // Even with a valid user proof for the claimed device (the user key is no substitute
+    // for the device key).
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    let body = AuthBody {
+        user_proof: Some(user_proof(&w.user, &transcript, &w.device.id())),
+        ..body
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &thief);
+    assert_eq!(
+        server_error(server, &start),
+        HandshakeError::BadDeviceSignature
+    );
+}
+
+#[test]
+fn a_valid_user_proof_opens_a_user_proven_session() {
+    let mut w = world(8);
+    let user = UserKey::from_secret_bytes(&w.user.secret_bytes());
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, recovery_credentials(&w, &user))
+        .unwrap();
+    let pending = server.handle_client_start(&start).unwrap();
+    assert_eq!(
+        pending.auth(),
+        Some(&VerifiedAuth {
+            user: w.user.id(),
+            device: w.device.id(),
+            resume: None,
+            user_proven: true,
+        })
+    );
+    // The relay admits it (its chain check is outside this crate); the session opens.
+    let (_, established) = pending.accept_device(0, 0, 0, 0);
+    let (session, _) = client.handle_session(&established).unwrap();
+    assert_eq!(session.chain_seqno, 0);
+}
+
+#[test]
+fn a_user_proof_by_another_user_key_is_refused() {
+    let mut w = world(10);
+    let mallory = UserKey::generate(&mut w.rng);
+    let (client, server, _, server_hello) = hello(&mut w);
+    // The honest client library signs with whatever key the user typed; the relay refuses.
+    let (_, start) = client
+        .handle_server_hello(&server_hello, recovery_credentials(&w, &mallory))
+        .unwrap();
+    let failure = server.handle_client_start(&start).unwrap_err();
+    assert_eq!(failure.error, HandshakeError::BadUserProof);
+    assert_eq!(failure.error.code(), ErrorCode::BadUserProof);
+    assert_eq!(failure.error.code().number(), 206);
+    assert!(failure.reply.is_some(), "the relay explains the refusal");
+    // The explanation reaches the client as a rejection with code 206.
+    let (client, server, _, server_hello) = hello(&mut w);
+    let (client, start) = client
+        .handle_server_hello(&server_hello, recovery_credentials(&w, &mallory))
+        .unwrap();
+    let reply = server
+        .handle_client_start(&start)
+        .unwrap_err()
+        .reply
+        .unwrap();
+    assert_eq!(
+        client.handle_session(&reply).unwrap_err().code(),
+        ErrorCode::BadUserProof
+    );
+}
+
+#[test]
+fn a_user_proof_for_another_device_is_refused() {
+    let mut w = world(11);
+    let other = DeviceKey::generate(&mut w.rng);
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    // The user key vouched for `other` in this very session; `w.device` presents it.
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        resume: None,
+        user_proof: Some(user_proof(&w.user, &transcript, &other.id())),
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    assert_eq!(server_error(server, &start), HandshakeError::BadUserProof);
+    // The same proof for the right device passes, so the device is what failed above.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    let body = AuthBody {
+        user_proof: Some(user_proof(&w.user, &transcript, &w.device.id())),
+        ..body
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    let pending = server.handle_client_start(&start).unwrap();
+    assert!(pending.auth().unwrap().user_proven);
+}
+
+#[test]
+fn a_user_proof_replayed_from_another_transcript_is_refused() {
+    let mut w = world(12);
+    // A proof the user key made for this device in an earlier session...
+    let (_, _, old_client_hello, old_server_hello) = hello(&mut w);
+    let old_transcript = transcript_of(&old_client_hello, &old_server_hello);
+    let old_proof = user_proof(&w.user, &old_transcript, &w.device.id());
+    // ...presented in a new one, with a fresh device signature.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        resume: None,
+        user_proof: Some(old_proof),
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    assert_eq!(server_error(server, &start), HandshakeError::BadUserProof);
+    // A proof under another label (the device's signature label) is not a user proof.
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    let mislabelled = w.user.sign(
+        CLIENT_SIGNATURE_LABEL,
+        &keys::user_proof_message(&transcript, &w.device.id()),
+    );
+    let body = AuthBody {
+        user_proof: Some(mislabelled),
+        ..body
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    assert_eq!(server_error(server, &start), HandshakeError::BadUserProof);
+}
+
+#[test]
+fn a_user_id_that_is_not_a_key_proves_nothing() {
+    let mut w = world(13);
+    let not_a_key = (0..=u8::MAX)
+        .map(|b| UserId([b; 32]))
+        .find(|id| id.verifying_key().is_err())
+        .expect("some 32-byte strings are not curve points");
+    let (client, server, client_hello, server_hello) = hello(&mut w);
+    let transcript = transcript_of(&client_hello, &server_hello);
+    let body = AuthBody {
+        user: not_a_key,
+        device: w.device.id(),
+        resume: None,
+        user_proof: Some(user_proof(&w.user, &transcript, &w.device.id())),
+    };
+    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
+    assert_eq!(server_error(server, &start), HandshakeError::BadUserProof);
+}
+
+#[test]
+fn auth_bodies_round_trip_and_a_proof_is_64_bytes() {
+    let mut w = world(14);
+    let body = AuthBody {
+        user: w.user.id(),
+        device: w.device.id(),
+        resume: Some(u64::MAX),
+        user_proof: Some([0xA5; 64]),
+    };
+    let decoded: AuthBody = codec::decode(&codec::encode(&body)).unwrap();
+    assert_eq!(decoded, body);
+    let none = AuthBody {
+        resume: None,
+        user_proof: None,
+        ..body.clone()
+    };
+    let decoded: AuthBody = codec::decode(&codec::encode(&none)).unwrap();
+    assert_eq!(decoded, none);
+    // On the wire the proof is an optional byte string: `Some` ‖ length 64 ‖ the bytes.
+    let encoded = codec::encode(&body);
+    assert_eq!(&encoded[encoded.len() - 66..encoded.len() - 64], &[1, 64]);
+    // A proof of any other length does not decode, neither alone nor in a handshake.
+    for len in [0usize, 63, 65] {
+        let mut bad = codec::encode(&none);
+        bad.pop(); // the `None` of user_proof
+        bad.push(1);
+        bad.push(len as u8);
+        bad.extend(std::iter::repeat_n(7u8, len));
+        assert!(codec::decode::<AuthBody>(&bad).is_err(), "{len} bytes");
+        let (client, server, client_hello, server_hello) = hello(&mut w);
+        let transcript = transcript_of(&client_hello, &server_hello);
+        let signature = w.device.sign(
+            CLIENT_SIGNATURE_LABEL,
+            &keys::client_signed_message(&transcript, &bad),
+        );
+        let start = codec::encode(&ClientStart::Auth(ClientAuth {
+            body: bad,
+            signature,
+        }));
+        let sealed = client.seal_raw_start(&server_hello, &start).unwrap();
+        let error = server_error(server, &sealed);
+        assert!(matches!(error, HandshakeError::Decode(_)), "{error:?}");
+        assert_eq!(error.code(), ErrorCode::MalformedFrame);
+    }
 }
 
 #[test]
@@ -309,8 +521,8 @@ fn device_signature_over_another_transcript_is_refused() {
     let body = codec::encode(&AuthBody {
         user: w.user.id(),
         device: w.device.id(),
-        certificate: w.certificate.clone(),
         resume: None,
+        user_proof: None,
     });
     let signature = w.device.sign(
         CLIENT_SIGNATURE_LABEL,
@@ -511,6 +723,7 @@ fn session_established_must_match_both_session_id_and_version() {
         head: 5,
         acked: 4,
         last_device_seq: 3,
+        chain_seqno: 9,
     };
     // The honest answer opens the session.
     let reply = relay
@@ -518,8 +731,13 @@ fn session_established_must_match_both_session_id_and_version() {
         .unwrap();
     let (session, _) = client.handle_session(&reply).unwrap();
     assert_eq!(
-        (session.session_id, session.version, session.head),
-        (session_id, version, 5)
+        (
+            session.session_id,
+            session.version,
+            session.head,
+            session.chain_seqno
+        ),
+        (session_id, version, 5, 9)
     );
     // The right session id with another version, and another session id with the right
     // version: each alone is a mismatch.
@@ -615,100 +833,20 @@ fn tampered_session_start_is_refused() {
     );
 }
 
-/// A certificate for `device` with any name, signed by hand over the documented fields (the
-/// library refuses to issue one with a bad name).
-fn hand_signed_certificate(user: &UserKey, device: DeviceId, name: &str) -> DeviceCertificate {
-    let fields = codec::encode(&(user.id(), device, name, 1_700_000_000u64));
-    DeviceCertificate {
-        user: user.id(),
-        device,
-        name: name.to_owned(),
-        created_at: 1_700_000_000,
-        signature: user.sign(crate::identity::DEVICE_CERTIFICATE_LABEL, &fields),
-    }
-}
-
 #[test]
-fn the_relay_says_why_a_certificate_is_refused() {
-    let mut w = world(19);
-    // A name with a control character, validly signed by the user key.
-    let (client, server, client_hello, server_hello) = hello(&mut w);
-    let certificate = hand_signed_certificate(&w.user, w.device.id(), "bell\u{7}");
-    let body = AuthBody {
-        user: w.user.id(),
-        device: w.device.id(),
-        certificate,
-        resume: None,
-    };
-    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
-    let failure = server.handle_client_start(&start).unwrap_err();
-    assert_eq!(
-        failure.error,
-        HandshakeError::BadCertificate("device name contains a control character")
-    );
-    assert!(failure.reply.is_some(), "the relay explains the refusal");
-
-    // A user id that is not an Ed25519 public key: nothing it "signed" can verify.
-    let not_a_key = (0..=u8::MAX)
-        .map(|b| UserId([b; 32]))
-        .find(|id| id.verifying_key().is_err())
-        .expect("some 32-byte strings are not curve points");
-    let (client, server, client_hello, server_hello) = hello(&mut w);
-    let mut certificate = w.certificate.clone();
-    certificate.user = not_a_key;
-    let body = AuthBody {
-        user: not_a_key,
-        device: w.device.id(),
-        certificate,
-        resume: None,
-    };
-    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
-    assert_eq!(
-        server_error(server, &start),
-        HandshakeError::BadCertificate("user key is not a valid Ed25519 key")
-    );
-
-    // A name over the limit is refused when the body is decoded, before any signature check.
-    let (client, server, client_hello, server_hello) = hello(&mut w);
-    let long = "x".repeat(MAX_DEVICE_NAME_LEN + 1);
-    let body = AuthBody {
-        user: w.user.id(),
-        device: w.device.id(),
-        certificate: hand_signed_certificate(&w.user, w.device.id(), &long),
-        resume: None,
-    };
-    let start = crafted_start(client, &client_hello, &server_hello, &body, &w.device);
-    assert_eq!(
-        server_error(server, &start),
-        HandshakeError::Decode(DecodeError::FieldTooLarge {
-            field: "device name",
-            len: MAX_DEVICE_NAME_LEN + 1,
-            limit: MAX_DEVICE_NAME_LEN,
-        })
-    );
-}
-
-#[test]
-fn identity_errors_become_certificate_refusals_that_say_why() {
-    for (identity, reason) in [
-        (IdentityError::NameTooLong, "device name too long"),
+fn handshake_errors_map_to_their_codes() {
+    for (error, code) in [
+        (HandshakeError::BadUserProof, ErrorCode::BadUserProof),
         (
-            IdentityError::NameHasControl,
-            "device name contains a control character",
+            HandshakeError::BadDeviceSignature,
+            ErrorCode::HandshakeFailed,
         ),
-        (
-            IdentityError::InvalidKey,
-            "user key is not a valid Ed25519 key",
-        ),
-        (
-            IdentityError::BadSignature,
-            "signature by the user key does not verify",
-        ),
+        (HandshakeError::SessionMismatch, ErrorCode::HandshakeFailed),
+        (HandshakeError::WeakKey, ErrorCode::HandshakeFailed),
     ] {
-        let error = HandshakeError::from(identity);
-        assert_eq!(error, HandshakeError::BadCertificate(reason));
-        assert_eq!(error.code(), ErrorCode::BadCertificate);
+        assert_eq!(error.code(), code, "{error:?}");
     }
+    assert_eq!(ErrorCode::BadUserProof.number(), 206);
 }
 
 #[test]
