@@ -1,6 +1,7 @@
 //! Both pairing state machines (inviter and joiner) with a relay in the middle that delivers
 //! the genuine message, one of its own, or arbitrary bytes at every step: never a panic, and
-//! never a grant or the user's keys for a peer that did not prove the code.
+//! never an admission (a request the inviter accepts) or a grant of the data keys for a peer
+//! that did not prove the code.
 
 #![no_main]
 

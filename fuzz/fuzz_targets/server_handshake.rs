@@ -1,6 +1,7 @@
 //! The relay side of the handshake fed arbitrary bytes as `ClientHello` and `ClientStart`,
-//! including well-encrypted `ClientStart` plaintexts that reach certificate and signature
-//! verification.
+//! including well-encrypted `ClientStart` plaintexts that reach `AuthBody` decoding and the
+//! device's transcript signature check, and genuinely signed `AuthBody`s whose user and user
+//! proof the input picks (the recovery proof check, with an oracle).
 
 #![no_main]
 

@@ -9,17 +9,19 @@ use rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
+use crate::chain::{Chain, ChainError, EpochKeys, Link, LinkBody, SealedKey, Signer, SigningKey};
 use crate::channel::Encoded;
+use crate::epoch::ExchangeSecret;
 use crate::handshake::{
-    ClientHandshake, ClientHello, ClientStart, Credentials, HandshakeError, ServerHandshake,
-    ServerHandshakeMessage, ServerHello, ServerHelloBody, SessionEstablished, SessionStart, keys,
+    AuthBody, ClientAuth, ClientHandshake, ClientHello, ClientStart, Credentials, HandshakeError,
+    ServerHandshake, ServerHandshakeMessage, ServerHello, ServerHelloBody, SessionEstablished,
+    SessionStart, keys,
 };
-use crate::limits::MAX_DEVICE_NAME_LEN;
-use crate::pairing::{CODES_PER_SLOT, Inviter, Joiner, PairingCode};
+use crate::pairing::{CODES_PER_SLOT, Inviter, JoinRequest, Joiner, PairingCode};
 use crate::seal::DataKey;
 use crate::{
-    ChannelError, ClientChannel, ClientFrame, DeviceCertificate, DeviceKey, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, RelayKey, ServerChannel, ServerFrame, UserKey, codec,
+    ChannelError, ClientChannel, ClientFrame, DeviceId, DeviceKey, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, RelayKey, ServerChannel, ServerFrame, UserId, UserKey, codec,
 };
 
 /// Decodes `data` as every message type a peer accepts.
@@ -30,17 +32,31 @@ pub fn decode_frames(data: &[u8]) {
     let _ = codec::decode::<ServerHandshakeMessage>(data);
     let _ = codec::decode::<ClientStart>(data);
     let _ = codec::decode::<SessionStart>(data);
+    let _ = codec::decode::<AuthBody>(data);
+    let _ = codec::decode::<Link>(data);
     let _ = codec::decode::<crate::pairing::PairingMessage>(data);
+    let _ = codec::decode::<JoinRequest>(data);
 }
 
-/// Drives the relay side of the handshake with `data`, three ways:
+/// Drives the relay side of the handshake with `data`, four ways:
 /// 1. the first byte splits the rest into a `ClientHello` and an encrypted `ClientStart`;
 /// 2. after a genuine `ClientHello`, `data` is the encrypted `ClientStart`;
 /// 3. after a genuine `ClientHello`, `data` is sealed under the real key as the `ClientStart`
-///    plaintext, so certificate and signature verification are reached.
+///    plaintext, so `AuthBody` decoding and the transcript signature check are reached;
+/// 4. after a genuine `ClientHello`, an `AuthBody` that a fixed device key signs over the real
+///    transcript, so the user proof check is reached: the first byte picks the user (bit 0:
+///    32 bytes of `data`, else the fixed user) and the proof (`(byte >> 1) % 4`: none, the
+///    fixed user key's genuine proof, its proof for another device, or 64 bytes of `data`).
+///
+/// Panics if mode 4's verdict is not: accepted (`user_proven` exactly when a proof was sent)
+/// when there is no proof or the proof is the genuine one for the claimed user and device,
+/// and refused with `BadUserProof` otherwise.
 pub fn server_handshake(data: &[u8]) {
     let mut rng = ChaCha20Rng::seed_from_u64(0);
     let relay = RelayKey::generate(&mut rng);
+    let user = UserKey::generate(&mut rng);
+    let device = DeviceKey::generate(&mut rng);
+    let other_device = DeviceKey::generate(&mut rng).id();
 
     if let Some((&split, rest)) = data.split_first() {
         let (hello, start) = rest.split_at((split as usize).min(rest.len()));
@@ -60,6 +76,71 @@ pub fn server_handshake(data: &[u8]) {
         && let Some(sealed) = client.seal_raw_start(&server_hello, data)
     {
         let _ = server.handle_client_start(&sealed);
+    }
+
+    let mut input = Input(data);
+    let choice = input.byte();
+    let claimed = if choice & 1 == 0 {
+        user.id()
+    } else {
+        let mut id = [0u8; 32];
+        id.iter_mut().for_each(|b| *b = input.byte());
+        UserId(id)
+    };
+    let (client, hello) = ClientHandshake::start(relay.id(), &mut rng);
+    let Ok((server, server_hello)) = ServerHandshake::handle_client_hello(&relay, &hello, &mut rng)
+    else {
+        panic!("the relay refused a genuine ClientHello")
+    };
+    let Ok(ServerHandshakeMessage::Hello(signed)) = codec::decode(&server_hello) else {
+        panic!("the relay's ServerHello does not decode")
+    };
+    let transcript = keys::transcript_hash(&hello, &signed.body);
+    let proof_for = |device: &DeviceId| {
+        user.sign(
+            keys::USER_PROOF_LABEL,
+            &keys::user_proof_message(&transcript, device),
+        )
+    };
+    let genuine = proof_for(&device.id());
+    let user_proof = match (choice >> 1) % 4 {
+        0 => None,
+        1 => Some(genuine),
+        2 => Some(proof_for(&other_device)),
+        _ => {
+            let mut proof = [0u8; 64];
+            proof.iter_mut().for_each(|b| *b = input.byte());
+            Some(proof)
+        }
+    };
+    let body = codec::encode(&AuthBody {
+        user: claimed,
+        device: device.id(),
+        resume: Some(input.u64()),
+        user_proof,
+    });
+    let signature = device.sign(
+        keys::CLIENT_SIGNATURE_LABEL,
+        &keys::client_signed_message(&transcript, &body),
+    );
+    let start = codec::encode(&ClientStart::Auth(ClientAuth { body, signature }));
+    let Some(sealed) = client.seal_raw_start(&server_hello, &start) else {
+        panic!("a genuine ServerHello was refused")
+    };
+    let valid = user_proof.is_none_or(|proof| claimed == user.id() && proof == genuine);
+    match server.handle_client_start(&sealed) {
+        Ok(pending) => {
+            assert!(valid, "a user proof that does not verify was accepted");
+            let Some(auth) = pending.auth() else {
+                panic!("a device's ClientStart opened an anonymous session")
+            };
+            assert_eq!(auth.user_proven, user_proof.is_some());
+            assert_eq!((auth.user, auth.device), (claimed, device.id()));
+        }
+        Err(failure) => {
+            assert!(!valid, "a genuine ClientStart was refused: {failure:?}");
+            assert_eq!(failure.error, HandshakeError::BadUserProof);
+        }
     }
 }
 
@@ -156,14 +237,16 @@ fn pairing_code(n: u32) -> PairingCode {
 
 /// Keys that do not depend on the input, made once.
 struct PairingWorld {
-    /// The inviter's user key and data key.
-    user: UserKey,
-    data: DataKey,
-    /// The honest joiner's new device.
+    /// The inviter's user and the data keys of its epochs 0 and 1.
+    user: UserId,
+    data: [DataKey; 2],
+    /// The honest joiner's new device and its exchange key.
     joiner_device: DeviceKey,
+    joiner_exchange: [u8; 32],
     /// What a relay in the middle uses for its own joiner and its own inviter.
     relay_device: DeviceKey,
-    relay_user: UserKey,
+    relay_exchange: [u8; 32],
+    relay_user: UserId,
     relay_data: DataKey,
 }
 
@@ -172,11 +255,13 @@ fn pairing_world() -> &'static PairingWorld {
     WORLD.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         PairingWorld {
-            user: UserKey::generate(&mut rng),
-            data: DataKey::generate(&mut rng),
+            user: UserKey::generate(&mut rng).id(),
+            data: [DataKey::generate(&mut rng), DataKey::generate(&mut rng)],
             joiner_device: DeviceKey::generate(&mut rng),
+            joiner_exchange: ExchangeSecret::generate(&mut rng).public(),
             relay_device: DeviceKey::generate(&mut rng),
-            relay_user: UserKey::generate(&mut rng),
+            relay_exchange: ExchangeSecret::generate(&mut rng).public(),
+            relay_user: UserKey::generate(&mut rng).id(),
             relay_data: DataKey::generate(&mut rng),
         }
     })
@@ -188,9 +273,10 @@ fn pairing_world() -> &'static PairingWorld {
 /// of its own (it runs its own joiner and its own inviter with a guessed code of the slot), or
 /// 2 arbitrary bytes.
 ///
-/// Panics if the inviter hands a grant to a device whose owner did not know the code, if the
-/// joiner accepts a grant from anyone who did not know the code it typed, or if an undisturbed
-/// pairing with the right code fails.
+/// Panics if the inviter accepts a request (and so would admit the device to the chain and
+/// grant it the data keys) from a device whose owner did not know the code, or reads another
+/// exchange key or name than that device sent; if the joiner accepts a grant from anyone who
+/// did not know the code it typed; or if an undisturbed pairing with the right code fails.
 ///
 /// Input: `flags` (bit 0: the joiner typed a wrong code, then two bytes pick it; bit 1: the
 /// joiner's device name is a chunk), two bytes for the relay's guess, then per step a choice
@@ -264,7 +350,7 @@ pub fn pairing(data: &[u8]) {
     };
     let joiner = body.and_then(|body| {
         joiner
-            .handle_inviter_hello(&body, &world.joiner_device, &name)
+            .handle_inviter_hello(&body, &world.joiner_device, world.joiner_exchange, &name)
             .ok()
     });
     if joiner.is_some() {
@@ -287,9 +373,9 @@ pub fn pairing(data: &[u8]) {
     let joiner_request = joiner.as_ref().map(|(_, request)| request.clone());
     let relay_grant = match (relay_inviter, &joiner_request) {
         (Some(own), Some(request)) => own
-            .handle_joiner_request(request, &world.relay_user, &world.relay_data, 1_700_000_000)
+            .handle_joiner_request(request)
             .ok()
-            .map(|(_, grant)| grant),
+            .map(|(_, ready)| ready.grant(world.relay_user, &[(0, &world.relay_data)])),
         _ => None,
     };
     let body = match input.byte() % 3 {
@@ -298,7 +384,7 @@ pub fn pairing(data: &[u8]) {
             undisturbed = false;
             match (relay_joiner, &inviter_hello) {
                 (Some(own), Some(hello)) => own
-                    .handle_inviter_hello(hello, &world.relay_device, "relay")
+                    .handle_inviter_hello(hello, &world.relay_device, world.relay_exchange, "relay")
                     .ok()
                     .map(|(_, request)| request),
                 _ => None,
@@ -311,19 +397,28 @@ pub fn pairing(data: &[u8]) {
     };
     let grant = match (inviter, body) {
         (Some((inviter, _)), Some(body)) => {
-            match inviter.handle_joiner_request(&body, &world.user, &world.data, 1_700_000_000) {
-                Ok((admitted, grant)) => {
-                    let honest = admitted.device == world.joiner_device.id() && joiner_knows_code;
-                    let guessed = admitted.device == world.relay_device.id() && relay_knows_code;
+            match inviter.handle_joiner_request(&body) {
+                Ok((request, ready)) => {
+                    let honest = request.device == world.joiner_device.id() && joiner_knows_code;
+                    let guessed = request.device == world.relay_device.id() && relay_knows_code;
                     assert!(
                         honest || guessed,
-                        "the inviter admitted {} without proof of the code",
-                        admitted.device
+                        "the inviter would admit {} without proof of the code",
+                        request.device
                     );
-                    assert_eq!(admitted.certificate.device, admitted.device);
-                    assert_eq!(admitted.certificate.user, world.user.id());
-                    assert!(admitted.certificate.verify().is_ok());
-                    Some(grant)
+                    if honest {
+                        assert_eq!(
+                            (request.exchange, request.name.as_str()),
+                            (world.joiner_exchange, &*name)
+                        );
+                    } else {
+                        assert_eq!(
+                            (request.exchange, request.name.as_str()),
+                            (world.relay_exchange, "relay")
+                        );
+                    }
+                    // (An inviter appends the Admit link here, then grants.)
+                    Some(ready.grant(world.user, &[(0, &world.data[0]), (1, &world.data[1])]))
                 }
                 Err(_) => None,
             }
@@ -348,20 +443,27 @@ pub fn pairing(data: &[u8]) {
         _ => None,
     };
     if let Some(grant) = &paired {
-        let from_inviter = grant.user_key.id() == world.user.id()
-            && grant.data_key.bytes() == world.data.bytes()
+        let keys: Vec<[u8; 32]> = grant.epochs.iter().map(|(_, key)| *key.bytes()).collect();
+        let from_inviter = grant.user == world.user
+            && keys == [*world.data[0].bytes(), *world.data[1].bytes()]
             && joiner_knows_code;
-        let from_relay = grant.user_key.id() == world.relay_user.id()
-            && grant.data_key.bytes() == world.relay_data.bytes()
+        let from_relay = grant.user == world.relay_user
+            && keys == [*world.relay_data.bytes()]
             && relay_knows_joiner_code;
         assert!(
             from_inviter || from_relay,
             "the joiner accepted a grant from someone who did not know its code"
         );
-        assert_eq!(grant.certificate.device, world.joiner_device.id());
-        assert!(grant.certificate.verify().is_ok());
+        assert!(
+            grant
+                .epochs
+                .iter()
+                .enumerate()
+                .all(|(i, (epoch, _))| *epoch as usize == i),
+            "the joiner accepted epochs that are not 0, 1, 2…"
+        );
     }
-    if undisturbed && joiner_knows_code && name.len() <= MAX_DEVICE_NAME_LEN {
+    if undisturbed && joiner_knows_code && crate::check_device_name(&name).is_ok() {
         assert!(
             paired.is_some(),
             "an undisturbed pairing with the right code failed"
@@ -374,7 +476,7 @@ struct ClientWorld {
     relay: RelayKey,
     other_relay: RelayKey,
     device: DeviceKey,
-    certificate: DeviceCertificate,
+    user: UserId,
 }
 
 fn client_world() -> &'static ClientWorld {
@@ -383,17 +485,13 @@ fn client_world() -> &'static ClientWorld {
         let mut rng = ChaCha20Rng::seed_from_u64(8);
         let relay = RelayKey::generate(&mut rng);
         let other_relay = RelayKey::generate(&mut rng);
-        let user = UserKey::generate(&mut rng);
+        let user = UserKey::generate(&mut rng).id();
         let device = DeviceKey::generate(&mut rng);
-        let certificate = match DeviceCertificate::issue(&user, device.id(), "laptop", 1) {
-            Ok(certificate) => certificate,
-            Err(e) => unreachable!("a short name is certified: {e}"),
-        };
         ClientWorld {
             relay,
             other_relay,
             device,
-            certificate,
+            user,
         }
     })
 }
@@ -417,7 +515,8 @@ fn sign_server_hello(relay: &RelayKey, client_hello: &[u8], body: Vec<u8>) -> Ve
 ///   reached;
 /// - 2: a relay emulated here (same key schedule) with a chosen version (bit 4), the wrong
 ///   relay key (bit 5), a signature by another key (bit 6) or a flipped signature byte
-///   (bit 7); then `head`, `acked` and `last_device_seq` (8 bytes each) and a `SessionStart`
+///   (bit 7); then `head`, `acked`, `last_device_seq` and `chain_seqno` (8 bytes each) and a
+///   `SessionStart`
 ///   (a choice byte: 0 genuine, 1 wrong session id, 2 a chunk sealed as its plaintext, 3 a
 ///   chunk as its ciphertext), then server frames;
 /// - 3: the real relay code (`ServerHandshake`), then `head` and `acked` (8 bytes each) and a
@@ -435,8 +534,9 @@ pub fn client_handshake(data: &[u8]) {
         if device {
             Credentials::Device {
                 key: &world.device,
-                certificate: world.certificate.clone(),
+                user: world.user,
                 resume,
+                recovery: None,
             }
         } else {
             Credentials::Anonymous
@@ -526,6 +626,13 @@ pub fn client_handshake(data: &[u8]) {
                 Ok(ClientStart::Anonymous) => assert!(!device),
                 Ok(ClientStart::Auth(auth)) => {
                     assert!(device);
+                    let Ok(body) = codec::decode::<AuthBody>(&auth.body) else {
+                        panic!("the client's AuthBody does not decode")
+                    };
+                    assert_eq!(
+                        (body.user, body.device, body.resume, body.user_proof),
+                        (world.user, world.device.id(), resume, None)
+                    );
                     assert!(
                         world
                             .device
@@ -544,6 +651,7 @@ pub fn client_handshake(data: &[u8]) {
             let head = input.u64();
             let acked = input.u64();
             let last_device_seq = input.u64();
+            let chain_seqno = input.u64();
             let choice = input.byte() % 4;
             let established = SessionStart::Established(SessionEstablished {
                 session_id: session.session_id,
@@ -551,6 +659,7 @@ pub fn client_handshake(data: &[u8]) {
                 head,
                 acked,
                 last_device_seq,
+                chain_seqno,
             });
             let (wire, expect) = match choice {
                 0 => (server.seal_value(&established), Some(established)),
@@ -563,6 +672,7 @@ pub fn client_handshake(data: &[u8]) {
                         head,
                         acked,
                         last_device_seq,
+                        chain_seqno,
                     });
                     (server.seal_value(&wrong), None)
                 }
@@ -584,8 +694,14 @@ pub fn client_handshake(data: &[u8]) {
                     assert!(expect.is_some(), "a bad SessionStart was accepted");
                     assert_eq!(opened.session_id, session.session_id);
                     assert_eq!(
-                        (opened.version, opened.head, opened.acked),
-                        (version, head, acked)
+                        (
+                            opened.version,
+                            opened.head,
+                            opened.acked,
+                            opened.last_device_seq,
+                            opened.chain_seqno
+                        ),
+                        (version, head, acked, last_device_seq, chain_seqno)
                     );
                     client_frames(&mut server, channel, &mut input);
                 }
@@ -741,11 +857,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     // Client handshake.
     let world = client_world();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let user = UserKey::generate(&mut rng);
     let device = DeviceKey::generate(&mut rng);
-    let certificate = DeviceCertificate::issue(&user, device.id(), "phone", 1_700_000_000).ok();
+    let chain = chain_world();
     let payload = crate::SealedPayload(vec![1; 41]);
-    let mut frames = vec![
+    let frames = vec![
         ServerFrame::Appended {
             device_seq: 1,
             seq: 2,
@@ -764,9 +879,22 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
         ServerFrame::Error(crate::ErrorFrame::new(crate::ErrorCode::Conflict).for_append(1)),
         ServerFrame::Ping { nonce: 9 },
-        ServerFrame::DeviceRevoked {
-            device: device.id(),
+        ServerFrame::ChainAppended { seqno: 6 },
+        ServerFrame::ChainGrew { seqno: 6 },
+        ServerFrame::ChainLinks {
+            links: chain.links[..2].to_vec(),
+            more: true,
         },
+        ServerFrame::ChainLinks {
+            links: chain.links[2..].to_vec(),
+            more: false,
+        },
+        ServerFrame::Devices(vec![crate::DeviceInfo {
+            device: device.id(),
+            name: "phone".into(),
+            last_seen: 1_700_000_000,
+            revoked: false,
+        }]),
         ServerFrame::PairOpened {
             slot: 482,
             expires_at: 1_700_000_600,
@@ -780,13 +908,6 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             code: Some(crate::ErrorCode::PairingFailed),
         },
     ];
-    if let Some(certificate) = certificate {
-        frames.push(ServerFrame::Devices(vec![crate::DeviceInfo {
-            certificate,
-            last_seen: 1_700_000_000,
-            revoked: false,
-        }]));
-    }
     let mut frame_bytes = Vec::new();
     for frame in &frames {
         frame_bytes.push(0);
@@ -802,7 +923,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         broken.push(bytes);
     }
     let cursors = [
-        7u8, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
+        7u8, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0,
+        0, 0,
     ];
     // Mode 3 (the real relay), anonymous and device with a resume cursor.
     for flags in [0b1100u8, 0b1111] {
@@ -873,5 +995,329 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ))),
     );
     seeds.push(("client_handshake", input));
+
+    // Chain links: the links that extend the fixed chain, once as they are (mode 0), once to
+    // be signed by each key (mode 1: the user, the two active devices, the revoked one, one
+    // never admitted), once placed at the chain's head with their own signature (mode 2).
+    let state = &chain.chain;
+    let fresh = DeviceKey::generate(&mut rng);
+    let by = SigningKey::Device(&chain.devices[0]);
+    let bodies = [
+        LinkBody::Admit {
+            device: fresh.id(),
+            exchange: [0x5e; 32],
+            name: "tablet".into(),
+            created_at: 1_700_000_300,
+        },
+        LinkBody::Revoke {
+            devices: vec![chain.devices[1].id()],
+            epoch: next_epoch(state, &[chain.devices[1].id()]),
+        },
+        LinkBody::Rotate {
+            epoch: next_epoch(state, &[]),
+        },
+    ];
+    for body in bodies {
+        let link = codec::encode(&state.sign(body, by));
+        for mode in [0u8, 1, 4, 7, 10, 13, 2] {
+            let mut input = vec![mode];
+            input.extend_from_slice(&link);
+            seeds.push(("chain_link", input));
+        }
+    }
+    // A link of the chain itself (a replay), and one by the revoked device.
+    let mut input = vec![0];
+    input.extend_from_slice(&codec::encode(&chain.links[3]));
+    seeds.push(("chain_link", input));
     seeds
+}
+
+/// The epoch after `chain`'s, sealed (with placeholder bytes: the relay's checks do not open
+/// it) to the recovery key and to every active device except `leaving`.
+fn next_epoch(chain: &Chain, leaving: &[DeviceId]) -> EpochKeys {
+    EpochKeys {
+        epoch: chain.epoch().saturating_add(1),
+        recovery: SealedKey(vec![0x5c; 104]),
+        devices: chain
+            .active_devices()
+            .map(|(device, _)| *device)
+            .filter(|device| !leaving.contains(device))
+            .map(|device| (device, SealedKey(vec![0x5d; 104])))
+            .collect(),
+    }
+}
+
+/// A small chain that does not depend on the input, made once: created by the user key,
+/// device 0 admitted by the user key, devices 1 and 2 admitted by device 0, device 2 revoked
+/// by device 1 (epoch 1). Device 3 is never admitted.
+struct ChainWorld {
+    user: UserKey,
+    devices: [DeviceKey; 4],
+    links: Vec<Link>,
+    chain: Chain,
+}
+
+fn chain_world() -> &'static ChainWorld {
+    static WORLD: OnceLock<ChainWorld> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let user = UserKey::generate(&mut rng);
+        let devices = [(); 4].map(|()| DeviceKey::generate(&mut rng));
+        let mut chain = Chain::new(user.id());
+        let mut links = Vec::new();
+        let admit = |device: &DeviceKey, name: &str| LinkBody::Admit {
+            device: device.id(),
+            exchange: [0x5e; 32],
+            name: name.to_owned(),
+            created_at: 1_700_000_000,
+        };
+        let mut extend = |chain: &mut Chain, body: LinkBody, key: SigningKey<'_>| {
+            let link = chain.sign(body, key);
+            if let Err(e) = chain.apply(&link) {
+                unreachable!("the fixed chain is valid: {e}");
+            }
+            links.push(link);
+        };
+        let create = LinkBody::Create {
+            recovery_exchange: [0x5f; 32],
+            epoch_key: SealedKey(vec![0x5c; 104]),
+        };
+        extend(&mut chain, create, SigningKey::User(&user));
+        extend(
+            &mut chain,
+            admit(&devices[0], "laptop"),
+            SigningKey::User(&user),
+        );
+        for (device, name) in [(&devices[1], "phone"), (&devices[2], "old")] {
+            extend(
+                &mut chain,
+                admit(device, name),
+                SigningKey::Device(&devices[0]),
+            );
+        }
+        let revoke = LinkBody::Revoke {
+            devices: vec![devices[2].id()],
+            epoch: next_epoch(&chain, &[devices[2].id()]),
+        };
+        extend(&mut chain, revoke, SigningKey::Device(&devices[1]));
+        ChainWorld {
+            user,
+            devices,
+            links,
+            chain,
+        }
+    })
+}
+
+/// Decodes a [`Link`] from `data[1..]` and applies it to a small fixed chain (see
+/// [`chain_world`]), the way the relay and the clients apply links. The first byte picks how
+/// (`% 3`): 0 the link as decoded; 1 its body signed as the chain's next link by the key
+/// `(byte / 3) % 5` picks (the user key, active devices 0 and 1, revoked device 2, device 3
+/// that was never admitted); 2 its body, signer and signature placed at the chain's head
+/// (right user, position and predecessor), so that the signature check is reached.
+///
+/// Panics if `check` and `apply` disagree, if a refused link changes the chain, if a link in
+/// the right place signed by a revoked or unknown device is refused for another reason than
+/// its signer, or if an accepted link: was signed by a device that was not active, carries a
+/// signature its signer's key did not make, does not have the effect its body says, makes a
+/// chain that verifying every link from the first does not give, or is accepted twice.
+pub fn chain_link(data: &[u8]) {
+    let world = chain_world();
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(decoded) = codec::decode::<Link>(rest) else {
+        return;
+    };
+    let before = &world.chain;
+    let key_for = |signer: &Signer| match signer {
+        Signer::User => Some(SigningKey::User(&world.user)),
+        Signer::Device(id) => world
+            .devices
+            .iter()
+            .find(|d| d.id() == *id)
+            .map(SigningKey::Device),
+    };
+    let link = match mode % 3 {
+        0 => decoded,
+        1 => {
+            let key = match (mode / 3) % 5 {
+                0 => SigningKey::User(&world.user),
+                n => SigningKey::Device(&world.devices[usize::from(n) - 1]),
+            };
+            before.sign(decoded.body, key)
+        }
+        _ => Link {
+            user: before.user(),
+            seqno: before.seqno() + 1,
+            prev: before.head(),
+            ..decoded
+        },
+    };
+    let mut chain = before.clone();
+    let checked = chain.check(&link);
+    let applied = chain.apply(&link);
+    assert_eq!(checked, applied, "check and apply disagree");
+    let in_place = link.user == before.user()
+        && link.seqno == before.seqno() + 1
+        && link.prev == before.head();
+    let Ok(()) = applied else {
+        assert_eq!(&chain, before, "a refused link changed the chain");
+        if let Signer::Device(device) = &link.signer
+            && in_place
+            && !before.is_active(device)
+        {
+            assert_eq!(applied, Err(ChainError::SignerNotActive));
+        }
+        return;
+    };
+    if let Signer::Device(device) = &link.signer {
+        assert!(
+            before.is_active(device),
+            "a link by an inactive device was accepted"
+        );
+    }
+    let Some(key) = key_for(&link.signer) else {
+        panic!("a link by a signer whose key nobody holds was accepted")
+    };
+    assert_eq!(
+        before.sign(link.body.clone(), key).signature,
+        link.signature,
+        "an accepted signature was not made by the signer's key"
+    );
+    assert_eq!(
+        (chain.seqno(), chain.head()),
+        (before.seqno() + 1, link.hash())
+    );
+    let recipients = |epoch: &EpochKeys| {
+        let sealed: Vec<&DeviceId> = epoch.devices.iter().map(|(device, _)| device).collect();
+        let active: Vec<&DeviceId> = chain.active_devices().map(|(device, _)| device).collect();
+        assert_eq!(
+            sealed, active,
+            "a new epoch is not sealed to the active devices"
+        );
+        assert_eq!(
+            (epoch.epoch, chain.epoch()),
+            (before.epoch() + 1, epoch.epoch)
+        );
+    };
+    match &link.body {
+        LinkBody::Create { .. } => panic!("a second Create was accepted"),
+        LinkBody::Admit { device, .. } => {
+            assert!(before.member(device).is_none() && chain.is_active(device));
+        }
+        LinkBody::Revoke { devices, epoch } => {
+            assert!(!devices.is_empty());
+            for device in devices {
+                assert!(before.is_active(device) && !chain.is_active(device));
+            }
+            recipients(epoch);
+        }
+        LinkBody::Rotate { epoch } => recipients(epoch),
+    }
+    let mut links = world.links.clone();
+    links.push(link.clone());
+    assert_eq!(
+        Chain::verify(before.user(), &links).as_ref(),
+        Ok(&chain),
+        "verifying from the first link gives another chain"
+    );
+    assert!(
+        matches!(chain.apply(&link), Err(ChainError::OutOfOrder { .. })),
+        "a link was accepted twice"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entry point of a target that takes protocol seeds.
+    fn entry(target: &str) -> fn(&[u8]) {
+        match target {
+            "pairing" => pairing,
+            "client_handshake" => client_handshake,
+            "chain_link" => chain_link,
+            other => panic!("no entry point for {other}"),
+        }
+    }
+
+    #[test]
+    fn every_seed_runs_and_holds_the_oracles() {
+        let seeds = seeds();
+        for target in ["pairing", "client_handshake", "chain_link"] {
+            assert!(
+                seeds.iter().any(|(t, _)| *t == target),
+                "no seed for {target}"
+            );
+        }
+        for (target, input) in &seeds {
+            entry(target)(input);
+        }
+    }
+
+    #[test]
+    fn the_chain_link_seeds_reach_acceptance_and_each_refusal_of_a_signer() {
+        let world = chain_world();
+        // Mode 0 of each extending seed is accepted, as is mode 1 signed by the user key and
+        // by either active device; the revoked and the unknown device are refused.
+        let seeds: Vec<Vec<u8>> = seeds()
+            .into_iter()
+            .filter(|(t, input)| *t == "chain_link" && input[0] == 0)
+            .map(|(_, input)| input)
+            .collect();
+        for input in &seeds[..3] {
+            let link: Link = codec::decode(&input[1..]).unwrap();
+            let mut chain = world.chain.clone();
+            assert_eq!(chain.apply(&link), Ok(()));
+            for (signer, ok) in [(0, true), (1, true), (2, true), (3, false), (4, false)] {
+                let key = match signer {
+                    0 => SigningKey::User(&world.user),
+                    n => SigningKey::Device(&world.devices[n - 1]),
+                };
+                let resigned = world.chain.sign(link.body.clone(), key);
+                let verdict = world.chain.check(&resigned);
+                if ok {
+                    assert_eq!(verdict, Ok(()));
+                } else {
+                    assert_eq!(verdict, Err(ChainError::SignerNotActive));
+                }
+            }
+        }
+        // The replayed link of the chain is refused.
+        let replay: Link = codec::decode(&seeds[3][1..]).unwrap();
+        assert!(world.chain.check(&replay).is_err());
+    }
+
+    #[test]
+    fn arbitrary_inputs_hold_the_oracles() {
+        let mut rng = ChaCha20Rng::seed_from_u64(99);
+        let targets: [fn(&[u8]); 7] = [
+            decode_frames,
+            server_handshake,
+            channel_open,
+            pairing,
+            client_handshake,
+            chain_link,
+            |data| {
+                // Mutated seeds: arbitrary bytes rarely reach past the first checks.
+                for (target, mut input) in seeds() {
+                    if let Some(at) = data.first() {
+                        let i = usize::from(*at) % input.len().max(1);
+                        if let Some(byte) = input.get_mut(i) {
+                            *byte ^= data.get(1).copied().unwrap_or(1) | 1;
+                        }
+                    }
+                    entry(target)(&input);
+                }
+            },
+        ];
+        for target in targets {
+            for len in [0usize, 1, 2, 7, 33, 100, 300] {
+                let mut data = vec![0u8; len];
+                rng.fill_bytes(&mut data);
+                target(&data);
+            }
+        }
+    }
 }
