@@ -211,3 +211,166 @@ proptest! {
         }
     }
 }
+
+/// Who signs a step of [`every_accepted_prefix_verifies_and_no_revoked_signer_gets_in`].
+#[derive(Clone, Debug)]
+enum Who {
+    /// The user key.
+    User,
+    /// The `n`th active device (modulo their number; the user key if there is none).
+    Active(usize),
+    /// The `n`th device the chain has revoked (modulo; the user key if there is none).
+    Revoked(usize),
+    /// Pool key `n` (the user key, or any device, admitted or not).
+    Any(usize),
+}
+
+/// What a step does.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Admit pool device `target`.
+    Admit(usize),
+    /// Revoke these active devices (indices modulo the active ones) and unknown pool ones.
+    Revoke(Vec<usize>),
+    /// Rotate.
+    Rotate,
+}
+
+fn who() -> impl Strategy<Value = Who> {
+    prop_oneof![
+        1 => Just(Who::User),
+        4 => any::<usize>().prop_map(Who::Active),
+        3 => any::<usize>().prop_map(Who::Revoked),
+        2 => (0..=DEVICES).prop_map(Who::Any),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1..=DEVICES).prop_map(Step::Admit),
+        3 => proptest::collection::vec(any::<usize>(), 1..3).prop_map(Step::Revoke),
+        2 => Just(Step::Rotate),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// What the relay does (apply each link as it comes) and what a client does (verify the
+    /// links it fetched, from the first) agree after every accepted link, not only at the
+    /// end; a link the relay refused is refused by a client at the same position; and once a
+    /// device is revoked, no link it signs is accepted again, whether signed for the chain's
+    /// current head or prepared earlier, while it was active, for the head it saw then.
+    #[test]
+    fn every_accepted_prefix_verifies_and_no_revoked_signer_gets_in(
+        steps in proptest::collection::vec((who(), step(), any::<bool>()), 1..30),
+        seed in any::<u8>(),
+    ) {
+        let user = UserKey::from_secret_bytes(&[seed ^ 0xa5; 32]);
+        let devices: Vec<DeviceKey> = (1..=DEVICES)
+            .map(|i| DeviceKey::from_secret_bytes(&[seed.wrapping_add(i as u8) ^ 0x3c; 32]))
+            .collect();
+        let key_of = |id: &DeviceId| {
+            SigningKey::Device(devices.iter().find(|d| d.id() == *id).unwrap())
+        };
+
+        let mut chain = Chain::new(user.id());
+        let create = chain.sign(
+            LinkBody::Create { recovery_exchange: [2; 32], epoch_key: sealed() },
+            SigningKey::User(&user),
+        );
+        chain.apply(&create).unwrap();
+        let mut accepted: Vec<Link> = vec![create];
+        let mut revoked_ever: BTreeSet<DeviceId> = BTreeSet::new();
+        // Links each device prepared while it was active, for the head it saw then.
+        let mut prepared: Vec<(DeviceId, Link)> = Vec::new();
+
+        for (who, step, replay_prepared) in steps {
+            let active: Vec<DeviceId> = chain.active_devices().map(|(d, _)| *d).collect();
+            let revoked: Vec<DeviceId> = revoked_ever.iter().copied().collect();
+            let signing = match who {
+                Who::User => SigningKey::User(&user),
+                Who::Active(n) if !active.is_empty() => key_of(&active[n % active.len()]),
+                Who::Revoked(n) if !revoked.is_empty() => key_of(&revoked[n % revoked.len()]),
+                Who::Any(0) | Who::Active(_) | Who::Revoked(_) => SigningKey::User(&user),
+                Who::Any(n) => SigningKey::Device(&devices[n - 1]),
+            };
+            let body = match step {
+                Step::Admit(target) => LinkBody::Admit {
+                    device: devices[target - 1].id(),
+                    exchange: [3; 32],
+                    name: format!("device {target}"),
+                    created_at: 1,
+                },
+                Step::Revoke(picks) => {
+                    let mut named: Vec<DeviceId> = picks
+                        .iter()
+                        .filter_map(|n| (!active.is_empty()).then(|| active[n % active.len()]))
+                        .collect();
+                    named.sort();
+                    named.dedup();
+                    if named.is_empty() {
+                        named.push(devices[picks[0] % DEVICES].id());
+                    }
+                    let remaining: Vec<DeviceId> =
+                        active.iter().copied().filter(|d| !named.contains(d)).collect();
+                    LinkBody::Revoke { devices: named, epoch: epoch(chain.epoch() + 1, remaining) }
+                }
+                Step::Rotate => LinkBody::Rotate {
+                    epoch: epoch(chain.epoch() + 1, active.iter().copied()),
+                },
+            };
+            let mut link = chain.sign(body, signing);
+            if let Signer::Device(device) = link.signer
+                && chain.is_active(&device)
+            {
+                prepared.push((device, link.clone()));
+            }
+            // Now and then, a revoked device submits a link it prepared while active.
+            if replay_prepared
+                && let Some((_, old)) = prepared.iter().find(|(d, _)| revoked_ever.contains(d))
+            {
+                link = old.clone();
+            }
+
+            let before = chain.clone();
+            let verdict = chain.apply(&link);
+            if let Signer::Device(device) = link.signer {
+                if revoked_ever.contains(&device) {
+                    prop_assert!(verdict.is_err(), "a revoked device's link was accepted");
+                }
+                if !before.is_active(&device)
+                    && link.seqno == before.seqno() + 1
+                    && link.prev == before.head()
+                {
+                    prop_assert_eq!(verdict.clone(), Err(ChainError::SignerNotActive));
+                }
+            }
+            match verdict {
+                Ok(()) => {
+                    if let LinkBody::Revoke { devices: named, .. } = &link.body {
+                        revoked_ever.extend(named.iter().copied());
+                    }
+                    accepted.push(link);
+                    // The client's view of the accepted prefix is the relay's.
+                    let verified = Chain::verify(user.id(), &accepted);
+                    prop_assert_eq!(verified.as_ref(), Ok(&chain));
+                }
+                Err(error) => {
+                    prop_assert_eq!(&chain, &before, "a refused link changed the chain");
+                    // A client handed the refused link after the accepted ones refuses it
+                    // there, for the same reason.
+                    let mut offered = accepted.clone();
+                    offered.push(link);
+                    prop_assert_eq!(
+                        Chain::verify(user.id(), &offered),
+                        Err((accepted.len(), error))
+                    );
+                }
+            }
+            for device in &revoked_ever {
+                prop_assert!(!chain.is_active(device), "a revoked device is active again");
+            }
+        }
+    }
+}
