@@ -9,14 +9,24 @@
 //!
 //! Lines typed while the relay is down wait in the outbox and leave when it is back.
 
-use ferry_client::{Client, ClientEvent, ClientState, Options};
+use ferry_client::{Client, ClientEvent, ClientState, Options, account};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let state = match args.as_slice() {
         [dir] => ClientState::open(dir)?,
-        [dir, url, key] => ClientState::create(dir, url, key.parse()?, "sync example")?,
+        [dir, url, key] => {
+            let created =
+                account::create(dir, url, key.parse()?, "sync example", &Options::default())
+                    .await?;
+            // Shown once: the only way back to the account when every device is lost.
+            println!(
+                "recovery key (write it down; it is never shown again): {}",
+                created.recovery_key.display().as_str()
+            );
+            created.state
+        }
         _ => {
             eprintln!("usage: sync STATE_DIR [RELAY_URL RELAY_KEY]");
             std::process::exit(2);

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_client::ClientState;
-use support::{TestRelay, another_device, free_addr};
+use support::{TestRelay, another_device_blocking, free_addr};
 
 /// What one run of `ferry` did.
 #[derive(Debug)]
@@ -190,7 +190,7 @@ fn init_send_tail_devices_revoke_and_an_outbox_that_outlives_the_relay() {
     // The second device, made with the library (`pair_and_join_then_sync_both_ways` pairs
     // one through the command line).
     let laptop_state = ClientState::open(&laptop).unwrap();
-    let phone_state = another_device(&laptop_state, &phone, "phone");
+    let phone_state = another_device_blocking(&laptop_state, &phone, "phone");
     let phone_id = phone_state.device_id().to_hex();
     drop((laptop_state, phone_state));
 
@@ -300,22 +300,30 @@ fn device_names_are_printed_without_terminal_escapes() {
         ],
     );
     // Control characters (a title change, a screen clear, a bell) cannot be in a device name
-    // at all: certificates carrying them are refused when issued and when verified.
-    let laptop_state = ClientState::open(&laptop).unwrap();
+    // at all: refused before anything is sent (and by the chain, when verified).
     let control = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}";
-    assert!(
-        ferry_client::DeviceCertificate::issue(
-            &ferry_client::UserKey::generate(&mut rand_core::OsRng),
-            laptop_state.device_id(),
+    let run = ferry(
+        &dir.path().join("other"),
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
             control,
-            0
-        )
-        .is_err()
+        ],
+        "",
     );
+    assert!(
+        !run.success && run.stderr.contains("control character"),
+        "{run:?}"
+    );
+    let laptop_state = ClientState::open(&laptop).unwrap();
     // Bidirectional overrides are allowed in names (they are not control characters) but
     // could reorder what a terminal shows: `ferry` prints them escaped.
     let name = "evil\u{202e}gpj.exe\u{2066}";
-    let evil_state = another_device(&laptop_state, &evil, name);
+    let evil_state = another_device_blocking(&laptop_state, &evil, name);
     let evil_id = evil_state.device_id().to_hex();
     drop((laptop_state, evil_state));
     ok(&evil, &["send", "registered"]);

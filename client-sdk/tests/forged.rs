@@ -215,8 +215,12 @@ async fn read_frame<R: AsyncReadExt + Unpin>(read: &mut R) -> std::io::Result<Ve
     Ok(frame)
 }
 
-fn state_through(dir: &std::path::Path, proxy: &HostileProxy, relay: &TestRelay) -> ClientState {
-    ClientState::create(dir, &proxy.url(), relay.relay_id, "laptop").unwrap()
+async fn state_through(
+    dir: &std::path::Path,
+    proxy: &HostileProxy,
+    relay: &TestRelay,
+) -> ClientState {
+    new_user_pointed_at(dir, relay, "laptop", &proxy.url(), relay.relay_id).await
 }
 
 #[tokio::test]
@@ -238,7 +242,7 @@ async fn forged_close_codes_and_rejects_neither_stop_the_client_nor_drop_appends
     ];
     let forged = plans.len();
     let proxy = HostileProxy::start(relay.addr, plans).await;
-    let state = state_through(&dir.path().join("laptop"), &proxy, &relay);
+    let state = state_through(&dir.path().join("laptop"), &proxy, &relay).await;
 
     let mut client = Client::start(state, fast());
     let texts_sent: Vec<String> = (1..=5).map(|i| format!("event {i}")).collect();
@@ -267,7 +271,7 @@ async fn a_refusal_only_ever_forged_is_a_warning_not_a_stop() {
     let relay = TestRelay::start(&dir.path().join("relay"));
     let revoked = ErrorCode::DeviceRevoked.close_code();
     let proxy = HostileProxy::start(relay.addr, vec![Plan::CloseAtUpgrade(revoked); 1000]).await;
-    let state = state_through(&dir.path().join("laptop"), &proxy, &relay);
+    let state = state_through(&dir.path().join("laptop"), &proxy, &relay).await;
     let options = fast().connect_timeout(Duration::from_millis(800));
     let error = Client::connect(state, options.clone()).await.unwrap_err();
     assert!(

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use ferry_client::{Client, ClientState};
 use ferry_relay::{Config, Server};
 use support::{
-    TestRelay, WAIT, another_device, events, fast, free_addr, new_user, next_event, texts,
+    TestRelay, WAIT, another_device, events, fast, free_addr, new_user, new_user_at, next_event,
+    texts,
 };
 
 /// Copies a state folder (files only, as a backup tool would).
@@ -35,8 +36,8 @@ async fn a_restored_state_folder_moves_past_what_the_relay_holds() {
     let mut relay = TestRelay::start(&dir.path().join("relay"));
     let laptop_dir = dir.path().join("laptop");
     let backup = dir.path().join("backup");
-    let laptop = new_user(&laptop_dir, &relay, "laptop");
-    let phone = another_device(&laptop, &dir.path().join("phone"), "phone");
+    let laptop = new_user(&laptop_dir, &relay, "laptop").await;
+    let phone = another_device(&laptop, &dir.path().join("phone"), "phone").await;
     drop(laptop);
     copy_dir(&laptop_dir, &backup);
 
@@ -81,8 +82,8 @@ async fn a_restored_state_folder_moves_past_what_the_relay_holds() {
 async fn own_events_are_acknowledged_but_not_shown_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone = another_device(&laptop, &dir.path().join("phone"), "phone");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone = another_device(&laptop, &dir.path().join("phone"), "phone").await;
     let mut laptop = Client::connect(laptop, fast().own_events(false))
         .await
         .unwrap();
@@ -111,8 +112,8 @@ async fn a_relay_restored_from_an_old_backup_makes_the_device_resync_not_drop_ev
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("relay");
     let mut relay = TestRelay::start(&data);
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone = another_device(&laptop, &dir.path().join("phone"), "phone");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone = another_device(&laptop, &dir.path().join("phone"), "phone").await;
     let laptop = Client::connect(laptop, fast()).await.unwrap();
     let mut phone = Client::connect(phone, fast()).await.unwrap();
     laptop.append(b"one").await.unwrap();
@@ -277,12 +278,12 @@ async fn ferry_send_through_a_relay_killed_with_9_arrives_once_in_order() {
     let listen = free_addr();
     let url = format!("ws://{listen}/ws");
     let laptop_dir = dir.path().join("laptop");
-    let laptop = ClientState::create(&laptop_dir, &url, relay_key.id(), "laptop").unwrap();
+    let mut relay = RelayProcess::start(listen, &data, &database);
+    let laptop = new_user_at(&laptop_dir, &url, relay_key.id(), "laptop", &fast()).await;
     let user = laptop.user_id();
-    let phone = another_device(&laptop, &dir.path().join("phone"), "phone");
+    let phone = another_device(&laptop, &dir.path().join("phone"), "phone").await;
     drop(laptop);
 
-    let mut relay = RelayProcess::start(listen, &data, &database);
     let input: String = (1..=LINES).map(|i| format!("line {i}\n")).collect();
     let mut send = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--state")

@@ -54,11 +54,9 @@ async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
     let dir = tempfile::tempdir().unwrap();
     let relay_dir = dir.path().join("relay");
     let relay = TestRelay::start(&relay_dir);
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let secrets = [
-        laptop_state.user_key().secret_bytes().to_vec(),
-        laptop_state.data_key().bytes().to_vec(),
-    ];
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    // The data key of epoch 0 (the only one so far); no device has the user key.
+    let secrets = [laptop_state.epoch_keys()[0].1.bytes().to_vec()];
     let mut laptop = Client::connect(laptop_state, fast()).await.unwrap();
     laptop.append(b"before pairing").await.unwrap();
 
@@ -99,7 +97,11 @@ async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
     assert_eq!(phone_state.device_id(), phone_id);
     assert_eq!(phone_state.user_id(), laptop.user_id());
     assert_eq!(phone_state.device_name(), "phone");
-    assert_eq!(phone_state.data_key().bytes().as_slice(), &secrets[1][..]);
+    let granted = phone_state.epoch_keys();
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].1.bytes().as_slice(), &secrets[0][..]);
+    // Admitted by the laptop's link: the chain is Create, the laptop, the phone.
+    assert_eq!(phone_state.chain_len(), 3);
     assert_eq!(
         (phone_state.relay_url(), phone_state.relay_key()),
         (relay.url().as_str(), relay.relay_id)
@@ -136,10 +138,7 @@ async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
         ["before pairing", "from the phone", "from the laptop"]
     );
     let devices = laptop.list_devices().await.unwrap();
-    let mut names: Vec<_> = devices
-        .iter()
-        .map(|d| d.certificate.name.as_str())
-        .collect();
+    let mut names: Vec<_> = devices.iter().map(|d| d.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["laptop", "phone", "tablet"]);
 
@@ -169,7 +168,7 @@ async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
 async fn a_wrong_code_burns_the_slot_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
     let code = invitation.code().to_string();
     let inviter = admit_in_background(invitation);
@@ -197,7 +196,7 @@ async fn an_expired_code_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let adjust: Adjust = Arc::new(|config| config.limits.pairing_ttl_secs = 1);
     let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
     let left = invitation
         .expires_at()
@@ -223,7 +222,7 @@ async fn an_expired_code_is_refused() {
 async fn two_devices_racing_for_one_code_one_wins() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let invitation = pairing::invite(&laptop, &fast()).await.unwrap();
     let code = invitation.code().to_string();
     let inviter = admit_in_background(invitation);
@@ -326,7 +325,7 @@ async fn raw_join(relay: &TestRelay, typed: &str) -> (RawJoiner, Joiner, u16, Ve
 async fn the_inviter_hands_no_keys_to_a_joiner_that_did_not_prove_the_code() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let device = DeviceKey::generate(&mut rand_core::OsRng);
 
     // A joiner with a wrong code ignores its own check and sends a request anyway (it cannot
@@ -337,7 +336,7 @@ async fn the_inviter_hands_no_keys_to_a_joiner_that_did_not_prove_the_code() {
     let (mut raw, joiner, slot, inviter_hello) = raw_join(&relay, &wrong_code(&code)).await;
     assert!(
         joiner
-            .handle_inviter_hello(&inviter_hello, &device, "rogue")
+            .handle_inviter_hello(&inviter_hello, &device, [5; 32], "rogue")
             .is_err()
     );
     let mut confirm = [0u8; 32];
@@ -367,7 +366,7 @@ async fn the_inviter_hands_no_keys_to_a_joiner_that_did_not_prove_the_code() {
     let inviter = admit_in_background(invitation);
     let (mut raw, joiner, slot, inviter_hello) = raw_join(&relay, &code).await;
     let (_, request) = joiner
-        .handle_inviter_hello(&inviter_hello, &device, "phone")
+        .handle_inviter_hello(&inviter_hello, &device, [5; 32], "phone")
         .unwrap();
     let PairingMessage::JoinerRequest {
         confirm,
@@ -408,7 +407,7 @@ async fn the_inviter_hands_no_keys_to_a_joiner_that_did_not_prove_the_code() {
 async fn unknown_codes_bad_input_and_wrong_relays_fail_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let phone = dir.path().join("phone");
 
     // No pairing waits: whatever code is typed is unknown.
@@ -473,7 +472,7 @@ async fn unknown_codes_bad_input_and_wrong_relays_fail_with_what_to_do() {
 async fn the_inviter_can_refuse_and_a_joiner_that_leaves_is_noticed() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let phone = dir.path().join("phone");
 
     // The confirmation strings did not match (say): the inviter refuses; nothing is written.
@@ -616,8 +615,8 @@ async fn a_device_behind_the_relay_retention_can_still_invite() {
         config.log.retention_interval_secs = 1;
     });
     let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
     for i in 0..10 {
         laptop.append(format!("{i}").as_bytes()).await.unwrap();

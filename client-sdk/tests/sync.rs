@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_client::{
-    Client, ClientError, ClientEvent, ClientState, DataKey, MAX_PLAINTEXT_LEN, RelayId,
+    Client, ClientError, ClientEvent, ClientState, DataKey, ErrorCode, MAX_PLAINTEXT_LEN, RelayId,
 };
 use futures_util::future::join_all;
 use rand_core::OsRng;
@@ -21,8 +21,8 @@ use support::*;
 async fn two_devices_of_one_user_sync_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     let (laptop_id, phone_id) = (laptop_state.device_id(), phone_state.device_id());
 
     let mut laptop = Client::connect(laptop_state, fast()).await.unwrap();
@@ -80,8 +80,8 @@ async fn a_device_offline_for_thousands_of_events_catches_up() {
     const EVENTS: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     drop(phone_state);
 
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
@@ -137,8 +137,9 @@ async fn a_device_offline_for_thousands_of_events_catches_up() {
 async fn a_revoked_device_is_refused_with_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let stolen_state = another_device(&laptop_state, &dir.path().join("stolen"), "stolen phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let stolen_state =
+        another_device(&laptop_state, &dir.path().join("stolen"), "stolen phone").await;
     let stolen_id = stolen_state.device_id();
 
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
@@ -148,7 +149,12 @@ async fn a_revoked_device_is_refused_with_a_typed_error() {
     let devices = laptop.list_devices().await.unwrap();
     assert_eq!(devices.len(), 2);
     assert!(devices.iter().all(|d| !d.revoked));
-    assert!(devices.iter().any(|d| d.certificate.name == "stolen phone"));
+    assert!(devices.iter().any(|d| d.name == "stolen phone"));
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.name == "laptop" && d.this_device && d.last_seen.is_some())
+    );
 
     let unknown = ferry_client::DeviceKey::generate(&mut OsRng).id();
     assert!(matches!(
@@ -176,11 +182,7 @@ async fn a_revoked_device_is_refused_with_a_typed_error() {
     ));
 
     let devices = laptop.list_devices().await.unwrap();
-    assert!(
-        devices
-            .iter()
-            .any(|d| d.certificate.device == stolen_id && d.revoked)
-    );
+    assert!(devices.iter().any(|d| d.id == stolen_id && d.revoked));
     laptop.close().await.unwrap();
 }
 
@@ -189,8 +191,8 @@ async fn neither_the_relay_nor_the_outbox_holds_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let relay_dir = dir.path().join("relay");
     let mut relay = TestRelay::start(&relay_dir);
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
 
     let secrets: Vec<String> = (0..20)
         .map(|i| format!("the launch code is {i:04} swordfish"))
@@ -241,8 +243,8 @@ async fn killing_the_relay_mid_send_loses_nothing_acknowledged_and_the_outbox_de
     const EACH: usize = 100;
     let dir = tempfile::tempdir().unwrap();
     let mut relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
 
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -316,8 +318,8 @@ async fn the_outbox_survives_a_client_crash() {
     // Start once to learn the relay key, then take it down.
     let mut relay = TestRelay::start_on(&relay_dir, addr);
     let laptop_dir = dir.path().join("laptop");
-    let laptop_state = new_user(&laptop_dir, &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&laptop_dir, &relay, "laptop").await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     drop(laptop_state);
     relay.stop();
 
@@ -379,8 +381,8 @@ async fn the_outbox_survives_a_client_crash() {
 async fn it_reconnects_with_backoff_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
     let mut phone = Client::connect(phone_state, fast()).await.unwrap();
     laptop.append(b"before").await.unwrap();
@@ -423,9 +425,9 @@ async fn it_reconnects_with_backoff_and_resumes() {
 async fn delivery_to_the_app_is_exactly_once_across_reconnects_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let phone_dir = dir.path().join("phone");
-    let phone_state = another_device(&laptop_state, &phone_dir, "phone");
+    let phone_state = another_device(&laptop_state, &phone_dir, "phone").await;
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
     let texts_sent: Vec<_> = (1..=200).map(|i| format!("n{i}")).collect();
     for text in &texts_sent {
@@ -478,15 +480,16 @@ async fn delivery_to_the_app_is_exactly_once_across_reconnects_and_restarts() {
 async fn a_payload_that_does_not_open_is_reported_not_skipped_silently() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let rogue_state = another_device_with_data_key(
         &laptop_state,
         &dir.path().join("rogue"),
         "rogue",
         DataKey::generate(&mut OsRng),
-    );
+    )
+    .await;
     let rogue_id = rogue_state.device_id();
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
 
     let rogue = Client::connect(rogue_state, fast()).await.unwrap();
     rogue.append(b"sealed under the wrong key").await.unwrap();
@@ -518,7 +521,7 @@ async fn connection_failures_are_typed() {
 
     // A relay presenting another key than the pinned one.
     let pinned = RelayId([7; 32]);
-    let state = ClientState::create(dir.path().join("a"), &relay.url(), pinned, "a").unwrap();
+    let state = new_user_pointed_at(&dir.path().join("a"), &relay, "a", &relay.url(), pinned).await;
     let error = Client::connect(state, fast()).await.unwrap_err();
     assert!(
         matches!(error, ClientError::WrongRelayKey { pinned: p, found } if p == pinned && found == relay.relay_id),
@@ -529,7 +532,7 @@ async fn connection_failures_are_typed() {
     // Nobody listening: unreachable, after the connect timeout; appends wait in the outbox.
     let addr = free_addr();
     let url = format!("ws://{addr}/ws");
-    let state = ClientState::create(dir.path().join("b"), &url, relay.relay_id, "b").unwrap();
+    let state = new_user_pointed_at(&dir.path().join("b"), &relay, "b", &url, relay.relay_id).await;
     let options = fast().connect_timeout(Duration::from_millis(500));
     let error = Client::connect(state, options.clone()).await.unwrap_err();
     assert!(
@@ -565,7 +568,7 @@ async fn rate_limited_appends_are_retried_and_none_is_lost() {
         free_addr(),
         Arc::new(|c| c.limits.appends_per_device_per_second = 40), // bursts of 80
     );
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
     let handle = laptop.handle();
     let seqs = tokio::time::timeout(
@@ -599,10 +602,15 @@ async fn limits_and_retention_answer_with_typed_errors() {
             c.log.retention_interval_secs = 1;
         }),
     );
-    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop");
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
-    let late_state = another_device(&laptop_state, &dir.path().join("late"), "late");
-    let extra_state = another_device(&laptop_state, &dir.path().join("extra"), "extra");
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let late_state = another_device(&laptop_state, &dir.path().join("late"), "late").await;
+    // Two devices admitted (laptop, late): the chain link admitting a third is refused.
+    let refused = try_another_device(&laptop_state, &dir.path().join("phone"), "phone")
+        .await
+        .unwrap_err()
+        .expect("an error frame");
+    assert_eq!(refused.code, ErrorCode::TooManyDevices, "{refused:?}");
+    assert!(ClientState::open(dir.path().join("phone")).is_err());
 
     let laptop = Client::connect(laptop_state, fast()).await.unwrap();
     for i in 0..10 {
@@ -640,10 +648,6 @@ async fn limits_and_retention_answer_with_typed_errors() {
     assert_eq!(texts(&until_caught_up(&mut late).await), ["7", "8", "9"]);
     late.close().await.unwrap();
 
-    // Two devices registered (laptop, late); a third is refused.
-    let error = Client::connect(phone_state, fast()).await.unwrap_err();
-    assert!(matches!(error, ClientError::TooManyDevices), "{error:?}");
-    drop(extra_state);
     laptop.close().await.unwrap();
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_client::{Client, ClientError, ClientState, Options};
+use ferry_client::{Client, ClientError, Options};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use support::*;
 
@@ -80,14 +80,15 @@ async fn two_devices_sync_over_wss_with_the_private_ca() {
     let pki = make_pki(&dir.path().join("pki"));
     let relay = tls_relay(&dir.path().join("relay"), &pki);
 
-    let laptop_state = ClientState::create(
-        dir.path().join("laptop"),
+    let laptop_state = new_user_at(
+        &dir.path().join("laptop"),
         &wss_url(&relay),
         relay.relay_id,
         "laptop",
+        &fast().ca_file(&pki.ca),
     )
-    .unwrap();
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone");
+    .await;
+    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
     assert!(phone_state.relay_url().starts_with("wss://"));
     let laptop_id = laptop_state.device_id();
 
@@ -120,7 +121,16 @@ async fn a_client_without_the_ca_or_with_another_ca_is_refused_with_a_tls_error(
     let other = make_pki(&dir.path().join("other-pki"));
     let relay = tls_relay(&dir.path().join("relay"), &pki);
     let state_dir = dir.path().join("laptop");
-    ClientState::create(&state_dir, &wss_url(&relay), relay.relay_id, "laptop").unwrap();
+    drop(
+        new_user_at(
+            &state_dir,
+            &wss_url(&relay),
+            relay.relay_id,
+            "laptop",
+            &fast().ca_file(&pki.ca),
+        )
+        .await,
+    );
 
     // The platform's roots (the default) do not include the test CA.
     let state = open_when_free(&state_dir).await;
@@ -164,34 +174,47 @@ async fn plain_ws_against_the_tls_port_and_wss_against_a_plain_port_fail_cleanly
     let plain = TestRelay::start(&dir.path().join("plain-relay"));
 
     // ws:// to the TLS port: the relay drops the connection; the client reports it.
-    let state = ClientState::create(
-        dir.path().join("a"),
-        &format!("ws://{}/ws", tls.addr),
-        tls.relay_id,
-        "a",
-    )
-    .unwrap();
+    let a = dir.path().join("a");
+    drop(
+        new_user_at(
+            &a,
+            &wss_url(&tls),
+            tls.relay_id,
+            "a",
+            &fast().ca_file(&pki.ca),
+        )
+        .await,
+    );
+    repoint(&a, &format!("ws://{}/ws", tls.addr), tls.relay_id);
+    let state = open_when_free(&a).await;
     match Client::connect(state, refused().ca_file(&pki.ca)).await {
         Err(ClientError::RelayUnreachable(_) | ClientError::Tls(_)) => {}
         other => panic!("expected the connection to fail, got {:?}", other.err()),
     }
 
     // wss:// to a plain port: not TLS, a TLS error.
-    let state = ClientState::create(
-        dir.path().join("b"),
+    let state = new_user_pointed_at(
+        &dir.path().join("b"),
+        &plain,
+        "b",
         &format!("wss://{}/ws", plain.addr),
         plain.relay_id,
-        "b",
     )
-    .unwrap();
+    .await;
     match Client::connect(state, refused().ca_file(&pki.ca)).await {
         Err(ClientError::Tls(_)) => {}
         other => panic!("expected the connection to fail, got {:?}", other.err()),
     }
 
     // The TLS relay still serves a proper client afterwards.
-    let state =
-        ClientState::create(dir.path().join("c"), &wss_url(&tls), tls.relay_id, "c").unwrap();
+    let state = new_user_at(
+        &dir.path().join("c"),
+        &wss_url(&tls),
+        tls.relay_id,
+        "c",
+        &fast().ca_file(&pki.ca),
+    )
+    .await;
     let client = Client::connect(state, fast().ca_file(&pki.ca))
         .await
         .unwrap();

@@ -1,5 +1,7 @@
 //! Helpers for the client's integration tests: an in-process relay that can be killed and
-//! restarted on the same port and data folder, and devices of one user.
+//! restarted on the same port and data folder, devices of one user (admitted through the
+//! device chain, as pairing does it, without the code), and a raw session that speaks the
+//! wire protocol itself.
 
 #![allow(dead_code)] // Each test crate uses its own subset.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,14 +11,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_client::account::{self, NewUser};
 use ferry_client::{
-    Client, ClientEvent, ClientState, DataKey, DeviceCertificate, DeviceKey, Options,
-    ReceivedEvent, RelayId, StateError, UserKey,
+    Client, ClientEvent, ClientState, DataKey, DeviceKey, DeviceSecrets, Options, ReceivedEvent,
+    RelayId, StateError, UserId,
+};
+use ferry_protocol::handshake::{ClientHandshake, Credentials, Session};
+use ferry_protocol::{
+    Chain, ClientChannel, ClientFrame, ErrorFrame, Link, LinkBody, ServerFrame, SigningKey, UserKey,
 };
 use ferry_relay::server::StartError;
 use ferry_relay::{Config, Server};
+use futures_util::{SinkExt, StreamExt};
 use rand_core::OsRng;
 use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long a test waits for any one thing.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -150,41 +159,272 @@ pub fn fast() -> Options {
 }
 
 /// The first device of a new user.
-pub fn new_user(dir: &Path, relay: &TestRelay, name: &str) -> ClientState {
-    ClientState::create(dir, &relay.url(), relay.relay_id, name).unwrap()
+pub async fn new_user(dir: &Path, relay: &TestRelay, name: &str) -> ClientState {
+    new_user_with_recovery(dir, relay, name).await.state
 }
 
-/// Another device of `first`'s user, as pairing makes it (without the relay): a new device
-/// key, a certificate from the user key, the user's keys.
-pub fn another_device(first: &ClientState, dir: &Path, name: &str) -> ClientState {
-    another_device_with_data_key(
-        first,
-        dir,
-        name,
-        DataKey::from_bytes(first.data_key().bytes()),
+/// The first device of a new user, and the user's recovery key.
+pub async fn new_user_with_recovery(dir: &Path, relay: &TestRelay, name: &str) -> NewUser {
+    tokio::time::timeout(
+        WAIT,
+        account::create(dir, &relay.url(), relay.relay_id, name, &fast()),
     )
+    .await
+    .expect("the user was created in time")
+    .unwrap()
 }
 
-/// A device of the same user that seals with another data key (a broken or hostile one).
-pub fn another_device_with_data_key(
+/// The first device of a new user at `url` (pinned to `relay_key`), with `options` (a CA
+/// file, say).
+pub async fn new_user_at(
+    dir: &Path,
+    url: &str,
+    relay_key: RelayId,
+    name: &str,
+    options: &Options,
+) -> ClientState {
+    tokio::time::timeout(WAIT, account::create(dir, url, relay_key, name, options))
+        .await
+        .expect("the user was created in time")
+        .unwrap()
+        .state
+}
+
+/// A user made on `relay`, whose state then talks to `url` pinned to `pinned` instead (a
+/// proxy, a wrong pin, a port nobody listens on): the folder's `relay` file rewritten.
+pub async fn new_user_pointed_at(
+    dir: &Path,
+    relay: &TestRelay,
+    name: &str,
+    url: &str,
+    pinned: RelayId,
+) -> ClientState {
+    drop(new_user(dir, relay, name).await);
+    repoint(dir, url, pinned);
+    open_when_free(dir).await
+}
+
+/// Rewrites the relay URL and pinned key of the (closed) state in `dir`.
+pub fn repoint(dir: &Path, url: &str, pinned: RelayId) {
+    std::fs::write(dir.join("relay"), format!("{url}\n{}\n", pinned.to_hex())).unwrap();
+}
+
+/// Another device of `first`'s user, as pairing makes it (without the code): a new device
+/// key and exchange key, admitted to the chain by `first`'s device key (read from its
+/// folder), holding every epoch's key `first` holds.
+pub async fn another_device(first: &ClientState, dir: &Path, name: &str) -> ClientState {
+    let epochs = first.epoch_keys();
+    admit_device(first, dir, name, epochs).await
+}
+
+/// A device of the same user whose epoch keys are all `data_key` (a broken or hostile one).
+pub async fn another_device_with_data_key(
     first: &ClientState,
     dir: &Path,
     name: &str,
     data_key: DataKey,
 ) -> ClientState {
-    let user = UserKey::from_secret_bytes(&first.user_key().secret_bytes());
-    let device = DeviceKey::generate(&mut OsRng);
-    let certificate = DeviceCertificate::issue(&user, device.id(), name, 1_700_000_000).unwrap();
-    ClientState::from_parts(
+    let epochs = first
+        .epoch_keys()
+        .into_iter()
+        .map(|(n, _)| (n, DataKey::from_bytes(data_key.bytes())))
+        .collect();
+    admit_device(first, dir, name, epochs).await
+}
+
+/// [`another_device`] for tests without a runtime of their own.
+pub fn another_device_blocking(first: &ClientState, dir: &Path, name: &str) -> ClientState {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(another_device(first, dir, name))
+}
+
+/// The device key of the state in `dir`, read from its folder.
+pub fn device_key_of(dir: &Path) -> DeviceKey {
+    let text = std::fs::read_to_string(dir.join("device.key")).unwrap();
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).unwrap();
+    DeviceKey::from_secret_bytes(&bytes)
+}
+
+async fn admit_device(
+    first: &ClientState,
+    dir: &Path,
+    name: &str,
+    epochs: Vec<(u32, DataKey)>,
+) -> ClientState {
+    try_admit_device(first, dir, name, epochs)
+        .await
+        .expect("the relay stores the admission")
+}
+
+/// [`another_device`], or the relay's refusal of the admission.
+pub async fn try_another_device(
+    first: &ClientState,
+    dir: &Path,
+    name: &str,
+) -> Result<ClientState, Option<ErrorFrame>> {
+    try_admit_device(first, dir, name, first.epoch_keys()).await
+}
+
+async fn try_admit_device(
+    first: &ClientState,
+    dir: &Path,
+    name: &str,
+    epochs: Vec<(u32, DataKey)>,
+) -> Result<ClientState, Option<ErrorFrame>> {
+    let inviter = device_key_of(first.dir());
+    let user = first.user_id();
+    let secrets = DeviceSecrets::generate();
+    let mut session =
+        RawSession::connect(first.relay_url(), first.relay_key(), &inviter, user, None)
+            .await
+            .expect("the inviting device is admitted");
+    let mut links = session.fetch_chain(0).await;
+    let chain = Chain::verify(user, &links).unwrap();
+    let admission = chain.sign(
+        LinkBody::Admit {
+            device: secrets.device.id(),
+            exchange: secrets.exchange.public(),
+            name: name.to_owned(),
+            created_at: 1_700_000_000,
+        },
+        SigningKey::Device(&inviter),
+    );
+    session.append(&admission).await?;
+    links.push(admission);
+    Ok(ClientState::from_parts(
         dir,
         first.relay_url(),
         first.relay_key(),
         user,
-        device,
-        certificate,
-        data_key,
+        secrets,
+        epochs,
+        &links,
     )
-    .unwrap()
+    .unwrap())
+}
+
+/// A session that speaks the wire protocol itself: what an honest client never sends.
+pub struct RawSession {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    channel: ClientChannel,
+    pub session: Session,
+}
+
+impl RawSession {
+    /// A session as `device` of `user` (a recovery session with `recovery`); the relay's
+    /// encrypted refusal as `Err`.
+    pub async fn connect(
+        url: &str,
+        relay: RelayId,
+        device: &DeviceKey,
+        user: UserId,
+        recovery: Option<&UserKey>,
+    ) -> Result<Self, ErrorFrame> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (state, hello) = ClientHandshake::start(relay, &mut OsRng);
+        ws.send(Message::Binary(hello.into())).await.unwrap();
+        let server_hello = binary(&mut ws).await.expect("a ServerHello");
+        let credentials = Credentials::Device {
+            key: device,
+            user,
+            resume: None,
+            recovery,
+        };
+        let (state, start) = state
+            .handle_server_hello(&server_hello, credentials)
+            .unwrap();
+        ws.send(Message::Binary(start.into())).await.unwrap();
+        let established = binary(&mut ws).await.expect("a SessionStart");
+        match state.handle_session(&established) {
+            Ok((session, channel)) => Ok(Self {
+                ws,
+                channel,
+                session,
+            }),
+            Err(ferry_protocol::handshake::HandshakeError::Rejected(frame)) => Err(frame),
+            Err(other) => panic!("handshake failed: {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: ClientFrame) {
+        let bytes = self.channel.seal(&frame).unwrap();
+        // The relay may have closed the connection already.
+        let _ = self.ws.send(Message::Binary(bytes.into())).await;
+    }
+
+    /// The next frame, or `None` once the relay closed the connection.
+    pub async fn recv(&mut self) -> Option<ServerFrame> {
+        let bytes = binary(&mut self.ws).await?;
+        Some(self.channel.open(&bytes).unwrap())
+    }
+
+    /// The next chain answer or error (pings answered, the log's traffic skipped); `None`
+    /// once the relay closed the connection.
+    pub async fn chain_answer(&mut self) -> Option<ServerFrame> {
+        loop {
+            match self.recv().await? {
+                ServerFrame::Ping { nonce } => self.send(ClientFrame::Pong { nonce }).await,
+                frame @ (ServerFrame::ChainLinks { .. }
+                | ServerFrame::ChainAppended { .. }
+                | ServerFrame::Error(_)) => return Some(frame),
+                _ => {}
+            }
+        }
+    }
+
+    /// Every link after `after`.
+    pub async fn fetch_chain(&mut self, after: u64) -> Vec<Link> {
+        self.send(ClientFrame::ChainFetch { after }).await;
+        let mut links = Vec::new();
+        loop {
+            match self.chain_answer().await {
+                Some(ServerFrame::ChainLinks { links: page, more }) => {
+                    links.extend(page);
+                    if !more {
+                        return links;
+                    }
+                }
+                other => panic!("expected chain links, got {other:?}"),
+            }
+        }
+    }
+
+    /// Appends `link`: its position, or the relay's refusal (`None` in the error: the relay
+    /// closed the connection instead of answering).
+    pub async fn append(&mut self, link: &Link) -> Result<u64, Option<ErrorFrame>> {
+        self.send(ClientFrame::ChainAppend(Box::new(link.clone())))
+            .await;
+        match self.chain_answer().await {
+            Some(ServerFrame::ChainAppended { seqno }) => Ok(seqno),
+            Some(ServerFrame::Error(error)) => Err(Some(error)),
+            None => Err(None),
+            other => panic!("expected an answer to ChainAppend, got {other:?}"),
+        }
+    }
+}
+
+/// The next binary message; `None` once the connection closed.
+async fn binary(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<Vec<u8>> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the relay answered in time")
+        {
+            Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
 }
 
 /// Opens a state, waiting for a client that is stopping to let go of it.
