@@ -487,3 +487,189 @@ fn join_errors_are_one_line_a_user_can_act_on() {
         "{run:?}"
     );
 }
+
+/// The recovery key line of `ferry init`'s output.
+fn recovery_line(shown: &str) -> String {
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("recovery key: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{shown}");
+    lines[0]["recovery key: ".len()..].to_owned()
+}
+
+/// Every file under `dir`.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn init_shows_the_recovery_key_once_and_keeps_no_user_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = dir.path().join("laptop");
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    let shown = ok(
+        &laptop,
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "laptop",
+        ],
+    );
+    let written = recovery_line(&shown);
+    for words in [
+        "shown this once",
+        "Write it down",
+        "password",
+        "controls your account",
+    ] {
+        assert!(shown.contains(words), "{shown}");
+    }
+    let recovery = ferry_client::RecoveryKey::parse(&written).unwrap();
+    let user_key = recovery.user_key();
+    let state = ClientState::open(&laptop).unwrap();
+    assert_eq!(user_key.id(), state.user_id());
+    assert!(shown.contains(&state.user_id().to_hex()), "{shown}");
+    drop(state);
+
+    // Other commands never show it again.
+    ok(&laptop, &["send", "hello"]);
+    for args in [&["tail"][..], &["devices"], &["send", "again"]] {
+        let run = ferry(&laptop, args, "");
+        assert!(run.success, "{run:?}");
+        assert!(!run.stdout.contains(&written) && !run.stderr.contains(&written));
+    }
+    // No file of the folder holds the user key or the recovery key, raw or in hex.
+    let secret = user_key.secret_bytes();
+    let compact: String = written.chars().filter(|c| *c != '-').collect();
+    let needles = [
+        secret.to_vec(),
+        hex::encode(*secret).into_bytes(),
+        written.clone().into_bytes(),
+        compact.into_bytes(),
+    ];
+    let found = files(&laptop);
+    assert!(found.len() > 5, "{found:?}");
+    for file in found {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in &needles {
+            assert!(
+                !holds(&bytes, needle),
+                "{} holds a user secret",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn recover_on_a_fresh_folder_revokes_the_lost_device_and_reads_the_whole_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (laptop, phone, rescue) = (
+        dir.path().join("laptop"),
+        dir.path().join("phone"),
+        dir.path().join("rescue"),
+    );
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    let shown = ok(
+        &laptop,
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "laptop",
+        ],
+    );
+    let written = recovery_line(&shown);
+    let laptop_state = ClientState::open(&laptop).unwrap();
+    let laptop_id = laptop_state.device_id().to_hex();
+    let phone_state = another_device_blocking(&laptop_state, &phone, "phone");
+    let phone_id = phone_state.device_id().to_hex();
+    drop((laptop_state, phone_state));
+
+    // History across an earlier revocation (epoch 0, then epoch 1).
+    ok(&laptop, &["send", "before"]);
+    ok(&laptop, &["revoke", &phone_id[..12]]);
+    ok(&laptop, &["send", "after"]);
+
+    let recover = [
+        "recover",
+        "--relay",
+        &url,
+        "--relay-key",
+        &key,
+        "--name",
+        "rescue",
+    ];
+    // A typo: caught on this machine, nothing sent, no folder written.
+    let mut typo: Vec<char> = written.chars().collect();
+    let at = typo.iter().position(|c| *c != '-').unwrap();
+    typo[at] = if typo[at] == 'A' { 'B' } else { 'A' };
+    let typo: String = typo.into_iter().collect();
+    let run = ferry(&rescue, &recover, &format!("{typo}\n"));
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("mistyped"), "{run:?}");
+    assert!(run.stderr.contains("nothing was sent"), "{run:?}");
+    assert!(ClientState::open(&rescue).is_err());
+    // A valid key of no account at this relay: refused with what it means.
+    let stranger = ferry_client::RecoveryKey::generate(&mut rand_core::OsRng);
+    let run = ferry(
+        &rescue,
+        &recover,
+        &format!("{}\n", stranger.display().as_str()),
+    );
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("not this account's"), "{run:?}");
+    assert!(ClientState::open(&rescue).is_err());
+
+    // The right key, typed in lower case with spaces.
+    let typed = written.to_lowercase().replace('-', " ");
+    let run = ferry(&rescue, &recover, &format!("{typed}\n"));
+    assert!(run.success, "{run:?}");
+    assert!(!run.stdout.contains(&written), "{run:?}");
+    let rescue_id = ClientState::open(&rescue).unwrap().device_id().to_hex();
+    assert!(run.stdout.contains(&rescue_id), "{run:?}");
+
+    // The lost laptop is revoked from the new device; the new device reads everything.
+    ok(&rescue, &["revoke", &laptop_id[..12]]);
+    let run = ferry(&laptop, &["tail"], "");
+    assert!(!run.success && run.stderr.contains("revoked"), "{run:?}");
+    assert_eq!(ok(&rescue, &["tail"]), "before\nafter\n");
+    ok(&rescue, &["send", "recovered"]);
+    assert_eq!(ok(&rescue, &["tail"]), "recovered\n");
+    let listed = ok(&rescue, &["devices"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("revoked")).count(),
+        2,
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&rescue_id) && l.contains("(this device)")),
+        "{listed}"
+    );
+}
