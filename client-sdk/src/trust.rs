@@ -372,7 +372,7 @@ mod tests {
             };
             let link = trust.admit(d.key.id(), d.exchange.public(), "d", 1, signer);
             trust
-                .apply(&[link.clone()], a.key.id(), &a.exchange)
+                .apply(std::slice::from_ref(&link), a.key.id(), &a.exchange)
                 .unwrap();
             links.push(link);
         }
@@ -386,12 +386,12 @@ mod tests {
             .unwrap();
         assert_eq!(epoch, 1);
         let applied = trust
-            .apply(&[revoke.clone()], a.key.id(), &a.exchange)
+            .apply(std::slice::from_ref(&revoke), a.key.id(), &a.exchange)
             .unwrap();
         assert!(!applied.revoked && applied.unopened.is_empty());
         assert_eq!(trust.key(1).unwrap().bytes(), key1.bytes());
         let applied = b_trust
-            .apply(&[revoke.clone()], b.key.id(), &b.exchange)
+            .apply(std::slice::from_ref(&revoke), b.key.id(), &b.exchange)
             .unwrap();
         assert!(!applied.revoked);
         assert_eq!(b_trust.key(1).unwrap().bytes(), key1.bytes());
