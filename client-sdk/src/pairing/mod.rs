@@ -1,10 +1,10 @@
-//! Pairing: a new device joins the user through a 6-digit code shown on a device that
-//! already has the user's keys.
+//! Pairing: a new device joins the user through a 6-digit code shown on an active device of
+//! the user, which admits it to the user's device chain and hands it every data-key epoch.
 //!
 //! # Flow
 //!
 //! ```text
-//!  inviter (has the keys)                 relay                  joiner (new device)
+//!  inviter (active device)                relay                  joiner (new device)
 //!  invite(): connect as the device
 //!            draw code c (OS RNG)
 //!            PairOpen{slot(c)} ───────────▶ slot open
@@ -15,10 +15,14 @@
 //!             PairForward{InviterHello} ──▶ ──▶ PairPeer         checks the inviter's proof
 //!                                                                 (wrong code: PairClose{false})
 //!                                          ◀── PairForward{JoinerRequest}  ← confirmation known
-//!  confirmation known ◀── PairPeer            (sealed: device key, name)
-//!  admit():   PairForward{InviterGrant} ──▶ ──▶ PairPeer         checks the grant, writes the
-//!             (sealed: certificate, user key, data key)            state folder
-//!             PairClose{true} ────────────▶ ──▶ PairClosed
+//!  confirmation known ◀── PairPeer            (sealed: device key, exchange key, name)
+//!  admit():   ChainFetch, ChainAppend(Admit, signed by the inviter's device key)
+//!             ◀── ChainAppended
+//!             PairForward{InviterGrant} ──▶ ──▶ PairPeer         opens the grant (user, every
+//!             (sealed: user id, every epoch's data key)            epoch's key); connects as the
+//!             PairClose{true} ────────────▶ ──▶ PairClosed        new device, verifies the chain
+//!                                                                 (pinned to the user) admits it,
+//!                                                                 writes the state folder
 //! ```
 //!
 //! The messages and the key schedule are [`ferry_protocol::pairing`]'s; this module drives
@@ -34,7 +38,8 @@
 //!   gets [`PairingError::CodeUsed`].
 //! - Both screens can show a confirmation string (`1234-5678`) from the pairing transcript.
 //!   If they differ, a relay sat in the middle: the inviter [refuses](PendingDevice::refuse)
-//!   before the keys leave. [`Invitation::joined`] and [`Join::start`] return as soon as it
+//!   before the device is admitted and the keys leave. No device hands over the user key:
+//!   no device has it. [`Invitation::joined`] and [`Join::start`] return as soon as it
 //!   is known; [`Invitation::wait`] and [`join`] do everything in one call and do not stop.
 //! - Each side runs on its own connection. The inviter's is a session of its device beside
 //!   any running [`Client`](crate::Client); it reads no events and moves no cursor. The
