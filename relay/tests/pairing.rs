@@ -6,7 +6,7 @@ mod support;
 
 use ferry_protocol::pairing::{Inviter, Joiner, PairingCode};
 use ferry_protocol::seal::DataKey;
-use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, ServerFrame};
+use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, LinkBody, ServerFrame, SigningKey};
 use ferry_relay::{Config, Server};
 use rand_core::OsRng;
 use support::client::{Client, Identity, close_code};
@@ -120,7 +120,7 @@ async fn a_wrong_code_burns_the_slot() {
         panic!("reply")
     };
     let failed = joiner
-        .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), "x")
+        .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), [3; 32], "x")
         .unwrap_err();
     assert_eq!(failed.code(), ErrorCode::PairingFailed);
     b.send(&ClientFrame::PairClose {
@@ -225,7 +225,7 @@ async fn concurrent_joins_have_one_winner() {
         };
         let tablet = DeviceKey::generate(&mut OsRng);
         let (joiner, request) = winner_joiner
-            .handle_inviter_hello(&body, &tablet, "tablet")
+            .handle_inviter_hello(&body, &tablet, [3; 32], "tablet")
             .unwrap();
         winner
             .send(&ClientFrame::PairForward {
@@ -236,10 +236,19 @@ async fn concurrent_joins_have_one_winner() {
         let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
             panic!("round {round}: joiner request")
         };
-        let (admitted, grant) = inviter
-            .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
+        let (request, ready) = inviter.handle_joiner_request(&body).unwrap();
+        assert_eq!(request.device, tablet.id());
+        // Admitted in the chain before anything is granted.
+        let admit = LinkBody::Admit {
+            device: request.device,
+            exchange: request.exchange,
+            name: request.name,
+            created_at: 1_700_000_000,
+        };
+        a.sign_and_append(laptop.user.id(), admit, SigningKey::Device(&laptop.device))
+            .await
             .unwrap();
-        assert_eq!(admitted.device, tablet.id());
+        let grant = ready.grant(laptop.user.id(), &[(0, &data_key)]);
         a.send(&ClientFrame::PairForward {
             slot: code.slot(),
             body: grant,
@@ -253,10 +262,9 @@ async fn concurrent_joins_have_one_winner() {
         let ServerFrame::PairPeer { body, .. } = winner.pairing_frame().await else {
             panic!("round {round}: grant")
         };
-        assert_eq!(
-            joiner.handle_grant(&body).unwrap().data_key.bytes(),
-            data_key.bytes()
-        );
+        let grant = joiner.handle_grant(&body).unwrap();
+        assert_eq!(grant.user, laptop.user.id());
+        assert_eq!(grant.epochs[0].1.bytes(), data_key.bytes());
         assert_eq!(
             winner.pairing_frame().await,
             ServerFrame::PairClosed {
@@ -273,7 +281,6 @@ async fn a_hostile_joiner_request_gets_the_pairing_closed_and_no_grant() {
     let (server, _dir) = relay(|_| {}).await;
     let (addr, relay_id) = (server.local_addr(), server.relay_id());
     let laptop = Identity::new_user();
-    let data_key = DataKey::generate(&mut OsRng);
     let mut a = Client::connect(addr, relay_id, &laptop, None)
         .await
         .unwrap();
@@ -305,7 +312,7 @@ async fn a_hostile_joiner_request_gets_the_pairing_closed_and_no_grant() {
         panic!("inviter hello")
     };
     let (_, request) = joiner
-        .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), "tablet")
+        .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), [3; 32], "tablet")
         .unwrap();
     let ferry_protocol::pairing::PairingMessage::JoinerRequest {
         confirm,
@@ -328,10 +335,10 @@ async fn a_hostile_joiner_request_gets_the_pairing_closed_and_no_grant() {
     let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
         panic!("joiner request")
     };
-    let refused = inviter
-        .handle_joiner_request(&body, &laptop.user, &data_key, 1_700_000_000)
-        .unwrap_err();
+    let refused = inviter.handle_joiner_request(&body).unwrap_err();
     assert_eq!(refused.code(), ErrorCode::PairingFailed);
+    // Nothing was admitted: the chain is still Create and the laptop's Admit.
+    assert_eq!(a.fetch_links(0).await.len(), 2);
     a.send(&ClientFrame::PairClose {
         slot: code.slot(),
         success: false,

@@ -228,7 +228,7 @@ async fn joiners_racing_from_two_nodes_have_one_winner() {
             panic!("round {round}: inviter hello, got {first:?}")
         };
         winner_joiner
-            .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), "tablet")
+            .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), [3; 32], "tablet")
             .unwrap();
         // The inviter ends the round; the winner hears, and the user may open again.
         a.send(&ClientFrame::PairClose {

@@ -6,12 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use ferry_protocol::handshake::{ClientHandshake, ClientHello, ServerHandshake};
-use ferry_protocol::{ClientFrame, ErrorCode, Revocation, ServerFrame, UserKey, codec};
+use ferry_protocol::frames::MAX_LINKS_PER_FRAME;
+use ferry_protocol::handshake::{ClientHandshake, ClientHello, Credentials, ServerHandshake};
+use ferry_protocol::{
+    Chain, ClientFrame, DeviceKey, ErrorCode, LinkBody, ServerFrame, SigningKey, codec,
+};
 use ferry_relay::{Config, Server};
 use futures_util::SinkExt;
 use rand_core::OsRng;
-use support::client::{Client, Identity, close_code, next_binary, socket};
+use support::client::{Account, Client, Identity, close_code, next_binary, revoke_body, socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -172,29 +175,42 @@ async fn a_revoked_device_is_disconnected_and_refused() {
     a.replay().await;
     let mut s = relay.connect(&stolen).await;
     s.replay().await;
+    assert_eq!(s.session.chain_seqno, 3, "Create, and two Admits");
 
-    // Only the user key can revoke.
-    let mallory = UserKey::generate(&mut OsRng);
-    let mut forged = Revocation::issue(&mallory, stolen.device.id(), 1);
-    forged.user = laptop.user.id();
-    a.send(&ClientFrame::RevokeDevice(forged)).await;
-    assert!(
-        matches!(a.recv().await.unwrap(), ServerFrame::Error(e) if e.code == ErrorCode::BadRevocation)
+    // A Revoke signed by a device of another user's chain is refused.
+    let mallory = Identity::new_user();
+    let mut m = relay.connect(&mallory).await;
+    let chain = a.fetch_chain(laptop.user.id()).await;
+    let forged = chain.sign(
+        revoke_body(&chain, &[stolen.device.id()]),
+        SigningKey::Device(&mallory.device),
     );
-
-    a.send(&ClientFrame::RevokeDevice(Revocation::issue(
-        &laptop.user,
-        stolen.device.id(),
-        2,
-    )))
-    .await;
+    let refused = a.append_link(&forged).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ChainLinkRefused);
     assert_eq!(
-        a.recv().await.unwrap(),
-        ServerFrame::DeviceRevoked {
-            device: stolen.device.id()
-        }
+        refused.message,
+        "the signer is not an active device of the user"
     );
-    // Its open session is closed at once...
+    // Nor may a device append a link to another user's chain.
+    let refused = m.append_link(&forged).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ChainLinkRefused);
+    assert_eq!(refused.message, "the link is for another user");
+
+    let seqno = a
+        .sign_and_append(
+            laptop.user.id(),
+            revoke_body(&chain, &[stolen.device.id()]),
+            SigningKey::Device(&laptop.device),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqno, 4);
+    // Its open session is told inside the channel, then closed...
+    let told = s.recv().await.unwrap();
+    assert!(
+        matches!(&told, ServerFrame::Error(e) if e.code == ErrorCode::DeviceRevoked && e.device_seq.is_none()),
+        "{told:?}"
+    );
     assert_eq!(
         close_code(&mut s.ws).await,
         Some(ErrorCode::DeviceRevoked.close_code())
@@ -219,13 +235,187 @@ async fn a_revoked_device_is_disconnected_and_refused() {
     assert!(
         devices
             .iter()
-            .any(|d| d.certificate.device == stolen.device.id() && d.revoked)
+            .any(|d| d.device == stolen.device.id() && d.revoked && d.name == "stolen phone")
     );
     assert!(
         devices
             .iter()
-            .any(|d| d.certificate.device == laptop.device.id() && !d.revoked)
+            .any(|d| d.device == laptop.device.id() && !d.revoked)
     );
+    relay.server.shutdown().await;
+}
+
+/// The attack the device chain answers: a revoked device keeps its device key (a stolen
+/// laptop, a copied state folder). Whatever it signs is refused, it cannot connect, a key it
+/// made up is unknown, and nothing it appends is stored. The revocation is stored behind the
+/// relay node's back (as on another node whose bus message was lost), so the thief still has
+/// a live session to send from.
+#[tokio::test]
+async fn a_revoked_device_can_neither_admit_nor_revoke_nor_append() {
+    let node = support::node::node(|_| {}).await;
+    let (addr, relay_id) = (node.server.local_addr(), node.server.relay_id());
+    let laptop = Identity::new_user();
+    let thief_id = laptop.another_device("thief");
+    let mut thief = node.connect(&thief_id, None).await;
+    thief.replay().await;
+    assert_eq!(thief.append(1, b"before").await.unwrap(), 1);
+
+    let store = node.store();
+    let chain = support::storage::stored_chain(&**store, laptop.user.id()).await;
+    let revoke = chain.sign(
+        revoke_body(&chain, &[thief_id.device.id()]),
+        SigningKey::Device(&laptop.device),
+    );
+    store.append_link(&revoke, 10, 1).await.unwrap();
+
+    // The thief admits a fresh key of its own, and revokes the legitimate laptop: refused.
+    let fresh = laptop.unadmitted_device("fresh");
+    let chain = thief.fetch_chain(laptop.user.id()).await;
+    assert!(!chain.is_active(&thief_id.device.id()));
+    let admission = chain.sign(fresh.admit_body(), SigningKey::Device(&thief_id.device));
+    let refused = thief.append_link(&admission).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ChainLinkRefused);
+    assert_eq!(
+        refused.message,
+        "the signer is not an active device of the user"
+    );
+    let coup = chain.sign(
+        revoke_body(&chain, &[laptop.device.id()]),
+        SigningKey::Device(&thief_id.device),
+    );
+    let refused = thief.append_link(&coup).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ChainLinkRefused);
+    // A link signed before the revocation, replayed after it, is out of place.
+    let early = Chain::verify(laptop.user.id(), &thief.fetch_links(0).await[..3])
+        .unwrap()
+        .sign(fresh.admit_body(), SigningKey::Device(&thief_id.device));
+    assert_eq!(
+        thief.append_link(&early).await.unwrap_err().code,
+        ErrorCode::ChainLinkRefused
+    );
+    assert_eq!(store.chain_seqno(laptop.user.id()).await.unwrap(), 4);
+
+    // Its appends are refused by the store, and its session ends: 203 inside the channel,
+    // then the close code.
+    let refused = thief.append(2, b"after").await.unwrap_err();
+    assert_eq!(
+        (refused.code, refused.device_seq),
+        (ErrorCode::DeviceRevoked, Some(2))
+    );
+    assert_eq!(
+        close_code(&mut thief.ws).await,
+        Some(ErrorCode::DeviceRevoked.close_code())
+    );
+    // It cannot connect, nor can the key it tried to admit.
+    let refused = Client::connect_as(addr, relay_id, &thief_id, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::DeviceRevoked));
+    let refused = Client::connect_as(addr, relay_id, &fresh, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownDevice));
+    // Not even with the recovery key: a revoked device key is never let back in.
+    let refused = Client::connect_recovery(addr, relay_id, &thief_id)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::DeviceRevoked));
+    // The laptop is untouched, and the log holds only what the thief stored before.
+    let mut a = node.connect(&laptop, None).await;
+    let (events, head) = a.replay().await;
+    assert_eq!(head, 1);
+    assert_eq!(events[0].payload.0, b"before");
+    assert_eq!(a.append(1, b"still mine").await.unwrap(), 2);
+    node.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn recovery_sessions_only_read_and_extend_the_chain() {
+    let relay = relay().await;
+    let (addr, relay_id) = (relay.server.local_addr(), relay.server.relay_id());
+    let laptop = Identity::new_user();
+
+    // Before any chain: the device is unknown, but the user key opens a recovery session.
+    let refused = Client::connect_as(addr, relay_id, &laptop, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownDevice));
+    let mut recovery = Client::connect_recovery(addr, relay_id, &laptop)
+        .await
+        .unwrap();
+    assert_eq!(recovery.session.chain_seqno, 0);
+    assert!(recovery.fetch_links(0).await.is_empty());
+    recovery.send(&ClientFrame::Ping { nonce: 3 }).await;
+    assert_eq!(
+        recovery.recv().await.unwrap(),
+        ServerFrame::Pong { nonce: 3 }
+    );
+    recovery.admit_by_user_key(&laptop).await;
+    assert_eq!(recovery.fetch_links(0).await.len(), 2);
+    recovery.send(&ClientFrame::ListDevices).await;
+    let ServerFrame::Devices(devices) = recovery.recv().await.unwrap() else {
+        panic!("expected devices")
+    };
+    assert_eq!(devices.len(), 1);
+    // No replay, no events: anything but the chain, devices and pings ends the session.
+    recovery
+        .send(&ClientFrame::Append(ferry_protocol::Append {
+            device_seq: 1,
+            payload: ferry_protocol::SealedPayload(vec![1]),
+        }))
+        .await;
+    let told = recovery.recv().await.unwrap();
+    assert!(
+        matches!(&told, ServerFrame::Error(e) if e.code == ErrorCode::UnexpectedFrame),
+        "{told:?}"
+    );
+    assert_eq!(
+        close_code(&mut recovery.ws).await,
+        Some(ErrorCode::UnexpectedFrame.close_code())
+    );
+
+    // Admitted now: a normal session, which sees the chain's length, and nothing was appended.
+    let mut a = Client::connect_as(addr, relay_id, &laptop, None)
+        .await
+        .unwrap();
+    assert_eq!((a.session.chain_seqno, a.session.head), (2, 0));
+    assert_eq!(a.replay().await, (vec![], 0));
+
+    // A recovery session gets no events either, even when the log has some.
+    a.append(1, b"x").await.unwrap();
+    let mut recovery = Client::connect_recovery(addr, relay_id, &laptop)
+        .await
+        .unwrap();
+    assert_eq!(recovery.session.head, 1);
+    recovery.send(&ClientFrame::Ping { nonce: 4 }).await;
+    assert_eq!(
+        recovery.recv().await.unwrap(),
+        ServerFrame::Pong { nonce: 4 }
+    );
+    recovery.send(&ClientFrame::Ack { seq: 1 }).await;
+    assert!(matches!(
+        recovery.recv().await.unwrap(),
+        ServerFrame::Error(e) if e.code == ErrorCode::UnexpectedFrame
+    ));
+
+    // A wrong recovery key: the user key's proof does not verify for this user.
+    let wrong = Account::new();
+    let device = DeviceKey::generate(&mut OsRng);
+    let credentials = Credentials::Device {
+        key: &device,
+        user: laptop.user.id(),
+        resume: None,
+        recovery: Some(&wrong.key),
+    };
+    let refused = Client::connect_with(addr, relay_id, credentials)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::BadUserProof));
     relay.server.shutdown().await;
 }
 
@@ -319,7 +509,7 @@ async fn bad_input_gets_a_clear_error_and_a_closed_connection() {
     let reply = next_binary(&mut ws).await.unwrap();
     let (state, _) = ClientHandshake::start(relay_id, &mut OsRng);
     let refused = state
-        .handle_server_hello(&reply, ferry_protocol::handshake::Credentials::Anonymous)
+        .handle_server_hello(&reply, Credentials::Anonymous)
         .unwrap_err();
     assert_eq!(refused.code(), ErrorCode::UnsupportedVersion);
     assert_eq!(
@@ -342,6 +532,12 @@ async fn bad_input_gets_a_clear_error_and_a_closed_connection() {
     a.ws.send(Message::Binary(vec![0; 80 * 1024].into()))
         .await
         .unwrap();
+    // Told inside the channel first, where the client can trust it, then closed.
+    let told = a.recv().await.unwrap();
+    assert!(
+        matches!(&told, ServerFrame::Error(e) if e.code == ErrorCode::FrameTooLarge),
+        "{told:?}"
+    );
     assert_eq!(
         close_code(&mut a.ws).await,
         Some(ErrorCode::FrameTooLarge.close_code())
@@ -366,24 +562,126 @@ async fn bad_input_gets_a_clear_error_and_a_closed_connection() {
 }
 
 #[tokio::test]
-async fn a_forged_certificate_is_refused_at_the_handshake() {
+async fn a_device_the_chain_does_not_admit_is_refused_at_the_handshake() {
     let relay = relay().await;
+    let (addr, relay_id) = (relay.server.local_addr(), relay.server.relay_id());
     let victim = Identity::new_user();
-    let mallory = UserKey::generate(&mut OsRng);
-    let mut forged = Identity::new_user();
-    forged.certificate =
-        ferry_protocol::DeviceCertificate::issue(&mallory, forged.device.id(), "x", 1).unwrap();
-    forged.certificate.user = victim.user.id();
-    let refused = Client::connect(
-        relay.server.local_addr(),
-        relay.server.relay_id(),
-        &forged,
-        None,
-    )
-    .await
-    .err()
-    .unwrap();
-    assert_eq!(refused.code(), Some(ErrorCode::BadCertificate));
+    let mut v = relay.connect(&victim).await;
+    v.replay().await;
+    // A device claiming the victim's user id, which the victim's chain never admitted (no
+    // certificate or device id alone gets anyone in): 205, inside the channel.
+    let claimed = victim.unadmitted_device("intruder");
+    let refused = Client::connect_as(addr, relay_id, &claimed, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(refused, support::client::Refused::Handshake(_)));
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownDevice));
+    // A user without any chain: the same.
+    let nobody = Identity::new_user();
+    let refused = Client::connect_as(addr, relay_id, &nobody, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownDevice));
+    // Nothing was registered by trying.
+    v.send(&ClientFrame::ListDevices).await;
+    let ServerFrame::Devices(devices) = v.recv().await.unwrap() else {
+        panic!("expected devices")
+    };
+    assert_eq!(devices.len(), 1);
+    relay.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn chain_links_come_in_pages_and_growth_reaches_every_session() {
+    let relay = relay().await;
+    let (addr, relay_id) = (relay.server.local_addr(), relay.server.relay_id());
+    let laptop = Identity::new_user();
+    let phone = laptop.another_device("phone");
+    let mut a = relay.connect(&laptop).await;
+    a.replay().await;
+    let mut p = relay.connect(&phone).await;
+    p.replay().await;
+
+    // The laptop admits a tablet: the phone's session hears that the chain grew; the
+    // laptop's gets the answer instead.
+    let tablet = laptop.unadmitted_device("tablet");
+    assert_eq!(a.admit(&laptop, &tablet).await.unwrap(), 4);
+    p.wait_chain_grew(4).await;
+    a.send(&ClientFrame::Ping { nonce: 5 }).await;
+    assert_eq!(a.recv().await.unwrap(), ServerFrame::Pong { nonce: 5 });
+    assert!(
+        !a.chain_grew.contains(&4),
+        "the sender gets ChainAppended instead"
+    );
+
+    // More links than one frame holds (Rotations signed by the user key in a recovery
+    // session): ChainFetch answers in consecutive pages, `more` on all but the last.
+    let rotations = MAX_LINKS_PER_FRAME + 20;
+    let mut recovery = Client::connect_recovery(addr, relay_id, &laptop)
+        .await
+        .unwrap();
+    let mut chain = recovery.fetch_chain(laptop.user.id()).await;
+    for _ in 0..rotations {
+        let link = chain.sign(
+            LinkBody::Rotate {
+                epoch: support::client::next_epoch(&chain, &[]),
+            },
+            SigningKey::User(&laptop.user.key),
+        );
+        recovery
+            .send(&ClientFrame::ChainAppend(Box::new(link.clone())))
+            .await;
+        chain.apply(&link).unwrap();
+    }
+    for n in 0..rotations {
+        let ServerFrame::ChainAppended { seqno } = recovery.recv().await.unwrap() else {
+            panic!("rotation {n} refused")
+        };
+        assert_eq!(seqno, 5 + n as u64);
+    }
+    let head = chain.seqno();
+    assert_eq!(head, 4 + rotations as u64);
+    recovery.close().await;
+
+    p.send(&ClientFrame::ChainFetch { after: 1 }).await;
+    let mut pages = Vec::new();
+    loop {
+        match p.recv().await.unwrap() {
+            ServerFrame::ChainLinks { links, more } => {
+                pages.push((links, more));
+                if !more {
+                    break;
+                }
+            }
+            ServerFrame::ChainGrew { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pages.len() >= 2, "{} pages", pages.len());
+    let mut next = 2;
+    for (links, _) in &pages {
+        assert!(!links.is_empty() && links.len() <= MAX_LINKS_PER_FRAME);
+        for link in links {
+            assert_eq!(link.seqno, next);
+            next += 1;
+        }
+    }
+    assert_eq!(next, head + 1);
+    assert!(pages[..pages.len() - 1].iter().all(|(_, more)| *more));
+    // The whole chain verifies, and nothing after its end is one empty last page.
+    assert_eq!(p.fetch_chain(laptop.user.id()).await, chain);
+    p.send(&ClientFrame::ChainFetch { after: head }).await;
+    assert_eq!(
+        p.recv().await.unwrap(),
+        ServerFrame::ChainLinks {
+            links: vec![],
+            more: false
+        }
+    );
+    // The phone's session heard of every link.
+    p.wait_chain_grew(head).await;
     relay.server.shutdown().await;
 }
 
@@ -397,20 +695,23 @@ async fn limits_answer_with_their_codes() {
     .await;
     let id = Identity::new_user();
 
-    // Devices per user.
+    // Devices per user: the chain refuses a third active device, which stays unknown.
     let mut first = relay.connect(&id).await;
     first.replay().await;
     let _second = relay.connect(&id.another_device("2")).await;
+    let third = id.unadmitted_device("3");
+    let refused = first.admit(&id, &third).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::TooManyDevices);
     let refused = Client::connect(
         relay.server.local_addr(),
         relay.server.relay_id(),
-        &id.another_device("3"),
+        &third,
         None,
     )
     .await
     .err()
     .unwrap();
-    assert_eq!(refused.code(), Some(ErrorCode::TooManyDevices));
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownDevice));
 
     // Appends per device: a burst of 30 gets some answered RateLimited, none lost silently.
     for n in 1..=30 {
@@ -639,7 +940,7 @@ fn a_relay_refusal_is_a_plaintext_message_clients_understand() {
     // and gets the relay's code and message.
     let (client, _) = ClientHandshake::start(ferry_protocol::RelayId([7; 32]), &mut OsRng);
     let understood = client
-        .handle_server_hello(&refusal, ferry_protocol::handshake::Credentials::Anonymous)
+        .handle_server_hello(&refusal, Credentials::Anonymous)
         .expect_err("a refusal is not a hello");
     let HandshakeError::Rejected(frame) = &understood else {
         panic!("expected Rejected, got {understood:?}")

@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferry_protocol::{
-    DeviceCertificate, DeviceId, DeviceInfo, DeviceKey, Event, Revocation, UserId, UserKey,
+    ChainError, DeviceId, DeviceInfo, DeviceKey, ErrorCode, Event, LinkBody, SigningKey, UserId,
 };
 use ferry_relay::store::{
     self, AppendOutcome, AppendRequest, CommitConfig, CommitHandle, CommitReply, Committer,
-    DeviceRecord, FaultyStore, LogBounds, Store, StoreError,
+    DeviceRecord, FaultyStore, LINK_PAGE_BYTES, LogBounds, StoreError,
 };
 use rand_core::OsRng;
+use support::client::revoke_body;
 use support::storage::*;
 
 crate::storage_story!(
@@ -36,13 +37,17 @@ crate::storage_story!(
     acks_only_grow_and_never_pass_the_head,
     paging_replay_returns_every_event_exactly_once,
     retention_by_count_and_by_age_moves_earliest_and_keeps_seqs,
-    devices_register_once_respect_the_limit_and_stay_revoked,
+    the_chain_admits_devices_respects_the_limit_and_revokes,
+    a_revoked_or_never_admitted_device_appends_nothing,
+    chain_pages_are_bounded_and_consecutive,
     migrations_are_idempotent,
 );
 
 async fn sequences_are_gapless_per_user_when_users_interleave(db: Db) {
     let store = &*db.store;
     let (a, b, d) = (user(), user(), device());
+    admit(store, a, &[d]).await;
+    admit(store, b, &[d]).await;
     for i in 1..=5 {
         assert_eq!(
             append(store, req(a, d, i, &format!("a{i}"))).await,
@@ -112,6 +117,7 @@ async fn sequences_are_gapless_per_user_when_users_interleave(db: Db) {
 async fn a_retry_gets_the_original_seq_and_stores_nothing(db: Db) {
     let store = &*db.store;
     let (u, d) = (user(), device());
+    admit(store, u, &[d]).await;
     assert_eq!(append(store, req(u, d, 1, "one")).await, appended(1));
     assert_eq!(append(store, req(u, d, 2, "two")).await, appended(2));
     assert_eq!(
@@ -139,6 +145,7 @@ async fn a_retry_gets_the_original_seq_and_stores_nothing(db: Db) {
 async fn a_different_payload_for_a_used_device_seq_is_a_conflict(db: Db) {
     let store = &*db.store;
     let (u, d, other) = (user(), device(), device());
+    admit(store, u, &[d, other]).await;
     assert_eq!(append(store, req(u, d, 1, "original")).await, appended(1));
     let conflict = append(store, req(u, d, 1, "forged")).await;
     assert_eq!(conflict, AppendOutcome::Conflict { seq: 1 });
@@ -152,10 +159,11 @@ async fn a_different_payload_for_a_used_device_seq_is_a_conflict(db: Db) {
 async fn device_seq_zero_is_refused_and_fails_the_whole_batch(db: Db) {
     let store = &*db.store;
     let (u, d) = (user(), device());
+    admit(store, u, &[d]).await;
     let batch = [req(u, d, 1, "fine"), req(u, d, 0, "zero")];
     let error = store.append_batch(&batch, NOW_MS).await.unwrap_err();
     assert!(matches!(error, StoreError::InvalidSequence(0)), "{error:?}");
-    assert_eq!(error.code(), ferry_protocol::ErrorCode::InvalidSequence);
+    assert_eq!(error.code(), ErrorCode::InvalidSequence);
     let too_big = store
         .append(&req(u, d, u64::MAX, "huge"), NOW_MS)
         .await
@@ -187,6 +195,8 @@ async fn device_seq_zero_is_refused_and_fails_the_whole_batch(db: Db) {
 async fn repeats_inside_one_batch_are_resolved_in_order(db: Db) {
     let store = &*db.store;
     let (a, b, d1, d2) = (user(), user(), device(), device());
+    admit(store, a, &[d1, d2]).await;
+    admit(store, b, &[d1]).await;
     let batch = [
         req(a, d1, 1, "p"),
         req(a, d2, 1, "p"),
@@ -258,8 +268,10 @@ async fn group_commit_keeps_seqs_gapless_under_concurrency(db: Db) {
     for t in 0..TASKS {
         let handle = nodes[(t % 2) as usize].clone();
         let u = users[(t / 2 % 2) as usize];
+        let store = Arc::clone(&db.store);
         tasks.push(tokio::spawn(async move {
             let d = device();
+            admit(&*store, u, &[d]).await;
             let mut answers = Vec::new();
             for i in 1..=PER_TASK {
                 let outcome = handle
@@ -354,6 +366,7 @@ async fn group_commit_batches_what_is_queued_and_shutdown_answers_everyone(db: D
     };
     let handle = Committer::spawn(gated.clone(), config);
     let (u, d) = (user(), device());
+    admit(&*db.store, u, &[d]).await;
 
     // Hold the first commit inside the store while the other appends queue up behind it.
     let gate = gated.hold().await;
@@ -403,6 +416,7 @@ async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) 
     let gated = FaultyStore::new(Arc::clone(&db.store));
     let handle = Committer::spawn(gated.clone(), CommitConfig::default());
     let (u, d) = (user(), device());
+    admit(&*db.store, u, &[d]).await;
     assert_eq!(
         handle.append(req(u, d, 1, "before")).await.unwrap(),
         appended(1)
@@ -420,7 +434,7 @@ async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) 
     for reply in replies {
         let error = reply.await.unwrap().unwrap_err();
         assert!(matches!(error, StoreError::Database(_)), "{error:?}");
-        assert_eq!(error.code(), ferry_protocol::ErrorCode::Unavailable);
+        assert_eq!(error.code(), ErrorCode::Unavailable);
     }
     assert_eq!(handle.stats().failed_batches, 2);
     assert_eq!(all_events(&*db.store, u).await.len(), 1);
@@ -447,9 +461,8 @@ async fn a_failed_commit_is_reported_to_every_waiter_and_stores_nothing(db: Db) 
 
 async fn acks_only_grow_and_never_pass_the_head(db: Db) {
     let store = &*db.store;
-    let key = UserKey::generate(&mut OsRng);
-    let u = key.id();
-    let (d, _) = certified(store, &key, "laptop", 10).await;
+    let (u, d) = (user(), device());
+    admit(store, u, &[d]).await;
     for i in 1..=5 {
         append(store, req(u, d, i, "e")).await;
     }
@@ -472,14 +485,15 @@ async fn acks_only_grow_and_never_pass_the_head(db: Db) {
     let error = store.set_ack(u, device(), 1).await.unwrap_err();
     assert!(matches!(error, StoreError::UnknownDevice), "{error:?}");
     // A user with no events: nothing to acknowledge yet.
-    let lonely = UserKey::generate(&mut OsRng);
-    let (d, _) = certified(store, &lonely, "phone", 10).await;
-    assert_eq!(store.set_ack(lonely.id(), d, 7).await.unwrap(), 0);
+    let (lonely, d) = (user(), device());
+    admit(store, lonely, &[d]).await;
+    assert_eq!(store.set_ack(lonely, d, 7).await.unwrap(), 0);
 }
 
 async fn paging_replay_returns_every_event_exactly_once(db: Db) {
     let store = &*db.store;
     let (u, d) = (user(), device());
+    admit(store, u, &[d]).await;
     let mut next = 1;
     for size in [1, 5, 20, 31] {
         let batch: Vec<_> = (next..next + size)
@@ -523,6 +537,7 @@ async fn paging_replay_returns_every_event_exactly_once(db: Db) {
 async fn retention_by_count_and_by_age_moves_earliest_and_keeps_seqs(db: Db) {
     let store = &*db.store;
     let (u, d) = (user(), device());
+    admit(store, u, &[d]).await;
     let old: Vec<_> = (1..=10).map(|i| req(u, d, i, "old")).collect();
     store.append_batch(&old, 1_000).await.unwrap();
     let young: Vec<_> = (11..=20).map(|i| req(u, d, i, "young")).collect();
@@ -579,6 +594,8 @@ async fn retention_by_count_and_by_age_moves_earliest_and_keeps_seqs(db: Db) {
     // The whole database at once: v is old and goes, w is young and stays. The cutoff (2)
     // is below every other story's commit times, as other tests share the database.
     let (v, w) = (user(), user());
+    admit(store, v, &[d]).await;
+    admit(store, w, &[d]).await;
     let batch: Vec<_> = (1..=3).map(|i| req(v, d, i, "v")).collect();
     store.append_batch(&batch, 1).await.unwrap();
     let batch: Vec<_> = (1..=3).map(|i| req(w, d, i, "w")).collect();
@@ -640,6 +657,7 @@ async fn retention_by_count_and_by_age_moves_earliest_and_keeps_seqs(db: Db) {
 
     // Deletes run in slices of TRIM_BATCH; a long log is trimmed all the same.
     let long = user();
+    admit(store, long, &[d]).await;
     let n = store::TRIM_BATCH * 2 + 500;
     let batch: Vec<_> = (1..=n).map(|i| req(long, d, i, "")).collect();
     store.append_batch(&batch, 1_000).await.unwrap();
@@ -656,108 +674,266 @@ async fn retention_by_count_and_by_age_moves_earliest_and_keeps_seqs(db: Db) {
     );
 }
 
-async fn devices_register_once_respect_the_limit_and_stay_revoked(db: Db) {
+async fn the_chain_admits_devices_respects_the_limit_and_revokes(db: Db) {
     let store = &*db.store;
-    let key = UserKey::generate(&mut OsRng);
-    let u = key.id();
-    let cert = |device: &DeviceKey, name: &str| {
-        DeviceCertificate::issue(&key, device.id(), name, 1_700_000_000).unwrap()
-    };
+    let u = user();
+    let key = user_key(u);
     let (k1, k2, k3) = (
         DeviceKey::generate(&mut OsRng),
         DeviceKey::generate(&mut OsRng),
         DeviceKey::generate(&mut OsRng),
     );
-    let (c1, c2, c3) = (cert(&k1, "laptop"), cert(&k2, "phone"), cert(&k3, "tablet"));
+    assert_eq!(store.chain_seqno(u).await.unwrap(), 0);
+    // Nothing but a Create signed by the user key starts a chain.
+    let early = stored_chain(store, u)
+        .await
+        .sign(admit_body(k1.id()), SigningKey::User(&key));
+    let error = store.append_link(&early, 2, NOW_S).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::ChainLinkRefused(ChainError::BadStart)),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), ErrorCode::ChainLinkRefused);
+    admit(store, u, &[]).await;
+    assert_eq!(store.chain_seqno(u).await.unwrap(), 1);
 
-    let first = store.register_device(&c1, 2, 100).await.unwrap();
+    // The user key admits the first device, which admits the second.
+    let admit_with = |body, signer| append_body(store, u, body, signer, 2);
+    admit_with(admit_body(k1.id()), SigningKey::User(&key))
+        .await
+        .unwrap();
+    let phone = admit_with(admit_body(k2.id()), SigningKey::Device(&k1))
+        .await
+        .unwrap();
+    assert_eq!(phone.seqno, 3);
+    let first = store.device(u, k1.id()).await.unwrap().unwrap();
     let expected = DeviceRecord {
-        certificate: c1.clone(),
+        device: k1.id(),
+        name: format!("device {}", &k1.id().to_hex()[..8]),
+        created_at: NOW_S,
+        admitted_seqno: 2,
         acked: 0,
         revoked_at: None,
-        last_seen: 100,
-        registered_at: 100,
+        last_seen: NOW_S,
+        registered_at: NOW_S,
     };
     assert_eq!(first, expected);
-    assert_eq!(
-        store.register_device(&c1, 2, 200).await.unwrap(),
-        expected,
-        "registration is idempotent"
-    );
-    store.register_device(&c2, 2, 150).await.unwrap();
-    let error = store.register_device(&c3, 2, 160).await.unwrap_err();
+    // Beyond two active devices: refused, and nothing is stored.
+    let error = admit_with(admit_body(k3.id()), SigningKey::Device(&k1))
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, StoreError::TooManyDevices { max: 2 }),
         "{error:?}"
     );
-    assert_eq!(error.code(), ferry_protocol::ErrorCode::TooManyDevices);
+    assert_eq!(error.code(), ErrorCode::TooManyDevices);
     assert_eq!(store.device(u, k3.id()).await.unwrap(), None);
+    assert_eq!(store.chain_seqno(u).await.unwrap(), 3);
+
+    // A replayed link (a fork by position) is refused with the chain's reason.
+    let error = store.append_link(&phone, 2, NOW_S).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::ChainLinkRefused(ChainError::OutOfOrder {
+                expected: 4,
+                got: 3
+            })
+        ),
+        "{error:?}"
+    );
 
     for i in 1..=2 {
         append(store, req(u, k1.id(), i, "from the laptop")).await;
     }
+    // The phone revokes the laptop: the mirror says so, with the time the link was stored.
+    let chain = stored_chain(store, u).await;
+    let revoke = chain.sign(revoke_body(&chain, &[k1.id()]), SigningKey::Device(&k2));
+    let appended = store.append_link(&revoke, 2, NOW_S + 5).await.unwrap();
+    assert_eq!((appended.seqno, appended.revoked), (4, vec![k1.id()]));
+    let revoked = store.device(u, k1.id()).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(NOW_S + 5));
+    assert!(revoked.is_revoked());
+    // A revoked device signs nothing any more, and is never admitted again.
+    let error = admit_with(admit_body(k3.id()), SigningKey::Device(&k1))
+        .await
+        .unwrap_err();
     assert!(
-        store
-            .revoke_device(&Revocation::issue(&key, k1.id(), 300))
-            .await
-            .unwrap()
+        matches!(
+            error,
+            StoreError::ChainLinkRefused(ChainError::SignerNotActive)
+        ),
+        "{error:?}"
     );
+    let error = admit_with(admit_body(k1.id()), SigningKey::Device(&k2))
+        .await
+        .unwrap_err();
     assert!(
-        store
-            .revoke_device(&Revocation::issue(&key, k1.id(), 400))
-            .await
-            .unwrap()
+        matches!(
+            error,
+            StoreError::ChainLinkRefused(ChainError::AlreadyKnown)
+        ),
+        "{error:?}"
     );
-    assert_eq!(
-        store.device(u, k1.id()).await.unwrap().unwrap().revoked_at,
-        Some(300),
-        "the first revocation stays"
-    );
-    assert!(
-        !store
-            .revoke_device(&Revocation::issue(&key, device(), 300))
-            .await
-            .unwrap()
-    );
-
-    let again = store.register_device(&c1, 2, 500).await.unwrap();
-    assert!(again.is_revoked(), "a revoked device stays revoked");
     // The revoked device no longer counts against the limit.
-    store.register_device(&c3, 2, 160).await.unwrap();
+    admit_with(admit_body(k3.id()), SigningKey::Device(&k2))
+        .await
+        .unwrap();
 
-    store.touch_device(u, k2.id(), 1_000).await.unwrap();
-    store.touch_device(u, k2.id(), 900).await.unwrap();
+    store.touch_device(u, k2.id(), NOW_S + 1_000).await.unwrap();
+    store.touch_device(u, k2.id(), NOW_S + 900).await.unwrap();
     store.touch_device(u, device(), 900).await.unwrap();
     let listed = store.list_devices(u).await.unwrap();
-    let expected = [
-        DeviceInfo {
-            certificate: c1,
-            last_seen: 100,
-            revoked: true,
-        },
-        DeviceInfo {
-            certificate: c2,
-            last_seen: 1_000,
-            revoked: false,
-        },
-        DeviceInfo {
-            certificate: c3,
-            last_seen: 160,
-            revoked: false,
-        },
-    ];
-    assert_eq!(listed, expected);
-    assert!(listed.iter().all(|info| info.certificate.verify().is_ok()));
+    let info = |device: &DeviceKey, last_seen, revoked| DeviceInfo {
+        device: device.id(),
+        name: format!("device {}", &device.id().to_hex()[..8]),
+        last_seen,
+        revoked,
+    };
+    assert_eq!(
+        listed,
+        [
+            info(&k1, NOW_S, true),
+            info(&k2, NOW_S + 1_000, false),
+            info(&k3, NOW_S, false),
+        ]
+    );
     assert_eq!(
         all_events(store, u).await.len(),
         2,
         "a revoked device's events stay in the log"
     );
+    // The stored chain is what was appended, and verifies.
+    let chain = stored_chain(store, u).await;
+    assert_eq!(chain.seqno(), 5);
+    assert!(!chain.is_active(&k1.id()) && chain.is_active(&k3.id()));
     assert!(store.list_devices(user()).await.unwrap().is_empty());
+}
+
+/// The check that makes revocation race-free: the append transaction itself refuses a device
+/// the chain does not admit, under the same user row lock that `append_link` takes.
+async fn a_revoked_or_never_admitted_device_appends_nothing(db: Db) {
+    let store = &*db.store;
+    let (u, laptop, phone, stranger) = (user(), device(), device(), device());
+    admit(store, u, &[laptop]).await;
+    let key = DeviceKey::generate(&mut OsRng);
+    append_body(
+        store,
+        u,
+        admit_body(key.id()),
+        SigningKey::User(&user_key(u)),
+        10,
+    )
+    .await
+    .unwrap();
+    let thief = key.id();
+    assert_eq!(append(store, req(u, thief, 1, "t1")).await, appended(1));
+    assert_eq!(append(store, req(u, laptop, 1, "l1")).await, appended(2));
+
+    // Never admitted: refused, alone or in a batch with others.
+    assert_eq!(
+        append(store, req(u, stranger, 1, "s1")).await,
+        AppendOutcome::Revoked
+    );
+    assert_eq!(
+        AppendOutcome::Revoked.answer(),
+        Err(ErrorCode::DeviceRevoked)
+    );
+
+    // The laptop revokes the thief; the thief's next batch is refused whole, even a retry
+    // of what it stored before, and the laptop's appends in the same batch go through.
+    let chain = stored_chain(store, u).await;
+    let revoke = LinkBody::Revoke {
+        devices: vec![thief],
+        epoch: support::client::next_epoch(&chain, &[thief]),
+    };
+    append_body(store, u, revoke, SigningKey::User(&user_key(u)), 10)
+        .await
+        .unwrap();
+    let batch = [
+        req(u, thief, 2, "t2"),
+        req(u, laptop, 2, "l2"),
+        req(u, thief, 1, "t1"),
+        req(u, stranger, 1, "s1"),
+        req(u, phone, 1, "p1"),
+    ];
+    assert_eq!(
+        store.append_batch(&batch, NOW_MS).await.unwrap(),
+        [
+            AppendOutcome::Revoked,
+            appended(3),
+            AppendOutcome::Revoked,
+            AppendOutcome::Revoked,
+            AppendOutcome::Revoked,
+        ]
+    );
+    // Through the committer too.
+    let handle = Committer::spawn(Arc::clone(&db.store), CommitConfig::default());
+    assert_eq!(
+        handle.append(req(u, thief, 3, "t3")).await.unwrap(),
+        AppendOutcome::Revoked
+    );
+    handle.shutdown().await;
+    assert_eq!(
+        all_events(store, u)
+            .await
+            .iter()
+            .map(|e| (e.device, e.device_seq))
+            .collect::<Vec<_>>(),
+        [(thief, 1), (laptop, 1), (laptop, 2)]
+    );
+    assert_eq!(store.log_bounds(u).await.unwrap().head, 3);
+    // A device admitted later appends from then on.
+    admit(store, u, &[phone]).await;
+    assert_eq!(append(store, req(u, phone, 1, "p1")).await, appended(4));
+}
+
+async fn chain_pages_are_bounded_and_consecutive(db: Db) {
+    let store = &*db.store;
+    let u = user();
+    admit(store, u, &[device()]).await;
+    let key = user_key(u);
+    // Rotations sealed to many devices make big links: a few fill a page's byte budget.
+    let many: Vec<DeviceId> = (0..200).map(|_| device()).collect();
+    admit(store, u, &many).await;
+    for _ in 0..30 {
+        let chain = stored_chain(store, u).await;
+        let rotate = LinkBody::Rotate {
+            epoch: support::client::next_epoch(&chain, &[]),
+        };
+        append_body(store, u, rotate, SigningKey::User(&key), 1000)
+            .await
+            .unwrap();
+    }
+    let head = store.chain_seqno(u).await.unwrap();
+    assert_eq!(head, 1 + 1 + 200 + 30);
+    let mut after = 0;
+    let mut pages = 0;
+    while after < head {
+        let page = store.chain_links(u, after, 256).await.unwrap();
+        assert!(!page.is_empty() && page.len() <= 256);
+        let bytes: Vec<usize> = page
+            .iter()
+            .map(|l| ferry_protocol::codec::encode(l).len())
+            .collect();
+        // Below the budget before the last link of the page.
+        assert!(bytes[..bytes.len() - 1].iter().sum::<usize>() < LINK_PAGE_BYTES);
+        for (i, link) in page.iter().enumerate() {
+            assert_eq!(link.seqno, after + 1 + i as u64);
+        }
+        after = page.last().unwrap().seqno;
+        pages += 1;
+    }
+    // The admissions and the first rotations (about 28 KiB each), then the other rotations,
+    // in pages of about 384 KiB.
+    assert!(pages >= 3, "{pages} pages");
+    assert!(store.chain_links(u, head, 10).await.unwrap().is_empty());
+    assert!(store.chain_links(u, 0, 0).await.unwrap().is_empty());
 }
 
 async fn migrations_are_idempotent(db: Db) {
     let (u, d) = (user(), device());
+    admit(&*db.store, u, &[d]).await;
     append(&*db.store, req(u, d, 1, "kept")).await;
     for _ in 0..2 {
         let again = store::open(&db.url).await.unwrap();
@@ -782,24 +958,6 @@ async fn unknown_schemes_are_refused_without_echoing_the_url() {
         .unwrap_err();
     assert!(matches!(error, StoreError::InvalidUrl(_)), "{error:?}");
     assert!(!error.to_string().contains("hunter2"), "{error}");
-}
-
-/// Registers a new device of `key`'s user and returns its id and record.
-async fn certified(
-    store: &dyn Store,
-    key: &UserKey,
-    name: &str,
-    now_s: u64,
-) -> (DeviceId, DeviceRecord) {
-    let device = DeviceKey::generate(&mut OsRng).id();
-    let certificate = DeviceCertificate::issue(key, device, name, now_s).unwrap();
-    (
-        device,
-        store
-            .register_device(&certificate, 10, now_s)
-            .await
-            .unwrap(),
-    )
 }
 
 /// Submits the first request and waits until the committer holds it at the (locked) gate,

@@ -1,15 +1,20 @@
 //! One whole pairing through relays, as a honest inviter and joiner run it.
 
+use std::sync::Arc;
+
+use ferry_protocol::epoch::ExchangeSecret;
 use ferry_protocol::pairing::{Inviter, Joiner, PairingCode};
 use ferry_protocol::seal::DataKey;
-use ferry_protocol::{ClientFrame, DeviceKey, ServerFrame};
+use ferry_protocol::{ClientFrame, DeviceKey, LinkBody, ServerFrame, SigningKey};
 use rand_core::OsRng;
 
 use super::client::{Client, Identity};
 
 /// `inviter` (a session of `laptop`) opens a fresh code, `joiner` (an anonymous session, on
-/// the same node or another) types it, and the PAKE runs to the grant and the slot's close.
-/// Returns the code (now used) and the new device's identity.
+/// the same node or another) types it, and the PAKE runs to the request; the inviter admits the
+/// joiner in the chain (an `Admit` signed by its own device key) and only then grants it the
+/// data key, and the slot closes. Returns the code (now used) and the new device's identity
+/// (admitted).
 pub async fn pair(
     inviter: &mut Client,
     joiner: &mut Client,
@@ -49,10 +54,13 @@ pub async fn pair(
         .await;
 
     let tablet = DeviceKey::generate(&mut OsRng);
+    let exchange = ExchangeSecret::generate(&mut OsRng).public();
     let ServerFrame::PairPeer { body, .. } = joiner.pairing_frame().await else {
         panic!("inviter hello")
     };
-    let (peer, request) = peer.handle_inviter_hello(&body, &tablet, "tablet").unwrap();
+    let (peer, request) = peer
+        .handle_inviter_hello(&body, &tablet, exchange, "tablet")
+        .unwrap();
     assert_eq!(peer.confirmation(), pake.confirmation());
     joiner
         .send(&ClientFrame::PairForward {
@@ -64,10 +72,21 @@ pub async fn pair(
     let ServerFrame::PairPeer { body, .. } = inviter.pairing_frame().await else {
         panic!("joiner request")
     };
-    let (admitted, grant) = pake
-        .handle_joiner_request(&body, &laptop.user, data_key, 1_700_000_000)
-        .unwrap();
-    assert_eq!(admitted.device, tablet.id());
+    let (request, ready) = pake.handle_joiner_request(&body).unwrap();
+    assert_eq!((request.device, request.exchange), (tablet.id(), exchange));
+    // The user confirmed the strings match: the inviter admits exactly what was asked, and
+    // grants the data key only once the relay stored the link.
+    let admit = LinkBody::Admit {
+        device: request.device,
+        exchange: request.exchange,
+        name: request.name.clone(),
+        created_at: 1_700_000_000,
+    };
+    inviter
+        .sign_and_append(laptop.user.id(), admit, SigningKey::Device(&laptop.device))
+        .await
+        .expect("the inviter's Admit is stored");
+    let grant = ready.grant(laptop.user.id(), &[(0, data_key)]);
     inviter
         .send(&ClientFrame::PairForward {
             slot: code.slot(),
@@ -85,7 +104,9 @@ pub async fn pair(
         panic!("grant")
     };
     let grant = peer.handle_grant(&body).unwrap();
-    assert_eq!(grant.data_key.bytes(), data_key.bytes());
+    assert_eq!(grant.user, laptop.user.id());
+    assert_eq!(grant.epochs.len(), 1);
+    assert_eq!(grant.epochs[0].1.bytes(), data_key.bytes());
     assert_eq!(
         joiner.pairing_frame().await,
         ServerFrame::PairClosed {
@@ -93,10 +114,6 @@ pub async fn pair(
             code: None
         }
     );
-    let paired = Identity {
-        user: grant.user_key,
-        device: tablet,
-        certificate: grant.certificate,
-    };
+    let paired = Identity::admitted(Arc::clone(&laptop.user), tablet, exchange, &request.name);
     (code, paired)
 }

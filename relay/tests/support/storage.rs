@@ -2,11 +2,17 @@
 //! (a fresh file in a temporary folder) and PostgreSQL (`FERRY_TEST_POSTGRES_URL`, shared
 //! with other tests, so every story uses fresh random users and never truncates anything).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ferry_protocol::{DeviceId, Event, SealedPayload, UserId};
-use ferry_relay::store::{self, AppendOutcome, AppendRequest, Store, StoreOptions};
+use ferry_protocol::{
+    Chain, DeviceId, Event, Link, LinkBody, SealedPayload, SigningKey, UserId, UserKey,
+};
+use ferry_relay::store::{self, AppendOutcome, AppendRequest, Store, StoreError, StoreOptions};
+use rand_core::OsRng;
+
+use super::client::sealed_key;
 
 /// A realistic commit time (Unix milliseconds).
 pub const NOW_MS: u64 = 1_700_000_000_000;
@@ -73,8 +79,102 @@ macro_rules! storage_story {
     };
 }
 
+/// The user keys of the users made by [`user`], so that stories can sign their chains.
+fn user_keys() -> &'static Mutex<HashMap<UserId, [u8; 32]>> {
+    static KEYS: OnceLock<Mutex<HashMap<UserId, [u8; 32]>>> = OnceLock::new();
+    KEYS.get_or_init(Mutex::default)
+}
+
+/// A fresh user whose user key the stories hold (see [`admit`]).
 pub fn user() -> UserId {
-    UserId(super::random_bytes())
+    let key = UserKey::generate(&mut OsRng);
+    let id = key.id();
+    user_keys().lock().unwrap().insert(id, *key.secret_bytes());
+    id
+}
+
+/// The user key of a user made by [`user`].
+pub fn user_key(user: UserId) -> UserKey {
+    let secret = user_keys().lock().unwrap()[&user];
+    UserKey::from_secret_bytes(&secret)
+}
+
+/// Seconds since the Unix epoch that stories store as admission and revocation times.
+pub const NOW_S: u64 = NOW_MS / 1000;
+
+/// The user's chain as the store holds it (every page), verified.
+pub async fn stored_chain(store: &dyn Store, user: UserId) -> Chain {
+    let mut links: Vec<Link> = Vec::new();
+    loop {
+        let after = links.last().map_or(0, |link| link.seqno);
+        let page = store.chain_links(user, after, 1000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        links.extend(page);
+    }
+    Chain::verify(user, &links).expect("the stored chain verifies")
+}
+
+/// Signs `body` with `key` as the next link of the stored chain and appends it, signing again
+/// when a concurrent link took the position first.
+pub async fn append_body(
+    store: &dyn Store,
+    user: UserId,
+    body: LinkBody,
+    key: SigningKey<'_>,
+    max_devices: usize,
+) -> Result<Link, StoreError> {
+    loop {
+        let link = stored_chain(store, user).await.sign(body.clone(), key);
+        match store.append_link(&link, max_devices, NOW_S).await {
+            Ok(appended) => {
+                assert_eq!(appended.seqno, link.seqno);
+                return Ok(link);
+            }
+            Err(StoreError::ChainLinkRefused(_))
+                if stored_chain(store, user).await.seqno() >= link.seqno => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The `Admit` body of `device` (any id: admitting needs no device key).
+pub fn admit_body(device: DeviceId) -> LinkBody {
+    LinkBody::Admit {
+        device,
+        exchange: [5; 32],
+        name: format!("device {}", &device.to_hex()[..8]),
+        created_at: NOW_S,
+    }
+}
+
+/// Admits `devices` in the chain of `user` (a user made by [`user`]), creating the chain
+/// first if there is none: only admitted devices may append.
+pub async fn admit(store: &dyn Store, user: UserId, devices: &[DeviceId]) {
+    let key = user_key(user);
+    if stored_chain(store, user).await.seqno() == 0 {
+        let create = LinkBody::Create {
+            recovery_exchange: [9; 32],
+            epoch_key: sealed_key(),
+        };
+        match append_body(store, user, create, SigningKey::User(&key), 1000).await {
+            // A concurrent admission created it.
+            Ok(_) | Err(StoreError::ChainLinkRefused(_)) => {}
+            Err(e) => panic!("Create refused: {e}"),
+        }
+    }
+    for device in devices {
+        append_body(
+            store,
+            user,
+            admit_body(*device),
+            SigningKey::User(&key),
+            1000,
+        )
+        .await
+        .unwrap();
+    }
 }
 
 pub fn device() -> DeviceId {
