@@ -23,6 +23,7 @@ crate::storage_story!(
 async fn replay_pages_are_bounded_in_bytes_and_never_empty(db: Db) {
     let store = &*db.store;
     let (u, d) = (user(), device());
+    admit(store, u, &[d]).await;
     for i in 1..=10u64 {
         let request = AppendRequest {
             user: u,
@@ -54,6 +55,7 @@ async fn a_replay_in_byte_bounded_pages_delivers_everything_once() {
     let node = node(|config| config.log.replay_page_bytes = 10_000).await;
     let laptop = Identity::new_user();
     let store = node.store();
+    admit_identity(&**store, &laptop).await;
     for i in 1..=40u64 {
         let request = AppendRequest {
             user: laptop.user.id(),
@@ -185,6 +187,7 @@ async fn a_user_stores_up_to_the_quota_and_retention_makes_room(db: Db) {
     };
     let store = store::open_with(&db.url, &options).await.unwrap();
     let (u, d) = (user(), device());
+    admit(&*store, u, &[d]).await;
     let sized = |device_seq: u64, len: usize| AppendRequest {
         user: u,
         device: d,

@@ -33,6 +33,7 @@ crate::storage_story!(
 async fn a_trimmed_append_is_expired_and_never_stored_again(db: Db) {
     let store = &*db.store;
     let (u, d, other) = (user(), device(), device());
+    admit(store, u, &[d, other]).await;
     for i in 1..=3 {
         assert_eq!(append(store, req(u, d, i, "e")).await, appended(i));
     }
@@ -77,6 +78,8 @@ async fn a_failed_batch_refuses_what_the_session_queued_behind_it(db: Db) {
     let handle = Committer::spawn(faults.clone(), CommitConfig::default());
     let (u, d) = (user(), device());
     let (stranger, stranger_device) = (user(), device());
+    admit(&*db.store, u, &[d]).await;
+    admit(&*db.store, stranger, &[stranger_device]).await;
     let order = AppendOrder::new();
 
     // Append 1 waits at the gate while 2 and 3 of the same session queue behind it, with
@@ -144,6 +147,7 @@ async fn unknown_outcomes_and_duplicates_wake_the_user(db: Db) {
     };
     let handle = Committer::spawn(faults.clone(), config);
     let (u, d) = (user(), device());
+    admit(&*db.store, u, &[d]).await;
 
     // The commit happens but its reply is lost: the appender hears of a failure.
     faults.lose_next_replies(1);
@@ -206,6 +210,7 @@ async fn a_trim_between_replay_pages_is_a_resync_never_a_gap() {
     let node = node(|config| config.log.replay_page = 4).await;
     let laptop = Identity::new_user();
     let store = node.store();
+    admit_identity(&**store, &laptop).await;
     for i in 1..=20 {
         let request = req(laptop.user.id(), laptop.device.id(), i, "e");
         store.append(&request, NOW_MS).await.unwrap();

@@ -76,15 +76,29 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use ferry_protocol::{DeviceId, SealedPayload, UserId};
-//! use ferry_relay::store::{self, AppendOutcome, AppendRequest, CommitConfig, Committer, LogStore};
+//! use ferry_protocol::chain::SealedKey;
+//! use ferry_protocol::{Chain, DeviceId, LinkBody, SealedPayload, SigningKey, UserKey};
+//! use ferry_relay::store::{
+//!     self, AppendOutcome, AppendRequest, ChainStore, CommitConfig, Committer, LogStore,
+//! };
 //!
 //! let dir = tempfile::tempdir()?;
 //! let url = format!("sqlite://{}?mode=rwc", dir.path().join("ferry.db").display());
 //! let store = store::open(&url).await?; // or postgres://user@host/db
 //! let commits = Committer::spawn(Arc::clone(&store), CommitConfig::default());
 //!
-//! let (user, device) = (UserId([1; 32]), DeviceId([2; 32]));
+//! // Only a device the user's chain admits may append: the user key creates the chain and
+//! // admits the first device (a client uploads these links with `ChainAppend`).
+//! let user_key = UserKey::from_secret_bytes(&[1; 32]);
+//! let (user, device) = (user_key.id(), DeviceId([2; 32]));
+//! let mut chain = Chain::new(user);
+//! let create = LinkBody::Create { recovery_exchange: [9; 32], epoch_key: SealedKey(vec![7; 104]) };
+//! let admit = LinkBody::Admit { device, exchange: [5; 32], name: "laptop".into(), created_at: 0 };
+//! for body in [create, admit] {
+//!     let link = chain.sign(body, SigningKey::User(&user_key));
+//!     chain.apply(&link)?;
+//!     store.append_link(&link, 10, 0).await?;
+//! }
 //! let append = AppendRequest { user, device, device_seq: 1, payload: SealedPayload(vec![0xAA]) };
 //! assert_eq!(commits.append(append.clone()).await?, AppendOutcome::Appended { seq: 1 });
 //! // A retry is answered with the original sequence and stores nothing.

@@ -124,6 +124,11 @@ impl Identity {
         }
     }
 
+    /// Records that a chain link admitted the device (written by the test itself).
+    pub fn mark_admitted(&self) {
+        let _ = self.admitted.set(());
+    }
+
     /// Whether the chain admitted the device through this identity (or a clone).
     pub fn is_admitted(&self) -> bool {
         self.admitted.initialized()

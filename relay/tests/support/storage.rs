@@ -12,7 +12,7 @@ use ferry_protocol::{
 use ferry_relay::store::{self, AppendOutcome, AppendRequest, Store, StoreError, StoreOptions};
 use rand_core::OsRng;
 
-use super::client::sealed_key;
+use super::client::{Identity, sealed_key};
 
 /// A realistic commit time (Unix milliseconds).
 pub const NOW_MS: u64 = 1_700_000_000_000;
@@ -152,13 +152,25 @@ pub fn admit_body(device: DeviceId) -> LinkBody {
 /// Admits `devices` in the chain of `user` (a user made by [`user`]), creating the chain
 /// first if there is none: only admitted devices may append.
 pub async fn admit(store: &dyn Store, user: UserId, devices: &[DeviceId]) {
-    let key = user_key(user);
+    admit_with(store, &user_key(user), devices).await;
+}
+
+/// Admits the test device `id` straight in the store (the user key signs, as in a recovery
+/// session), for stories that fill a log before any device connects.
+pub async fn admit_identity(store: &dyn Store, id: &Identity) {
+    admit_with(store, &id.user.key, &[id.device.id()]).await;
+    id.mark_admitted();
+}
+
+/// [`admit`] with the user key at hand.
+pub async fn admit_with(store: &dyn Store, key: &UserKey, devices: &[DeviceId]) {
+    let user = key.id();
     if stored_chain(store, user).await.seqno() == 0 {
         let create = LinkBody::Create {
             recovery_exchange: [9; 32],
             epoch_key: sealed_key(),
         };
-        match append_body(store, user, create, SigningKey::User(&key), 1000).await {
+        match append_body(store, user, create, SigningKey::User(key), 1000).await {
             // A concurrent admission created it.
             Ok(_) | Err(StoreError::ChainLinkRefused(_)) => {}
             Err(e) => panic!("Create refused: {e}"),
@@ -169,7 +181,7 @@ pub async fn admit(store: &dyn Store, user: UserId, devices: &[DeviceId]) {
             store,
             user,
             admit_body(*device),
-            SigningKey::User(&key),
+            SigningKey::User(key),
             1000,
         )
         .await
