@@ -22,11 +22,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_protocol::{DeviceId, Event, SealedPayload};
+use ferry_protocol::{DeviceId, ErrorCode, Event, SealedPayload, ServerFrame, SigningKey};
 use ferry_relay::bus::{Bus, LocalBusHub, RedisBus, RedisBusOptions, topic};
 use ferry_relay::server::BusParts;
 use ferry_relay::{Config, Server};
-use support::client::{Client, Identity};
+use support::client::{Client, Identity, revoke_body};
 use support::device::{Device, exactly_once_in_order};
 use support::proxy::Proxy;
 
@@ -466,12 +466,17 @@ async fn a_device_joining_while_the_subscription_is_in_flight_misses_nothing() {
     let laptop = Identity::new_user();
     let writer = two.connect(&laptop).await;
 
+    // Both admitted first, so that nothing but their own handshakes runs between their joins.
+    let ids = ["first", "second"].map(|name| laptop.another_device(name));
+    for id in &ids {
+        id.admit(one.server.local_addr(), one.server.relay_id())
+            .await;
+    }
     // Node one's commands now reach Redis 600 ms late (under its 1 s command timeout, so the
     // bus stays up). Two devices of the user join node one, one just after the other.
     proxy.delay_upstream(Duration::from_millis(600));
     let mut joined = Vec::new();
-    for name in ["first", "second"] {
-        let id = laptop.another_device(name);
+    for id in ids {
         let client = Client::connect(one.server.local_addr(), one.server.relay_id(), &id, None)
             .await
             .unwrap_or_else(|refused| panic!("connection refused: {refused:?}"));
@@ -508,6 +513,127 @@ async fn a_device_joining_while_the_subscription_is_in_flight_misses_nothing() {
         "the bus stayed up: no poll hid a lost wake-up"
     );
     proxy.delay_upstream(Duration::ZERO);
+    one.server.shutdown().await;
+    two.server.shutdown().await;
+}
+
+/// A device revoked while Redis is cut: its node never hears of it, yet closes its session
+/// within one safety poll (an encrypted 203, then 4203), and what a revoked device appends
+/// meanwhile is refused by the store, under the same user lock the revocation took. Before
+/// the cut, the chain's growth reaches the other node's sessions (`ChainGrew`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_while_redis_is_cut_is_closed_by_the_safety_poll() {
+    const SAFETY_POLL: Duration = Duration::from_secs(2);
+    let Some(database) = support::postgres_url().await else {
+        return;
+    };
+    let Some(redis) = support::redis::redis_url().await else {
+        return;
+    };
+    let proxy = Proxy::start(support::redis::address(&redis).await).await;
+    let through_proxy = support::redis::with_address(&redis, proxy.addr());
+    let config = |config: &mut Config| {
+        config.redis_url = Some(through_proxy.clone());
+        config.log.poll_interval_ms = 100;
+        config.log.safety_poll_secs = SAFETY_POLL.as_secs();
+    };
+    let one = Node::start(&database, config, None).await;
+    let two = Node::start(&database, config, None).await;
+
+    let laptop = Identity::new_user();
+    let user = laptop.user.id();
+    let (phone, tablet) = (
+        laptop.another_device("phone"),
+        laptop.another_device("tablet"),
+    );
+    let mut a = Client::connect(
+        one.server.local_addr(),
+        one.server.relay_id(),
+        &laptop,
+        None,
+    )
+    .await
+    .unwrap();
+    a.replay().await;
+    let p = two.connect(&phone).await;
+    let t = two.connect(&tablet).await;
+
+    // The bus carries the chain's growth to the other node.
+    let watch = laptop.unadmitted_device("watch");
+    let seqno = a.admit(&laptop, &watch).await.unwrap();
+    for device in [&p, &t] {
+        device
+            .wait_for("ChainGrew from the other node", PATIENCE, |seen| {
+                seen.other.contains(&ServerFrame::ChainGrew { seqno })
+            })
+            .await;
+    }
+
+    // Redis goes away; the laptop, on node one, revokes the phone and the tablet.
+    proxy.cut();
+    one.bus_becomes(0).await;
+    two.bus_becomes(0).await;
+    let chain = a.fetch_chain(user).await;
+    let revoked = [phone.device.id(), tablet.device.id()];
+    a.sign_and_append(
+        user,
+        revoke_body(&chain, &revoked),
+        SigningKey::Device(&laptop.device),
+    )
+    .await
+    .unwrap();
+    let revoked_at = Instant::now();
+
+    // Node two heard nothing. The tablet appends: the store refuses it, and its session ends.
+    t.append(1, b"after the revocation");
+    let seen = t.closed(PATIENCE).await;
+    assert_eq!(seen.answers.len(), 1, "{:?}", seen.answers);
+    let (device_seq, answer) = &seen.answers[0];
+    let refused = answer.as_ref().unwrap_err();
+    assert_eq!((*device_seq, refused.code), (1, ErrorCode::DeviceRevoked));
+    assert_eq!(
+        seen.closed,
+        Some(Some(ErrorCode::DeviceRevoked.close_code()))
+    );
+
+    // The idle phone is closed by its next safety poll, told inside the channel first.
+    let seen = p.closed(PATIENCE).await;
+    let took = revoked_at.elapsed();
+    assert!(
+        took < SAFETY_POLL + Duration::from_millis(1500),
+        "closed {took:?} after the revocation"
+    );
+    assert!(
+        seen.other.iter().any(
+            |frame| matches!(frame, ServerFrame::Error(e) if e.code == ErrorCode::DeviceRevoked)
+        ),
+        "{:?}",
+        seen.other
+    );
+    assert_eq!(
+        seen.closed,
+        Some(Some(ErrorCode::DeviceRevoked.close_code()))
+    );
+    assert_eq!(two.bus_up(), 0, "the bus was down all along");
+
+    // Nothing of theirs is in the log, and neither comes back.
+    let mut check = Client::connect(
+        one.server.local_addr(),
+        one.server.relay_id(),
+        &laptop,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(check.replay().await, (vec![], 0));
+    for id in [&phone, &tablet] {
+        let refused = Client::connect(two.server.local_addr(), two.server.relay_id(), id, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.code(), Some(ErrorCode::DeviceRevoked));
+    }
+    proxy.restore();
     one.server.shutdown().await;
     two.server.shutdown().await;
 }

@@ -12,12 +12,12 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_protocol::{ErrorCode, ServerFrame, UserId};
+use ferry_protocol::{ErrorCode, ServerFrame, SigningKey, UserId};
 use ferry_relay::bus::LocalBusHub;
 use ferry_relay::store::{
     AppendOrder, AppendOutcome, CommitConfig, Committer, FaultyStore, StoreError,
 };
-use support::client::Identity;
+use support::client::{Client, Identity, revoke_body};
 use support::node::{answers, next_frame, node, node_on, send_appends};
 use support::storage::*;
 
@@ -421,4 +421,42 @@ async fn a_lost_wake_up_is_caught_by_the_safety_poll() {
         .expect("the safety poll reads the log within its period");
     assert_eq!(events[0].seq, 2);
     assert_eq!(one.bus.lost(), 1);
+}
+
+/// A revocation the hub never delivered to a session (stored between the session's admission
+/// check and its joining the hub, or, as here, behind this node's back like a bus message it
+/// missed) is caught by the session's re-check right after it joined: an encrypted 203, then
+/// 4203, before any replay. The safety poll is an hour away, so nothing else would catch it.
+#[tokio::test]
+async fn a_revocation_the_hub_missed_is_caught_right_after_joining() {
+    let node = node(|_| {}).await;
+    let (addr, relay_id) = (node.server.local_addr(), node.server.relay_id());
+    let laptop = Identity::new_user();
+    let phone = laptop.another_device("phone");
+    phone.admit(addr, relay_id).await;
+
+    // The handshake's check reads the phone's record; the next read, the session's re-check
+    // once it has joined the hub, waits.
+    node.faults.pause_device_reads_after(1);
+    let mut p = Client::connect_as(addr, relay_id, &phone, None)
+        .await
+        .unwrap();
+    wait_until(|| node.faults.device_reads_waiting() == 1).await;
+    let store = node.store();
+    let chain = stored_chain(&**store, laptop.user.id()).await;
+    let revoke = chain.sign(
+        revoke_body(&chain, &[phone.device.id()]),
+        SigningKey::Device(&laptop.device),
+    );
+    store.append_link(&revoke, 10, NOW_S).await.unwrap();
+    node.faults.resume_device_reads();
+
+    match next_frame(&mut p).await {
+        Ok(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::DeviceRevoked),
+        other => panic!("expected Error(203) before anything else, got {other:?}"),
+    }
+    assert_eq!(
+        next_frame(&mut p).await,
+        Err(Some(ErrorCode::DeviceRevoked.close_code()))
+    );
 }
