@@ -176,7 +176,8 @@ pub struct Limits {
     )]
     pub ephemerals_per_device_per_second: u32,
 
-    /// Devices a user may register (revoked devices do not count).
+    /// Active devices a user's device chain may admit (revoked devices do not count): an
+    /// `Admit` link beyond it is refused with `too_many_devices`.
     #[arg(
         long,
         global = true,
