@@ -88,7 +88,24 @@ async fn two_devices_sync_over_wss_with_the_private_ca() {
         &fast().ca_file(&pki.ca),
     )
     .await;
-    let phone_state = another_device(&laptop_state, &dir.path().join("phone"), "phone").await;
+    // The phone pairs over wss:// too (the test helpers' raw sessions speak ws:// only).
+    let with_ca = fast().ca_file(&pki.ca);
+    let invitation = ferry_client::pairing::invite(&laptop_state, &with_ca)
+        .await
+        .unwrap();
+    let code = invitation.code().to_string();
+    let inviter = tokio::spawn(invitation.wait());
+    let phone_state = ferry_client::pairing::join(
+        dir.path().join("phone"),
+        &wss_url(&relay),
+        relay.relay_id,
+        &code,
+        "phone",
+        &with_ca,
+    )
+    .await
+    .unwrap();
+    inviter.await.unwrap().unwrap();
     assert!(phone_state.relay_url().starts_with("wss://"));
     let laptop_id = laptop_state.device_id();
 
