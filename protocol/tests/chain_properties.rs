@@ -303,10 +303,11 @@ proptest! {
                     created_at: 1,
                 },
                 Step::Revoke(picks) => {
-                    let mut named: Vec<DeviceId> = picks
-                        .iter()
-                        .filter_map(|n| (!active.is_empty()).then(|| active[n % active.len()]))
-                        .collect();
+                    let mut named: Vec<DeviceId> = if active.is_empty() {
+                        Vec::new()
+                    } else {
+                        picks.iter().map(|n| active[n % active.len()]).collect()
+                    };
                     named.sort();
                     named.dedup();
                     if named.is_empty() {
