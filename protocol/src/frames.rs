@@ -146,14 +146,12 @@ pub enum ClientFrame {
     ListDevices,
     /// Revoke a device; signed with the user key.
     RevokeDevice(Revocation),
-    /// An authenticated device opens pairing slot `slot` (see the pairing section of the spec).
-    PairOpen {
-        /// The slot number, from the first digits of the code.
-        slot: u16,
-    },
+    /// An authenticated device asks for a pairing slot; the relay picks its number and
+    /// answers `PairOpened` (see the pairing section of the spec).
+    PairOpen,
     /// An unauthenticated device joins slot `slot` with its first PAKE message.
     PairJoin {
-        /// The slot number, from the first digits of the code.
+        /// The slot number: the part of the code before the dash (public, it only routes).
         slot: u16,
         /// Opaque PAKE message.
         #[serde(with = "serde_bytes")]
@@ -227,7 +225,7 @@ pub enum ServerFrame {
     },
     /// A pairing slot is open until `expires_at`.
     PairOpened {
-        /// The slot.
+        /// The slot the relay assigned: the part of the code before the dash.
         slot: u16,
         /// Expiry, in milliseconds since the Unix epoch.
         expires_at: u64,
@@ -262,7 +260,7 @@ impl Wire for ClientFrame {
             | Self::Ping { .. }
             | Self::Pong { .. }
             | Self::ListDevices
-            | Self::PairOpen { .. }
+            | Self::PairOpen
             | Self::PairClose { .. } => Ok(()),
         }
     }
