@@ -107,6 +107,8 @@ pub struct Client {
     pub backlog: Vec<Event>,
     /// Answers to appends that arrived while waiting for another answer.
     pub answers: std::collections::HashMap<u64, Result<u64, ErrorFrame>>,
+    /// The pinned relay key (pairing binds it).
+    pub relay: RelayId,
 }
 
 impl Client {
@@ -153,7 +155,18 @@ impl Client {
             session,
             backlog: Vec::new(),
             answers: Default::default(),
+            relay,
         })
+    }
+
+    /// Opens a pairing slot: the slot the relay assigned, or the refusal.
+    pub async fn open_pairing(&mut self) -> Result<u16, ErrorCode> {
+        self.send(&ClientFrame::PairOpen).await;
+        match self.pairing_frame().await {
+            ServerFrame::PairOpened { slot, .. } => Ok(slot),
+            ServerFrame::Error(e) => Err(e.code),
+            other => panic!("expected PairOpened, got {other:?}"),
+        }
     }
 
     /// The next pairing frame (`PairOpened`, `PairPeer`, `PairClosed` or an error), skipping others.
