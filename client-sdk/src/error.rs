@@ -371,8 +371,9 @@ impl ClientError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PairingError {
-    /// The text typed is not six digits. Nothing was sent.
-    #[error("a pairing code is six digits")]
+    /// The text typed is not a slot number, a dash and six digits (`7-402913`). Nothing was
+    /// sent.
+    #[error("a pairing code is a number, a dash and six digits, as in 7-402913")]
     BadCode,
     /// No pairing waits under this code (relay code 500).
     #[error("unknown code: check the code shown on the other device")]
@@ -397,7 +398,7 @@ pub enum PairingError {
     /// The relay limits join attempts per address (relay code 400).
     #[error("too many pairing attempts: wait a minute, then try again")]
     RateLimited,
-    /// Every slot the inviter tried was taken by another pairing (relay code 503).
+    /// The relay has no free pairing slot (relay code 503).
     #[error("the relay has no free pairing slot right now: try again in a minute")]
     NoFreeSlot,
     /// The relay could not be reached or the connection broke.

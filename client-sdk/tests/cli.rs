@@ -149,6 +149,42 @@ impl Drop for Background {
     }
 }
 
+impl Background {
+    /// `ferry --state STATE pair ARGS...`, with `answer` on its stdin.
+    fn pair(state: &Path, args: &[&str], answer: &str) -> Self {
+        let mut pair = Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .arg("--state")
+                .arg(state)
+                .arg("pair")
+                .args(args)
+                .env_remove("FERRY_STATE")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            Duration::from_secs(60),
+        );
+        let mut stdin = pair.child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).unwrap();
+        pair
+    }
+}
+
+/// The code in `pair`'s first line, `code: SLOT-DDDDDD`.
+fn code_of(line: &str) -> &str {
+    let code = line
+        .strip_prefix("code: ")
+        .unwrap_or_else(|| panic!("{line}"));
+    let (slot, digits) = code.split_once('-').unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        slot.parse::<u16>().is_ok_and(|n| n >= 1)
+            && digits.len() == 6
+            && digits.bytes().all(|b| b.is_ascii_digit()),
+        "{line}"
+    );
+    code
+}
+
 fn ok(state: &Path, args: &[&str]) -> String {
     let run = ferry(state, args, "");
     assert!(run.success, "ferry {args:?} failed: {}", run.stderr);
@@ -363,26 +399,11 @@ fn pair_and_join_then_sync_both_ways() {
     );
     ok(&laptop, &["send", "before pairing"]);
 
-    // `pair` prints the code at once and waits for the other device.
-    let mut pair = Background::spawn(
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("--state")
-            .arg(&laptop)
-            .arg("pair")
-            .env_remove("FERRY_STATE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-        Duration::from_secs(60),
-    );
+    // `pair` prints the code at once and waits for the other device; its user will answer
+    // "y" when asked to admit it.
+    let mut pair = Background::pair(&laptop, &[], "y\n");
     let first = pair.line().expect("`ferry pair` printed the code");
-    let code = first
-        .strip_prefix("code: ")
-        .unwrap_or_else(|| panic!("{first}"));
-    assert!(
-        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
-        "{first}"
-    );
+    let code = code_of(&first);
     // The laptop's folder is free while `pair` waits.
     ok(&laptop, &["send", "while pairing"]);
 
@@ -403,6 +424,9 @@ fn pair_and_join_then_sync_both_ways() {
     eprintln!("ferry pair -> {first} {rest:?} {stderr}");
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("ferry --state DIR join"), "{stderr}");
+    assert!(stderr.contains("Admit this device? [y/N]"), "{stderr}");
+    // The code is not suggested as an argument (other local users can see those).
+    assert!(!stderr.contains(code), "{stderr}");
 
     // Both screens show the same confirmation; each names the new device.
     let joined: Vec<&str> = joined.lines().collect();
@@ -445,7 +469,7 @@ fn join_errors_are_one_line_a_user_can_act_on() {
     let (url, key) = (relay.url(), relay.relay_id.to_hex());
     let run = ferry(
         &phone,
-        &["join", "--relay", &url, "--relay-key", &key, "123456"],
+        &["join", "--relay", &url, "--relay-key", &key, "1-123456"],
         "",
     );
     assert!(!run.success, "{run:?}");
@@ -453,6 +477,19 @@ fn join_errors_are_one_line_a_user_can_act_on() {
         run.stderr,
         "ferry: unknown code: check the code shown on the other device\n"
     );
+    // The old six-digit form, and a code without its dash, are refused before connecting.
+    for typed in ["123456", "1123456"] {
+        let run = ferry(
+            &phone,
+            &["join", "--relay", &url, "--relay-key", &key, typed],
+            "",
+        );
+        assert!(!run.success && run.stderr.contains("a dash"), "{run:?}");
+    }
+    // No code argument and nothing on stdin: nothing to join with.
+    let run = ferry(&phone, &["join", "--relay", &url, "--relay-key", &key], "");
+    assert!(!run.success, "{run:?}");
+    assert!(run.stderr.contains("no pairing code"), "{run:?}");
     let run = ferry(
         &phone,
         &["join", "--relay", &url, "--relay-key", &key, "12-34"],
@@ -470,7 +507,7 @@ fn join_errors_are_one_line_a_user_can_act_on() {
             &nowhere,
             "--relay-key",
             &key,
-            "123456",
+            "1-123456",
         ],
         "",
     );
@@ -672,4 +709,124 @@ fn recover_on_a_fresh_folder_revokes_the_lost_device_and_reads_the_whole_history
             .any(|l| l.contains(&rescue_id) && l.contains("(this device)")),
         "{listed}"
     );
+}
+
+#[test]
+fn pair_admits_nobody_unless_its_user_says_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = dir.path().join("laptop");
+    let phone = dir.path().join("phone");
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    ok(
+        &laptop,
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "laptop",
+        ],
+    );
+
+    // The user answers "n": the device typed the right code, but gets nothing.
+    let mut pair = Background::pair(&laptop, &[], "n\n");
+    let first = pair.line().expect("`ferry pair` printed the code");
+    let code = code_of(&first).to_owned();
+    let run = ferry(
+        &phone,
+        &[
+            "join",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            &code,
+            "--name",
+            "phone",
+        ],
+        "",
+    );
+    assert!(!run.success, "{run:?}");
+    assert!(run.stdout.starts_with("confirm: "), "{run:?}");
+    assert!(run.stderr.contains("refused"), "{run:?}");
+    let (rest, status, stderr) = pair.finish();
+    assert!(!status.success(), "{rest:?} {stderr}");
+    assert_eq!(
+        rest,
+        [run.stdout.trim_end()],
+        "only the confirmation: no `paired:`"
+    );
+    assert!(stderr.contains("Admit this device? [y/N]"), "{stderr}");
+    assert!(stderr.contains("not admitted"), "{stderr}");
+    assert!(ClientState::open(&phone).is_err(), "no state was written");
+    assert_eq!(ok(&laptop, &["devices"]).lines().count(), 1);
+
+    // No answer at all (stdin closed) is no "yes" either.
+    let mut pair = Background::pair(&laptop, &[], "");
+    let code = code_of(&pair.line().unwrap()).to_owned();
+    let run = ferry(
+        &phone,
+        &["join", "--relay", &url, "--relay-key", &key, &code],
+        "",
+    );
+    assert!(!run.success, "{run:?}");
+    let (_, status, stderr) = pair.finish();
+    assert!(
+        !status.success() && stderr.contains("not admitted"),
+        "{stderr}"
+    );
+    assert_eq!(ok(&laptop, &["devices"]).lines().count(), 1);
+}
+
+#[test]
+fn pair_yes_admits_without_asking_and_join_reads_the_code_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let laptop = dir.path().join("laptop");
+    let phone = dir.path().join("phone");
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    ok(
+        &laptop,
+        &[
+            "init",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "laptop",
+        ],
+    );
+    ok(&laptop, &["send", "hello"]);
+
+    // Nothing on `pair`'s stdin: with --yes it does not ask.
+    let mut pair = Background::pair(&laptop, &["--yes"], "");
+    let code = code_of(&pair.line().unwrap()).to_owned();
+    // The code is typed, not an argument.
+    let run = ferry(
+        &phone,
+        &[
+            "join",
+            "--relay",
+            &url,
+            "--relay-key",
+            &key,
+            "--name",
+            "phone",
+        ],
+        &format!("{code}\n"),
+    );
+    assert!(run.success, "{run:?}");
+    assert!(run.stderr.contains("Pairing code"), "{run:?}");
+    let joined: Vec<&str> = run.stdout.lines().collect();
+    let (rest, status, stderr) = pair.finish();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("Admit this device"), "{stderr}");
+    assert_eq!(rest[0], joined[0]);
+    let device = joined[1].strip_prefix("joined: ").unwrap();
+    assert_eq!(rest[1], format!("paired: {device} phone"));
+    assert_eq!(ok(&phone, &["tail"]), "hello\n");
 }

@@ -1,4 +1,4 @@
-//! Pairing against a real relay started in-process: devices join through 6-digit codes,
+//! Pairing against a real relay started in-process: devices join through `SLOT-DDDDDD` codes,
 //! then sync through the ordinary client; wrong, expired, unknown and raced codes fail with
 //! the error a user can act on; the relay never holds a key.
 
@@ -43,10 +43,16 @@ async fn join_with(
     .expect("the joiner finished")
 }
 
-/// The same slot (first three digits), other digits: reaches the inviter, fails the PAKE.
+/// The same slot (before the dash), other digits: reaches the inviter, fails the PAKE.
 fn wrong_code(code: &str) -> String {
-    let last: u32 = code[3..].parse().unwrap();
-    format!("{}{:03}", &code[..3], (last + 1) % 1000)
+    let (slot, digits) = code.split_once('-').unwrap();
+    let digits: u32 = digits.parse().unwrap();
+    format!("{slot}-{:06}", (digits + 1) % 1_000_000)
+}
+
+/// The six secret digits of a code.
+fn secret(code: &str) -> &str {
+    code.split_once('-').unwrap().1
 }
 
 #[tokio::test]
@@ -63,10 +69,13 @@ async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
     // The laptop invites while it keeps syncing; the phone types the code.
     let invitation = laptop.invite().await.unwrap();
     let code = invitation.code().to_string();
-    assert_eq!(code.len(), 6);
-    assert!(code.bytes().all(|b| b.is_ascii_digit()));
+    // The relay assigned slot 1 (the first free); six secret digits follow.
+    let (slot, digits) = code.split_once('-').unwrap();
+    assert_eq!(slot, "1", "{code}");
+    assert_eq!(digits.len(), 6);
+    assert!(digits.bytes().all(|b| b.is_ascii_digit()));
     assert!(
-        !format!("{invitation:?}").contains(&code[3..]),
+        !format!("{invitation:?}").contains(digits),
         "Debug hides the code"
     );
     let inviter = tokio::spawn(async move {
@@ -76,7 +85,7 @@ async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
         assert_eq!(paired.confirmation, shown);
         Ok::<_, PairingError>(paired)
     });
-    let typed = format!("{} {}", &code[..3], &code[3..]);
+    let typed = format!("{slot} - {} {}", &digits[..3], &digits[3..]);
     let join = Join::start(
         dir.path().join("phone"),
         &relay.url(),
@@ -309,7 +318,7 @@ impl RawJoiner {
 async fn raw_join(relay: &TestRelay, typed: &str) -> (RawJoiner, Joiner, u16, Vec<u8>) {
     let code = PairingCode::parse(typed).unwrap();
     let mut raw = RawJoiner::connect(relay).await;
-    let (joiner, hello) = Joiner::start(&code, &mut rand_core::OsRng);
+    let (joiner, hello) = Joiner::start(&code, &relay.relay_id, &mut rand_core::OsRng);
     raw.send(ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello,
@@ -411,7 +420,7 @@ async fn unknown_codes_bad_input_and_wrong_relays_fail_with_what_to_do() {
     let phone = dir.path().join("phone");
 
     // No pairing waits: whatever code is typed is unknown.
-    let error = join_with(&phone, &relay, "123456", "phone")
+    let error = join_with(&phone, &relay, "1-123456", "phone")
         .await
         .unwrap_err();
     assert!(matches!(error, PairingError::UnknownCode), "{error:?}");
@@ -422,11 +431,17 @@ async fn unknown_codes_bad_input_and_wrong_relays_fail_with_what_to_do() {
     let inviter = admit_in_background(invitation);
 
     // Refused before anything is sent, so the code survives every one of these.
-    for (typed, name) in [
-        ("12345", "phone"),
-        ("12345a", "phone"),
-        ("1234567", "phone"),
+    let undashed = code.replace('-', "");
+    let slot_zero = format!("0-{}", secret(&code));
+    for typed in [
+        "12345",
+        "12345a",
+        "1234567",
+        secret(&code),
+        &undashed,
+        &slot_zero,
     ] {
+        let name = "phone";
         let error = join_with(&phone, &relay, typed, name).await.unwrap_err();
         assert!(matches!(error, PairingError::BadCode), "{typed}: {error:?}");
     }
@@ -596,11 +611,11 @@ async fn join_attempts_are_rate_limited_per_address() {
     let adjust: Adjust = Arc::new(|config| config.limits.pair_joins_per_ip_per_minute = 4);
     let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
     let phone = dir.path().join("phone");
-    let error = join_with(&phone, &relay, "123456", "phone")
+    let error = join_with(&phone, &relay, "1-123456", "phone")
         .await
         .unwrap_err();
     assert!(matches!(error, PairingError::UnknownCode), "{error:?}");
-    let error = join_with(&phone, &relay, "654321", "phone")
+    let error = join_with(&phone, &relay, "2-654321", "phone")
         .await
         .unwrap_err();
     assert!(matches!(error, PairingError::RateLimited), "{error:?}");

@@ -282,7 +282,7 @@ impl ErrorCode {
                 "This pairing code was already used; start pairing again for a new code."
             }
             Self::PairingSlotTaken => {
-                "Another pairing is already waiting under this code's slot; draw a new code."
+                "The relay has no free pairing slot right now; start pairing again in a minute."
             }
             Self::PairingFailed => {
                 "Pairing failed because the code did not match; the code is burned, start pairing again."

@@ -156,14 +156,12 @@ pub enum ClientFrame {
     /// Append a link to the user's device chain (admit, revoke, rotate); the relay answers
     /// `ChainAppended` or `Error(chain_link_refused)`.
     ChainAppend(Box<Link>),
-    /// An authenticated device opens pairing slot `slot` (see the pairing section of the spec).
-    PairOpen {
-        /// The slot number, from the first digits of the code.
-        slot: u16,
-    },
+    /// An authenticated device asks for a pairing slot; the relay picks its number and
+    /// answers `PairOpened` (see the pairing section of the spec).
+    PairOpen,
     /// An unauthenticated device joins slot `slot` with its first PAKE message.
     PairJoin {
-        /// The slot number, from the first digits of the code.
+        /// The slot number: the part of the code before the dash (public, it only routes).
         slot: u16,
         /// Opaque PAKE message.
         #[serde(with = "serde_bytes")]
@@ -243,7 +241,7 @@ pub enum ServerFrame {
     },
     /// A pairing slot is open until `expires_at`.
     PairOpened {
-        /// The slot.
+        /// The slot the relay assigned: the part of the code before the dash.
         slot: u16,
         /// Expiry, in milliseconds since the Unix epoch.
         expires_at: u64,
@@ -294,7 +292,7 @@ impl Wire for ClientFrame {
             | Self::Ping { .. }
             | Self::Pong { .. }
             | Self::ListDevices
-            | Self::PairOpen { .. }
+            | Self::PairOpen
             | Self::PairClose { .. } => Ok(()),
         }
     }

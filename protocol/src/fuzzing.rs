@@ -17,7 +17,8 @@ use crate::handshake::{
     ServerHandshake, ServerHandshakeMessage, ServerHello, ServerHelloBody, SessionEstablished,
     SessionStart, keys,
 };
-use crate::pairing::{CODES_PER_SLOT, Inviter, JoinRequest, Joiner, PairingCode};
+use crate::limits::MAX_DEVICE_NAME_LEN;
+use crate::pairing::{Inviter, JoinRequest, Joiner, PairingCode};
 use crate::seal::DataKey;
 use crate::{
     ChannelError, ClientChannel, ClientFrame, DeviceId, DeviceKey, MIN_PROTOCOL_VERSION,
@@ -225,13 +226,20 @@ fn rng_for(data: &[u8], party: u8) -> ChaCha20Rng {
     ChaCha20Rng::from_seed(hash.finalize().into())
 }
 
-/// The pairing code of every pairing run (the slot, 482, is public: the relay routes by it).
+/// The secret digits of every pairing run's code (`482-482913`).
 const PAIRING_CODE: u32 = 482_913;
+/// The slot of every pairing run: public, the relay routes by it.
+const PAIRING_SLOT: u16 = 482;
+/// The relay's key, which both devices bind into their SPAKE2 identities.
+const PAIRING_RELAY: crate::RelayId = crate::RelayId([0x5e; 32]);
+/// Wrong codes and the relay's guesses are drawn from the 1000 codes around the right one, so
+/// the fuzzer hits the right code often enough to exercise what follows.
+const GUESSES: u32 = 1000;
 
 fn pairing_code(n: u32) -> PairingCode {
-    match PairingCode::parse(&format!("{n:06}")) {
+    match PairingCode::parse(&format!("{PAIRING_SLOT}-{n:06}")) {
         Ok(code) => code,
-        Err(_) => unreachable!("six digits always parse"),
+        Err(_) => unreachable!("a slot and six digits always parse"),
     }
 }
 
@@ -268,9 +276,9 @@ fn pairing_world() -> &'static PairingWorld {
 }
 
 /// Runs a pairing between an honest inviter (code [`PAIRING_CODE`]) and an honest joiner
-/// (that code, or another one of the same slot) through a relay the fuzzer controls. At each
+/// (that code, or another one of the same slot: one of [`GUESSES`] around it) through a relay the fuzzer controls. At each
 /// of the four steps the relay delivers (choice byte % 3): 0 the genuine message, 1 a message
-/// of its own (it runs its own joiner and its own inviter with a guessed code of the slot), or
+/// of its own (it runs its own joiner and its own inviter with a guessed code of the slot, one of [`GUESSES`]), or
 /// 2 arbitrary bytes.
 ///
 /// Panics if the inviter accepts a request (and so would admit the device to the chain and
@@ -284,14 +292,14 @@ fn pairing_world() -> &'static PairingWorld {
 pub fn pairing(data: &[u8]) {
     let world = pairing_world();
     let mut input = Input(data);
-    let slot_base = PAIRING_CODE - PAIRING_CODE % CODES_PER_SLOT;
+    let guess_base = PAIRING_CODE - PAIRING_CODE % GUESSES;
     let flags = input.byte();
     let joiner_n = if flags & 1 == 0 {
         PAIRING_CODE
     } else {
-        slot_base + u32::from(input.u16()) % CODES_PER_SLOT
+        guess_base + u32::from(input.u16()) % GUESSES
     };
-    let guess_n = slot_base + u32::from(input.u16()) % CODES_PER_SLOT;
+    let guess_n = guess_base + u32::from(input.u16()) % GUESSES;
     let name_bytes = if flags & 2 == 0 {
         &b"tablet"[..]
     } else {
@@ -303,8 +311,10 @@ pub fn pairing(data: &[u8]) {
     let relay_knows_code = guess_n == PAIRING_CODE;
     let relay_knows_joiner_code = guess_n == joiner_n;
 
-    let inviter = Inviter::start(&pairing_code(PAIRING_CODE), &mut rng_for(data, 1));
-    let (joiner, joiner_hello) = Joiner::start(&pairing_code(joiner_n), &mut rng_for(data, 2));
+    let relay = &PAIRING_RELAY;
+    let inviter = Inviter::start(&pairing_code(PAIRING_CODE), relay, &mut rng_for(data, 1));
+    let (joiner, joiner_hello) =
+        Joiner::start(&pairing_code(joiner_n), relay, &mut rng_for(data, 2));
     let mut undisturbed = true;
 
     // Step 1, to the inviter: the joiner's hello.
@@ -314,7 +324,7 @@ pub fn pairing(data: &[u8]) {
         0 => inviter.handle_joiner_hello(&joiner_hello),
         1 => {
             undisturbed = false;
-            let (own, hello) = Joiner::start(&pairing_code(guess_n), &mut rng_for(data, 3));
+            let (own, hello) = Joiner::start(&pairing_code(guess_n), relay, &mut rng_for(data, 3));
             relay_joiner = Some(own);
             inviter.handle_joiner_hello(&hello)
         }
@@ -334,7 +344,7 @@ pub fn pairing(data: &[u8]) {
         0 => inviter_hello.clone(),
         1 => {
             undisturbed = false;
-            let own = Inviter::start(&pairing_code(guess_n), &mut rng_for(data, 4));
+            let own = Inviter::start(&pairing_code(guess_n), relay, &mut rng_for(data, 4));
             match own.handle_joiner_hello(&joiner_hello) {
                 Ok((own, hello)) => {
                     relay_inviter = Some(own);
@@ -808,7 +818,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds = Vec::new();
 
     // Pairing. The code's last three digits are 913: a guess of 913 is right.
-    let right_guess = (PAIRING_CODE % CODES_PER_SLOT) as u16;
+    let right_guess = (PAIRING_CODE % GUESSES) as u16;
     let right = right_guess.to_le_bytes();
     let wrong = 17u16.to_le_bytes();
     for steps in [[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]] {
@@ -818,7 +828,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             seeds.push(("pairing", input));
         }
     }
-    // The joiner typed 482 017; the relay guessed that.
+    // The joiner typed 482-482017; the relay guessed that.
     seeds.push((
         "pairing",
         vec![1, wrong[0], wrong[1], wrong[0], wrong[1], 0, 1, 0, 1],

@@ -1,10 +1,13 @@
-//! Pairing a new device through a 6-digit code (client side; the relay only forwards).
+//! Pairing a new device through a code such as `7-402913` (client side; the relay only
+//! forwards).
 //!
 //! # Message flow
 //!
-//! Device A (the **inviter**, an active device of the user's chain) draws a code
-//! `c` uniformly from 000000–999999 and shows it; device B (the **joiner**) enters it. The
-//! relay routes by the slot `c / 1000` and forwards the bodies below between the two, opaque.
+//! Device A (the **inviter**, an active device of the user's chain) asks the relay
+//! for a slot; the relay assigns a short slot number (the *nameplate*, as in Magic Wormhole),
+//! which is public and only routes. A then draws six secret digits uniformly from
+//! 000000–999999 and shows `SLOT-DDDDDD`; device B (the **joiner**) enters it. The relay
+//! forwards the bodies below between the two ends of the slot, opaque.
 //!
 //! 1. B → A `JoinerHello { pake: SPAKE2 message B }` (in `PairJoin`).
 //! 2. A → B `InviterHello { pake: SPAKE2 message A, confirm: confirm_a }`.
@@ -17,16 +20,20 @@
 //!    data-key epoch's key, so B reads the whole history. A closes the slot as successful.
 //!    No device ever hands over the user key: it exists only while the recovery key is typed.
 //!
-//! Key schedule: SPAKE2 over Ed25519 (RustCrypto `spake2`) with the six code digits as the
-//! password and identities `INVITER_ID` / `JOINER_ID`, giving `K`;
+//! Key schedule: SPAKE2 over Ed25519 (RustCrypto `spake2`) with the six secret digits as the
+//! password and identities `INVITER_ID ‖ relay key ‖ be16(slot)` / `JOINER_ID ‖ relay key ‖
+//! be16(slot)` ([`identities`]), giving `K`;
 //! `prk = HKDF-Extract(salt = SHA-256(PAIRING_LABEL ‖ msg_a ‖ msg_b), ikm = K)`, then
 //! `confirm_a`, `confirm_b`, `k_a2b`, `k_b2a` and the confirmation string are HKDF-Expand
 //! outputs with the labels below. Sealing is ChaCha20-Poly1305 with a zero nonce (each key
 //! seals exactly one message).
 //!
-//! An attacker without the code gets one online guess per slot: the first join consumes the
-//! slot. A relay that substitutes its own SPAKE2 messages must guess the three digits it does
-//! not route by, fails visibly otherwise, and would show different confirmation strings.
+//! An attacker without the code gets one online guess in 10^6 per pairing: the first join
+//! consumes the slot. The routing part is no part of the password, so the relay (which sees
+//! it) learns nothing it can use: a relay that substitutes its own SPAKE2 messages gets the
+//! same one guess in 10^6, fails visibly otherwise, and would show different confirmation
+//! strings. Binding the relay key and the slot into the identities keeps a transcript from
+//! one relay or one slot from being replayed into another.
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -40,13 +47,13 @@ use zeroize::Zeroizing;
 
 use crate::ErrorCode;
 use crate::codec::{self, DecodeError, Wire, check_len};
-use crate::identity::{DeviceId, DeviceKey, IdentityError, UserId};
+use crate::identity::{DeviceId, DeviceKey, IdentityError, RelayId, UserId};
 use crate::limits::MAX_DEVICE_NAME_LEN;
 use crate::seal::DataKey;
 
-/// SPAKE2 identity of the inviter.
+/// SPAKE2 identity of the inviter, before the relay key and the slot ([`identities`]).
 pub const INVITER_ID: &[u8] = b"ferry/v1/pair/inviter";
-/// SPAKE2 identity of the joiner.
+/// SPAKE2 identity of the joiner, before the relay key and the slot ([`identities`]).
 pub const JOINER_ID: &[u8] = b"ferry/v1/pair/joiner";
 /// Prefix of the pairing transcript hash.
 pub const PAIRING_LABEL: &[u8] = b"ferry/v1/pair/transcript";
@@ -61,17 +68,15 @@ pub const JOINER_KEY_LABEL: &[u8] = b"ferry/v1/pair/key-joiner-to-inviter";
 /// HKDF info of the confirmation string both screens show.
 pub const CONFIRMATION_LABEL: &[u8] = b"ferry/v1/pair/confirmation-string";
 
-/// Codes per slot: the slot is the code's first three digits.
-pub const CODES_PER_SLOT: u32 = 1000;
-/// Number of slots.
-pub const SLOTS: u16 = 1000;
+/// Number of secret codes: the six digits, 000000–999999.
+pub const SECRETS: u32 = 1_000_000;
 
 /// Why pairing failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PairingError {
-    /// The text is not six digits.
-    #[error("a pairing code is six digits")]
+    /// The text is not a slot number, a dash and six digits.
+    #[error("a pairing code is a slot number, a dash and six digits, as in 7-402913")]
     BadCode,
     /// The other side proved a different key: the code was wrong (or someone interfered).
     #[error("the pairing code did not match")]
@@ -100,46 +105,77 @@ impl From<DecodeError> for PairingError {
     }
 }
 
-/// A six-digit pairing code. The digits are secret: they are the PAKE password.
+/// A pairing code, `SLOT-DDDDDD`: the slot the relay assigned (public, it only routes) and
+/// six secret digits (the PAKE password).
 #[derive(Clone, PartialEq, Eq)]
-pub struct PairingCode(u32);
+pub struct PairingCode {
+    slot: u16,
+    secret: u32,
+}
 
 impl PairingCode {
-    /// Draws a code uniformly from 000000–999999.
-    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+    /// Draws the six secret digits uniformly from 000000–999999 for the relay-assigned `slot`.
+    pub fn generate(slot: u16, rng: &mut impl CryptoRngCore) -> Self {
         // Rejection sampling: 4_294_000_000 is the largest multiple of 10^6 below 2^32.
         loop {
             let n = rng.next_u32();
             if n < 4_294_000_000 {
-                return Self(n % 1_000_000);
+                return Self {
+                    slot,
+                    secret: n % SECRETS,
+                };
             }
         }
     }
 
-    /// Parses six digits (spaces and dashes are ignored, as people type them).
+    /// Parses `SLOT-DDDDDD` as people type it: spaces anywhere are ignored, the dash is
+    /// required (without it `7402913` could be `74-02913` or `740-2913`: the split would be a
+    /// guess), the slot is 1–65535 and the secret exactly six digits.
     pub fn parse(text: &str) -> Result<Self, PairingError> {
-        let digits: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-        if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        let text: String = text.chars().filter(|c| *c != ' ').collect();
+        let (slot, secret) = text.split_once('-').ok_or(PairingError::BadCode)?;
+        let digits = |part: &str, max_len| {
+            !part.is_empty() && part.len() <= max_len && part.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(slot, 5) || !digits(secret, 6) || secret.len() != 6 {
             return Err(PairingError::BadCode);
         }
-        digits.parse().map(Self).map_err(|_| PairingError::BadCode)
+        let slot: u16 = slot.parse().map_err(|_| PairingError::BadCode)?;
+        let secret: u32 = secret.parse().map_err(|_| PairingError::BadCode)?;
+        if slot == 0 {
+            return Err(PairingError::BadCode);
+        }
+        Ok(Self { slot, secret })
     }
 
-    /// The slot the relay routes by: the first three digits.
+    /// The slot the relay routes by (public).
     pub fn slot(&self) -> u16 {
-        (self.0 / CODES_PER_SLOT) as u16
+        self.slot
     }
 
-    /// The code as six digits, for showing.
+    /// The six secret digits: the PAKE password.
     pub fn digits(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{:06}", self.0))
+        Zeroizing::new(format!("{:06}", self.secret))
+    }
+
+    /// The whole code as shown to the user, `SLOT-DDDDDD`. Secret: show it, do not log it.
+    pub fn text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{}-{:06}", self.slot, self.secret))
     }
 }
 
 impl std::fmt::Debug for PairingCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PairingCode(slot {}, <redacted>)", self.slot())
+        write!(f, "PairingCode(slot {}, <redacted>)", self.slot)
     }
+}
+
+/// The SPAKE2 identities of the inviter and the joiner of `slot` on the relay `relay`:
+/// `INVITER_ID ‖ relay ‖ be16(slot)` and `JOINER_ID ‖ relay ‖ be16(slot)`. Both devices pin
+/// the relay's key, so a transcript made for another relay or slot does not match.
+pub fn identities(relay: &RelayId, slot: u16) -> (Vec<u8>, Vec<u8>) {
+    let id = |role: &[u8]| [role, relay.as_bytes().as_slice(), &slot.to_be_bytes()].concat();
+    (id(INVITER_ID), id(JOINER_ID))
 }
 
 /// The bodies carried by `PairJoin`/`PairForward`/`PairPeer`.
@@ -279,11 +315,12 @@ fn open_once(key: &[u8; 32], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Pairin
         .map_err(|_| PairingError::WrongCode)
 }
 
-fn spake(code: &PairingCode) -> (Password, Identity, Identity) {
+fn spake(code: &PairingCode, relay: &RelayId) -> (Password, Identity, Identity) {
+    let (inviter, joiner) = identities(relay, code.slot());
     (
         Password::new(code.digits().as_bytes()),
-        Identity::new(INVITER_ID),
-        Identity::new(JOINER_ID),
+        Identity::new(&inviter),
+        Identity::new(&joiner),
     )
 }
 
@@ -327,9 +364,9 @@ impl std::fmt::Debug for InviterReady {
 }
 
 impl Inviter {
-    /// Starts pairing with `code` (shown to the user).
-    pub fn start(code: &PairingCode, rng: &mut impl CryptoRngCore) -> Self {
-        let (password, inviter, joiner) = spake(code);
+    /// Starts pairing with `code` (shown to the user) on the relay whose key is `relay`.
+    pub fn start(code: &PairingCode, relay: &RelayId, rng: &mut impl CryptoRngCore) -> Self {
+        let (password, inviter, joiner) = spake(code, relay);
         let (state, message) =
             Spake2::<Ed25519Group>::start_a_with_rng(&password, &inviter, &joiner, &mut *rng);
         Self { state, message }
@@ -429,9 +466,14 @@ impl std::fmt::Debug for JoinerAwaitGrant {
 }
 
 impl Joiner {
-    /// Step 1: starts pairing with the code the user typed; returns the `PairJoin` body.
-    pub fn start(code: &PairingCode, rng: &mut impl CryptoRngCore) -> (Self, Vec<u8>) {
-        let (password, inviter, joiner) = spake(code);
+    /// Step 1: starts pairing with the code the user typed, on the relay whose key is
+    /// `relay` (the pinned key); returns the `PairJoin` body.
+    pub fn start(
+        code: &PairingCode,
+        relay: &RelayId,
+        rng: &mut impl CryptoRngCore,
+    ) -> (Self, Vec<u8>) {
+        let (password, inviter, joiner) = spake(code, relay);
         let (state, message) =
             Spake2::<Ed25519Group>::start_b_with_rng(&password, &inviter, &joiner, &mut *rng);
         let body = codec::encode(&PairingMessage::JoinerHello {
@@ -524,13 +566,27 @@ mod tests {
     }
 
     /// Pairs with two epochs (0 and 1), checking what each side learns.
+
+    const RELAY: RelayId = RelayId([0xa5; 32]);
+
     fn pair(inviter_code: &str, joiner_code: &str) -> Result<Run, PairingError> {
+        pair_on(inviter_code, &RELAY, joiner_code, &RELAY)
+    }
+
+    /// A pairing where each side may hold another code and pin another relay key.
+    fn pair_on(
+        inviter_code: &str,
+        inviter_relay: &RelayId,
+        joiner_code: &str,
+        joiner_relay: &RelayId,
+    ) -> Result<Run, PairingError> {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         let user = crate::identity::UserKey::generate(&mut rng).id();
         let data = [DataKey::generate(&mut rng), DataKey::generate(&mut rng)];
         let device = DeviceKey::generate(&mut rng);
-        let inviter = Inviter::start(&PairingCode::parse(inviter_code)?, &mut rng);
-        let (joiner, hello) = Joiner::start(&PairingCode::parse(joiner_code)?, &mut rng);
+        let inviter = Inviter::start(&PairingCode::parse(inviter_code)?, inviter_relay, &mut rng);
+        let (joiner, hello) =
+            Joiner::start(&PairingCode::parse(joiner_code)?, joiner_relay, &mut rng);
         let (inviter, reply) = inviter.handle_joiner_hello(&hello)?;
         let (joiner, request) = joiner.handle_inviter_hello(&reply, &device, [5; 32], "tablet")?;
         let inviter_confirmation = inviter.confirmation().to_owned();
@@ -557,7 +613,7 @@ mod tests {
 
     #[test]
     fn the_right_code_pairs_and_both_screens_agree() {
-        let run = pair("123456", "123-456").unwrap();
+        let run = pair("7-123456", " 7 - 123 456 ").unwrap();
         assert_eq!(run.inviter_confirmation, run.joiner_confirmation);
         // The inviter learns exactly what it admits: device key, exchange key and name.
         assert_eq!(run.request.exchange, [5; 32]);
@@ -571,9 +627,9 @@ mod tests {
         let user = crate::identity::UserKey::generate(&mut rng).id();
         let key = DataKey::generate(&mut rng);
         let device = DeviceKey::generate(&mut rng);
-        let code = PairingCode::parse("271828").unwrap();
-        let inviter = Inviter::start(&code, &mut rng);
-        let (joiner, hello) = Joiner::start(&code, &mut rng);
+        let code = PairingCode::parse("27-271828").unwrap();
+        let inviter = Inviter::start(&code, &RELAY, &mut rng);
+        let (joiner, hello) = Joiner::start(&code, &RELAY, &mut rng);
         let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
         let (joiner, request) = joiner
             .handle_inviter_hello(&reply, &device, [5; 32], "tablet")
@@ -620,35 +676,98 @@ mod tests {
     fn a_wrong_code_is_detected_before_anything_is_revealed() {
         // Same slot, other digits: the joiner notices at step 2 and sends nothing sealed.
         assert_eq!(
-            pair("123456", "123457").err(),
+            pair("7-123456", "7-123457").err(),
             Some(PairingError::WrongCode)
         );
     }
 
     #[test]
+    fn another_relay_key_or_slot_makes_the_pake_fail() {
+        // The same six digits, but the two sides bind another relay key or another slot
+        // into their identities: the keys differ, so the proofs do not match.
+        let other_relay = RelayId([0xa6; 32]);
+        assert!(pair_on("7-123456", &RELAY, "7-123456", &RELAY).is_ok());
+        assert_eq!(
+            pair_on("7-123456", &RELAY, "7-123456", &other_relay).err(),
+            Some(PairingError::WrongCode)
+        );
+        assert_eq!(
+            pair_on("7-123456", &RELAY, "8-123456", &RELAY).err(),
+            Some(PairingError::WrongCode)
+        );
+        assert_eq!(
+            pair_on("256-123456", &RELAY, "1-123456", &RELAY).err(),
+            Some(PairingError::WrongCode),
+            "the slot is bound as two bytes, not one"
+        );
+        let (inviter, joiner) = identities(&RELAY, 0x0102);
+        assert_eq!(inviter.len(), INVITER_ID.len() + 32 + 2);
+        assert!(inviter.starts_with(INVITER_ID) && inviter.ends_with(&[0xa5, 0x01, 0x02]));
+        assert!(joiner.starts_with(JOINER_ID) && joiner.ends_with(&[0xa5, 0x01, 0x02]));
+    }
+
+    #[test]
     fn codes_parse_strictly_and_generate_uniformly_in_range() {
-        for bad in ["12345", "1234567", "12a456", "", "１２３４５６"] {
+        for bad in [
+            "7402913",
+            "402913",
+            "7-40291",
+            "7-4029133",
+            "7-402-913",
+            "7--402913",
+            "-402913",
+            "7-",
+            "0-402913",
+            "65536-402913",
+            "123456-402913",
+            "7-40a913",
+            "a-402913",
+            "+7-402913",
+            "7_402913",
+            "",
+            "-",
+            "７-４０２９１３",
+            "7\t-402913",
+        ] {
             assert_eq!(
                 PairingCode::parse(bad),
                 Err(PairingError::BadCode),
                 "{bad:?}"
             );
         }
-        assert_eq!(PairingCode::parse("000999").unwrap().slot(), 0);
-        assert_eq!(PairingCode::parse("999 000").unwrap().slot(), 999);
+        for (text, slot, digits) in [
+            ("7-402913", 7, "402913"),
+            (" 7 - 402 913 ", 7, "402913"),
+            ("1-000000", 1, "000000"),
+            ("65535-999999", 65535, "999999"),
+            ("007-000042", 7, "000042"),
+        ] {
+            let code = PairingCode::parse(text).unwrap();
+            assert_eq!(
+                (code.slot(), code.digits().as_str()),
+                (slot, digits),
+                "{text:?}"
+            );
+            assert_eq!(PairingCode::parse(&code.text()).unwrap(), code);
+        }
+        assert_eq!(
+            *PairingCode::parse("007-000042").unwrap().text(),
+            "7-000042"
+        );
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let mut buckets = [0u32; 10];
         for _ in 0..20_000 {
-            let code = PairingCode::generate(&mut rng);
-            assert!(code.0 < 1_000_000);
-            buckets[(code.0 / 100_000) as usize] += 1;
+            let code = PairingCode::generate(3, &mut rng);
+            assert_eq!(code.slot(), 3);
+            assert!(code.secret < SECRETS);
+            buckets[(code.secret / 100_000) as usize] += 1;
         }
         // Each leading digit about 2000 times.
         assert!(
             buckets.iter().all(|&n| (1700..2300).contains(&n)),
             "{buckets:?}"
         );
-        let shown = format!("{:?}", PairingCode::parse("123456").unwrap());
+        let shown = format!("{:?}", PairingCode::parse("123-456789").unwrap());
         assert!(!shown.contains("456"), "{shown}");
         assert!(shown.contains("slot 123"), "{shown}");
     }
@@ -658,7 +777,7 @@ mod tests {
         // Only a joiner that skips its own name check sends one: build its request by hand.
         let mut rng = ChaCha20Rng::seed_from_u64(12);
         let device = DeviceKey::generate(&mut rng).id();
-        let code = PairingCode::parse("662607").unwrap();
+        let code = PairingCode::parse("66-662607").unwrap();
         let request = |inviter: &InviterAwaitRequest, name: String| {
             let sealed = seal_once(
                 &inviter.keys.joiner_to_inviter,
@@ -677,8 +796,8 @@ mod tests {
             (MAX_DEVICE_NAME_LEN, true),
             (MAX_DEVICE_NAME_LEN + 1, false),
         ] {
-            let inviter = Inviter::start(&code, &mut rng);
-            let (_, hello) = Joiner::start(&code, &mut rng);
+            let inviter = Inviter::start(&code, &RELAY, &mut rng);
+            let (_, hello) = Joiner::start(&code, &RELAY, &mut rng);
             let (inviter, _) = inviter.handle_joiner_hello(&hello).unwrap();
             let body = request(&inviter, "n".repeat(len));
             let result = inviter.handle_joiner_request(&body);
@@ -730,20 +849,21 @@ mod tests {
         // 4_294_000_000 is the first value of the partial block at the top of the u32 range
         // (it would make codes 000000–967295 more likely); it and everything above is drawn
         // again.
-        let code = PairingCode::generate(&mut Draws(vec![4_294_000_000, u32::MAX, 4_293_999_999]));
+        let code =
+            PairingCode::generate(1, &mut Draws(vec![4_294_000_000, u32::MAX, 4_293_999_999]));
         assert_eq!(*code.digits(), "999999");
-        let code = PairingCode::generate(&mut Draws(vec![4_294_000_000, 1_000_042]));
+        let code = PairingCode::generate(1, &mut Draws(vec![4_294_000_000, 1_000_042]));
         assert_eq!(*code.digits(), "000042");
-        let code = PairingCode::generate(&mut Draws(vec![0]));
-        assert_eq!(*code.digits(), "000000");
+        let code = PairingCode::generate(12, &mut Draws(vec![0]));
+        assert_eq!(*code.text(), "12-000000");
     }
 
     #[test]
     fn pairing_states_print_the_confirmation_and_nothing_secret() {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
-        let code = PairingCode::parse("314159").unwrap();
-        let inviter = Inviter::start(&code, &mut rng);
-        let (joiner, hello) = Joiner::start(&code, &mut rng);
+        let code = PairingCode::parse("9-314159").unwrap();
+        let inviter = Inviter::start(&code, &RELAY, &mut rng);
+        let (joiner, hello) = Joiner::start(&code, &RELAY, &mut rng);
         for shown in [format!("{inviter:?}"), format!("{joiner:?}")] {
             assert!(!shown.contains("314159"), "{shown}");
         }
@@ -766,14 +886,15 @@ mod tests {
     #[test]
     fn a_meddling_relay_cannot_swap_messages() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let code = PairingCode::parse("555555").unwrap();
+        let code = PairingCode::parse("5-555555").unwrap();
         let device = DeviceKey::generate(&mut rng);
         // The relay runs its own joiner against the inviter with a guessed code...
-        let inviter = Inviter::start(&code, &mut rng);
-        let (_, relay_hello) = Joiner::start(&PairingCode::parse("555000").unwrap(), &mut rng);
+        let inviter = Inviter::start(&code, &RELAY, &mut rng);
+        let guess = PairingCode::parse("5-555000").unwrap();
+        let (_, relay_hello) = Joiner::start(&guess, &RELAY, &mut rng);
         let (_, reply) = inviter.handle_joiner_hello(&relay_hello).unwrap();
         // ...and forwards the inviter's answer to the real joiner: the proof does not match.
-        let (joiner, _) = Joiner::start(&code, &mut rng);
+        let (joiner, _) = Joiner::start(&code, &RELAY, &mut rng);
         assert_eq!(
             joiner
                 .handle_inviter_hello(&reply, &device, [5; 32], "x")

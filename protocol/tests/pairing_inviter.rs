@@ -17,7 +17,7 @@ use ferry_protocol::pairing::{
     JOINER_KEY_LABEL, JoinRequest, Joiner, PAIRING_LABEL, PairingCode, PairingError,
     PairingMessage,
 };
-use ferry_protocol::{DeviceId, DeviceKey};
+use ferry_protocol::{DeviceId, DeviceKey, RelayId};
 use hkdf::Hkdf;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -26,6 +26,7 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 
 /// The exchange key every joiner here asks to be admitted with.
 const EXCHANGE: [u8; 32] = [0x5e; 32];
+const RELAY: RelayId = RelayId([0x5a; 32]);
 
 /// Step 3 on the inviter: `Ok` means the request was accepted (the inviter would admit the
 /// device to the chain and grant it the data keys); the device it would admit.
@@ -53,10 +54,14 @@ struct RogueRequest {
 impl RogueJoiner {
     fn start(code: &str, rng: &mut ChaCha20Rng) -> (Self, Vec<u8>) {
         let code = PairingCode::parse(code).unwrap();
+        // The identities as documented: role ‖ relay key ‖ be16(slot).
+        let slot = code.slot().to_be_bytes();
         let (state, message) = Spake2::<Ed25519Group>::start_b_with_rng(
             &Password::new(code.digits().as_bytes()),
-            &Identity::new(ferry_protocol::pairing::INVITER_ID),
-            &Identity::new(JOINER_ID),
+            &Identity::new(
+                &[ferry_protocol::pairing::INVITER_ID, RELAY.as_bytes(), &slot].concat(),
+            ),
+            &Identity::new(&[JOINER_ID, RELAY.as_bytes(), &slot].concat()),
             &mut *rng,
         );
         let hello = codec::encode(&PairingMessage::JoinerHello {
@@ -118,7 +123,7 @@ fn rogue_run(
     typed: &str,
     rng: &mut ChaCha20Rng,
 ) -> (InviterAwaitRequest, RogueRequest, DeviceId) {
-    let inviter = Inviter::start(&PairingCode::parse(code).unwrap(), rng);
+    let inviter = Inviter::start(&PairingCode::parse(code).unwrap(), &RELAY, rng);
     let (rogue, hello) = RogueJoiner::start(typed, rng);
     let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
     let device = DeviceKey::generate(rng).id();
@@ -127,9 +132,9 @@ fn rogue_run(
 
 /// Runs steps 1–3 with an honest joiner that typed the right code: the request is valid.
 fn honest_run(rng: &mut ChaCha20Rng) -> (InviterAwaitRequest, Vec<u8>, DeviceId) {
-    let code = PairingCode::parse("482913").unwrap();
-    let inviter = Inviter::start(&code, rng);
-    let (joiner, hello) = Joiner::start(&code, rng);
+    let code = PairingCode::parse("48-482913").unwrap();
+    let inviter = Inviter::start(&code, &RELAY, rng);
+    let (joiner, hello) = Joiner::start(&code, &RELAY, rng);
     let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
     let device = DeviceKey::generate(rng);
     let (_, request) = joiner
@@ -154,7 +159,7 @@ fn the_rogue_joiner_follows_the_key_schedule_so_with_the_right_code_it_is_admitt
     // The control for the tests below: the rogue joiner builds requests exactly as the
     // protocol does, so when the inviter refuses it, the code (or the tampering) is why.
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let (inviter, rogue, device) = rogue_run("482913", "482913", &mut rng);
+    let (inviter, rogue, device) = rogue_run("48-482913", "48-482913", &mut rng);
     assert_eq!(answer(inviter, &rogue.body), Ok(device));
 }
 
@@ -180,8 +185,14 @@ fn a_joiner_with_a_wrong_code_that_ignores_its_own_check_gets_no_keys() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     // Same slot (so the relay routes it to the inviter), other digits; one digit off; and
     // the code with its halves swapped.
-    for typed in ["482000", "482914", "482912", "913482", "000000"] {
-        let (inviter, rogue, _) = rogue_run("482913", typed, &mut rng);
+    for typed in [
+        "48-482000",
+        "48-482914",
+        "48-482912",
+        "48-913482",
+        "48-000000",
+    ] {
+        let (inviter, rogue, _) = rogue_run("48-482913", typed, &mut rng);
         assert_eq!(
             answer(inviter, &rogue.body),
             Err(PairingError::WrongCode),
@@ -195,8 +206,8 @@ fn a_wrong_code_confirmation_is_refused_even_with_a_valid_sealed_request() {
     // A relay in the middle runs a wrong-code joiner of its own and splices its confirmation
     // onto a valid sealed request: the confirmation alone must stop it.
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (_, wrong, _) = rogue_run("482913", "482914", &mut rng);
-    let (inviter, right, _) = rogue_run("482913", "482913", &mut rng);
+    let (_, wrong, _) = rogue_run("48-482913", "48-482914", &mut rng);
+    let (inviter, right, _) = rogue_run("48-482913", "48-482913", &mut rng);
     let (_, sealed) = parts(&right.body);
     assert_eq!(
         answer(inviter, &request(wrong.confirm_joiner, sealed)),
@@ -226,7 +237,7 @@ fn a_wrong_confirmation_is_refused_even_when_the_sealed_request_is_valid() {
         answer(inviter, &request([0; 32], sealed)),
         Err(PairingError::WrongCode)
     );
-    let (inviter, rogue, _) = rogue_run("482913", "482913", &mut rng);
+    let (inviter, rogue, _) = rogue_run("48-482913", "48-482913", &mut rng);
     let (_, sealed) = parts(&rogue.body);
     assert_ne!(rogue.confirm_inviter, rogue.confirm_joiner);
     assert_eq!(
@@ -304,7 +315,7 @@ fn a_tampered_or_forged_request_is_refused_even_with_the_right_confirmation() {
 
     // The attacker's request sealed under the session's own key needs the code: a rogue
     // joiner with the right code is admitted (the control above), with a wrong one not.
-    let (inviter, rogue, _) = rogue_run("482913", "482913", &mut rng);
+    let (inviter, rogue, _) = rogue_run("48-482913", "48-482913", &mut rng);
     let forged = request(
         rogue.confirm_joiner,
         seal(&rogue.joiner_to_inviter, &attacker_plain),

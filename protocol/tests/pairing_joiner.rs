@@ -16,7 +16,7 @@ use ferry_protocol::pairing::{
     CONFIRM_INVITER_LABEL, INVITER_ID, INVITER_KEY_LABEL, JOINER_ID, Joiner, JoinerAwaitGrant,
     MAX_GRANT_EPOCHS, PAIRING_LABEL, PairingCode, PairingError, PairingMessage,
 };
-use ferry_protocol::{DeviceKey, UserId, UserKey};
+use ferry_protocol::{DeviceKey, RelayId, UserId, UserKey};
 use hkdf::Hkdf;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
-const CODE: &str = "271828";
+const CODE: &str = "27-271828";
+const RELAY: RelayId = RelayId([0x5a; 32]);
 
 /// What an inviter grants, as the protocol documents it (the crate's own type is private).
 #[derive(Serialize, Deserialize)]
@@ -47,15 +48,17 @@ fn key_of(n: u32) -> [u8; 32] {
 /// the key that seals the grant.
 fn rogue_inviter(device: &DeviceKey, rng: &mut ChaCha20Rng) -> (JoinerAwaitGrant, [u8; 32]) {
     let code = PairingCode::parse(CODE).unwrap();
-    let (joiner, join_body) = Joiner::start(&code, rng);
+    let (joiner, join_body) = Joiner::start(&code, &RELAY, rng);
     let PairingMessage::JoinerHello { pake: msg_joiner } = codec::decode(&join_body).unwrap()
     else {
         panic!("expected JoinerHello")
     };
+    // The identities as documented: role ‖ relay key ‖ be16(slot).
+    let slot = code.slot().to_be_bytes();
     let (state, msg_inviter) = Spake2::<Ed25519Group>::start_a_with_rng(
         &Password::new(code.digits().as_bytes()),
-        &Identity::new(INVITER_ID),
-        &Identity::new(JOINER_ID),
+        &Identity::new(&[INVITER_ID, RELAY.as_bytes(), &slot].concat()),
+        &Identity::new(&[JOINER_ID, RELAY.as_bytes(), &slot].concat()),
         &mut *rng,
     );
     let shared = state.finish(&msg_joiner).unwrap();

@@ -138,7 +138,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         Just(ClientFrame::ListDevices),
         link().prop_map(|link| ClientFrame::ChainAppend(Box::new(link))),
         any::<u64>().prop_map(|after| ClientFrame::ChainFetch { after }),
-        any::<u16>().prop_map(|slot| ClientFrame::PairOpen { slot }),
+        Just(ClientFrame::PairOpen),
         (any::<u16>(), vec(any::<u8>(), 0..200))
             .prop_map(|(slot, body)| ClientFrame::PairJoin { slot, body }),
         (any::<u16>(), vec(any::<u8>(), 0..200))
@@ -291,4 +291,73 @@ fn huge_declared_lengths_do_not_allocate() {
     assert!(codec::decode::<ServerFrame>(&events).is_err());
     let append = [0u8, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3];
     assert!(codec::decode::<ClientFrame>(&append).is_err());
+}
+
+/// Inserts a space at each of `at` (positions modulo the length) of `text`.
+fn with_spaces(text: &str, at: &[usize]) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for &i in at {
+        chars.insert(i % (chars.len() + 1), ' ');
+    }
+    chars.into_iter().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn pairing_codes_round_trip_through_their_text(slot in 1..=u16::MAX, seed in any::<u64>(), spaces in vec(any::<usize>(), 0..6)) {
+        let code = pairing::PairingCode::generate(slot, &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
+        let text = code.text();
+        let (shown_slot, digits) = text.split_once('-').unwrap();
+        prop_assert_eq!(shown_slot, slot.to_string());
+        prop_assert_eq!(digits, code.digits().to_string());
+        prop_assert_eq!(digits.len(), 6);
+        // As typed: spaces anywhere are fine.
+        prop_assert_eq!(pairing::PairingCode::parse(&with_spaces(&text, &spaces)).unwrap(), code);
+        // Without the dash the split would be a guess: refused.
+        let undashed = text.replace('-', "");
+        prop_assert_eq!(pairing::PairingCode::parse(&undashed), Err(pairing::PairingError::BadCode));
+        prop_assert_eq!(pairing::PairingCode::parse(&format!("{slot}-{digits}0")), Err(pairing::PairingError::BadCode));
+    }
+
+    #[test]
+    fn parsing_arbitrary_text_never_panics(text in ".{0,24}") {
+        if let Ok(code) = pairing::PairingCode::parse(&text) {
+            prop_assert!(code.slot() >= 1);
+            prop_assert_eq!(pairing::PairingCode::parse(&code.text()).unwrap(), code);
+        }
+    }
+}
+
+proptest! {
+    // Each case runs two SPAKE2 exchanges.
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn the_pake_matches_only_for_the_same_relay_key_and_slot(
+        slots in (1..=u16::MAX, 1..=u16::MAX),
+        relays in (bytes32(), bytes32()),
+        same_slot in any::<bool>(),
+        same_relay in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let inviter_code = pairing::PairingCode::generate(slots.0, &mut rng);
+        let joiner_slot = if same_slot { slots.0 } else { slots.1 };
+        let joiner_code = pairing::PairingCode::parse(&format!("{joiner_slot}-{}", inviter_code.digits().as_str())).unwrap();
+        let inviter_relay = RelayId(relays.0);
+        let joiner_relay = if same_relay { inviter_relay } else { RelayId(relays.1) };
+        let inviter = pairing::Inviter::start(&inviter_code, &inviter_relay, &mut rng);
+        let (joiner, hello) = pairing::Joiner::start(&joiner_code, &joiner_relay, &mut rng);
+        let (inviter, reply) = inviter.handle_joiner_hello(&hello).unwrap();
+        let device = DeviceKey::generate(&mut rng);
+        let result = joiner.handle_inviter_hello(&reply, &device, [5; 32], "tablet");
+        if joiner_slot == slots.0 && joiner_relay == inviter_relay {
+            let (joiner, _) = result.unwrap();
+            prop_assert_eq!(joiner.confirmation(), inviter.confirmation());
+        } else {
+            prop_assert_eq!(result.err(), Some(pairing::PairingError::WrongCode));
+        }
+    }
 }

@@ -232,16 +232,21 @@ fn vectors() -> String {
         server_channel.seal(&appended).unwrap()
     );
 
-    // Pairing with code 123456: the joiner's new device key is 0xe0…, its exchange secret
-    // 0xe1…; SPAKE2 scalars are drawn from 64 bytes each (0x44… for the inviter, 0x55… for
-    // the joiner). The inviter grants user_public's epochs 0 and 1.
-    let code = pairing::PairingCode::parse("123456").unwrap();
+    // Pairing with code 7-123456 on the relay above: the joiner's new device key is 0xe0…,
+    // its exchange secret 0xe1…; SPAKE2 scalars are drawn from 64 bytes each (0x44… for the
+    // inviter, 0x55… for the joiner). The inviter grants user_public's epochs 0 and 1.
+    let code = pairing::PairingCode::parse("7-123456").unwrap();
+    let relay_id = relay.id();
+    let (inviter_identity, joiner_identity) = pairing::identities(&relay_id, code.slot());
+    line!("pair_inviter_identity", &inviter_identity);
+    line!("pair_joiner_identity", &joiner_identity);
     let joiner_device = DeviceKey::from_secret_bytes(&[0xe0; 32]);
     let joiner_exchange = epoch::ExchangeSecret::from_bytes(&[0xe1; 32]);
     line!("pair_joiner_device_public", joiner_device.id().as_bytes());
     line!("pair_joiner_exchange_public", joiner_exchange.public());
-    let inviter = pairing::Inviter::start(&code, &mut Scripted::new(&[&[0x44; 64]]));
-    let (joiner, join_body) = pairing::Joiner::start(&code, &mut Scripted::new(&[&[0x55; 64]]));
+    let inviter = pairing::Inviter::start(&code, &relay_id, &mut Scripted::new(&[&[0x44; 64]]));
+    let (joiner, join_body) =
+        pairing::Joiner::start(&code, &relay_id, &mut Scripted::new(&[&[0x55; 64]]));
     line!("pair_joiner_hello", &join_body);
     let (inviter, inviter_hello) = inviter.handle_joiner_hello(&join_body).unwrap();
     line!("pair_inviter_hello", &inviter_hello);

@@ -213,6 +213,18 @@ pub struct Limits {
     )]
     pub pair_joins_per_ip_per_minute: u32,
 
+    /// Failed pairing joins allowed per minute on this node from all addresses together
+    /// (bursts up to a quarter of it). Every join takes a token and a pairing that succeeds
+    /// gives it back, so this bounds the guesses at pairing codes (one in 10^6 each) however
+    /// many addresses they come from. Once spent, joins are refused with `rate_limited`.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PAIR_FAILED_JOINS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub pair_failed_joins_per_minute: u32,
+
     /// How long a pairing code stays valid, in seconds.
     #[arg(
         long,

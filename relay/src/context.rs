@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pairing::PairingRegistry;
-use crate::rate_limit::KeyedLimiter;
+use crate::rate_limit::{KeyedLimiter, NodeLimiter};
 use crate::store::Store;
 use crate::store::committer::CommitHandle;
 
@@ -43,6 +43,8 @@ pub struct Context {
     pub replays: tokio::sync::Semaphore,
     /// Pairing joins per IP address.
     pub pair_join_limiter: KeyedLimiter<IpAddr>,
+    /// Failed pairing joins on this node, from every address.
+    pub pair_failed_join_limiter: NodeLimiter,
     /// Pairing slots: in this node's memory, or shared through Redis.
     pub pairing: Box<dyn PairingRegistry>,
     /// Open client connections: HTTP ones waiting for their request, and WebSockets.

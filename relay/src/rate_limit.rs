@@ -1,4 +1,5 @@
-//! Token buckets: per device (appends) and per IP address (handshakes).
+//! Token buckets: per device (appends), per IP address (handshakes), and per node (failed
+//! pairing joins).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -38,6 +39,12 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// Puts back a token taken for something that turned out not to count (capped at the
+    /// burst).
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
     }
 
     fn is_full(&self, now: Instant) -> bool {
@@ -80,6 +87,35 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 }
 
+/// One bucket for the whole node, shared by every connection.
+#[derive(Debug)]
+pub struct NodeLimiter {
+    bucket: Mutex<TokenBucket>,
+}
+
+impl NodeLimiter {
+    /// A limiter allowing `rate_per_second` with bursts of `burst`, starting full.
+    pub fn new(rate_per_second: f64, burst: f64) -> Self {
+        Self {
+            bucket: Mutex::new(TokenBucket::new(
+                rate_per_second,
+                burst.max(1.0),
+                Instant::now(),
+            )),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_take(&self, now: Instant) -> bool {
+        lock(&self.bucket).try_take(now)
+    }
+
+    /// Puts a token back.
+    pub fn give_back(&self) {
+        lock(&self.bucket).give_back();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +129,25 @@ mod tests {
         assert!(!bucket.try_take(start));
         assert!(bucket.try_take(start + Duration::from_millis(100)));
         assert!(!bucket.try_take(start + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_node_bucket_is_shared_and_takes_tokens_back() {
+        let limiter = NodeLimiter::new(1.0, 2.0);
+        let now = Instant::now();
+        assert!(limiter.try_take(now));
+        assert!(limiter.try_take(now));
+        assert!(!limiter.try_take(now));
+        limiter.give_back();
+        assert!(limiter.try_take(now));
+        assert!(!limiter.try_take(now));
+        // Never above the burst, however many come back.
+        for _ in 0..5 {
+            limiter.give_back();
+        }
+        assert!(limiter.try_take(now) && limiter.try_take(now));
+        assert!(!limiter.try_take(now));
+        assert!(limiter.try_take(now + Duration::from_secs(1)));
     }
 
     #[test]

@@ -56,7 +56,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pairing::{LocalPairing, PairingRegistry, RedisPairing, RedisPairingOptions};
 use crate::proxy_protocol::{self, Rewind};
-use crate::rate_limit::KeyedLimiter;
+use crate::rate_limit::{KeyedLimiter, NodeLimiter};
 use crate::relay_key;
 use crate::store::committer::{CommitConfig, Committer};
 use crate::store::{self, StoreError};
@@ -199,6 +199,10 @@ impl Server {
             pair_join_limiter: KeyedLimiter::new(
                 f64::from(limits.pair_joins_per_ip_per_minute) / 60.0,
                 f64::from(limits.pair_joins_per_ip_per_minute) / 4.0,
+            ),
+            pair_failed_join_limiter: NodeLimiter::new(
+                f64::from(limits.pair_failed_joins_per_minute) / 60.0,
+                f64::from(limits.pair_failed_joins_per_minute) / 4.0,
             ),
             pairing,
             connections: AtomicUsize::new(0),

@@ -287,17 +287,13 @@ async fn an_anonymous_session_in_a_pairing_is_not_idle() {
     let mut inviter = Client::connect(relay.addr(), relay.id(), &Identity::new_user(), None)
         .await
         .unwrap();
-    inviter.send(&ClientFrame::PairOpen { slot: 417 }).await;
-    assert!(matches!(
-        inviter.pairing_frame().await,
-        ServerFrame::PairOpened { slot: 417, .. }
-    ));
+    let slot = inviter.open_pairing().await.unwrap();
     let mut joiner = Client::connect_anonymous(relay.addr(), relay.id())
         .await
         .unwrap();
     joiner
         .send(&ClientFrame::PairJoin {
-            slot: 417,
+            slot,
             body: b"hello".to_vec(),
         })
         .await;
@@ -309,14 +305,14 @@ async fn an_anonymous_session_in_a_pairing_is_not_idle() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     inviter
         .send(&ClientFrame::PairForward {
-            slot: 417,
+            slot,
             body: b"grant".to_vec(),
         })
         .await;
     assert_eq!(
         joiner.pairing_frame().await,
         ServerFrame::PairPeer {
-            slot: 417,
+            slot,
             body: b"grant".to_vec()
         }
     );

@@ -1,4 +1,5 @@
-//! Pairing over a real relay: the relay routes opaque PAKE messages by slot, one join per code.
+//! Pairing over a real relay: the relay assigns slots and routes opaque PAKE messages by
+//! slot, one join per code, so a guesser gets one try in 10^6 per pairing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -6,7 +7,9 @@ mod support;
 
 use ferry_protocol::pairing::{Inviter, Joiner, PairingCode};
 use ferry_protocol::seal::DataKey;
-use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, LinkBody, ServerFrame, SigningKey};
+use ferry_protocol::{
+    ClientFrame, DeviceKey, ErrorCode, LinkBody, RelayId, ServerFrame, SigningKey,
+};
 use ferry_relay::{Config, Server};
 use rand_core::OsRng;
 use support::client::{Client, Identity, close_code};
@@ -17,6 +20,20 @@ async fn relay(adjust: impl FnOnce(&mut Config)) -> (Server, tempfile::TempDir) 
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path());
     adjust(&mut config);
     (Server::spawn(config).await.unwrap(), dir)
+}
+
+/// `slot` with six fixed digits.
+fn code_for(slot: u16, digits: &str) -> PairingCode {
+    PairingCode::parse(&format!("{slot}-{digits}")).unwrap()
+}
+
+/// An authenticated session of a new user, replayed.
+async fn inviter(addr: std::net::SocketAddr, relay_id: RelayId) -> Client {
+    let mut client = Client::connect(addr, relay_id, &Identity::new_user(), None)
+        .await
+        .unwrap();
+    client.replay().await;
+    client
 }
 
 fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
@@ -51,7 +68,7 @@ async fn a_new_device_pairs_and_syncs() {
     assert_eq!(events[0].payload.0, b"before pairing");
     // The code is single use.
     let mut late = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    let (_, hello) = Joiner::start(&code, &relay_id, &mut OsRng);
     late.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello,
@@ -73,23 +90,18 @@ async fn a_wrong_code_burns_the_slot() {
         .await
         .unwrap();
     a.replay().await;
-    let code = PairingCode::parse("314159").unwrap();
-    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
-    a.pairing_frame().await;
-    // Opening the same slot again is refused: the inviter draws another code.
-    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
-    assert_eq!(
-        error_code(&a.pairing_frame().await),
-        Some(ErrorCode::PairingSlotTaken)
-    );
-    let inviter = Inviter::start(&code, &mut OsRng);
+    let slot = a.open_pairing().await.unwrap();
+    let code = code_for(slot, "314159");
+    // One open slot per user: a second is refused until this pairing ends.
+    assert_eq!(a.open_pairing().await, Err(ErrorCode::RateLimited));
+    let inviter = Inviter::start(&code, &relay_id, &mut OsRng);
 
     // A device types a wrong code (same slot); a second device, later, is told the code is
     // used (racing joins are `concurrent_joins_have_one_winner`).
-    let wrong = PairingCode::parse("314000").unwrap();
+    let wrong = code_for(slot, "314000");
     let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
     let mut c = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let (joiner, hello) = Joiner::start(&wrong, &mut OsRng);
+    let (joiner, hello) = Joiner::start(&wrong, &relay_id, &mut OsRng);
     b.send(&ClientFrame::PairJoin {
         slot: wrong.slot(),
         body: hello,
@@ -98,7 +110,7 @@ async fn a_wrong_code_burns_the_slot() {
     let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
         panic!("hello")
     };
-    let (_c_joiner, c_hello) = Joiner::start(&code, &mut OsRng);
+    let (_c_joiner, c_hello) = Joiner::start(&code, &relay_id, &mut OsRng);
     c.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: c_hello,
@@ -135,7 +147,7 @@ async fn a_wrong_code_burns_the_slot() {
 
     // Even the right code is refused now.
     let mut d = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    let (_, hello) = Joiner::start(&code, &relay_id, &mut OsRng);
     d.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello,
@@ -160,14 +172,9 @@ async fn concurrent_joins_have_one_winner() {
         .unwrap();
     a.replay().await;
     for round in 0..3u32 {
-        let code = PairingCode::parse(&format!("{:03}{:03}", 100 + round, 271)).unwrap();
-        a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
-        let opened = a.pairing_frame().await;
-        assert!(
-            matches!(opened, ServerFrame::PairOpened { slot, .. } if slot == code.slot()),
-            "round {round}: {opened:?}"
-        );
-        let inviter = Inviter::start(&code, &mut OsRng);
+        let slot = a.open_pairing().await.unwrap();
+        let code = PairingCode::generate(slot, &mut OsRng);
+        let inviter = Inviter::start(&code, &relay_id, &mut OsRng);
 
         // Two devices that both typed the right code send their joins at the same moment,
         // each from a task of its own. Each task returns the first pairing frame it gets:
@@ -176,7 +183,7 @@ async fn concurrent_joins_have_one_winner() {
         let mut racers = Vec::new();
         for _ in 0..2 {
             let mut client = Client::connect_anonymous(addr, relay_id).await.unwrap();
-            let (joiner, hello) = Joiner::start(&code, &mut OsRng);
+            let (joiner, hello) = Joiner::start(&code, &relay_id, &mut OsRng);
             let barrier = std::sync::Arc::clone(&barrier);
             let slot = code.slot();
             let body = hello.clone();
@@ -285,15 +292,13 @@ async fn a_hostile_joiner_request_gets_the_pairing_closed_and_no_grant() {
         .await
         .unwrap();
     a.replay().await;
-    let code = PairingCode::parse("161803").unwrap();
-    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
-    a.pairing_frame().await;
-    let inviter = Inviter::start(&code, &mut OsRng);
+    let code = code_for(a.open_pairing().await.unwrap(), "161803");
+    let inviter = Inviter::start(&code, &relay_id, &mut OsRng);
 
     // The joiner typed the right code, but what it (or anyone on the way) forwards as its
     // request is tampered with: the confirmation is right, the sealed request is not.
     let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let (joiner, hello) = Joiner::start(&code, &mut OsRng);
+    let (joiner, hello) = Joiner::start(&code, &relay_id, &mut OsRng);
     b.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello,
@@ -353,7 +358,7 @@ async fn a_hostile_joiner_request_gets_the_pairing_closed_and_no_grant() {
     );
     // The slot is burned for everyone after.
     let mut c = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    let (_, hello) = Joiner::start(&code, &relay_id, &mut OsRng);
     c.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello,
@@ -371,8 +376,9 @@ async fn unknown_and_expired_codes_are_refused_and_anonymous_sessions_only_pair(
     let (server, _dir) = relay(|c| c.limits.pairing_ttl_secs = 1).await;
     let (addr, relay_id) = (server.local_addr(), server.relay_id());
     let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
-    let code = PairingCode::parse("271828").unwrap();
-    let (_, hello) = Joiner::start(&code, &mut OsRng);
+    // The first slot the relay will assign, before anyone opened it.
+    let code = code_for(1, "271828");
+    let (_, hello) = Joiner::start(&code, &relay_id, &mut OsRng);
     b.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello.clone(),
@@ -388,8 +394,7 @@ async fn unknown_and_expired_codes_are_refused_and_anonymous_sessions_only_pair(
         .await
         .unwrap();
     a.replay().await;
-    a.send(&ClientFrame::PairOpen { slot: code.slot() }).await;
-    a.pairing_frame().await;
+    assert_eq!(a.open_pairing().await, Ok(code.slot()));
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
     b.send(&ClientFrame::PairJoin {
@@ -426,5 +431,207 @@ async fn join_attempts_are_limited_per_address() {
         codes.push(error_code(&b.pairing_frame().await));
     }
     assert!(codes.contains(&Some(ErrorCode::RateLimited)), "{codes:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_relay_assigns_the_smallest_free_slot_once() {
+    let (server, _dir) = relay(|c| c.limits.pair_joins_per_ip_per_minute = 6000).await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    // Five users, one slot each: 1 to 5, no number twice.
+    let mut inviters = Vec::new();
+    let mut slots = Vec::new();
+    for _ in 0..5 {
+        let mut a = inviter(addr, relay_id).await;
+        slots.push(a.open_pairing().await.unwrap());
+        inviters.push(a);
+    }
+    assert_eq!(slots, [1, 2, 3, 4, 5]);
+    // The inviter of slot 2 leaves: its slot burns, and stays taken (a code someone may still
+    // type must not reach a newer pairing); the next pairing gets 6.
+    let gone = inviters.remove(1);
+    drop(gone);
+    let mut late = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let mut answer = None;
+    for _ in 0..50 {
+        let (_, hello) = Joiner::start(&code_for(2, "000000"), &relay_id, &mut OsRng);
+        late.send(&ClientFrame::PairJoin {
+            slot: 2,
+            body: hello,
+        })
+        .await;
+        answer = error_code(&late.pairing_frame().await);
+        if answer == Some(ErrorCode::PairingCodeUsed) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(answer, Some(ErrorCode::PairingCodeUsed));
+    let mut next = inviter(addr, relay_id).await;
+    assert_eq!(next.open_pairing().await, Ok(6));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scan_of_every_open_slot_gets_one_guess_at_each_pairing() {
+    // The scanner is not slowed by the join limits here: what stops it is the one guess.
+    let (server, _dir) = relay(|c| {
+        c.limits.pair_joins_per_ip_per_minute = 6000;
+        c.limits.pair_failed_joins_per_minute = 6000;
+    })
+    .await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+    // Four users wait for their new devices, each with a code of its own.
+    let mut pairings = Vec::new();
+    for _ in 0..4 {
+        let mut a = inviter(addr, relay_id).await;
+        let slot = a.open_pairing().await.unwrap();
+        let code = PairingCode::generate(slot, &mut OsRng);
+        let pake = Inviter::start(&code, &relay_id, &mut OsRng);
+        pairings.push((a, code, Some(pake)));
+    }
+    let live: Vec<u16> = pairings.iter().map(|(_, code, _)| code.slot()).collect();
+    assert_eq!(live, [1, 2, 3, 4]);
+
+    // The scanner tries every slot number up to past the last one, twice, each time with a
+    // wrong code for that slot (the right one with one digit changed). The inviters answer
+    // what reaches them as an honest inviter does.
+    let mut scanner = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let mut reached = vec![0; pairings.len()];
+    for pass in 0..2 {
+        for slot in 1..=8u16 {
+            let index = live.iter().position(|&s| s == slot);
+            let guess = match index {
+                Some(i) => {
+                    let right: u32 = pairings[i].1.digits().parse().unwrap();
+                    code_for(slot, &format!("{:06}", (right + 1) % 1_000_000))
+                }
+                None => code_for(slot, "123456"),
+            };
+            let (joiner, hello) = Joiner::start(&guess, &relay_id, &mut OsRng);
+            scanner
+                .send(&ClientFrame::PairJoin { slot, body: hello })
+                .await;
+            let Some(i) = index else {
+                assert_eq!(
+                    error_code(&scanner.pairing_frame().await),
+                    Some(ErrorCode::PairingUnknownCode),
+                    "pass {pass}, slot {slot}"
+                );
+                continue;
+            };
+            if pass == 1 {
+                // The first guess burned the slot: no second one reaches the inviter.
+                assert_eq!(
+                    error_code(&scanner.pairing_frame().await),
+                    Some(ErrorCode::PairingCodeUsed),
+                    "pass {pass}, slot {slot}"
+                );
+                continue;
+            }
+            let (a, _, pake) = &mut pairings[i];
+            let ServerFrame::PairPeer { body, .. } = a.pairing_frame().await else {
+                panic!("slot {slot}: the scanner's hello reaches the inviter")
+            };
+            reached[i] += 1;
+            let (_, reply) = pake.take().unwrap().handle_joiner_hello(&body).unwrap();
+            a.send(&ClientFrame::PairForward { slot, body: reply })
+                .await;
+            let ServerFrame::PairPeer { body, .. } = scanner.pairing_frame().await else {
+                panic!("slot {slot}: the inviter's hello")
+            };
+            // The guess was wrong: the scanner learns only that, and gives up the slot.
+            let wrong = joiner
+                .handle_inviter_hello(&body, &DeviceKey::generate(&mut OsRng), [9; 32], "scanner")
+                .unwrap_err();
+            assert_eq!(wrong, ferry_protocol::pairing::PairingError::WrongCode);
+            scanner
+                .send(&ClientFrame::PairClose {
+                    slot,
+                    success: false,
+                })
+                .await;
+            // The inviter sees its pairing fail, and can say the code is burned.
+            assert_eq!(
+                a.pairing_frame().await,
+                ServerFrame::PairClosed {
+                    slot,
+                    code: Some(ErrorCode::PairingFailed)
+                }
+            );
+        }
+    }
+    assert_eq!(reached, [1, 1, 1, 1]);
+
+    // Not even the right code gets in now.
+    for (_, code, _) in &pairings {
+        let (_, hello) = Joiner::start(code, &relay_id, &mut OsRng);
+        scanner
+            .send(&ClientFrame::PairJoin {
+                slot: code.slot(),
+                body: hello,
+            })
+            .await;
+        assert_eq!(
+            error_code(&scanner.pairing_frame().await),
+            Some(ErrorCode::PairingCodeUsed)
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_joins_are_limited_over_all_addresses() {
+    // 8 a minute: a burst of 2. The per-address limit is far above, so what refuses below is
+    // the node's limit (every connection of the test comes from 127.0.0.1 all the same).
+    let (server, _dir) = relay(|c| {
+        c.limits.pair_joins_per_ip_per_minute = 6000;
+        c.limits.pair_failed_joins_per_minute = 8;
+    })
+    .await;
+    let (addr, relay_id) = (server.local_addr(), server.relay_id());
+
+    // Successful pairings give their token back: three in a row, more than the burst.
+    let data_key = DataKey::generate(&mut OsRng);
+    for _ in 0..3 {
+        let laptop = Identity::new_user();
+        let mut a = Client::connect(addr, relay_id, &laptop, None)
+            .await
+            .unwrap();
+        a.replay().await;
+        let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+        pair(&mut a, &mut b, &laptop, &data_key).await;
+    }
+
+    // Failed joins (no such slot) spend the burst; then joins are refused whatever the
+    // connection.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+        b.send(&ClientFrame::PairJoin {
+            slot: 999,
+            body: vec![0],
+        })
+        .await;
+        answers.push(error_code(&b.pairing_frame().await));
+    }
+    assert_eq!(
+        answers,
+        [
+            Some(ErrorCode::PairingUnknownCode),
+            Some(ErrorCode::PairingUnknownCode),
+            Some(ErrorCode::RateLimited)
+        ]
+    );
+    // A live pairing cannot be joined either, right code or not, until the bucket refills.
+    let mut a = inviter(addr, relay_id).await;
+    let slot = a.open_pairing().await.unwrap();
+    let mut b = Client::connect_anonymous(addr, relay_id).await.unwrap();
+    let (_, hello) = Joiner::start(&code_for(slot, "000000"), &relay_id, &mut OsRng);
+    b.send(&ClientFrame::PairJoin { slot, body: hello }).await;
+    assert_eq!(
+        error_code(&b.pairing_frame().await),
+        Some(ErrorCode::RateLimited)
+    );
     server.shutdown().await;
 }

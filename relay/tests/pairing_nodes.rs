@@ -49,8 +49,14 @@ struct Node {
 }
 
 impl Node {
-    async fn start(database: &str, redis: &str, prefix: &str) -> Self {
+    /// A node; with `key_of`, holding that node's relay key (the nodes of one relay share its
+    /// key, which clients pin and pairing binds).
+    async fn start(database: &str, redis: &str, prefix: &str, key_of: Option<&Node>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(other) = key_of {
+            let file = ferry_relay::relay_key::KEY_FILE;
+            std::fs::copy(other._dir.path().join(file), dir.path().join(file)).unwrap();
+        }
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path());
         config.database_url = Some(database.to_owned());
         config.redis_url = Some(redis.to_owned());
@@ -83,8 +89,9 @@ async fn two_nodes() -> Option<(Node, Node)> {
     let database = support::postgres_url().await?;
     let redis = support::redis::redis_url().await?;
     let prefix = fresh_prefix();
-    let one = Node::start(&database, &redis, &prefix).await;
-    let two = Node::start(&database, &redis, &prefix).await;
+    let one = Node::start(&database, &redis, &prefix, None).await;
+    let two = Node::start(&database, &redis, &prefix, Some(&one)).await;
+    assert_eq!(one.server.relay_id(), two.server.relay_id());
     Some((one, two))
 }
 
@@ -96,19 +103,15 @@ fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
     }
 }
 
-fn code(text: &str) -> PairingCode {
-    PairingCode::parse(text).unwrap()
-}
-
-async fn open(inviter: &mut Client, slot: u16) -> ServerFrame {
-    inviter.send(&ClientFrame::PairOpen { slot }).await;
-    inviter.pairing_frame().await
+/// `slot` with six fixed digits.
+fn code_for(slot: u16, digits: &str) -> PairingCode {
+    PairingCode::parse(&format!("{slot}-{digits}")).unwrap()
 }
 
 /// A device on `node` types `code`: returns the answer to its join.
 async fn join_refused(node: &Node, code: &PairingCode) -> Option<ErrorCode> {
     let mut late = node.anonymous().await;
-    let (_, hello) = Joiner::start(code, &mut OsRng);
+    let (_, hello) = Joiner::start(code, &node.server.relay_id(), &mut OsRng);
     late.send(&ClientFrame::PairJoin {
         slot: code.slot(),
         body: hello,
@@ -168,19 +171,15 @@ async fn joiners_racing_from_two_nodes_have_one_winner() {
     for round in 0..4usize {
         // The inviter on each node in turn; one racer on each node every round.
         let a = &mut inviters[round % 2];
-        let code = code(&format!("{:03}{:03}", 100 + round, 577));
-        let opened = open(a, code.slot()).await;
-        assert!(
-            matches!(opened, ServerFrame::PairOpened { .. }),
-            "round {round}: {opened:?}"
-        );
-        let inviter = Inviter::start(&code, &mut OsRng);
+        let slot = a.open_pairing().await.unwrap();
+        let code = PairingCode::generate(slot, &mut OsRng);
+        let inviter = Inviter::start(&code, &a.relay, &mut OsRng);
 
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
         let mut racers = Vec::new();
         for node in nodes {
             let mut client = node.anonymous().await;
-            let (joiner, hello) = Joiner::start(&code, &mut OsRng);
+            let (joiner, hello) = Joiner::start(&code, &node.server.relay_id(), &mut OsRng);
             let barrier = std::sync::Arc::clone(&barrier);
             let slot = code.slot();
             let body = hello.clone();
@@ -261,26 +260,16 @@ async fn one_live_slot_per_user_and_tombstones_hold_across_nodes() {
     let mut a2 = two.device(&phone).await;
     let mut s = two.device(&stranger).await;
 
-    let first = code("271828");
-    assert!(matches!(
-        open(&mut a1, first.slot()).await,
-        ServerFrame::PairOpened { .. }
-    ));
+    let first = code_for(a1.open_pairing().await.unwrap(), "271828");
     // The same user's other device, on the other node: one live slot per user.
-    let second = code("314159");
-    assert_eq!(
-        error_code(&open(&mut a2, second.slot()).await),
-        Some(ErrorCode::RateLimited)
-    );
-    // Slot numbers are shared by the nodes.
-    assert_eq!(
-        error_code(&open(&mut s, first.slot()).await),
-        Some(ErrorCode::PairingSlotTaken)
-    );
+    assert_eq!(a2.open_pairing().await, Err(ErrorCode::RateLimited));
+    // Slot numbers are assigned through Redis: another user on the other node gets another.
+    let strangers = s.open_pairing().await.unwrap();
+    assert_ne!(strangers, first.slot());
 
     // A joiner on node two joins, then gives up: the slot burns.
     let mut b = two.anonymous().await;
-    let (_, hello) = Joiner::start(&first, &mut OsRng);
+    let (_, hello) = Joiner::start(&first, &two.server.relay_id(), &mut OsRng);
     b.send(&ClientFrame::PairJoin {
         slot: first.slot(),
         body: hello,
@@ -302,25 +291,15 @@ async fn one_live_slot_per_user_and_tombstones_hold_across_nodes() {
             code: Some(ErrorCode::PairingFailed)
         }
     );
-    // A tombstone on both nodes: the code is used, the slot cannot be reopened...
+    // A tombstone on both nodes: the code is used...
     assert_eq!(
         join_refused(&one, &first).await,
         Some(ErrorCode::PairingCodeUsed)
     );
-    assert_eq!(
-        error_code(&open(&mut s, first.slot()).await),
-        Some(ErrorCode::PairingSlotTaken)
-    );
-    // ... and the user may open another, from the other node.
-    assert!(matches!(
-        open(&mut a2, second.slot()).await,
-        ServerFrame::PairOpened { .. }
-    ));
-    // The stranger's own live slot does not count against the user.
-    assert!(matches!(
-        open(&mut s, code("161803").slot()).await,
-        ServerFrame::PairOpened { .. }
-    ));
+    // ... the user may open another, from the other node (the stranger's live slot does not
+    // count against it), and the burned number is not given out again.
+    let second = a2.open_pairing().await.unwrap();
+    assert!(second != first.slot() && second != strangers, "{second}");
     two.server.shutdown().await;
     one.server.shutdown().await;
 }
@@ -332,13 +311,9 @@ async fn an_inviter_leaving_one_node_burns_the_slot_seen_from_the_other() {
     };
     let laptop = Identity::new_user();
     let mut a = one.device(&laptop).await;
-    let pairing = code("577215");
-    assert!(matches!(
-        open(&mut a, pairing.slot()).await,
-        ServerFrame::PairOpened { .. }
-    ));
+    let pairing = code_for(a.open_pairing().await.unwrap(), "577215");
     let mut b = two.anonymous().await;
-    let (_, hello) = Joiner::start(&pairing, &mut OsRng);
+    let (_, hello) = Joiner::start(&pairing, &two.server.relay_id(), &mut OsRng);
     b.send(&ClientFrame::PairJoin {
         slot: pairing.slot(),
         body: hello,
@@ -367,19 +342,16 @@ async fn an_inviter_leaving_one_node_burns_the_slot_seen_from_the_other() {
     );
     // The user's live slot is gone with it: a device on the other node may open one.
     let mut a2 = two.device(&laptop.another_device("phone")).await;
-    assert!(matches!(
-        open(&mut a2, code("693147").slot()).await,
-        ServerFrame::PairOpened { .. }
-    ));
+    let lonely = code_for(a2.open_pairing().await.unwrap(), "693147");
     // An inviter whose slot nobody joined leaves too: its slot burns as well, and the user's
     // live slot with it.
     drop(a2);
     let mut a3 = one.device(&laptop.another_device("desk")).await;
     tokio::time::timeout(PATIENCE, async {
         loop {
-            match open(&mut a3, code("141421").slot()).await {
-                ServerFrame::PairOpened { .. } => break,
-                refused => assert_eq!(error_code(&refused), Some(ErrorCode::RateLimited)),
+            match a3.open_pairing().await {
+                Ok(_) => break,
+                refused => assert_eq!(refused, Err(ErrorCode::RateLimited)),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -387,7 +359,7 @@ async fn an_inviter_leaving_one_node_burns_the_slot_seen_from_the_other() {
     .await
     .expect("the user may open a slot once the inviter that left is gone");
     assert_eq!(
-        join_refused(&one, &code("693147")).await,
+        join_refused(&one, &lonely).await,
         Some(ErrorCode::PairingCodeUsed)
     );
     two.server.shutdown().await;
@@ -439,25 +411,26 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
     // Session 1 on each node: session ids are only unique per node.
     let (inviter, mut inviter_rx) = party(1);
     let (joiner, mut joiner_rx) = party(1);
-    a.open(5, inviter, u).await.unwrap();
-    b.join(5, joiner, b"hello".to_vec()).await.unwrap();
+    // Fresh prefix: the first slot is 1, the next 2, and so on, whichever node opens it.
+    assert_eq!(a.open(inviter, u).await.unwrap().0, 1);
+    b.join(1, joiner, b"hello".to_vec()).await.unwrap();
     assert_eq!(
         next(&mut inviter_rx).await,
         ServerFrame::PairPeer {
-            slot: 5,
+            slot: 1,
             body: b"hello".to_vec()
         }
     );
     // In order, each once, both ways.
     for n in 0..20u8 {
-        a.forward(5, 1, vec![n]).await.unwrap();
+        a.forward(1, 1, vec![n]).await.unwrap();
     }
-    b.forward(5, 1, vec![99]).await.unwrap();
+    b.forward(1, 1, vec![99]).await.unwrap();
     for n in 0..20u8 {
         assert_eq!(
             next(&mut joiner_rx).await,
             ServerFrame::PairPeer {
-                slot: 5,
+                slot: 1,
                 body: vec![n]
             }
         );
@@ -465,24 +438,21 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
     assert_eq!(
         next(&mut inviter_rx).await,
         ServerFrame::PairPeer {
-            slot: 5,
+            slot: 1,
             body: vec![99]
         }
     );
     // A stranger (another session) cannot inject.
     assert_eq!(
-        b.forward(5, 2, vec![0]).await,
+        b.forward(1, 2, vec![0]).await,
         Err(ErrorCode::PairingUnknownCode)
     );
 
     // Another user's slot on node a that nobody joined yet.
     let (lonely, _lonely_rx) = party(2);
-    a.open(7, lonely, v).await.unwrap();
+    assert_eq!(a.open(lonely, v).await.unwrap().0, 2);
     let (other, _other_rx) = party(3);
-    assert_eq!(
-        b.open(8, other.clone(), v).await,
-        Err(ErrorCode::RateLimited)
-    );
+    assert_eq!(b.open(other.clone(), v).await, Err(ErrorCode::RateLimited));
 
     // Node a dies: no clean shutdown, nothing burned by it.
     drop(a);
@@ -490,25 +460,71 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
     assert_eq!(
         next(&mut joiner_rx).await,
         ServerFrame::PairClosed {
-            slot: 5,
+            slot: 1,
             code: Some(ErrorCode::Unavailable)
         }
     );
     // Its users may open slots elsewhere: the slot nobody joined is no longer live either...
-    b.open(8, other, v).await.unwrap();
+    assert_eq!(b.open(other, v).await.unwrap().0, 3);
     let (late, _late_rx) = party(4);
-    b.open(9, late, u).await.unwrap();
+    assert_eq!(b.open(late, u).await.unwrap().0, 4);
     // ... but its slots stay tombstones: the codes are used, the numbers not reusable.
     let (stranger, _stranger_rx) = party(5);
     assert_eq!(
-        b.join(7, stranger.clone(), vec![]).await,
+        b.join(2, stranger.clone(), vec![]).await,
         Err(ErrorCode::PairingCodeUsed)
     );
-    assert_eq!(
-        b.open(7, stranger, user()).await,
-        Err(ErrorCode::PairingSlotTaken)
-    );
+    assert_eq!(b.open(stranger, user()).await.unwrap().0, 5);
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_opened_at_once_on_two_nodes_are_all_different() {
+    let Some(redis) = support::redis::redis_url().await else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let nodes = [
+        std::sync::Arc::new(
+            RedisPairing::connect(&redis, options(&prefix))
+                .await
+                .unwrap(),
+        ),
+        std::sync::Arc::new(
+            RedisPairing::connect(&redis, options(&prefix))
+                .await
+                .unwrap(),
+        ),
+    ];
+    // Twenty users open at the same moment, half on each node: every node starts from the
+    // smallest free number, so they race for the same ones; Redis settles each race.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for n in 0..20u64 {
+        let node = std::sync::Arc::clone(&nodes[(n % 2) as usize]);
+        let barrier = std::sync::Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            let (inviter, rx) = party(n + 1);
+            barrier.wait().await;
+            let (slot, _) = node.open(inviter, user()).await.unwrap();
+            (slot, rx)
+        }));
+    }
+    let mut slots = Vec::new();
+    let mut queues = Vec::new();
+    for task in tasks {
+        let (slot, rx) = tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("every open is answered")
+            .unwrap();
+        slots.push(slot);
+        queues.push(rx);
+    }
+    slots.sort_unstable();
+    assert_eq!(slots, (1..=20).collect::<Vec<u16>>());
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,8 +543,8 @@ async fn a_subscriber_that_loses_redis_fails_its_pairings_and_the_other_end_hear
         .unwrap();
     let (inviter, mut inviter_rx) = party(1);
     let (joiner, mut joiner_rx) = party(1);
-    a.open(3, inviter, user()).await.unwrap();
-    b.join(3, joiner, b"hello".to_vec()).await.unwrap();
+    assert_eq!(a.open(inviter, user()).await.unwrap().0, 1);
+    b.join(1, joiner, b"hello".to_vec()).await.unwrap();
     assert!(matches!(
         next(&mut inviter_rx).await,
         ServerFrame::PairPeer { .. }
@@ -540,7 +556,7 @@ async fn a_subscriber_that_loses_redis_fails_its_pairings_and_the_other_end_hear
     assert_eq!(
         next(&mut joiner_rx).await,
         ServerFrame::PairClosed {
-            slot: 3,
+            slot: 1,
             code: Some(ErrorCode::Unavailable)
         }
     );
@@ -549,13 +565,13 @@ async fn a_subscriber_that_loses_redis_fails_its_pairings_and_the_other_end_hear
     assert_eq!(
         next(&mut inviter_rx).await,
         ServerFrame::PairClosed {
-            slot: 3,
+            slot: 1,
             code: Some(ErrorCode::Unavailable)
         }
     );
     let (late, _late_rx) = party(2);
     assert_eq!(
-        a.join(3, late, vec![]).await,
+        a.join(1, late, vec![]).await,
         Err(ErrorCode::PairingCodeUsed)
     );
     a.shutdown().await;
@@ -578,17 +594,17 @@ async fn a_flood_through_a_slot_burns_it() {
     let b = RedisPairing::connect(&redis, options).await.unwrap();
     let (inviter, mut inviter_rx) = party(1);
     let (joiner, _joiner_rx) = party(1);
-    a.open(11, inviter, user()).await.unwrap();
-    b.join(11, joiner, vec![0]).await.unwrap();
+    assert_eq!(a.open(inviter, user()).await.unwrap().0, 1);
+    b.join(1, joiner, vec![0]).await.unwrap();
     for n in 1..=4u8 {
-        b.forward(11, 1, vec![n]).await.unwrap();
+        b.forward(1, 1, vec![n]).await.unwrap();
     }
-    assert_eq!(b.forward(11, 1, vec![5]).await, Err(ErrorCode::RateLimited));
+    assert_eq!(b.forward(1, 1, vec![5]).await, Err(ErrorCode::RateLimited));
     for n in 0..=4u8 {
         assert_eq!(
             next(&mut inviter_rx).await,
             ServerFrame::PairPeer {
-                slot: 11,
+                slot: 1,
                 body: vec![n]
             }
         );
@@ -596,12 +612,12 @@ async fn a_flood_through_a_slot_burns_it() {
     assert_eq!(
         next(&mut inviter_rx).await,
         ServerFrame::PairClosed {
-            slot: 11,
+            slot: 1,
             code: Some(ErrorCode::RateLimited)
         }
     );
     assert_eq!(
-        b.forward(11, 1, vec![6]).await,
+        b.forward(1, 1, vec![6]).await,
         Err(ErrorCode::PairingUnknownCode)
     );
     a.shutdown().await;

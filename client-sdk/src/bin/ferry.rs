@@ -8,8 +8,8 @@
 //! ferry --state DIR tail [--follow] [--limit N]
 //! ferry --state DIR devices
 //! ferry --state DIR revoke DEVICE      # a device id, or a unique prefix of one
-//! ferry --state DIR pair               # prints `code: NNNNNN`, waits for the new device
-//! ferry --state DIR join --relay ws[s]://HOST:PORT/ws --relay-key HEX CODE [--name NAME]
+//! ferry --state DIR pair [--yes]       # prints `code: SLOT-DDDDDD`, waits for the new device
+//! ferry --state DIR join --relay ws[s]://HOST:PORT/ws --relay-key HEX [CODE] [--name NAME]
 //! ```
 //!
 //! Exit status 0 on success, 1 on any failure (the reason goes to stderr). Event text goes
@@ -20,9 +20,12 @@
 //! how to keep it. It is stored nowhere: it is the only way back to the account once every
 //! device is lost (`recover`), and whoever has it controls the account.
 //!
-//! Pairing, on stdout: `pair` prints `code: NNNNNN`, then `confirm: XXXX-XXXX` once a device
-//! joined with the right code, then `paired: DEVICE NAME`; `join` prints `confirm:
-//! XXXX-XXXX`, then `joined: DEVICE`. Both screens show the same confirmation string.
+//! Pairing, on stdout: `pair` prints `code: SLOT-DDDDDD` (as `code: 7-402913`), then `confirm:
+//! XXXX-XXXX` once a device joined with the right code, asks `Admit this device? [y/N]` on
+//! stderr and reads the answer from stdin (`--yes` skips the question), then prints `paired:
+//! DEVICE NAME`; `join` prints `confirm: XXXX-XXXX`, then `joined: DEVICE`. Both screens show
+//! the same confirmation string. `join` reads the code from stdin when it is not an argument
+//! (other local users can see a command's arguments).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -119,13 +122,19 @@ enum Command {
         /// The device id (or a unique prefix of it), as `devices` shows it.
         device: String,
     },
-    /// Add a new device to this user: print a 6-digit code to type on it (`ferry join`),
-    /// and wait for it.
+    /// Add a new device to this user: print a code to type on it (`ferry join`), and wait
+    /// for it.
     ///
-    /// Prints `code: NNNNNN`; once the device joined with the right code, `confirm:
-    /// XXXX-XXXX` (the new device shows the same) and `paired: DEVICE NAME`. The code works
-    /// once and expires after ten minutes (the relay's setting).
-    Pair,
+    /// Prints `code: SLOT-DDDDDD` (for example `code: 7-402913`); once the device joined with
+    /// the right code, `confirm: XXXX-XXXX` and asks `Admit this device? [y/N]`: answer `y`
+    /// only if the new device shows the same confirmation. Then prints `paired: DEVICE NAME`.
+    /// Any other answer turns the device down and fails. The code works once and expires
+    /// after ten minutes (the relay's setting).
+    Pair {
+        /// Admit the device without asking (for scripts): the confirmation is not compared.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Make this folder a new device of a user who has another device: run `ferry pair`
     /// there and give the code it prints.
     ///
@@ -137,8 +146,10 @@ enum Command {
         /// The relay's public key (64 hex digits), pinned from now on.
         #[arg(long, value_name = "HEX")]
         relay_key: RelayId,
-        /// The six digits `ferry pair` printed on the other device.
-        code: String,
+        /// The code `ferry pair` printed on the other device (as 7-402913). Leave it out to
+        /// type it when asked: a command's arguments are visible to other users of this
+        /// computer.
+        code: Option<String>,
         /// A name for this device, shown by `devices` (default: the host name).
         #[arg(long)]
         name: Option<String>,
@@ -157,7 +168,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A question left unanswered (Ctrl-C) leaves a thread reading stdin: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: {e:#}");
@@ -193,13 +207,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Devices => devices(&cli.state, options, timeout).await,
         Command::Revoke { device } => revoke(&cli.state, &device, options, timeout).await,
-        Command::Pair => pair(&cli.state, options).await,
+        Command::Pair { yes } => pair(&cli.state, yes, options).await,
         Command::Join {
             relay,
             relay_key,
             code,
             name,
-        } => join(&cli.state, &relay, relay_key, &code, name, options).await,
+        } => join(&cli.state, &relay, relay_key, code, name, options).await,
     }
 }
 
@@ -422,7 +436,7 @@ async fn revoke(
     Ok(())
 }
 
-async fn pair(dir: &std::path::Path, options: Options) -> anyhow::Result<()> {
+async fn pair(dir: &std::path::Path, yes: bool, options: Options) -> anyhow::Result<()> {
     let state = ClientState::open(dir)?;
     let invitation = pairing::invite(&state, &options).await?;
     let (relay, relay_key) = (state.relay_url().to_owned(), state.relay_key());
@@ -435,16 +449,35 @@ async fn pair(dir: &std::path::Path, options: Options) -> anyhow::Result<()> {
         .duration_since(std::time::SystemTime::now())
         .map_or(0, |left| left.as_secs().div_ceil(60));
     eprintln!(
-        "ferry: on the new device run: ferry --state DIR join --relay {relay} --relay-key {relay_key} {}",
-        code.as_str()
+        "ferry: on the new device run: ferry --state DIR join --relay {relay} --relay-key {relay_key}"
     );
+    eprintln!("ferry: and type the code when it asks");
     eprintln!("ferry: the code works once and expires in about {minutes} minute(s); waiting");
     let pending = tokio::select! {
         pending = invitation.joined() => pending?,
         _ = tokio::signal::ctrl_c() => bail!("cancelled; the code is burned"),
     };
     line(&format!("confirm: {}", pending.confirmation()))?;
-    eprintln!("ferry: the other device should show the same confirmation");
+    if !yes {
+        // The keys leave only once the user saw the same string on both screens: a relay in
+        // the middle that guessed the code would show another.
+        eprint!(
+            "ferry: the other device should show the same confirmation.\nAdmit this device? [y/N] "
+        );
+        let answer = tokio::select! {
+            answer = read_line() => answer?,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let admitted = answer
+            .map(|a| a.trim().to_ascii_lowercase())
+            .is_some_and(|a| a == "y" || a == "yes");
+        if !admitted {
+            let _ = pending.refuse().await;
+            bail!(
+                "the device was not admitted; the code is burned, run `ferry pair` again for a new one"
+            );
+        }
+    }
     let paired = pending.admit().await?;
     line(&format!(
         "paired: {} {}",
@@ -458,12 +491,22 @@ async fn join(
     dir: &std::path::Path,
     relay: &str,
     relay_key: RelayId,
-    code: &str,
+    code: Option<String>,
     name: Option<String>,
     options: Options,
 ) -> anyhow::Result<()> {
     let name = name.unwrap_or_else(default_name);
-    let join = Join::start(dir, relay, relay_key, code, &name, &options).await?;
+    let code = match code {
+        Some(code) => zeroize::Zeroizing::new(code),
+        None => {
+            eprint!("Pairing code (as shown by `ferry pair`, like 7-402913): ");
+            let typed = read_line()
+                .await?
+                .context("no pairing code given on stdin")?;
+            zeroize::Zeroizing::new(typed)
+        }
+    };
+    let join = Join::start(dir, relay, relay_key, code.trim(), &name, &options).await?;
     line(&format!("confirm: {}", join.confirmation()))?;
     eprintln!("ferry: the other device should show the same confirmation");
     let state = join.finish().await?;
@@ -475,6 +518,23 @@ async fn join(
         state.user_id()
     );
     Ok(())
+}
+
+/// Reads one line from stdin (without its line break); `None` at the end of input.
+async fn read_line() -> anyhow::Result<Option<String>> {
+    let _ = std::io::stderr().flush();
+    let read = tokio::task::spawn_blocking(|| {
+        let mut text = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut text)
+            .map(|n| (n > 0).then_some(text))
+    });
+    let text = read
+        .await
+        .context("reading stdin")?
+        .context("reading stdin")?;
+    Ok(text.map(|t| t.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
 /// Prints a line on stdout at once: a script reading it may be waiting for it.
@@ -606,11 +666,29 @@ mod tests {
         ]);
         assert!(matches!(
             cli.map(|c| c.command),
-            Ok(Command::Join { code, name: None, .. }) if code == "123 456"
+            Ok(Command::Join { code: Some(code), name: None, .. }) if code == "123 456"
+        ));
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "--state",
+            "s",
+            "join",
+            "--relay",
+            "ws://x/ws",
+            "--relay-key",
+            &"ab".repeat(32),
+        ]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Join { code: None, .. })
         ));
         assert!(matches!(
             Cli::try_parse_from(["ferry", "--state", "s", "pair"]).map(|c| c.command),
-            Ok(Command::Pair)
+            Ok(Command::Pair { yes: false })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["ferry", "--state", "s", "pair", "--yes"]).map(|c| c.command),
+            Ok(Command::Pair { yes: true })
         ));
         // The recovery key is never an argument.
         let recover = [

@@ -23,9 +23,6 @@ use crate::trust::Trust;
 /// first).
 const ADMIT_ATTEMPTS: usize = 3;
 
-/// Codes drawn before giving up when every slot tried is taken.
-const OPEN_ATTEMPTS: usize = 5;
-
 /// What an inviter needs: the relay to reach and the device's keys. Taken from a
 /// [`ClientState`] (which can then be closed or handed to a client) or kept by a
 /// [`ClientHandle`](crate::ClientHandle).
@@ -52,8 +49,8 @@ impl InviterDevice {
 /// Opens a pairing slot for this device's user and draws the code to show.
 ///
 /// Connects as the device (a session of its own, beside any running
-/// [`Client`](crate::Client)), draws a code from the operating system's random number
-/// generator and asks the relay for its slot, drawing again if another pairing holds it.
+/// [`Client`](crate::Client)), asks the relay for a slot (the relay picks its number), and
+/// draws the six secret digits from the operating system's random number generator.
 /// The state is only read: it can be closed, or handed to a client, as soon as this returns.
 ///
 /// Then show [`Invitation::code`] and call [`Invitation::wait`] (or
@@ -95,8 +92,10 @@ impl Invitation {
         let mut resume = None;
         loop {
             match Self::open_from(&device, resume, options).await? {
-                Opened::Slot(link, code, expires_at) => {
-                    let inviter = Inviter::start(&code, &mut OsRng);
+                Opened::Slot(link, slot, expires_at) => {
+                    let code = PairingCode::generate(slot, &mut OsRng);
+                    // Bound to the pinned relay key and the slot, as the joiner's is.
+                    let inviter = Inviter::start(&code, &device.relay_key, &mut OsRng);
                     let (expires_at, remaining) = expiry(expires_at, options.pairing_timeout);
                     return Ok(Self {
                         link,
@@ -118,7 +117,7 @@ impl Invitation {
         }
     }
 
-    /// Connects and opens a slot, drawing a new code while the slots tried are taken.
+    /// Connects and opens a slot.
     async fn open_from(
         device: &InviterDevice,
         resume: Option<u64>,
@@ -133,37 +132,31 @@ impl Invitation {
         let mut link =
             Link::connect(&device.relay_url, device.relay_key, credentials, options).await?;
         let answer_within = Instant::now() + options.connect_timeout;
-        for _ in 0..OPEN_ATTEMPTS {
-            let code = PairingCode::generate(&mut OsRng);
-            let slot = code.slot();
-            link.send(ClientFrame::PairOpen { slot }).await?;
-            loop {
-                match link.next(answer_within).await? {
-                    Some(PairFrame::Opened {
-                        slot: opened,
-                        expires_at,
-                    }) if opened == slot => return Ok(Opened::Slot(link, code, expires_at)),
-                    Some(PairFrame::Error(e)) if e.code == ErrorCode::PairingSlotTaken => break,
-                    Some(PairFrame::Error(e)) => {
-                        return Err(PairingError::from_code(e.code, e.message));
-                    }
-                    Some(PairFrame::Resync { earliest }) => return Ok(Opened::Resync(earliest)),
-                    Some(_) => continue,
-                    None => {
-                        return Err(PairingError::RelayUnreachable(
-                            "the relay did not open a pairing slot".to_owned(),
-                        ));
-                    }
+        link.send(ClientFrame::PairOpen).await?;
+        loop {
+            match link.next(answer_within).await? {
+                Some(PairFrame::Opened { slot, expires_at }) => {
+                    return Ok(Opened::Slot(link, slot, expires_at));
+                }
+                Some(PairFrame::Error(e)) => {
+                    return Err(PairingError::from_code(e.code, e.message));
+                }
+                Some(PairFrame::Resync { earliest }) => return Ok(Opened::Resync(earliest)),
+                Some(_) => continue,
+                None => {
+                    return Err(PairingError::RelayUnreachable(
+                        "the relay did not open a pairing slot".to_owned(),
+                    ));
                 }
             }
         }
-        Err(PairingError::NoFreeSlot)
     }
 
-    /// The six digits to show to the user (or to hand to the other device some other way).
-    /// They are the pairing's secret: show them, do not log them.
+    /// The code to show to the user (or to hand to the other device some other way):
+    /// `SLOT-DDDDDD`, as in `7-402913`. The six digits are the pairing's secret: show them, do
+    /// not log them.
     pub fn code(&self) -> Zeroizing<String> {
-        self.code.digits()
+        self.code.text()
     }
 
     /// When the relay stops accepting the code.
@@ -233,8 +226,8 @@ impl Invitation {
 
 /// What one connection got.
 enum Opened {
-    /// An open slot, its code and its expiry (Unix milliseconds).
-    Slot(Link, PairingCode, u64),
+    /// An open slot, its number and its expiry (Unix milliseconds).
+    Slot(Link, u16, u64),
     /// The relay wants the session to resume from here.
     Resync(u64),
 }

@@ -20,8 +20,8 @@ use crate::state::{ClientState, DeviceSecrets, check_relay_url};
 /// state to `dir`.
 ///
 /// `relay_url` and `relay_key` are the relay's, as for
-/// [`ClientState::create`]; the key is pinned in the new state. `code` is the six digits
-/// the other device shows (spaces and dashes are ignored). The same as [`Join::start`]
+/// [`ClientState::create`]; the key is pinned in the new state. `code` is what the other
+/// device shows, as in `7-402913` (spaces are ignored). The same as [`Join::start`]
 /// followed by [`Join::finish`]; use those to show the confirmation string while the other
 /// device decides.
 pub async fn join(
@@ -94,7 +94,8 @@ impl Join {
         let mut link = Link::connect(relay_url, relay_key, Credentials::Anonymous, options).await?;
         let secrets = DeviceSecrets::generate();
         let slot = code.slot();
-        let (joiner, hello) = Joiner::start(&code, &mut OsRng);
+        // Bound to the relay key pinned here and the slot, as the inviter's is.
+        let (joiner, hello) = Joiner::start(&code, &relay_key, &mut OsRng);
         link.send(ClientFrame::PairJoin { slot, body: hello })
             .await?;
         let reply = inviter_message(&mut link, slot, deadline, Stage::Hello).await?;

@@ -1,16 +1,18 @@
-//! Pairing: a new device joins the user through a 6-digit code shown on an active device of
-//! the user, which admits it to the user's device chain and hands it every data-key epoch.
+//! Pairing: a new device joins the user through a code such as `7-402913` shown on an active
+//! device of the user, which admits it to the user's device chain and hands it every data-key
+//! epoch.
 //!
 //! # Flow
 //!
 //! ```text
 //!  inviter (active device)                relay                  joiner (new device)
 //!  invite(): connect as the device
-//!            draw code c (OS RNG)
-//!            PairOpen{slot(c)} ───────────▶ slot open
-//!  show c ◀── PairOpened{expires_at}                             user types c
+//!            PairOpen ────────────────────▶ picks slot s
+//!            ◀── PairOpened{s, expires_at}
+//!            draw 6 digits d (OS RNG)
+//!  show s-d                                                       user types s-d
 //!                                                                join(): connect anonymously
-//!                                          ◀── PairJoin{JoinerHello} (SPAKE2 with c)
+//!                                          ◀── PairJoin{s, JoinerHello} (SPAKE2 with d)
 //!  joined():  ◀── PairPeer{JoinerHello}
 //!             PairForward{InviterHello} ──▶ ──▶ PairPeer         checks the inviter's proof
 //!                                                                 (wrong code: PairClose{false})
@@ -27,12 +29,13 @@
 //!
 //! The messages and the key schedule are [`ferry_protocol::pairing`]'s; this module drives
 //! them over the relay. The relay forwards opaque SPAKE2 messages and sealed bodies: it
-//! never sees a key, and without the code it gets one guess per code, after which the code
-//! is burned.
+//! never sees a key, and without the code it gets one guess in 10^6 per code, after which the
+//! code is burned.
 //!
-//! - Codes come from the operating system's random number generator, uniform over
-//!   000000–999999. The relay routes by the first three digits (the slot); when another
-//!   pairing holds the slot, [`invite`] draws again.
+//! - The relay picks the slot number (the part before the dash: public, it only routes). The
+//!   six digits after it come from the operating system's random number generator, uniform
+//!   over 000000–999999, and are the SPAKE2 password, bound to the pinned relay key and the
+//!   slot.
 //! - A code works once and expires (ten minutes by default, the relay's setting). A wrong
 //!   code burns it on both sides ([`PairingError::WrongCode`]); a second device typing it
 //!   gets [`PairingError::CodeUsed`].
@@ -66,7 +69,7 @@
 //!
 //! // On the phone, with the relay's URL and key and the code the user typed:
 //! # let relay_key: RelayId = "b533d8ad9fcfbdde0b481c1b334ddc3c53412fd614564e7e5afd020368d382c3".parse()?;
-//! let join = Join::start("phone-state", "ws://127.0.0.1:7070/ws", relay_key, "123 456", "phone", &Options::default()).await?;
+//! let join = Join::start("phone-state", "ws://127.0.0.1:7070/ws", relay_key, "7-402913", "phone", &Options::default()).await?;
 //! println!("does the laptop show {}?", join.confirmation());
 //! let phone: ClientState = join.finish().await?;
 //! # let _ = phone;

@@ -2,6 +2,12 @@
 //! pairing messages with the inviter. It lives at most as long as a pairing code does, and
 //! while it takes part in no pairing (before its join, after its pairing closed) at most
 //! `--pairing-idle-timeout-ms`: pings do not keep it open.
+//!
+//! Joins are limited per address (`--pair-joins-per-ip-per-minute`) and, so that guesses from
+//! many addresses are bounded too, by one bucket for the node: every join takes a token from
+//! it, and a join whose pairing succeeds gives it back (the joiner's session hears
+//! `PairClosed` without a code), so what it counts are the failed joins
+//! (`--pair-failed-joins-per-minute`): wrong codes, unknown or used slots.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -54,9 +60,13 @@ pub(super) async fn run<S>(
                 break Some(Close { code: None, reason: "idle for too long".to_owned() });
             }
             Some(frame) = queued.recv() => {
-                if matches!(frame, ServerFrame::PairClosed { .. }) {
+                if let ServerFrame::PairClosed { code, .. } = &frame {
                     // The pairing is over: the idle clock starts again.
                     idle_deadline = Some(tokio::time::Instant::now() + idle_timeout);
+                    if code.is_none() {
+                        // It succeeded: its join was no failure.
+                        ctx.pair_failed_join_limiter.give_back();
+                    }
                 }
                 frame
             }
@@ -77,14 +87,18 @@ pub(super) async fn run<S>(
                 let party = Party { session, frames: frames.clone() };
                 let result = match frame {
                     ClientFrame::PairJoin { slot, body } => {
-                        if ctx.pair_join_limiter.try_take(&address, Instant::now()) {
+                        let now = Instant::now();
+                        if !ctx.pair_join_limiter.try_take(&address, now) {
+                            Err(ErrorCode::RateLimited)
+                        } else if !ctx.pair_failed_join_limiter.try_take(now) {
+                            ctx.metrics.limit_refusal("pair_failed_joins");
+                            Err(ErrorCode::RateLimited)
+                        } else {
                             let joined = ctx.pairing.join(slot, party, body).await;
                             if joined.is_ok() {
                                 idle_deadline = None;
                             }
                             joined
-                        } else {
-                            Err(ErrorCode::RateLimited)
                         }
                     }
                     ClientFrame::PairForward { slot, body } => ctx.pairing.forward(slot, session, body).await,

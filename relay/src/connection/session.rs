@@ -346,13 +346,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     }
                 }
             }
-            ClientFrame::PairOpen { slot } => {
+            ClientFrame::PairOpen => {
                 let inviter = Party {
                     session: self.peer.id(),
                     frames: self.peer.direct(),
                 };
-                match self.ctx.pairing.open(slot, inviter, self.user).await {
-                    Ok(expires_at) => {
+                // The relay picks the slot: it is public and only routes.
+                match self.ctx.pairing.open(inviter, self.user).await {
+                    Ok((slot, expires_at)) => {
                         let frame = ServerFrame::PairOpened { slot, expires_at };
                         self.send(Control::Frame(frame)).await
                     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferry_protocol::{ErrorCode, ServerFrame, UserId};
 use tokio::sync::mpsc;
 
-use super::{PairingRegistry, Party};
+use super::{FIRST_SLOT, LAST_SLOT, PairingRegistry, Party};
 use crate::context::now_ms;
 use crate::sync::lock;
 
@@ -40,20 +40,23 @@ impl LocalPairing {
         }
     }
 
-    /// The inviter, a device of `user`, opens `slot`. Returns the expiry in Unix milliseconds.
-    pub fn open(&self, slot: u16, inviter: Party, user: UserId) -> Result<u64, ErrorCode> {
-        if slot >= ferry_protocol::pairing::SLOTS {
-            return Err(ErrorCode::PairingUnknownCode);
-        }
+    /// The inviter, a device of `user`, opens the smallest free slot. Returns the slot and
+    /// its expiry in Unix milliseconds.
+    pub fn open(&self, inviter: Party, user: UserId) -> Result<(u16, u64), ErrorCode> {
         let now = Instant::now();
         let mut slots = self.lock();
-        slots.retain(|_, s| s.expires > now);
-        if slots.contains_key(&slot) {
-            return Err(ErrorCode::PairingSlotTaken);
-        }
-        if slots.values().any(|s| s.user == user && !s.burned) {
+        // Expired slots answer "expired" for one more lifetime before their number is free.
+        slots.retain(|_, s| s.expires + self.ttl > now);
+        if slots
+            .values()
+            .any(|s| s.user == user && !s.burned && s.expires > now)
+        {
             return Err(ErrorCode::RateLimited);
         }
+        // Live slots and tombstones are taken; at most `slots.len()` numbers are tried.
+        let slot = (FIRST_SLOT..=LAST_SLOT)
+            .find(|n| !slots.contains_key(n))
+            .ok_or(ErrorCode::PairingSlotTaken)?;
         slots.insert(
             slot,
             Slot {
@@ -64,7 +67,7 @@ impl LocalPairing {
                 burned: false,
             },
         );
-        Ok(now_ms() + self.ttl.as_millis() as u64)
+        Ok((slot, now_ms() + self.ttl.as_millis() as u64))
     }
 
     /// A joiner's first message for `slot`: the slot is now taken by this joiner.
@@ -72,7 +75,6 @@ impl LocalPairing {
         let mut slots = self.lock();
         let entry = slots.get_mut(&slot).ok_or(ErrorCode::PairingUnknownCode)?;
         if entry.expires <= Instant::now() {
-            slots.remove(&slot);
             return Err(ErrorCode::PairingExpired);
         }
         if entry.burned || entry.joiner.is_some() {
@@ -165,8 +167,8 @@ impl LocalPairing {
 
 #[async_trait::async_trait]
 impl PairingRegistry for LocalPairing {
-    async fn open(&self, slot: u16, inviter: Party, user: UserId) -> Result<u64, ErrorCode> {
-        LocalPairing::open(self, slot, inviter, user)
+    async fn open(&self, inviter: Party, user: UserId) -> Result<(u16, u64), ErrorCode> {
+        LocalPairing::open(self, inviter, user)
     }
 
     async fn join(&self, slot: u16, joiner: Party, body: Vec<u8>) -> Result<(), ErrorCode> {
@@ -217,50 +219,70 @@ mod tests {
         let (a, mut a_rx) = party(1);
         let (b, mut b_rx) = party(2);
         let (c, _) = party(3);
-        slots.open(7, a.clone(), U).unwrap();
+        let (a2, _) = party(4);
+        assert_eq!(slots.open(a.clone(), U).unwrap().0, 1);
         assert_eq!(
-            slots.open(7, a.clone(), V),
-            Err(ErrorCode::PairingSlotTaken)
-        );
-        assert_eq!(
-            slots.join(8, b.clone(), vec![]),
+            slots.join(2, b.clone(), vec![]),
             Err(ErrorCode::PairingUnknownCode)
         );
-        slots.join(7, b.clone(), vec![1]).unwrap();
+        assert_eq!(
+            slots.join(0, b.clone(), vec![]),
+            Err(ErrorCode::PairingUnknownCode)
+        );
+        slots.join(1, b.clone(), vec![1]).unwrap();
         assert_eq!(
             a_rx.try_recv().unwrap(),
             ServerFrame::PairPeer {
-                slot: 7,
+                slot: 1,
                 body: vec![1]
             }
         );
         assert_eq!(
-            slots.join(7, c.clone(), vec![]),
+            slots.join(1, c.clone(), vec![]),
             Err(ErrorCode::PairingCodeUsed)
         );
         // A stranger cannot inject into the slot.
         assert_eq!(
-            slots.forward(7, 3, vec![9]),
+            slots.forward(1, 3, vec![9]),
             Err(ErrorCode::PairingUnknownCode)
         );
-        slots.forward(7, 1, vec![2]).unwrap();
+        slots.forward(1, 1, vec![2]).unwrap();
         assert_eq!(
             b_rx.try_recv().unwrap(),
             ServerFrame::PairPeer {
-                slot: 7,
+                slot: 1,
                 body: vec![2]
             }
         );
-        slots.close(7, 2, false).unwrap();
+        slots.close(1, 2, false).unwrap();
         assert_eq!(
             a_rx.try_recv().unwrap(),
             ServerFrame::PairClosed {
-                slot: 7,
+                slot: 1,
                 code: Some(ErrorCode::PairingFailed)
             }
         );
-        assert_eq!(slots.join(7, c, vec![]), Err(ErrorCode::PairingCodeUsed));
-        assert_eq!(slots.open(7, a, U), Err(ErrorCode::PairingSlotTaken));
+        assert_eq!(slots.join(1, c, vec![]), Err(ErrorCode::PairingCodeUsed));
+        // The burned slot stays taken until it expires: the user's next pairing gets another.
+        assert_eq!(slots.open(a2, U).unwrap().0, 2);
+    }
+
+    #[test]
+    fn the_relay_assigns_the_smallest_free_slot() {
+        let slots = LocalPairing::new(Duration::from_secs(60));
+        let users: Vec<UserId> = (0..5).map(|n| UserId([n; 32])).collect();
+        let mut receivers = Vec::new();
+        for (n, user) in users.iter().enumerate() {
+            let (p, rx) = party(n as u64 + 10);
+            receivers.push(rx);
+            assert_eq!(slots.open(p, *user).unwrap().0, n as u16 + 1);
+        }
+        // Slot 3 is two lifetimes old (forced here): the next pairing gets 3, the one after 6.
+        slots.lock().get_mut(&3).unwrap().expires = Instant::now() - Duration::from_secs(60);
+        let (p, _rx) = party(20);
+        assert_eq!(slots.open(p, UserId([9; 32])).unwrap().0, 3);
+        let (p, _rx) = party(21);
+        assert_eq!(slots.open(p, UserId([8; 32])).unwrap().0, 6);
     }
 
     #[test]
@@ -268,24 +290,31 @@ mod tests {
         let slots = LocalPairing::new(Duration::from_secs(60));
         let (a, _a_rx) = party(1);
         let (b, _b_rx) = party(2);
-        slots.open(1, a.clone(), U).unwrap();
-        assert_eq!(slots.open(2, a.clone(), U), Err(ErrorCode::RateLimited));
-        assert_eq!(slots.open(2, b.clone(), U), Err(ErrorCode::RateLimited));
-        slots.open(2, b, V).unwrap();
+        slots.open(a.clone(), U).unwrap();
+        assert_eq!(slots.open(a.clone(), U), Err(ErrorCode::RateLimited));
+        assert_eq!(slots.open(b.clone(), U), Err(ErrorCode::RateLimited));
+        slots.open(b, V).unwrap();
         // Once the pairing ends (the inviter left: burned), the user may open another.
         slots.session_ended(1);
-        slots.open(3, a, U).unwrap();
+        assert_eq!(slots.open(a, U).unwrap().0, 3);
     }
 
     #[test]
     fn expired_slots_refuse_joins_and_free_up() {
         let (a, _a_rx) = party(1);
         let slots = LocalPairing::new(Duration::from_millis(30));
-        slots.open(5, a.clone(), U).unwrap();
+        assert_eq!(slots.open(a.clone(), U).unwrap().0, 1);
         std::thread::sleep(Duration::from_millis(40));
         let (b, _) = party(2);
-        assert_eq!(slots.join(5, b, vec![]), Err(ErrorCode::PairingExpired));
-        slots.open(5, a, U).unwrap();
+        assert_eq!(
+            slots.join(1, b.clone(), vec![]),
+            Err(ErrorCode::PairingExpired)
+        );
+        // The user may pair again at once; the expired number is kept for one more lifetime.
+        assert_eq!(slots.open(a.clone(), U).unwrap().0, 2);
+        assert_eq!(slots.join(1, b, vec![]), Err(ErrorCode::PairingExpired));
+        std::thread::sleep(Duration::from_millis(70));
+        assert_eq!(slots.open(a, U).unwrap().0, 1);
     }
 
     #[test]
@@ -293,13 +322,13 @@ mod tests {
         let slots = LocalPairing::new(Duration::from_secs(60));
         let (a, _a_rx) = party(1);
         let (b, mut b_rx) = party(2);
-        slots.open(1, a, U).unwrap();
-        slots.join(1, b, vec![]).unwrap();
+        let (slot, _) = slots.open(a, U).unwrap();
+        slots.join(slot, b, vec![]).unwrap();
         slots.session_ended(1);
         assert_eq!(
             b_rx.try_recv().unwrap(),
             ServerFrame::PairClosed {
-                slot: 1,
+                slot,
                 code: Some(ErrorCode::Unavailable)
             }
         );

@@ -5,8 +5,17 @@
 //!
 //! A slot is opened by the inviter, accepts exactly one join, and is burned when either side
 //! closes it, when the inviter leaves, or when it expires. A burned slot stays as a tombstone
-//! until its expiry so that a second use of the same code is told "code already used" and the
-//! slot number cannot be reopened under a code someone may still type.
+//! until its expiry so that a second use of the same code is told "code already used", and an
+//! expired one answers "expired" for one more lifetime: a slot number is given out again only
+//! twice the code's lifetime after it was opened, so a code someone may still type never
+//! reaches a newer pairing.
+//!
+//! The relay picks the slot number: the smallest free one ≥ 1 ([`FIRST_SLOT`]..=[`LAST_SLOT`]),
+//! so codes stay short, as Magic Wormhole's nameplates. The number is public (it only routes;
+//! the six secret digits are the password), so nothing is gained by spreading slots out: a
+//! scanner finds the open ones by trying, and gets one guess in 10^6 at each. Finding it costs
+//! one look per taken number below it; numbers are taken only by the pairings of the last two
+//! code lifetimes, and a user has one live pairing at a time.
 //!
 //! A user has at most one live (open, not burned) slot at a time: one session cannot take all
 //! the slots (they stay tombstoned for the code's lifetime), and a second `PairOpen` of the same
@@ -44,14 +53,21 @@ pub struct Party {
     pub frames: mpsc::Sender<ServerFrame>,
 }
 
+/// The smallest slot number the relay assigns (0 is never used, so `0-…` is no code).
+pub const FIRST_SLOT: u16 = 1;
+/// The largest slot number: when every one is taken (open or a tombstone), opening is refused
+/// with `pairing_slot_taken` until one expires.
+pub const LAST_SLOT: u16 = u16::MAX;
+
 /// Where pairing slots live. See the [module docs](self) for the rules every registry keeps.
 ///
 /// Frames for a party (`PairPeer`, `PairClosed`) arrive on its [`Party::frames`] queue; the
 /// results here are the answers to the caller's own frame.
 #[async_trait::async_trait]
 pub trait PairingRegistry: Send + Sync + std::fmt::Debug + 'static {
-    /// The inviter, a device of `user`, opens `slot`. Returns the expiry in Unix milliseconds.
-    async fn open(&self, slot: u16, inviter: Party, user: UserId) -> Result<u64, ErrorCode>;
+    /// The inviter, a device of `user`, opens a slot: the smallest free number. Returns the
+    /// slot and its expiry in Unix milliseconds.
+    async fn open(&self, inviter: Party, user: UserId) -> Result<(u16, u64), ErrorCode>;
 
     /// A joiner's first message for `slot`: the slot is now taken by this joiner, and `body`
     /// goes to the inviter.

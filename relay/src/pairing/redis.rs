@@ -5,11 +5,16 @@
 //!
 //! Every transition of a slot is one call of one Lua script (`slots.lua`), which Redis runs
 //! alone: two joins racing for a slot from two nodes are two scripts, one after the other, and
-//! only the first finds the slot open. Keys, under [`RedisPairingOptions::key_prefix`]:
+//! only the first finds the slot open.
+//!
+//! Opening takes two calls: `pick` finds the smallest free number, the node tracks it (so a
+//! join that follows at once finds its inviter), then `open` claims it. Two nodes that picked
+//! the same number both run `open`; Redis runs one first, the other is told "taken" and picks
+//! again from the next number, so no number is ever given to two pairings. Keys, under [`RedisPairingOptions::key_prefix`]:
 //!
 //! | key | what | lives |
 //! | --- | --- | --- |
-//! | `slot:{n}` | hash: state (open, joined, burned), the user, both ends as (node, session), expiry, messages forwarded | twice the code's lifetime: a tombstone, then "expired" for late joins |
+//! | `slot:{n}` | hash: state (open, joined, burned), the user, both ends as (node, session), expiry, messages forwarded | twice the code's lifetime: a tombstone, then "expired" for late joins; the number is free once it is gone |
 //! | `user:{hex}` | the user's live slot number (one per user, across nodes) | the code's lifetime; deleted when its slot burns |
 //! | `node:{id}` | this node is alive | [`RedisPairingOptions::node_ttl`], refreshed every heartbeat |
 //!
@@ -56,7 +61,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_protocol::pairing::SLOTS;
 use ferry_protocol::{ErrorCode, ServerFrame, UserId};
 use fred::prelude::{
     Client, ClientLike, ClientState, Config, Error as FredError, EventInterface, PubsubInterface,
@@ -68,7 +72,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
 
-use super::{PairingRegistry, Party};
+use super::{FIRST_SLOT, LAST_SLOT, PairingRegistry, Party};
 use crate::bus::{BusError, RedisBusOptions};
 use crate::redact_url;
 use crate::sync::lock;
@@ -220,39 +224,62 @@ impl RedisPairing {
 
 #[async_trait::async_trait]
 impl PairingRegistry for RedisPairing {
-    async fn open(&self, slot: u16, inviter: Party, user: UserId) -> Result<u64, ErrorCode> {
+    async fn open(&self, inviter: Party, user: UserId) -> Result<(u16, u64), ErrorCode> {
         let shared = &self.shared;
-        if slot >= SLOTS {
-            return Err(ErrorCode::PairingUnknownCode);
-        }
         shared.ready()?;
         let session = inviter.session;
-        // Tracked first: a join may follow the script at once.
-        let new = shared.track(&inviter, slot);
-        let ttl = shared.options.ttl.as_millis().to_string();
-        let reply = shared
-            .run(
-                "open",
-                slot,
-                session,
-                vec![user.to_hex().into(), ttl.into()],
-            )
-            .await;
-        match reply {
-            Ok((status, Some(expires_at))) if status == "ok" => Ok(expires_at),
-            Ok((status, _)) => {
-                if new {
-                    shared.untrack(session, slot);
+        let mut from = FIRST_SLOT;
+        // Each lost race moves past the number another node claimed: this ends.
+        loop {
+            let picked = shared
+                .run("pick", from, session, vec![LAST_SLOT.to_string().into()])
+                .await;
+            let slot = match picked {
+                Ok((status, values)) if status == "ok" => match values.get(1) {
+                    Some(&n) if (u64::from(from)..=u64::from(LAST_SLOT)).contains(&n) => n as u16,
+                    _ => return Err(ErrorCode::Internal),
+                },
+                Ok((status, _)) => return Err(refusal(&status)),
+                Err(error) => {
+                    tracing::warn!(error = %error, "pairing: Redis did not answer; no slot opened");
+                    return Err(ErrorCode::Unavailable);
                 }
-                Err(refusal(&status))
+            };
+            // Tracked first: a join may follow the script at once.
+            let new = shared.track(&inviter, slot);
+            let ttl = shared.options.ttl.as_millis().to_string();
+            let reply = shared
+                .run(
+                    "open",
+                    slot,
+                    session,
+                    vec![user.to_hex().into(), ttl.into()],
+                )
+                .await;
+            match reply {
+                Ok((status, values)) if status == "ok" => {
+                    return values
+                        .first()
+                        .map(|&expires_at| (slot, expires_at))
+                        .ok_or(ErrorCode::Internal);
+                }
+                Ok((status, _)) => {
+                    if new {
+                        shared.untrack(session, slot);
+                    }
+                    if status != "taken" || slot == LAST_SLOT {
+                        return Err(refusal(&status));
+                    }
+                    from = slot + 1;
+                }
+                Err(error) => return Err(shared.uncertain(slot, session, &error)),
             }
-            Err(error) => Err(shared.uncertain(slot, session, &error)),
         }
     }
 
     async fn join(&self, slot: u16, joiner: Party, body: Vec<u8>) -> Result<(), ErrorCode> {
         let shared = &self.shared;
-        if slot >= SLOTS {
+        if slot < FIRST_SLOT {
             return Err(ErrorCode::PairingUnknownCode);
         }
         shared.ready()?;
@@ -370,7 +397,7 @@ impl Shared {
         slot: u16,
         session: u64,
         extra: Vec<Value>,
-    ) -> Result<(String, Option<u64>), FredError> {
+    ) -> Result<(String, Vec<u64>), FredError> {
         self.run_on(op, self.slot_key(slot), slot, session, extra)
             .await
     }
@@ -382,7 +409,7 @@ impl Shared {
         slot: u16,
         session: u64,
         extra: Vec<Value>,
-    ) -> Result<(String, Option<u64>), FredError> {
+    ) -> Result<(String, Vec<u64>), FredError> {
         let mut args: Vec<Value> = vec![
             SCRIPT.into(),
             1.into(),
@@ -405,7 +432,7 @@ impl Shared {
             .next()
             .and_then(|value| value.as_string())
             .unwrap_or_default();
-        Ok((status, reply.next().and_then(|value| value.as_u64())))
+        Ok((status, reply.filter_map(|value| value.as_u64()).collect()))
     }
 
     /// Refreshes this node's liveness key.

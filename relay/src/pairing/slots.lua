@@ -2,7 +2,8 @@
 -- per call, so that every transition of a slot is atomic: Redis runs a script alone.
 --
 -- KEYS[1]  the slot's hash (`{prefix}slot:{n}`), or for `alive` and `dead` the node's key
--- ARGV[1]  the operation: open | join | forward | close | leave | check | alive | dead
+--          (for `pick`, the hash of the slot to start from)
+-- ARGV[1]  the operation: pick | open | join | forward | close | leave | check | alive | dead
 -- ARGV[2]  the key prefix
 -- ARGV[3]  the slot number
 -- ARGV[4]  the calling node's id
@@ -78,12 +79,30 @@ local function other_end(s)
   return nil
 end
 
+-- Whether the slot whose hash is `k` is free: its hash is gone, twice the code's lifetime
+-- after it opened. Until then it is live, or a tombstone (burned, or expired and answering
+-- "expired"), so that a code someone may still type reaches no newer pairing.
+local function free(k)
+  return redis.call('EXISTS', k) == 0
+end
+
+-- The smallest free slot number from ARGV[3] up to ARGV[6], not claimed: the caller tracks it
+-- and then runs `open` on it, which answers 'taken' if another node claimed it meanwhile.
+-- Costs one EXISTS per taken slot below it. {'ok', 0, slot} | {'taken'} (none free)
+if op == 'pick' then
+  for n = tonumber(slot), tonumber(ARGV[6]) do
+    if free(prefix .. 'slot:' .. n) then
+      return {'ok', 0, n}
+    end
+  end
+  return {'taken'}
+end
+
 -- ARGV[6] user (hex), ARGV[7] time to live (ms). {'ok', expiry} | {'taken'} | {'rate'}
 if op == 'open' then
   local user, ttl = ARGV[6], tonumber(ARGV[7])
   local now = now_ms()
-  local s = load()
-  if s and s.exp > now then
+  if not free(key) then
     return {'taken'}
   end
   local user_key = prefix .. 'user:' .. user
@@ -99,7 +118,6 @@ if op == 'open' then
       redis.call('HSET', live_key, 'state', 'burned')
     end
   end
-  redis.call('DEL', key)
   redis.call('HSET', key, 'state', 'open', 'user', user, 'inode', node, 'isess', session,
     'exp', now + ttl, 'msgs', 0)
   -- Kept for a second lifetime so a late join hears "expired" rather than "unknown".

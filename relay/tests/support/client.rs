@@ -233,6 +233,8 @@ pub struct Client {
     pub pending: VecDeque<ServerFrame>,
     /// The `ChainGrew` announcements received, in order ([`Client::recv`] skips them).
     pub chain_grew: Vec<u64>,
+    /// The pinned relay key (pairing binds it).
+    pub relay: RelayId,
 }
 
 impl Client {
@@ -321,7 +323,18 @@ impl Client {
             answers: Default::default(),
             pending: VecDeque::new(),
             chain_grew: Vec::new(),
+            relay,
         })
+    }
+
+    /// Opens a pairing slot: the slot the relay assigned, or the refusal.
+    pub async fn open_pairing(&mut self) -> Result<u16, ErrorCode> {
+        self.send(&ClientFrame::PairOpen).await;
+        match self.pairing_frame().await {
+            ServerFrame::PairOpened { slot, .. } => Ok(slot),
+            ServerFrame::Error(e) => Err(e.code),
+            other => panic!("expected PairOpened, got {other:?}"),
+        }
     }
 
     /// Waits until a `ChainGrew { seqno }` has arrived (or did already).

@@ -10,7 +10,7 @@ use rand_core::OsRng;
 
 use super::client::{Client, Identity};
 
-/// `inviter` (a session of `laptop`) opens a fresh code, `joiner` (an anonymous session, on
+/// `inviter` (a session of `laptop`) opens a slot and draws a fresh code, `joiner` (an anonymous session, on
 /// the same node or another) types it, and the PAKE runs to the request; the inviter admits the
 /// joiner in the chain (an `Admit` signed by its own device key) and only then grants it the
 /// data key, and the slot closes. Returns the code (now used) and the new device's identity
@@ -21,20 +21,14 @@ pub async fn pair(
     laptop: &Identity,
     data_key: &DataKey,
 ) -> (PairingCode, Identity) {
-    let code = PairingCode::generate(&mut OsRng);
-    inviter
-        .send(&ClientFrame::PairOpen { slot: code.slot() })
-        .await;
-    let opened = inviter.pairing_frame().await;
-    assert!(
-        matches!(opened, ServerFrame::PairOpened { slot, .. } if slot == code.slot()),
-        "{opened:?}"
-    );
-    let pake = Inviter::start(&code, &mut OsRng);
+    // The relay assigns the slot; the inviter draws the secret digits.
+    let slot = inviter.open_pairing().await.expect("a slot opens");
+    let code = PairingCode::generate(slot, &mut OsRng);
+    let pake = Inviter::start(&code, &inviter.relay, &mut OsRng);
 
-    // The joiner types the code.
-    let typed = PairingCode::parse(&code.digits()).unwrap();
-    let (peer, hello) = Joiner::start(&typed, &mut OsRng);
+    // The joiner types the code, and pins the same relay key (a node of the same relay).
+    let typed = PairingCode::parse(&code.text()).unwrap();
+    let (peer, hello) = Joiner::start(&typed, &joiner.relay, &mut OsRng);
     joiner
         .send(&ClientFrame::PairJoin {
             slot: typed.slot(),
