@@ -565,10 +565,9 @@ mod tests {
         request: JoinRequest,
     }
 
-    /// Pairs with two epochs (0 and 1), checking what each side learns.
-
     const RELAY: RelayId = RelayId([0xa5; 32]);
 
+    /// Pairs with two epochs (0 and 1), checking what each side learns.
     fn pair(inviter_code: &str, joiner_code: &str) -> Result<Run, PairingError> {
         pair_on(inviter_code, &RELAY, joiner_code, &RELAY)
     }

@@ -497,13 +497,13 @@ async fn join(
 ) -> anyhow::Result<()> {
     let name = name.unwrap_or_else(default_name);
     let code = match code {
-        Some(code) => zeroize::Zeroizing::new(code),
+        Some(code) => Zeroizing::new(code),
         None => {
             eprint!("Pairing code (as shown by `ferry pair`, like 7-402913): ");
             let typed = read_line()
                 .await?
                 .context("no pairing code given on stdin")?;
-            zeroize::Zeroizing::new(typed)
+            Zeroizing::new(typed)
         }
     };
     let join = Join::start(dir, relay, relay_key, code.trim(), &name, &options).await?;

@@ -120,7 +120,7 @@ pub(super) async fn run<S>(
             ClientFrame::Append(_)
             | ClientFrame::Ack { .. }
             | ClientFrame::Ephemeral { .. }
-            | ClientFrame::PairOpen { .. }
+            | ClientFrame::PairOpen
             | ClientFrame::PairJoin { .. }
             | ClientFrame::PairForward { .. }
             | ClientFrame::PairClose { .. } => {
