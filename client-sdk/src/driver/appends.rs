@@ -1,7 +1,9 @@
 //! Appends: sealing into the outbox (one `fsync` per batch), sending within a window, and
 //! settling each one when the relay answers.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use ferry_protocol::limits::MAX_PAYLOAD_LEN;
 use ferry_protocol::seal::{self, EventSlot, MAX_PLAINTEXT_LEN};
@@ -9,7 +11,7 @@ use ferry_protocol::{Append, ClientFrame, ErrorCode, ErrorFrame};
 use rand_core::OsRng;
 use tokio::time::Instant;
 
-use super::{Delivery, Driver, Ended, Enqueue, Link, Pending, WINDOW, is_revoked, remove_first};
+use super::{Delivery, Driver, Ended, Enqueue, Link, Pending, WINDOW, is_revoked};
 use crate::error::{ClientError, StateError};
 
 impl Driver {
@@ -101,7 +103,7 @@ impl Driver {
                         },
                     );
                     if let Some(link) = link.as_deref_mut() {
-                        link.unsent.insert(device_seq);
+                        link.appends.push(device_seq);
                     }
                     self.publish_pending();
                     let _ = stored.send(Ok(device_seq));
@@ -117,11 +119,7 @@ impl Driver {
     }
 
     pub(super) fn has_output(&self, link: &Link) -> bool {
-        !link.control.is_empty()
-            || self.has_request(link)
-            || (!link.unsent.is_empty()
-                && link.in_flight.len() < WINDOW
-                && link.hold_until.is_none())
+        !link.control.is_empty() || self.has_request(link) || link.appends.ready()
     }
 
     /// The next frame to send: control frames, then requests, then appends.
@@ -132,19 +130,13 @@ impl Driver {
         if let Some(frame) = self.next_request(link) {
             return Some(frame);
         }
-        if link.hold_until.is_some() || link.in_flight.len() >= WINDOW {
-            return None;
-        }
-        while let Some(device_seq) = link.unsent.pop_first() {
-            if let Some(pending) = self.pending.get(&device_seq) {
-                link.in_flight.push_back(device_seq);
-                return Some(ClientFrame::Append(Append {
-                    device_seq,
-                    payload: pending.payload.clone(),
-                }));
-            }
-        }
-        None
+        let pending = &self.pending;
+        let device_seq = link.appends.next(|seq| pending.contains_key(&seq))?;
+        let payload = pending.get(&device_seq)?.payload.clone();
+        Some(ClientFrame::Append(Append {
+            device_seq,
+            payload,
+        }))
     }
 
     /// An `Error` frame: for an append, retry it later or drop it; otherwise it answers the
@@ -158,12 +150,13 @@ impl Driver {
         let Some(device_seq) = error.device_seq else {
             return self.request_failed(error, link);
         };
-        remove_first(&mut link.in_flight, device_seq);
+        link.appends.answered(device_seq);
         match error.code {
             // Not stored; the relay will take it later.
             // The relay refuses every later append of the device too until this one comes
             // again (it keeps a device's appends in order), so the whole window comes back
-            // refused: one wait per round of refusals, not one per refused append.
+            // refused: one wait per round of refusals, not one per refused append, and it
+            // lasts until the whole window is back (`AppendWindow`).
             ErrorCode::RateLimited
             | ErrorCode::Unavailable
             | ErrorCode::Internal
@@ -176,12 +169,10 @@ impl Driver {
                         .status
                         .send_modify(|s| s.last_error = Some(full));
                 }
-                link.unsent.insert(device_seq);
-                let now = Instant::now();
-                if link.hold_until.is_none_or(|until| until <= now) {
-                    let wait = self.append_backoff.next_delay(&mut OsRng);
-                    link.hold_until = Some(now + wait);
-                }
+                let backoff = &mut self.append_backoff;
+                link.appends.refused(device_seq, Instant::now(), || {
+                    backoff.next_delay(&mut OsRng)
+                });
             }
             // The relay holds another event under this sequence (the state folder was
             // restored or copied): this one was never stored; it moves to a new sequence.
@@ -273,7 +264,7 @@ impl Driver {
             if let Some(pending) = self.pending.remove(&old) {
                 let waiters = pending.waiters;
                 self.pending.insert(new, Pending { payload, waiters });
-                link.unsent.insert(new);
+                link.appends.push(new);
             }
         }
         for old in unopenable {
@@ -303,5 +294,180 @@ impl Driver {
         self.done.push(device_seq);
         self.schedule_save();
         self.publish_pending();
+    }
+}
+
+/// One connection's appends: those still to send, those sent and not answered, and the wait
+/// after a retryable refusal.
+///
+/// The relay refuses every append sent after a refused one until that one comes again
+/// (protocol §6), so every append in flight behind a refusal comes back refused too. The
+/// wait ends only once they all have: re-sending the refused ones while others are still on
+/// their way back would let appends never sent before (or re-sent ones further on) reach the
+/// relay ahead of those, and be stored ahead of them once the relay took the first re-sent
+/// one as the end of the refusals.
+#[derive(Debug, Default)]
+pub(super) struct AppendWindow {
+    /// Outbox entries not sent on this connection yet, in device sequence order.
+    unsent: BTreeSet<u64>,
+    /// Appends sent and not answered, in the order sent (the order the relay answers).
+    in_flight: VecDeque<u64>,
+    /// After a retryable refusal: send no append before this, nor while any is in flight.
+    hold_until: Option<Instant>,
+}
+
+impl AppendWindow {
+    /// A window that sends `unsent` (the outbox, on a new connection), lowest first.
+    pub(super) fn new(unsent: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            unsent: unsent.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Queues an outbox entry to send on this connection.
+    pub(super) fn push(&mut self, device_seq: u64) {
+        self.unsent.insert(device_seq);
+    }
+
+    /// Whether an append may go out now.
+    pub(super) fn ready(&self) -> bool {
+        !self.unsent.is_empty() && self.hold_until.is_none() && self.in_flight.len() < WINDOW
+    }
+
+    /// The lowest entry to send now (skipping those `exists` no longer knows), which is then
+    /// in flight; `None` while the window is full or waiting.
+    pub(super) fn next(&mut self, exists: impl Fn(u64) -> bool) -> Option<u64> {
+        if self.hold_until.is_some() || self.in_flight.len() >= WINDOW {
+            return None;
+        }
+        while let Some(device_seq) = self.unsent.pop_first() {
+            if exists(device_seq) {
+                self.in_flight.push_back(device_seq);
+                return Some(device_seq);
+            }
+        }
+        None
+    }
+
+    /// The relay answered `device_seq` (committed or refused).
+    pub(super) fn answered(&mut self, device_seq: u64) {
+        if let Some(at) = self.in_flight.iter().position(|seq| *seq == device_seq) {
+            self.in_flight.remove(at);
+        }
+    }
+
+    /// `device_seq` was refused with a retryable code: it is sent again, lowest first, once
+    /// the wait is over (`wait` is asked only when no wait is on already).
+    pub(super) fn refused(
+        &mut self,
+        device_seq: u64,
+        now: Instant,
+        wait: impl FnOnce() -> Duration,
+    ) {
+        self.unsent.insert(device_seq);
+        if self.hold_until.is_none() {
+            self.hold_until = Some(now + wait());
+        }
+    }
+
+    /// When the wait ends: never while an append sent before it is unanswered (see the type's
+    /// docs); `None` when there is nothing to wait for.
+    pub(super) fn resume_at(&self) -> Option<Instant> {
+        self.hold_until.filter(|_| self.in_flight.is_empty())
+    }
+
+    /// The wait is over (at [`AppendWindow::resume_at`]).
+    pub(super) fn resume(&mut self) {
+        self.hold_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_relay::store::AppendOrder;
+
+    /// The relay's side of one session, as the protocol has it: a rate limit of `tokens` per
+    /// round, [`AppendOrder`] keeping the device's appends in order, answers in order.
+    struct Relay {
+        order: Arc<AppendOrder>,
+        tokens: usize,
+        stored: Vec<u64>,
+        answers: VecDeque<(u64, bool)>,
+    }
+
+    impl Relay {
+        fn receive(&mut self, device_seq: u64) {
+            let admitted = self.order.admit(device_seq).is_ok()
+                && if self.tokens == 0 {
+                    self.order.refuse(device_seq, ErrorCode::RateLimited);
+                    false
+                } else {
+                    self.tokens -= 1;
+                    true
+                };
+            if admitted && !self.stored.contains(&device_seq) {
+                self.stored.push(device_seq);
+            }
+            self.answers.push_back((device_seq, admitted));
+        }
+    }
+
+    #[test]
+    fn appends_refused_behind_a_refusal_are_not_overtaken_by_later_ones() {
+        // 1000 entries through a relay that takes 5 appends a round (bursts of 100) and
+        // answers 10 a round, from a client that sends at most 20 a round (its writer is
+        // slower than the answers, so the window is not always full). Each round outlasts
+        // the wait after a refusal: the wait is over before the refusals behind the first
+        // one are all back, the case where appends used to overtake the refused ones.
+        const ENTRIES: u64 = 1000;
+        let mut window = AppendWindow::new(1..=ENTRIES);
+        let mut relay = Relay {
+            order: AppendOrder::new(),
+            tokens: 100,
+            stored: Vec::new(),
+            answers: VecDeque::new(),
+        };
+        let mut now = Instant::now();
+        let mut acknowledged = BTreeSet::new();
+        for _round in 0..10_000 {
+            if acknowledged.len() as u64 == ENTRIES {
+                break;
+            }
+            relay.tokens = (relay.tokens + 5).min(100);
+            if window.resume_at().is_some_and(|at| at <= now) {
+                window.resume();
+            }
+            for _ in 0..20 {
+                let Some(device_seq) = window.next(|seq| !acknowledged.contains(&seq)) else {
+                    break;
+                };
+                relay.receive(device_seq);
+            }
+            for _ in 0..10 {
+                let Some((device_seq, admitted)) = relay.answers.pop_front() else {
+                    break;
+                };
+                window.answered(device_seq);
+                if admitted {
+                    acknowledged.insert(device_seq);
+                } else {
+                    window.refused(device_seq, now, || Duration::from_millis(50));
+                }
+            }
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(acknowledged.len() as u64, ENTRIES, "not all acknowledged");
+        let out_of_order: Vec<(u64, u64)> = relay
+            .stored
+            .windows(2)
+            .filter(|pair| pair[1] != pair[0] + 1)
+            .map(|pair| (pair[0], pair[1]))
+            .collect();
+        assert!(
+            out_of_order.is_empty(),
+            "stored out of order: {out_of_order:?}"
+        );
     }
 }

@@ -52,7 +52,7 @@ pub(crate) mod checks;
 mod delivery;
 mod requests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -73,6 +73,7 @@ use crate::event::{ClientEvent, Device, Status};
 use crate::options::Options;
 use crate::state::{ClientState, Keys};
 use crate::trust::Trust;
+use appends::AppendWindow;
 use requests::{Reply, Request};
 
 /// Appends sent and not yet answered, per connection (the relay takes up to 1024).
@@ -181,12 +182,8 @@ struct Link {
     writer: JoinHandle<Result<(), ClientError>>,
     writer_done: bool,
     control: VecDeque<ClientFrame>,
-    /// Outbox entries not sent on this connection yet, in device sequence order.
-    unsent: BTreeSet<u64>,
-    /// Appends sent and not answered, in the order sent (the order the relay answers).
-    in_flight: VecDeque<u64>,
-    /// After "rate limited": send no append before this.
-    hold_until: Option<Instant>,
+    /// The appends on this connection: to send, in flight, and the wait after a refusal.
+    appends: AppendWindow,
     ping: Option<u64>,
     next_ping: Instant,
     ack_sent: u64,
@@ -415,9 +412,7 @@ impl Driver {
             writer,
             writer_done: false,
             control: VecDeque::new(),
-            unsent: self.pending.keys().copied().collect(),
-            in_flight: VecDeque::new(),
-            hold_until: None,
+            appends: AppendWindow::new(self.pending.keys().copied()),
             ping: None,
             next_ping: Instant::now() + self.options.ping_interval,
             ack_sent: session.acked,
@@ -502,8 +497,8 @@ impl Driver {
                         break Ended::Failed(error);
                     }
                 }
-                () = sleep_until(link.hold_until.unwrap_or_else(far_future)), if link.hold_until.is_some() => {
-                    link.hold_until = None;
+                () = sleep_until(link.appends.resume_at().unwrap_or_else(far_future)), if link.appends.resume_at().is_some() => {
+                    link.appends.resume();
                 }
                 () = sleep_until(link.next_ping) => {
                     if link.ping.is_some() {
@@ -566,7 +561,7 @@ impl Driver {
     ) -> Result<(), Ended> {
         match frame {
             ServerFrame::Appended { device_seq, seq } => {
-                remove_first(&mut link.in_flight, device_seq);
+                link.appends.answered(device_seq);
                 self.append_backoff.reset();
                 self.appended(device_seq, seq);
                 self.finish_append(device_seq, Ok(seq));
@@ -716,12 +711,6 @@ impl Driver {
             s.stopped = Some(error);
         });
         saved
-    }
-}
-
-fn remove_first(queue: &mut VecDeque<u64>, value: u64) {
-    if let Some(at) = queue.iter().position(|v| *v == value) {
-        queue.remove(at);
     }
 }
 
