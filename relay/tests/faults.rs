@@ -24,6 +24,7 @@ use support::storage::*;
 crate::storage_story!(
     a_trimmed_append_is_expired_and_never_stored_again,
     a_failed_batch_refuses_what_the_session_queued_behind_it,
+    an_append_admitted_before_a_batch_fails_is_refused_when_submitted_after,
     unknown_outcomes_and_duplicates_wake_the_user,
 );
 
@@ -86,12 +87,12 @@ async fn a_failed_batch_refuses_what_the_session_queued_behind_it(db: Db) {
     // another user's append between them.
     let held = faults.hold().await;
     let first = handle
-        .submit_in_order(req(u, d, 1, "one"), &order)
+        .submit_in_order(req(u, d, 1, "one"), &order, order.admit(1).unwrap())
         .await
         .unwrap();
     faults.wait_arrived(1).await;
     let second = handle
-        .submit_in_order(req(u, d, 2, "two"), &order)
+        .submit_in_order(req(u, d, 2, "two"), &order, order.admit(2).unwrap())
         .await
         .unwrap();
     let theirs = handle
@@ -99,7 +100,7 @@ async fn a_failed_batch_refuses_what_the_session_queued_behind_it(db: Db) {
         .await
         .unwrap();
     let third = handle
-        .submit_in_order(req(u, d, 3, "three"), &order)
+        .submit_in_order(req(u, d, 3, "three"), &order, order.admit(3).unwrap())
         .await
         .unwrap();
     faults.fail_next_batches(1);
@@ -120,11 +121,11 @@ async fn a_failed_batch_refuses_what_the_session_queued_behind_it(db: Db) {
 
     // The session refuses new appends until the failed one comes again.
     assert_eq!(order.admit(2), Err(ErrorCode::Unavailable));
-    assert_eq!(order.admit(1), Ok(()));
-    assert_eq!(order.admit(2), Ok(()));
+    assert!(order.admit(1).is_ok());
+    assert!(order.admit(2).is_ok());
     for (i, text) in [(1, "one"), (2, "two"), (3, "three")] {
         let reply = handle
-            .submit_in_order(req(u, d, i, text), &order)
+            .submit_in_order(req(u, d, i, text), &order, order.admit(i).unwrap())
             .await
             .unwrap();
         assert_eq!(reply.await.unwrap().unwrap(), appended(i));
@@ -132,6 +133,41 @@ async fn a_failed_batch_refuses_what_the_session_queued_behind_it(db: Db) {
     let events = all_events(&*db.store, u).await;
     let device_seqs: Vec<u64> = events.iter().map(|e| e.device_seq).collect();
     assert_eq!(device_seqs, [1, 2, 3], "committed in the order sent");
+    handle.shutdown().await;
+}
+
+/// The session admits an append (nothing refused yet), then the batch holding an earlier
+/// append fails, and only then is the admitted append submitted: it must be refused, not
+/// committed ahead of the failed one.
+async fn an_append_admitted_before_a_batch_fails_is_refused_when_submitted_after(db: Db) {
+    let faults = FaultyStore::new(Arc::clone(&db.store));
+    let handle = Committer::spawn(faults.clone(), CommitConfig::default());
+    let (u, d) = (user(), device());
+    admit(&*db.store, u, &[d]).await;
+    let order = AppendOrder::new();
+
+    let held = faults.hold().await;
+    let first = handle
+        .submit_in_order(req(u, d, 1, "one"), &order, order.admit(1).unwrap())
+        .await
+        .unwrap();
+    faults.wait_arrived(1).await;
+    // Append 2 passes the session's check while append 1 is still in flight.
+    let admitted = order.admit(2).unwrap();
+    faults.fail_next_batches(1);
+    drop(held);
+    assert!(first.await.unwrap().is_err());
+
+    let second = handle
+        .submit_in_order(req(u, d, 2, "two"), &order, admitted)
+        .await
+        .unwrap();
+    let refused = second.await.unwrap().unwrap_err();
+    assert!(
+        matches!(refused, StoreError::EarlierRefused(ErrorCode::Unavailable)),
+        "{refused:?}"
+    );
+    assert!(all_events(&*db.store, u).await.is_empty());
     handle.shutdown().await;
 }
 

@@ -262,9 +262,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 if device_seq == 0 {
                     return self.refuse(0, ErrorCode::InvalidSequence).await;
                 }
-                if let Err(code) = self.order.admit(device_seq) {
-                    return self.refuse(device_seq, code).await;
-                }
+                let admission = match self.order.admit(device_seq) {
+                    Ok(admission) => admission,
+                    Err(code) => return self.refuse(device_seq, code).await,
+                };
                 if !self
                     .ctx
                     .append_limiter
@@ -282,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 match self
                     .ctx
                     .committer
-                    .submit_in_order(request, &self.order)
+                    .submit_in_order(request, &self.order, admission)
                     .await
                 {
                     Ok(reply) => self.send(Control::Commit { device_seq, reply }).await,

@@ -169,22 +169,27 @@ impl AppendOrder {
 
     /// Decides on an append arriving from the session: `Err(code)` while an earlier append
     /// was refused with `code` and this is not it (or an even earlier one) sent again.
-    pub fn admit(&self, device_seq: u64) -> Result<(), ErrorCode> {
+    ///
+    /// The [`Admission`] records the generation seen under the same lock as the decision, so
+    /// a batch that fails after this call, and before the append is submitted, still
+    /// refuses it: it can never commit ahead of the failed one.
+    pub fn admit(&self, device_seq: u64) -> Result<Admission, ErrorCode> {
         let mut refused = lock(&self.refused);
         match *refused {
-            Some((from, _)) if device_seq <= from => {
-                *refused = None;
-                Ok(())
-            }
-            Some((_, code)) => Err(code),
-            None => Ok(()),
+            Some((from, _)) if device_seq <= from => *refused = None,
+            Some((_, code)) => return Err(code),
+            None => {}
         }
+        Ok(Admission(self.generation()))
     }
 
     /// An append was refused with a retryable `code` (rate limit, failed batch): later ones
     /// are refused with it too until it is sent again.
     pub fn refuse(&self, device_seq: u64, code: ErrorCode) {
-        let mut refused = lock(&self.refused);
+        Self::record(&mut lock(&self.refused), device_seq, code);
+    }
+
+    fn record(refused: &mut Option<(u64, ErrorCode)>, device_seq: u64, code: ErrorCode) {
         *refused = Some(match *refused {
             Some((from, code)) if from <= device_seq => (from, code),
             _ => (device_seq, code),
@@ -195,9 +200,11 @@ impl AppendOrder {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Refuses `device_seq` and everything of the session already queued behind it.
+    /// Refuses `device_seq` and everything of the session already queued or admitted behind
+    /// it (the generation moves under the lock [`AppendOrder::admit`] decides under).
     fn refuse_queued(&self, device_seq: u64, code: ErrorCode) {
-        self.refuse(device_seq, code);
+        let mut refused = lock(&self.refused);
+        Self::record(&mut refused, device_seq, code);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -207,7 +214,12 @@ impl AppendOrder {
     }
 }
 
-/// An append's place in its session's order: the order and the generation it was sent in.
+/// One append's admission by its session's [`AppendOrder`]: pass it to
+/// [`CommitHandle::submit_in_order`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission(u64);
+
+/// An append's place in its session's order: the order and the generation it was admitted in.
 type Ordered = Option<(Arc<AppendOrder>, u64)>;
 
 enum Command {
@@ -486,14 +498,15 @@ impl CommitHandle {
 
     /// [`CommitHandle::submit`] for a session that keeps its appends in order: if a batch
     /// holding an earlier append of `order` fails, this one is refused rather than committed
-    /// ahead of it (module docs, step 5).
+    /// ahead of it (module docs, step 5). `admission` is what [`AppendOrder::admit`] gave for
+    /// this append.
     pub async fn submit_in_order(
         &self,
         request: AppendRequest,
         order: &Arc<AppendOrder>,
+        admission: Admission,
     ) -> Result<CommitReply, StoreError> {
-        let generation = order.generation();
-        self.enqueue(request, Some((Arc::clone(order), generation)))
+        self.enqueue(request, Some((Arc::clone(order), admission.0)))
             .await
     }
 

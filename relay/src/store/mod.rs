@@ -130,8 +130,8 @@ use ferry_protocol::{ChainError, ErrorCode};
 
 pub use chain::{ChainStore, LINK_PAGE_BYTES, LinkAppended};
 pub use committer::{
-    AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply, CommitStats,
-    CommittedHook, Committer, UncertainHook,
+    Admission, AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply,
+    CommitStats, CommittedHook, Committer, UncertainHook,
 };
 pub use devices::{DeviceRecord, DeviceStore};
 pub use faults::FaultyStore;
