@@ -121,7 +121,8 @@ impl Driver {
             || self.has_request(link)
             || (!link.unsent.is_empty()
                 && link.in_flight.len() < WINDOW
-                && link.hold_until.is_none())
+                && link.hold_until.is_none()
+                && link.stale.is_empty())
     }
 
     /// The next frame to send: control frames, then requests, then appends.
@@ -132,7 +133,7 @@ impl Driver {
         if let Some(frame) = self.next_request(link) {
             return Some(frame);
         }
-        if link.hold_until.is_some() || link.in_flight.len() >= WINDOW {
+        if link.hold_until.is_some() || link.in_flight.len() >= WINDOW || !link.stale.is_empty() {
             return None;
         }
         while let Some(device_seq) = link.unsent.pop_first() {
@@ -182,6 +183,34 @@ impl Driver {
                     let wait = self.append_backoff.next_delay(&mut OsRng);
                     link.hold_until = Some(now + wait);
                 }
+            }
+            // Sealed under an epoch the chain has replaced (a revocation this device had not
+            // heard of when it sealed), or held back behind such an append. Not stored: it
+            // is sealed again under the newest epoch once the chain is fetched, and sent
+            // again; it never leaves the outbox for this.
+            ErrorCode::StaleEpoch => {
+                let newest = self.trust().newest().0;
+                let first = self.pending.keys().next() == Some(&device_seq);
+                let sealed_newest = self.pending.get(&device_seq).is_some_and(|pending| {
+                    seal::epoch_of(&pending.payload).is_ok_and(|epoch| epoch >= newest)
+                });
+                if self.pending.contains_key(&device_seq) {
+                    link.unsent.insert(device_seq);
+                    link.stale.insert(device_seq);
+                }
+                if first && sealed_newest {
+                    // Refused for itself, under the newest epoch this device knows: the
+                    // relay knows a newer one. The fetch should bring it; if it does not,
+                    // do not ask again at once.
+                    tracing::warn!(device_seq, message = %error.message, "the relay refused an append sealed under this device's newest epoch");
+                    let now = Instant::now();
+                    if link.hold_until.is_none_or(|until| until <= now) {
+                        let wait = self.append_backoff.next_delay(&mut OsRng);
+                        link.hold_until = Some(now + wait);
+                    }
+                }
+                link.want_fetch = true;
+                self.maybe_fetch(link);
             }
             // The relay holds another event under this sequence (the state folder was
             // restored or copied): this one was never stored; it moves to a new sequence.
@@ -278,6 +307,75 @@ impl Driver {
         }
         for old in unopenable {
             self.finish_append(old, Err(ClientError::Conflict { device_seq: old }));
+        }
+        Ok(())
+    }
+
+    /// Seals again, under the newest epoch, every outbox entry from the lowest one the relay
+    /// refused `stale_epoch` on that is sealed under an older epoch: same device sequence
+    /// (the relay stored none of them), one durable outbox record each. Called once the chain
+    /// is current and nothing is in flight; everything is sent again lowest first.
+    pub(super) async fn reseal_stale(&mut self, link: &mut Link) -> Result<(), ClientError> {
+        let Some(&from) = std::mem::take(&mut link.stale).first() else {
+            return Ok(());
+        };
+        let newest = self.trust().newest().0;
+        let olds: Vec<(u64, ferry_protocol::SealedPayload)> = self
+            .pending
+            .range(from..)
+            .filter(|(_, pending)| {
+                seal::epoch_of(&pending.payload).is_ok_and(|epoch| epoch < newest)
+            })
+            .map(|(seq, pending)| (*seq, pending.payload.clone()))
+            .collect();
+        if olds.is_empty() {
+            return Ok(());
+        }
+        let trust = Arc::clone(&self.trust);
+        let (user, device) = (self.user, self.device);
+        let moves = self
+            .on_disk(move |state| {
+                let mut moves = Vec::with_capacity(olds.len());
+                let trust = trust.read().unwrap_or_else(PoisonError::into_inner);
+                let (epoch, Some(newest)) = trust.newest() else {
+                    return Ok(moves);
+                };
+                for (device_seq, payload) in olds {
+                    let slot = EventSlot {
+                        user,
+                        device,
+                        device_seq,
+                    };
+                    let opened = seal::epoch_of(&payload)
+                        .ok()
+                        .and_then(|e| trust.key(e))
+                        .and_then(|key| seal::open(key, &slot, &payload).ok());
+                    // One that does not open stays as it is (and is refused again): an
+                    // outbox entry is never dropped for its epoch.
+                    let Some(plaintext) = opened else {
+                        tracing::warn!(
+                            device_seq,
+                            "an outbox entry does not open; it cannot be sealed again"
+                        );
+                        continue;
+                    };
+                    if let Ok(sealed) = seal::seal(newest, epoch, &slot, &plaintext, &mut OsRng) {
+                        moves.push((device_seq, device_seq, sealed));
+                    }
+                }
+                state.outbox.reseal(&moves)?;
+                Ok::<_, StateError>(moves)
+            })
+            .await??;
+        for (device_seq, _, payload) in moves {
+            tracing::info!(
+                device_seq,
+                "sealed under a replaced epoch; sealed again under the newest one"
+            );
+            if let Some(pending) = self.pending.get_mut(&device_seq) {
+                pending.payload = payload;
+                link.unsent.insert(device_seq);
+            }
         }
         Ok(())
     }
