@@ -377,6 +377,18 @@ impl Driver {
                 link.unsent.insert(device_seq);
             }
         }
+        // The refused entry could not be sealed again (its old key or the newest one is
+        // missing): it is sent again as it is, after a wait, rather than in a tight loop.
+        let stuck = self.pending.get(&from).is_some_and(|pending| {
+            seal::epoch_of(&pending.payload).is_ok_and(|epoch| epoch < newest)
+        });
+        if stuck {
+            let now = Instant::now();
+            if link.hold_until.is_none_or(|until| until <= now) {
+                let wait = self.append_backoff.next_delay(&mut OsRng);
+                link.hold_until = Some(now + wait);
+            }
+        }
         Ok(())
     }
 
