@@ -236,7 +236,8 @@ impl Outbox {
 
     /// Moves events to new device sequences, with payloads re-sealed for them, and flushes:
     /// each move is one record, so after a crash an event is under exactly one sequence.
-    /// For events whose sequence the relay holds for another payload (a restored folder).
+    /// For events whose sequence the relay holds for another payload (a restored folder), and,
+    /// with `old == new`, for events sealed again under a newer epoch (`stale_epoch`).
     pub fn reseal(&mut self, moves: &[(u64, u64, SealedPayload)]) -> Result<(), StateError> {
         let mut buffer = Vec::new();
         for (old, new, payload) in moves {
@@ -567,6 +568,31 @@ mod tests {
         outbox.advance_past(40).unwrap();
         drop(outbox);
         assert_eq!(Outbox::open(dir.path()).unwrap().reserve(), 41);
+    }
+
+    #[test]
+    fn an_event_sealed_again_in_place_keeps_its_sequence_and_its_new_bytes() {
+        // A `stale_epoch` refusal: same device sequence, new payload.
+        let (dir, mut outbox) = fresh();
+        outbox.push(&[(1, payload(1)), (2, payload(2))]).unwrap();
+        outbox
+            .reseal(&[(1, 1, payload(7)), (2, 2, payload(8))])
+            .unwrap();
+        let now: Vec<_> = outbox.entries().map(|(s, p)| (s, p.clone())).collect();
+        assert_eq!(now, [(1, payload(7)), (2, payload(8))]);
+        drop(outbox);
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        let now: Vec<_> = outbox.entries().map(|(s, p)| (s, p.clone())).collect();
+        assert_eq!(now, [(1, payload(7)), (2, payload(8))]);
+        assert_eq!(outbox.reserve(), 3);
+        outbox.remove(&[1]).unwrap();
+        drop(outbox);
+        let now: Vec<_> = Outbox::open(dir.path())
+            .unwrap()
+            .entries()
+            .map(|(s, p)| (s, p.clone()))
+            .collect();
+        assert_eq!(now, [(2, payload(8))]);
     }
 
     #[test]

@@ -224,6 +224,88 @@ async fn the_recovery_key_revokes_everything_and_the_new_device_reads_the_whole_
     ));
 }
 
+/// A device that was offline while another revoked a third sealed an event under epoch 0;
+/// the relay refuses it `stale_epoch` when the device comes back, and the device seals it
+/// again under epoch 1, which the revoked device never got: the event is stored, once, and
+/// the revoked device's keys do not open it even with the relay's database in hand.
+#[tokio::test]
+async fn an_event_sealed_offline_before_a_revocation_is_sealed_again_under_the_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_dir = dir.path().join("relay");
+    let relay = TestRelay::start(&relay_dir);
+    let a_state = new_user(&dir.path().join("a"), &relay, "a").await;
+    let (b_dir, c_dir) = (dir.path().join("b"), dir.path().join("c"));
+    let b_state = another_device(&a_state, &b_dir, "b").await;
+    let c_state = another_device(&a_state, &c_dir, "c").await;
+    let (user, b_id, c_id) = (a_state.user_id(), b_state.device_id(), c_state.device_id());
+    let c_keys = c_state.epoch_keys();
+    assert_eq!(c_keys.len(), 1, "C holds epoch 0 only");
+    drop(c_state);
+
+    // B is offline (its relay unreachable): its event waits in the outbox, sealed under the
+    // newest epoch it knows, 0.
+    drop(b_state);
+    repoint(&b_dir, &format!("ws://{}/ws", free_addr()), relay.relay_id);
+    let b = Client::start(open_when_free(&b_dir).await, fast());
+    let device_seq = b.enqueue(b"sealed while offline").await.unwrap();
+    for later in [b"and later 1", b"and later 2"] {
+        b.enqueue(later).await.unwrap();
+    }
+    let b_state = b.close().await.unwrap();
+    assert_eq!(b_state.pending(), 3);
+    assert_eq!(b_state.epoch(), 0);
+    drop(b_state);
+
+    // Meanwhile A revokes C: epoch 1, sealed to A and B only.
+    let a = Client::connect(a_state, fast()).await.unwrap();
+    a.revoke(c_id).await.unwrap();
+    let a_state = a.close().await.unwrap();
+    assert_eq!(a_state.epoch(), 1);
+
+    // B comes back: its epoch-0 entry is refused, sealed again under epoch 1 and stored.
+    repoint(&b_dir, &relay.url(), relay.relay_id);
+    let b = Client::connect(open_when_free(&b_dir).await, fast())
+        .await
+        .unwrap();
+    b.flush(std::time::Duration::from_secs(20)).await.unwrap();
+    let b_state = b.close().await.unwrap();
+    assert_eq!(b_state.pending(), 0, "the entry left the outbox stored");
+    assert_eq!(b_state.epoch(), 1);
+    assert!(
+        relay.metrics().contains("stale_epoch"),
+        "the relay refused the epoch-0 append"
+    );
+
+    let database = format!("sqlite://{}?mode=ro", relay_dir.join("ferry.db").display());
+    let store = ferry_relay::store::open(&database).await.unwrap();
+    let events = store.read_events(user, 0, 100).await.unwrap();
+    store.close().await;
+    // Each once, under its own device sequence, in the order sent, all under epoch 1.
+    let from_b: Vec<_> = events.iter().filter(|e| e.device == b_id).collect();
+    assert_eq!(
+        from_b.iter().map(|e| e.device_seq).collect::<Vec<_>>(),
+        [device_seq, device_seq + 1, device_seq + 2],
+        "{events:?}"
+    );
+    let epoch_1 = &a_state.epoch_keys()[1].1;
+    let texts: [&[u8]; 3] = [b"sealed while offline", b"and later 1", b"and later 2"];
+    for (event, text) in from_b.into_iter().zip(texts) {
+        assert_eq!(seal::epoch_of(&event.payload).unwrap(), 1);
+        let slot = EventSlot {
+            user,
+            device: event.device,
+            device_seq: event.device_seq,
+        };
+        for (_, key) in &c_keys {
+            assert!(seal::open(key, &slot, &event.payload).is_err());
+        }
+        assert_eq!(
+            &seal::open(epoch_1, &slot, &event.payload).unwrap()[..],
+            text
+        );
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

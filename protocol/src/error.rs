@@ -53,6 +53,8 @@ pub enum ErrorCode {
     ResyncRequired,
     /// 303: the append was stored once and retention has removed it since.
     AppendExpired,
+    /// 304: the event is sealed under a data-key epoch the user's chain has replaced.
+    StaleEpoch,
     /// 400: too many requests in too little time.
     RateLimited,
     /// 401: the user already has the maximum number of devices.
@@ -89,7 +91,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -108,6 +110,7 @@ impl ErrorCode {
         Self::InvalidSequence,
         Self::ResyncRequired,
         Self::AppendExpired,
+        Self::StaleEpoch,
         Self::RateLimited,
         Self::TooManyDevices,
         Self::TooManyConnections,
@@ -144,6 +147,7 @@ impl ErrorCode {
             Self::InvalidSequence => 301,
             Self::ResyncRequired => 302,
             Self::AppendExpired => 303,
+            Self::StaleEpoch => 304,
             Self::RateLimited => 400,
             Self::TooManyDevices => 401,
             Self::TooManyConnections => 402,
@@ -182,6 +186,7 @@ impl ErrorCode {
             Self::InvalidSequence => "invalid_sequence",
             Self::ResyncRequired => "resync_required",
             Self::AppendExpired => "append_expired",
+            Self::StaleEpoch => "stale_epoch",
             Self::RateLimited => "rate_limited",
             Self::TooManyDevices => "too_many_devices",
             Self::TooManyConnections => "too_many_connections",
@@ -255,6 +260,9 @@ impl ErrorCode {
             }
             Self::AppendExpired => {
                 "This append was stored once and the relay's retention has removed it since; it is not stored again. Nothing needs resending."
+            }
+            Self::StaleEpoch => {
+                "The event is sealed under a data-key epoch the user's device chain has replaced (a device was revoked or the key rotated); fetch the chain and seal it again under the current epoch."
             }
             Self::RateLimited => "Too many requests in too little time; back off and retry later.",
             Self::TooManyDevices => {

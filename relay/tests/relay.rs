@@ -245,6 +245,71 @@ async fn a_revoked_device_is_disconnected_and_refused() {
     relay.server.shutdown().await;
 }
 
+/// A payload with a format-2 header naming `epoch` (the relay reads no further).
+fn sealed_under(epoch: u32, text: &str) -> Vec<u8> {
+    let mut bytes = vec![ferry_protocol::seal::FORMAT_V2];
+    bytes.extend_from_slice(&epoch.to_be_bytes());
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
+/// A device that has not heard of a revocation still seals under the old epoch, which the
+/// revoked device can read: its append is refused `stale_epoch` (naming the current epoch),
+/// and so is everything it sends after it until it sends that one again.
+#[tokio::test]
+async fn an_append_sealed_under_a_replaced_epoch_is_refused_until_sealed_again() {
+    let relay = relay().await;
+    let a_id = Identity::new_user();
+    let b_id = a_id.another_device("b");
+    let c_id = a_id.another_device("c");
+    let mut a = relay.connect(&a_id).await;
+    a.replay().await;
+    assert_eq!(a.append(1, &sealed_under(0, "before")).await.unwrap(), 1);
+    let mut b = relay.connect(&b_id).await;
+    b.replay().await;
+    drop(relay.connect(&c_id).await);
+
+    // B revokes C; A stays on epoch 0.
+    let chain = b.fetch_chain(a_id.user.id()).await;
+    assert_eq!(chain.epoch(), 0);
+    b.sign_and_append(
+        a_id.user.id(),
+        revoke_body(&chain, &[c_id.device.id()]),
+        SigningKey::Device(&b_id.device),
+    )
+    .await
+    .unwrap();
+
+    let refused = a.append(2, &sealed_under(0, "stale")).await.unwrap_err();
+    assert_eq!(
+        (refused.code, refused.device_seq),
+        (ErrorCode::StaleEpoch, Some(2))
+    );
+    assert!(
+        refused.message.contains("epoch is 1"),
+        "{}",
+        refused.message
+    );
+    // Held back behind it, though sealed under epoch 1; opaque payloads are not judged but
+    // are held back all the same (the device's order).
+    let later = a.append(3, &sealed_under(1, "later")).await.unwrap_err();
+    assert_eq!(
+        (later.code, later.device_seq),
+        (ErrorCode::StaleEpoch, Some(3))
+    );
+    // Sealed again under epoch 1 with the same device sequence: stored, then the rest.
+    assert_eq!(a.append(2, &sealed_under(1, "stale")).await.unwrap(), 2);
+    assert_eq!(a.append(3, &sealed_under(1, "later")).await.unwrap(), 3);
+    assert_eq!(a.append(4, b"opaque").await.unwrap(), 4);
+    // Another device's epoch-0 append is refused too; B's own epoch-1 append is stored.
+    assert_eq!(
+        b.append(1, &sealed_under(0, "b")).await.unwrap_err().code,
+        ErrorCode::StaleEpoch
+    );
+    assert_eq!(b.append(1, &sealed_under(1, "b")).await.unwrap(), 5);
+    relay.server.shutdown().await;
+}
+
 /// The attack the device chain answers: a revoked device keeps its device key (a stolen
 /// laptop, a copied state folder). Whatever it signs is refused, it cannot connect, a key it
 /// made up is unknown, and nothing it appends is stored. The revocation is stored behind the

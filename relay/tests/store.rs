@@ -18,8 +18,8 @@ use ferry_protocol::{
     ChainError, DeviceId, DeviceInfo, DeviceKey, ErrorCode, Event, LinkBody, SigningKey, UserId,
 };
 use ferry_relay::store::{
-    self, AppendOutcome, AppendRequest, CommitConfig, CommitHandle, CommitReply, Committer,
-    DeviceRecord, FaultyStore, LINK_PAGE_BYTES, LogBounds, StoreError,
+    self, AppendOrder, AppendOutcome, AppendRequest, CommitConfig, CommitHandle, CommitReply,
+    Committer, DeviceRecord, FaultyStore, LINK_PAGE_BYTES, LogBounds, StoreError,
 };
 use rand_core::OsRng;
 use support::client::revoke_body;
@@ -39,6 +39,7 @@ crate::storage_story!(
     retention_by_count_and_by_age_moves_earliest_and_keeps_seqs,
     the_chain_admits_devices_respects_the_limit_and_revokes,
     a_revoked_or_never_admitted_device_appends_nothing,
+    an_append_sealed_under_a_replaced_epoch_is_refused_in_order,
     chain_pages_are_bounded_and_consecutive,
     migrations_are_idempotent,
 );
@@ -886,6 +887,152 @@ async fn a_revoked_or_never_admitted_device_appends_nothing(db: Db) {
     // A device admitted later appends from then on.
     admit(store, u, &[phone]).await;
     assert_eq!(append(store, req(u, phone, 1, "p1")).await, appended(4));
+}
+
+/// A payload with a format-2 header naming `epoch` (the relay reads no further).
+fn sealed_under(epoch: u32, text: &str) -> ferry_protocol::SealedPayload {
+    let mut bytes = vec![ferry_protocol::seal::FORMAT_V2];
+    bytes.extend_from_slice(&epoch.to_be_bytes());
+    bytes.extend_from_slice(text.as_bytes());
+    ferry_protocol::SealedPayload(bytes)
+}
+
+fn sealed_req(user: UserId, device: DeviceId, device_seq: u64, epoch: u32) -> AppendRequest {
+    AppendRequest {
+        payload: sealed_under(epoch, &format!("{device_seq} under {epoch}")),
+        ..req(user, device, device_seq, "")
+    }
+}
+
+/// After a revocation, a device that has not heard of it may still seal under the old epoch,
+/// whose key the revoked device holds: the append batch refuses such payloads under the user's
+/// row lock (the lock `append_link` raises the epoch under), and holds the device's later
+/// appends back so that they stay in the order sent.
+async fn an_append_sealed_under_a_replaced_epoch_is_refused_in_order(db: Db) {
+    let store = &*db.store;
+    let (u, laptop, phone, thief) = (user(), device(), device(), device());
+    admit(store, u, &[laptop, phone, thief]).await;
+    // Epoch 0 is current: epoch-0 payloads are stored.
+    assert_eq!(
+        append(store, sealed_req(u, laptop, 1, 0)).await,
+        appended(1)
+    );
+    assert_eq!(append(store, sealed_req(u, thief, 1, 0)).await, appended(2));
+
+    let chain = stored_chain(store, u).await;
+    append_body(
+        store,
+        u,
+        revoke_body(&chain, &[thief]),
+        SigningKey::User(&user_key(u)),
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored_chain(store, u).await.epoch(), 1);
+
+    let stale = AppendOutcome::StaleEpoch { current: 1 };
+    let batch = [
+        // Sealed under the replaced epoch: refused...
+        sealed_req(u, laptop, 2, 0),
+        // ... and the laptop's next append with it, though it is sealed under epoch 1.
+        sealed_req(u, laptop, 3, 1),
+        // Another device is not held back; payloads without a format-2 header are opaque.
+        sealed_req(u, phone, 1, 1),
+        req(u, phone, 2, "opaque"),
+        // A retry of an epoch-0 event stored before the revocation is still a duplicate.
+        sealed_req(u, laptop, 1, 0),
+    ];
+    assert_eq!(
+        store.append_batch(&batch, NOW_MS).await.unwrap(),
+        [
+            stale,
+            stale,
+            appended(3),
+            appended(4),
+            AppendOutcome::Duplicate { seq: 1 }
+        ]
+    );
+    assert_eq!(stale.answer(), Err(ErrorCode::StaleEpoch));
+    let message = stale.refusal_message().unwrap();
+    assert!(message.contains("epoch is 1"), "{message}");
+    // Sealed again under epoch 1 with the same device sequences: stored, in order.
+    let resent = [sealed_req(u, laptop, 2, 1), sealed_req(u, laptop, 3, 1)];
+    assert_eq!(
+        store.append_batch(&resent, NOW_MS).await.unwrap(),
+        [appended(5), appended(6)]
+    );
+
+    // A Rotate moves to epoch 2: epoch 1 is refused now, through the committer too, and the
+    // session's order refuses the device's later appends until the refused one comes again.
+    let chain = stored_chain(store, u).await;
+    append_body(
+        store,
+        u,
+        rotate_body(&chain),
+        SigningKey::User(&user_key(u)),
+        10,
+    )
+    .await
+    .unwrap();
+    let handle = Committer::spawn(Arc::clone(&db.store), CommitConfig::default());
+    let order = AppendOrder::new();
+    let first = handle
+        .submit_in_order(sealed_req(u, laptop, 4, 1), &order, order.admit(4).unwrap())
+        .await
+        .unwrap();
+    let second = handle
+        .submit_in_order(sealed_req(u, laptop, 5, 2), &order, order.admit(5).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.await.unwrap().unwrap(),
+        AppendOutcome::StaleEpoch { current: 2 }
+    );
+    // Refused in the same batch (StaleEpoch) or queued behind it (EarlierRefused).
+    let code = match second.await.unwrap() {
+        Ok(outcome) => outcome.answer().unwrap_err(),
+        Err(e) => e.code(),
+    };
+    assert_eq!(code, ErrorCode::StaleEpoch);
+    assert_eq!(order.admit(5), Err(ErrorCode::StaleEpoch));
+    assert!(order.admit(4).is_ok());
+    for (device_seq, seq) in [(4, 7), (5, 8)] {
+        let reply = handle
+            .submit_in_order(
+                sealed_req(u, laptop, device_seq, 2),
+                &order,
+                order.admit(device_seq).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.await.unwrap().unwrap(), appended(seq));
+    }
+    handle.shutdown().await;
+    assert_eq!(
+        all_events(store, u)
+            .await
+            .iter()
+            .map(|e| (e.device, e.device_seq))
+            .collect::<Vec<_>>(),
+        [
+            (laptop, 1),
+            (thief, 1),
+            (phone, 1),
+            (phone, 2),
+            (laptop, 2),
+            (laptop, 3),
+            (laptop, 4),
+            (laptop, 5)
+        ]
+    );
+}
+
+/// A `Rotate` body moving `chain` to its next epoch.
+fn rotate_body(chain: &ferry_protocol::Chain) -> LinkBody {
+    LinkBody::Rotate {
+        epoch: support::client::next_epoch(chain, &[]),
+    }
 }
 
 async fn chain_pages_are_bounded_and_consecutive(db: Db) {

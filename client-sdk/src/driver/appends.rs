@@ -119,7 +119,9 @@ impl Driver {
     }
 
     pub(super) fn has_output(&self, link: &Link) -> bool {
-        !link.control.is_empty() || self.has_request(link) || link.appends.ready()
+        !link.control.is_empty()
+            || self.has_request(link)
+            || (link.appends.ready() && link.stale.is_empty())
     }
 
     /// The next frame to send: control frames, then requests, then appends.
@@ -129,6 +131,9 @@ impl Driver {
         }
         if let Some(frame) = self.next_request(link) {
             return Some(frame);
+        }
+        if !link.stale.is_empty() {
+            return None;
         }
         let pending = &self.pending;
         let device_seq = link.appends.next(|seq| pending.contains_key(&seq))?;
@@ -173,6 +178,32 @@ impl Driver {
                 link.appends.refused(device_seq, Instant::now(), || {
                     backoff.next_delay(&mut OsRng)
                 });
+            }
+            // Sealed under an epoch the chain has replaced (a revocation this device had not
+            // heard of when it sealed), or held back behind such an append. Not stored: it
+            // is sealed again under the newest epoch once the chain is fetched, and sent
+            // again; it never leaves the outbox for this.
+            ErrorCode::StaleEpoch => {
+                let newest = self.trust().newest().0;
+                let first = self.pending.keys().next() == Some(&device_seq);
+                let sealed_newest = self.pending.get(&device_seq).is_some_and(|pending| {
+                    seal::epoch_of(&pending.payload).is_ok_and(|epoch| epoch >= newest)
+                });
+                if self.pending.contains_key(&device_seq) {
+                    link.appends.push(device_seq);
+                    link.stale.insert(device_seq);
+                }
+                if first && sealed_newest {
+                    // Refused for itself, under the newest epoch this device knows: the
+                    // relay knows a newer one. The fetch should bring it; if it does not,
+                    // do not ask again at once.
+                    tracing::warn!(device_seq, message = %error.message, "the relay refused an append sealed under this device's newest epoch");
+                    let backoff = &mut self.append_backoff;
+                    link.appends
+                        .hold(Instant::now(), || backoff.next_delay(&mut OsRng));
+                }
+                link.want_fetch = true;
+                self.maybe_fetch(link);
             }
             // The relay holds another event under this sequence (the state folder was
             // restored or copied): this one was never stored; it moves to a new sequence.
@@ -273,6 +304,85 @@ impl Driver {
         Ok(())
     }
 
+    /// Seals again, under the newest epoch, every outbox entry from the lowest one the relay
+    /// refused `stale_epoch` on that is sealed under an older epoch: same device sequence
+    /// (the relay stored none of them), one durable outbox record each. Called once the chain
+    /// is current and nothing is in flight; everything is sent again lowest first.
+    pub(super) async fn reseal_stale(&mut self, link: &mut Link) -> Result<(), ClientError> {
+        let Some(&from) = std::mem::take(&mut link.stale).first() else {
+            return Ok(());
+        };
+        let newest = self.trust().newest().0;
+        let olds: Vec<(u64, ferry_protocol::SealedPayload)> = self
+            .pending
+            .range(from..)
+            .filter(|(_, pending)| {
+                seal::epoch_of(&pending.payload).is_ok_and(|epoch| epoch < newest)
+            })
+            .map(|(seq, pending)| (*seq, pending.payload.clone()))
+            .collect();
+        if olds.is_empty() {
+            return Ok(());
+        }
+        let trust = Arc::clone(&self.trust);
+        let (user, device) = (self.user, self.device);
+        let moves = self
+            .on_disk(move |state| {
+                let mut moves = Vec::with_capacity(olds.len());
+                let trust = trust.read().unwrap_or_else(PoisonError::into_inner);
+                let (epoch, Some(newest)) = trust.newest() else {
+                    return Ok(moves);
+                };
+                for (device_seq, payload) in olds {
+                    let slot = EventSlot {
+                        user,
+                        device,
+                        device_seq,
+                    };
+                    let opened = seal::epoch_of(&payload)
+                        .ok()
+                        .and_then(|e| trust.key(e))
+                        .and_then(|key| seal::open(key, &slot, &payload).ok());
+                    // One that does not open stays as it is (and is refused again): an
+                    // outbox entry is never dropped for its epoch.
+                    let Some(plaintext) = opened else {
+                        tracing::warn!(
+                            device_seq,
+                            "an outbox entry does not open; it cannot be sealed again"
+                        );
+                        continue;
+                    };
+                    if let Ok(sealed) = seal::seal(newest, epoch, &slot, &plaintext, &mut OsRng) {
+                        moves.push((device_seq, device_seq, sealed));
+                    }
+                }
+                state.outbox.reseal(&moves)?;
+                Ok::<_, StateError>(moves)
+            })
+            .await??;
+        for (device_seq, _, payload) in moves {
+            tracing::info!(
+                device_seq,
+                "sealed under a replaced epoch; sealed again under the newest one"
+            );
+            if let Some(pending) = self.pending.get_mut(&device_seq) {
+                pending.payload = payload;
+                link.appends.push(device_seq);
+            }
+        }
+        // The refused entry could not be sealed again (its old key or the newest one is
+        // missing): it is sent again as it is, after a wait, rather than in a tight loop.
+        let stuck = self.pending.get(&from).is_some_and(|pending| {
+            seal::epoch_of(&pending.payload).is_ok_and(|epoch| epoch < newest)
+        });
+        if stuck {
+            let backoff = &mut self.append_backoff;
+            link.appends
+                .hold(Instant::now(), || backoff.next_delay(&mut OsRng));
+        }
+        Ok(())
+    }
+
     /// An append is settled: answer its waiters and take it out of the outbox.
     pub(super) fn finish_append(&mut self, device_seq: u64, result: Result<u64, ClientError>) {
         let Some(pending) = self.pending.remove(&device_seq) else {
@@ -369,6 +479,18 @@ impl AppendWindow {
         if self.hold_until.is_none() {
             self.hold_until = Some(now + wait());
         }
+    }
+
+    /// Sends no append for a while (`wait`), unless a wait is on already.
+    pub(super) fn hold(&mut self, now: Instant, wait: impl FnOnce() -> Duration) {
+        if self.hold_until.is_none_or(|until| until <= now) {
+            self.hold_until = Some(now + wait());
+        }
+    }
+
+    /// Whether no append is in flight.
+    pub(super) fn idle(&self) -> bool {
+        self.in_flight.is_empty()
     }
 
     /// When the wait ends: never while an append sent before it is unanswered (see the type's

@@ -40,7 +40,10 @@
 //!    sealed to this device is opened and kept. `ChainGrew` fetches again. Events sealed
 //!    under an epoch this device does not know yet wait for the fetch, in order. Appends
 //!    are sealed under the newest epoch; device requests (list, revoke) wait until the
-//!    chain is current.
+//!    chain is current. An append the relay refuses `stale_epoch` (sealed before this
+//!    device learned of a revocation) fetches the chain, and it and every later outbox
+//!    entry under an older epoch are sealed again under the newest one, with the same
+//!    device sequence, and sent again lowest first; none leaves the outbox.
 //!
 //! This file holds the loop (offline: wait and serve commands; online: one session);
 //! `appends.rs` the outbox side, `delivery.rs` the event and cursor side, `requests.rs`
@@ -52,7 +55,7 @@ pub(crate) mod checks;
 mod delivery;
 mod requests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -198,6 +201,12 @@ struct Link {
     unknown_fetched: bool,
     /// Events waiting for the chain fetch (their epoch is not known yet), in order.
     held: VecDeque<Event>,
+    /// Appends the relay refused `stale_epoch` (304): sealed under an epoch the chain has
+    /// replaced, or held back behind one that was. While any is here no append is sent;
+    /// once the chain is current and no append is in flight, every outbox entry from the lowest of them on that is
+    /// sealed under an older epoch is sealed again under the newest one (same device
+    /// sequence: none was stored) and they are sent again, lowest first.
+    stale: BTreeSet<u64>,
 }
 
 pub(crate) struct Driver {
@@ -421,6 +430,7 @@ impl Driver {
             want_fetch: false,
             unknown_fetched: false,
             held: VecDeque::new(),
+            stale: BTreeSet::new(),
         };
         if session.chain_seqno < self.trust().seqno() {
             tracing::warn!(
@@ -463,6 +473,16 @@ impl Driver {
                     }
                     if !self.conflicted.is_empty()
                         && let Err(error) = self.reseal_conflicted(&mut link).await
+                    {
+                        break Ended::Failed(error);
+                    }
+                    // Once the chain is current and every append in flight is back: the
+                    // relay refuses each one sent after a refused one, so sending again
+                    // before they are all back could store later ones ahead of them.
+                    if !link.stale.is_empty()
+                        && link.appends.idle()
+                        && self.chain_current(&link)
+                        && let Err(error) = self.reseal_stale(&mut link).await
                     {
                         break Ended::Failed(error);
                     }

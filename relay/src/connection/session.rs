@@ -12,7 +12,7 @@
 //!   so answers (`Appended` and errors alike) come back in the order the appends were sent,
 //!   while many appends are in flight at once (pipelining).
 //! - A device's appends commit in the order it sent them: once one is refused with a
-//!   retryable code (rate limit, failed batch), the later ones are refused with the same code
+//!   retryable code (rate limit, failed batch, quota, stale epoch), the later ones are refused with the same code
 //!   until it is sent again ([`AppendOrder`]), so a re-sent append never lands behind ones
 //!   sent after it.
 //! - The writer owns `delivered`, the highest stream sequence sent to this device. Replay,
@@ -619,11 +619,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         if let Ok(AppendOutcome::Duplicate { .. }) = settled {
             self.ctx.metrics.duplicate_appends.inc();
         }
+        let message = settled.ok().and_then(AppendOutcome::refusal_message);
         let (frame, revoked) = match settled.and_then(AppendOutcome::answer) {
             Ok(seq) => (ServerFrame::Appended { device_seq, seq }, false),
             Err(code) => {
                 self.ctx.metrics.error(code);
-                let frame = ServerFrame::Error(ErrorFrame::new(code).for_append(device_seq));
+                let error = match message {
+                    Some(message) => ErrorFrame::with_message(code, message),
+                    None => ErrorFrame::new(code),
+                };
+                let frame = ServerFrame::Error(error.for_append(device_seq));
                 (frame, code == ErrorCode::DeviceRevoked)
             }
         };

@@ -7,7 +7,10 @@
 //! signature, signer status, epoch recipients), stores it, and mirrors it into `devices`: an
 //! Admit inserts the device's row, a Revoke sets `revoked_at` on the devices it names. Because
 //! an append batch checks, under the same lock, that each sender has an active row, an append
-//! committed after a revocation is always refused: there is no window between the two.
+//! committed after a revocation is always refused: there is no window between the two. The
+//! same transaction raises `users.chain_epoch` to the chain's data-key epoch (a Revoke or
+//! Rotate starts a new one), which the append batch reads under the same lock to refuse
+//! payloads sealed under a replaced epoch ([`AppendOutcome::StaleEpoch`]).
 //! Every statement here is written once for both backends.
 
 use async_trait::async_trait;
@@ -15,6 +18,8 @@ use ferry_protocol::chain::{Chain, Link, LinkBody};
 use ferry_protocol::codec;
 use ferry_protocol::{DeviceId, UserId};
 
+#[cfg(doc)]
+use super::AppendOutcome;
 use super::StoreError;
 use super::sql::{SqlStore, db_int, from_db_int, in_tx, on_reader};
 
@@ -113,7 +118,20 @@ impl ChainStore for SqlStore {
         }
         let seqno = db_int(link.seqno);
         let signature = link.signature.as_slice();
+        // The chain's data-key epoch after this link (raised by a Revoke or Rotate), for the
+        // append batch's stale-epoch check under the same lock. Written with every link, so a
+        // chain stored before the column existed catches up at its next link.
+        let raise_epoch = format!(
+            "UPDATE users SET chain_epoch = {}(chain_epoch, $2) WHERE user_id = $1",
+            self.dialect().greatest()
+        );
+        let epoch = i64::from(chain.epoch());
         let revoked = in_tx!(&mut tx, |conn| {
+            sqlx::query(&raise_epoch)
+                .bind(user)
+                .bind(epoch)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(
                 "INSERT INTO chain_links (user_id, seqno, hash, link, stored_at)
                  VALUES ($1, $2, $3, $4, $5)",

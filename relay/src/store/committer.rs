@@ -26,6 +26,8 @@
 //!    session in it is marked: its appends still queued behind the failed one are refused
 //!    ([`StoreError::EarlierRefused`]) instead of committing ahead of it, and the session
 //!    refuses its next appends until the failed one is sent again ([`AppendOrder::admit`]).
+//!    An append refused by the store with a retryable outcome (`QuotaExceeded`, `StaleEpoch`)
+//!    holds the session back the same way.
 //! 6. **Uncertain outcomes wake the user.** A failed batch may have committed (a COMMIT
 //!    whose reply was lost), and a `Duplicate` answer means an earlier attempt committed
 //!    whose wake-up may never have gone out; the `on_uncertain` hook gets those users, so
@@ -367,12 +369,18 @@ impl Committer {
                         .into_iter()
                         .for_each(|u| on_uncertain(u));
                 }
-                // A device over its user's quota: what it queued behind stays behind.
+                // A device over its user's quota, or sealing under a replaced epoch: what it
+                // queued behind stays behind until the refused append is sent again.
                 for ((request, order), outcome) in
                     requests.iter().zip(orders.drain(..)).zip(&outcomes)
                 {
-                    if let (Some((order, _)), AppendOutcome::QuotaExceeded) = (order, outcome) {
-                        order.refuse_queued(request.device_seq, ErrorCode::QuotaExceeded);
+                    if let (
+                        Some((order, _)),
+                        AppendOutcome::QuotaExceeded | AppendOutcome::StaleEpoch { .. },
+                    ) = (order, outcome)
+                        && let Err(code) = outcome.answer()
+                    {
+                        order.refuse_queued(request.device_seq, code);
                     }
                 }
                 if let Some(on_committed) = &self.on_committed {

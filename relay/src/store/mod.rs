@@ -65,6 +65,11 @@
 //!   `append_link`, an append from a device without an active row (never admitted, or
 //!   revoked) is [`AppendOutcome::Revoked`] and stores nothing. So no append is stored after
 //!   the revocation of its device committed, on any node.
+//! - No event is stored sealed under a replaced data-key epoch: [`ChainStore::append_link`]
+//!   raises the user's `chain_epoch` with every Revoke or Rotate link, and the append batch,
+//!   under the same user row lock, refuses a new append whose payload names (format 2) a lower
+//!   epoch with [`AppendOutcome::StaleEpoch`], and every later new append of the same device
+//!   in that batch too. Payloads without a format-2 header are not looked at.
 //! - A revoked device stays revoked (the chain never admits a device key twice); its events
 //!   stay in the log.
 //! - Every query touches one user's rows (only [`LogStore::trim`] walks the users table), so the

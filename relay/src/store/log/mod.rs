@@ -10,7 +10,8 @@
 //!
 //! 1. lock the row of every user in the batch, in user order (so two batches, on this node or
 //!    another, never wait on each other in a cycle; SQLite's single writer is locked anyway),
-//!    creating missing rows, and read the heads;
+//!    creating missing rows, and read the heads and data-key epochs (`chain_epoch`, raised by
+//!    [`ChainStore::append_link`] under the same lock);
 //! 2. look up which `(user, device, device_seq)` keys are already stored, retention's
 //!    watermarks for the batch's devices, and which of them are active (admitted by the chain,
 //!    not revoked): after step 1 no other transaction can change them for these users until
@@ -48,7 +49,9 @@ pub trait LogStore: Send + Sync {
     ///
     /// Requests for the same user get increasing sequences in request order. A request from a
     /// device the user's chain has not admitted, or has revoked, is [`AppendOutcome::Revoked`].
-    /// A request that
+    /// A new request whose payload is sealed under an epoch the user's chain has replaced is
+    /// [`AppendOutcome::StaleEpoch`], and so is every later new request of its device in the
+    /// batch. A request that
     /// repeats an earlier one (stored before, or earlier in this batch) is a
     /// [`AppendOutcome::Duplicate`] or [`AppendOutcome::Conflict`] and stores nothing.
     /// `now_ms` (Unix milliseconds) is recorded as the commit time, for age retention.
@@ -174,6 +177,14 @@ pub enum AppendOutcome {
     /// The sending device is not active in the user's chain (never admitted, or revoked),
     /// as checked under the user's row lock; nothing stored.
     Revoked,
+    /// The payload is sealed (format 2) under a data-key epoch below the user's current one
+    /// (raised by a Revoke or Rotate link, read under the user's row lock), or an earlier
+    /// append of the device in the batch was; nothing stored. The device seals it again
+    /// under the current epoch and sends it again.
+    StaleEpoch {
+        /// The user's current data-key epoch.
+        current: u32,
+    },
 }
 
 impl AppendOutcome {
@@ -185,6 +196,19 @@ impl AppendOutcome {
             Self::Expired => Err(ErrorCode::AppendExpired),
             Self::QuotaExceeded => Err(ErrorCode::QuotaExceeded),
             Self::Revoked => Err(ErrorCode::DeviceRevoked),
+            Self::StaleEpoch { .. } => Err(ErrorCode::StaleEpoch),
+        }
+    }
+
+    /// The message to send with the refusal [`AppendOutcome::answer`] gives, if it says more
+    /// than the code.
+    pub fn refusal_message(self) -> Option<String> {
+        match self {
+            Self::StaleEpoch { current } => Some(format!(
+                "the event is sealed under a replaced data-key epoch; the current epoch is \
+                 {current}: fetch the chain and seal it again under epoch {current}"
+            )),
+            _ => None,
         }
     }
 
@@ -256,6 +280,9 @@ impl BatchState {
             head: from_db_int(row.head, "head")?,
             earliest: from_db_int(row.earliest, "earliest")?,
             bytes: from_db_int(row.bytes, "bytes")?,
+            chain_epoch: u32::try_from(row.chain_epoch).map_err(|_| {
+                StoreError::Corrupt(format!("chain_epoch out of range: {}", row.chain_epoch))
+            })?,
         };
         self.heads
             .insert(UserId(key32(&row.user_id, "user_id")?), head);
@@ -309,6 +336,7 @@ struct HeadRow {
     head: i64,
     earliest: i64,
     bytes: i64,
+    chain_epoch: i64,
 }
 
 /// An event stored under one of a batch's keys, as step 2 finds it.

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ferry_protocol::seal::FORMAT_V2;
 use ferry_protocol::{DeviceId, UserId};
 
 #[cfg(doc)]
@@ -41,6 +42,9 @@ pub(super) struct UserHead {
     pub(super) earliest: u64,
     /// Payload bytes stored.
     pub(super) bytes: u64,
+    /// The user's current data-key epoch (`users.chain_epoch`): new payloads sealed (format
+    /// 2) under an older one are refused.
+    pub(super) chain_epoch: u32,
 }
 
 impl UserHead {
@@ -84,6 +88,15 @@ pub(super) fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
         .collect()
 }
 
+/// The data-key epoch a payload names, if it starts with a well-formed format-2 header
+/// (`0x02 ‖ epoch u32 BE`, protocol §7). Other payloads are opaque to the relay: `None`.
+pub(super) fn sealed_epoch(payload: &[u8]) -> Option<u32> {
+    match payload {
+        [FORMAT_V2, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// Assigns sequences: the pure heart of [`LogStore::append_batch`], shared by both backends.
 ///
 /// `heads` holds the locked head of every user in the batch; `stored` the events already
@@ -91,6 +104,11 @@ pub(super) fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
 /// deleted for any of the batch's devices; `active` the batch's devices that the chain
 /// admits and has not revoked (the others' appends are [`AppendOutcome::Revoked`], before
 /// anything else is looked at: a revoked device learns nothing, not even of a duplicate).
+///
+/// A new append whose payload names (format 2, [`sealed_epoch`]) an epoch below its user's
+/// `chain_epoch` is [`AppendOutcome::StaleEpoch`]. A new append refused for its epoch or for
+/// the quota holds back the device's later new appends in the batch, which get the same
+/// outcome: a device's appends are stored in the order it sent them.
 pub(super) fn plan_batch<'a>(
     requests: &'a [AppendRequest],
     heads: &HashMap<UserId, UserHead>,
@@ -101,8 +119,9 @@ pub(super) fn plan_batch<'a>(
 ) -> Result<BatchPlan<'a>, StoreError> {
     // Per user: the row as it will be after this batch's inserts so far.
     let mut next: HashMap<UserId, UserHead> = HashMap::with_capacity(heads.len());
-    // Devices refused for quota in this batch: their later appends are refused too.
-    let mut over_quota: HashSet<DeviceKey> = HashSet::new();
+    // Devices with a new append refused (quota, stale epoch) in this batch, and how: their
+    // later new appends are refused the same way.
+    let mut held: HashMap<DeviceKey, AppendOutcome> = HashMap::new();
     // Keys appended earlier in this batch; keys stored before are looked up in `stored`.
     let mut appended: HashMap<AppendKey, (u64, &[u8])> = HashMap::with_capacity(requests.len());
     let mut outcomes = Vec::with_capacity(requests.len());
@@ -134,20 +153,30 @@ pub(super) fn plan_batch<'a>(
                 };
                 let len = request.payload.0.len() as u64;
                 let device = (request.user, request.device);
-                if over_quota.contains(&device)
-                    || now.events() >= quota.max_events
+                let refused = if let Some(earlier) = held.get(&device) {
+                    Some(*earlier)
+                } else if sealed_epoch(&request.payload.0).is_some_and(|e| e < now.chain_epoch) {
+                    Some(AppendOutcome::StaleEpoch {
+                        current: now.chain_epoch,
+                    })
+                } else if now.events() >= quota.max_events
                     || now.bytes.saturating_add(len) > quota.max_bytes
                 {
-                    over_quota.insert(device);
-                    AppendOutcome::QuotaExceeded
+                    Some(AppendOutcome::QuotaExceeded)
+                } else {
+                    None
+                };
+                if let Some(refused) = refused {
+                    held.insert(device, refused);
+                    refused
                 } else {
                     let seq = now.head + 1;
                     next.insert(
                         request.user,
                         UserHead {
                             head: seq,
-                            earliest: now.earliest,
                             bytes: now.bytes + len,
+                            ..now
                         },
                     );
                     appended.insert(key, (seq, request.payload.0.as_slice()));
@@ -224,6 +253,7 @@ mod tests {
                 head: 4,
                 earliest: 1,
                 bytes: 0,
+                chain_epoch: 0,
             },
         )]);
         let stored = HashMap::from([(
@@ -272,6 +302,7 @@ mod tests {
             head,
             earliest: 1,
             bytes: 0,
+            chain_epoch: 0,
         };
         let heads = HashMap::from([(UserId([1; 32]), head(4)), (UserId([2; 32]), head(0))]);
         let stored = HashMap::from([(
@@ -323,6 +354,7 @@ mod tests {
                 head: 10,
                 earliest: 8,
                 bytes: 250,
+                chain_epoch: 0,
             },
         )]);
         let quota = Quota {
@@ -385,6 +417,80 @@ mod tests {
                 AppendOutcome::QuotaExceeded,
             ]
         );
+    }
+
+    #[test]
+    fn payloads_under_a_replaced_epoch_are_refused_and_hold_the_device_back() {
+        fn sealed(user: u8, device: u8, device_seq: u64, epoch: u32) -> AppendRequest {
+            let mut payload = vec![FORMAT_V2];
+            payload.extend_from_slice(&epoch.to_be_bytes());
+            payload.extend_from_slice(&[7; 40]);
+            AppendRequest {
+                payload: SealedPayload(payload),
+                ..request(user, device, device_seq, 0)
+            }
+        }
+        let heads = HashMap::from([(
+            UserId([1; 32]),
+            UserHead {
+                head: 3,
+                earliest: 1,
+                bytes: 0,
+                chain_epoch: 2,
+            },
+        )]);
+        let stored_old = sealed(1, 3, 4, 1);
+        let stored = HashMap::from([(
+            (UserId([1; 32]), DeviceId([3; 32]), 4),
+            Stored {
+                seq: 2,
+                payload: stored_old.payload.0.clone(),
+            },
+        )]);
+        let requests = [
+            sealed(1, 1, 1, 2),
+            // Epoch 1 < 2: refused, and device 1's later appends with it, even under epoch 2.
+            sealed(1, 1, 2, 1),
+            sealed(1, 1, 3, 2),
+            // Another device is not held back; a newer epoch than the relay knows is not its
+            // business either, and payloads without a format-2 header stay opaque.
+            sealed(1, 2, 1, 3),
+            request(1, 2, 2, 2),
+            AppendRequest {
+                payload: SealedPayload(vec![FORMAT_V2, 0, 0, 0]),
+                ..request(1, 2, 3, 0)
+            },
+            sealed(1, 2, 4, 0),
+            // A retry of an old-epoch event stored before the revocation is still a duplicate.
+            stored_old,
+        ];
+        let plan = plan_batch(
+            &requests,
+            &heads,
+            &stored,
+            &HashMap::new(),
+            &all_active(&requests),
+            Quota::UNLIMITED,
+        )
+        .unwrap();
+        let stale = AppendOutcome::StaleEpoch { current: 2 };
+        assert_eq!(
+            plan.outcomes,
+            [
+                AppendOutcome::Appended { seq: 4 },
+                stale,
+                stale,
+                AppendOutcome::Appended { seq: 5 },
+                AppendOutcome::Appended { seq: 6 },
+                AppendOutcome::Appended { seq: 7 },
+                stale,
+                AppendOutcome::Duplicate { seq: 2 },
+            ]
+        );
+        assert_eq!(sealed_epoch(&[FORMAT_V2, 0, 0, 1, 0]), Some(256));
+        assert_eq!(sealed_epoch(&[FORMAT_V2, 0, 0, 1]), None);
+        assert_eq!(sealed_epoch(&[1, 0, 0, 0, 9]), None);
+        assert_eq!(sealed_epoch(&[]), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub(super) async fn read_batch_state(
         "INSERT INTO users (user_id)
          SELECT user_id FROM UNNEST($1::BYTEA[]) WITH ORDINALITY AS t(user_id, n) ORDER BY n
          ON CONFLICT (user_id) DO UPDATE SET head = users.head
-         RETURNING user_id, head, earliest, bytes",
+         RETURNING user_id, head, earliest, bytes, chain_epoch",
     )
     .bind(user_ids)
     .fetch_all(&mut *conn)

@@ -28,7 +28,7 @@ pub(super) async fn read_batch_state(
         });
         query.push(
             " ON CONFLICT (user_id) DO UPDATE SET head = head
-              RETURNING user_id, head, earliest, bytes",
+              RETURNING user_id, head, earliest, bytes, chain_epoch",
         );
         for row in query.build_query_as().fetch_all(&mut *conn).await? {
             state.add_head(row)?;

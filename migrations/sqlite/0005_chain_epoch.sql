@@ -1,0 +1,12 @@
+-- The user's current data-key epoch (SQLite).
+--
+-- Append-only: once this file has landed it is never edited; changes go in a new file.
+--
+-- users.chain_epoch is the epoch of the newest data key in the user's device chain: 0 from
+-- the chain's Create, raised by the transaction that stores a Revoke or Rotate link (under
+-- the user's row lock). The append batch reads it under the same lock and refuses an append
+-- whose payload is sealed (format 2) under an older epoch: the revoked devices hold its key.
+ALTER TABLE users ADD COLUMN chain_epoch INTEGER NOT NULL DEFAULT 0 CHECK (chain_epoch >= 0);
+-- Chains stored before this migration: the epoch of their newest Revoke or Rotate is not
+-- readable in SQL (links are postcard), so the relay raises it when it next stores a link
+-- and, until then, checks nothing more than before.
