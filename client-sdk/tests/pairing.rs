@@ -55,6 +55,48 @@ fn secret(code: &str) -> &str {
     code.split_once('-').unwrap().1
 }
 
+/// The inviter's user takes longer than the relay's idle timeout to compare the strings: the
+/// pairing's session stays alive meanwhile and the device is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_takes_longer_than_the_idle_timeout_to_answer_still_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(
+        &dir.path().join("relay"),
+        free_addr(),
+        Arc::new(|config: &mut ferry_relay::config::Config| {
+            config.limits.idle_timeout_ms = 1_000;
+            config.limits.pairing_idle_timeout_ms = 1_000;
+        }),
+    );
+    let options = fast().ping_interval(Duration::from_millis(200));
+    let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
+    let invitation = ferry_client::pairing::invite(&laptop_state, &options)
+        .await
+        .unwrap();
+    let code = invitation.code().to_string();
+    let inviter = tokio::spawn(async move {
+        let mut pending = invitation.joined().await?;
+        // Three idle timeouts of thinking.
+        pending
+            .while_deciding(tokio::time::sleep(Duration::from_secs(3)))
+            .await?;
+        pending.admit().await
+    });
+    let join = Join::start(
+        dir.path().join("phone"),
+        &relay.url(),
+        relay.relay_id,
+        &code,
+        "phone",
+        &options,
+    )
+    .await
+    .unwrap();
+    let phone = join.finish().await.unwrap();
+    let paired = inviter.await.unwrap().unwrap();
+    assert_eq!(paired.device, phone.device_id());
+}
+
 #[tokio::test]
 async fn a_new_device_pairs_syncs_both_ways_and_pairs_a_third() {
     let dir = tempfile::tempdir().unwrap();

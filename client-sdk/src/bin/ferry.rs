@@ -453,7 +453,7 @@ async fn pair(dir: &std::path::Path, yes: bool, options: Options) -> anyhow::Res
     );
     eprintln!("ferry: and type the code when it asks");
     eprintln!("ferry: the code works once and expires in about {minutes} minute(s); waiting");
-    let pending = tokio::select! {
+    let mut pending = tokio::select! {
         pending = invitation.joined() => pending?,
         _ = tokio::signal::ctrl_c() => bail!("cancelled; the code is burned"),
     };
@@ -464,10 +464,15 @@ async fn pair(dir: &std::path::Path, yes: bool, options: Options) -> anyhow::Res
         eprint!(
             "ferry: the other device should show the same confirmation.\nAdmit this device? [y/N] "
         );
-        let answer = tokio::select! {
-            answer = read_line() => answer?,
-            _ = tokio::signal::ctrl_c() => None,
-        };
+        // The session stays alive while the user reads and answers (pings go on).
+        let answer = pending
+            .while_deciding(async {
+                tokio::select! {
+                    answer = read_line() => answer,
+                    _ = tokio::signal::ctrl_c() => Ok(None),
+                }
+            })
+            .await??;
         let admitted = answer
             .map(|a| a.trim().to_ascii_lowercase())
             .is_some_and(|a| a == "y" || a == "yes");

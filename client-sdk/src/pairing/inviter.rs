@@ -260,6 +260,32 @@ impl std::fmt::Debug for PendingDevice {
 }
 
 impl PendingDevice {
+    /// Waits for `decision` (typically the user comparing the confirmation strings and
+    /// answering) while keeping the pairing's session alive: the relay's pings are answered
+    /// and the link pings on its own, so a user who takes minutes does not lose the pairing
+    /// to the relay's idle timeout. Fails with [`PairingError::PeerLeft`] if the new device
+    /// leaves (or the relay ends the slot) meanwhile.
+    pub async fn while_deciding<F: std::future::Future>(
+        &mut self,
+        decision: F,
+    ) -> Result<F::Output, PairingError> {
+        tokio::pin!(decision);
+        loop {
+            // `Link::next` keeps no frame across a cancellation that matters here: a pairing
+            // frame is returned as soon as it is read, and a lost Pong only costs a ping.
+            let far = Instant::now() + Duration::from_secs(24 * 3600);
+            tokio::select! {
+                decided = &mut decision => return Ok(decided),
+                frame = self.link.next(far) => match frame? {
+                    Some(PairFrame::Closed { slot, .. }) if slot == self.slot => {
+                        return Err(PairingError::PeerLeft);
+                    }
+                    // Pongs, and nothing else is expected before the grant.
+                    _ => {}
+                },
+            }
+        }
+    }
     /// The short string both screens show (`1234-5678`), derived from the pairing
     /// transcript.
     pub fn confirmation(&self) -> &str {
