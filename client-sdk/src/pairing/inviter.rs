@@ -1,6 +1,7 @@
 //! The inviter: an active device of the user shows a code, admits the device that types it
 //! to the device chain (signed with its own device key), and grants it every epoch's key.
 
+use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -265,7 +266,7 @@ impl PendingDevice {
     /// and the link pings on its own, so a user who takes minutes does not lose the pairing
     /// to the relay's idle timeout. Fails with [`PairingError::PeerLeft`] if the new device
     /// leaves (or the relay ends the slot) meanwhile.
-    pub async fn while_deciding<F: std::future::Future>(
+    pub async fn while_deciding<F: Future>(
         &mut self,
         decision: F,
     ) -> Result<F::Output, PairingError> {
