@@ -70,9 +70,7 @@ async fn a_user_who_takes_longer_than_the_idle_timeout_to_answer_still_pairs() {
     );
     let options = fast().ping_interval(Duration::from_millis(200));
     let laptop_state = new_user(&dir.path().join("laptop"), &relay, "laptop").await;
-    let invitation = ferry_client::pairing::invite(&laptop_state, &options)
-        .await
-        .unwrap();
+    let invitation = pairing::invite(&laptop_state, &options).await.unwrap();
     let code = invitation.code().to_string();
     let inviter = tokio::spawn(async move {
         let mut pending = invitation.joined().await?;
