@@ -751,6 +751,95 @@ mod tests {
     }
 
     #[test]
+    fn a_new_epoch_is_sealed_to_the_remaining_devices_themselves_in_device_order() {
+        // The right number of recipients is not enough: each must be the device in its place.
+        let w = world();
+        let signer = SigningKey::Device(&w.devices[0]);
+        let check = |body| w.chain.check(&w.chain.sign(body, signer));
+        let rotate = |epoch| LinkBody::Rotate { epoch };
+        let right = epoch_for(&w.chain, &[]);
+        assert_eq!(right.devices.len(), 3);
+        assert_eq!(check(rotate(right.clone())), Ok(()));
+        // A stranger sealed to in place of an active device.
+        for i in 0..right.devices.len() {
+            let mut stranger = right.clone();
+            stranger.devices[i].0 = DeviceId([1; 32]);
+            assert_eq!(
+                check(rotate(stranger)),
+                Err(ChainError::WrongRecipients),
+                "recipient {i}"
+            );
+        }
+        // The same devices out of order.
+        let mut swapped = right.clone();
+        swapped.devices.swap(0, 2);
+        assert_eq!(check(rotate(swapped)), Err(ChainError::WrongRecipients));
+        // A revocation sealing to the revoked device in place of one that remains.
+        let leaving = w.devices[1].id();
+        let mut replaced = epoch_for(&w.chain, &[leaving]);
+        replaced.devices[0].0 = leaving;
+        replaced.devices.sort_by_key(|(device, _)| *device);
+        let revoke = LinkBody::Revoke {
+            devices: vec![leaving],
+            epoch: replaced,
+        };
+        assert_eq!(check(revoke), Err(ChainError::WrongRecipients));
+    }
+
+    #[test]
+    fn sealed_keys_are_accepted_up_to_their_limit_and_refused_past_it_everywhere() {
+        // `Chain::check` bounds sealed keys itself (a relay may check a link it built, not
+        // only one it decoded): 1 to MAX_SEALED_KEY_LEN bytes, wherever the key is.
+        let w = world();
+        let signer = SigningKey::Device(&w.devices[0]);
+        let check = |body| w.chain.check(&w.chain.sign(body, signer));
+        let refused = Err(ChainError::Invalid("sealed key size"));
+        let sized = |len: usize, place: usize| {
+            let mut epoch = epoch_for(&w.chain, &[]);
+            let key = SealedKey(vec![7; len]);
+            match place {
+                0 => epoch.recovery = key,
+                i => epoch.devices[i - 1].1 = key,
+            }
+            LinkBody::Rotate { epoch }
+        };
+        for place in 0..=3 {
+            for len in [1, MAX_SEALED_KEY_LEN - 1, MAX_SEALED_KEY_LEN] {
+                assert_eq!(check(sized(len, place)), Ok(()), "{len} bytes at {place}");
+            }
+            for len in [0, MAX_SEALED_KEY_LEN + 1, 2 * MAX_SEALED_KEY_LEN] {
+                assert_eq!(check(sized(len, place)), refused, "{len} bytes at {place}");
+            }
+        }
+        // The first link's epoch key, and a revocation's.
+        let user = UserKey::generate(&mut ChaCha20Rng::seed_from_u64(13));
+        let empty = Chain::new(user.id());
+        let create = |len| {
+            empty.check(&empty.sign(
+                LinkBody::Create {
+                    recovery_exchange: [9; 32],
+                    epoch_key: SealedKey(vec![7; len]),
+                },
+                SigningKey::User(&user),
+            ))
+        };
+        assert_eq!(create(MAX_SEALED_KEY_LEN), Ok(()));
+        assert_eq!(create(MAX_SEALED_KEY_LEN + 1), refused);
+        assert_eq!(create(0), refused);
+        let leaving = w.devices[2].id();
+        let revoke = |len| {
+            let mut epoch = epoch_for(&w.chain, &[leaving]);
+            epoch.devices[1].1 = SealedKey(vec![7; len]);
+            LinkBody::Revoke {
+                devices: vec![leaving],
+                epoch,
+            }
+        };
+        assert_eq!(check(revoke(MAX_SEALED_KEY_LEN)), Ok(()));
+        assert_eq!(check(revoke(MAX_SEALED_KEY_LEN + 1)), refused);
+    }
+
+    #[test]
     fn the_user_key_revokes_everything_and_admits_a_new_first_device() {
         let mut w = world();
         let all: Vec<DeviceId> = w.devices.iter().map(DeviceKey::id).collect();

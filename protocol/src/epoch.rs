@@ -273,6 +273,24 @@ mod tests {
     }
 
     #[test]
+    fn an_exchange_secret_round_trips_through_its_bytes() {
+        // What a device writes to its key file must rebuild the same secret.
+        let secret = ExchangeSecret::from_bytes(&[0x5c; 32]);
+        assert_eq!(secret.bytes(), &[0x5c; 32]);
+        let fresh = ExchangeSecret::generate(&mut ChaCha20Rng::seed_from_u64(24));
+        let reloaded = ExchangeSecret::from_bytes(fresh.bytes());
+        assert_eq!(reloaded.bytes(), fresh.bytes());
+        assert_eq!(reloaded.public(), fresh.public());
+        // A key sealed to the fresh secret opens with the reloaded one.
+        let mut rng = ChaCha20Rng::seed_from_u64(25);
+        let user = UserId([1; 32]);
+        let key = DataKey::generate(&mut rng);
+        let sealed = seal_epoch_key(&mut rng, &user, 2, &key, &fresh.public()).unwrap();
+        let opened = open_epoch_key(&reloaded, &user, 2, &sealed).unwrap();
+        assert_eq!(opened.bytes(), key.bytes());
+    }
+
+    #[test]
     fn low_order_recipients_are_refused() {
         let mut rng = ChaCha20Rng::seed_from_u64(23);
         let key = DataKey::generate(&mut rng);

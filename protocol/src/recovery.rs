@@ -298,6 +298,31 @@ mod tests {
     }
 
     #[test]
+    fn base32_pads_only_a_partial_last_character() {
+        // The written key is 34 bytes (272 bits: the 55th character holds 2 bits and 3 of
+        // padding), but the helpers are general: a length of a multiple of 5 bytes fills its
+        // last character exactly and gains no padding character (as it would if the key or
+        // the checksum changed size). "foobar" is RFC 4648's example, in Crockford's alphabet.
+        let cases: [(&[u8], &str); 9] = [
+            (b"", ""),
+            (&[0xff], "ZW"),
+            (b"f", "CR"),
+            (b"fo", "CSQG"),
+            (b"foo", "CSQPY"),
+            (b"foob", "CSQPYRG"),
+            (b"fooba", "CSQPYRK1"),
+            (b"foobar", "CSQPYRK1E8"),
+            (&[0xff; 5], "ZZZZZZZZ"),
+        ];
+        for (bytes, written) in cases {
+            let encoded = encode_base32(bytes);
+            assert_eq!(encoded.as_slice(), written.as_bytes(), "{bytes:?}");
+            let values: Vec<u8> = written.chars().map(|c| base32_value(c).unwrap()).collect();
+            assert_eq!(decode_base32(&values).as_slice(), bytes, "{written}");
+        }
+    }
+
+    #[test]
     fn the_user_key_is_derived_deterministically_and_differs_per_key() {
         let a = RecoveryKey::from_bytes([1; 32]);
         let b = RecoveryKey::from_bytes([2; 32]);
