@@ -17,7 +17,6 @@ use crate::handshake::{
     ServerHandshake, ServerHandshakeMessage, ServerHello, ServerHelloBody, SessionEstablished,
     SessionStart, keys,
 };
-use crate::limits::MAX_DEVICE_NAME_LEN;
 use crate::pairing::{Inviter, JoinRequest, Joiner, PairingCode};
 use crate::seal::DataKey;
 use crate::{
