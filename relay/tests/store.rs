@@ -847,7 +847,7 @@ async fn a_revoked_or_never_admitted_device_appends_nothing(db: Db) {
     let chain = stored_chain(store, u).await;
     let revoke = LinkBody::Revoke {
         devices: vec![thief],
-        epoch: support::client::next_epoch(&chain, &[thief]),
+        epoch: next_epoch(&chain, &[thief]),
     };
     append_body(store, u, revoke, SigningKey::User(&user_key(u)), 10)
         .await
@@ -1034,7 +1034,7 @@ async fn an_append_sealed_under_a_replaced_epoch_is_refused_in_order(db: Db) {
 /// A `Rotate` body moving `chain` to its next epoch.
 fn rotate_body(chain: &ferry_protocol::Chain) -> LinkBody {
     LinkBody::Rotate {
-        epoch: support::client::next_epoch(chain, &[]),
+        epoch: next_epoch(chain, &[]),
     }
 }
 
@@ -1049,7 +1049,7 @@ async fn chain_pages_are_bounded_and_consecutive(db: Db) {
     for _ in 0..30 {
         let chain = stored_chain(store, u).await;
         let rotate = LinkBody::Rotate {
-            epoch: support::client::next_epoch(&chain, &[]),
+            epoch: next_epoch(&chain, &[]),
         };
         append_body(store, u, rotate, SigningKey::User(&key), 1000)
             .await
