@@ -5,7 +5,7 @@
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::plan::{BatchPlan, batch_devices, batch_keys, batch_users};
+use super::plan::{BatchPlan, DeviceKey, batch_devices, batch_keys, batch_users};
 use super::{AppendRequest, BatchState};
 use crate::store::StoreError;
 use crate::store::sql::db_int;
@@ -57,44 +57,43 @@ pub(super) async fn read_batch_state(
     }
     // Retention's watermarks for the batch's devices.
     for chunk in batch_devices(requests).chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = of_devices(
             "SELECT user_id, device_id, device_seq FROM trimmed_device_seqs
              WHERE (user_id, device_id) IN (",
+            chunk,
         );
-        let mut keys = query.separated(", ");
-        for (user, device) in chunk {
-            keys.push("(");
-            keys.push_bind_unseparated(user.as_bytes().as_slice());
-            keys.push_unseparated(", ");
-            keys.push_bind_unseparated(device.as_bytes().as_slice());
-            keys.push_unseparated(")");
-        }
-        query.push(")");
         for row in query.build_query_as().fetch_all(&mut *conn).await? {
             state.add_watermark(row)?;
         }
     }
     // Which of the batch's devices the chain admits and has not revoked.
     for chunk in batch_devices(requests).chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = of_devices(
             "SELECT user_id, device_id FROM devices
              WHERE admitted_seqno IS NOT NULL AND revoked_at IS NULL
                AND (user_id, device_id) IN (",
+            chunk,
         );
-        let mut keys = query.separated(", ");
-        for (user, device) in chunk {
-            keys.push("(");
-            keys.push_bind_unseparated(user.as_bytes().as_slice());
-            keys.push_unseparated(", ");
-            keys.push_bind_unseparated(device.as_bytes().as_slice());
-            keys.push_unseparated(")");
-        }
-        query.push(")");
         for row in query.build_query_as().fetch_all(&mut *conn).await? {
             state.add_active(row)?;
         }
     }
     Ok(state)
+}
+
+/// `head` (a statement ending in `(user_id, device_id) IN (`) completed with `devices`.
+fn of_devices<'a>(head: &str, devices: &'a [DeviceKey]) -> QueryBuilder<'a, Sqlite> {
+    let mut query = QueryBuilder::<Sqlite>::new(head);
+    let mut keys = query.separated(", ");
+    for (user, device) in devices {
+        keys.push("(");
+        keys.push_bind_unseparated(user.as_bytes().as_slice());
+        keys.push_unseparated(", ");
+        keys.push_bind_unseparated(device.as_bytes().as_slice());
+        keys.push_unseparated(")");
+    }
+    query.push(")");
+    query
 }
 
 /// Step 4 of an append batch: the new events and the new heads.
