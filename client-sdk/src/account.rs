@@ -208,12 +208,7 @@ pub async fn recover(
         if links.is_empty() {
             return Err(ClientError::WrongRecoveryKey);
         }
-        let mut trust = Trust::verify(user, links, Default::default()).map_err(|refused| {
-            ClientError::ChainRejected {
-                seqno: refused.seqno,
-                reason: refused.error.to_string(),
-            }
-        })?;
+        let mut trust = Trust::verify(user, links, Default::default())?;
         if trust.chain().recovery_exchange() != Some(exchange.public()) {
             return Err(ClientError::WrongRecoveryKey);
         }
@@ -276,10 +271,7 @@ fn apply_own(trust: &mut Trust, link: &Link, secrets: &DeviceSecrets) -> Result<
             &secrets.exchange,
         )
         .map(drop)
-        .map_err(|refused| ClientError::ChainRejected {
-            seqno: refused.seqno,
-            reason: refused.error.to_string(),
-        })
+        .map_err(ClientError::from)
 }
 
 /// Connects as `secrets.device` of `user` (a normal session), fetches the whole chain and
@@ -306,12 +298,7 @@ pub(crate) async fn fetch_verified_chain(
         session::close(connection).await;
         match fetched {
             Ok(links) => {
-                return Trust::verify(user, links, Default::default()).map_err(|refused| {
-                    ClientError::ChainRejected {
-                        seqno: refused.seqno,
-                        reason: refused.error.to_string(),
-                    }
-                });
+                return Ok(Trust::verify(user, links, Default::default())?);
             }
             Err(ClientError::ResyncRequired { earliest }) if resume.is_none() => {
                 resume = Some(earliest.saturating_sub(1));

@@ -68,6 +68,16 @@ pub(crate) struct Refused {
     pub error: ChainError,
 }
 
+impl From<Refused> for crate::error::ClientError {
+    /// The relay served a link that does not verify: nothing it says is believed.
+    fn from(refused: Refused) -> Self {
+        Self::ChainRejected {
+            seqno: refused.seqno,
+            reason: refused.error.to_string(),
+        }
+    }
+}
+
 /// Why a revocation could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RevokeError {

@@ -89,10 +89,7 @@ impl Driver {
         self.trust_dirty = true;
         let applied = applied.map_err(|refused| {
             tracing::error!(seqno = refused.seqno, error = %refused.error, "the relay served a chain link that does not verify");
-            Ended::Failed(ClientError::ChainRejected {
-                seqno: refused.seqno,
-                reason: refused.error.to_string(),
-            })
+            Ended::Failed(refused.into())
         })?;
         if applied.revoked {
             tracing::warn!("the device chain revokes this device");

@@ -401,10 +401,7 @@ async fn admit_to_chain(
         let fetched = session::fetch_chain(connection, trust.seqno(), timeout).await?;
         let applied = trust
             .apply(&fetched, me, &inviter.keys.exchange)
-            .map_err(|refused| ClientError::ChainRejected {
-                seqno: refused.seqno,
-                reason: refused.error.to_string(),
-            })?;
+            .map_err(ClientError::from)?;
         if applied.revoked || !trust.chain().is_active(&me) {
             return Err(ClientError::Revoked.into());
         }
