@@ -44,6 +44,10 @@ pub const MAX_SEALED_KEY_LEN: usize = 256;
 /// Most devices one chain may hold (revoked ones included): a revocation names and seals to
 /// at most this many.
 pub const MAX_CHAIN_DEVICES: usize = 1024;
+/// Most links one chain may hold. Every link is verified by the relay and by each device, and
+/// `Rotate` links cost nothing to make, so a device of the user could otherwise grow the chain
+/// (and everyone's verification work) without end; real chains stay far below it.
+pub const MAX_CHAIN_LINKS: u64 = 4096;
 
 /// The hash of a link; the first link names [`LinkHash::ZERO`] as its predecessor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -424,6 +428,9 @@ impl Chain {
         if link.prev != self.head {
             return Err(ChainError::Fork);
         }
+        if link.seqno > MAX_CHAIN_LINKS {
+            return Err(ChainError::Invalid("too many links"));
+        }
         if let Signer::Device(device) = &link.signer
             && !self.is_active(device)
         {
@@ -583,6 +590,32 @@ mod tests {
         assert_eq!(w.chain.active_devices().count(), 3);
         assert_eq!(w.chain.recovery_exchange(), Some([9; 32]));
         assert_eq!(w.chain.member(&w.devices[1].id()).unwrap().admitted_at, 3);
+    }
+
+    #[test]
+    fn a_chain_takes_links_up_to_its_limit_and_no_more() {
+        let mut w = world();
+        let rotate = |chain: &Chain, devices: &[DeviceKey]| {
+            chain.sign(
+                LinkBody::Rotate {
+                    epoch: epoch_for(chain, &[]),
+                },
+                SigningKey::Device(&devices[0]),
+            )
+        };
+        // A chain one link short of the limit (as if it had grown there) takes the last one...
+        w.chain.seqno = MAX_CHAIN_LINKS - 1;
+        let last = rotate(&w.chain, &w.devices);
+        w.chain.apply(&last).unwrap();
+        assert_eq!(w.chain.seqno(), MAX_CHAIN_LINKS);
+        // ...and refuses the one after, whoever signs it, changing nothing.
+        let before = w.chain.clone();
+        let beyond = rotate(&w.chain, &w.devices);
+        assert_eq!(
+            w.chain.apply(&beyond),
+            Err(ChainError::Invalid("too many links"))
+        );
+        assert_eq!(w.chain, before);
     }
 
     #[test]
