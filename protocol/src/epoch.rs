@@ -102,17 +102,44 @@ pub fn seal_epoch_key(
     key: &DataKey,
     recipient: &[u8; 32],
 ) -> Result<SealedKey, EpochKeyError> {
+    let context = epoch_context(user, epoch);
+    seal_key_to(rng, EPOCH_KEY_LABEL, &context, key.bytes(), recipient)
+}
+
+/// Opens a key sealed to `secret` by [`seal_epoch_key`] for the same user and epoch.
+pub fn open_epoch_key(
+    secret: &ExchangeSecret,
+    user: &UserId,
+    epoch: u32,
+    sealed: &SealedKey,
+) -> Result<DataKey, EpochKeyError> {
+    let context = epoch_context(user, epoch);
+    let bytes = open_key_from(secret, EPOCH_KEY_LABEL, &context, sealed)?;
+    Ok(DataKey::from_bytes(&bytes))
+}
+
+/// Seals a 32-byte secret to `recipient` (an X25519 exchange public key), bound to `label`
+/// (also the HKDF info) and `context` (associated data): the construction of the module
+/// docs, which an epoch key uses with its user and epoch as the context, and a contact
+/// request ([`crate::people::Intro`]) with its two users.
+pub fn seal_key_to(
+    rng: &mut impl CryptoRngCore,
+    label: &[u8],
+    context: &[u8],
+    secret: &[u8; 32],
+    recipient: &[u8; 32],
+) -> Result<SealedKey, EpochKeyError> {
     let ephemeral = ExchangeSecret::generate(rng);
     let ephemeral_public = ephemeral.public();
-    let cipher = cipher(&ephemeral, &ephemeral_public, recipient)?;
+    let cipher = cipher(&ephemeral, &ephemeral_public, recipient, label)?;
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
-    let aad = associated_data(user, epoch, recipient);
+    let aad = associated_data(label, context, recipient);
     let ciphertext = cipher
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
-                msg: key.bytes(),
+                msg: secret,
                 aad: &aad,
             },
         )
@@ -124,13 +151,13 @@ pub fn seal_epoch_key(
     Ok(SealedKey(sealed))
 }
 
-/// Opens a key sealed to `secret` by [`seal_epoch_key`] for the same user and epoch.
-pub fn open_epoch_key(
+/// Opens a secret sealed to `secret` by [`seal_key_to`] with the same label and context.
+pub fn open_key_from(
     secret: &ExchangeSecret,
-    user: &UserId,
-    epoch: u32,
+    label: &[u8],
+    context: &[u8],
     sealed: &SealedKey,
-) -> Result<DataKey, EpochKeyError> {
+) -> Result<Zeroizing<[u8; 32]>, EpochKeyError> {
     if sealed.0.len() != SEALED_EPOCH_KEY_LEN {
         return Err(EpochKeyError::Authentication);
     }
@@ -140,9 +167,9 @@ pub fn open_epoch_key(
         .try_into()
         .map_err(|_| EpochKeyError::Authentication)?;
     let recipient = secret.public();
-    let cipher =
-        cipher(secret, &ephemeral_public, &recipient).map_err(|_| EpochKeyError::Authentication)?;
-    let aad = associated_data(user, epoch, &recipient);
+    let cipher = cipher(secret, &ephemeral_public, &recipient, label)
+        .map_err(|_| EpochKeyError::Authentication)?;
+    let aad = associated_data(label, context, &recipient);
     let plain = Zeroizing::new(
         cipher
             .decrypt(
@@ -154,11 +181,11 @@ pub fn open_epoch_key(
             )
             .map_err(|_| EpochKeyError::Authentication)?,
     );
-    let bytes: &[u8; 32] = plain
+    let bytes: [u8; 32] = plain
         .as_slice()
         .try_into()
         .map_err(|_| EpochKeyError::Authentication)?;
-    Ok(DataKey::from_bytes(bytes))
+    Ok(Zeroizing::new(bytes))
 }
 
 /// The AEAD keyed from a shared secret; both public keys salt the derivation.
@@ -166,13 +193,14 @@ fn cipher_for(
     shared: &Zeroizing<[u8; 32]>,
     ephemeral_public: &[u8; 32],
     recipient: &[u8; 32],
+    label: &[u8],
 ) -> XChaCha20Poly1305 {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral_public);
     salt[32..].copy_from_slice(recipient);
     let hkdf = Hkdf::<Sha256>::new(Some(&salt), shared.as_ref());
     let mut key = Zeroizing::new([0u8; 32]);
-    if hkdf.expand(EPOCH_KEY_LABEL, key.as_mut()).is_err() {
+    if hkdf.expand(label, key.as_mut()).is_err() {
         unreachable!("32 bytes is a valid HKDF-SHA256 output length");
     }
     XChaCha20Poly1305::new(key.as_ref().into())
@@ -184,6 +212,7 @@ fn cipher(
     own: &ExchangeSecret,
     ephemeral_public: &[u8; 32],
     recipient: &[u8; 32],
+    label: &[u8],
 ) -> Result<XChaCha20Poly1305, EpochKeyError> {
     // The sender pairs its ephemeral secret with the recipient; the recipient its secret
     // with the ephemeral public key. Both get the same shared secret.
@@ -196,14 +225,21 @@ fn cipher(
     if shared.iter().all(|&b| b == 0) {
         return Err(EpochKeyError::WeakKey);
     }
-    Ok(cipher_for(&shared, ephemeral_public, recipient))
+    Ok(cipher_for(&shared, ephemeral_public, recipient, label))
 }
 
-fn associated_data(user: &UserId, epoch: u32, recipient: &[u8; 32]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(EPOCH_KEY_LABEL.len() + 32 + 4 + 32);
-    aad.extend_from_slice(EPOCH_KEY_LABEL);
-    aad.extend_from_slice(user.as_bytes());
-    aad.extend_from_slice(&epoch.to_be_bytes());
+/// An epoch key's context: the user, then the epoch (u32 big-endian).
+fn epoch_context(user: &UserId, epoch: u32) -> [u8; 36] {
+    let mut context = [0u8; 36];
+    context[..32].copy_from_slice(user.as_bytes());
+    context[32..].copy_from_slice(&epoch.to_be_bytes());
+    context
+}
+
+fn associated_data(label: &[u8], context: &[u8], recipient: &[u8; 32]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(label.len() + context.len() + 32);
+    aad.extend_from_slice(label);
+    aad.extend_from_slice(context);
     aad.extend_from_slice(recipient);
     aad
 }

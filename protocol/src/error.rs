@@ -7,7 +7,7 @@
 //! does not know keeps it as [`ErrorCode::Unknown`].
 //!
 //! Ranges: 1xx framing and protocol, 2xx handshake and identity, 3xx the event
-//! log, 4xx limits, 5xx pairing, 9xx the relay itself.
+//! log, 4xx limits, 5xx pairing, 6xx people (handles, contacts), 9xx the relay itself.
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,24 @@ pub enum ErrorCode {
     PairingSlotTaken,
     /// 504: the pairing exchange failed; the code was wrong and is now burned.
     PairingFailed,
+    /// 600: a handle or handle name breaks the rules.
+    HandleInvalid,
+    /// 601: every number (00-99) of the name is taken.
+    HandleTaken,
+    /// 602: no pending request or contact with that user to act on.
+    NoSuchContact,
+    /// 603: the daily contact-request limit is reached.
+    RequestLimit,
+    /// 604: the limit of unanswered outgoing requests is reached.
+    PendingLimit,
+    /// 605: the contact limit is reached.
+    ContactLimit,
+    /// 606: too many handle lookups in the last minute.
+    LookupLimit,
+    /// 607: the other user is not a contact.
+    NotAContact,
+    /// 608: a contact request's intro does not verify or names the wrong users.
+    BadIntro,
     /// 900: the relay hit an internal error.
     Internal,
     /// 901: the relay is shutting down or its storage is unavailable.
@@ -91,7 +109,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 41] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -122,6 +140,15 @@ impl ErrorCode {
         Self::PairingCodeUsed,
         Self::PairingSlotTaken,
         Self::PairingFailed,
+        Self::HandleInvalid,
+        Self::HandleTaken,
+        Self::NoSuchContact,
+        Self::RequestLimit,
+        Self::PendingLimit,
+        Self::ContactLimit,
+        Self::LookupLimit,
+        Self::NotAContact,
+        Self::BadIntro,
         Self::Internal,
         Self::Unavailable,
     ];
@@ -159,6 +186,15 @@ impl ErrorCode {
             Self::PairingCodeUsed => 502,
             Self::PairingSlotTaken => 503,
             Self::PairingFailed => 504,
+            Self::HandleInvalid => 600,
+            Self::HandleTaken => 601,
+            Self::NoSuchContact => 602,
+            Self::RequestLimit => 603,
+            Self::PendingLimit => 604,
+            Self::ContactLimit => 605,
+            Self::LookupLimit => 606,
+            Self::NotAContact => 607,
+            Self::BadIntro => 608,
             Self::Internal => 900,
             Self::Unavailable => 901,
             Self::Unknown(n) => n,
@@ -198,6 +234,15 @@ impl ErrorCode {
             Self::PairingCodeUsed => "pairing_code_used",
             Self::PairingSlotTaken => "pairing_slot_taken",
             Self::PairingFailed => "pairing_failed",
+            Self::HandleInvalid => "handle_invalid",
+            Self::HandleTaken => "handle_taken",
+            Self::NoSuchContact => "no_such_contact",
+            Self::RequestLimit => "request_limit",
+            Self::PendingLimit => "pending_limit",
+            Self::ContactLimit => "contact_limit",
+            Self::LookupLimit => "lookup_limit",
+            Self::NotAContact => "not_a_contact",
+            Self::BadIntro => "bad_intro",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unknown(_) => "unknown",
@@ -294,6 +339,33 @@ impl ErrorCode {
             }
             Self::PairingFailed => {
                 "Pairing failed because the code did not match; the code is burned, start pairing again."
+            }
+            Self::HandleInvalid => {
+                "The handle or name breaks the handle rules (3 to 24 letters a-z, digits or '_', see the docs); choose another."
+            }
+            Self::HandleTaken => {
+                "Every number of this name is taken; choose another name."
+            }
+            Self::NoSuchContact => {
+                "There is no pending request or contact with this user to act on; refresh the contact list."
+            }
+            Self::RequestLimit => {
+                "This user sent the most contact requests allowed in a day; try again tomorrow."
+            }
+            Self::PendingLimit => {
+                "This user has the most unanswered contact requests allowed; cancel some before sending more."
+            }
+            Self::ContactLimit => {
+                "This user has the most contacts allowed; remove some before adding more."
+            }
+            Self::LookupLimit => {
+                "Too many handle lookups from this device or address in the last minute; wait a minute."
+            }
+            Self::NotAContact => {
+                "This needs the other user to be a contact (profiles are shown to contacts only)."
+            }
+            Self::BadIntro => {
+                "The request's introduction is not signed by this device for this user and its recipient, or is malformed; upgrade the client."
             }
             Self::Internal => {
                 "The relay hit an internal error; retry, and report it to the operator if it persists."

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::ErrorCode;
 use crate::chain::Link;
 use crate::codec::{DecodeError, Wire, check_len};
-use crate::identity::DeviceId;
+use crate::identity::{DeviceId, UserId};
+use crate::people::handle::MAX_HANDLE_INPUT_LEN;
+use crate::people::{ContactInfo, Intro, MAX_CONTACTS_PER_FRAME, SealedProfile};
 use crate::limits::*;
 
 /// An event payload sealed by the client; opaque to the relay.
@@ -188,6 +190,77 @@ pub enum ClientFrame {
         /// The position of the last link the device holds.
         after: u64,
     },
+    /// Set this user's handle to `name` with a number the relay picks (`None`: remove the
+    /// handle); answered with `HandleIs`, or `Error(handle_invalid | handle_taken)`.
+    HandleSet {
+        /// The chosen name (normalised by the relay, see [`crate::people::handle`]).
+        name: Option<String>,
+    },
+    /// Which user has this handle (exact match only); answered with `WhoisResult`, or
+    /// `Error(lookup_limit)`.
+    Whois {
+        /// `name.NN`.
+        handle: String,
+    },
+    /// Another user's device chain after position `after`, answered with `UserChainLinks`
+    /// pages. The relay shows it for users who have a handle and for users this user has a
+    /// request or contact with; for anyone else the answer is an empty page.
+    UserChainFetch {
+        /// Whose chain.
+        user: UserId,
+        /// The position of the last link the device holds.
+        after: u64,
+    },
+    /// Ask `intro.to` to become a contact; answered with `Done` (also when `intro.to` has
+    /// blocked this user: the request then looks pending forever).
+    ContactRequest(Box<Intro>),
+    /// Accept the pending request from `intro.to`, sending this user's intro; answered with
+    /// `Done` or `Error(no_such_contact)`.
+    ContactAccept(Box<Intro>),
+    /// Decline the pending request from `peer`; answered with `Done`.
+    ContactDecline {
+        /// The user who asked.
+        peer: UserId,
+    },
+    /// Withdraw this user's pending request to `peer`; answered with `Done`.
+    ContactCancel {
+        /// The user asked.
+        peer: UserId,
+    },
+    /// Stop being contacts with `peer`; answered with `Done`.
+    ContactRemove {
+        /// The contact.
+        peer: UserId,
+    },
+    /// Block `peer`: nothing it directs at this user gets through, and any request or
+    /// contact between the two ends. Answered with `Done`.
+    Block {
+        /// The user to block.
+        peer: UserId,
+    },
+    /// Unblock `peer` (it does not restore a contact: that takes a new request). Answered
+    /// with `Done`.
+    Unblock {
+        /// The user to unblock.
+        peer: UserId,
+    },
+    /// This user's contacts, requests and blocks; answered with `Contacts`.
+    ContactsList,
+    /// Store this user's profile (a higher version than the stored one); answered with
+    /// `Done`.
+    ProfileSet(SealedProfile),
+    /// A contact's (or this user's own) profile; answered with `Profile`, or
+    /// `Error(not_a_contact)`.
+    ProfileFetch {
+        /// Whose profile.
+        user: UserId,
+    },
+    /// Show or hide this user's presence (hidden also hides every contact's from this
+    /// user); answered with `Done`.
+    PresenceSet {
+        /// Whether to show it.
+        visible: bool,
+    },
 }
 
 /// Frames a relay sends after the handshake.
@@ -273,6 +346,55 @@ pub enum ServerFrame {
         /// The chain's length.
         seqno: u64,
     },
+    /// This user's handle after `HandleSet` (`None`: no handle).
+    HandleIs {
+        /// `name.NN`.
+        handle: Option<String>,
+    },
+    /// The answer to `Whois`.
+    WhoisResult {
+        /// The handle asked for, as asked.
+        handle: String,
+        /// The user with this handle, if any.
+        user: Option<UserId>,
+    },
+    /// Links of another user's chain, answering `UserChainFetch`.
+    UserChainLinks {
+        /// Whose chain.
+        user: UserId,
+        /// Consecutive links, the first right after the `after` asked for.
+        links: Vec<Link>,
+        /// Whether more links follow in another `UserChainLinks` frame.
+        more: bool,
+    },
+    /// A people request (contact, block, profile, presence) is done.
+    Done,
+    /// The answer to `ContactsList`.
+    Contacts {
+        /// Every contact, request and block of this user.
+        contacts: Vec<ContactInfo>,
+        /// Whether this user shows presence.
+        presence_visible: bool,
+    },
+    /// The answer to `ProfileFetch`.
+    Profile {
+        /// Whose profile.
+        user: UserId,
+        /// The stored profile, if the user has set one.
+        profile: Option<SealedProfile>,
+    },
+    /// A contact came online or went offline on one relay node (`source`). A contact is
+    /// online while any node says so. Sent only between contacts who both show presence.
+    Presence {
+        /// The contact.
+        user: UserId,
+        /// The relay node that saw it (opaque).
+        source: u64,
+        /// Whether the contact has a session on that node.
+        online: bool,
+        /// When it was last online, coarse (see [`crate::people::LAST_SEEN_GRANULARITY_S`]).
+        last_seen: Option<u64>,
+    },
 }
 
 /// Most links in one `ChainLinks` frame (a relay also keeps a frame under the frame limit).
@@ -287,7 +409,24 @@ impl Wire for ClientFrame {
                 check_len("pairing body", body.len(), MAX_PAIRING_BODY_LEN)
             }
             Self::ChainAppend(link) => link.check_limits(),
-            Self::ChainFetch { .. }
+            Self::HandleSet { name } => check_len(
+                "handle name",
+                name.as_ref().map_or(0, String::len),
+                MAX_HANDLE_INPUT_LEN,
+            ),
+            Self::Whois { handle } => check_len("handle", handle.len(), MAX_HANDLE_INPUT_LEN),
+            Self::ContactRequest(intro) | Self::ContactAccept(intro) => intro.check_limits(),
+            Self::ProfileSet(profile) => profile.check_limits(),
+            Self::UserChainFetch { .. }
+            | Self::ContactDecline { .. }
+            | Self::ContactCancel { .. }
+            | Self::ContactRemove { .. }
+            | Self::Block { .. }
+            | Self::Unblock { .. }
+            | Self::ContactsList
+            | Self::ProfileFetch { .. }
+            | Self::PresenceSet { .. }
+            | Self::ChainFetch { .. }
             | Self::Ack { .. }
             | Self::Ping { .. }
             | Self::Pong { .. }
@@ -322,10 +461,22 @@ impl Wire for ServerFrame {
             Self::PairPeer { body, .. } => {
                 check_len("pairing body", body.len(), MAX_PAIRING_BODY_LEN)
             }
-            Self::ChainLinks { links, .. } => {
+            Self::ChainLinks { links, .. } | Self::UserChainLinks { links, .. } => {
                 check_len("links", links.len(), MAX_LINKS_PER_FRAME)?;
                 links.iter().try_for_each(Wire::check_limits)
             }
+            Self::HandleIs { handle } => check_len(
+                "handle",
+                handle.as_ref().map_or(0, String::len),
+                MAX_HANDLE_INPUT_LEN,
+            ),
+            Self::WhoisResult { handle, .. } => {
+                check_len("handle", handle.len(), MAX_HANDLE_INPUT_LEN)
+            }
+            Self::Contacts { contacts, .. } => {
+                check_len("contacts", contacts.len(), MAX_CONTACTS_PER_FRAME)
+            }
+            Self::Profile { profile, .. } => profile.as_ref().map_or(Ok(()), Wire::check_limits),
             Self::Appended { .. }
             | Self::CaughtUp { .. }
             | Self::ResyncRequired { .. }
@@ -333,6 +484,8 @@ impl Wire for ServerFrame {
             | Self::Pong { .. }
             | Self::ChainAppended { .. }
             | Self::ChainGrew { .. }
+            | Self::Done
+            | Self::Presence { .. }
             | Self::PairOpened { .. }
             | Self::PairClosed { .. } => Ok(()),
         }

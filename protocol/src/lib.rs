@@ -67,6 +67,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 pub mod pairing;
+pub mod people;
 pub mod recovery;
 pub mod seal;
 
