@@ -343,9 +343,7 @@ impl ErrorCode {
             Self::HandleInvalid => {
                 "The handle or name breaks the handle rules (3 to 24 letters a-z, digits or '_', see the docs); choose another."
             }
-            Self::HandleTaken => {
-                "Every number of this name is taken; choose another name."
-            }
+            Self::HandleTaken => "Every number of this name is taken; choose another name.",
             Self::NoSuchContact => {
                 "There is no pending request or contact with this user to act on; refresh the contact list."
             }

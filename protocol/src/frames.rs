@@ -29,9 +29,9 @@ use crate::ErrorCode;
 use crate::chain::Link;
 use crate::codec::{DecodeError, Wire, check_len};
 use crate::identity::{DeviceId, UserId};
+use crate::limits::*;
 use crate::people::handle::MAX_HANDLE_INPUT_LEN;
 use crate::people::{ContactInfo, Intro, MAX_CONTACTS_PER_FRAME, SealedProfile};
-use crate::limits::*;
 
 /// An event payload sealed by the client; opaque to the relay.
 ///

@@ -271,6 +271,45 @@ pub struct Limits {
     )]
     pub max_sessions_per_user: usize,
 
+    /// Contact requests one user may send per UTC day (repeats included); beyond it
+    /// requests are refused with `request_limit` (603).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_CONTACT_REQUESTS_PER_DAY",
+        default_value_t = 100
+    )]
+    pub contact_requests_per_day: u64,
+
+    /// Unanswered outgoing contact requests one user may have; beyond it new requests are
+    /// refused with `pending_limit` (604).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_PENDING_REQUESTS",
+        default_value_t = 200
+    )]
+    pub max_pending_requests: u64,
+
+    /// Contacts one user may have; beyond it accepting is refused with `contact_limit` (605).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_CONTACTS",
+        default_value_t = 2_000
+    )]
+    pub max_contacts: u64,
+
+    /// Handle lookups (`whois`) per minute from one device, and from one client address
+    /// (bursts up to a third of it); beyond it lookups are refused with `lookup_limit` (606).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_LOOKUPS_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub lookups_per_minute: u32,
+
     /// An anonymous (pairing) session not taking part in a pairing is closed after this
     /// long, in ms; pings do not count.
     #[arg(
@@ -398,6 +437,15 @@ impl Config {
 }
 
 impl Limits {
+    /// The people-domain limits the store enforces.
+    pub fn people(&self) -> crate::store::PeopleLimits {
+        crate::store::PeopleLimits {
+            requests_per_day: self.contact_requests_per_day,
+            pending_requests: self.max_pending_requests,
+            contacts: self.max_contacts,
+        }
+    }
+
     /// [`Self::handshake_timeout_ms`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)

@@ -41,6 +41,12 @@ pub struct Context {
     pub ephemeral_limiter: KeyedLimiter<DeviceId>,
     /// Replays from the database running at once on this node.
     pub replays: tokio::sync::Semaphore,
+    /// Handle lookups per device.
+    pub lookup_device_limiter: KeyedLimiter<DeviceId>,
+    /// Handle lookups per client address.
+    pub lookup_address_limiter: KeyedLimiter<IpAddr>,
+    /// Keys handles for storage.
+    pub handle_key: crate::handles::HandleKey,
     /// Pairing joins per IP address.
     pub pair_join_limiter: KeyedLimiter<IpAddr>,
     /// Failed pairing joins on this node, from every address.

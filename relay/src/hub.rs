@@ -78,9 +78,31 @@ enum BusMessage {
         seqno: u64,
         revoked: Vec<DeviceId>,
     },
+    /// On the topic of a user who may see `of`'s presence: `of` has (or no longer has) a
+    /// session on node `origin`. With `probe`, nodes holding sessions of the topic's user
+    /// answer with its own presence on `of`'s topic.
+    Presence {
+        origin: u64,
+        of: UserId,
+        online: bool,
+        last_seen: Option<u64>,
+        probe: bool,
+    },
+    /// On the topic of a user who could see `of`'s presence: `of` hides it now, on every node.
+    PresenceHidden { origin: u64, of: UserId },
 }
 
 impl Wire for BusMessage {}
+
+/// What a session hears when `user` hides its presence: forget every source.
+fn hidden_frame(user: UserId) -> ServerFrame {
+    ServerFrame::Presence {
+        user,
+        source: 0,
+        online: false,
+        last_seen: None,
+    }
+}
 
 /// An event waiting for a session's writer, with its commit time for the latency metric.
 #[derive(Debug, Clone)]
@@ -319,8 +341,99 @@ impl Hub {
         self.next_peer.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Unregisters a session.
-    pub async fn leave(&self, membership: Membership) {
+    /// `user` is online on this node (a session started, or it shows its presence again):
+    /// tells the sessions of `peers` (the users who may see it, see
+    /// [`crate::store::PeopleStore::presence_peers`]) here and on other nodes, and asks those
+    /// online to say so back. A peer with no session anywhere costs one bus message nobody
+    /// receives: no subscription, no state.
+    pub fn presence_online(&self, user: UserId, peers: &[UserId]) {
+        for peer in peers {
+            let frame = ServerFrame::Presence {
+                user,
+                source: self.node,
+                online: true,
+                last_seen: None,
+            };
+            if self.deliver_direct(peer, &frame) {
+                let back = ServerFrame::Presence {
+                    user: *peer,
+                    source: self.node,
+                    online: true,
+                    last_seen: None,
+                };
+                self.deliver_direct(&user, &back);
+            }
+            self.enqueue_publish(
+                *peer,
+                &BusMessage::Presence {
+                    origin: self.node,
+                    of: user,
+                    online: true,
+                    last_seen: None,
+                    probe: true,
+                },
+            );
+        }
+    }
+
+    /// `user` has no session left on this node: tells `peers`, with its coarse last-seen time.
+    pub fn presence_offline(&self, user: UserId, peers: &[UserId], last_seen: u64) {
+        for peer in peers {
+            let frame = ServerFrame::Presence {
+                user,
+                source: self.node,
+                online: false,
+                last_seen: Some(last_seen),
+            };
+            self.deliver_direct(peer, &frame);
+            self.enqueue_publish(
+                *peer,
+                &BusMessage::Presence {
+                    origin: self.node,
+                    of: user,
+                    online: false,
+                    last_seen: Some(last_seen),
+                    probe: false,
+                },
+            );
+        }
+    }
+
+    /// `user` hides its presence now: `peers` forget it, on every node (source 0).
+    pub fn presence_hidden(&self, user: UserId, peers: &[UserId]) {
+        for peer in peers {
+            self.deliver_direct(peer, &hidden_frame(user));
+            self.enqueue_publish(
+                *peer,
+                &BusMessage::PresenceHidden {
+                    origin: self.node,
+                    of: user,
+                },
+            );
+        }
+    }
+
+    /// Whether `user` has a session on this node.
+    pub fn is_online_here(&self, user: &UserId) -> bool {
+        lock(&self.users).contains_key(user)
+    }
+
+    /// Queues `frame` for every session of `user` on this node (best effort: a full queue
+    /// drops it). Returns whether the user has any session here.
+    fn deliver_direct(&self, user: &UserId, frame: &ServerFrame) -> bool {
+        let users = lock(&self.users);
+        let Some(peers) = users.get(user) else {
+            return false;
+        };
+        for peer in peers {
+            let _ = peer.direct.try_send(frame.clone());
+        }
+        true
+    }
+
+    /// Unregisters a session. Returns whether it was the user's last session on this node.
+    pub async fn leave(&self, membership: Membership) -> bool {
+        let mut last = false;
         let registered = {
             let mut users = lock(&self.users);
             match users.get_mut(&membership.user) {
@@ -330,6 +443,7 @@ impl Hub {
                     let removed = peers.len() < before;
                     if peers.is_empty() {
                         users.remove(&membership.user);
+                        last = removed;
                     }
                     removed
                 }
@@ -340,6 +454,7 @@ impl Hub {
         if registered && let Err(e) = self.bus.unsubscribe(&membership.user).await {
             tracing::warn!(error = %e, "bus unsubscribe failed");
         }
+        last
     }
 
     /// New events were committed on this node, in commit order. Wakes local sessions now and
@@ -439,6 +554,8 @@ impl Hub {
             | BusMessage::Ephemeral { origin, .. }
             | BusMessage::Revoked { origin, .. }
             | BusMessage::ChainGrew { origin, .. }
+            | BusMessage::Presence { origin, .. }
+            | BusMessage::PresenceHidden { origin, .. }
                 if origin == self.node => {}
             BusMessage::Committed { events, .. } if events.is_empty() => {
                 self.for_each_peer(&user, Peer::poll)
@@ -450,6 +567,38 @@ impl Hub {
             BusMessage::Revoked { device, .. } => self.close_devices(&user, &[device]),
             BusMessage::ChainGrew { seqno, revoked, .. } => {
                 self.apply_chain_grew(&user, seqno, &revoked, None)
+            }
+            BusMessage::Presence {
+                origin,
+                of,
+                online,
+                last_seen,
+                probe,
+            } => {
+                let frame = ServerFrame::Presence {
+                    user: of,
+                    source: origin,
+                    online,
+                    last_seen,
+                };
+                let here = self.deliver_direct(&user, &frame);
+                if probe && here {
+                    // `user` is online on this node: `of` may see it (its node checked that
+                    // the two are contacts who both show presence), so say so.
+                    self.enqueue_publish(
+                        of,
+                        &BusMessage::Presence {
+                            origin: self.node,
+                            of: user,
+                            online: true,
+                            last_seen: None,
+                            probe: false,
+                        },
+                    );
+                }
+            }
+            BusMessage::PresenceHidden { of, .. } => {
+                self.deliver_direct(&user, &hidden_frame(of));
             }
         }
     }

@@ -36,6 +36,7 @@ pub mod bus;
 pub mod config;
 mod connection;
 pub mod context;
+pub mod handles;
 pub mod hub;
 pub mod metrics;
 pub mod pairing;

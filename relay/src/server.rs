@@ -153,7 +153,8 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let relay_id = key.id();
 
-        let hub = Hub::new(bus, OsRng.next_u64(), Arc::clone(&metrics));
+        // Never 0: presence frames use source 0 for "every node".
+        let hub = Hub::new(bus, OsRng.next_u64().max(1), Arc::clone(&metrics));
         hub.start(messages);
         let committer =
             Committer::spawn(Arc::clone(&store), commit_config(&config, &hub, &metrics));
@@ -196,6 +197,15 @@ impl Server {
                 f64::from(limits.ephemerals_per_device_per_second) * 2.0,
             ),
             replays: tokio::sync::Semaphore::new(config.log.max_concurrent_replays.max(1)),
+            lookup_device_limiter: KeyedLimiter::<DeviceId>::new(
+                f64::from(limits.lookups_per_minute) / 60.0,
+                (f64::from(limits.lookups_per_minute) / 3.0).max(1.0),
+            ),
+            lookup_address_limiter: KeyedLimiter::new(
+                f64::from(limits.lookups_per_minute) / 60.0,
+                (f64::from(limits.lookups_per_minute) / 3.0).max(1.0),
+            ),
+            handle_key: crate::handles::HandleKey::derive(&key),
             pair_join_limiter: KeyedLimiter::new(
                 f64::from(limits.pair_joins_per_ip_per_minute) / 60.0,
                 f64::from(limits.pair_joins_per_ip_per_minute) / 4.0,

@@ -167,10 +167,7 @@ mod tests {
         assert_eq!(normalize_name("ＡＬＩＣＥ").unwrap(), "alice");
         assert_eq!(normalize_name("ﬁona").unwrap(), "fiona");
         // Look-alikes from other scripts are refused, naming the character.
-        assert_eq!(
-            normalize_name("аlice"),
-            Err(HandleError::BadCharacter('а'))
-        );
+        assert_eq!(normalize_name("аlice"), Err(HandleError::BadCharacter('а')));
         assert_eq!(normalize_name("bοb"), Err(HandleError::BadCharacter('ο')));
         assert_eq!(normalize_name("zoë"), Err(HandleError::BadCharacter('ë')));
         assert_eq!(

@@ -289,7 +289,10 @@ mod tests {
         let mut f = fixture();
         let intro = sealed(&mut f);
         assert!(intro.check_limits().is_ok());
-        assert_eq!(intro.open(f.receiver.id(), &f.receiver_secret).unwrap(), body());
+        assert_eq!(
+            intro.open(f.receiver.id(), &f.receiver_secret).unwrap(),
+            body()
+        );
         // Another device (not a recipient), or the right id with the wrong secret.
         let other = ExchangeSecret::generate(&mut f.rng);
         assert_eq!(
@@ -367,7 +370,10 @@ mod tests {
         };
         let intro =
             Intro::seal(&mut f.rng, f.from, &f.sender, f.to, &recipients, &longest).unwrap();
-        assert!(intro.check_limits().is_ok(), "the longest note fits the limit");
+        assert!(
+            intro.check_limits().is_ok(),
+            "the longest note fits the limit"
+        );
         assert_eq!(
             Intro::seal(&mut f.rng, f.from, &f.sender, f.to, &[], &body()),
             Err(IntroError::NoRecipients)

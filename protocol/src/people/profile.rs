@@ -119,7 +119,11 @@ impl ProfileBody {
         {
             return Err(ProfileError::BadDisplayName);
         }
-        if self.avatar.as_ref().is_some_and(|a| a.len() > MAX_AVATAR_REF_LEN) {
+        if self
+            .avatar
+            .as_ref()
+            .is_some_and(|a| a.len() > MAX_AVATAR_REF_LEN)
+        {
             return Err(ProfileError::AvatarTooLong);
         }
         Ok(())
@@ -188,7 +192,11 @@ impl SealedProfile {
 
 impl Wire for ProfileBody {
     fn check_limits(&self) -> Result<(), DecodeError> {
-        check_len("display name", self.display_name.len(), MAX_DISPLAY_NAME_LEN)?;
+        check_len(
+            "display name",
+            self.display_name.len(),
+            MAX_DISPLAY_NAME_LEN,
+        )?;
         check_len(
             "avatar reference",
             self.avatar.as_ref().map_or(0, String::len),
@@ -244,7 +252,10 @@ mod tests {
             Err(ProfileError::Authentication)
         );
         let other = ProfileKey::derive(&DataKey::from_bytes(&[4; 32]));
-        assert_eq!(sealed.open(&other, &user), Err(ProfileError::Authentication));
+        assert_eq!(
+            sealed.open(&other, &user),
+            Err(ProfileError::Authentication)
+        );
     }
 
     #[test]
@@ -265,7 +276,13 @@ mod tests {
             display_name: "n".repeat(MAX_DISPLAY_NAME_LEN),
             avatar: Some("a".repeat(MAX_AVATAR_REF_LEN)),
         };
-        assert!(longest.seal(&mut rng, &key, &user, 1).unwrap().check_limits().is_ok());
+        assert!(
+            longest
+                .seal(&mut rng, &key, &user, 1)
+                .unwrap()
+                .check_limits()
+                .is_ok()
+        );
         let long_name = ProfileBody {
             display_name: "n".repeat(MAX_DISPLAY_NAME_LEN + 1),
             avatar: None,

@@ -20,6 +20,7 @@
 
 mod chain;
 mod pairing;
+mod people;
 mod recovery;
 mod session;
 
@@ -263,7 +264,12 @@ where
     // clamped: the session answers it with ResyncRequired, never with reused sequences.
     let cursor = auth.resume.unwrap_or(acked);
     ctx.metrics.handshake("ok");
-    session::run(ws, channel, auth.user, auth.device, cursor, Arc::clone(ctx)).await;
+    let who = people::Asker {
+        user: auth.user,
+        device: auth.device,
+        address,
+    };
+    session::run(ws, channel, who, cursor, Arc::clone(ctx)).await;
     Ok(())
 }
 

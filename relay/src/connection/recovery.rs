@@ -123,7 +123,21 @@ pub(super) async fn run<S>(
             | ClientFrame::PairOpen
             | ClientFrame::PairJoin { .. }
             | ClientFrame::PairForward { .. }
-            | ClientFrame::PairClose { .. } => {
+            | ClientFrame::PairClose { .. }
+            | ClientFrame::HandleSet { .. }
+            | ClientFrame::Whois { .. }
+            | ClientFrame::UserChainFetch { .. }
+            | ClientFrame::ContactRequest(_)
+            | ClientFrame::ContactAccept(_)
+            | ClientFrame::ContactDecline { .. }
+            | ClientFrame::ContactCancel { .. }
+            | ClientFrame::ContactRemove { .. }
+            | ClientFrame::Block { .. }
+            | ClientFrame::Unblock { .. }
+            | ClientFrame::ContactsList
+            | ClientFrame::ProfileSet(_)
+            | ClientFrame::ProfileFetch { .. }
+            | ClientFrame::PresenceSet { .. } => {
                 let error = ErrorFrame::with_message(ErrorCode::UnexpectedFrame, NOT_ALLOWED);
                 let _ = send(&mut ws, &mut channel, &ServerFrame::Error(error), &ctx).await;
                 break Some(Close::with_reason(ErrorCode::UnexpectedFrame, NOT_ALLOWED));

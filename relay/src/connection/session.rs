@@ -43,6 +43,7 @@ use ferry_protocol::{
 };
 
 use super::chain::{self, Fetch};
+use super::people::{self, Asker};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -55,7 +56,9 @@ use super::{Close, transport_close};
 use crate::context::Context;
 use crate::hub::Peer;
 use crate::pairing::Party;
-use crate::store::{AppendOrder, AppendOutcome, AppendRequest, LogBounds, StoreError};
+use crate::store::{
+    AppendOrder, AppendOutcome, AppendRequest, ContactChange, LogBounds, StoreError,
+};
 
 /// Frames queued from the reader to the writer.
 const CONTROL_QUEUE: usize = 256;
@@ -84,14 +87,15 @@ enum Control {
 pub(super) async fn run<S>(
     ws: WebSocketStream<S>,
     channel: ServerChannel,
-    user: UserId,
-    device: DeviceId,
+    asker: Asker,
     cursor: u64,
     ctx: Arc<Context>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Asker { user, device, .. } = asker;
     let (membership, direct) = ctx.hub.join(user, device).await;
+    people::session_online(&ctx, user).await;
     ctx.metrics.sessions.inc();
     let (sink, stream) = ws.split();
     let (send, recv) = channel.split();
@@ -115,6 +119,7 @@ pub(super) async fn run<S>(
         ctx: Arc::clone(&ctx),
         user,
         device,
+        asker,
         peer: Arc::clone(&membership.peer),
         control,
         order: AppendOrder::new(),
@@ -124,7 +129,9 @@ pub(super) async fn run<S>(
         let _ = writer_task.await;
     }
     ctx.pairing.session_ended(membership.peer.id()).await;
-    ctx.hub.leave(membership).await;
+    if ctx.hub.leave(membership).await {
+        people::session_offline(&ctx, user).await;
+    }
     ctx.metrics.sessions.dec();
 }
 
@@ -134,6 +141,7 @@ struct Reader<S> {
     ctx: Arc<Context>,
     user: UserId,
     device: DeviceId,
+    asker: Asker,
     peer: Arc<Peer>,
     control: mpsc::Sender<Control>,
     order: Arc<AppendOrder>,
@@ -373,6 +381,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 let message = "a paired device cannot join a pairing; connect anonymously";
                 let frame = ErrorFrame::with_message(ErrorCode::UnexpectedFrame, message);
                 self.error(frame).await
+            }
+            ClientFrame::UserChainFetch { user, after } => self.user_chain(user, after).await,
+            people_frame => {
+                let answer = self.people(people_frame).await;
+                self.send(Control::Frame(answer)).await
+            }
+        }
+    }
+
+    /// The people frames (see [`people`]): one answer each.
+    async fn people(&self, frame: ClientFrame) -> ServerFrame {
+        let (ctx, asker) = (&*self.ctx, self.asker);
+        let change = |peer, change| people::change(ctx, asker, peer, change);
+        match frame {
+            ClientFrame::HandleSet { name } => people::set_handle(ctx, asker, name).await,
+            ClientFrame::Whois { handle } => people::whois(ctx, asker, handle).await,
+            ClientFrame::ContactRequest(intro) => {
+                people::introduce(ctx, asker, &intro, false).await
+            }
+            ClientFrame::ContactAccept(intro) => people::introduce(ctx, asker, &intro, true).await,
+            ClientFrame::ContactDecline { peer } => change(peer, ContactChange::Decline).await,
+            ClientFrame::ContactCancel { peer } => change(peer, ContactChange::Cancel).await,
+            ClientFrame::ContactRemove { peer } => change(peer, ContactChange::Remove).await,
+            ClientFrame::Block { peer } => change(peer, ContactChange::Block).await,
+            ClientFrame::Unblock { peer } => change(peer, ContactChange::Unblock).await,
+            ClientFrame::ContactsList => people::contacts(ctx, asker).await,
+            ClientFrame::ProfileSet(profile) => people::set_profile(ctx, asker, &profile).await,
+            ClientFrame::ProfileFetch { user } => people::profile(ctx, asker, user).await,
+            ClientFrame::PresenceSet { visible } => people::set_presence(ctx, asker, visible).await,
+            other => {
+                tracing::error!(frame = ?other, "not a people frame");
+                ServerFrame::Error(ErrorFrame::new(ErrorCode::Internal))
+            }
+        }
+    }
+
+    /// `UserChainFetch`: another user's chain in `UserChainLinks` pages, if this user may
+    /// see it; one empty page otherwise (as for a user that does not exist).
+    async fn user_chain(&self, user: UserId, after: u64) -> Result<(), Close> {
+        let empty = ServerFrame::UserChainLinks {
+            user,
+            links: Vec::new(),
+            more: false,
+        };
+        match self.ctx.store.chain_visible(self.user, user).await {
+            Ok(true) => {}
+            Ok(false) => return self.send(Control::Frame(empty)).await,
+            Err(e) => return self.storage_error(e).await,
+        }
+        let mut fetch = Fetch::new(user, after);
+        loop {
+            match fetch.next_page(&*self.ctx.store).await {
+                Ok(Some(ServerFrame::ChainLinks { links, more })) => {
+                    let page = ServerFrame::UserChainLinks { user, links, more };
+                    self.send(Control::Frame(page)).await?;
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => return self.storage_error(e).await,
             }
         }
     }

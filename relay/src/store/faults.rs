@@ -18,7 +18,9 @@
 //!   [`FaultyStore::resume_device_reads`] (to act between a session's admission and its
 //!   re-check after joining the hub);
 //! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate;
-//! - [`FaultyStore::acks_written`]: how many cursor writes reached the store.
+//! - [`FaultyStore::acks_written`]: how many cursor writes reached the store;
+//! - [`FaultyStore::fail_next_people_ops`]: the next people operations that write fail before
+//!   touching the database.
 //!
 //! It is part of the library (not only of the tests) so that chaos experiments against a
 //! running node can use it too; nothing in a normal start-up wraps the store with it.
@@ -31,11 +33,13 @@ use async_trait::async_trait;
 use ferry_protocol::{DeviceId, DeviceInfo, Event, Link, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
+use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
     LogStore, Store, StoreError,
 };
 use crate::sync::lock;
+use ferry_protocol::people::{Intro, SealedProfile};
 
 /// A [`Store`] that misbehaves when told to (see the module docs).
 #[derive(Debug)]
@@ -54,6 +58,7 @@ pub struct FaultyStore {
     /// Device record reads ([`DeviceStore::device`]).
     device_reads: ReadGate,
     acks: AtomicUsize,
+    fail_people: AtomicUsize,
 }
 
 /// Lets a budget of reads through, then holds the rest until resumed.
@@ -119,6 +124,7 @@ impl FaultyStore {
             event_reads: ReadGate::default(),
             device_reads: ReadGate::default(),
             acks: AtomicUsize::new(0),
+            fail_people: AtomicUsize::new(0),
         })
     }
 
@@ -203,6 +209,19 @@ impl FaultyStore {
     /// The size of every batch that reached the gate, in order.
     pub fn batch_sizes(&self) -> Vec<usize> {
         lock(&self.batch_sizes).clone()
+    }
+
+    /// The next `n` people operations that write (handles, requests, contacts, profiles,
+    /// presence settings) fail before touching the database.
+    pub fn fail_next_people_ops(&self, n: usize) {
+        self.fail_people.store(n, Ordering::SeqCst);
+    }
+
+    fn people_fault(&self) -> Result<(), StoreError> {
+        if Self::take_one(&self.fail_people) {
+            return Err(injected("people operation refused"));
+        }
+        Ok(())
     }
 
     fn take_one(counter: &AtomicUsize) -> bool {
@@ -336,6 +355,108 @@ impl ChainStore for FaultyStore {
 
     async fn chain_seqno(&self, user: UserId) -> Result<u64, StoreError> {
         self.inner.chain_seqno(user).await
+    }
+}
+
+#[async_trait]
+impl PeopleStore for FaultyStore {
+    async fn set_handle(
+        &self,
+        user: UserId,
+        name: &str,
+        candidates: &[(u8, [u8; 32])],
+        now_ms: u64,
+    ) -> Result<(u8, Notified), StoreError> {
+        self.people_fault()?;
+        self.inner.set_handle(user, name, candidates, now_ms).await
+    }
+
+    async fn clear_handle(&self, user: UserId, now_ms: u64) -> Result<Notified, StoreError> {
+        self.people_fault()?;
+        self.inner.clear_handle(user, now_ms).await
+    }
+
+    async fn find_handle(&self, hash: &[u8; 32]) -> Result<Option<UserId>, StoreError> {
+        self.inner.find_handle(hash).await
+    }
+
+    async fn chain_visible(&self, viewer: UserId, user: UserId) -> Result<bool, StoreError> {
+        self.inner.chain_visible(viewer, user).await
+    }
+
+    async fn request_contact(
+        &self,
+        intro: &Intro,
+        limits: &PeopleLimits,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        self.people_fault()?;
+        self.inner.request_contact(intro, limits, now_ms).await
+    }
+
+    async fn accept_contact(
+        &self,
+        intro: &Intro,
+        limits: &PeopleLimits,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        self.people_fault()?;
+        self.inner.accept_contact(intro, limits, now_ms).await
+    }
+
+    async fn change_contact(
+        &self,
+        user: UserId,
+        peer: UserId,
+        change: ContactChange,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        self.people_fault()?;
+        self.inner.change_contact(user, peer, change, now_ms).await
+    }
+
+    async fn is_blocked(&self, owner: UserId, peer: UserId) -> Result<bool, StoreError> {
+        self.inner.is_blocked(owner, peer).await
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<ContactList, StoreError> {
+        self.inner.contacts(user).await
+    }
+
+    async fn set_profile(
+        &self,
+        user: UserId,
+        profile: &SealedProfile,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        self.people_fault()?;
+        self.inner.set_profile(user, profile, now_ms).await
+    }
+
+    async fn profile(
+        &self,
+        viewer: UserId,
+        user: UserId,
+    ) -> Result<Option<SealedProfile>, StoreError> {
+        self.inner.profile(viewer, user).await
+    }
+
+    async fn set_presence_visible(
+        &self,
+        user: UserId,
+        visible: bool,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        self.people_fault()?;
+        self.inner.set_presence_visible(user, visible, now_ms).await
+    }
+
+    async fn presence_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.inner.presence_peers(user).await
+    }
+
+    async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError> {
+        self.inner.touch_last_seen(user, now_s).await
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Storage is split by domain, each with a trait of its own: [`LogStore`] (the per-user event
 //! logs and their retention, in `log/`), [`ChainStore`] (each user's device chain, in
-//! `chain.rs`) and [`DeviceStore`] (the chain's mirror: device records and cursors, in
-//! `devices.rs`). [`Store`] is all of them together, what a relay node runs on. One
+//! `chain.rs`), [`DeviceStore`] (the chain's mirror: device records and cursors, in
+//! `devices.rs`) and [`PeopleStore`] (handles, profiles, contacts, blocks and the notices
+//! they write into users' logs, in `people.rs`). [`Store`] is all of them together, what a relay node runs on. One
 //! implementation, [`SqlStore`], serves every domain on either backend, chosen from the URL
 //! scheme by [`open`]: SQLite (`sqlite://path?mode=rwc`, the embedded default) or PostgreSQL
 //! (`postgres://…`, production). Both run their migrations (`migrations/sqlite`,
@@ -125,6 +126,7 @@ pub mod committer;
 mod devices;
 pub mod faults;
 mod log;
+mod people;
 pub mod sql;
 
 use std::sync::Arc;
@@ -145,6 +147,7 @@ pub use log::{
     AppendOutcome, AppendRequest, LogBounds, LogStore, TRIM_BATCH, TRIM_USERS_PAGE,
     check_device_seq,
 };
+pub use people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
 pub use sql::{Dialect, SqlStore};
 
 /// Opens the store named by `url` with default [`StoreOptions`] and runs its migrations.
@@ -206,7 +209,9 @@ impl Default for StoreOptions {
 /// same semantics (see the module documentation for the invariants), checked by one shared
 /// test suite (`relay/tests/store.rs`).
 #[async_trait]
-pub trait Store: LogStore + ChainStore + DeviceStore + std::fmt::Debug + 'static {
+pub trait Store:
+    LogStore + ChainStore + DeviceStore + PeopleStore + std::fmt::Debug + 'static
+{
     /// `"sqlite"` or `"postgres"`, for logs and metrics.
     fn backend(&self) -> &'static str;
 
@@ -269,6 +274,10 @@ pub enum StoreError {
     /// The committer has stopped; nothing more is accepted.
     #[error("the store is shutting down")]
     Closed,
+    /// A people operation breaks a rule (a limit, nothing to act on, a taken handle); the
+    /// code says which.
+    #[error("refused: {}", .0.name())]
+    Refused(ErrorCode),
     /// An earlier append of the same session was refused with this (retryable) code, and
     /// this later one is refused with it too until the earlier one is sent again: a device's
     /// appends are committed in the order it sent them.
@@ -285,7 +294,7 @@ impl StoreError {
             Self::UnknownDevice => ErrorCode::UnknownDevice,
             Self::ChainLinkRefused(_) => ErrorCode::ChainLinkRefused,
             Self::Database(_) | Self::Closed => ErrorCode::Unavailable,
-            Self::EarlierRefused(code) => *code,
+            Self::EarlierRefused(code) | Self::Refused(code) => *code,
             Self::InvalidUrl(_) | Self::Migrate(_) | Self::Corrupt(_) => ErrorCode::Internal,
         }
     }

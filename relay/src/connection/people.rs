@@ -1,0 +1,268 @@
+//! The people frames of a device session: handles, lookups, contact requests, blocks,
+//! profiles and presence. Each frame gets exactly one answer (its own frame, `Done`, or an
+//! `Error`), in the order the frames came, so a client matches answers to requests by order.
+//!
+//! Writes go through [`crate::store::PeopleStore`], which changes the users' rows and appends
+//! the notices to their logs in one transaction; the notices are then handed to the hub like
+//! any commit, so every session of both users, on every node, reads them.
+//!
+//! What a hostile client can try, and what it gets:
+//! - an intro that is not its own (another user or device as sender, a forged signature) or
+//!   addressed to itself: `bad_intro`;
+//! - walking the handle space: lookups are exact, rate-limited per device and per client
+//!   address (`lookup_limit`), and the stored form is a keyed hash;
+//! - learning whether it is blocked: a blocked user's request, acceptance, decline,
+//!   cancellation and removal get the answers and notices they would get if the other user
+//!   had simply not answered (see `store/people.rs`); presence is not shown either way;
+//! - reading chains and profiles of strangers: chains only of users with a handle or with a
+//!   request or contact either way (anyone else gets an empty page, as for a user that does
+//!   not exist); profiles only of its contacts (`not_a_contact`).
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use ferry_protocol::people::{
+    Handle, Intro, LAST_SEEN_GRANULARITY_S, MAX_CONTACTS_PER_FRAME, SealedProfile, normalize_name,
+};
+use ferry_protocol::{DeviceId, ErrorCode, ErrorFrame, ServerFrame, UserId};
+
+use crate::context::{Context, now_ms, now_s};
+use crate::store::{ContactChange, Notified, StoreError};
+
+/// Who is asking: the session's user, device and client address.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Asker {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub address: IpAddr,
+}
+
+/// `HandleSet`: gives the user `name.NN` (or removes its handle).
+pub(super) async fn set_handle(ctx: &Context, asker: Asker, name: Option<String>) -> ServerFrame {
+    let Some(name) = name else {
+        return match ctx.store.clear_handle(asker.user, now_ms()).await {
+            Ok(notified) => {
+                wake(ctx, notified);
+                ServerFrame::HandleIs { handle: None }
+            }
+            Err(e) => storage_error(ctx, &e),
+        };
+    };
+    let name = match normalize_name(&name) {
+        Ok(name) => name,
+        Err(e) => return error(ctx, ErrorCode::HandleInvalid, e.to_string()),
+    };
+    let candidates = ctx.handle_key.candidates(&name);
+    match ctx
+        .store
+        .set_handle(asker.user, &name, &candidates, now_ms())
+        .await
+    {
+        Ok((number, notified)) => {
+            wake(ctx, notified);
+            ServerFrame::HandleIs {
+                handle: Some(format!("{name}.{number:02}")),
+            }
+        }
+        Err(e) => storage_error(ctx, &e),
+    }
+}
+
+/// `Whois`: the user with exactly this handle, within the lookup limits.
+pub(super) async fn whois(ctx: &Context, asker: Asker, handle: String) -> ServerFrame {
+    let now = Instant::now();
+    // Both buckets are charged, so neither many devices behind one address nor one device
+    // moving between addresses gets more than its share.
+    let device_ok = ctx.lookup_device_limiter.try_take(&asker.device, now);
+    let address_ok = ctx.lookup_address_limiter.try_take(&asker.address, now);
+    if !(device_ok && address_ok) {
+        return error(
+            ctx,
+            ErrorCode::LookupLimit,
+            ErrorCode::LookupLimit.description(),
+        );
+    }
+    let parsed = match handle.parse::<Handle>() {
+        Ok(parsed) => parsed,
+        Err(e) => return error(ctx, ErrorCode::HandleInvalid, e.to_string()),
+    };
+    match ctx.store.find_handle(&ctx.handle_key.hash(&parsed)).await {
+        Ok(user) => ServerFrame::WhoisResult { handle, user },
+        Err(e) => storage_error(ctx, &e),
+    }
+}
+
+/// `ContactRequest` / `ContactAccept`: checks the intro is the asker's own, then stores.
+pub(super) async fn introduce(
+    ctx: &Context,
+    asker: Asker,
+    intro: &Intro,
+    accept: bool,
+) -> ServerFrame {
+    if let Err(reason) = check_intro(asker, intro) {
+        return error(ctx, ErrorCode::BadIntro, reason);
+    }
+    let limits = ctx.config.limits.people();
+    let stored = if accept {
+        ctx.store.accept_contact(intro, &limits, now_ms()).await
+    } else {
+        ctx.store.request_contact(intro, &limits, now_ms()).await
+    };
+    done(ctx, stored)
+}
+
+fn check_intro(asker: Asker, intro: &Intro) -> Result<(), &'static str> {
+    if intro.from != asker.user || intro.device != asker.device {
+        return Err("the intro must come from this session's user and device");
+    }
+    if intro.to == asker.user {
+        return Err("a user cannot be its own contact");
+    }
+    intro
+        .verify_signature()
+        .map_err(|_| "the intro's signature does not verify")
+}
+
+/// Decline, cancel, remove, block, unblock.
+pub(super) async fn change(
+    ctx: &Context,
+    asker: Asker,
+    peer: UserId,
+    change: ContactChange,
+) -> ServerFrame {
+    let stored = ctx
+        .store
+        .change_contact(asker.user, peer, change, now_ms())
+        .await;
+    if stored.is_ok() && matches!(change, ContactChange::Block | ContactChange::Remove) {
+        // Neither sees the other's presence any more. The other user is not told why: it
+        // gets the frame it gets when a contact hides its presence.
+        ctx.hub.presence_hidden(asker.user, &[peer]);
+        ctx.hub.presence_hidden(peer, &[asker.user]);
+    }
+    done(ctx, stored)
+}
+
+/// `ContactsList`.
+pub(super) async fn contacts(ctx: &Context, asker: Asker) -> ServerFrame {
+    match ctx.store.contacts(asker.user).await {
+        Ok(mut list) => {
+            list.contacts.truncate(MAX_CONTACTS_PER_FRAME);
+            ServerFrame::Contacts {
+                contacts: list.contacts,
+                presence_visible: list.presence_visible,
+            }
+        }
+        Err(e) => storage_error(ctx, &e),
+    }
+}
+
+/// `ProfileSet`.
+pub(super) async fn set_profile(
+    ctx: &Context,
+    asker: Asker,
+    profile: &SealedProfile,
+) -> ServerFrame {
+    let stored = ctx.store.set_profile(asker.user, profile, now_ms()).await;
+    if matches!(stored, Err(StoreError::Refused(ErrorCode::Conflict))) {
+        let message = "a profile's version must be above the stored one; fetch it and try again";
+        return error(ctx, ErrorCode::Conflict, message);
+    }
+    done(ctx, stored)
+}
+
+/// `ProfileFetch`.
+pub(super) async fn profile(ctx: &Context, asker: Asker, user: UserId) -> ServerFrame {
+    match ctx.store.profile(asker.user, user).await {
+        Ok(profile) => ServerFrame::Profile { user, profile },
+        Err(e) => storage_error(ctx, &e),
+    }
+}
+
+/// `PresenceSet`: shows or hides the user's presence, and tells the contacts concerned.
+pub(super) async fn set_presence(ctx: &Context, asker: Asker, visible: bool) -> ServerFrame {
+    // Who could see it before hiding (afterwards the store says nobody).
+    let before = if visible {
+        Vec::new()
+    } else {
+        match ctx.store.presence_peers(asker.user).await {
+            Ok(peers) => peers,
+            Err(e) => return storage_error(ctx, &e),
+        }
+    };
+    let stored = ctx
+        .store
+        .set_presence_visible(asker.user, visible, now_ms())
+        .await;
+    if stored.is_ok() {
+        if visible {
+            session_online(ctx, asker.user).await;
+        } else {
+            ctx.hub.presence_hidden(asker.user, &before);
+        }
+    }
+    done(ctx, stored)
+}
+
+/// A session of `user` started on this node: its last-seen time moves, and the contacts who
+/// may see its presence hear that it is online (and answer with theirs).
+pub(super) async fn session_online(ctx: &Context, user: UserId) {
+    if let Err(e) = ctx.store.touch_last_seen(user, now_s()).await {
+        tracing::debug!(error = %e, "could not store last seen");
+    }
+    match ctx.store.presence_peers(user).await {
+        Ok(peers) => ctx.hub.presence_online(user, &peers),
+        Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
+    }
+}
+
+/// The last session of `user` on this node ended.
+pub(super) async fn session_offline(ctx: &Context, user: UserId) {
+    let now = now_s();
+    if let Err(e) = ctx.store.touch_last_seen(user, now).await {
+        tracing::debug!(error = %e, "could not store last seen");
+    }
+    match ctx.store.presence_peers(user).await {
+        Ok(peers) => {
+            let coarse = now - now % LAST_SEEN_GRANULARITY_S;
+            ctx.hub.presence_offline(user, &peers, coarse);
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
+    }
+}
+
+/// Hands the notices to the hub: every session of their users, here and on other nodes.
+fn wake(ctx: &Context, notified: Notified) {
+    let mut notices = notified.0;
+    // Grouped per user, in commit order.
+    while let Some((user, _)) = notices.first() {
+        let user = *user;
+        let (mine, rest): (Vec<_>, Vec<_>) = notices.into_iter().partition(|(u, _)| *u == user);
+        ctx.hub
+            .committed(user, mine.into_iter().map(|(_, event)| event).collect());
+        notices = rest;
+    }
+}
+
+fn done(ctx: &Context, stored: Result<Notified, StoreError>) -> ServerFrame {
+    match stored {
+        Ok(notified) => {
+            wake(ctx, notified);
+            ServerFrame::Done
+        }
+        Err(e) => storage_error(ctx, &e),
+    }
+}
+
+fn error(ctx: &Context, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    ctx.metrics.error(code);
+    ServerFrame::Error(ErrorFrame::with_message(code, message))
+}
+
+fn storage_error(ctx: &Context, e: &StoreError) -> ServerFrame {
+    let code = e.code();
+    if matches!(code, ErrorCode::Internal | ErrorCode::Unavailable) {
+        tracing::warn!(error = %e, "storage error in a people request");
+    }
+    error(ctx, code, code.description())
+}

@@ -1,0 +1,937 @@
+//! The people domain of storage: handles, profiles, contacts, blocks, presence settings, and
+//! the notices the relay writes into users' logs when their contacts change. Every statement
+//! here is written once for both backends.
+//!
+//! # Each user's rows are that user's own view
+//!
+//! `contacts` holds one row per direction: what `owner` sees of its relation with `peer`
+//! (contact, outgoing request, incoming request). An operation by X about Y always changes
+//! X's rows and writes a notice into X's log; it changes Y's rows and writes into Y's log only
+//! when Y has not blocked X ([`delivered`]). So a blocked user's view, answers and log are
+//! exactly what they would be if the other user simply had not answered: its request looks
+//! pending, its acceptance looks done. Blocking only changes the blocker's rows.
+//!
+//! # Invariants
+//!
+//! - Every operation runs in ONE transaction that locks both users' rows ([`Tx::lock_user`],
+//!   in user order like the append batch, so transactions on any nodes never wait in a
+//!   cycle), changes the rows and appends the notices. A notice is an event of the user's
+//!   log from [`RELAY_DEVICE`] with `device_seq = seq`, so it gets the next sequence, is
+//!   replayed by every device from its cursor and is never lost or reordered. Notices do not
+//!   count against the user's quota (a user cannot be silenced by others' requests).
+//! - A handle's `hash` is unique (one user per handle) and a user has at most one handle;
+//!   setting a handle replaces the old one in the same transaction, and keeps its number
+//!   when the name is the same.
+//! - A profile's version only grows.
+//! - The request counters, pending requests and contacts stay within [`PeopleLimits`].
+
+use async_trait::async_trait;
+use ferry_protocol::people::{
+    ContactInfo, ContactState, Intro, LAST_SEEN_GRANULARITY_S, Notice, RELAY_DEVICE, SealedProfile,
+};
+use ferry_protocol::{ErrorCode, Event, UserId, codec};
+
+use super::StoreError;
+use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
+
+/// Seconds in the day of the daily request limit (UTC days).
+const DAY_S: u64 = 86_400;
+
+/// What one user may do in the people domain; a relay's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeopleLimits {
+    /// Contact requests a user may send per (UTC) day, repeats included.
+    pub requests_per_day: u64,
+    /// Outgoing requests a user may have unanswered at once.
+    pub pending_requests: u64,
+    /// Contacts a user may have.
+    pub contacts: u64,
+}
+
+impl Default for PeopleLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_day: 100,
+            pending_requests: 200,
+            contacts: 2000,
+        }
+    }
+}
+
+/// The notices an operation appended to users' logs, for the hub to deliver.
+#[derive(Debug, Default, PartialEq, Eq)]
+#[must_use = "the users whose logs grew must be woken"]
+pub struct Notified(pub Vec<(UserId, Event)>);
+
+/// Contact changes that need no intro.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactChange {
+    /// Decline the peer's pending request.
+    Decline,
+    /// Withdraw this user's pending request to the peer.
+    Cancel,
+    /// Stop being contacts.
+    Remove,
+    /// Block the peer.
+    Block,
+    /// Unblock the peer.
+    Unblock,
+}
+
+/// A user's contact list as the relay keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactList {
+    /// Contacts, requests both ways and blocks.
+    pub contacts: Vec<ContactInfo>,
+    /// Whether the user shows presence.
+    pub presence_visible: bool,
+}
+
+/// Storage of the people domain (see the module docs).
+#[async_trait]
+pub trait PeopleStore: Send + Sync {
+    /// Gives `user` the handle `name.NN` for the first number in `candidates` (number, keyed
+    /// hash) that nobody else holds, replacing its old handle; keeps the old number if its
+    /// hash is among the candidates. Fails with `Refused(handle_taken)` when every
+    /// candidate is taken (the old handle is kept then).
+    async fn set_handle(
+        &self,
+        user: UserId,
+        name: &str,
+        candidates: &[(u8, [u8; 32])],
+        now_ms: u64,
+    ) -> Result<(u8, Notified), StoreError>;
+
+    /// Removes `user`'s handle, if it has one.
+    async fn clear_handle(&self, user: UserId, now_ms: u64) -> Result<Notified, StoreError>;
+
+    /// The user holding the handle with this keyed hash.
+    async fn find_handle(&self, hash: &[u8; 32]) -> Result<Option<UserId>, StoreError>;
+
+    /// Whether `viewer` may read `user`'s device chain: its own, a user with a handle (it
+    /// chose to be found), or a user it has a request or contact with, either way.
+    async fn chain_visible(&self, viewer: UserId, user: UserId) -> Result<bool, StoreError>;
+
+    /// `intro.from` asks `intro.to` to become a contact (see the module docs for what a
+    /// repeat, a crossing request and a block do).
+    async fn request_contact(
+        &self,
+        intro: &Intro,
+        limits: &PeopleLimits,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError>;
+
+    /// `intro.from` accepts the pending request of `intro.to`. `Refused(no_such_contact)`
+    /// without one.
+    async fn accept_contact(
+        &self,
+        intro: &Intro,
+        limits: &PeopleLimits,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError>;
+
+    /// Declines, cancels, removes, blocks or unblocks. `Refused(no_such_contact)` when there
+    /// is nothing to decline, cancel or remove; blocking and unblocking are idempotent.
+    async fn change_contact(
+        &self,
+        user: UserId,
+        peer: UserId,
+        change: ContactChange,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError>;
+
+    /// Whether `owner` has blocked `peer` (so nothing `peer` directs at `owner` may reach it).
+    async fn is_blocked(&self, owner: UserId, peer: UserId) -> Result<bool, StoreError>;
+
+    /// `user`'s contact list; last-seen times (coarse) only for mutual contacts when both
+    /// show presence.
+    async fn contacts(&self, user: UserId) -> Result<ContactList, StoreError>;
+
+    /// Stores `user`'s profile. `Refused(conflict)` unless its version is above the stored
+    /// one.
+    async fn set_profile(
+        &self,
+        user: UserId,
+        profile: &SealedProfile,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError>;
+
+    /// `user`'s profile as `viewer` may see it: its own, or a user `viewer` counts as a
+    /// contact. `Refused(not_a_contact)` for anyone else.
+    async fn profile(
+        &self,
+        viewer: UserId,
+        user: UserId,
+    ) -> Result<Option<SealedProfile>, StoreError>;
+
+    /// Shows or hides `user`'s presence.
+    async fn set_presence_visible(
+        &self,
+        user: UserId,
+        visible: bool,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError>;
+
+    /// The users who may see `user`'s presence and whose presence `user` may see: mutual
+    /// contacts when both show presence (empty when `user` hides it).
+    async fn presence_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+
+    /// Records that `user` was online at `now_s`.
+    async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError>;
+}
+
+const CONTACT: i16 = 1;
+const OUTGOING: i16 = 2;
+const INCOMING: i16 = 3;
+
+fn state_of(code: i16) -> Result<ContactState, StoreError> {
+    match code {
+        CONTACT => Ok(ContactState::Contact),
+        OUTGOING => Ok(ContactState::Outgoing),
+        INCOMING => Ok(ContactState::Incoming),
+        other => Err(StoreError::Corrupt(format!("contact state {other}"))),
+    }
+}
+
+fn refused(code: ErrorCode) -> StoreError {
+    StoreError::Refused(code)
+}
+
+/// One transaction of the people domain: the rows of two users, and the notices written.
+struct PeopleTx {
+    tx: Tx,
+    now_ms: u64,
+    notified: Notified,
+}
+
+impl PeopleTx {
+    /// Begins and locks the users' rows in user order (the append batch's order).
+    async fn begin(store: &SqlStore, users: &[UserId], now_ms: u64) -> Result<Self, StoreError> {
+        let mut tx = store.db.begin().await?;
+        let mut sorted = users.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        for user in &sorted {
+            tx.lock_user(user.as_bytes()).await?;
+        }
+        Ok(Self {
+            tx,
+            now_ms,
+            notified: Notified::default(),
+        })
+    }
+
+    async fn commit(self) -> Result<Notified, StoreError> {
+        self.tx.commit().await?;
+        Ok(self.notified)
+    }
+
+    fn now_s(&self) -> i64 {
+        db_int(self.now_ms / 1000)
+    }
+
+    /// Appends `notice` to `user`'s log (the user's row is locked).
+    async fn notify(&mut self, user: UserId, notice: Notice) -> Result<(), StoreError> {
+        let payload = notice.to_payload();
+        let id = user.as_bytes().as_slice();
+        let now_ms = db_int(self.now_ms);
+        let head: i64 = in_tx!(&mut self.tx, |conn| {
+            let head: i64 = sqlx::query_scalar("SELECT head FROM users WHERE user_id = $1")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms)
+                 VALUES ($1, $2, $3, $2, $4, $5)",
+            )
+            .bind(id)
+            .bind(head + 1)
+            .bind(RELAY_DEVICE.as_bytes().as_slice())
+            .bind(payload.0.as_slice())
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("UPDATE users SET head = $2, bytes = bytes + $3 WHERE user_id = $1")
+                .bind(id)
+                .bind(head + 1)
+                .bind(db_int(payload.0.len() as u64))
+                .execute(&mut *conn)
+                .await?;
+            head
+        });
+        let seq = from_db_int(head + 1, "head")?;
+        self.notified.0.push((
+            user,
+            Event {
+                seq,
+                device: RELAY_DEVICE,
+                device_seq: seq,
+                payload,
+            },
+        ));
+        Ok(())
+    }
+
+    /// What `owner` sees of `peer`: the state code and the stored intro.
+    async fn view(
+        &mut self,
+        owner: UserId,
+        peer: UserId,
+    ) -> Result<Option<(i16, Option<Vec<u8>>)>, StoreError> {
+        Ok(in_tx!(&mut self.tx, |conn| {
+            sqlx::query_as("SELECT state, intro FROM contacts WHERE owner = $1 AND peer = $2")
+                .bind(owner.as_bytes().as_slice())
+                .bind(peer.as_bytes().as_slice())
+                .fetch_optional(&mut *conn)
+                .await?
+        }))
+    }
+
+    async fn state(&mut self, owner: UserId, peer: UserId) -> Result<Option<i16>, StoreError> {
+        Ok(self.view(owner, peer).await?.map(|(state, _)| state))
+    }
+
+    async fn set_view(
+        &mut self,
+        owner: UserId,
+        peer: UserId,
+        state: i16,
+        intro: Option<&Intro>,
+    ) -> Result<(), StoreError> {
+        let intro = intro.map(codec::encode);
+        let since = self.now_s();
+        in_tx!(&mut self.tx, |conn| {
+            sqlx::query(
+                "INSERT INTO contacts (owner, peer, state, intro, since) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (owner, peer) DO UPDATE SET
+                     state = excluded.state, intro = excluded.intro, since = excluded.since",
+            )
+            .bind(owner.as_bytes().as_slice())
+            .bind(peer.as_bytes().as_slice())
+            .bind(state)
+            .bind(intro)
+            .bind(since)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn drop_view(&mut self, owner: UserId, peer: UserId) -> Result<(), StoreError> {
+        in_tx!(&mut self.tx, |conn| {
+            sqlx::query("DELETE FROM contacts WHERE owner = $1 AND peer = $2")
+                .bind(owner.as_bytes().as_slice())
+                .bind(peer.as_bytes().as_slice())
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Whether what `from` directs at `to` reaches `to`: `to` has not blocked `from`.
+    async fn delivered(&mut self, from: UserId, to: UserId) -> Result<bool, StoreError> {
+        Ok(!self.blocked(to, from).await?)
+    }
+
+    async fn blocked(&mut self, owner: UserId, peer: UserId) -> Result<bool, StoreError> {
+        let found: Option<i64> = in_tx!(&mut self.tx, |conn| {
+            sqlx::query_scalar("SELECT since FROM blocks WHERE owner = $1 AND peer = $2")
+                .bind(owner.as_bytes().as_slice())
+                .bind(peer.as_bytes().as_slice())
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        Ok(found.is_some())
+    }
+
+    async fn count(&mut self, owner: UserId, state: i16) -> Result<u64, StoreError> {
+        let count: i64 = in_tx!(&mut self.tx, |conn| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE owner = $1 AND state = $2")
+                .bind(owner.as_bytes().as_slice())
+                .bind(state)
+                .fetch_one(&mut *conn)
+                .await?
+        });
+        from_db_int(count, "count")
+    }
+
+    /// Counts one request of `user` against the daily limit, or refuses it.
+    async fn count_request(
+        &mut self,
+        user: UserId,
+        limits: &PeopleLimits,
+    ) -> Result<(), StoreError> {
+        let day = db_int(self.now_ms / 1000 / DAY_S);
+        let id = user.as_bytes().as_slice();
+        let (stored_day, today): (i64, i64) = in_tx!(&mut self.tx, |conn| {
+            sqlx::query(
+                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query_as("SELECT request_day, requests_today FROM people WHERE user_id = $1")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?
+        });
+        let today = if stored_day == day { today } else { 0 };
+        if from_db_int(today, "requests_today")? >= limits.requests_per_day {
+            return Err(refused(ErrorCode::RequestLimit));
+        }
+        in_tx!(&mut self.tx, |conn| {
+            sqlx::query(
+                "UPDATE people SET request_day = $2, requests_today = $3 WHERE user_id = $1",
+            )
+            .bind(id)
+            .bind(day)
+            .bind(today + 1)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// `user` becomes a contact of one more user, within the limit.
+    async fn check_contact_room(
+        &mut self,
+        user: UserId,
+        limits: &PeopleLimits,
+    ) -> Result<(), StoreError> {
+        if self.count(user, CONTACT).await? >= limits.contacts {
+            return Err(refused(ErrorCode::ContactLimit));
+        }
+        Ok(())
+    }
+
+    /// `accepter` accepts `requester`'s request with `intro` (the accepter's); the
+    /// accepter's view says incoming.
+    async fn accept(
+        &mut self,
+        accepter: UserId,
+        requester: UserId,
+        intro: &Intro,
+        limits: &PeopleLimits,
+    ) -> Result<(), StoreError> {
+        self.check_contact_room(accepter, limits).await?;
+        self.set_view(accepter, requester, CONTACT, None).await?;
+        let notice = Notice::Accepted {
+            peer: requester,
+            intro: Box::new(intro.clone()),
+        };
+        self.notify(accepter, notice.clone()).await?;
+        if self.delivered(accepter, requester).await?
+            && self.state(requester, accepter).await? == Some(OUTGOING)
+        {
+            self.set_view(requester, accepter, CONTACT, None).await?;
+            let notice = Notice::Accepted {
+                peer: accepter,
+                intro: Box::new(intro.clone()),
+            };
+            self.notify(requester, notice).await?;
+        }
+        Ok(())
+    }
+}
+
+fn decode_intro(bytes: &[u8]) -> Result<Intro, StoreError> {
+    codec::decode(bytes).map_err(|e| StoreError::Corrupt(format!("stored intro: {e}")))
+}
+
+#[async_trait]
+impl PeopleStore for SqlStore {
+    async fn set_handle(
+        &self,
+        user: UserId,
+        name: &str,
+        candidates: &[(u8, [u8; 32])],
+        now_ms: u64,
+    ) -> Result<(u8, Notified), StoreError> {
+        let mut ptx = PeopleTx::begin(self, &[user], now_ms).await?;
+        let id = user.as_bytes().as_slice();
+        let current: Option<Vec<u8>> = in_tx!(&mut ptx.tx, |conn| {
+            sqlx::query_scalar("SELECT hash FROM handles WHERE user_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        if let Some(current) = &current
+            && let Some((number, _)) = candidates.iter().find(|(_, h)| h.as_slice() == current)
+        {
+            // The same name again: the same number, nothing changes.
+            ptx.tx.commit().await?;
+            return Ok((*number, Notified::default()));
+        }
+        in_tx!(&mut ptx.tx, |conn| {
+            sqlx::query("DELETE FROM handles WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        });
+        let set_at = ptx.now_s();
+        let mut chosen = None;
+        for (number, hash) in candidates {
+            // Taken numbers are skipped; a concurrent claim of the same one waits for the
+            // other transaction and then skips it too.
+            let inserted = in_tx!(&mut ptx.tx, |conn| {
+                sqlx::query(
+                    "INSERT INTO handles (hash, user_id, set_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(hash.as_slice())
+                .bind(id)
+                .bind(set_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+            });
+            if inserted == 1 {
+                chosen = Some(*number);
+                break;
+            }
+        }
+        let number = chosen.ok_or(refused(ErrorCode::HandleTaken))?;
+        let handle = format!("{name}.{number:02}");
+        ptx.notify(
+            user,
+            Notice::HandleChanged {
+                handle: Some(handle),
+            },
+        )
+        .await?;
+        Ok((number, ptx.commit().await?))
+    }
+
+    async fn clear_handle(&self, user: UserId, now_ms: u64) -> Result<Notified, StoreError> {
+        let mut ptx = PeopleTx::begin(self, &[user], now_ms).await?;
+        let removed = in_tx!(&mut ptx.tx, |conn| {
+            sqlx::query("DELETE FROM handles WHERE user_id = $1")
+                .bind(user.as_bytes().as_slice())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        if removed > 0 {
+            ptx.notify(user, Notice::HandleChanged { handle: None })
+                .await?;
+        }
+        ptx.commit().await
+    }
+
+    async fn find_handle(&self, hash: &[u8; 32]) -> Result<Option<UserId>, StoreError> {
+        let user: Option<Vec<u8>> = on_reader!(&self.db, |pool| {
+            sqlx::query_scalar("SELECT user_id FROM handles WHERE hash = $1")
+                .bind(hash.as_slice())
+                .fetch_optional(pool)
+                .await?
+        });
+        user.map(|bytes| key32(&bytes, "user_id").map(UserId))
+            .transpose()
+    }
+
+    async fn chain_visible(&self, viewer: UserId, user: UserId) -> Result<bool, StoreError> {
+        if viewer == user {
+            return Ok(true);
+        }
+        let visible: bool = on_reader!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM handles WHERE user_id = $2)
+                     OR EXISTS (SELECT 1 FROM contacts WHERE owner = $1 AND peer = $2)
+                     OR EXISTS (SELECT 1 FROM contacts WHERE owner = $2 AND peer = $1)",
+            )
+            .bind(viewer.as_bytes().as_slice())
+            .bind(user.as_bytes().as_slice())
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(visible)
+    }
+
+    async fn request_contact(
+        &self,
+        intro: &Intro,
+        limits: &PeopleLimits,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        let (me, peer) = (intro.from, intro.to);
+        if me == peer {
+            return Err(refused(ErrorCode::BadIntro));
+        }
+        let mut ptx = PeopleTx::begin(self, &[me, peer], now_ms).await?;
+        // Asking a user one has blocked unblocks it.
+        if ptx.blocked(me, peer).await? {
+            in_tx!(&mut ptx.tx, |conn| {
+                sqlx::query("DELETE FROM blocks WHERE owner = $1 AND peer = $2")
+                    .bind(me.as_bytes().as_slice())
+                    .bind(peer.as_bytes().as_slice())
+                    .execute(&mut *conn)
+                    .await?;
+            });
+            ptx.notify(me, Notice::Unblocked { peer }).await?;
+        }
+        match ptx.state(me, peer).await? {
+            Some(CONTACT) => return ptx.commit().await,
+            // The peer asked first: asking back accepts.
+            Some(INCOMING) => {
+                ptx.accept(me, peer, intro, limits).await?;
+                return ptx.commit().await;
+            }
+            Some(OUTGOING) => ptx.count_request(me, limits).await?,
+            _ => {
+                ptx.count_request(me, limits).await?;
+                if ptx.count(me, OUTGOING).await? >= limits.pending_requests {
+                    return Err(refused(ErrorCode::PendingLimit));
+                }
+            }
+        }
+        ptx.set_view(me, peer, OUTGOING, Some(intro)).await?;
+        let sent = Notice::RequestSent {
+            intro: Box::new(intro.clone()),
+        };
+        ptx.notify(me, sent).await?;
+        if ptx.delivered(me, peer).await? {
+            match ptx.view(peer, me).await? {
+                // Both asked (the peer's request was not delivered to this user, or this
+                // user's view was reset): they are contacts.
+                Some((OUTGOING, Some(theirs))) => {
+                    let theirs = decode_intro(&theirs)?;
+                    ptx.check_contact_room(me, limits).await?;
+                    ptx.set_view(me, peer, CONTACT, None).await?;
+                    ptx.set_view(peer, me, CONTACT, None).await?;
+                    let to_me = Notice::Accepted {
+                        peer,
+                        intro: Box::new(theirs),
+                    };
+                    ptx.notify(me, to_me).await?;
+                    let to_peer = Notice::Accepted {
+                        peer: me,
+                        intro: Box::new(intro.clone()),
+                    };
+                    ptx.notify(peer, to_peer).await?;
+                }
+                // Already delivered and unanswered: nothing new for the peer.
+                Some((INCOMING, _)) => {}
+                _ => {
+                    ptx.set_view(peer, me, INCOMING, None).await?;
+                    let received = Notice::RequestReceived {
+                        intro: Box::new(intro.clone()),
+                    };
+                    ptx.notify(peer, received).await?;
+                }
+            }
+        }
+        ptx.commit().await
+    }
+
+    async fn accept_contact(
+        &self,
+        intro: &Intro,
+        limits: &PeopleLimits,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        let (me, peer) = (intro.from, intro.to);
+        let mut ptx = PeopleTx::begin(self, &[me, peer], now_ms).await?;
+        match ptx.state(me, peer).await? {
+            Some(INCOMING) => {}
+            // Accepted already (a retry after a lost answer): done.
+            Some(CONTACT) => return ptx.commit().await,
+            _ => return Err(refused(ErrorCode::NoSuchContact)),
+        }
+        ptx.accept(me, peer, intro, limits).await?;
+        ptx.commit().await
+    }
+
+    async fn change_contact(
+        &self,
+        me: UserId,
+        peer: UserId,
+        change: ContactChange,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        if me == peer {
+            return Err(refused(ErrorCode::NoSuchContact));
+        }
+        let mut ptx = PeopleTx::begin(self, &[me, peer], now_ms).await?;
+        // (this user's state required, the peer's matching state, the notice for each side)
+        let (mine, theirs, notice): (i16, i16, fn(UserId, bool) -> Notice) = match change {
+            ContactChange::Decline => (INCOMING, OUTGOING, |peer, by_me| Notice::Declined {
+                peer,
+                by_me,
+            }),
+            ContactChange::Cancel => (OUTGOING, INCOMING, |peer, by_me| Notice::Cancelled {
+                peer,
+                by_me,
+            }),
+            ContactChange::Remove => (CONTACT, CONTACT, |peer, by_me| Notice::Removed {
+                peer,
+                by_me,
+            }),
+            ContactChange::Block => {
+                let since = ptx.now_s();
+                let inserted = in_tx!(&mut ptx.tx, |conn| {
+                    sqlx::query(
+                        "INSERT INTO blocks (owner, peer, since) VALUES ($1, $2, $3)
+                         ON CONFLICT (owner, peer) DO NOTHING",
+                    )
+                    .bind(me.as_bytes().as_slice())
+                    .bind(peer.as_bytes().as_slice())
+                    .bind(since)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+                });
+                if inserted == 1 {
+                    // Only the blocker's view changes (see the module docs).
+                    ptx.drop_view(me, peer).await?;
+                    ptx.notify(me, Notice::Blocked { peer }).await?;
+                }
+                return ptx.commit().await;
+            }
+            ContactChange::Unblock => {
+                let removed = in_tx!(&mut ptx.tx, |conn| {
+                    sqlx::query("DELETE FROM blocks WHERE owner = $1 AND peer = $2")
+                        .bind(me.as_bytes().as_slice())
+                        .bind(peer.as_bytes().as_slice())
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected()
+                });
+                if removed == 1 {
+                    ptx.notify(me, Notice::Unblocked { peer }).await?;
+                }
+                return ptx.commit().await;
+            }
+        };
+        if ptx.state(me, peer).await? != Some(mine) {
+            return Err(refused(ErrorCode::NoSuchContact));
+        }
+        ptx.drop_view(me, peer).await?;
+        ptx.notify(me, notice(peer, true)).await?;
+        if ptx.delivered(me, peer).await? && ptx.state(peer, me).await? == Some(theirs) {
+            ptx.drop_view(peer, me).await?;
+            ptx.notify(peer, notice(me, false)).await?;
+        }
+        ptx.commit().await
+    }
+
+    async fn is_blocked(&self, owner: UserId, peer: UserId) -> Result<bool, StoreError> {
+        let found: Option<i64> = on_reader!(&self.db, |pool| {
+            sqlx::query_scalar("SELECT since FROM blocks WHERE owner = $1 AND peer = $2")
+                .bind(owner.as_bytes().as_slice())
+                .bind(peer.as_bytes().as_slice())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(found.is_some())
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<ContactList, StoreError> {
+        let id = user.as_bytes().as_slice();
+        // (peer, state, since, peer's profile version, last seen if mutual and both show)
+        type Row = (Vec<u8>, i16, i64, Option<i64>, Option<i64>);
+        let (visible, rows, blocks): (Option<bool>, Vec<Row>, Vec<(Vec<u8>, i64)>) =
+            on_reader!(&self.db, |pool| {
+                let visible =
+                    sqlx::query_scalar("SELECT presence_visible FROM people WHERE user_id = $1")
+                        .bind(id)
+                        .fetch_optional(pool)
+                        .await?;
+                let rows = sqlx::query_as(
+                    "SELECT c.peer, c.state, c.since, p.profile_version,
+                            CASE WHEN c.state = 1 AND back.state = 1
+                                      AND COALESCE(p.presence_visible, TRUE)
+                                 THEN p.last_seen END
+                     FROM contacts c
+                     LEFT JOIN contacts back ON back.owner = c.peer AND back.peer = c.owner
+                     LEFT JOIN people p ON p.user_id = c.peer
+                     WHERE c.owner = $1
+                     ORDER BY c.since, c.peer",
+                )
+                .bind(id)
+                .fetch_all(pool)
+                .await?;
+                let blocks = sqlx::query_as(
+                    "SELECT peer, since FROM blocks WHERE owner = $1 ORDER BY since, peer",
+                )
+                .bind(id)
+                .fetch_all(pool)
+                .await?;
+                (visible, rows, blocks)
+            });
+        let presence_visible = visible.unwrap_or(true);
+        let mut contacts = Vec::with_capacity(rows.len() + blocks.len());
+        for (peer, state, since, version, last_seen) in rows {
+            let state = state_of(state)?;
+            contacts.push(ContactInfo {
+                user: UserId(key32(&peer, "peer")?),
+                state,
+                profile_version: if state == ContactState::Contact {
+                    from_db_int(version.unwrap_or(0), "profile_version")?
+                } else {
+                    0
+                },
+                last_seen: match last_seen {
+                    // Reciprocal: a user who hides its presence sees nobody's.
+                    Some(seen) if presence_visible && seen > 0 => {
+                        let seen = from_db_int(seen, "last_seen")?;
+                        Some(seen - seen % LAST_SEEN_GRANULARITY_S)
+                    }
+                    _ => None,
+                },
+                since: from_db_int(since, "since")?,
+            });
+        }
+        for (peer, since) in blocks {
+            contacts.push(ContactInfo {
+                user: UserId(key32(&peer, "peer")?),
+                state: ContactState::Blocked,
+                profile_version: 0,
+                last_seen: None,
+                since: from_db_int(since, "since")?,
+            });
+        }
+        Ok(ContactList {
+            contacts,
+            presence_visible,
+        })
+    }
+
+    async fn set_profile(
+        &self,
+        user: UserId,
+        profile: &SealedProfile,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        let mut ptx = PeopleTx::begin(self, &[user], now_ms).await?;
+        let id = user.as_bytes().as_slice();
+        let version = db_int(profile.version);
+        let stored = in_tx!(&mut ptx.tx, |conn| {
+            sqlx::query(
+                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE people SET profile_version = $2, profile = $3
+                 WHERE user_id = $1 AND profile_version < $2",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(codec::encode(profile))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+        });
+        if stored == 0 {
+            return Err(refused(ErrorCode::Conflict));
+        }
+        ptx.notify(
+            user,
+            Notice::ProfileChanged {
+                version: profile.version,
+            },
+        )
+        .await?;
+        ptx.commit().await
+    }
+
+    async fn profile(
+        &self,
+        viewer: UserId,
+        user: UserId,
+    ) -> Result<Option<SealedProfile>, StoreError> {
+        let (allowed, stored): (bool, Option<Vec<u8>>) = on_reader!(&self.db, |pool| {
+            let allowed: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM contacts WHERE owner = $1 AND peer = $2 AND state = 1)",
+            )
+            .bind(viewer.as_bytes().as_slice())
+            .bind(user.as_bytes().as_slice())
+            .fetch_one(pool)
+            .await?;
+            let stored: Option<Option<Vec<u8>>> =
+                sqlx::query_scalar("SELECT profile FROM people WHERE user_id = $1")
+                    .bind(user.as_bytes().as_slice())
+                    .fetch_optional(pool)
+                    .await?;
+            (allowed, stored.flatten())
+        });
+        if viewer != user && !allowed {
+            return Err(refused(ErrorCode::NotAContact));
+        }
+        stored
+            .map(|bytes| {
+                codec::decode(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("stored profile: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn set_presence_visible(
+        &self,
+        user: UserId,
+        visible: bool,
+        now_ms: u64,
+    ) -> Result<Notified, StoreError> {
+        let mut ptx = PeopleTx::begin(self, &[user], now_ms).await?;
+        let id = user.as_bytes().as_slice();
+        let changed = in_tx!(&mut ptx.tx, |conn| {
+            sqlx::query(
+                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE people SET presence_visible = $2
+                 WHERE user_id = $1 AND presence_visible <> $2",
+            )
+            .bind(id)
+            .bind(visible)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+        });
+        if changed == 1 {
+            ptx.notify(user, Notice::PresenceVisibility { visible })
+                .await?;
+        }
+        ptx.commit().await
+    }
+
+    async fn presence_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        let rows: Vec<Vec<u8>> = on_reader!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT c.peer FROM contacts c
+                 JOIN contacts back ON back.owner = c.peer AND back.peer = c.owner AND back.state = 1
+                 LEFT JOIN people mine ON mine.user_id = c.owner
+                 LEFT JOIN people theirs ON theirs.user_id = c.peer
+                 WHERE c.owner = $1 AND c.state = 1
+                   AND COALESCE(mine.presence_visible, TRUE)
+                   AND COALESCE(theirs.presence_visible, TRUE)
+                 ORDER BY c.peer",
+            )
+            .bind(user.as_bytes().as_slice())
+            .fetch_all(pool)
+            .await?
+        });
+        rows.iter()
+            .map(|bytes| key32(bytes, "peer").map(UserId))
+            .collect()
+    }
+
+    async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError> {
+        on_writer!(&self.db, |pool| {
+            sqlx::query(
+                "INSERT INTO people (user_id, last_seen) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen
+                 WHERE people.last_seen < excluded.last_seen",
+            )
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(now_s))
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+}
