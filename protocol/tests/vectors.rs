@@ -6,6 +6,9 @@
 //! specification and the code cannot drift apart. After an intended protocol change, rewrite the
 //! block with `FERRY_WRITE_VECTORS=1 cargo test -p ferry-protocol --test vectors` and review the
 //! diff: every changed line is a wire-format change.
+//!
+//! The same file checks the handle examples and the people-layer limits that `docs/protocol.md`
+//! lists in tables (§9 and §2): each row is made from the code and must be in the document.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +20,7 @@ use ferry_protocol::handshake::{
     keys,
 };
 use ferry_protocol::pairing;
+use ferry_protocol::people::{self, ContactInfo, ContactState, Handle, Notice, RELAY_DEVICE};
 use ferry_protocol::seal::{self, DataKey, EventSlot};
 use ferry_protocol::*;
 use rand_core::{CryptoRng, RngCore};
@@ -279,7 +283,7 @@ fn vectors() -> String {
     assert_eq!(granted.epochs.len(), 2);
     assert_eq!(granted.epochs[1].1.bytes(), data_key_1.bytes());
 
-    // Section 11: the recovery key and the device chain. The chain is created with epoch 0's
+    // Section 12: the recovery key and the device chain. The chain is created with epoch 0's
     // key sealed to the recovery key, admits the device (user key, as at `ferry init`), admits
     // the paired joiner (signed by the device, as in pairing), and revokes the joiner (signed
     // by the device), moving to epoch 1 sealed to the recovery key and the device.
@@ -302,6 +306,21 @@ fn vectors() -> String {
     )
     .unwrap();
     line!("epoch_0_key_sealed_to_recovery", &sealed_epoch.0);
+    // Epoch keys are the generic sealed box (also used by contact intros, section 9) with the
+    // label "ferry/v1/epoch-key" and the context user ‖ be32(epoch): the same bytes.
+    let mut epoch_0_context = recovered_user.id().0.to_vec();
+    epoch_0_context.extend_from_slice(&0u32.to_be_bytes());
+    assert_eq!(
+        epoch::seal_key_to(
+            &mut Scripted::new(&[&[0x7b; 32], &[0x7c; 24]]),
+            epoch::EPOCH_KEY_LABEL,
+            &epoch_0_context,
+            data_key.bytes(),
+            &recovery_exchange.public(),
+        )
+        .unwrap(),
+        sealed_epoch
+    );
     assert_eq!(
         epoch::open_epoch_key(&recovery_exchange, &recovered_user.id(), 0, &sealed_epoch)
             .unwrap()
@@ -395,7 +414,202 @@ fn vectors() -> String {
     );
     assert_eq!(chain.epoch(), 1);
     assert!(chain.is_active(&device.id()) && !chain.is_active(&joiner_device.id()));
+
+    people_vectors(&mut out, &recovered_user.id(), &device, &data_key);
     out
+}
+
+/// Section 9, the people layer: the user of the chain above (`recovery_user_public`), on its
+/// device `device_public`, introduces itself to a second user (`0x90…`) whose one device is
+/// `0x91…` with the exchange secret `0x92…`; its profile key comes from epoch 0's `data_key`.
+fn people_vectors(out: &mut String, user: &UserId, device: &DeviceKey, epoch_zero: &DataKey) {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+    use hkdf::Hkdf;
+    use sha2::Sha256;
+
+    macro_rules! line {
+        ($name:expr, $bytes:expr) => {
+            writeln!(out, "{} = {}", $name, hex::encode($bytes)).unwrap()
+        };
+    }
+    let peer_user = UserKey::from_secret_bytes(&[0x90; 32]);
+    let peer_device = DeviceKey::from_secret_bytes(&[0x91; 32]);
+    let peer_exchange = epoch::ExchangeSecret::from_bytes(&[0x92; 32]);
+    line!("people_peer_user_secret", [0x90; 32]);
+    line!("people_peer_user_public", peer_user.id().as_bytes());
+    line!("people_peer_device_secret", [0x91; 32]);
+    line!("people_peer_device_public", peer_device.id().as_bytes());
+    line!("people_peer_exchange_secret", [0x92; 32]);
+    line!("people_peer_exchange_public", peer_exchange.public());
+
+    // The profile key: HKDF-SHA256 of epoch 0's data key.
+    let profile_key = people::ProfileKey::derive(epoch_zero);
+    line!("people_profile_key", profile_key.bytes());
+    let mut derived = [0u8; 32];
+    Hkdf::<Sha256>::new(None, epoch_zero.bytes())
+        .expand(b"ferry/v1/profile-key", &mut derived)
+        .unwrap();
+    assert_eq!(&derived, profile_key.bytes());
+
+    // The intro: drawn in order, the content key 0x93…, then for the one recipient the
+    // ephemeral secret 0x94… and the nonce 0x95… of its sealed content key, then the body's
+    // nonce 0x96….
+    let content_key = [0x93; 32];
+    let body = people::IntroBody {
+        note: "hi, it's Alice".into(),
+        profile_key: profile_key.clone(),
+    };
+    line!("people_intro_note", body.note.as_bytes());
+    let mut intro_rng = Scripted::new(&[&content_key, &[0x94; 32], &[0x95; 24], &[0x96; 24]]);
+    let intro = people::Intro::seal(
+        &mut intro_rng,
+        *user,
+        device,
+        peer_user.id(),
+        &[(peer_device.id(), peer_exchange.public())],
+        &body,
+    )
+    .unwrap();
+    assert!(
+        intro_rng.0.is_empty(),
+        "the intro draws exactly what is listed"
+    );
+    line!("people_intro_content_key", content_key);
+    line!("people_intro_sealed_content_key", &intro.recipients[0].1.0);
+    line!("people_intro", codec::encode(&intro));
+    let opened = intro.open(peer_device.id(), &peer_exchange).unwrap();
+    assert_eq!(opened, body);
+    line!("people_intro_body_opened", codec::encode(&opened));
+    // The construction as documented: the sealed box under the intro label with the two
+    // users as context, the body's associated data, and the signature over the intro
+    // without its signature (its last 65 bytes: the length 64 and the signature).
+    let mut users = user.0.to_vec();
+    users.extend_from_slice(peer_user.id().as_bytes());
+    let unsealed = epoch::open_key_from(
+        &peer_exchange,
+        b"ferry/v1/contact-intro-key",
+        &users,
+        &intro.recipients[0].1,
+    )
+    .unwrap();
+    assert_eq!(*unsealed, content_key);
+    let mut aad = b"ferry/v1/contact-intro".to_vec();
+    aad.extend_from_slice(&users);
+    aad.extend_from_slice(device.id().as_bytes());
+    let plain = XChaCha20Poly1305::new((&content_key).into())
+        .decrypt(
+            XNonce::from_slice(&[0x96; 24]),
+            Payload {
+                msg: &intro.ciphertext,
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    assert_eq!(plain, codec::encode(&body));
+    let encoded = codec::encode(&intro);
+    let (signed, signature) = encoded.split_at(encoded.len() - 65);
+    assert_eq!(signature[0], 64);
+    device
+        .id()
+        .verify(b"ferry/v1/contact-intro", signed, &intro.signature)
+        .unwrap();
+
+    // A sealed profile, version 3, drawing the nonce 0x97….
+    let profile = people::ProfileBody {
+        display_name: "Alice Liddell".into(),
+        avatar: Some("blob:1234".into()),
+    };
+    line!("people_profile_body", codec::encode(&profile));
+    let sealed_profile = profile
+        .seal(&mut Scripted::new(&[&[0x97; 24]]), &profile_key, user, 3)
+        .unwrap();
+    line!("people_profile_sealed", codec::encode(&sealed_profile));
+    assert_eq!(sealed_profile.open(&profile_key, user).unwrap(), profile);
+    let mut aad = b"ferry/v1/profile".to_vec();
+    aad.extend_from_slice(user.as_bytes());
+    aad.extend_from_slice(&3u64.to_be_bytes());
+    let plain = XChaCha20Poly1305::new(profile_key.bytes().into())
+        .decrypt(
+            XNonce::from_slice(&[0x97; 24]),
+            Payload {
+                msg: &sealed_profile.ciphertext,
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    assert_eq!(plain, codec::encode(&profile));
+
+    // A notice: the payload, and the event that carries it (seq 12) as the relay sends it.
+    let removed = Notice::Removed {
+        peer: peer_user.id(),
+        by_me: true,
+    };
+    line!("people_notice_removed", &removed.to_payload().0);
+    let event = ServerFrame::Events(vec![Event {
+        seq: 12,
+        device: RELAY_DEVICE,
+        device_seq: 12,
+        payload: removed.to_payload(),
+    }]);
+    line!("people_notice_removed_event", codec::encode(&event));
+    assert_eq!(Notice::from_payload(&removed.to_payload().0), Ok(removed));
+
+    // Frames (plaintext postcard).
+    line!(
+        "people_frame_handle_set",
+        codec::encode(&ClientFrame::HandleSet {
+            name: Some("Alice".into())
+        })
+    );
+    line!(
+        "people_frame_handle_is",
+        codec::encode(&ServerFrame::HandleIs {
+            handle: Some("alice.07".into())
+        })
+    );
+    line!(
+        "people_frame_whois",
+        codec::encode(&ClientFrame::Whois {
+            handle: "alice.07".into()
+        })
+    );
+    line!(
+        "people_frame_whois_result",
+        codec::encode(&ServerFrame::WhoisResult {
+            handle: "alice.07".into(),
+            user: Some(*user),
+        })
+    );
+    line!(
+        "people_frame_contact_remove",
+        codec::encode(&ClientFrame::ContactRemove {
+            peer: peer_user.id()
+        })
+    );
+    line!("people_frame_done", codec::encode(&ServerFrame::Done));
+    line!(
+        "people_frame_contacts",
+        codec::encode(&ServerFrame::Contacts {
+            contacts: vec![ContactInfo {
+                user: peer_user.id(),
+                state: ContactState::Contact,
+                profile_version: 3,
+                last_seen: Some(1_700_000_100),
+                since: 1_700_000_000,
+            }],
+            presence_visible: true,
+        })
+    );
+    line!(
+        "people_frame_presence",
+        codec::encode(&ServerFrame::Presence {
+            user: peer_user.id(),
+            source: 3,
+            online: false,
+            last_seen: Some(1_700_000_100),
+        })
+    );
 }
 
 const BEGIN: &str = "<!-- vectors:begin -->\n```text\n";
@@ -450,6 +664,82 @@ fn every_error_code_is_documented() {
             code.name(),
             code.description()
         );
+        assert!(doc.contains(&row), "docs/protocol.md lacks the row:\n{row}");
+    }
+}
+
+/// The handle examples of section 9: each row, made from the code, is in the document.
+#[test]
+fn handle_examples_are_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    // (typed, what the table says about it)
+    let examples = [
+        ("Alice.07", ""),
+        ("@alice.07", ""),
+        ("ＡＬＩＣＥ.07", " (fullwidth)"),
+        ("ﬁona.12", " (ligature `ﬁ`)"),
+        ("A1ice.07", ""),
+        ("B0B_99.00", ""),
+        ("rnary.02", ""),
+        ("vvill.03", ""),
+        ("vvvill.03", ""),
+        ("аlice.07", " (Cyrillic `а`)"),
+        ("zoë.01", ""),
+        ("ab.01", ""),
+        ("_alice.01", ""),
+        ("a__b.01", ""),
+        ("alice.7", ""),
+        ("alice", ""),
+    ];
+    for (typed, note) in examples {
+        let row = match typed.parse::<Handle>() {
+            Ok(handle) => format!(
+                "| `{typed}`{note} | `{handle}` | `{}` |",
+                handle.lookup_key()
+            ),
+            Err(error) => format!("| `{typed}`{note} | refused: {error} | |"),
+        };
+        assert!(doc.contains(&row), "docs/protocol.md lacks the row:\n{row}");
+    }
+}
+
+/// The people layer's decoding limits (section 2's table) are the ones the code enforces, and
+/// section 9 names the last-seen granularity the code uses.
+#[test]
+fn people_limits_are_documented() {
+    use ferry_protocol::people::handle::MAX_HANDLE_INPUT_LEN;
+    use ferry_protocol::people::intro::{MAX_INTRO_CIPHERTEXT_LEN, MAX_NOTE_LEN};
+    use ferry_protocol::people::profile::{
+        MAX_AVATAR_REF_LEN, MAX_DISPLAY_NAME_LEN, MAX_PROFILE_CIPHERTEXT_LEN,
+    };
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    for row in [
+        format!("| handle or name as sent (before normalisation) | {MAX_HANDLE_INPUT_LEN} bytes |"),
+        format!("| intro note | {MAX_NOTE_LEN} bytes UTF-8 |"),
+        format!("| intro ciphertext | {MAX_INTRO_CIPHERTEXT_LEN} bytes |"),
+        format!(
+            "| devices one intro is sealed to | {} |",
+            chain::MAX_CHAIN_DEVICES
+        ),
+        format!("| profile display name | {MAX_DISPLAY_NAME_LEN} bytes UTF-8 |"),
+        format!("| profile avatar reference | {MAX_AVATAR_REF_LEN} bytes |"),
+        format!("| profile ciphertext | {MAX_PROFILE_CIPHERTEXT_LEN} bytes |"),
+        format!(
+            "| entries per `Contacts` frame | {} |",
+            people::MAX_CONTACTS_PER_FRAME
+        ),
+        format!(
+            "| links per `UserChainLinks` frame | {} |",
+            frames::MAX_LINKS_PER_FRAME
+        ),
+        // Not a decoding limit: how coarse last-seen times are (section 9, presence).
+        format!(
+            "`LAST_SEEN_GRANULARITY_S` = {} s",
+            people::LAST_SEEN_GRANULARITY_S
+        ),
+    ] {
         assert!(doc.contains(&row), "docs/protocol.md lacks the row:\n{row}");
     }
 }
