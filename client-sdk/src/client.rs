@@ -11,15 +11,21 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Shared};
+use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Item, Shared};
 use crate::error::ClientError;
+use crate::error::PeopleError;
 use crate::event::{ClientEvent, Device, Status};
 use crate::options::Options;
 use crate::pairing::{Invitation, InviterDevice, PairingError};
+use crate::people::{Ask, Contact, People};
 use crate::state::ClientState;
+use ferry_protocol::people::ProfileBody;
+use ferry_protocol::{ClientFrame, ServerFrame};
 
 /// Commands waiting for the driver.
 const COMMAND_QUEUE: usize = 256;
+/// Times a notice's checks are tried before it is reported as an error item.
+const NOTICE_ATTEMPTS: u32 = 4;
 
 /// A device's connection to its user's log, kept up in the background.
 ///
@@ -55,6 +61,8 @@ pub struct ClientHandle {
     device: DeviceId,
     /// What [`ClientHandle::invite`] connects with.
     inviter: Arc<(InviterDevice, Options)>,
+    /// Contacts, profiles, presence: see [`crate::people`].
+    people: Arc<People>,
 }
 
 impl std::fmt::Debug for Client {
@@ -90,6 +98,12 @@ impl Client {
             user: state.user_id(),
             device: state.device_id(),
             inviter: Arc::new((InviterDevice::of(&state), options.clone())),
+            people: Arc::new(People::new(
+                state.keys(),
+                state.shared_trust(),
+                state.book(),
+                state.device_id(),
+            )),
         };
         let driver = Driver::new(state, options, command_rx, deliveries, shared);
         Self {
@@ -140,23 +154,76 @@ impl Client {
         }
     }
 
-    /// The next event of the log (or [`ClientEvent::CaughtUp`]), waiting for one.
+    /// The next event of the log (or [`ClientEvent::CaughtUp`], or a
+    /// [`ClientEvent::People`] change), waiting for one.
     ///
     /// Calling it acknowledges the item it returned last. An `Err` for one event
     /// ([`ClientError::Undecryptable`]) or one refused append is an item too: the next call
     /// moves past it. Once the client has stopped, every call returns why.
+    ///
+    /// A notice of the relay about contacts is checked before it is returned (the other
+    /// user's device chain fetched and verified, see [`crate::people`]), so this may wait
+    /// for the relay.
     pub async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
         loop {
+            if let Some(event) = self.handle.people.take_waiting() {
+                return Ok(ClientEvent::People(event));
+            }
             self.acknowledge();
-            match self.deliveries.recv().await {
-                Some(delivery) => {
-                    self.returned = delivery.seq;
-                    // `None`: this device's own event, acknowledged without being shown.
-                    if let Some(item) = delivery.item {
-                        return item;
+            let Some(delivery) = self.deliveries.recv().await else {
+                return Err(self.handle.shared.stopped());
+            };
+            self.returned = delivery.seq;
+            match delivery.item {
+                // This device's own event, acknowledged without being shown.
+                None => {}
+                Some(Item::App(Ok(ClientEvent::CaughtUp { head }))) => {
+                    if let Err(error) = self.handle.people.sync(&self.handle).await {
+                        tracing::warn!(%error, "could not refresh contacts' profiles");
+                    }
+                    return Ok(ClientEvent::CaughtUp { head });
+                }
+                Some(Item::App(item)) => return item,
+                Some(Item::Notice(notice)) => return self.notice(notice).await,
+                Some(Item::Presence {
+                    user,
+                    source,
+                    online,
+                    last_seen,
+                }) => {
+                    let people = &self.handle.people;
+                    if let Some(event) = people.on_presence(user, source, online, last_seen) {
+                        return Ok(ClientEvent::People(event));
                     }
                 }
-                None => return Err(self.handle.shared.stopped()),
+                Some(Item::Session) => self.handle.people.on_session(),
+            }
+        }
+    }
+
+    /// A notice of the log as the app's event. Its checks ask the relay; a failure to reach
+    /// it is tried again a few times before the notice is reported as an error item.
+    async fn notice(
+        &mut self,
+        notice: ferry_protocol::people::Notice,
+    ) -> Result<ClientEvent, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .handle
+                .people
+                .on_notice(&self.handle, notice.clone())
+                .await
+            {
+                Ok(event) => return Ok(ClientEvent::People(event)),
+                Err(error) if error.is_permanent() || attempt >= NOTICE_ATTEMPTS => {
+                    return Err(error);
+                }
+                Err(error) => {
+                    attempt += 1;
+                    tracing::debug!(%error, attempt, "could not check a notice yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
             }
         }
     }
@@ -332,6 +399,118 @@ impl ClientHandle {
         self.shared.status.borrow().clone()
     }
 
+    /// Sets this user's handle to `name` with a number the relay picks (`alice` becomes
+    /// `alice.07`); keeps the number if the name is the same. Returns the handle.
+    pub async fn set_handle(&self, name: &str) -> Result<String, ClientError> {
+        let handle = self.people.set_handle(self, Some(name)).await?;
+        handle.ok_or_else(|| ClientError::Protocol("the relay set no handle".into()))
+    }
+
+    /// Removes this user's handle: nobody finds it any more.
+    pub async fn clear_handle(&self) -> Result<(), ClientError> {
+        self.people.set_handle(self, None).await.map(drop)
+    }
+
+    /// The user with exactly this handle (`name.NN`), if any. Rate-limited by the relay
+    /// ([`PeopleError::LookupLimit`]). A handle this device knew a contact by that now names
+    /// another user is reported as [`crate::PeopleEvent::IdentityChanged`].
+    pub async fn whois(&self, handle: &str) -> Result<Option<UserId>, ClientError> {
+        self.people.whois(self, handle).await
+    }
+
+    /// Asks `user` to become a contact, with a short note (at most 280 bytes) only its
+    /// devices can read. Its device chain is verified and pinned first.
+    pub async fn request_contact(&self, user: UserId, note: &str) -> Result<(), ClientError> {
+        self.people.request(self, user, note, None).await
+    }
+
+    /// Finds `handle` and asks its user to become a contact; returns the user.
+    pub async fn request_contact_by_handle(
+        &self,
+        handle: &str,
+        note: &str,
+    ) -> Result<UserId, ClientError> {
+        let user = self
+            .whois(handle)
+            .await?
+            .ok_or_else(|| PeopleError::NoSuchHandle(handle.to_owned()))?;
+        let shown = handle
+            .parse::<ferry_protocol::people::Handle>()
+            .map(|h| h.to_string())
+            .ok();
+        self.people.request(self, user, note, shown).await?;
+        Ok(user)
+    }
+
+    /// Accepts `user`'s pending request: both become contacts, and `user` receives this
+    /// user's profile key.
+    pub async fn accept_contact(&self, user: UserId) -> Result<(), ClientError> {
+        self.people.accept(self, user).await
+    }
+
+    /// Declines `user`'s pending request.
+    pub async fn decline_contact(&self, user: UserId) -> Result<(), ClientError> {
+        let frame = ClientFrame::ContactDecline { peer: user };
+        self.people.simple(self, frame).await
+    }
+
+    /// Withdraws this user's pending request to `user`.
+    pub async fn cancel_request(&self, user: UserId) -> Result<(), ClientError> {
+        let frame = ClientFrame::ContactCancel { peer: user };
+        self.people.simple(self, frame).await
+    }
+
+    /// Stops being contacts with `user`.
+    pub async fn remove_contact(&self, user: UserId) -> Result<(), ClientError> {
+        let frame = ClientFrame::ContactRemove { peer: user };
+        self.people.simple(self, frame).await
+    }
+
+    /// Blocks `user`: nothing it directs at this user gets through, and it is not told.
+    pub async fn block(&self, user: UserId) -> Result<(), ClientError> {
+        self.people
+            .simple(self, ClientFrame::Block { peer: user })
+            .await
+    }
+
+    /// Unblocks `user` (a contact takes a new request).
+    pub async fn unblock(&self, user: UserId) -> Result<(), ClientError> {
+        self.people
+            .simple(self, ClientFrame::Unblock { peer: user })
+            .await
+    }
+
+    /// Fetches `user`'s device chain and checks it against the one this device pinned: an
+    /// identity change is returned as an error ([`PeopleError::Unverified`]) when the chain
+    /// does not extend the pin, and also reported as
+    /// [`crate::PeopleEvent::IdentityChanged`] (as is a recovery by the contact). Returns
+    /// the user's active devices.
+    pub async fn verify_contact(&self, user: UserId) -> Result<Vec<DeviceId>, ClientError> {
+        self.people.verify(self, user).await
+    }
+
+    /// Contacts, requests both ways and blocks, with profiles, presence and safety numbers.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        self.people.contacts(self).await
+    }
+
+    /// Stores this user's profile, sealed with its profile key (contacts read it).
+    pub async fn set_profile(&self, profile: &ProfileBody) -> Result<(), ClientError> {
+        self.people.set_profile(self, profile).await
+    }
+
+    /// A contact's profile (or this user's own), fetched and opened; `None` if there is
+    /// none or this device lacks the key.
+    pub async fn profile(&self, user: UserId) -> Result<Option<ProfileBody>, ClientError> {
+        self.people.profile(self, user).await
+    }
+
+    /// Shows or hides this user's presence; hidden, it sees nobody's either.
+    pub async fn set_presence_visible(&self, visible: bool) -> Result<(), ClientError> {
+        let frame = ClientFrame::PresenceSet { visible };
+        self.people.simple(self, frame).await
+    }
+
     /// Events in the outbox, not yet acknowledged by the relay.
     pub fn pending(&self) -> usize {
         self.shared.status.borrow().pending
@@ -352,5 +531,14 @@ impl ClientHandle {
             .send(command)
             .await
             .map_err(|_| self.shared.stopped())
+    }
+}
+
+#[async_trait::async_trait]
+impl Ask for ClientHandle {
+    async fn ask(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::People { frame, reply }).await?;
+        answer.await.map_err(|_| self.shared.stopped())?
     }
 }

@@ -279,6 +279,9 @@ pub enum ClientError {
     /// The state folder could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A people request (handles, contacts, profiles) was refused; the variant says why.
+    #[error(transparent)]
+    People(#[from] PeopleError),
 }
 
 impl ClientError {
@@ -295,7 +298,10 @@ impl ClientError {
             ErrorCode::UnsupportedVersion => Self::UnsupportedVersion,
             ErrorCode::ResyncRequired => Self::ResyncRequired { earliest: 0 },
             ErrorCode::RateLimited => Self::RateLimited,
-            _ => Self::Relay { code, message },
+            _ => match PeopleError::from_code(code, &message) {
+                Some(people) => Self::People(people),
+                None => Self::Relay { code, message },
+            },
         }
     }
 
@@ -359,8 +365,68 @@ impl ClientError {
             | Self::Protocol(_)
             | Self::Unauthenticated { .. }
             | Self::MisplacedAppend { .. }
+            | Self::People(_)
             | Self::Timeout { .. } => false,
         }
+    }
+}
+
+/// Why a people request (handles, contacts, blocks, profiles) failed: the relay's refusals
+/// (codes 600–608, one variant each) and what this client found when it checked a contact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeopleError {
+    /// 600: the handle or name breaks the handle rules.
+    #[error("not a valid handle: {0}")]
+    HandleInvalid(String),
+    /// 601: every number of this name is taken.
+    #[error("every number of this name is taken; choose another name")]
+    HandleTaken,
+    /// 602: there is no such request or contact to act on.
+    #[error("there is no pending request or contact with this user")]
+    NoSuchContact,
+    /// 603: the daily contact-request limit is reached.
+    #[error("too many contact requests today; try again tomorrow")]
+    RequestLimit,
+    /// 604: too many unanswered outgoing requests.
+    #[error("too many unanswered contact requests; cancel some first")]
+    PendingLimit,
+    /// 605: the contact limit is reached.
+    #[error("the contact limit is reached; remove some contacts first")]
+    ContactLimit,
+    /// 606: too many handle lookups in the last minute.
+    #[error("too many handle lookups; wait a minute")]
+    LookupLimit,
+    /// 607: the other user is not a contact.
+    #[error("this user is not a contact")]
+    NotAContact,
+    /// 608: the relay refused the request's introduction.
+    #[error("the relay refused the introduction: {0}")]
+    BadIntro(String),
+    /// No user has this handle.
+    #[error("nobody has the handle {0}")]
+    NoSuchHandle(String),
+    /// The other user's device chain, or what it signed, does not verify: the relay (or
+    /// someone) served something the user did not sign. Nothing was accepted.
+    #[error("the other user's identity does not verify: {0}")]
+    Unverified(String),
+}
+
+impl PeopleError {
+    /// The variant of one of the relay's people codes.
+    pub fn from_code(code: ErrorCode, message: &str) -> Option<Self> {
+        Some(match code {
+            ErrorCode::HandleInvalid => Self::HandleInvalid(message.to_owned()),
+            ErrorCode::HandleTaken => Self::HandleTaken,
+            ErrorCode::NoSuchContact => Self::NoSuchContact,
+            ErrorCode::RequestLimit => Self::RequestLimit,
+            ErrorCode::PendingLimit => Self::PendingLimit,
+            ErrorCode::ContactLimit => Self::ContactLimit,
+            ErrorCode::LookupLimit => Self::LookupLimit,
+            ErrorCode::NotAContact => Self::NotAContact,
+            ErrorCode::BadIntro => Self::BadIntro(message.to_owned()),
+            _ => return None,
+        })
     }
 }
 

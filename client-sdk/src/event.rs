@@ -17,6 +17,8 @@ pub enum ClientEvent {
         /// The log's head at that moment.
         head: u64,
     },
+    /// Something changed about the people around this user (see [`crate::people`]).
+    People(crate::people::PeopleEvent),
 }
 
 /// One event of the user's log, opened with the data key.

@@ -130,15 +130,18 @@ mod files;
 mod options;
 mod outbox;
 pub mod pairing;
+pub mod people;
 mod session;
 mod state;
 mod tls;
 mod trust;
 
 pub use client::{Client, ClientHandle};
-pub use error::{ClientError, PairingError, StateError};
+pub use error::{ClientError, PairingError, PeopleError, StateError};
 pub use event::{ClientEvent, Device, ReceivedEvent, Status};
+pub use ferry_protocol::people::{ContactState, ProfileBody};
 pub use options::Options;
+pub use people::{Contact, IdentityChange, PeopleEvent};
 pub use state::{ClientState, DeviceSecrets};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each panics only when

@@ -10,6 +10,7 @@
 //! | `relay` | the relay URL and the pinned relay key, one per line | at creation |
 //! | `cursor` | the highest stream sequence the app has received | as the app reads |
 //! | `seen` | per device of the user, the highest device sequence read and its stream sequence, to tell a replayed event (see `driver/checks.rs`) | as the app reads |
+//! | `people` | the contact book: per other user, the device chain pinned (length and last link hash), the handle it was found by, its profile key and last profile; this user's profile version ([`crate::people`]) | as contacts change |
 //! | `device_seq`, `outbox` | the next device sequence and the journal of unacknowledged events ([`crate::outbox`]) | as the app appends |
 //! | `lock` | held (`flock`) while a client uses the folder | — |
 //! | `format` | the format marker, written last, so a half-created folder is not mistaken for one | at creation |
@@ -36,6 +37,7 @@ use crate::driver::checks::{Marks, decode_marks, encode_marks};
 use crate::error::StateError;
 use crate::files::{self, Access};
 use crate::outbox::Outbox;
+use crate::people::Book;
 use crate::trust::Trust;
 
 const FORMAT_FILE: &str = "format";
@@ -90,6 +92,8 @@ pub struct ClientState {
     /// What [`crate::driver`] checks replays against.
     seen: Marks,
     pub(crate) outbox: Outbox,
+    /// What this device verified about other users (`people`).
+    book: Arc<std::sync::Mutex<Book>>,
     _lock: File,
 }
 
@@ -238,6 +242,7 @@ impl ClientState {
             Err(e) => return Err(StateError::io(&seen_path, e)),
         };
         let outbox = Outbox::open(&dir)?;
+        let book = Arc::new(std::sync::Mutex::new(Book::load(&dir)?));
         Ok(Self {
             relay_url: relay_url.to_owned(),
             relay_key,
@@ -250,9 +255,15 @@ impl ClientState {
             cursor,
             seen,
             outbox,
+            book,
             dir,
             _lock: lock,
         })
+    }
+
+    /// The contact book, shared with the client's people layer.
+    pub(crate) fn book(&self) -> Arc<std::sync::Mutex<Book>> {
+        Arc::clone(&self.book)
     }
 
     /// The folder the state lives in.

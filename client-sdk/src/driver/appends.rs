@@ -11,7 +11,7 @@ use ferry_protocol::{Append, ClientFrame, ErrorCode, ErrorFrame};
 use rand_core::OsRng;
 use tokio::time::Instant;
 
-use super::{Delivery, Driver, Ended, Enqueue, Link, Pending, WINDOW, is_revoked};
+use super::{Delivery, Driver, Ended, Enqueue, Item, Link, Pending, WINDOW, is_revoked};
 use crate::error::{ClientError, StateError};
 
 impl Driver {
@@ -394,7 +394,7 @@ impl Driver {
                 // Nobody waits for it: tell the app through its event queue.
                 let _ = self.deliveries.try_send(Delivery {
                     seq: None,
-                    item: Some(Err(error.clone())),
+                    item: Some(Item::App(Err(error.clone()))),
                 });
             }
         }

@@ -8,9 +8,10 @@ use ferry_protocol::{ClientFrame, Event};
 use tokio::time::Instant;
 
 use super::checks::Verdict;
-use super::{Delivery, Driver, Link};
+use super::{Delivery, Driver, Item, Link};
 use crate::error::ClientError;
 use crate::event::{ClientEvent, ReceivedEvent};
+use ferry_protocol::people::{Notice, RELAY_DEVICE};
 
 impl Driver {
     /// Hands events to the app's queue, in order, each once; replays are acknowledged but
@@ -89,12 +90,32 @@ impl Driver {
         // Best effort: when the app's queue is full the warning and the count remain.
         let _ = self.deliveries.try_send(Delivery {
             seq: None,
-            item: Some(Err(ClientError::MisplacedAppend { device_seq, seq })),
+            item: Some(Item::App(Err(ClientError::MisplacedAppend {
+                device_seq,
+                seq,
+            }))),
         });
     }
 
-    /// Decrypts one event for the app.
-    fn open(&self, event: &Event) -> Result<ClientEvent, ClientError> {
+    /// Decrypts one event for the app (or reads the relay's notice).
+    fn open(&self, event: &Event) -> Item {
+        if event.device == RELAY_DEVICE {
+            return match Notice::from_payload(&event.payload.0) {
+                Ok(notice) => Item::Notice(notice),
+                Err(error) => {
+                    tracing::warn!(seq = event.seq, %error, "the relay's notice does not decode");
+                    Item::App(Err(ClientError::Protocol(format!(
+                        "the relay's notice at {} does not decode: {error}",
+                        event.seq
+                    ))))
+                }
+            };
+        }
+        Item::App(self.open_sealed(event))
+    }
+
+    /// Decrypts one event of a device for the app.
+    fn open_sealed(&self, event: &Event) -> Result<ClientEvent, ClientError> {
         let slot = EventSlot {
             user: self.user,
             device: event.device,
@@ -247,8 +268,8 @@ mod tests {
                 }
                 taken.push(match delivery.item {
                     None => Unseen,
-                    Some(Ok(ClientEvent::Event(e))) => Shown(e.seq, e.device_seq),
-                    Some(Err(ClientError::MisplacedAppend { device_seq, seq })) => {
+                    Some(Item::App(Ok(ClientEvent::Event(e)))) => Shown(e.seq, e.device_seq),
+                    Some(Item::App(Err(ClientError::MisplacedAppend { device_seq, seq }))) => {
                         Misplaced(device_seq, seq)
                     }
                     other => panic!("unexpected {other:?}"),

@@ -60,6 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use ferry_protocol::people::Notice;
 use ferry_protocol::{
     ClientFrame, DeviceId, ErrorCode, Event, RelayId, SealedPayload, ServerFrame, UserId,
 };
@@ -99,6 +100,11 @@ pub(crate) enum Command {
         device: DeviceId,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
+    /// A people request: one frame, one answer (`UserChainLinks` pages come back as one).
+    People {
+        frame: ClientFrame,
+        reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
+    },
     /// Save the cursor, acknowledge, close the connection and stop.
     Close,
 }
@@ -116,7 +122,31 @@ pub(crate) struct Enqueue {
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub seq: Option<u64>,
-    pub item: Option<Result<ClientEvent, ClientError>>,
+    pub item: Option<Item>,
+}
+
+/// What the driver hands the app's side.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// For the app as it is.
+    App(Result<ClientEvent, ClientError>),
+    /// A notice the relay wrote into the log: the people layer makes an event of it.
+    Notice(Notice),
+    /// A contact's presence on one relay node (`source`; 0: every node).
+    Presence {
+        user: UserId,
+        source: u64,
+        online: bool,
+        last_seen: Option<u64>,
+    },
+    /// A new session started: presence heard before it is stale.
+    Session,
+}
+
+impl From<Result<ClientEvent, ClientError>> for Item {
+    fn from(result: Result<ClientEvent, ClientError>) -> Self {
+        Self::App(result)
+    }
 }
 
 /// What the handles and the driver share.
@@ -439,6 +469,11 @@ impl Driver {
                 "the relay holds a shorter device chain than this device verified"
             );
         }
+        // Presence heard on an earlier session may be stale now.
+        let _ = self.deliveries.try_send(Delivery {
+            seq: None,
+            item: Some(Item::Session),
+        });
         // A longer chain at the relay: fetch and verify it before anything else.
         self.maybe_fetch(&mut link);
         // The relay may hold an older cursor than the one on disk.
@@ -593,7 +628,7 @@ impl Driver {
                 if !self.overflowed {
                     let caught_up = Delivery {
                         seq: None,
-                        item: Some(Ok(ClientEvent::CaughtUp { head })),
+                        item: Some(Item::App(Ok(ClientEvent::CaughtUp { head }))),
                     };
                     if self.deliveries.try_send(caught_up).is_err() {
                         // Not lost: the refetch after the app catches up says it again.
@@ -616,6 +651,29 @@ impl Driver {
                 }
             }
             ServerFrame::Devices(devices) => self.answer_devices(devices),
+            ServerFrame::Presence {
+                user,
+                source,
+                online,
+                last_seen,
+            } => {
+                // Best effort, like the frame itself: a full queue drops it.
+                let _ = self.deliveries.try_send(Delivery {
+                    seq: None,
+                    item: Some(Item::Presence {
+                        user,
+                        source,
+                        online,
+                        last_seen,
+                    }),
+                });
+            }
+            answer @ (ServerFrame::HandleIs { .. }
+            | ServerFrame::WhoisResult { .. }
+            | ServerFrame::UserChainLinks { .. }
+            | ServerFrame::Done
+            | ServerFrame::Contacts { .. }
+            | ServerFrame::Profile { .. }) => self.answer_people(answer),
             ServerFrame::ChainAppended { seqno } => self.chain_appended(seqno, link)?,
             ServerFrame::ChainLinks { links, more } => self.chain_links(links, more, link)?,
             ServerFrame::ChainGrew { seqno } => {
@@ -659,6 +717,13 @@ impl Driver {
                 Command::ListDevices(reply) => {
                     self.request(Some(ClientFrame::ListDevices), Reply::Devices(reply))
                 }
+                Command::People { frame, reply } => self.request(
+                    Some(frame),
+                    Reply::People {
+                        reply,
+                        links: Vec::new(),
+                    },
+                ),
                 // The link is signed when it is sent, against the chain as it is then.
                 Command::Revoke { device, reply } => self.request(
                     None,

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use ferry_protocol::limits::MAX_DEVICES_PER_FRAME;
-use ferry_protocol::{ClientFrame, DeviceId, DeviceInfo, ErrorCode, ErrorFrame, SigningKey};
+use ferry_protocol::{
+    ClientFrame, DeviceId, DeviceInfo, ErrorCode, ErrorFrame, ServerFrame, SigningKey,
+};
 use rand_core::OsRng;
 use tokio::sync::oneshot;
 
@@ -29,6 +31,11 @@ pub(super) struct Request {
 
 pub(super) enum Reply {
     Devices(oneshot::Sender<Result<Vec<Device>, ClientError>>),
+    /// A people request; `links` gathers `UserChainLinks` pages until the last.
+    People {
+        reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
+        links: Vec<ferry_protocol::Link>,
+    },
     Revoke {
         device: DeviceId,
         reply: oneshot::Sender<Result<(), ClientError>>,
@@ -42,6 +49,7 @@ impl Reply {
     pub(super) fn fail(self, error: ClientError) {
         match self {
             Self::Devices(reply) => drop(reply.send(Err(error))),
+            Self::People { reply, .. } => drop(reply.send(Err(error))),
             Self::Revoke { reply, .. } => drop(reply.send(Err(error))),
         }
     }
@@ -225,6 +233,55 @@ impl Driver {
             tracing::warn!(device = %unknown.device, "the relay lists a device the chain does not admit; ignoring it");
         }
         let _ = reply.send(Ok(devices));
+    }
+
+    /// The answer to the oldest request, a people request. `UserChainLinks` pages are
+    /// gathered until the last one, then answered as one frame.
+    pub(super) fn answer_people(&mut self, answer: ServerFrame) {
+        let is_people = |r: &Reply| matches!(r, Reply::People { .. });
+        if let ServerFrame::UserChainLinks { user, links, more } = answer {
+            let Some(Request {
+                reply: Reply::People { links: held, .. },
+                ..
+            }) = self.requests.front_mut().filter(|_| self.requests_sent > 0)
+            else {
+                tracing::warn!(
+                    "the relay answered a request this client did not send; ignoring it"
+                );
+                return;
+            };
+            held.extend(links);
+            if more {
+                if held.len() as u64 > ferry_protocol::chain::MAX_CHAIN_LINKS {
+                    let error =
+                        ClientError::Protocol("a device chain longer than the limit".into());
+                    if let Some(request) = self.take_request(is_people) {
+                        request.reply.fail(error);
+                    }
+                }
+                return;
+            }
+            if let Some(Request {
+                reply: Reply::People { reply, links },
+                ..
+            }) = self.take_request(is_people)
+            {
+                let whole = ServerFrame::UserChainLinks {
+                    user,
+                    links,
+                    more: false,
+                };
+                let _ = reply.send(Ok(whole));
+            }
+            return;
+        }
+        if let Some(Request {
+            reply: Reply::People { reply, .. },
+            ..
+        }) = self.take_request(is_people)
+        {
+            let _ = reply.send(Ok(answer));
+        }
     }
 
     /// The oldest request sent, if it is of the expected kind (answers come in order).

@@ -108,7 +108,19 @@ pub(super) async fn introduce(
     } else {
         ctx.store.request_contact(intro, &limits, now_ms()).await
     };
-    done(ctx, stored)
+    let answer = done(ctx, stored);
+    if matches!(answer, ServerFrame::Done) {
+        // Contacts made while both are online see each other's presence at once (it is
+        // otherwise announced when a session starts).
+        match ctx.store.presence_peers(asker.user).await {
+            Ok(peers) if peers.contains(&intro.to) => {
+                ctx.hub.presence_online(asker.user, &[intro.to]);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
+        }
+    }
+    answer
 }
 
 fn check_intro(asker: Asker, intro: &Intro) -> Result<(), &'static str> {
