@@ -795,3 +795,6 @@ fn done(answer: ServerFrame) -> Result<(), ClientError> {
         other => Err(unexpected(&other)),
     }
 }
+
+#[cfg(test)]
+mod tests;

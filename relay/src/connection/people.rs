@@ -142,13 +142,22 @@ pub(super) async fn change(
     peer: UserId,
     change: ContactChange,
 ) -> ServerFrame {
+    // Whether the two saw each other's presence before (only then is anything said).
+    let ends_presence = matches!(change, ContactChange::Block | ContactChange::Remove);
+    let saw_each_other = ends_presence
+        && ctx
+            .store
+            .presence_peers(asker.user)
+            .await
+            .is_ok_and(|peers| peers.contains(&peer));
     let stored = ctx
         .store
         .change_contact(asker.user, peer, change, now_ms())
         .await;
-    if stored.is_ok() && matches!(change, ContactChange::Block | ContactChange::Remove) {
+    if stored.is_ok() && saw_each_other {
         // Neither sees the other's presence any more. The other user is not told why: it
-        // gets the frame it gets when a contact hides its presence.
+        // gets the frame it gets when a contact hides its presence. A user who never saw
+        // this one's presence gets nothing, so a block of a stranger is silent.
         ctx.hub.presence_hidden(asker.user, &[peer]);
         ctx.hub.presence_hidden(peer, &[asker.user]);
     }
