@@ -43,6 +43,7 @@ crate::storage_story!(
     profile_versions_grow_and_only_contacts_read_them,
     presence_is_mutual_and_reciprocal,
     a_failed_notice_rolls_back_the_whole_operation,
+    the_requesters_limit_counts_and_nobody_is_asked_without_a_chain,
 );
 
 const LIMITS: PeopleLimits = PeopleLimits {
@@ -2005,4 +2006,88 @@ async fn a_failed_notice_rolls_back_the_whole_operation(db: Db) {
         log_of(store, r.id).await,
         [n(received(&victim_asks)), n(accepted(&victim, &r_accepts))]
     );
+}
+
+/// An acceptance that reaches the requester respects the requester's contact limit too
+/// (accepting, and asking back); a request to an id without a device chain is refused and
+/// starts no log.
+async fn the_requesters_limit_counts_and_nobody_is_asked_without_a_chain(db: Db) {
+    let store = &*db.store;
+    let (c, d, e) = (
+        person(store).await,
+        person(store).await,
+        person(store).await,
+    );
+    let all = [c.id, d.id, e.id];
+    let one = PeopleLimits {
+        contacts: 1,
+        ..LIMITS
+    };
+    // D asks C, then becomes E's contact: D is full.
+    let d_asks_c = intro(&d, &c, "c?");
+    notified(
+        store,
+        store.request_contact(&d_asks_c, &one, NOW_MS),
+        &[(d.id, sent(&d_asks_c)), (c.id, received(&d_asks_c))],
+    )
+    .await;
+    let e_asks_d = intro(&e, &d, "d?");
+    notified(
+        store,
+        store.request_contact(&e_asks_d, &one, NOW_MS),
+        &[(e.id, sent(&e_asks_d)), (d.id, received(&e_asks_d))],
+    )
+    .await;
+    let d_accepts_e = intro(&d, &e, "ok");
+    notified(
+        store,
+        store.accept_contact(&d_accepts_e, &one, NOW_MS),
+        &[
+            (d.id, accepted(&e, &d_accepts_e)),
+            (e.id, accepted(&d, &d_accepts_e)),
+        ],
+    )
+    .await;
+    // C accepting D's request would give D a second contact: refused, nothing written.
+    refused(
+        store,
+        &all,
+        store.accept_contact(&intro(&c, &d, "ok"), &one, NOW_MS),
+        ErrorCode::ContactLimit,
+    )
+    .await;
+    // Asking back is accepting: refused the same way.
+    refused(
+        store,
+        &all,
+        store.request_contact(&intro(&c, &d, "ok"), &one, NOW_MS),
+        ErrorCode::ContactLimit,
+    )
+    .await;
+    assert_eq!(
+        states(store, d.id).await,
+        sorted_states(vec![
+            (c.id, ContactState::Outgoing),
+            (e.id, ContactState::Contact)
+        ])
+    );
+
+    // A user id nobody holds (no chain): refused, and no log is started for it.
+    let ghost = user();
+    let ghost_person = Person {
+        id: ghost,
+        key: DeviceKey::generate(&mut OsRng),
+        exchange: ExchangeSecret::generate(&mut OsRng),
+        profile_key: ProfileKey::from_bytes(&random_bytes()),
+        sent: AtomicU64::new(0),
+    };
+    refused(
+        store,
+        &[c.id],
+        store.request_contact(&intro(&c, &ghost_person, "anyone?"), &one, NOW_MS),
+        ErrorCode::NoSuchContact,
+    )
+    .await;
+    assert!(log_of(store, ghost).await.is_empty());
+    assert_eq!(store.log_bounds(ghost).await.unwrap().head, 0);
 }

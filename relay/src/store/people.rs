@@ -17,13 +17,17 @@
 //!   in user order like the append batch, so transactions on any nodes never wait in a
 //!   cycle), changes the rows and appends the notices. A notice is an event of the user's
 //!   log from [`RELAY_DEVICE`] with `device_seq = seq`, so it gets the next sequence, is
-//!   replayed by every device from its cursor and is never lost or reordered. Notices do not
-//!   count against the user's quota (a user cannot be silenced by others' requests).
+//!   replayed by every device from its cursor and is never lost or reordered. A notice is
+//!   never refused for the user's quota, but it counts towards it like any event (others'
+//!   requests are bounded by their daily limits; retention frees them like any event).
+//! - A request goes only to a user with a device chain (`no_such_contact` otherwise): no log
+//!   is started for an id nobody holds.
 //! - A handle's `hash` is unique (one user per handle) and a user has at most one handle;
 //!   setting a handle replaces the old one in the same transaction, and keeps its number
 //!   when the name is the same.
 //! - A profile's version only grows.
-//! - The request counters, pending requests and contacts stay within [`PeopleLimits`].
+//! - The request counters, pending requests and contacts stay within [`PeopleLimits`], on
+//!   both sides of an acceptance that reaches the requester.
 
 use async_trait::async_trait;
 use ferry_protocol::people::{
@@ -414,15 +418,20 @@ impl PeopleTx {
         limits: &PeopleLimits,
     ) -> Result<(), StoreError> {
         self.check_contact_room(accepter, limits).await?;
+        let delivered = self.delivered(accepter, requester).await?
+            && self.state(requester, accepter).await? == Some(OUTGOING);
+        if delivered {
+            // The requester's limit too (only where the acceptance reaches it: a blocker's
+            // count is none of the blocked user's business).
+            self.check_contact_room(requester, limits).await?;
+        }
         self.set_view(accepter, requester, CONTACT, None).await?;
         let notice = Notice::Accepted {
             peer: requester,
             intro: Box::new(intro.clone()),
         };
         self.notify(accepter, notice.clone()).await?;
-        if self.delivered(accepter, requester).await?
-            && self.state(requester, accepter).await? == Some(OUTGOING)
-        {
+        if delivered {
             self.set_view(requester, accepter, CONTACT, None).await?;
             let notice = Notice::Accepted {
                 peer: accepter,
@@ -557,6 +566,15 @@ impl PeopleStore for SqlStore {
         if me == peer {
             return Err(refused(ErrorCode::BadIntro));
         }
+        let has_chain: bool = on_reader!(&self.db, |pool| {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM chain_links WHERE user_id = $1)")
+                .bind(peer.as_bytes().as_slice())
+                .fetch_one(pool)
+                .await?
+        });
+        if !has_chain {
+            return Err(refused(ErrorCode::NoSuchContact));
+        }
         let mut ptx = PeopleTx::begin(self, &[me, peer], now_ms).await?;
         // Asking a user one has blocked unblocks it.
         if ptx.blocked(me, peer).await? {
@@ -596,6 +614,7 @@ impl PeopleStore for SqlStore {
                 Some((OUTGOING, Some(theirs))) => {
                     let theirs = decode_intro(&theirs)?;
                     ptx.check_contact_room(me, limits).await?;
+                    ptx.check_contact_room(peer, limits).await?;
                     ptx.set_view(me, peer, CONTACT, None).await?;
                     ptx.set_view(peer, me, CONTACT, None).await?;
                     let to_me = Notice::Accepted {
