@@ -830,3 +830,166 @@ fn pair_yes_admits_without_asking_and_join_reads_the_code_from_stdin() {
     assert_eq!(rest[1], format!("paired: {device} phone"));
     assert_eq!(ok(&phone, &["tail"]), "hello\n");
 }
+
+/// The hex after `label` in a line of `ferry init`'s output (`user   HEX`, `device HEX (…)`).
+fn id_after(shown: &str, label: &str) -> String {
+    shown
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {label:?} in {shown}"))
+        .to_owned()
+}
+
+/// The digits of `contact show`'s safety number (three lines of four groups).
+fn safety_digits(shown: &str) -> String {
+    let lines: Vec<&str> = shown.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("safety number"))
+        .unwrap_or_else(|| panic!("no safety number in {shown}"));
+    let rows = &lines[at..at + 3];
+    assert!(
+        rows.iter()
+            .all(|row| row.split_whitespace().filter(|g| g.len() == 5).count() == 4)
+    );
+    rows.iter()
+        .flat_map(|row| row.chars().filter(char::is_ascii_digit))
+        .collect()
+}
+
+/// The only line of `contacts` that mentions `who`.
+fn entry_of<'a>(listed: &'a str, who: &str) -> &'a str {
+    let found: Vec<&str> = listed.lines().filter(|l| l.contains(who)).collect();
+    assert_eq!(found.len(), 1, "{who} in {listed}");
+    found[0]
+}
+
+#[test]
+fn two_people_find_each_other_from_two_terminals_and_one_blocks_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    let init = |state: &Path, name: &str| {
+        let args = ["init", "--relay", &url, "--relay-key", &key, "--name", name];
+        ok(state, &args)
+    };
+    let alice_init = init(&alice, "alice-laptop");
+    let bob_init = init(&bob, "bob-laptop");
+    let (alice_id, bob_id) = (id_after(&alice_init, "user"), id_after(&bob_init, "user"));
+    let alice_device = id_after(&alice_init, "device");
+
+    // Alice takes a handle and tells Bob.
+    let run = ferry(&alice, &["handle", "set", "Alice"], "");
+    assert!(run.success, "{run:?}");
+    let handle = run
+        .stdout
+        .trim()
+        .strip_prefix("handle: ")
+        .unwrap()
+        .to_owned();
+    assert!(
+        handle.starts_with("alice.") && handle.len() == "alice.07".len(),
+        "{handle}"
+    );
+    assert!(run.stderr.contains("share"), "{run:?}");
+    assert_eq!(ok(&bob, &["whois", &handle]).trim(), alice_id);
+
+    // Bob asks, with a note; the number is part of the handle.
+    let run = ferry(&bob, &["contact", "add", "alice", "hi"], "");
+    assert!(!run.success && run.stderr.contains("number"), "{run:?}");
+    let asked = ok(&bob, &["contact", "add", &handle, "hi"]);
+    assert!(
+        asked.contains(&format!("request sent to {handle}")),
+        "{asked}"
+    );
+
+    // Alice's live view shows the request and its note, opened on her device.
+    let bob_short = &bob_id[..16];
+    let tail = ok(&alice, &["tail"]);
+    assert!(
+        tail.contains(&format!("request from {bob_short}: \"hi\"")),
+        "{tail}"
+    );
+    let listed = ok(&alice, &["contacts"]);
+    let entry = entry_of(&listed, bob_short);
+    assert!(entry.starts_with("incoming "), "{listed}");
+    // She accepts with the short id `contacts` shows.
+    let accepted = ok(&alice, &["contact", "accept", bob_short]);
+    assert!(accepted.contains("is a contact now"), "{accepted}");
+
+    // Both are contacts, on both screens; Bob's shows Alice by her handle.
+    let tail = ok(&bob, &["tail"]);
+    assert!(
+        tail.contains(&format!("{handle} ({}…) is a contact now", &alice_id[..8])),
+        "{tail}"
+    );
+    assert!(entry_of(&ok(&alice, &["contacts"]), bob_short).starts_with("contact "));
+    assert!(entry_of(&ok(&bob, &["contacts"]), &handle).starts_with("contact "));
+
+    // Alice's profile reaches Bob, sealed with the key her acceptance carried.
+    let saved = ok(&alice, &["profile", "set", "--name", "Alice"]);
+    assert!(saved.contains("Alice"), "{saved}");
+    assert_eq!(ok(&alice, &["profile", "show"]), "name    Alice\n");
+    assert_eq!(ok(&bob, &["profile", "show", &handle]), "name    Alice\n");
+
+    // Both screens show the same safety number, and Bob sees Alice's device.
+    let bob_sees = ok(&bob, &["contact", "show", &handle]);
+    let alice_sees = ok(&alice, &["contact", "show", &bob_id]);
+    let digits = safety_digits(&bob_sees);
+    assert_eq!(digits.len(), 60, "{bob_sees}");
+    assert_eq!(digits, safety_digits(&alice_sees), "{alice_sees}");
+    let expected =
+        ferry_client::people::safety_number(&alice_id.parse().unwrap(), &bob_id.parse().unwrap());
+    assert_eq!(digits, expected.replace(' ', ""));
+    for words in [&alice_id, &handle, "contact", "Alice", &alice_device] {
+        assert!(bob_sees.contains(words), "{words} in {bob_sees}");
+    }
+
+    // Bob recovers his account on a new folder: Alice's device says so, loudly, and shows
+    // his new device.
+    let bob_again = dir.path().join("bob-again");
+    let recover = [
+        "recover",
+        "--relay",
+        &url,
+        "--relay-key",
+        &key,
+        "--name",
+        "bob-new",
+    ];
+    let run = ferry(
+        &bob_again,
+        &recover,
+        &format!("{}\n", recovery_line(&bob_init)),
+    );
+    assert!(run.success, "{run:?}");
+    let new_device = ClientState::open(&bob_again).unwrap().device_id().to_hex();
+    let run = ferry(&alice, &["contact", "show", bob_short], "");
+    assert!(run.success, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "WARNING: the identity of {bob_short} changed: they recovered their account"
+        )),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains(&new_device), "{run:?}");
+    assert_eq!(
+        safety_digits(&run.stdout),
+        digits,
+        "the same keys, the same number"
+    );
+
+    // Alice blocks Bob (he is not told); her list says so.
+    let blocked = ok(&alice, &["block", &bob_id]);
+    assert!(blocked.starts_with("blocked "), "{blocked}");
+    assert!(entry_of(&ok(&alice, &["contacts"]), bob_short).starts_with("blocked "));
+
+    // Nobody has this handle: exit status 1.
+    let run = ferry(&alice, &["whois", "nobody.00"], "");
+    assert!(!run.success && run.stdout.is_empty(), "{run:?}");
+    assert!(run.stderr.contains("nobody has"), "{run:?}");
+    let run = ferry(&alice, &["contact", "show", "not-a-handle!"], "");
+    assert!(!run.success && run.stderr.contains("neither"), "{run:?}");
+}
