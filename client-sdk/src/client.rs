@@ -49,6 +49,10 @@ pub struct Client {
     deliveries: mpsc::Receiver<Delivery>,
     /// The stream sequence of the last item returned, acknowledged at the next call.
     returned: Option<u64>,
+    /// A notice taken from the queue whose checks have not finished (the call that took it
+    /// was cancelled): the next call finishes it before anything else, so it is neither
+    /// acknowledged unchecked nor lost.
+    unfinished: Option<(Option<u64>, ferry_protocol::people::Notice)>,
     task: JoinHandle<Finished>,
 }
 
@@ -110,6 +114,7 @@ impl Client {
             handle,
             deliveries: delivery_rx,
             returned: None,
+            unfinished: None,
             task: tokio::spawn(driver.run()),
         }
     }
@@ -169,10 +174,21 @@ impl Client {
             if let Some(event) = self.handle.people.take_waiting() {
                 return Ok(ClientEvent::People(event));
             }
+            if let Some((seq, notice)) = self.unfinished.clone() {
+                // Not acknowledged until its checks are done (a cancelled call resumes here).
+                let result = self.notice(notice).await;
+                self.unfinished = None;
+                self.returned = seq;
+                return result;
+            }
             self.acknowledge();
             let Some(delivery) = self.deliveries.recv().await else {
                 return Err(self.handle.shared.stopped());
             };
+            if let Some(Item::Notice(notice)) = delivery.item {
+                self.unfinished = Some((delivery.seq, notice));
+                continue;
+            }
             self.returned = delivery.seq;
             match delivery.item {
                 // This device's own event, acknowledged without being shown.
@@ -184,7 +200,7 @@ impl Client {
                     return Ok(ClientEvent::CaughtUp { head });
                 }
                 Some(Item::App(item)) => return item,
-                Some(Item::Notice(notice)) => return self.notice(notice).await,
+                Some(Item::Notice(_)) => unreachable!("notices are taken above"),
                 Some(Item::Presence {
                     user,
                     source,
@@ -226,6 +242,14 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The people events found outside the log and not returned yet (identity changes seen
+    /// by a lookup or a verification, profiles fetched at a catch-up), without waiting and
+    /// without taking anything from the log: for a short-lived process that acts, then
+    /// closes.
+    pub fn take_people_events(&mut self) -> Vec<crate::people::PeopleEvent> {
+        std::iter::from_fn(|| self.handle.people.take_waiting()).collect()
     }
 
     /// Stops the client: acknowledges the last event returned, saves the cursor, closes

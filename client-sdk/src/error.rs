@@ -400,9 +400,16 @@ pub enum PeopleError {
     /// 607: the other user is not a contact.
     #[error("this user is not a contact")]
     NotAContact,
+    /// 609: the block limit is reached.
+    #[error("the block limit is reached; unblock some users first")]
+    BlockLimit,
     /// 608: the relay refused the request's introduction.
     #[error("the relay refused the introduction: {0}")]
     BadIntro(String),
+    /// This client refused the request before sending it (a note or a profile too long, a
+    /// control character in a display name).
+    #[error("not valid: {0}")]
+    Invalid(String),
     /// No user has this handle.
     #[error("nobody has the handle {0}")]
     NoSuchHandle(String),
@@ -425,6 +432,7 @@ impl PeopleError {
             ErrorCode::LookupLimit => Self::LookupLimit,
             ErrorCode::NotAContact => Self::NotAContact,
             ErrorCode::BadIntro => Self::BadIntro(message.to_owned()),
+            ErrorCode::BlockLimit => Self::BlockLimit,
             _ => return None,
         })
     }

@@ -574,3 +574,86 @@ async fn services() -> Option<(String, String)> {
         }
     }
 }
+
+/// A device paired after two users became contacts was not among the recipients of either
+/// intro: it learns the contact's profile key (and pin, and handle) from the card the user's
+/// other device stored, sealed under the user's data key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_paired_later_knows_its_users_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let alice_state = new_user(&dir.path().join("alice"), &relay, "alice").await;
+    let bob_state = new_user(&dir.path().join("bob"), &relay, "bob").await;
+    let (alice_id, bob_id) = (alice_state.user_id(), bob_state.user_id());
+    let mut alice = Client::connect(alice_state, fast()).await.unwrap();
+    let mut bob = Client::connect(bob_state, fast()).await.unwrap();
+    let handle = alice.handle().set_handle("alice").await.unwrap();
+    bob.handle()
+        .request_contact_by_handle(&handle, "hi")
+        .await
+        .unwrap();
+    loop {
+        if let ClientEvent::People(PeopleEvent::RequestReceived { .. }) =
+            tokio::time::timeout(WAIT, alice.next_event())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            break;
+        }
+    }
+    alice.handle().accept_contact(bob_id).await.unwrap();
+    loop {
+        if let ClientEvent::People(PeopleEvent::Accepted { .. }) =
+            tokio::time::timeout(WAIT, bob.next_event())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            break;
+        }
+    }
+    let profile = ProfileBody {
+        display_name: "Alice".into(),
+        avatar: None,
+    };
+    alice.handle().set_profile(&profile).await.unwrap();
+    assert_eq!(
+        bob.handle().profile(alice_id).await.unwrap(),
+        Some(profile.clone())
+    );
+
+    // Bob pairs a new device.
+    let bob_state = bob.close().await.unwrap();
+    let later = another_device(&bob_state, &dir.path().join("bob-later"), "later").await;
+    drop(bob_state);
+    let mut later = Client::connect(later, fast()).await.unwrap();
+    // It replays Bob's log (the intros in it are not sealed to it) and catches up; the
+    // catch-up takes the cards in and fetches the profiles that moved.
+    let heard_profile;
+    loop {
+        match tokio::time::timeout(WAIT, later.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ClientEvent::People(PeopleEvent::ProfileChanged { user, profile: p }) => {
+                assert_eq!((user, &p), (alice_id, &profile));
+                heard_profile = true;
+                break;
+            }
+            ClientEvent::People(PeopleEvent::Unverified { reason, .. }) => panic!("{reason}"),
+            _ => {}
+        }
+    }
+    assert!(heard_profile);
+    assert_eq!(
+        later.handle().profile(alice_id).await.unwrap(),
+        Some(profile)
+    );
+    let contacts = later.handle().contacts().await.unwrap();
+    let alice_entry = contacts.iter().find(|c| c.user == alice_id).unwrap();
+    assert_eq!(alice_entry.handle.as_deref(), Some(handle.as_str()));
+    later.close().await.unwrap();
+    alice.close().await.unwrap();
+}

@@ -95,6 +95,8 @@ pub enum ErrorCode {
     NotAContact,
     /// 608: a contact request's intro does not verify or names the wrong users.
     BadIntro,
+    /// 609: the user has blocked the most users allowed.
+    BlockLimit,
     /// 900: the relay hit an internal error.
     Internal,
     /// 901: the relay is shutting down or its storage is unavailable.
@@ -109,7 +111,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 42] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -149,6 +151,7 @@ impl ErrorCode {
         Self::LookupLimit,
         Self::NotAContact,
         Self::BadIntro,
+        Self::BlockLimit,
         Self::Internal,
         Self::Unavailable,
     ];
@@ -195,6 +198,7 @@ impl ErrorCode {
             Self::LookupLimit => 606,
             Self::NotAContact => 607,
             Self::BadIntro => 608,
+            Self::BlockLimit => 609,
             Self::Internal => 900,
             Self::Unavailable => 901,
             Self::Unknown(n) => n,
@@ -243,6 +247,7 @@ impl ErrorCode {
             Self::LookupLimit => "lookup_limit",
             Self::NotAContact => "not_a_contact",
             Self::BadIntro => "bad_intro",
+            Self::BlockLimit => "block_limit",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unknown(_) => "unknown",
@@ -364,6 +369,9 @@ impl ErrorCode {
             }
             Self::BadIntro => {
                 "The request's introduction is not signed by this device for this user and its recipient, or is malformed; upgrade the client."
+            }
+            Self::BlockLimit => {
+                "This user has blocked the most users allowed; unblock some before blocking more."
             }
             Self::Internal => {
                 "The relay hit an internal error; retry, and report it to the operator if it persists."

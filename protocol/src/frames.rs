@@ -31,7 +31,7 @@ use crate::codec::{DecodeError, Wire, check_len};
 use crate::identity::{DeviceId, UserId};
 use crate::limits::*;
 use crate::people::handle::MAX_HANDLE_INPUT_LEN;
-use crate::people::{ContactInfo, Intro, MAX_CONTACTS_PER_FRAME, SealedProfile};
+use crate::people::{ContactInfo, Intro, MAX_CONTACTS_PER_FRAME, SealedCard, SealedProfile};
 
 /// An event payload sealed by the client; opaque to the relay.
 ///
@@ -244,7 +244,7 @@ pub enum ClientFrame {
         /// The user to unblock.
         peer: UserId,
     },
-    /// This user's contacts, requests and blocks; answered with `Contacts`.
+    /// This user's contacts, requests and blocks; answered with `Contacts` pages.
     ContactsList,
     /// Store this user's profile (a higher version than the stored one); answered with
     /// `Done`.
@@ -260,6 +260,15 @@ pub enum ClientFrame {
     PresenceSet {
         /// Whether to show it.
         visible: bool,
+    },
+    /// Store the card this user's devices keep about `peer` (a user it has a request,
+    /// contact or block with, or a card for already); answered with `Done`, or
+    /// `Error(no_such_contact)`.
+    ContactCard {
+        /// The other user.
+        peer: UserId,
+        /// The card, sealed under this user's data key.
+        card: SealedCard,
     },
 }
 
@@ -369,12 +378,14 @@ pub enum ServerFrame {
     },
     /// A people request (contact, block, profile, presence) is done.
     Done,
-    /// The answer to `ContactsList`.
+    /// The answer to `ContactsList`, in pages: `more` says another page follows.
     Contacts {
-        /// Every contact, request and block of this user.
+        /// Contacts, requests and blocks of this user (one page of them).
         contacts: Vec<ContactInfo>,
         /// Whether this user shows presence.
         presence_visible: bool,
+        /// Whether more `Contacts` pages follow.
+        more: bool,
     },
     /// The answer to `ProfileFetch`.
     Profile {
@@ -417,6 +428,7 @@ impl Wire for ClientFrame {
             Self::Whois { handle } => check_len("handle", handle.len(), MAX_HANDLE_INPUT_LEN),
             Self::ContactRequest(intro) | Self::ContactAccept(intro) => intro.check_limits(),
             Self::ProfileSet(profile) => profile.check_limits(),
+            Self::ContactCard { card, .. } => card.check_limits(),
             Self::UserChainFetch { .. }
             | Self::ContactDecline { .. }
             | Self::ContactCancel { .. }
@@ -474,7 +486,11 @@ impl Wire for ServerFrame {
                 check_len("handle", handle.len(), MAX_HANDLE_INPUT_LEN)
             }
             Self::Contacts { contacts, .. } => {
-                check_len("contacts", contacts.len(), MAX_CONTACTS_PER_FRAME)
+                check_len("contacts", contacts.len(), MAX_CONTACTS_PER_FRAME)?;
+                contacts
+                    .iter()
+                    .filter_map(|c| c.card.as_ref())
+                    .try_for_each(Wire::check_limits)
             }
             Self::Profile { profile, .. } => profile.as_ref().map_or(Ok(()), Wire::check_limits),
             Self::Appended { .. }

@@ -525,6 +525,32 @@ fn people_vectors(out: &mut String, user: &UserId, device: &DeviceKey, epoch_zer
         .seal(&mut Scripted::new(&[&[0x97; 24]]), &profile_key, user, 3)
         .unwrap();
     line!("people_profile_sealed", codec::encode(&sealed_profile));
+
+    // A contact card: what the first user's devices keep about the second user, sealed under
+    // epoch 0's data key with the nonce 0x98….
+    let card = people::CardBody {
+        profile_key: Some(people::ProfileKey::from_bytes(&[0x99; 32])),
+        pinned: Some((2, LinkHash([0x9a; 32]))),
+        handle: Some("bob.12".into()),
+    };
+    let sealed_card = card.seal(
+        &mut Scripted::new(&[&[0x98; 24]]),
+        epoch_zero,
+        0,
+        user,
+        &peer_user.id(),
+    );
+    line!(
+        "people_frame_contact_card",
+        codec::encode(&ClientFrame::ContactCard {
+            peer: peer_user.id(),
+            card: sealed_card.clone(),
+        })
+    );
+    assert_eq!(
+        sealed_card.open(epoch_zero, user, &peer_user.id()).unwrap(),
+        card
+    );
     assert_eq!(sealed_profile.open(&profile_key, user).unwrap(), profile);
     let mut aad = b"ferry/v1/profile".to_vec();
     aad.extend_from_slice(user.as_bytes());
@@ -597,8 +623,10 @@ fn people_vectors(out: &mut String, user: &UserId, device: &DeviceKey, epoch_zer
                 profile_version: 3,
                 last_seen: Some(1_700_000_100),
                 since: 1_700_000_000,
+                card: None,
             }],
             presence_visible: true,
+            more: false,
         })
     );
     line!(
@@ -729,6 +757,10 @@ fn people_limits_are_documented() {
         format!(
             "| entries per `Contacts` frame | {} |",
             people::MAX_CONTACTS_PER_FRAME
+        ),
+        format!(
+            "| contact card ciphertext | {} bytes |",
+            people::card::MAX_CARD_CIPHERTEXT_LEN
         ),
         format!(
             "| links per `UserChainLinks` frame | {} |",

@@ -300,6 +300,26 @@ pub struct Limits {
     )]
     pub max_contacts: u64,
 
+    /// Users one user may block; beyond it blocks are refused with `block_limit` (609).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_MAX_BLOCKS",
+        default_value_t = 10_000
+    )]
+    pub max_blocks: u64,
+
+    /// People requests that write (handles, contact requests and answers, blocks, profiles,
+    /// presence settings, contact cards) per second from one device (bursts up to twice
+    /// that); beyond it they are refused with `rate_limited` (400).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_PEOPLE_WRITES_PER_DEVICE_PER_SECOND",
+        default_value_t = 20
+    )]
+    pub people_writes_per_device_per_second: u32,
+
     /// Handle lookups (`whois`) per minute from one device, and from one client address
     /// (bursts up to a third of it); beyond it lookups are refused with `lookup_limit` (606).
     #[arg(
@@ -443,6 +463,7 @@ impl Limits {
             requests_per_day: self.contact_requests_per_day,
             pending_requests: self.max_pending_requests,
             contacts: self.max_contacts,
+            blocks: self.max_blocks,
         }
     }
 

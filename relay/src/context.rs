@@ -41,6 +41,8 @@ pub struct Context {
     pub ephemeral_limiter: KeyedLimiter<DeviceId>,
     /// Replays from the database running at once on this node.
     pub replays: tokio::sync::Semaphore,
+    /// People requests that write, per device.
+    pub people_write_limiter: KeyedLimiter<DeviceId>,
     /// Handle lookups per device.
     pub lookup_device_limiter: KeyedLimiter<DeviceId>,
     /// Handle lookups per client address.

@@ -197,6 +197,10 @@ impl Server {
                 f64::from(limits.ephemerals_per_device_per_second) * 2.0,
             ),
             replays: tokio::sync::Semaphore::new(config.log.max_concurrent_replays.max(1)),
+            people_write_limiter: KeyedLimiter::<DeviceId>::new(
+                f64::from(limits.people_writes_per_device_per_second),
+                f64::from(limits.people_writes_per_device_per_second) * 2.0,
+            ),
             lookup_device_limiter: KeyedLimiter::<DeviceId>::new(
                 f64::from(limits.lookups_per_minute) / 60.0,
                 (f64::from(limits.lookups_per_minute) / 3.0).max(1.0),

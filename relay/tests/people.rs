@@ -251,3 +251,56 @@ async fn a_recovery_session_may_not_use_the_people_frames() {
         }
     }
 }
+
+#[tokio::test]
+async fn people_writes_are_rate_limited_per_device() {
+    // One a second: bursts of two.
+    let node = node(|config| config.limits.people_writes_per_device_per_second = 1).await;
+    let alice = Identity::new_user();
+    let mut a = connect(&node, &alice).await;
+    let peer = Identity::new_user().user.id();
+    for _ in 0..2 {
+        assert_eq!(
+            ask(&mut a, ClientFrame::Unblock { peer }).await,
+            ServerFrame::Done
+        );
+    }
+    let refused = ask(&mut a, ClientFrame::Unblock { peer }).await;
+    assert_eq!(code(&refused), Some(ErrorCode::RateLimited));
+    // Reads are not writes: still answered.
+    let list = ask(&mut a, ClientFrame::ContactsList).await;
+    assert!(matches!(list, ServerFrame::Contacts { .. }), "{list:?}");
+}
+
+#[tokio::test]
+async fn a_long_contact_list_comes_in_pages() {
+    let node = node(|_| {}).await;
+    let alice = Identity::new_user();
+    let mut a = connect(&node, &alice).await;
+    // 600 blocked users, straight in the store (blocking needs no chain).
+    let limits = ferry_relay::store::PeopleLimits::default();
+    for _ in 0..600 {
+        let peer = Identity::new_user().user.id();
+        let change = ferry_relay::store::ContactChange::Block;
+        let notified = node
+            .store()
+            .change_contact(alice.user.id(), peer, change, &limits, 1_700_000_000_000)
+            .await
+            .unwrap();
+        drop(notified);
+    }
+    a.send(&ClientFrame::ContactsList).await;
+    let mut pages = Vec::new();
+    loop {
+        match answer(&mut a).await {
+            ServerFrame::Contacts { contacts, more, .. } => {
+                pages.push(contacts.len());
+                if !more {
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pages, [512, 88]);
+}

@@ -44,12 +44,14 @@ crate::storage_story!(
     presence_is_mutual_and_reciprocal,
     a_failed_notice_rolls_back_the_whole_operation,
     the_requesters_limit_counts_and_nobody_is_asked_without_a_chain,
+    cards_are_kept_for_related_users_only_and_blocks_are_bounded,
 );
 
 const LIMITS: PeopleLimits = PeopleLimits {
     requests_per_day: 100,
     pending_requests: 200,
     contacts: 2000,
+    blocks: 10_000,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -422,7 +424,7 @@ async fn handles_are_unique_keep_their_number_and_decide_chain_visibility(db: Db
     // Either way means either user's row: a request a block kept from arriving leaves only
     // the asker's row, and both may still read each other's chain.
     let blocked = Notice::Blocked { peer: z.id };
-    let change = store.change_contact(y.id, z.id, ContactChange::Block, NOW_MS);
+    let change = store.change_contact(y.id, z.id, ContactChange::Block, &LIMITS, NOW_MS);
     notified(store, change, &[(y.id, blocked.clone())]).await;
     let undelivered = intro(&z, &y, "are you there");
     notified(
@@ -486,6 +488,7 @@ async fn a_request_and_its_acceptance_reach_both_logs(db: Db) {
                 profile_version: 0,
                 last_seen: None,
                 since: NOW_S,
+                card: None,
             }],
             presence_visible: true,
         }
@@ -525,6 +528,7 @@ async fn a_request_and_its_acceptance_reach_both_logs(db: Db) {
                 profile_version: 0,
                 last_seen: None,
                 since: NOW_S + 2,
+                card: None,
             }
         );
     }
@@ -628,7 +632,7 @@ async fn decline_cancel_and_remove_notify_both_sides(db: Db) {
     let (a, b) = (person(store).await, person(store).await);
     let both = [a.id, b.id];
     let change = |user: &Person, peer: &Person, change| {
-        store.change_contact(user.id, peer.id, change, NOW_MS)
+        store.change_contact(user.id, peer.id, change, &LIMITS, NOW_MS)
     };
     let no_such = ErrorCode::NoSuchContact;
     assert_eq!(own(store, &a, "a1").await, 1);
@@ -949,7 +953,7 @@ async fn run_case(store: &dyn Store, case: Case, block: bool) -> Seen {
     }
     if block {
         let blocked = Notice::Blocked { peer: me.id };
-        let change = store.change_contact(peer.id, me.id, ContactChange::Block, NOW_MS);
+        let change = store.change_contact(peer.id, me.id, ContactChange::Block, &LIMITS, NOW_MS);
         notified(store, change, &[(peer.id, blocked)]).await;
         assert!(store.is_blocked(peer.id, me.id).await.unwrap());
         assert!(!store.is_blocked(me.id, peer.id).await.unwrap());
@@ -964,7 +968,7 @@ async fn run_case(store: &dyn Store, case: Case, block: bool) -> Seen {
         names.intros.push((made.clone(), label));
         made
     };
-    let change = |change| store.change_contact(me.id, peer.id, change, NOW_MS);
+    let change = |change| store.change_contact(me.id, peer.id, change, &LIMITS, NOW_MS);
     match case {
         Case::Request => {
             let (first, again, last) = (
@@ -1134,7 +1138,7 @@ async fn unblocking_and_asking_a_blocked_user(db: Db) {
     let store = &*db.store;
     let (a, b) = (person(store).await, person(store).await);
     let change = |user: &Person, peer: &Person, change, now_ms| {
-        store.change_contact(user.id, peer.id, change, now_ms)
+        store.change_contact(user.id, peer.id, change, &LIMITS, now_ms)
     };
     let blocked = |peer: &Person| Notice::Blocked { peer: peer.id };
     let unblocked = |peer: &Person| Notice::Unblocked { peer: peer.id };
@@ -1152,6 +1156,7 @@ async fn unblocking_and_asking_a_blocked_user(db: Db) {
             profile_version: 0,
             last_seen: None,
             since: NOW_S,
+            card: None,
         }]
     );
     assert_eq!(states(store, b.id).await, []);
@@ -1341,7 +1346,7 @@ async fn limits_refuse_and_store_nothing(db: Db) {
     };
     notified(
         store,
-        store.change_contact(a.id, b1.id, ContactChange::Cancel, NOW_MS),
+        store.change_contact(a.id, b1.id, ContactChange::Cancel, &LIMITS, NOW_MS),
         &[(a.id, cancelled(&b1, true)), (b1.id, cancelled(&a, false))],
     )
     .await;
@@ -1464,7 +1469,7 @@ async fn limits_refuse_and_store_nothing(db: Db) {
     };
     notified(
         store,
-        store.change_contact(c.id, d1.id, ContactChange::Remove, NOW_MS),
+        store.change_contact(c.id, d1.id, ContactChange::Remove, &LIMITS, NOW_MS),
         &[(c.id, removed(&d1, true)), (d1.id, removed(&c, false))],
     )
     .await;
@@ -1639,7 +1644,7 @@ async fn profile_versions_grow_and_only_contacts_read_them(db: Db) {
     };
     notified(
         store,
-        store.change_contact(a.id, b.id, ContactChange::Remove, NOW_MS),
+        store.change_contact(a.id, b.id, ContactChange::Remove, &LIMITS, NOW_MS),
         &[(a.id, removed(&b, true)), (b.id, removed(&a, false))],
     )
     .await;
@@ -1785,7 +1790,7 @@ async fn presence_is_mutual_and_reciprocal(db: Db) {
     assert_eq!(last_seen(g.id, a.id).await, Some(coarse(t + 400)));
     assert_eq!(last_seen(a.id, g.id).await, Some(coarse(t)));
     let blocked = Notice::Blocked { peer: g.id };
-    let change = store.change_contact(a.id, g.id, ContactChange::Block, NOW_MS);
+    let change = store.change_contact(a.id, g.id, ContactChange::Block, &LIMITS, NOW_MS);
     notified(store, change, &[(a.id, blocked.clone())]).await;
     assert_eq!(states(store, g.id).await, [(a.id, ContactState::Contact)]);
     assert_eq!(last_seen(g.id, a.id).await, None);
@@ -1800,7 +1805,7 @@ async fn presence_is_mutual_and_reciprocal(db: Db) {
     };
     notified(
         store,
-        store.change_contact(e.id, a.id, ContactChange::Remove, NOW_MS),
+        store.change_contact(e.id, a.id, ContactChange::Remove, &LIMITS, NOW_MS),
         &[(e.id, removed(&a, true)), (a.id, removed(&e, false))],
     )
     .await;
@@ -2090,4 +2095,83 @@ async fn the_requesters_limit_counts_and_nobody_is_asked_without_a_chain(db: Db)
     .await;
     assert!(log_of(store, ghost).await.is_empty());
     assert_eq!(store.log_bounds(ghost).await.unwrap().head, 0);
+}
+
+/// A card is stored only about a user one has a row or a block with, replaces the previous
+/// one, comes back with the list (for blocks too) and outlives a removal; blocks are bounded.
+async fn cards_are_kept_for_related_users_only_and_blocks_are_bounded(db: Db) {
+    use ferry_protocol::people::SealedCard;
+    let store = &*db.store;
+    let (a, b, c) = (
+        person(store).await,
+        person(store).await,
+        person(store).await,
+    );
+    let card = |n: u8| SealedCard {
+        epoch: 0,
+        nonce: [n; 24],
+        ciphertext: vec![n; 40],
+    };
+    let card_of = |list: &ContactList, peer: UserId| {
+        list.contacts
+            .iter()
+            .find(|info| info.user == peer)
+            .and_then(|info| info.card.clone())
+    };
+    // A stranger: refused.
+    assert!(matches!(
+        store.set_card(a.id, b.id, &card(1), NOW_MS).await,
+        Err(StoreError::Refused(ErrorCode::NoSuchContact))
+    ));
+    let to_b = intro(&a, &b, "hi");
+    notified(
+        store,
+        store.request_contact(&to_b, &LIMITS, NOW_MS),
+        &[(a.id, sent(&to_b)), (b.id, received(&to_b))],
+    )
+    .await;
+    store.set_card(a.id, b.id, &card(1), NOW_MS).await.unwrap();
+    store.set_card(a.id, b.id, &card(2), NOW_MS).await.unwrap();
+    store.set_card(b.id, a.id, &card(3), NOW_MS).await.unwrap();
+    assert_eq!(
+        card_of(&store.contacts(a.id).await.unwrap(), b.id),
+        Some(card(2))
+    );
+    assert_eq!(
+        card_of(&store.contacts(b.id).await.unwrap(), a.id),
+        Some(card(3))
+    );
+    // Withdrawn: the card stays (a pin outlives the relation) and can still be replaced.
+    let _notified = store
+        .change_contact(a.id, b.id, ContactChange::Cancel, &LIMITS, NOW_MS)
+        .await
+        .unwrap();
+    store.set_card(a.id, b.id, &card(4), NOW_MS).await.unwrap();
+    // A block: the card comes back with the blocked entry.
+    let _notified = store
+        .change_contact(a.id, b.id, ContactChange::Block, &LIMITS, NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        card_of(&store.contacts(a.id).await.unwrap(), b.id),
+        Some(card(4))
+    );
+    // Blocks are bounded: one allowed, a second refused with nothing written; blocking the
+    // same user again is not a new block.
+    let one = PeopleLimits {
+        blocks: 1,
+        ..LIMITS
+    };
+    let _notified = store
+        .change_contact(a.id, b.id, ContactChange::Block, &one, NOW_MS)
+        .await
+        .unwrap();
+    refused(
+        store,
+        &[a.id, c.id],
+        store.change_contact(a.id, c.id, ContactChange::Block, &one, NOW_MS),
+        ErrorCode::BlockLimit,
+    )
+    .await;
+    assert!(!store.is_blocked(a.id, c.id).await.unwrap());
 }

@@ -722,6 +722,7 @@ impl Driver {
                     Reply::People {
                         reply,
                         links: Vec::new(),
+                        contacts: Vec::new(),
                     },
                 ),
                 // The link is signed when it is sent, against the chain as it is then.

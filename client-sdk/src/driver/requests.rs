@@ -18,6 +18,9 @@ use crate::error::ClientError;
 use crate::event::Device;
 use crate::trust::RevokeError;
 
+/// Most contact-list entries gathered from `Contacts` pages (far above any relay's limits).
+const MAX_GATHERED_CONTACTS: usize = 1_000_000;
+
 /// Revocations signed again after the relay refused them (another device extended the
 /// chain first).
 const REVOKE_ATTEMPTS: u8 = 3;
@@ -35,6 +38,7 @@ pub(super) enum Reply {
     People {
         reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
         links: Vec<ferry_protocol::Link>,
+        contacts: Vec<ferry_protocol::people::ContactInfo>,
     },
     Revoke {
         device: DeviceId,
@@ -239,49 +243,86 @@ impl Driver {
     /// gathered until the last one, then answered as one frame.
     pub(super) fn answer_people(&mut self, answer: ServerFrame) {
         let is_people = |r: &Reply| matches!(r, Reply::People { .. });
-        if let ServerFrame::UserChainLinks { user, links, more } = answer {
-            let Some(Request {
-                reply: Reply::People { links: held, .. },
-                ..
-            }) = self.requests.front_mut().filter(|_| self.requests_sent > 0)
-            else {
-                tracing::warn!(
-                    "the relay answered a request this client did not send; ignoring it"
-                );
-                return;
-            };
-            held.extend(links);
-            if more {
-                if held.len() as u64 > ferry_protocol::chain::MAX_CHAIN_LINKS {
-                    let error =
-                        ClientError::Protocol("a device chain longer than the limit".into());
-                    if let Some(request) = self.take_request(is_people) {
-                        request.reply.fail(error);
-                    }
-                }
-                return;
-            }
-            if let Some(Request {
-                reply: Reply::People { reply, links },
-                ..
-            }) = self.take_request(is_people)
-            {
-                let whole = ServerFrame::UserChainLinks {
+        // Pages (`UserChainLinks`, `Contacts`) are gathered until the last one.
+        let more = match &answer {
+            ServerFrame::UserChainLinks { more, .. } | ServerFrame::Contacts { more, .. } => *more,
+            _ => false,
+        };
+        let Some(Request {
+            reply:
+                Reply::People {
+                    links: held_links,
+                    contacts: held_contacts,
+                    ..
+                },
+            ..
+        }) = self.requests.front_mut().filter(|_| self.requests_sent > 0)
+        else {
+            tracing::warn!("the relay answered a request this client did not send; ignoring it");
+            return;
+        };
+        let answer = match answer {
+            ServerFrame::UserChainLinks { user, links, .. } => {
+                held_links.extend(links);
+                ServerFrame::UserChainLinks {
                     user,
-                    links,
-                    more: false,
-                };
-                let _ = reply.send(Ok(whole));
+                    links: Vec::new(),
+                    more,
+                }
             }
+            ServerFrame::Contacts {
+                contacts,
+                presence_visible,
+                ..
+            } => {
+                held_contacts.extend(contacts);
+                ServerFrame::Contacts {
+                    contacts: Vec::new(),
+                    presence_visible,
+                    more,
+                }
+            }
+            other => other,
+        };
+        let too_many = held_links.len() as u64 > ferry_protocol::chain::MAX_CHAIN_LINKS
+            || held_contacts.len() > MAX_GATHERED_CONTACTS;
+        if more && !too_many {
             return;
         }
-        if let Some(Request {
-            reply: Reply::People { reply, .. },
+        let Some(Request {
+            reply:
+                Reply::People {
+                    reply,
+                    links,
+                    contacts,
+                },
             ..
         }) = self.take_request(is_people)
-        {
-            let _ = reply.send(Ok(answer));
+        else {
+            return;
+        };
+        if too_many {
+            let _ = reply.send(Err(ClientError::Protocol(
+                "more pages than any relay may send".into(),
+            )));
+            return;
         }
+        let whole = match answer {
+            ServerFrame::UserChainLinks { user, .. } => ServerFrame::UserChainLinks {
+                user,
+                links,
+                more: false,
+            },
+            ServerFrame::Contacts {
+                presence_visible, ..
+            } => ServerFrame::Contacts {
+                contacts,
+                presence_visible,
+                more: false,
+            },
+            other => other,
+        };
+        let _ = reply.send(Ok(whole));
     }
 
     /// The oldest request sent, if it is of the expected kind (answers come in order).

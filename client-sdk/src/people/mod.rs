@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ferry_protocol::people::{
-    ContactInfo, ContactState, Intro, IntroBody, IntroError, Notice, ProfileBody, ProfileKey,
+    CardBody, ContactInfo, ContactState, Intro, IntroBody, IntroError, Notice, ProfileBody,
+    ProfileKey,
 };
 use ferry_protocol::{Chain, ClientFrame, DeviceId, LinkBody, ServerFrame, Signer, UserId};
 use rand_core::OsRng;
@@ -383,7 +384,7 @@ impl People {
             &body,
         )
         .map_err(|e| match e {
-            IntroError::NoteTooLong => ClientError::People(PeopleError::BadIntro(e.to_string())),
+            IntroError::NoteTooLong => ClientError::People(PeopleError::Invalid(e.to_string())),
             other => PeopleError::Unverified(other.to_string()).into(),
         })
     }
@@ -459,12 +460,91 @@ impl People {
         done(
             ask.ask(ClientFrame::ContactRequest(Box::new(intro)))
                 .await?,
-        )
+        )?;
+        self.publish_card(ask, to).await;
+        Ok(())
     }
 
     pub async fn accept(&self, ask: &dyn Ask, from: UserId) -> Result<(), ClientError> {
         let intro = self.intro_for(ask, from, "").await?;
-        done(ask.ask(ClientFrame::ContactAccept(Box::new(intro))).await?)
+        done(ask.ask(ClientFrame::ContactAccept(Box::new(intro))).await?)?;
+        self.publish_card(ask, from).await;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Cards: what this user's devices know of each other user, kept at the relay sealed
+    // under the user's data key, so a device paired or recovered later knows it too.
+
+    /// Stores what this device knows of `user` as the user's card for it, after taking in
+    /// what the stored cards know (so a device that knows less never overwrites a better
+    /// card). Best effort: a card not stored now is stored with the next change.
+    async fn publish_card(&self, ask: &dyn Ask, user: UserId) {
+        if let Err(error) = self.list(ask).await {
+            tracing::debug!(%error, "could not read the contact cards");
+            return;
+        }
+        let body = {
+            let book = lock(&self.book);
+            let Some(entry) = book.entries.get(&user) else {
+                return;
+            };
+            CardBody {
+                profile_key: entry.profile_key.clone(),
+                pinned: entry.pinned,
+                handle: entry.handle.clone(),
+            }
+        };
+        let card = {
+            let trust = self.trust.read().unwrap_or_else(PoisonError::into_inner);
+            let (epoch, Some(key)) = trust.newest() else {
+                return;
+            };
+            body.seal(&mut OsRng, key, epoch, &self.me, &user)
+        };
+        if let Err(error) = ask.ask(ClientFrame::ContactCard { peer: user, card }).await {
+            tracing::debug!(%error, "could not store a contact card");
+        }
+    }
+
+    /// Takes from the cards of `list` what this device lacks (a card the relay kept from
+    /// before adds nothing this device knows better: it never replaces what is here).
+    fn merge_cards(&self, list: &[ContactInfo]) -> Result<(), ClientError> {
+        let mut changed = false;
+        {
+            let trust = self.trust.read().unwrap_or_else(PoisonError::into_inner);
+            let mut book = lock(&self.book);
+            for info in list {
+                let Some(card) = &info.card else { continue };
+                let Some(key) = trust.key(card.epoch) else {
+                    continue;
+                };
+                let body = match card.open(key, &self.me, &info.user) {
+                    Ok(body) => body,
+                    Err(error) => {
+                        tracing::warn!(user = %info.user, %error, "a contact card does not open; ignored");
+                        continue;
+                    }
+                };
+                let entry = book.entry(info.user);
+                if entry.profile_key.is_none() && body.profile_key.is_some() {
+                    entry.profile_key = body.profile_key;
+                    changed = true;
+                }
+                if entry.pinned.is_none() && body.pinned.is_some() {
+                    entry.pinned = body.pinned;
+                    changed = true;
+                }
+                if entry.handle.is_none() && body.handle.is_some() {
+                    entry.handle = body.handle;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        Ok(())
     }
 
     pub async fn simple(&self, ask: &dyn Ask, frame: ClientFrame) -> Result<(), ClientError> {
@@ -473,7 +553,7 @@ impl People {
 
     pub async fn set_profile(&self, ask: &dyn Ask, body: &ProfileBody) -> Result<(), ClientError> {
         body.check()
-            .map_err(|e| PeopleError::BadIntro(e.to_string()))?;
+            .map_err(|e| PeopleError::Invalid(e.to_string()))?;
         let key = self.own_profile_key()?;
         // The next version after what this device knows; if another device stored one
         // since, read it and go past it.
@@ -481,7 +561,7 @@ impl People {
             let version = lock(&self.book).own_profile_version + 1;
             let sealed = body
                 .seal(&mut OsRng, &key, &self.me, version)
-                .map_err(|e| PeopleError::BadIntro(e.to_string()))?;
+                .map_err(|e| PeopleError::Invalid(e.to_string()))?;
             match ask.ask(ClientFrame::ProfileSet(sealed)).await {
                 Ok(ServerFrame::Done) => {
                     lock(&self.book).own_profile_version = version;
@@ -585,7 +665,11 @@ impl People {
             ServerFrame::Contacts {
                 contacts,
                 presence_visible,
-            } => Ok((contacts, presence_visible)),
+                ..
+            } => {
+                self.merge_cards(&contacts)?;
+                Ok((contacts, presence_visible))
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -630,11 +714,20 @@ impl People {
                 }
                 PeopleEvent::RequestSent { to: intro.to }
             }
+            Notice::RequestReceived { intro } if intro.from == self.me => {
+                return Ok(PeopleEvent::Unverified {
+                    user: self.me,
+                    reason: "a request from this user to itself".into(),
+                });
+            }
             Notice::RequestReceived { intro } => {
                 let from = intro.from;
                 match self.open_intro(ask, &intro).await {
                     Ok(body) => {
                         let note = self.keep_intro(from, body)?;
+                        if note.is_some() {
+                            self.publish_card(ask, from).await;
+                        }
                         PeopleEvent::RequestReceived { from, note }
                     }
                     Err(ClientError::People(PeopleError::Unverified(reason))) => {
@@ -653,7 +746,9 @@ impl People {
                     }
                     match self.open_intro(ask, &intro).await {
                         Ok(body) => {
-                            self.keep_intro(peer, body)?;
+                            if self.keep_intro(peer, body)?.is_some() {
+                                self.publish_card(ask, peer).await;
+                            }
                         }
                         Err(ClientError::People(PeopleError::Unverified(reason))) => {
                             return Ok(PeopleEvent::Unverified { user: peer, reason });

@@ -5,6 +5,8 @@
 //!   carries: the sender's profile key and a short note, readable only by the receiver's
 //!   devices.
 //! - [`profile`]: display name and avatar reference, sealed with the profile key.
+//! - [`card`]: what a user's devices keep about a contact, sealed under the user's data key
+//!   and stored by the relay, so devices paired later know the contact too.
 //! - [`notice`]: the events the relay writes into a user's log when the user's contacts
 //!   change, so every device of the user learns it by replaying the log.
 //!
@@ -12,6 +14,7 @@
 //! relay's side of the rules (limits, blocks that look like pending requests, presence only
 //! between contacts who both show it) is described in `docs/protocol.md`.
 
+pub mod card;
 pub mod handle;
 pub mod intro;
 pub mod notice;
@@ -19,6 +22,7 @@ pub mod profile;
 
 use serde::{Deserialize, Serialize};
 
+pub use card::{CardBody, CardError, SealedCard};
 pub use handle::{Handle, HandleError, normalize_name};
 pub use intro::{Intro, IntroBody, IntroError};
 pub use notice::{NOTICE_FORMAT, Notice, RELAY_DEVICE};
@@ -58,6 +62,9 @@ pub struct ContactInfo {
     pub last_seen: Option<u64>,
     /// When this entry last changed (seconds since the Unix epoch).
     pub since: u64,
+    /// The card this user's devices keep about the other user (sealed under this user's
+    /// data key; see [`card`]), if one was stored.
+    pub card: Option<SealedCard>,
 }
 
 /// Last-seen times are rounded down to this many seconds: coarse, by design.

@@ -22,12 +22,15 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use ferry_protocol::people::{
-    Handle, Intro, LAST_SEEN_GRANULARITY_S, MAX_CONTACTS_PER_FRAME, SealedProfile, normalize_name,
+    Handle, Intro, LAST_SEEN_GRANULARITY_S, SealedCard, SealedProfile, normalize_name,
 };
 use ferry_protocol::{DeviceId, ErrorCode, ErrorFrame, ServerFrame, UserId};
 
 use crate::context::{Context, now_ms, now_s};
 use crate::store::{ContactChange, Notified, StoreError};
+
+/// Most entries in one `Contacts` page: with the largest cards, a page stays under 512 KiB.
+pub(super) const CONTACTS_PER_PAGE: usize = 512;
 
 /// Who is asking: the session's user, device and client address.
 #[derive(Clone, Copy, Debug)]
@@ -150,9 +153,10 @@ pub(super) async fn change(
             .presence_peers(asker.user)
             .await
             .is_ok_and(|peers| peers.contains(&peer));
+    let limits = ctx.config.limits.people();
     let stored = ctx
         .store
-        .change_contact(asker.user, peer, change, now_ms())
+        .change_contact(asker.user, peer, change, &limits, now_ms())
         .await;
     if stored.is_ok() && saw_each_other {
         // Neither sees the other's presence any more. The other user is not told why: it
@@ -164,18 +168,57 @@ pub(super) async fn change(
     done(ctx, stored)
 }
 
-/// `ContactsList`.
-pub(super) async fn contacts(ctx: &Context, asker: Asker) -> ServerFrame {
+/// `ContactsList`: the list in `Contacts` pages of at most [`CONTACTS_PER_PAGE`] entries,
+/// `more` on all but the last (so a page stays well under the frame limit, cards included).
+pub(super) async fn contacts(ctx: &Context, asker: Asker) -> Vec<ServerFrame> {
     match ctx.store.contacts(asker.user).await {
-        Ok(mut list) => {
-            list.contacts.truncate(MAX_CONTACTS_PER_FRAME);
-            ServerFrame::Contacts {
-                contacts: list.contacts,
-                presence_visible: list.presence_visible,
+        Ok(list) => {
+            let pages: Vec<_> = list.contacts.chunks(CONTACTS_PER_PAGE).collect();
+            let last = pages.len().saturating_sub(1);
+            let mut frames: Vec<ServerFrame> = pages
+                .into_iter()
+                .enumerate()
+                .map(|(i, page)| ServerFrame::Contacts {
+                    contacts: page.to_vec(),
+                    presence_visible: list.presence_visible,
+                    more: i < last,
+                })
+                .collect();
+            if frames.is_empty() {
+                frames.push(ServerFrame::Contacts {
+                    contacts: Vec::new(),
+                    presence_visible: list.presence_visible,
+                    more: false,
+                });
             }
+            frames
         }
+        Err(e) => vec![storage_error(ctx, &e)],
+    }
+}
+
+/// `ContactCard`.
+pub(super) async fn set_card(
+    ctx: &Context,
+    asker: Asker,
+    peer: UserId,
+    card: &SealedCard,
+) -> ServerFrame {
+    match ctx.store.set_card(asker.user, peer, card, now_ms()).await {
+        Ok(()) => ServerFrame::Done,
         Err(e) => storage_error(ctx, &e),
     }
+}
+
+/// Whether the device may make one more people request that writes; counted otherwise.
+pub(super) fn may_write(ctx: &Context, asker: Asker) -> bool {
+    let allowed = ctx
+        .people_write_limiter
+        .try_take(&asker.device, Instant::now());
+    if !allowed {
+        ctx.metrics.error(ErrorCode::RateLimited);
+    }
+    allowed
 }
 
 /// `ProfileSet`.

@@ -137,7 +137,8 @@ pub(super) async fn run<S>(
             | ClientFrame::ContactsList
             | ClientFrame::ProfileSet(_)
             | ClientFrame::ProfileFetch { .. }
-            | ClientFrame::PresenceSet { .. } => {
+            | ClientFrame::PresenceSet { .. }
+            | ClientFrame::ContactCard { .. } => {
                 let error = ErrorFrame::with_message(ErrorCode::UnexpectedFrame, NOT_ALLOWED);
                 let _ = send(&mut ws, &mut channel, &ServerFrame::Error(error), &ctx).await;
                 break Some(Close::with_reason(ErrorCode::UnexpectedFrame, NOT_ALLOWED));

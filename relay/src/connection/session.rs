@@ -383,8 +383,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 self.error(frame).await
             }
             ClientFrame::UserChainFetch { user, after } => self.user_chain(user, after).await,
+            ClientFrame::ContactsList => {
+                for page in people::contacts(&self.ctx, self.asker).await {
+                    self.send(Control::Frame(page)).await?;
+                }
+                Ok(())
+            }
             people_frame => {
-                let answer = self.people(people_frame).await;
+                let writes = !matches!(
+                    people_frame,
+                    ClientFrame::Whois { .. } | ClientFrame::ProfileFetch { .. }
+                );
+                let answer = if writes && !people::may_write(&self.ctx, self.asker) {
+                    ServerFrame::Error(ErrorFrame::new(ErrorCode::RateLimited))
+                } else {
+                    self.people(people_frame).await
+                };
                 self.send(Control::Frame(answer)).await
             }
         }
@@ -406,7 +420,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             ClientFrame::ContactRemove { peer } => change(peer, ContactChange::Remove).await,
             ClientFrame::Block { peer } => change(peer, ContactChange::Block).await,
             ClientFrame::Unblock { peer } => change(peer, ContactChange::Unblock).await,
-            ClientFrame::ContactsList => people::contacts(ctx, asker).await,
+            ClientFrame::ContactCard { peer, card } => {
+                people::set_card(ctx, asker, peer, &card).await
+            }
             ClientFrame::ProfileSet(profile) => people::set_profile(ctx, asker, &profile).await,
             ClientFrame::ProfileFetch { user } => people::profile(ctx, asker, user).await,
             ClientFrame::PresenceSet { visible } => people::set_presence(ctx, asker, visible).await,

@@ -39,7 +39,7 @@ use super::{
     LogStore, Store, StoreError,
 };
 use crate::sync::lock;
-use ferry_protocol::people::{Intro, SealedProfile};
+use ferry_protocol::people::{Intro, SealedCard, SealedProfile};
 
 /// A [`Store`] that misbehaves when told to (see the module docs).
 #[derive(Debug)]
@@ -409,10 +409,24 @@ impl PeopleStore for FaultyStore {
         user: UserId,
         peer: UserId,
         change: ContactChange,
+        limits: &PeopleLimits,
         now_ms: u64,
     ) -> Result<Notified, StoreError> {
         self.people_fault()?;
-        self.inner.change_contact(user, peer, change, now_ms).await
+        self.inner
+            .change_contact(user, peer, change, limits, now_ms)
+            .await
+    }
+
+    async fn set_card(
+        &self,
+        owner: UserId,
+        peer: UserId,
+        card: &SealedCard,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.people_fault()?;
+        self.inner.set_card(owner, peer, card, now_ms).await
     }
 
     async fn is_blocked(&self, owner: UserId, peer: UserId) -> Result<bool, StoreError> {

@@ -31,7 +31,8 @@
 
 use async_trait::async_trait;
 use ferry_protocol::people::{
-    ContactInfo, ContactState, Intro, LAST_SEEN_GRANULARITY_S, Notice, RELAY_DEVICE, SealedProfile,
+    ContactInfo, ContactState, Intro, LAST_SEEN_GRANULARITY_S, Notice, RELAY_DEVICE, SealedCard,
+    SealedProfile,
 };
 use ferry_protocol::{ErrorCode, Event, UserId, codec};
 
@@ -50,6 +51,8 @@ pub struct PeopleLimits {
     pub pending_requests: u64,
     /// Contacts a user may have.
     pub contacts: u64,
+    /// Users a user may block.
+    pub blocks: u64,
 }
 
 impl Default for PeopleLimits {
@@ -58,6 +61,7 @@ impl Default for PeopleLimits {
             requests_per_day: 100,
             pending_requests: 200,
             contacts: 2000,
+            blocks: 10_000,
         }
     }
 }
@@ -135,14 +139,27 @@ pub trait PeopleStore: Send + Sync {
     ) -> Result<Notified, StoreError>;
 
     /// Declines, cancels, removes, blocks or unblocks. `Refused(no_such_contact)` when there
-    /// is nothing to decline, cancel or remove; blocking and unblocking are idempotent.
+    /// is nothing to decline, cancel or remove; blocking and unblocking are idempotent; a
+    /// block beyond `limits.blocks` is `Refused(block_limit)`.
     async fn change_contact(
         &self,
         user: UserId,
         peer: UserId,
         change: ContactChange,
+        limits: &PeopleLimits,
         now_ms: u64,
     ) -> Result<Notified, StoreError>;
+
+    /// Stores the card `owner`'s devices keep about `peer` (opaque: sealed under `owner`'s
+    /// data key). `Refused(no_such_contact)` unless `owner` has a contact row or a block with
+    /// `peer`, or a card for it already: cards stay bounded by the contact limits.
+    async fn set_card(
+        &self,
+        owner: UserId,
+        peer: UserId,
+        card: &SealedCard,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
 
     /// Whether `owner` has blocked `peer` (so nothing `peer` directs at `owner` may reach it).
     async fn is_blocked(&self, owner: UserId, peer: UserId) -> Result<bool, StoreError>;
@@ -443,6 +460,14 @@ impl PeopleTx {
     }
 }
 
+fn decode_card(bytes: Option<Vec<u8>>) -> Result<Option<SealedCard>, StoreError> {
+    bytes
+        .map(|bytes| {
+            codec::decode(&bytes).map_err(|e| StoreError::Corrupt(format!("stored card: {e}")))
+        })
+        .transpose()
+}
+
 fn decode_intro(bytes: &[u8]) -> Result<Intro, StoreError> {
     codec::decode(bytes).map_err(|e| StoreError::Corrupt(format!("stored intro: {e}")))
 }
@@ -665,6 +690,7 @@ impl PeopleStore for SqlStore {
         me: UserId,
         peer: UserId,
         change: ContactChange,
+        limits: &PeopleLimits,
         now_ms: u64,
     ) -> Result<Notified, StoreError> {
         if me == peer {
@@ -686,6 +712,16 @@ impl PeopleStore for SqlStore {
                 by_me,
             }),
             ContactChange::Block => {
+                let blocks: i64 = in_tx!(&mut ptx.tx, |conn| {
+                    sqlx::query_scalar("SELECT COUNT(*) FROM blocks WHERE owner = $1")
+                        .bind(me.as_bytes().as_slice())
+                        .fetch_one(&mut *conn)
+                        .await?
+                });
+                if !ptx.blocked(me, peer).await? && from_db_int(blocks, "blocks")? >= limits.blocks
+                {
+                    return Err(refused(ErrorCode::BlockLimit));
+                }
                 let since = ptx.now_s();
                 let inserted = in_tx!(&mut ptx.tx, |conn| {
                     sqlx::query(
@@ -733,6 +769,38 @@ impl PeopleStore for SqlStore {
         ptx.commit().await
     }
 
+    async fn set_card(
+        &self,
+        owner: UserId,
+        peer: UserId,
+        card: &SealedCard,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (o, p) = (owner.as_bytes().as_slice(), peer.as_bytes().as_slice());
+        let stored = on_writer!(&self.db, |pool| {
+            sqlx::query(
+                "INSERT INTO contact_cards (owner, peer, card, updated_at)
+                 SELECT $1, $2, $3, $4
+                 WHERE EXISTS (SELECT 1 FROM contacts WHERE owner = $1 AND peer = $2)
+                    OR EXISTS (SELECT 1 FROM blocks WHERE owner = $1 AND peer = $2)
+                    OR EXISTS (SELECT 1 FROM contact_cards WHERE owner = $1 AND peer = $2)
+                 ON CONFLICT (owner, peer) DO UPDATE SET
+                     card = excluded.card, updated_at = excluded.updated_at",
+            )
+            .bind(o)
+            .bind(p)
+            .bind(codec::encode(card))
+            .bind(db_int(now_ms / 1000))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if stored == 0 {
+            return Err(refused(ErrorCode::NoSuchContact));
+        }
+        Ok(())
+    }
+
     async fn is_blocked(&self, owner: UserId, peer: UserId) -> Result<bool, StoreError> {
         let found: Option<i64> = on_reader!(&self.db, |pool| {
             sqlx::query_scalar("SELECT since FROM blocks WHERE owner = $1 AND peer = $2")
@@ -746,9 +814,11 @@ impl PeopleStore for SqlStore {
 
     async fn contacts(&self, user: UserId) -> Result<ContactList, StoreError> {
         let id = user.as_bytes().as_slice();
-        // (peer, state, since, peer's profile version, last seen if mutual and both show)
-        type Row = (Vec<u8>, i16, i64, Option<i64>, Option<i64>);
-        let (visible, rows, blocks): (Option<bool>, Vec<Row>, Vec<(Vec<u8>, i64)>) =
+        // (peer, state, since, peer's profile version, last seen if mutual and both show,
+        // card)
+        type Row = (Vec<u8>, i16, i64, Option<i64>, Option<i64>, Option<Vec<u8>>);
+        type BlockRow = (Vec<u8>, i64, Option<Vec<u8>>);
+        let (visible, rows, blocks): (Option<bool>, Vec<Row>, Vec<BlockRow>) =
             on_reader!(&self.db, |pool| {
                 let visible =
                     sqlx::query_scalar("SELECT presence_visible FROM people WHERE user_id = $1")
@@ -759,10 +829,12 @@ impl PeopleStore for SqlStore {
                     "SELECT c.peer, c.state, c.since, p.profile_version,
                             CASE WHEN c.state = 1 AND back.state = 1
                                       AND COALESCE(p.presence_visible, TRUE)
-                                 THEN p.last_seen END
+                                 THEN p.last_seen END,
+                            card.card
                      FROM contacts c
                      LEFT JOIN contacts back ON back.owner = c.peer AND back.peer = c.owner
                      LEFT JOIN people p ON p.user_id = c.peer
+                     LEFT JOIN contact_cards card ON card.owner = c.owner AND card.peer = c.peer
                      WHERE c.owner = $1
                      ORDER BY c.since, c.peer",
                 )
@@ -770,7 +842,9 @@ impl PeopleStore for SqlStore {
                 .fetch_all(pool)
                 .await?;
                 let blocks = sqlx::query_as(
-                    "SELECT peer, since FROM blocks WHERE owner = $1 ORDER BY since, peer",
+                    "SELECT b.peer, b.since, card.card FROM blocks b
+                     LEFT JOIN contact_cards card ON card.owner = b.owner AND card.peer = b.peer
+                     WHERE b.owner = $1 ORDER BY b.since, b.peer",
                 )
                 .bind(id)
                 .fetch_all(pool)
@@ -779,7 +853,7 @@ impl PeopleStore for SqlStore {
             });
         let presence_visible = visible.unwrap_or(true);
         let mut contacts = Vec::with_capacity(rows.len() + blocks.len());
-        for (peer, state, since, version, last_seen) in rows {
+        for (peer, state, since, version, last_seen, card) in rows {
             let state = state_of(state)?;
             contacts.push(ContactInfo {
                 user: UserId(key32(&peer, "peer")?),
@@ -798,15 +872,17 @@ impl PeopleStore for SqlStore {
                     _ => None,
                 },
                 since: from_db_int(since, "since")?,
+                card: decode_card(card)?,
             });
         }
-        for (peer, since) in blocks {
+        for (peer, since, card) in blocks {
             contacts.push(ContactInfo {
                 user: UserId(key32(&peer, "peer")?),
                 state: ContactState::Blocked,
                 profile_version: 0,
                 last_seen: None,
                 since: from_db_int(since, "since")?,
+                card: decode_card(card)?,
             });
         }
         Ok(ContactList {
