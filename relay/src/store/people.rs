@@ -365,6 +365,35 @@ impl PeopleTx {
         Ok(found.is_some())
     }
 
+    /// Lifts `owner`'s block of `peer`, if there is one (with its notice).
+    async fn unblock(&mut self, owner: UserId, peer: UserId) -> Result<(), StoreError> {
+        let removed = in_tx!(&mut self.tx, |conn| {
+            sqlx::query("DELETE FROM blocks WHERE owner = $1 AND peer = $2")
+                .bind(owner.as_bytes().as_slice())
+                .bind(peer.as_bytes().as_slice())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        if removed == 1 {
+            self.notify(owner, Notice::Unblocked { peer }).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes `user`'s row of settings (profile, presence, request counts) if it has none.
+    async fn ensure_people_row(&mut self, user: UserId) -> Result<(), StoreError> {
+        in_tx!(&mut self.tx, |conn| {
+            sqlx::query(
+                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(user.as_bytes().as_slice())
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
     async fn count(&mut self, owner: UserId, state: i16) -> Result<u64, StoreError> {
         let count: i64 = in_tx!(&mut self.tx, |conn| {
             sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE owner = $1 AND state = $2")
@@ -384,13 +413,8 @@ impl PeopleTx {
     ) -> Result<(), StoreError> {
         let day = db_int(self.now_ms / 1000 / DAY_S);
         let id = user.as_bytes().as_slice();
+        self.ensure_people_row(user).await?;
         let (stored_day, today): (i64, i64) = in_tx!(&mut self.tx, |conn| {
-            sqlx::query(
-                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
             sqlx::query_as("SELECT request_day, requests_today FROM people WHERE user_id = $1")
                 .bind(id)
                 .fetch_one(&mut *conn)
@@ -602,16 +626,7 @@ impl PeopleStore for SqlStore {
         }
         let mut ptx = PeopleTx::begin(self, &[me, peer], now_ms).await?;
         // Asking a user one has blocked unblocks it.
-        if ptx.blocked(me, peer).await? {
-            in_tx!(&mut ptx.tx, |conn| {
-                sqlx::query("DELETE FROM blocks WHERE owner = $1 AND peer = $2")
-                    .bind(me.as_bytes().as_slice())
-                    .bind(peer.as_bytes().as_slice())
-                    .execute(&mut *conn)
-                    .await?;
-            });
-            ptx.notify(me, Notice::Unblocked { peer }).await?;
-        }
+        ptx.unblock(me, peer).await?;
         match ptx.state(me, peer).await? {
             Some(CONTACT) => return ptx.commit().await,
             // The peer asked first: asking back accepts.
@@ -743,17 +758,7 @@ impl PeopleStore for SqlStore {
                 return ptx.commit().await;
             }
             ContactChange::Unblock => {
-                let removed = in_tx!(&mut ptx.tx, |conn| {
-                    sqlx::query("DELETE FROM blocks WHERE owner = $1 AND peer = $2")
-                        .bind(me.as_bytes().as_slice())
-                        .bind(peer.as_bytes().as_slice())
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected()
-                });
-                if removed == 1 {
-                    ptx.notify(me, Notice::Unblocked { peer }).await?;
-                }
+                ptx.unblock(me, peer).await?;
                 return ptx.commit().await;
             }
         };
@@ -900,13 +905,8 @@ impl PeopleStore for SqlStore {
         let mut ptx = PeopleTx::begin(self, &[user], now_ms).await?;
         let id = user.as_bytes().as_slice();
         let version = db_int(profile.version);
+        ptx.ensure_people_row(user).await?;
         let stored = in_tx!(&mut ptx.tx, |conn| {
-            sqlx::query(
-                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
             sqlx::query(
                 "UPDATE people SET profile_version = $2, profile = $3
                  WHERE user_id = $1 AND profile_version < $2",
@@ -970,13 +970,8 @@ impl PeopleStore for SqlStore {
     ) -> Result<Notified, StoreError> {
         let mut ptx = PeopleTx::begin(self, &[user], now_ms).await?;
         let id = user.as_bytes().as_slice();
+        ptx.ensure_people_row(user).await?;
         let changed = in_tx!(&mut ptx.tx, |conn| {
-            sqlx::query(
-                "INSERT INTO people (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
             sqlx::query(
                 "UPDATE people SET presence_visible = $2
                  WHERE user_id = $1 AND presence_visible <> $2",
