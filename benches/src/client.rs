@@ -87,6 +87,16 @@ impl Setup {
 impl Identity {
     /// A new user with `devices` devices, all admitted by the user key in its chain.
     pub fn new_user(devices: usize) -> Vec<Self> {
+        // The bench never opens a payload: the devices' exchange keys are placeholders (the
+        // relay cannot tell).
+        Self::new_user_with_exchange(&vec![[9; 32]; devices])
+    }
+
+    /// A new user with one device per X25519 exchange public key in `exchange`, each
+    /// admitted with its key (for a scenario that seals something to the devices, such as
+    /// a contact intro).
+    pub fn new_user_with_exchange(exchange: &[[u8; 32]]) -> Vec<Self> {
+        let devices = exchange.len();
         let user_key = UserKey::generate(&mut OsRng);
         let user = user_key.id();
         let keys: Vec<DeviceKey> = (0..devices)
@@ -94,18 +104,22 @@ impl Identity {
             .collect();
         let mut chain = Chain::new(user);
         let mut links = Vec::with_capacity(devices + 1);
-        // The bench never opens a payload: the sealed epoch key is a placeholder of the
-        // right size (the relay cannot tell).
+        // The sealed epoch key is a placeholder of the right size (the relay cannot tell).
         let mut bodies = vec![LinkBody::Create {
             recovery_exchange: [9; 32],
             epoch_key: SealedKey(vec![7; ferry_protocol::epoch::SEALED_EPOCH_KEY_LEN]),
         }];
-        bodies.extend(keys.iter().enumerate().map(|(i, key)| LinkBody::Admit {
-            device: key.id(),
-            exchange: [9; 32],
-            name: format!("bench-{i}"),
-            created_at: 1,
-        }));
+        bodies.extend(
+            keys.iter()
+                .zip(exchange)
+                .enumerate()
+                .map(|(i, (key, exchange))| LinkBody::Admit {
+                    device: key.id(),
+                    exchange: *exchange,
+                    name: format!("bench-{i}"),
+                    created_at: 1,
+                }),
+        );
         for body in bodies {
             let link = chain.sign(body, SigningKey::User(&user_key));
             if let Err(e) = chain.apply(&link) {

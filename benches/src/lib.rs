@@ -15,10 +15,11 @@
 //! | `replay` | a fresh device catching up 100,000 events | ≥ 200,000 ev/s |
 //! | `wire` | bytes on the wire per event (256 B payload), each direction | |
 //! | `cluster` | cross-node delivery latency over Redis + PostgreSQL, vs same node | |
+//! | `people` | a contact request's answer time to a user who blocked the sender vs one who did not (fresh targets; and repeats to the same target) | |
 //!
-//! Comparisons (group vs single commit, relay vs ceiling, cross vs same node) are measured
-//! side by side in the same run and reported as ratios. Each scenario's module documents
-//! its method.
+//! Comparisons (group vs single commit, relay vs ceiling, cross vs same node, blocked vs not
+//! blocked) are measured side by side in the same run and reported as ratios. Each scenario's
+//! module documents its method.
 //!
 //! # Running
 //!
@@ -28,6 +29,7 @@
 //! target/release/ferry-bench appends --runs 3             # one scenario, median of 3
 //! target/release/ferry-bench all --backend postgres       # PostgreSQL (+ plain-insert reference)
 //! target/release/ferry-bench all --quick                  # tiny: under a minute, for CI
+//! target/release/ferry-bench people --runs 3              # blocked or not: 1,000 requests each
 //! ```
 //!
 //! The table (markdown) goes to stdout, progress to stderr. `--postgres URL` and `--redis

@@ -41,6 +41,8 @@ enum Command {
     Wire,
     /// Cross-node delivery latency over Redis and PostgreSQL.
     Cluster,
+    /// A contact request's answer time: to a user who blocked the sender vs one who did not.
+    People,
     /// Run a relay in this process until killed (used by `idle` when no ferry-relay binary
     /// is found next to this one); takes the relay's own flags.
     #[command(hide = true)]
@@ -88,6 +90,9 @@ struct Common {
     /// Events pre-filled (replay: 100,000) or sent one by one (wire: 1,000).
     #[arg(long, global = true)]
     events: Option<usize>,
+    /// Contact requests of each kind measured after the warm-up (people: 1,000).
+    #[arg(long, global = true)]
+    requests: Option<usize>,
     /// Connection counts at which idle memory is measured (default 10000,50000).
     #[arg(long, global = true, value_delimiter = ',')]
     connections: Option<Vec<usize>>,
@@ -110,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replay => vec![Scenario::Replay],
         Command::Wire => vec![Scenario::Wire],
         Command::Cluster => vec![Scenario::Cluster],
+        Command::People => vec![Scenario::People],
         Command::ServeRelay(args) => return serve_relay(args.config),
     };
     let common = cli.common;
@@ -126,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         rate: common.rate,
         concurrency: common.concurrency,
         events: common.events,
+        requests: common.requests,
         connections: common.connections,
         sources: common.sources.max(1),
         relay_bin: common.relay_bin,

@@ -70,6 +70,9 @@ pub fn generous(config: &mut Config) {
     limits.ephemerals_per_device_per_second = 10_000_000;
     limits.max_events_per_user = u64::MAX;
     limits.max_bytes_per_user = u64::MAX;
+    limits.contact_requests_per_day = 1_000_000;
+    limits.max_pending_requests = 1_000_000;
+    limits.max_contacts = 1_000_000;
     config.log.max_concurrent_replays = 100_000;
 }
 
@@ -89,6 +92,9 @@ pub fn generous_flags() -> Vec<String> {
         "--ephemerals-per-device-per-second=10000000",
         "--max-events-per-user=18446744073709551615",
         "--max-bytes-per-user=18446744073709551615",
+        "--contact-requests-per-day=1000000",
+        "--max-pending-requests=1000000",
+        "--max-contacts=1000000",
         "--max-concurrent-replays=100000",
     ]
     .map(str::to_owned)

@@ -23,6 +23,7 @@ fn tiny() -> Options {
         rate: Some(200.0),
         concurrency: Some(4),
         events: Some(300),
+        requests: Some(20),
         connections: None,
         sources: 4,
         relay_bin: None,
@@ -57,4 +58,21 @@ async fn tiny_scenarios_measure_real_traffic() {
     let latency = Scenario::Latency.run(&options).await.unwrap();
     assert_eq!(value(&latency, "events not delivered"), 0.0);
     assert!(value(&latency, "append → event p50") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_times_both_kinds_of_request() {
+    // 20 requests of each kind per configuration; the scenario itself checks that the
+    // not-blocked target got the request and the blocking one did not.
+    let people = Scenario::People.run(&tiny()).await.unwrap();
+    for measure in [
+        "first request, not blocked: median",
+        "first request, blocked: median",
+        "repeat, not blocked: median",
+        "repeat, blocked: median",
+    ] {
+        assert!(value(&people, measure) > 0.0, "{measure}");
+    }
+    assert!(value(&people, "first request: ratio of medians").is_finite());
+    assert_eq!(value(&people, "first request: requests retried"), 0.0);
 }

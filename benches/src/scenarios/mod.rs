@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod handshakes;
 pub mod idle;
 pub mod latency;
+pub mod people;
 pub mod replay;
 pub mod wire;
 
@@ -41,6 +42,8 @@ pub struct Options {
     pub concurrency: Option<usize>,
     /// Events in the log (replay) or sent one by one (wire).
     pub events: Option<usize>,
+    /// Contact requests of each kind measured (people).
+    pub requests: Option<usize>,
     /// Connection counts at which to measure memory (idle).
     pub connections: Option<Vec<usize>>,
     /// Loopback source addresses (127.0.0.2, …) connections are spread over.
@@ -78,11 +81,13 @@ pub enum Scenario {
     Wire,
     /// Cross-node delivery latency over Redis and PostgreSQL.
     Cluster,
+    /// A contact request's answer time: to a user who blocked the sender vs one who did not.
+    People,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Handshakes,
         Self::Appends,
         Self::Latency,
@@ -90,6 +95,7 @@ impl Scenario {
         Self::Replay,
         Self::Wire,
         Self::Cluster,
+        Self::People,
     ];
 
     /// The name used in commands and tables.
@@ -102,6 +108,7 @@ impl Scenario {
             Self::Replay => "replay",
             Self::Wire => "wire",
             Self::Cluster => "cluster",
+            Self::People => "people",
         }
     }
 
@@ -115,6 +122,7 @@ impl Scenario {
             Self::Replay => replay::run(options).await,
             Self::Wire => wire::run(options).await,
             Self::Cluster => cluster::run(options).await,
+            Self::People => people::run(options).await,
         }
     }
 }
