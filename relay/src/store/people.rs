@@ -9,7 +9,9 @@
 //! X's rows and writes a notice into X's log; it changes Y's rows and writes into Y's log only
 //! when Y has not blocked X ([`delivered`]). So a blocked user's view, answers and log are
 //! exactly what they would be if the other user simply had not answered: its request looks
-//! pending, its acceptance looks done. Blocking only changes the blocker's rows.
+//! pending, its acceptance looks done. Blocking only changes the blocker's rows. Y's side is
+//! written the same way in either case, inside a savepoint that is rolled back when it does
+//! not reach Y, so the answer takes the same time too (`docs/benchmarks.md` measures it).
 //!
 //! # Invariants
 //!
@@ -365,6 +367,37 @@ impl PeopleTx {
         Ok(found.is_some())
     }
 
+    /// Starts the other user's side of a directed operation. It is written the same way
+    /// whether or not it reaches that user, inside a savepoint that [`Self::end_peer_side`]
+    /// keeps or rolls back: a request to a user who blocked the sender runs the same
+    /// statements as one that reaches its user, so its answer takes the same time, and
+    /// nothing of it stays. Returns the mark to roll the notices back to.
+    async fn begin_peer_side(&mut self) -> Result<usize, StoreError> {
+        in_tx!(&mut self.tx, |conn| {
+            sqlx::query("SAVEPOINT peer_side")
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(self.notified.0.len())
+    }
+
+    /// Keeps the other user's side (`keep`) or rolls it back, with its notices: one
+    /// statement either way.
+    async fn end_peer_side(&mut self, keep: bool, mark: usize) -> Result<(), StoreError> {
+        let statement = if keep {
+            "RELEASE SAVEPOINT peer_side"
+        } else {
+            "ROLLBACK TO SAVEPOINT peer_side"
+        };
+        in_tx!(&mut self.tx, |conn| {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        });
+        if !keep {
+            self.notified.0.truncate(mark);
+        }
+        Ok(())
+    }
+
     /// Lifts `owner`'s block of `peer`, if there is one (with its notice).
     async fn unblock(&mut self, owner: UserId, peer: UserId) -> Result<(), StoreError> {
         let removed = in_tx!(&mut self.tx, |conn| {
@@ -459,28 +492,28 @@ impl PeopleTx {
         limits: &PeopleLimits,
     ) -> Result<(), StoreError> {
         self.check_contact_room(accepter, limits).await?;
-        let delivered = self.delivered(accepter, requester).await?
+        let reaches = self.delivered(accepter, requester).await?
             && self.state(requester, accepter).await? == Some(OUTGOING);
-        if delivered {
-            // The requester's limit too (only where the acceptance reaches it: a blocker's
-            // count is none of the blocked user's business).
-            self.check_contact_room(requester, limits).await?;
+        // The requester's limit too, where the acceptance reaches it (a blocker's count is
+        // none of the blocked user's business; counted anyway, for the same time).
+        let requester_contacts = self.count(requester, CONTACT).await?;
+        if reaches && requester_contacts >= limits.contacts {
+            return Err(refused(ErrorCode::ContactLimit));
         }
         self.set_view(accepter, requester, CONTACT, None).await?;
         let notice = Notice::Accepted {
             peer: requester,
             intro: Box::new(intro.clone()),
         };
-        self.notify(accepter, notice.clone()).await?;
-        if delivered {
-            self.set_view(requester, accepter, CONTACT, None).await?;
-            let notice = Notice::Accepted {
-                peer: accepter,
-                intro: Box::new(intro.clone()),
-            };
-            self.notify(requester, notice).await?;
-        }
-        Ok(())
+        self.notify(accepter, notice).await?;
+        let mark = self.begin_peer_side().await?;
+        self.set_view(requester, accepter, CONTACT, None).await?;
+        let notice = Notice::Accepted {
+            peer: accepter,
+            intro: Box::new(intro.clone()),
+        };
+        self.notify(requester, notice).await?;
+        self.end_peer_side(reaches, mark).await
     }
 }
 
@@ -647,36 +680,39 @@ impl PeopleStore for SqlStore {
             intro: Box::new(intro.clone()),
         };
         ptx.notify(me, sent).await?;
-        if ptx.delivered(me, peer).await? {
-            match ptx.view(peer, me).await? {
-                // Both asked (the peer's request was not delivered to this user, or this
-                // user's view was reset): they are contacts.
-                Some((OUTGOING, Some(theirs))) => {
-                    let theirs = decode_intro(&theirs)?;
-                    ptx.check_contact_room(me, limits).await?;
-                    ptx.check_contact_room(peer, limits).await?;
-                    ptx.set_view(me, peer, CONTACT, None).await?;
-                    ptx.set_view(peer, me, CONTACT, None).await?;
-                    let to_me = Notice::Accepted {
-                        peer,
-                        intro: Box::new(theirs),
-                    };
-                    ptx.notify(me, to_me).await?;
-                    let to_peer = Notice::Accepted {
-                        peer: me,
-                        intro: Box::new(intro.clone()),
-                    };
-                    ptx.notify(peer, to_peer).await?;
-                }
-                // Already delivered and unanswered: nothing new for the peer.
-                Some((INCOMING, _)) => {}
-                _ => {
-                    ptx.set_view(peer, me, INCOMING, None).await?;
-                    let received = Notice::RequestReceived {
-                        intro: Box::new(intro.clone()),
-                    };
-                    ptx.notify(peer, received).await?;
-                }
+        let delivered = ptx.delivered(me, peer).await?;
+        match ptx.view(peer, me).await? {
+            // Both asked (the peer's request was not delivered to this user, or this user's
+            // view was reset): they are contacts. (Never when the peer blocked this user: a
+            // block drops the blocker's view.)
+            Some((OUTGOING, Some(theirs))) if delivered => {
+                let theirs = decode_intro(&theirs)?;
+                ptx.check_contact_room(me, limits).await?;
+                ptx.check_contact_room(peer, limits).await?;
+                ptx.set_view(me, peer, CONTACT, None).await?;
+                ptx.set_view(peer, me, CONTACT, None).await?;
+                let to_me = Notice::Accepted {
+                    peer,
+                    intro: Box::new(theirs),
+                };
+                ptx.notify(me, to_me).await?;
+                let to_peer = Notice::Accepted {
+                    peer: me,
+                    intro: Box::new(intro.clone()),
+                };
+                ptx.notify(peer, to_peer).await?;
+            }
+            theirs => {
+                // Kept when it reaches the peer and the peer has not got it yet (a repeat of
+                // a request delivered before brings nothing new).
+                let keep = delivered && !matches!(theirs, Some((INCOMING, _)));
+                let mark = ptx.begin_peer_side().await?;
+                ptx.set_view(peer, me, INCOMING, None).await?;
+                let received = Notice::RequestReceived {
+                    intro: Box::new(intro.clone()),
+                };
+                ptx.notify(peer, received).await?;
+                ptx.end_peer_side(keep, mark).await?;
             }
         }
         ptx.commit().await
@@ -767,10 +803,11 @@ impl PeopleStore for SqlStore {
         }
         ptx.drop_view(me, peer).await?;
         ptx.notify(me, notice(peer, true)).await?;
-        if ptx.delivered(me, peer).await? && ptx.state(peer, me).await? == Some(theirs) {
-            ptx.drop_view(peer, me).await?;
-            ptx.notify(peer, notice(me, false)).await?;
-        }
+        let reaches = ptx.delivered(me, peer).await? && ptx.state(peer, me).await? == Some(theirs);
+        let mark = ptx.begin_peer_side().await?;
+        ptx.drop_view(peer, me).await?;
+        ptx.notify(peer, notice(me, false)).await?;
+        ptx.end_peer_side(reaches, mark).await?;
         ptx.commit().await
     }
 
