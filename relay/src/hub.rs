@@ -22,6 +22,15 @@
 //!   session re-reads its device's record right after joining, at every safety poll and when
 //!   the bus comes back after an outage ([`Peer::take_recheck`]), and the append transaction
 //!   refuses a revoked device's appends whatever reached its sessions.
+//! - Presence travels on the same topics and is only ever a hint, never stored: when a
+//!   session starts, the node tells the user's presence peers (mutual contacts who both show
+//!   presence, read from the store by the caller) that the user is online on this node and
+//!   asks those online anywhere to say so back (a *probe*, answered by every node holding a
+//!   session of the peer); when the user's last session here ends, it says offline with a
+//!   coarse last-seen time. Each message names its node (`source`); clients keep one online
+//!   flag per node, and source 0 means every node (the user hid its presence). A peer with no
+//!   session anywhere costs one publish that no node receives. A node that dies says nothing:
+//!   its users stay online for contacts connected elsewhere until those reconnect.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
