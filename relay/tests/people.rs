@@ -304,3 +304,25 @@ async fn a_long_contact_list_comes_in_pages() {
     }
     assert_eq!(pages, [512, 88]);
 }
+
+#[tokio::test]
+async fn a_failed_people_write_is_answered_unavailable_and_a_retry_goes_through() {
+    let node = node(|_| {}).await;
+    let (alice, bob) = (Identity::new_user(), Identity::new_user());
+    let mut a = connect(&node, &alice).await;
+    let _b = connect(&node, &bob).await;
+    let intro = intro_signed(&alice, &alice.device, &bob);
+    node.faults.fail_next_people_ops(1);
+    let failed = ask(&mut a, ClientFrame::ContactRequest(Box::new(intro.clone()))).await;
+    assert_eq!(code(&failed), Some(ErrorCode::Unavailable), "{failed:?}");
+    // Nothing was written: no notice in either log.
+    for user in [alice.user.id(), bob.user.id()] {
+        assert_eq!(node.store().log_bounds(user).await.unwrap().head, 0);
+    }
+    // The same request again: stored once, both logs get their notice.
+    let done = ask(&mut a, ClientFrame::ContactRequest(Box::new(intro))).await;
+    assert_eq!(done, ServerFrame::Done);
+    for user in [alice.user.id(), bob.user.id()] {
+        assert_eq!(node.store().log_bounds(user).await.unwrap().head, 1);
+    }
+}
