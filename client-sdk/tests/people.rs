@@ -238,7 +238,34 @@ async fn story(dir: &Path, first: &TestRelay, second: &TestRelay) {
 
     // Presence: contacts who both show it see each other, across nodes.
     alice.one.presence(bob.user, true).await;
+    alice.two.presence(bob.user, true).await;
+    bob.one.presence(alice.user, true).await;
     bob.two.presence(alice.user, true).await;
+
+    // Hiding is reciprocal and reaches every node; showing again is announced by every node
+    // holding one of Alice's sessions (her devices are on both).
+    alice
+        .two
+        .handle()
+        .set_presence_visible(false)
+        .await
+        .unwrap();
+    alice
+        .see(PeopleEvent::PresenceVisibility { visible: false })
+        .await;
+    bob.one.presence(alice.user, false).await;
+    bob.two.presence(alice.user, false).await;
+    alice.one.presence(bob.user, false).await;
+    alice.two.handle().set_presence_visible(true).await.unwrap();
+    alice
+        .see(PeopleEvent::PresenceVisibility { visible: true })
+        .await;
+    bob.one.presence(alice.user, true).await;
+    bob.two.presence(alice.user, true).await;
+    alice.one.presence(bob.user, true).await;
+    for dev in [&mut alice.one, &mut alice.two, &mut bob.one, &mut bob.two] {
+        dev.heard.clear();
+    }
 
     // Profiles: sealed with Alice's profile key, which Bob got in her intro.
     let profile = ProfileBody {

@@ -99,6 +99,9 @@ enum BusMessage {
     },
     /// On the topic of a user who could see `of`'s presence: `of` hides it now, on every node.
     PresenceHidden { origin: u64, of: UserId },
+    /// On a user's own topic: the user shows its presence again; every node holding a
+    /// session of it announces it to `peers`.
+    PresenceShown { origin: u64, peers: Vec<UserId> },
 }
 
 impl Wire for BusMessage {}
@@ -385,6 +388,22 @@ impl Hub {
         }
     }
 
+    /// `user` shows its presence again: every node holding a session of it (this one and,
+    /// through the bus, the others) announces it to `peers`, so it is online for them
+    /// wherever it is connected.
+    pub fn presence_shown(&self, user: UserId, peers: &[UserId]) {
+        if self.is_online_here(&user) {
+            self.presence_online(user, peers);
+        }
+        self.enqueue_publish(
+            user,
+            &BusMessage::PresenceShown {
+                origin: self.node,
+                peers: peers.to_vec(),
+            },
+        );
+    }
+
     /// `user` has no session left on this node: tells `peers`, with its coarse last-seen time.
     pub fn presence_offline(&self, user: UserId, peers: &[UserId], last_seen: u64) {
         for peer in peers {
@@ -565,6 +584,7 @@ impl Hub {
             | BusMessage::ChainGrew { origin, .. }
             | BusMessage::Presence { origin, .. }
             | BusMessage::PresenceHidden { origin, .. }
+            | BusMessage::PresenceShown { origin, .. }
                 if origin == self.node => {}
             BusMessage::Committed { events, .. } if events.is_empty() => {
                 self.for_each_peer(&user, Peer::poll)
@@ -593,7 +613,15 @@ impl Hub {
                 let here = self.deliver_direct(&user, &frame);
                 if probe && here {
                     // `user` is online on this node: `of` may see it (its node checked that
-                    // the two are contacts who both show presence), so say so.
+                    // the two are contacts who both show presence), so say so: to `of`'s
+                    // sessions here (this node skips its own publishes) and elsewhere.
+                    let back = ServerFrame::Presence {
+                        user,
+                        source: self.node,
+                        online: true,
+                        last_seen: None,
+                    };
+                    self.deliver_direct(&of, &back);
                     self.enqueue_publish(
                         of,
                         &BusMessage::Presence {
@@ -608,6 +636,11 @@ impl Hub {
             }
             BusMessage::PresenceHidden { of, .. } => {
                 self.deliver_direct(&user, &hidden_frame(of));
+            }
+            BusMessage::PresenceShown { peers, .. } => {
+                if self.is_online_here(&user) {
+                    self.presence_online(user, &peers);
+                }
             }
         }
     }

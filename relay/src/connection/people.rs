@@ -260,7 +260,10 @@ pub(super) async fn set_presence(ctx: &Context, asker: Asker, visible: bool) -> 
         .await;
     if stored.is_ok() {
         if visible {
-            session_online(ctx, asker.user).await;
+            match ctx.store.presence_peers(asker.user).await {
+                Ok(peers) => ctx.hub.presence_shown(asker.user, &peers),
+                Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
+            }
         } else {
             ctx.hub.presence_hidden(asker.user, &before);
         }
