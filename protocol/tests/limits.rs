@@ -289,3 +289,171 @@ fn handshake_messages_are_checked_at_every_limit() {
     // `AuthBody` has no field of variable length any more (the user proof is 64 bytes or
     // absent; the handshake tests check that).
 }
+
+// ---------------------------------------------------------------------------------------------
+// People: every limited field of the people types, alone and inside the frames and notices
+// that carry them.
+
+mod people_limits {
+    use super::*;
+    use ferry_protocol::people::card::MAX_CARD_CIPHERTEXT_LEN;
+    use ferry_protocol::people::handle::MAX_HANDLE_INPUT_LEN;
+    use ferry_protocol::people::intro::{MAX_INTRO_CIPHERTEXT_LEN, MAX_NOTE_LEN};
+    use ferry_protocol::people::profile::{
+        MAX_AVATAR_REF_LEN, MAX_DISPLAY_NAME_LEN, MAX_PROFILE_CIPHERTEXT_LEN,
+    };
+    use ferry_protocol::people::{
+        CardBody, Handle, HandleError, Intro, IntroBody, Notice, ProfileBody, ProfileKey,
+        SealedCard, SealedProfile,
+    };
+
+    fn intro(recipients: usize, key_len: usize, ciphertext: usize) -> Intro {
+        Intro {
+            from: UserId([1; 32]),
+            device: DeviceId([2; 32]),
+            to: UserId([3; 32]),
+            recipients: (0..recipients)
+                .map(|i| (DeviceId([(i % 250) as u8; 32]), SealedKey(vec![4; key_len])))
+                .collect(),
+            nonce: [5; 24],
+            ciphertext: vec![6; ciphertext],
+            signature: [7; 64],
+        }
+    }
+
+    fn card(len: usize) -> SealedCard {
+        SealedCard {
+            epoch: 1,
+            nonce: [8; 24],
+            ciphertext: vec![9; len],
+        }
+    }
+
+    fn profile(len: usize) -> SealedProfile {
+        SealedProfile {
+            version: 2,
+            nonce: [1; 24],
+            ciphertext: vec![2; len],
+        }
+    }
+
+    #[test]
+    fn intros_profiles_cards_and_their_bodies_are_checked_at_every_limit() {
+        enforced_at("intro recipients", MAX_CHAIN_DEVICES, |n| intro(n, 104, 10));
+        enforced_at("sealed key", MAX_SEALED_KEY_LEN, |n| intro(1, n, 10));
+        enforced_at("intro ciphertext", MAX_INTRO_CIPHERTEXT_LEN, |n| {
+            intro(1, 104, n)
+        });
+        enforced_at("note", MAX_NOTE_LEN, |n| IntroBody {
+            note: "n".repeat(n),
+            profile_key: ProfileKey::from_bytes(&[1; 32]),
+        });
+        enforced_at("profile ciphertext", MAX_PROFILE_CIPHERTEXT_LEN, profile);
+        enforced_at("display name", MAX_DISPLAY_NAME_LEN, |n| ProfileBody {
+            display_name: "d".repeat(n),
+            avatar: None,
+        });
+        enforced_at("avatar reference", MAX_AVATAR_REF_LEN, |n| ProfileBody {
+            display_name: String::new(),
+            avatar: Some("a".repeat(n)),
+        });
+        enforced_at("card ciphertext", MAX_CARD_CIPHERTEXT_LEN, card);
+        enforced_at("handle", MAX_HANDLE_INPUT_LEN, |n| CardBody {
+            profile_key: None,
+            pinned: None,
+            handle: Some("h".repeat(n)),
+        });
+    }
+
+    #[test]
+    fn people_frames_and_notices_are_checked_at_every_limit() {
+        let user = UserId([3; 32]);
+        enforced_at("intro ciphertext", MAX_INTRO_CIPHERTEXT_LEN, |n| {
+            ClientFrame::ContactRequest(Box::new(intro(1, 104, n)))
+        });
+        enforced_at("intro ciphertext", MAX_INTRO_CIPHERTEXT_LEN, |n| {
+            ClientFrame::ContactAccept(Box::new(intro(1, 104, n)))
+        });
+        enforced_at("profile ciphertext", MAX_PROFILE_CIPHERTEXT_LEN, |n| {
+            ClientFrame::ProfileSet(profile(n))
+        });
+        enforced_at("card ciphertext", MAX_CARD_CIPHERTEXT_LEN, |n| {
+            ClientFrame::ContactCard {
+                peer: user,
+                card: card(n),
+            }
+        });
+        enforced_at("handle name", MAX_HANDLE_INPUT_LEN, |n| {
+            ClientFrame::HandleSet {
+                name: Some("x".repeat(n)),
+            }
+        });
+        enforced_at("handle", MAX_HANDLE_INPUT_LEN, |n| ClientFrame::Whois {
+            handle: "x".repeat(n),
+        });
+        enforced_at("handle", MAX_HANDLE_INPUT_LEN, |n| ServerFrame::HandleIs {
+            handle: Some("x".repeat(n)),
+        });
+        enforced_at("handle", MAX_HANDLE_INPUT_LEN, |n| {
+            ServerFrame::WhoisResult {
+                handle: "x".repeat(n),
+                user: None,
+            }
+        });
+        enforced_at("profile ciphertext", MAX_PROFILE_CIPHERTEXT_LEN, |n| {
+            ServerFrame::Profile {
+                user,
+                profile: Some(profile(n)),
+            }
+        });
+        enforced_at("card ciphertext", MAX_CARD_CIPHERTEXT_LEN, |n| {
+            ServerFrame::Contacts {
+                contacts: vec![people::ContactInfo {
+                    user,
+                    state: people::ContactState::Contact,
+                    profile_version: 1,
+                    last_seen: None,
+                    since: 0,
+                    card: Some(card(n)),
+                }],
+                presence_visible: true,
+                more: false,
+            }
+        });
+        enforced_at("intro ciphertext", MAX_INTRO_CIPHERTEXT_LEN, |n| {
+            Notice::RequestReceived {
+                intro: Box::new(intro(1, 104, n)),
+            }
+        });
+        enforced_at("handle", MAX_HANDLE_INPUT_LEN, |n| Notice::HandleChanged {
+            handle: Some("x".repeat(n)),
+        });
+    }
+
+    #[test]
+    fn handle_input_is_bounded_before_spaces_are_trimmed() {
+        // 128 bytes with the spaces around it: fine; 129: refused before anything else.
+        let padded = |len: usize| format!("{:>len$}", "alice.07");
+        assert_eq!(padded(MAX_HANDLE_INPUT_LEN).len(), MAX_HANDLE_INPUT_LEN);
+        assert_eq!(
+            padded(MAX_HANDLE_INPUT_LEN)
+                .parse::<Handle>()
+                .unwrap()
+                .to_string(),
+            "alice.07"
+        );
+        assert_eq!(
+            padded(MAX_HANDLE_INPUT_LEN + 1).parse::<Handle>(),
+            Err(HandleError::TooLong)
+        );
+        let name = |len: usize| format!("{:>len$}", "alice");
+        assert_eq!(
+            people::normalize_name(&name(MAX_HANDLE_INPUT_LEN)).unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            people::normalize_name(&name(MAX_HANDLE_INPUT_LEN + 1)),
+            Err(HandleError::TooLong)
+        );
+    }
+}

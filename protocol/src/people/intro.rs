@@ -306,6 +306,16 @@ mod tests {
     }
 
     #[test]
+    fn a_body_prints_the_length_of_its_note_not_the_note_nor_the_key() {
+        let shown = format!("{:?}", body());
+        assert!(shown.contains("<14 bytes>"), "{shown}");
+        assert!(
+            !shown.contains("Alice") && !shown.contains("7, 7"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn every_field_is_covered_by_the_signature() {
         let mut f = fixture();
         let intro = sealed(&mut f);
