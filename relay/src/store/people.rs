@@ -7,7 +7,7 @@
 //! `contacts` holds one row per direction: what `owner` sees of its relation with `peer`
 //! (contact, outgoing request, incoming request). An operation by X about Y always changes
 //! X's rows and writes a notice into X's log; it changes Y's rows and writes into Y's log only
-//! when Y has not blocked X ([`delivered`]). So a blocked user's view, answers and log are
+//! when Y has not blocked X (`PeopleTx::delivered`). So a blocked user's view, answers and log are
 //! exactly what they would be if the other user simply had not answered: its request looks
 //! pending, its acceptance looks done. Blocking only changes the blocker's rows. Y's side is
 //! written the same way in either case, inside a savepoint that is rolled back when it does
