@@ -39,7 +39,7 @@ pub enum StateError {
         /// What is wrong with it.
         reason: String,
     },
-    /// [`ClientState::create`](crate::ClientState::create) found a state already there.
+    /// [`account::create`](crate::account::create) found a state already there.
     #[error("{} already holds a Ferry state", .0.display())]
     AlreadyExists(PathBuf),
     /// [`ClientState::open`](crate::ClientState::open) found no state.

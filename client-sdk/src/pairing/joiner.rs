@@ -20,7 +20,7 @@ use crate::state::{ClientState, DeviceSecrets, check_relay_url};
 /// state to `dir`.
 ///
 /// `relay_url` and `relay_key` are the relay's, as for
-/// [`ClientState::create`]; the key is pinned in the new state. `code` is what the other
+/// [`account::create`](crate::account::create); the key is pinned in the new state. `code` is what the other
 /// device shows, as in `7-402913` (spaces are ignored). The same as [`Join::start`]
 /// followed by [`Join::finish`]; use those to show the confirmation string while the other
 /// device decides.

@@ -13,7 +13,7 @@
 //!    already queued, up to `max_batch`, without waiting for more: under light load a batch
 //!    is one event and adds no latency; under heavy load batches grow while the previous
 //!    commit is running.
-//! 3. It commits the batch with [`Store::append_batch`] in one transaction, hands the new
+//! 3. It commits the batch with [`LogStore::append_batch`](crate::store::LogStore::append_batch) in one transaction, hands the new
 //!    events to the `on_committed` hook (live delivery, wake-ups), then answers each caller.
 //!    If the commit fails every caller of that batch gets the error: nothing is reported as
 //!    committed that was not. (A commit whose outcome is unknown, such as a connection lost

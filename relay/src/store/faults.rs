@@ -139,7 +139,7 @@ impl FaultyStore {
         self.event_reads.resume();
     }
 
-    /// Cursor writes ([`Store::set_ack`]) that reached the store so far.
+    /// Cursor writes ([`DeviceStore::set_ack`]) that reached the store so far.
     pub fn acks_written(&self) -> usize {
         self.acks.load(Ordering::SeqCst)
     }

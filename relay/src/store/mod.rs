@@ -34,7 +34,7 @@
 //!  retention job    ──LogStore::trim──▶ deletes a prefix of each user's log, raises `earliest`
 //! ```
 //!
-//! The store holds sealed payloads only ([`SealedPayload`]); it never sees plaintext and
+//! The store holds sealed payloads only ([`SealedPayload`](ferry_protocol::SealedPayload)); it never sees plaintext and
 //! has no clock: every timestamp is passed in by the caller.
 //!
 //! # Invariants

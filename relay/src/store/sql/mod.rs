@@ -5,7 +5,7 @@
 //! trait for [`SqlStore`] in its own module. Where SQLite and PostgreSQL agree (most
 //! statements: both take `$1` placeholders, `ON CONFLICT … DO UPDATE`, `RETURNING`, row
 //! values and window functions), the statement is written once and run through
-//! [`on_reader!`], [`on_writer!`] or [`in_tx!`], which expand the same code once per backend,
+//! `on_reader!`, `on_writer!` or `in_tx!`, which expand the same code once per backend,
 //! so the compiler checks every bind and decode against both drivers. Where they differ, the
 //! domain writes the two versions side by side (`sqlite.rs`, `postgres.rs` in its folder):
 //! the log's batch statements are the example (multi-row `VALUES` on SQLite, whole columns as
