@@ -195,11 +195,8 @@ impl Intro {
                 )
                 .map_err(|_| IntroError::Authentication)?,
         );
-        let body: IntroBody = codec::decode(&plain).map_err(|_| IntroError::Authentication)?;
-        if body.note.len() > MAX_NOTE_LEN {
-            return Err(IntroError::NoteTooLong);
-        }
-        Ok(body)
+        // Decoding checks the note's length (`IntroBody::check_limits`).
+        codec::decode(&plain).map_err(|_| IntroError::Authentication)
     }
 
     /// The bytes the signature covers: everything but the signature.
@@ -383,6 +380,11 @@ mod tests {
         assert!(
             intro.check_limits().is_ok(),
             "the longest note fits the limit"
+        );
+        assert_eq!(
+            intro.open(f.receiver.id(), &f.receiver_secret).unwrap(),
+            longest,
+            "and opens"
         );
         assert_eq!(
             Intro::seal(&mut f.rng, f.from, &f.sender, f.to, &[], &body()),
