@@ -496,3 +496,57 @@ async fn a_revocation_the_hub_missed_is_caught_right_after_joining() {
         Err(Some(ErrorCode::DeviceRevoked.close_code()))
     );
 }
+
+/// A cursor write the store refuses is not answered (an `Ack` has no answer, and an `Error`
+/// without `device_seq` would be taken for the answer to the device's oldest request): it is
+/// written again at the next flush, and the cursor lands where the device put it.
+#[tokio::test]
+async fn a_refused_cursor_write_is_retried_and_never_answered() {
+    let node = node(|_| {}).await;
+    let laptop = Identity::new_user();
+    let mut a = node.connect(&laptop, Some(0)).await;
+    a.replay().await;
+    for i in 1..=3 {
+        assert_eq!(a.append(i, b"e").await.unwrap(), i);
+    }
+    node.faults.fail_next_acks(1);
+    a.send(&ferry_protocol::ClientFrame::Ack { seq: 3 }).await;
+    a.send(&ferry_protocol::ClientFrame::Ping { nonce: 7 })
+        .await;
+    // The first frame after the refused write is the answer to the ping, not an error.
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), a.recv())
+            .await
+            .expect("a frame within 10 s")
+            .unwrap();
+        match frame {
+            ServerFrame::Events(_) | ServerFrame::Ping { .. } => continue,
+            frame => {
+                assert_eq!(frame, ServerFrame::Pong { nonce: 7 });
+                break;
+            }
+        }
+    }
+    // Within the next flush (one second), the cursor is stored.
+    let store = node.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = store
+            .device(laptop.user.id(), laptop.device.id())
+            .await
+            .unwrap()
+            .unwrap();
+        if record.acked == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cursor was not written again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        node.faults.acks_written() >= 2,
+        "written once more after the refusal"
+    );
+}

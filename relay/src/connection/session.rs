@@ -482,7 +482,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         }
         match self.ctx.store.set_ack(self.user, self.device, seq).await {
             Ok(_) => Ok(()),
-            Err(e) => self.storage_error(e).await,
+            Err(e) => {
+                // Kept for the next flush (the cursor only grows, so nothing is lost), and
+                // not answered: an `Ack` has no answer, and an `Error` without `device_seq`
+                // would be taken for the answer to the device's oldest request.
+                tracing::warn!(error = %e, "could not store a cursor; trying again shortly");
+                self.ctx.metrics.error(e.code());
+                self.unwritten_ack = self.unwritten_ack.max(seq);
+                Ok(())
+            }
         }
     }
 

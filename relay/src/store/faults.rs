@@ -19,6 +19,7 @@
 //!   re-check after joining the hub);
 //! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate;
 //! - [`FaultyStore::acks_written`]: how many cursor writes reached the store;
+//! - [`FaultyStore::fail_next_acks`]: the next cursor writes fail;
 //! - [`FaultyStore::fail_next_people_ops`]: the next people operations that write fail before
 //!   touching the database.
 //!
@@ -59,6 +60,7 @@ pub struct FaultyStore {
     device_reads: ReadGate,
     acks: AtomicUsize,
     fail_people: AtomicUsize,
+    fail_acks: AtomicUsize,
 }
 
 /// Lets a budget of reads through, then holds the rest until resumed.
@@ -125,6 +127,7 @@ impl FaultyStore {
             device_reads: ReadGate::default(),
             acks: AtomicUsize::new(0),
             fail_people: AtomicUsize::new(0),
+            fail_acks: AtomicUsize::new(0),
         })
     }
 
@@ -137,6 +140,11 @@ impl FaultyStore {
     /// Lets every waiting and future event read through.
     pub fn resume_reads(&self) {
         self.event_reads.resume();
+    }
+
+    /// The next `n` cursor writes fail before touching the database.
+    pub fn fail_next_acks(&self, n: usize) {
+        self.fail_acks.store(n, Ordering::SeqCst);
     }
 
     /// Cursor writes ([`DeviceStore::set_ack`]) that reached the store so far.
@@ -307,6 +315,9 @@ impl LogStore for FaultyStore {
 impl DeviceStore for FaultyStore {
     async fn set_ack(&self, user: UserId, device: DeviceId, seq: u64) -> Result<u64, StoreError> {
         self.acks.fetch_add(1, Ordering::SeqCst);
+        if Self::take_one(&self.fail_acks) {
+            return Err(injected("cursor write refused"));
+        }
         self.inner.set_ack(user, device, seq).await
     }
 
