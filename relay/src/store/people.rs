@@ -747,7 +747,13 @@ impl PeopleStore for SqlStore {
         if me == peer {
             return Err(refused(ErrorCode::NoSuchContact));
         }
-        let mut ptx = PeopleTx::begin(self, &[me, peer], now_ms).await?;
+        // A block or unblock changes only this user's rows: the other user is not locked
+        // (nor given a row: blocking ids nobody holds leaves nothing behind but the block).
+        let locked: &[UserId] = match change {
+            ContactChange::Block | ContactChange::Unblock => &[me],
+            _ => &[me, peer],
+        };
+        let mut ptx = PeopleTx::begin(self, locked, now_ms).await?;
         // (this user's state required, the peer's matching state, the notice for each side)
         let (mine, theirs, notice): (i16, i16, fn(UserId, bool) -> Notice) = match change {
             ContactChange::Decline => (INCOMING, OUTGOING, |peer, by_me| Notice::Declined {
