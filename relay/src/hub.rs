@@ -449,14 +449,9 @@ impl Hub {
     /// Queues `frame` for every session of `user` on this node (best effort: a full queue
     /// drops it). Returns whether the user has any session here.
     fn deliver_direct(&self, user: &UserId, frame: &ServerFrame) -> bool {
-        let users = lock(&self.users);
-        let Some(peers) = users.get(user) else {
-            return false;
-        };
-        for peer in peers {
+        self.for_each_peer(user, |peer| {
             let _ = peer.direct.try_send(frame.clone());
-        }
-        true
+        })
     }
 
     /// Unregisters a session. Returns whether it was the user's last session on this node.
@@ -587,7 +582,7 @@ impl Hub {
             | BusMessage::PresenceShown { origin, .. }
                 if origin == self.node => {}
             BusMessage::Committed { events, .. } if events.is_empty() => {
-                self.for_each_peer(&user, Peer::poll)
+                self.for_each_peer(&user, Peer::poll);
             }
             BusMessage::Committed { events, .. } => self.push_live(&user, events),
             BusMessage::Ephemeral { from, body, .. } => {
@@ -719,9 +714,14 @@ impl Hub {
         self.for_each_peer(user, |peer| peer.push(&live));
     }
 
-    fn for_each_peer(&self, user: &UserId, f: impl Fn(&Peer)) {
-        if let Some(peers) = lock(&self.users).get(user) {
-            peers.iter().for_each(|p| f(p));
+    /// Calls `f` for every session of `user` on this node; returns whether it has any.
+    fn for_each_peer(&self, user: &UserId, f: impl Fn(&Peer)) -> bool {
+        match lock(&self.users).get(user) {
+            Some(peers) => {
+                peers.iter().for_each(|p| f(p));
+                true
+            }
+            None => false,
         }
     }
 

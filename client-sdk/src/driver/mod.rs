@@ -143,12 +143,6 @@ pub(crate) enum Item {
     Session,
 }
 
-impl From<Result<ClientEvent, ClientError>> for Item {
-    fn from(result: Result<ClientEvent, ClientError>) -> Self {
-        Self::App(result)
-    }
-}
-
 /// What the handles and the driver share.
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -115,12 +115,8 @@ pub(super) async fn introduce(
     if matches!(answer, ServerFrame::Done) {
         // Contacts made while both are online see each other's presence at once (it is
         // otherwise announced when a session starts).
-        match ctx.store.presence_peers(asker.user).await {
-            Ok(peers) if peers.contains(&intro.to) => {
-                ctx.hub.presence_online(asker.user, &[intro.to]);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
+        if presence_peers(ctx, asker.user).await.contains(&intro.to) {
+            ctx.hub.presence_online(asker.user, &[intro.to]);
         }
     }
     answer
@@ -147,12 +143,7 @@ pub(super) async fn change(
 ) -> ServerFrame {
     // Whether the two saw each other's presence before (only then is anything said).
     let ends_presence = matches!(change, ContactChange::Block | ContactChange::Remove);
-    let saw_each_other = ends_presence
-        && ctx
-            .store
-            .presence_peers(asker.user)
-            .await
-            .is_ok_and(|peers| peers.contains(&peer));
+    let saw_each_other = ends_presence && presence_peers(ctx, asker.user).await.contains(&peer);
     let limits = ctx.config.limits.people();
     let stored = ctx
         .store
@@ -260,10 +251,8 @@ pub(super) async fn set_presence(ctx: &Context, asker: Asker, visible: bool) -> 
         .await;
     if stored.is_ok() {
         if visible {
-            match ctx.store.presence_peers(asker.user).await {
-                Ok(peers) => ctx.hub.presence_shown(asker.user, &peers),
-                Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
-            }
+            let peers = presence_peers(ctx, asker.user).await;
+            ctx.hub.presence_shown(asker.user, &peers);
         } else {
             ctx.hub.presence_hidden(asker.user, &before);
         }
@@ -274,27 +263,33 @@ pub(super) async fn set_presence(ctx: &Context, asker: Asker, visible: bool) -> 
 /// A session of `user` started on this node: its last-seen time moves, and the contacts who
 /// may see its presence hear that it is online (and answer with theirs).
 pub(super) async fn session_online(ctx: &Context, user: UserId) {
-    if let Err(e) = ctx.store.touch_last_seen(user, now_s()).await {
-        tracing::debug!(error = %e, "could not store last seen");
-    }
-    match ctx.store.presence_peers(user).await {
-        Ok(peers) => ctx.hub.presence_online(user, &peers),
-        Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
-    }
+    touch_last_seen(ctx, user, now_s()).await;
+    let peers = presence_peers(ctx, user).await;
+    ctx.hub.presence_online(user, &peers);
 }
 
 /// The last session of `user` on this node ended.
 pub(super) async fn session_offline(ctx: &Context, user: UserId) {
     let now = now_s();
-    if let Err(e) = ctx.store.touch_last_seen(user, now).await {
+    touch_last_seen(ctx, user, now).await;
+    let peers = presence_peers(ctx, user).await;
+    ctx.hub
+        .presence_offline(user, &peers, now - now % LAST_SEEN_GRANULARITY_S);
+}
+
+/// The users who may see `user`'s presence, for a presence hint: none when the store cannot
+/// say (a hint is best effort; the next session start or catch-up corrects it).
+async fn presence_peers(ctx: &Context, user: UserId) -> Vec<UserId> {
+    ctx.store.presence_peers(user).await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "could not read presence peers");
+        Vec::new()
+    })
+}
+
+/// Stores `user`'s last-seen time (best effort, like the presence it goes with).
+async fn touch_last_seen(ctx: &Context, user: UserId, now_s: u64) {
+    if let Err(e) = ctx.store.touch_last_seen(user, now_s).await {
         tracing::debug!(error = %e, "could not store last seen");
-    }
-    match ctx.store.presence_peers(user).await {
-        Ok(peers) => {
-            let coarse = now - now % LAST_SEEN_GRANULARITY_S;
-            ctx.hub.presence_offline(user, &peers, coarse);
-        }
-        Err(e) => tracing::debug!(error = %e, "could not read presence peers"),
     }
 }
 
