@@ -16,7 +16,7 @@ use ferry_client::{Client, ClientState};
 use ferry_relay::{Config, Server};
 use support::{
     TestRelay, WAIT, another_device, events, fast, free_addr, new_user, new_user_at, next_event,
-    texts,
+    postgres_url, texts,
 };
 
 /// Copies a state folder (files only, as a backup tool would).
@@ -237,27 +237,6 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// The PostgreSQL URL to test against, or `None` (test skipped) when it is unreachable and
-/// `FERRY_REQUIRE_SERVICES` is not `1`.
-async fn postgres_url() -> Option<String> {
-    let url = std::env::var("FERRY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let probe = tokio::time::timeout(Duration::from_secs(5), ferry_relay::store::open(&url)).await;
-    match probe {
-        Ok(Ok(store)) => {
-            store.close().await;
-            Some(url)
-        }
-        _ if std::env::var("FERRY_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("PostgreSQL not reachable and FERRY_REQUIRE_SERVICES=1")
-        }
-        _ => {
-            eprintln!("skipped: PostgreSQL not reachable");
-            None
-        }
     }
 }
 

@@ -9,7 +9,6 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_client::{
     Client, ClientError, ClientEvent, ContactState, IdentityChange, PeopleError, PeopleEvent,
@@ -575,31 +574,7 @@ async fn limits_are_answered_with_their_codes() {
 /// PostgreSQL and Redis URLs, or `None` (skipped) when they are unreachable and
 /// `FERRY_REQUIRE_SERVICES` is not `1`.
 async fn services() -> Option<(String, String)> {
-    let database = std::env::var("FERRY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let redis = std::env::var("FERRY_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store =
-        tokio::time::timeout(Duration::from_secs(5), ferry_relay::store::open(&database)).await;
-    let redis_up = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect("127.0.0.1:6379"),
-    )
-    .await
-    .is_ok_and(|c| c.is_ok());
-    match store {
-        Ok(Ok(store)) if redis_up => {
-            store.close().await;
-            Some((database, redis))
-        }
-        _ if std::env::var("FERRY_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("PostgreSQL or Redis not reachable and FERRY_REQUIRE_SERVICES=1")
-        }
-        _ => {
-            eprintln!("skipped: PostgreSQL or Redis not reachable");
-            None
-        }
-    }
+    Some((postgres_url().await?, redis_url().await?))
 }
 
 /// A device paired after two users became contacts was not among the recipients of either

@@ -55,12 +55,8 @@ fn intro_signed(from: &Identity, signer: &DeviceKey, to: &Identity) -> Intro {
 
 async fn connect(node: &Node, id: &Identity) -> Client {
     let mut client = node.connect(id, None).await;
-    // Past the replay.
-    loop {
-        if let ServerFrame::CaughtUp { .. } = next_frame(&mut client).await.unwrap() {
-            return client;
-        }
-    }
+    client.replay().await;
+    client
 }
 
 #[tokio::test]

@@ -480,3 +480,48 @@ pub fn texts(events: &[ReceivedEvent]) -> Vec<String> {
         .map(|e| String::from_utf8(e.plaintext.to_vec()).unwrap())
         .collect()
 }
+
+/// The PostgreSQL URL to test against (`FERRY_TEST_POSTGRES_URL`), or `None` (test skipped)
+/// when it is unreachable and `FERRY_REQUIRE_SERVICES` is not `1`.
+pub async fn postgres_url() -> Option<String> {
+    let url = std::env::var("FERRY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let probe = tokio::time::timeout(Duration::from_secs(5), ferry_relay::store::open(&url)).await;
+    let reachable = match probe {
+        Ok(Ok(store)) => {
+            store.close().await;
+            true
+        }
+        _ => false,
+    };
+    reachable_or_skipped("PostgreSQL", reachable).then_some(url)
+}
+
+/// The Redis URL to test against (`FERRY_TEST_REDIS_URL`), as [`postgres_url`].
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("FERRY_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    // redis://[user:password@]host:port[/db]
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(host_port.to_owned()),
+    )
+    .await;
+    reachable_or_skipped("Redis", matches!(probe, Ok(Ok(_)))).then_some(url)
+}
+
+/// Whether a service the test needs is there: panics when it is not and
+/// `FERRY_REQUIRE_SERVICES=1` (CI), says the test is skipped otherwise.
+fn reachable_or_skipped(service: &str, reachable: bool) -> bool {
+    if !reachable {
+        assert!(
+            std::env::var("FERRY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{service} not reachable and FERRY_REQUIRE_SERVICES=1"
+        );
+        eprintln!("skipped: {service} not reachable");
+    }
+    reachable
+}
