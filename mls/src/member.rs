@@ -11,6 +11,12 @@
 //! 3. Everything else from the conversation's stream goes through [`Member::process`], in
 //!    stream order.
 //!
+//! A queued proposal (a device leaving, [`Member::leave`]) blocks [`Member::encrypt`] on every
+//! member until some member commits it ([`Member::commit_pending_proposals`]): openmls refuses
+//! to send application messages while proposals are pending, so the SDK should commit them as
+//! soon as it processes one. A proposal dies with its epoch: if another commit lands first, the
+//! leaving device proposes again.
+//!
 //! Handshake messages (commits, proposals) are MLS PublicMessages so the relay can validate
 //! them; application messages are PrivateMessages, which it cannot read.
 //!
