@@ -223,6 +223,13 @@ impl Client {
         &mut self,
         notice: ferry_protocol::people::Notice,
     ) -> Result<ClientEvent, ClientError> {
+        use ferry_protocol::people::Notice;
+        if matches!(
+            notice,
+            Notice::Welcome { .. } | Notice::RemovedFromConversation { .. }
+        ) {
+            return Ok(ClientEvent::Conversation(notice));
+        }
         let mut attempt = 0;
         loop {
             match self

@@ -97,6 +97,17 @@ pub enum ErrorCode {
     BadIntro,
     /// 609: the user has blocked the most users allowed.
     BlockLimit,
+    /// 700: no such conversation, or this device is not one of its members.
+    NoSuchConversation,
+    /// 701: a conversation with this id exists already.
+    ConversationExists,
+    /// 702: the relay's MLS checks refused a message, GroupInfo or KeyPackage.
+    MlsRefused,
+    /// 703: a commit would leave a user with only some of its devices in the group, add a
+    /// device its chain does not admit, or change members without the group's admin role.
+    MembershipRefused,
+    /// 704: the device's KeyPackage pool is full.
+    KeyPackageLimit,
     /// 900: the relay hit an internal error.
     Internal,
     /// 901: the relay is shutting down or its storage is unavailable.
@@ -111,7 +122,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 42] = [
+    pub const ALL: [ErrorCode; 47] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -152,6 +163,11 @@ impl ErrorCode {
         Self::NotAContact,
         Self::BadIntro,
         Self::BlockLimit,
+        Self::NoSuchConversation,
+        Self::ConversationExists,
+        Self::MlsRefused,
+        Self::MembershipRefused,
+        Self::KeyPackageLimit,
         Self::Internal,
         Self::Unavailable,
     ];
@@ -199,6 +215,11 @@ impl ErrorCode {
             Self::NotAContact => 607,
             Self::BadIntro => 608,
             Self::BlockLimit => 609,
+            Self::NoSuchConversation => 700,
+            Self::ConversationExists => 701,
+            Self::MlsRefused => 702,
+            Self::MembershipRefused => 703,
+            Self::KeyPackageLimit => 704,
             Self::Internal => 900,
             Self::Unavailable => 901,
             Self::Unknown(n) => n,
@@ -248,6 +269,11 @@ impl ErrorCode {
             Self::NotAContact => "not_a_contact",
             Self::BadIntro => "bad_intro",
             Self::BlockLimit => "block_limit",
+            Self::NoSuchConversation => "no_such_conversation",
+            Self::ConversationExists => "conversation_exists",
+            Self::MlsRefused => "mls_refused",
+            Self::MembershipRefused => "membership_refused",
+            Self::KeyPackageLimit => "key_package_limit",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unknown(_) => "unknown",
@@ -372,6 +398,21 @@ impl ErrorCode {
             }
             Self::BlockLimit => {
                 "This user has blocked the most users allowed; unblock some before blocking more."
+            }
+            Self::NoSuchConversation => {
+                "No such conversation, or this device is not a member of it (any more)."
+            }
+            Self::ConversationExists => {
+                "A conversation with this id exists already; pick a new random id."
+            }
+            Self::MlsRefused => {
+                "The relay's MLS checks refused the message (wrong group, epoch, signature or member); the message says which."
+            }
+            Self::MembershipRefused => {
+                "The commit would add or remove only some of a user's devices, add a device its chain does not admit, or change members without the admin role."
+            }
+            Self::KeyPackageLimit => {
+                "This device has the most KeyPackages the relay keeps; upload more once some are claimed."
             }
             Self::Internal => {
                 "The relay hit an internal error; retry, and report it to the operator if it persists."

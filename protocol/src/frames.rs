@@ -28,6 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::ErrorCode;
 use crate::chain::Link;
 use crate::codec::{DecodeError, Wire, check_len};
+use crate::conversations::{
+    self, ConvId, ConvMessage, ConvSend, ConvSummary, Direction, MAX_CONV_MESSAGES_PER_FRAME,
+    MAX_GROUP_BLOB_LEN, MAX_KEY_PACKAGE_LEN, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_MLS_MESSAGE_LEN,
+};
 use crate::identity::{DeviceId, UserId};
 use crate::limits::*;
 use crate::people::handle::MAX_HANDLE_INPUT_LEN;
@@ -270,6 +274,78 @@ pub enum ClientFrame {
         /// The card, sealed under this user's data key.
         card: SealedCard,
     },
+    /// Add KeyPackages to this device's pool at the relay (and replace its last-resort
+    /// package); answered with `KeyPackageCount`, or `Error(mls_refused)` naming the first
+    /// package refused (none is stored then).
+    KeyPackagesUpload {
+        /// One-use packages (TLS-encoded `MLSMessage`s holding a KeyPackage).
+        packages: Vec<serde_bytes::ByteBuf>,
+        /// The package handed out when the pool is empty; never deleted by a claim.
+        last_resort: Option<serde_bytes::ByteBuf>,
+    },
+    /// Claim one KeyPackage per active device of `user` (a contact), to add it to a
+    /// conversation; answered with `KeyPackagesClaimed`, or `Error(not_a_contact)`.
+    KeyPackagesClaim {
+        /// Whose packages.
+        user: UserId,
+    },
+    /// Start a conversation: the creator's MLS group at epoch 0 with only this device;
+    /// answered with `ConvCreated`, or `Error(conversation_exists | mls_refused)`.
+    ConvCreate {
+        /// The conversation id, which is the MLS group id.
+        conv: ConvId,
+        /// The group's GroupInfo with its ratchet tree.
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+    },
+    /// Send a message to a conversation; answered with `ConvSent`, `ConvStale` or
+    /// `ConvRefused` (never with `Error`), in the order sent.
+    ConvSend(Box<ConvSend>),
+    /// A page of a conversation's messages from `from` in `direction`; answered with
+    /// `ConvMessages`, or `Error(no_such_conversation)`.
+    ConvFetch {
+        /// The conversation.
+        conv: ConvId,
+        /// Forward: messages after this `conv_seq`; backward: before it (0: from the head).
+        from: u64,
+        /// Which way.
+        direction: Direction,
+        /// Most messages wanted (the relay may send fewer).
+        limit: u16,
+    },
+    /// This device holds the conversation's messages up to `seq` (its cursor, "delivered").
+    /// Not answered.
+    ConvAck {
+        /// The conversation.
+        conv: ConvId,
+        /// Cumulative.
+        seq: u64,
+    },
+    /// This user has read the conversation up to `seq` (its read marker, for every member
+    /// and every device of the user). Not answered; members are told with `ConvReadBy`.
+    ConvRead {
+        /// The conversation.
+        conv: ConvId,
+        /// Cumulative.
+        seq: u64,
+    },
+    /// This user's conversations; answered with `Conversations` pages.
+    ConvList,
+    /// A body for the conversation members' online devices (typing, call signaling), sealed
+    /// by the sender under a key exported from the epoch; never stored, not answered.
+    ConvEphemeral {
+        /// The conversation.
+        conv: ConvId,
+        /// Opaque.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// The conversation's latest GroupInfo, for a member device that must rejoin by external
+    /// commit; answered with `GroupInfo`, or `Error(no_such_conversation)`.
+    GroupInfoFetch {
+        /// The conversation.
+        conv: ConvId,
+    },
 }
 
 /// Frames a relay sends after the handshake.
@@ -406,6 +482,118 @@ pub enum ServerFrame {
         /// When it was last online, coarse (see [`crate::people::LAST_SEEN_GRANULARITY_S`]).
         last_seen: Option<u64>,
     },
+    /// How many one-use KeyPackages this device has left at the relay.
+    KeyPackageCount {
+        /// Packages in the pool (the last-resort package not counted).
+        count: u64,
+    },
+    /// The answer to `KeyPackagesClaim`: one package per active device of `user` that has
+    /// one (a one-use package if any is left, else its last-resort package).
+    KeyPackagesClaimed {
+        /// Whose packages.
+        user: UserId,
+        /// The packages, by device.
+        packages: Vec<ClaimedKeyPackage>,
+    },
+    /// The conversation is created at epoch 0.
+    ConvCreated {
+        /// The conversation.
+        conv: ConvId,
+    },
+    /// The message with `device_seq` is stored at `conv_seq`.
+    ConvSent {
+        /// The conversation.
+        conv: ConvId,
+        /// The sender's sequence number.
+        device_seq: u64,
+        /// Where it sits in the conversation.
+        conv_seq: u64,
+    },
+    /// The commit with `device_seq` lost: the conversation is at `epoch` now, with `head`
+    /// messages. Fetch and process them, then commit again (with a new `device_seq`).
+    ConvStale {
+        /// The conversation.
+        conv: ConvId,
+        /// The sender's sequence number of the refused commit.
+        device_seq: u64,
+        /// The conversation's current epoch.
+        epoch: u64,
+        /// The conversation's last `conv_seq`.
+        head: u64,
+    },
+    /// The message with `device_seq` was refused (nothing stored).
+    ConvRefused {
+        /// The conversation.
+        conv: ConvId,
+        /// The sender's sequence number.
+        device_seq: u64,
+        /// Why.
+        error: ErrorFrame,
+    },
+    /// A page of messages answering `ConvFetch`, in the direction asked.
+    ConvMessages {
+        /// The conversation.
+        conv: ConvId,
+        /// The messages.
+        messages: Vec<ConvMessage>,
+        /// Whether more follow in that direction.
+        more: bool,
+    },
+    /// The conversation has messages up to `head` (pushed to every member's devices).
+    ConvHead {
+        /// The conversation.
+        conv: ConvId,
+        /// Its last `conv_seq`.
+        head: u64,
+    },
+    /// The answer to `ConvList`, in pages.
+    Conversations {
+        /// This user's conversations (one page of them).
+        convs: Vec<ConvSummary>,
+        /// Whether more pages follow.
+        more: bool,
+    },
+    /// An ephemeral body from a member device of the conversation.
+    ConvEphemeral {
+        /// The conversation.
+        conv: ConvId,
+        /// The sending user.
+        user: UserId,
+        /// The sending device.
+        from: DeviceId,
+        /// Opaque.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// A member moved its read marker (pushed to every member's devices).
+    ConvReadBy {
+        /// The conversation.
+        conv: ConvId,
+        /// The member.
+        user: UserId,
+        /// Its read marker.
+        seq: u64,
+    },
+    /// The answer to `GroupInfoFetch`.
+    GroupInfo {
+        /// The conversation.
+        conv: ConvId,
+        /// The epoch of the GroupInfo.
+        epoch: u64,
+        /// The GroupInfo with its ratchet tree.
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+    },
+}
+
+/// One claimed KeyPackage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// The device it belongs to.
+    pub device: DeviceId,
+    /// The package.
+    #[serde(with = "serde_bytes")]
+    pub package: Vec<u8>,
 }
 
 /// Most links in one `ChainLinks` frame (a relay also keeps a frame under the frame limit).
@@ -429,7 +617,30 @@ impl Wire for ClientFrame {
             Self::ContactRequest(intro) | Self::ContactAccept(intro) => intro.check_limits(),
             Self::ProfileSet(profile) => profile.check_limits(),
             Self::ContactCard { card, .. } => card.check_limits(),
-            Self::UserChainFetch { .. }
+            Self::KeyPackagesUpload {
+                packages,
+                last_resort,
+            } => {
+                check_len("key packages", packages.len(), MAX_KEY_PACKAGES_PER_UPLOAD)?;
+                packages
+                    .iter()
+                    .chain(last_resort)
+                    .try_for_each(|p| check_len("key package", p.len(), MAX_KEY_PACKAGE_LEN))
+            }
+            Self::ConvCreate { group_info, .. } => {
+                check_len("group info", group_info.len(), MAX_GROUP_BLOB_LEN)
+            }
+            Self::ConvSend(send) => conversations::check_send(send),
+            Self::ConvEphemeral { body, .. } => {
+                check_len("ephemeral body", body.len(), MAX_EPHEMERAL_LEN)
+            }
+            Self::KeyPackagesClaim { .. }
+            | Self::ConvFetch { .. }
+            | Self::ConvAck { .. }
+            | Self::ConvRead { .. }
+            | Self::ConvList
+            | Self::GroupInfoFetch { .. }
+            | Self::UserChainFetch { .. }
             | Self::ContactDecline { .. }
             | Self::ContactCancel { .. }
             | Self::ContactRemove { .. }
@@ -493,7 +704,35 @@ impl Wire for ServerFrame {
                     .try_for_each(Wire::check_limits)
             }
             Self::Profile { profile, .. } => profile.as_ref().map_or(Ok(()), Wire::check_limits),
-            Self::Appended { .. }
+            Self::KeyPackagesClaimed { packages, .. } => {
+                check_len("key packages", packages.len(), MAX_DEVICES_PER_FRAME)?;
+                packages.iter().try_for_each(|p| {
+                    check_len("key package", p.package.len(), MAX_KEY_PACKAGE_LEN)
+                })
+            }
+            Self::ConvRefused { error, .. } => {
+                check_len("error message", error.message.len(), MAX_ERROR_MESSAGE_LEN)
+            }
+            Self::ConvMessages { messages, .. } => {
+                check_len("messages", messages.len(), MAX_CONV_MESSAGES_PER_FRAME)?;
+                messages.iter().try_for_each(|m| {
+                    check_len("MLS message", m.message.len(), MAX_MLS_MESSAGE_LEN)
+                })
+            }
+            Self::Conversations { convs, .. } => conversations::check_summaries(convs),
+            Self::ConvEphemeral { body, .. } => {
+                check_len("ephemeral body", body.len(), MAX_EPHEMERAL_LEN)
+            }
+            Self::GroupInfo { group_info, .. } => {
+                check_len("group info", group_info.len(), MAX_GROUP_BLOB_LEN)
+            }
+            Self::KeyPackageCount { .. }
+            | Self::ConvCreated { .. }
+            | Self::ConvSent { .. }
+            | Self::ConvStale { .. }
+            | Self::ConvHead { .. }
+            | Self::ConvReadBy { .. }
+            | Self::Appended { .. }
             | Self::CaughtUp { .. }
             | Self::ResyncRequired { .. }
             | Self::Ping { .. }

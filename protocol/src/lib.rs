@@ -59,6 +59,7 @@
 pub mod chain;
 pub mod channel;
 pub mod codec;
+pub mod conversations;
 pub mod epoch;
 mod error;
 pub mod frames;
@@ -76,8 +77,12 @@ pub use channel::{
     Channel, ChannelError, ClientChannel, Encoded, RecvHalf, SendHalf, ServerChannel,
 };
 pub use codec::{DecodeError, Wire};
+pub use conversations::{ConvId, ConvMessage, ConvSend, ConvSummary, MessageClass};
 pub use error::ErrorCode;
-pub use frames::{Append, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload, ServerFrame};
+pub use frames::{
+    Append, ClaimedKeyPackage, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload,
+    ServerFrame,
+};
 pub use identity::{
     DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, UserId, UserKey, check_device_name,
 };

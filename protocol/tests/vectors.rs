@@ -416,7 +416,112 @@ fn vectors() -> String {
     assert!(chain.is_active(&device.id()) && !chain.is_active(&joiner_device.id()));
 
     people_vectors(&mut out, &recovered_user.id(), &device, &data_key);
+    conversation_vectors(&mut out, &recovered_user.id(), &device.id());
     out
+}
+
+/// Section 13, conversations: the frames' plaintext encodings, with placeholder MLS bytes
+/// (`0xc1…` for a message, `0xc2…` a Welcome, `0xc3…` a GroupInfo: the relay's checks of
+/// their content are openmls's, see the section) and the conversation `0xcc…`.
+fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
+    use ferry_protocol::conversations::{
+        ConvId, ConvMessage, ConvSend, ConvSummary, Direction, MemberState, MessageClass,
+    };
+    macro_rules! line {
+        ($name:expr, $bytes:expr) => {
+            writeln!(out, "{} = {}", $name, hex::encode($bytes)).unwrap()
+        };
+    }
+    let conv = ConvId([0xcc; 16]);
+    line!("conv_id", conv.0);
+    let commit = ConvSend {
+        conv,
+        device_seq: 4,
+        epoch: 2,
+        class: MessageClass::Commit,
+        message: vec![0xc1; 8],
+        welcome: Some(vec![0xc2; 8].into()),
+        group_info: Some(vec![0xc3; 8].into()),
+    };
+    line!(
+        "conv_frame_send_commit",
+        codec::encode(&ClientFrame::ConvSend(Box::new(commit)))
+    );
+    line!(
+        "conv_frame_fetch_backward",
+        codec::encode(&ClientFrame::ConvFetch {
+            conv,
+            from: 0,
+            direction: Direction::Backward,
+            limit: 50,
+        })
+    );
+    line!(
+        "conv_frame_read",
+        codec::encode(&ClientFrame::ConvRead { conv, seq: 9 })
+    );
+    line!(
+        "conv_frame_sent",
+        codec::encode(&ServerFrame::ConvSent {
+            conv,
+            device_seq: 4,
+            conv_seq: 10,
+        })
+    );
+    line!(
+        "conv_frame_stale",
+        codec::encode(&ServerFrame::ConvStale {
+            conv,
+            device_seq: 4,
+            epoch: 3,
+            head: 10,
+        })
+    );
+    line!(
+        "conv_frame_messages",
+        codec::encode(&ServerFrame::ConvMessages {
+            conv,
+            messages: vec![ConvMessage {
+                conv_seq: 10,
+                device: *device,
+                device_seq: 5,
+                epoch: 3,
+                class: MessageClass::Content,
+                sent_at: 1_700_000_000_000,
+                message: vec![0xc1; 8],
+            }],
+            more: false,
+        })
+    );
+    line!(
+        "conv_frame_conversations",
+        codec::encode(&ServerFrame::Conversations {
+            convs: vec![ConvSummary {
+                conv,
+                epoch: 3,
+                head: 10,
+                last_activity: 1_700_000_000_000,
+                unread: 2,
+                members: vec![MemberState {
+                    user: *user,
+                    devices: vec![*device],
+                    read: 8,
+                    delivered: 10,
+                }],
+            }],
+            more: false,
+        })
+    );
+    line!(
+        "conv_notice_welcome",
+        Notice::Welcome {
+            conv,
+            conv_seq: 10,
+            welcome: vec![0xc2; 8],
+        }
+        .to_payload()
+        .0
+    );
 }
 
 /// Section 9, the people layer: the user of the chain above (`recovery_user_public`), on its

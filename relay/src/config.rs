@@ -309,6 +309,16 @@ pub struct Limits {
     )]
     pub max_blocks: u64,
 
+    /// One-use MLS KeyPackages one device may keep at the relay (its last-resort package not
+    /// counted); beyond it uploads are refused with `key_package_limit` (704).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_KEY_PACKAGES_PER_DEVICE",
+        default_value_t = 100
+    )]
+    pub key_packages_per_device: u64,
+
     /// People requests that write (handles, contact requests and answers, blocks, profiles,
     /// presence settings, contact cards) per second from one device (bursts up to twice
     /// that); beyond it they are refused with `rate_limited` (400).
@@ -464,6 +474,13 @@ impl Limits {
             pending_requests: self.max_pending_requests,
             contacts: self.max_contacts,
             blocks: self.max_blocks,
+        }
+    }
+
+    /// The conversation-domain limits the store enforces.
+    pub fn conversations(&self) -> crate::store::ConvLimits {
+        crate::store::ConvLimits {
+            key_packages_per_device: self.key_packages_per_device,
         }
     }
 

@@ -102,6 +102,13 @@ enum BusMessage {
     /// On a user's own topic: the user shows its presence again; every node holding a
     /// session of it announces it to `peers`.
     PresenceShown { origin: u64, peers: Vec<UserId> },
+    /// A conversation frame (`ConvHead`, `ConvReadBy`, `ConvEphemeral`, encoded) for every
+    /// session of the topic's user except those of device `skip`.
+    Conversation {
+        origin: u64,
+        frame: Vec<u8>,
+        skip: Option<DeviceId>,
+    },
 }
 
 impl Wire for BusMessage {}
@@ -528,6 +535,38 @@ impl Hub {
         );
     }
 
+    /// A conversation frame for the sessions of every user in `members` (except device
+    /// `skip`'s), here and on other nodes: one bus message per member user, however many
+    /// devices it has. A hint like every wake-up: a full queue drops it, and devices catch up
+    /// from their conversation cursors (the conversation list names every head).
+    pub fn conversation_frame(
+        &self,
+        members: &[UserId],
+        frame: &ServerFrame,
+        skip: Option<DeviceId>,
+    ) {
+        let encoded = codec::encode(frame);
+        for user in members {
+            self.deliver_conversation(user, frame, skip);
+            self.enqueue_publish(
+                *user,
+                &BusMessage::Conversation {
+                    origin: self.node,
+                    frame: encoded.clone(),
+                    skip,
+                },
+            );
+        }
+    }
+
+    fn deliver_conversation(&self, user: &UserId, frame: &ServerFrame, skip: Option<DeviceId>) {
+        self.for_each_peer(user, |peer| {
+            if Some(peer.device) != skip {
+                let _ = peer.direct.try_send(frame.clone());
+            }
+        });
+    }
+
     /// The user's chain grew to `seqno` links (stored by the session `sender` on this node, if
     /// any) and revoked `revoked`: the revoked devices' sessions close, here and on other
     /// nodes, and every other session of the user hears `ChainGrew { seqno }`.
@@ -580,6 +619,7 @@ impl Hub {
             | BusMessage::Presence { origin, .. }
             | BusMessage::PresenceHidden { origin, .. }
             | BusMessage::PresenceShown { origin, .. }
+            | BusMessage::Conversation { origin, .. }
                 if origin == self.node => {}
             BusMessage::Committed { events, .. } if events.is_empty() => {
                 self.for_each_peer(&user, Peer::poll);
@@ -635,6 +675,12 @@ impl Hub {
             BusMessage::PresenceShown { peers, .. } => {
                 if self.is_online_here(&user) {
                     self.presence_online(user, &peers);
+                }
+            }
+            BusMessage::Conversation { frame, skip, .. } => {
+                match codec::decode::<ServerFrame>(&frame) {
+                    Ok(frame) => self.deliver_conversation(&user, &frame, skip),
+                    Err(e) => tracing::warn!(error = %e, "undecodable conversation frame"),
                 }
             }
         }

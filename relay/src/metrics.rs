@@ -45,6 +45,8 @@ pub struct Metrics {
     pub trimmed_events: Counter,
     /// Bus messages dropped because the publish queue was full.
     pub bus_dropped: Counter,
+    /// Conversation messages stored (new, not retries).
+    pub conv_messages: Counter,
     limit_refusals: Family<Labels, Counter>,
     proxy_header_errors: Family<Labels, Counter>,
 }
@@ -68,6 +70,7 @@ impl Metrics {
             bus_up: Gauge::default(),
             trimmed_events: Counter::default(),
             bus_dropped: Counter::default(),
+            conv_messages: Counter::default(),
             limit_refusals: Family::default(),
             proxy_header_errors: Family::default(),
             registry: Registry::default(),
@@ -137,6 +140,11 @@ impl Metrics {
             "bus_dropped",
             "Bus messages dropped (publish queue full)",
             metrics.bus_dropped.clone(),
+        );
+        registry.register(
+            "conversation_messages",
+            "Conversation messages stored (new, not retries)",
+            metrics.conv_messages.clone(),
         );
         registry.register(
             "limit_refusals",

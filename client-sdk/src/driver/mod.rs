@@ -676,6 +676,18 @@ impl Driver {
                 self.maybe_fetch(link);
             }
             other @ (ServerFrame::Ephemeral { .. }
+            | ServerFrame::KeyPackageCount { .. }
+            | ServerFrame::KeyPackagesClaimed { .. }
+            | ServerFrame::ConvCreated { .. }
+            | ServerFrame::ConvSent { .. }
+            | ServerFrame::ConvStale { .. }
+            | ServerFrame::ConvRefused { .. }
+            | ServerFrame::ConvMessages { .. }
+            | ServerFrame::ConvHead { .. }
+            | ServerFrame::Conversations { .. }
+            | ServerFrame::ConvEphemeral { .. }
+            | ServerFrame::ConvReadBy { .. }
+            | ServerFrame::GroupInfo { .. }
             | ServerFrame::PairOpened { .. }
             | ServerFrame::PairPeer { .. }
             | ServerFrame::PairClosed { .. }) => {

@@ -707,6 +707,11 @@ impl People {
         notice: Notice,
     ) -> Result<PeopleEvent, ClientError> {
         Ok(match notice {
+            Notice::Welcome { .. } | Notice::RemovedFromConversation { .. } => {
+                return Err(ClientError::Protocol(
+                    "a conversation notice is not a people notice".into(),
+                ));
+            }
             Notice::RequestSent { intro } => {
                 // Another device of this user may have sent it: pin the other user too.
                 if let Err(error) = self.verified_chain(ask, intro.to).await {

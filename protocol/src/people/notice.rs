@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Intro;
 use crate::codec::{self, DecodeError, Wire};
+use crate::conversations::{ConvId, MAX_GROUP_BLOB_LEN};
 use crate::frames::SealedPayload;
 use crate::identity::{DeviceId, UserId};
 
@@ -88,6 +89,25 @@ pub enum Notice {
         /// Shown or hidden.
         visible: bool,
     },
+    /// This user's devices were added to conversation `conv` by the commit at `conv_seq`:
+    /// `welcome` is the MLS Welcome (only devices it names can open it).
+    Welcome {
+        /// The conversation.
+        conv: ConvId,
+        /// The commit that added them.
+        conv_seq: u64,
+        /// The MLS Welcome.
+        #[serde(with = "serde_bytes")]
+        welcome: Vec<u8>,
+    },
+    /// This user's last devices in conversation `conv` were removed by the commit at
+    /// `conv_seq` (or it left): its devices can no longer read or send there.
+    RemovedFromConversation {
+        /// The conversation.
+        conv: ConvId,
+        /// The commit that removed them.
+        conv_seq: u64,
+    },
 }
 
 impl Notice {
@@ -118,13 +138,17 @@ impl Wire for Notice {
                 handle.as_ref().map_or(0, String::len),
                 super::handle::MAX_HANDLE_INPUT_LEN,
             ),
+            Self::Welcome { welcome, .. } => {
+                codec::check_len("welcome", welcome.len(), MAX_GROUP_BLOB_LEN)
+            }
             Self::Declined { .. }
             | Self::Cancelled { .. }
             | Self::Removed { .. }
             | Self::Blocked { .. }
             | Self::Unblocked { .. }
             | Self::ProfileChanged { .. }
-            | Self::PresenceVisibility { .. } => Ok(()),
+            | Self::PresenceVisibility { .. }
+            | Self::RemovedFromConversation { .. } => Ok(()),
         }
     }
 }

@@ -19,6 +19,7 @@
 //!    no events, no hub membership; anything else is `Error(104)` and the end. See [`recovery`].
 
 mod chain;
+mod conversations;
 mod pairing;
 mod people;
 mod recovery;

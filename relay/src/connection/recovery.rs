@@ -120,6 +120,16 @@ pub(super) async fn run<S>(
             ClientFrame::Append(_)
             | ClientFrame::Ack { .. }
             | ClientFrame::Ephemeral { .. }
+            | ClientFrame::KeyPackagesUpload { .. }
+            | ClientFrame::KeyPackagesClaim { .. }
+            | ClientFrame::ConvCreate { .. }
+            | ClientFrame::ConvSend(_)
+            | ClientFrame::ConvFetch { .. }
+            | ClientFrame::ConvAck { .. }
+            | ClientFrame::ConvRead { .. }
+            | ClientFrame::ConvList
+            | ClientFrame::ConvEphemeral { .. }
+            | ClientFrame::GroupInfoFetch { .. }
             | ClientFrame::PairOpen
             | ClientFrame::PairJoin { .. }
             | ClientFrame::PairForward { .. }

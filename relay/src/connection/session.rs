@@ -43,6 +43,7 @@ use ferry_protocol::{
 };
 
 use super::chain::{self, Fetch};
+use super::conversations;
 use super::people::{self, Asker};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -386,6 +387,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             ClientFrame::ContactsList => {
                 for page in people::contacts(&self.ctx, self.asker).await {
                     self.send(Control::Frame(page)).await?;
+                }
+                Ok(())
+            }
+            frame if conversations::is_conversation_frame(&frame) => {
+                for answer in conversations::handle(&self.ctx, self.asker, frame).await {
+                    self.send(Control::Frame(answer)).await?;
                 }
                 Ok(())
             }

@@ -31,9 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_protocol::{DeviceId, DeviceInfo, Event, Link, UserId};
+use ferry_protocol::conversations::{ConvId, ConvMessage, ConvSend, ConvSummary, Direction};
+use ferry_protocol::{ClaimedKeyPackage, DeviceId, DeviceInfo, Event, Link, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
+use super::conversations::{ConvLimits, ConversationStore, KeyPackageRow, SendOutcome};
 use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
@@ -61,6 +63,7 @@ pub struct FaultyStore {
     acks: AtomicUsize,
     fail_people: AtomicUsize,
     fail_acks: AtomicUsize,
+    fail_conv: AtomicUsize,
 }
 
 /// Lets a budget of reads through, then holds the rest until resumed.
@@ -128,6 +131,7 @@ impl FaultyStore {
             acks: AtomicUsize::new(0),
             fail_people: AtomicUsize::new(0),
             fail_acks: AtomicUsize::new(0),
+            fail_conv: AtomicUsize::new(0),
         })
     }
 
@@ -223,6 +227,19 @@ impl FaultyStore {
     /// presence settings) fail before touching the database.
     pub fn fail_next_people_ops(&self, n: usize) {
         self.fail_people.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` conversation writes (create, send, KeyPackage upload or claim)
+    /// fail with a database error before they reach the store (nothing stored).
+    pub fn fail_next_conv_ops(&self, n: usize) {
+        self.fail_conv.store(n, Ordering::SeqCst);
+    }
+
+    fn conv_fault(&self) -> Result<(), StoreError> {
+        if Self::take_one(&self.fail_conv) {
+            return Err(injected("conversation operation refused"));
+        }
+        Ok(())
     }
 
     fn people_fault(&self) -> Result<(), StoreError> {
@@ -482,6 +499,115 @@ impl PeopleStore for FaultyStore {
 
     async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError> {
         self.inner.touch_last_seen(user, now_s).await
+    }
+}
+
+#[async_trait]
+impl ConversationStore for FaultyStore {
+    async fn put_key_packages(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        packages: &[KeyPackageRow],
+        last_resort: Option<&KeyPackageRow>,
+        limits: &ConvLimits,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.conv_fault()?;
+        self.inner
+            .put_key_packages(user, device, packages, last_resort, limits, now_ms)
+            .await
+    }
+
+    async fn key_package_count(&self, device: DeviceId) -> Result<u64, StoreError> {
+        self.inner.key_package_count(device).await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        claimer: UserId,
+        claimer_device: DeviceId,
+        target: UserId,
+    ) -> Result<Vec<ClaimedKeyPackage>, StoreError> {
+        self.conv_fault()?;
+        self.inner
+            .claim_key_packages(claimer, claimer_device, target)
+            .await
+    }
+
+    async fn create_conversation(
+        &self,
+        conv: ConvId,
+        group: &ferry_mls::DsGroup,
+        group_info: &[u8],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conv_fault()?;
+        self.inner
+            .create_conversation(conv, group, group_info, now_ms)
+            .await
+    }
+
+    async fn send(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        send: &ConvSend,
+        now_ms: u64,
+    ) -> Result<SendOutcome, StoreError> {
+        self.conv_fault()?;
+        self.inner.send(user, device, send, now_ms).await
+    }
+
+    async fn read_messages(
+        &self,
+        conv: ConvId,
+        device: DeviceId,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<(Vec<ConvMessage>, bool), StoreError> {
+        self.inner
+            .read_messages(conv, device, from, direction, limit)
+            .await
+    }
+
+    async fn ack_conversation(
+        &self,
+        conv: ConvId,
+        device: DeviceId,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.ack_conversation(conv, device, seq).await
+    }
+
+    async fn mark_read(
+        &self,
+        conv: ConvId,
+        user: UserId,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.mark_read(conv, user, seq).await
+    }
+
+    async fn conversations(&self, user: UserId) -> Result<Vec<ConvSummary>, StoreError> {
+        self.inner.conversations(user).await
+    }
+
+    async fn conversation_members(
+        &self,
+        conv: ConvId,
+        device: DeviceId,
+    ) -> Result<Vec<UserId>, StoreError> {
+        self.inner.conversation_members(conv, device).await
+    }
+
+    async fn group_info(
+        &self,
+        conv: ConvId,
+        device: DeviceId,
+    ) -> Result<(u64, Vec<u8>), StoreError> {
+        self.inner.group_info(conv, device).await
     }
 }
 

@@ -3,8 +3,10 @@
 //! Storage is split by domain, each with a trait of its own: [`LogStore`] (the per-user event
 //! logs and their retention, in `log/`), [`ChainStore`] (each user's device chain, in
 //! `chain.rs`), [`DeviceStore`] (the chain's mirror: device records and cursors, in
-//! `devices.rs`) and [`PeopleStore`] (handles, profiles, contacts, blocks and the notices
-//! they write into users' logs, in `people.rs`). [`Store`] is all of them together, what a relay node runs on. One
+//! `devices.rs`), [`PeopleStore`] (handles, profiles, contacts, blocks and the notices
+//! they write into users' logs, in `people.rs`) and [`ConversationStore`] (conversation
+//! streams validated as MLS's Delivery Service, and the KeyPackage directory, in
+//! `conversations.rs`). [`Store`] is all of them together, what a relay node runs on. One
 //! implementation, [`SqlStore`], serves every domain on either backend, chosen from the URL
 //! scheme by [`open`]: SQLite (`sqlite://path?mode=rwc`, the embedded default) or PostgreSQL
 //! (`postgres://…`, production). Both run their migrations (`migrations/sqlite`,
@@ -123,6 +125,7 @@
 
 mod chain;
 pub mod committer;
+mod conversations;
 mod devices;
 pub mod faults;
 mod log;
@@ -140,6 +143,7 @@ pub use committer::{
     Admission, AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply,
     CommitStats, CommittedHook, Committer, UncertainHook,
 };
+pub use conversations::{ConvLimits, ConversationStore, KeyPackageRow, SendOutcome};
 pub use devices::{DeviceRecord, DeviceStore};
 pub use faults::FaultyStore;
 pub(crate) use log::plan::{batch_users, distinct_users};
@@ -210,7 +214,7 @@ impl Default for StoreOptions {
 /// test suite (`relay/tests/store.rs`).
 #[async_trait]
 pub trait Store:
-    LogStore + ChainStore + DeviceStore + PeopleStore + std::fmt::Debug + 'static
+    LogStore + ChainStore + DeviceStore + PeopleStore + ConversationStore + std::fmt::Debug + 'static
 {
     /// `"sqlite"` or `"postgres"`, for logs and metrics.
     fn backend(&self) -> &'static str;
@@ -278,6 +282,10 @@ pub enum StoreError {
     /// code says which.
     #[error("refused: {}", .0.name())]
     Refused(ErrorCode),
+    /// An operation breaks a rule, with the reason the client is told (a conversation's
+    /// MLS checks say which check failed).
+    #[error("refused: {}: {}", .0.name(), .1)]
+    RefusedBecause(ErrorCode, String),
     /// An earlier append of the same session was refused with this (retryable) code, and
     /// this later one is refused with it too until the earlier one is sent again: a device's
     /// appends are committed in the order it sent them.
@@ -294,7 +302,9 @@ impl StoreError {
             Self::UnknownDevice => ErrorCode::UnknownDevice,
             Self::ChainLinkRefused(_) => ErrorCode::ChainLinkRefused,
             Self::Database(_) | Self::Closed => ErrorCode::Unavailable,
-            Self::EarlierRefused(code) | Self::Refused(code) => *code,
+            Self::EarlierRefused(code) | Self::Refused(code) | Self::RefusedBecause(code, _) => {
+                *code
+            }
             Self::InvalidUrl(_) | Self::Migrate(_) | Self::Corrupt(_) => ErrorCode::Internal,
         }
     }

@@ -203,6 +203,50 @@ pub trait PeopleStore: Send + Sync {
     async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError>;
 }
 
+/// Appends `notice` to `user`'s log as the next event, from [`RELAY_DEVICE`] with
+/// `device_seq = seq`. The caller holds `user`'s row lock ([`Tx::lock_user`]).
+pub(super) async fn append_notice(
+    tx: &mut Tx,
+    user: UserId,
+    notice: &Notice,
+    now_ms: u64,
+) -> Result<Event, StoreError> {
+    let payload = notice.to_payload();
+    let id = user.as_bytes().as_slice();
+    let now_ms = db_int(now_ms);
+    let head: i64 = in_tx!(tx, |conn| {
+        let head: i64 = sqlx::query_scalar("SELECT head FROM users WHERE user_id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms)
+             VALUES ($1, $2, $3, $2, $4, $5)",
+        )
+        .bind(id)
+        .bind(head + 1)
+        .bind(RELAY_DEVICE.as_bytes().as_slice())
+        .bind(payload.0.as_slice())
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE users SET head = $2, bytes = bytes + $3 WHERE user_id = $1")
+            .bind(id)
+            .bind(head + 1)
+            .bind(db_int(payload.0.len() as u64))
+            .execute(&mut *conn)
+            .await?;
+        head
+    });
+    let seq = from_db_int(head + 1, "head")?;
+    Ok(Event {
+        seq,
+        device: RELAY_DEVICE,
+        device_seq: seq,
+        payload,
+    })
+}
+
 const CONTACT: i16 = 1;
 const OUTGOING: i16 = 2;
 const INCOMING: i16 = 3;
@@ -255,43 +299,8 @@ impl PeopleTx {
 
     /// Appends `notice` to `user`'s log (the user's row is locked).
     async fn notify(&mut self, user: UserId, notice: Notice) -> Result<(), StoreError> {
-        let payload = notice.to_payload();
-        let id = user.as_bytes().as_slice();
-        let now_ms = db_int(self.now_ms);
-        let head: i64 = in_tx!(&mut self.tx, |conn| {
-            let head: i64 = sqlx::query_scalar("SELECT head FROM users WHERE user_id = $1")
-                .bind(id)
-                .fetch_one(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms)
-                 VALUES ($1, $2, $3, $2, $4, $5)",
-            )
-            .bind(id)
-            .bind(head + 1)
-            .bind(RELAY_DEVICE.as_bytes().as_slice())
-            .bind(payload.0.as_slice())
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("UPDATE users SET head = $2, bytes = bytes + $3 WHERE user_id = $1")
-                .bind(id)
-                .bind(head + 1)
-                .bind(db_int(payload.0.len() as u64))
-                .execute(&mut *conn)
-                .await?;
-            head
-        });
-        let seq = from_db_int(head + 1, "head")?;
-        self.notified.0.push((
-            user,
-            Event {
-                seq,
-                device: RELAY_DEVICE,
-                device_seq: seq,
-                payload,
-            },
-        ));
+        let event = append_notice(&mut self.tx, user, &notice, self.now_ms).await?;
+        self.notified.0.push((user, event));
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
+pub mod conversation;
 pub mod device;
 pub mod http;
 pub mod node;
