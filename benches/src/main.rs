@@ -43,6 +43,9 @@ enum Command {
     Cluster,
     /// A contact request's answer time: to a user who blocked the sender vs one who did not.
     People,
+    /// An MLS group conversation (users × 2 devices, every device decrypting) at a fixed
+    /// message rate, beside the per-user sync log at the same rate.
+    Conversations,
     /// Run a relay in this process until killed (used by `idle` when no ferry-relay binary
     /// is found next to this one); takes the relay's own flags.
     #[command(hide = true)]
@@ -75,13 +78,14 @@ struct Common {
     /// Measured seconds of time-bounded scenarios (default 10, quick 1).
     #[arg(long, global = true)]
     duration_secs: Option<f64>,
-    /// Users, two devices each (appends 64, latency 100, cluster 40).
+    /// Users, two devices each (appends 64, latency 100, cluster 40, conversations 100).
     #[arg(long, global = true)]
     users: Option<usize>,
     /// Appends in flight per device (appends: 32).
     #[arg(long, global = true)]
     window: Option<usize>,
-    /// Offered load in events per second (latency 5,000, cluster 1,000).
+    /// Offered load in events per second (latency 5,000, cluster 1,000; conversations:
+    /// messages per second, 50).
     #[arg(long, global = true)]
     rate: Option<f64>,
     /// Concurrent clients (handshakes: 64).
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         Command::Wire => vec![Scenario::Wire],
         Command::Cluster => vec![Scenario::Cluster],
         Command::People => vec![Scenario::People],
+        Command::Conversations => vec![Scenario::Conversations],
         Command::ServeRelay(args) => return serve_relay(args.config),
     };
     let common = cli.common;

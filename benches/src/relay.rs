@@ -73,6 +73,7 @@ pub fn generous(config: &mut Config) {
     limits.contact_requests_per_day = 1_000_000;
     limits.max_pending_requests = 1_000_000;
     limits.max_contacts = 1_000_000;
+    limits.people_writes_per_device_per_second = 10_000_000;
     config.log.max_concurrent_replays = 100_000;
 }
 
@@ -95,6 +96,7 @@ pub fn generous_flags() -> Vec<String> {
         "--contact-requests-per-day=1000000",
         "--max-pending-requests=1000000",
         "--max-contacts=1000000",
+        "--people-writes-per-device-per-second=10000000",
         "--max-concurrent-replays=100000",
     ]
     .map(str::to_owned)

@@ -3,6 +3,7 @@
 
 pub mod appends;
 pub mod cluster;
+pub mod conversations;
 pub mod handshakes;
 pub mod idle;
 pub mod latency;
@@ -32,11 +33,11 @@ pub struct Options {
     pub services: Services,
     /// Measured time of time-bounded scenarios.
     pub duration: Option<Duration>,
-    /// Users (each with two devices) in appends, latency and cluster.
+    /// Users (each with two devices) in appends, latency, cluster and conversations.
     pub users: Option<usize>,
     /// Appends in flight per device (appends).
     pub window: Option<usize>,
-    /// Offered load in events per second (latency, cluster).
+    /// Offered load in events (messages) per second (latency, cluster, conversations).
     pub rate: Option<f64>,
     /// Concurrent clients (handshakes).
     pub concurrency: Option<usize>,
@@ -83,11 +84,14 @@ pub enum Scenario {
     Cluster,
     /// A contact request's answer time: to a user who blocked the sender vs one who did not.
     People,
+    /// An MLS group conversation (users × 2 devices) at a fixed message rate, beside the
+    /// sync log at the same rate.
+    Conversations,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Handshakes,
         Self::Appends,
         Self::Latency,
@@ -96,6 +100,7 @@ impl Scenario {
         Self::Wire,
         Self::Cluster,
         Self::People,
+        Self::Conversations,
     ];
 
     /// The name used in commands and tables.
@@ -109,6 +114,7 @@ impl Scenario {
             Self::Wire => "wire",
             Self::Cluster => "cluster",
             Self::People => "people",
+            Self::Conversations => "conversations",
         }
     }
 
@@ -123,6 +129,7 @@ impl Scenario {
             Self::Wire => wire::run(options).await,
             Self::Cluster => cluster::run(options).await,
             Self::People => people::run(options).await,
+            Self::Conversations => conversations::run(options).await,
         }
     }
 }
