@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+use crate::conversations::{ConversationInfo, Conversations, StoredMessage};
 use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Item, Shared};
 use crate::error::ClientError;
 use crate::error::PeopleError;
@@ -19,6 +20,8 @@ use crate::options::Options;
 use crate::pairing::{Invitation, InviterDevice, PairingError};
 use crate::people::{Ask, Contact, People};
 use crate::state::ClientState;
+use ferry_mls::GroupKind;
+use ferry_protocol::conversations::ConvId;
 use ferry_protocol::people::ProfileBody;
 use ferry_protocol::{ClientFrame, ServerFrame};
 
@@ -67,6 +70,8 @@ pub struct ClientHandle {
     inviter: Arc<(InviterDevice, Options)>,
     /// Contacts, profiles, presence: see [`crate::people`].
     people: Arc<People>,
+    /// 1:1 and group conversations: see [`crate::conversations`].
+    conversations: Arc<Conversations>,
 }
 
 impl std::fmt::Debug for Client {
@@ -93,6 +98,11 @@ impl Client {
     /// the outbox and leave when the relay is reachable. Must be called within a tokio
     /// runtime.
     pub fn start(state: ClientState, options: Options) -> Self {
+        let conversations = Arc::new(Conversations::open(
+            state.dir(),
+            state.keys(),
+            state.shared_trust(),
+        ));
         let shared = Arc::new(Shared::new(state.pending()));
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (deliveries, delivery_rx) = mpsc::channel(options.event_buffer.max(1));
@@ -108,6 +118,7 @@ impl Client {
                 state.book(),
                 state.device_id(),
             )),
+            conversations,
         };
         let driver = Driver::new(state, options, command_rx, deliveries, shared);
         Self {
@@ -174,12 +185,20 @@ impl Client {
             if let Some(event) = self.handle.people.take_waiting() {
                 return Ok(ClientEvent::People(event));
             }
+            if let Some(event) = self.handle.conversations.take_waiting() {
+                return Ok(ClientEvent::Conversation(event));
+            }
             if let Some((seq, notice)) = self.unfinished.clone() {
                 // Not acknowledged until its checks are done (a cancelled call resumes here).
                 let result = self.notice(notice).await;
                 self.unfinished = None;
                 self.returned = seq;
-                return result;
+                match result {
+                    Ok(Some(event)) => return Ok(event),
+                    // A conversation notice with nothing to show (already a member): next.
+                    Ok(None) => continue,
+                    Err(error) => return Err(error),
+                }
             }
             self.acknowledge();
             let Some(delivery) = self.deliveries.recv().await else {
@@ -197,6 +216,10 @@ impl Client {
                     if let Err(error) = self.handle.people.sync(&self.handle).await {
                         tracing::warn!(%error, "could not refresh contacts' profiles");
                     }
+                    let conversations = &self.handle.conversations;
+                    if let Err(error) = conversations.on_caught_up(&self.handle).await {
+                        tracing::warn!(%error, "could not bring conversations up to date");
+                    }
                     return Ok(ClientEvent::CaughtUp { head });
                 }
                 Some(Item::App(item)) => return item,
@@ -213,6 +236,12 @@ impl Client {
                     }
                 }
                 Some(Item::Session) => self.handle.people.on_session(),
+                Some(Item::Conversation(frame)) => {
+                    let conversations = &self.handle.conversations;
+                    if let Err(error) = conversations.on_push(&self.handle, frame).await {
+                        tracing::warn!(%error, "could not read a conversation");
+                    }
+                }
             }
         }
     }
@@ -222,13 +251,18 @@ impl Client {
     async fn notice(
         &mut self,
         notice: ferry_protocol::people::Notice,
-    ) -> Result<ClientEvent, ClientError> {
+    ) -> Result<Option<ClientEvent>, ClientError> {
         use ferry_protocol::people::Notice;
         if matches!(
             notice,
             Notice::Welcome { .. } | Notice::RemovedFromConversation { .. }
         ) {
-            return Ok(ClientEvent::Conversation(notice));
+            let conversations = &self.handle.conversations;
+            if let Err(error) = conversations.on_notice(&self.handle, notice).await {
+                tracing::warn!(%error, "could not act on a conversation notice");
+            }
+            // Its events (Joined, messages read since) are taken from the queue.
+            return Ok(None);
         }
         let mut attempt = 0;
         loop {
@@ -238,7 +272,7 @@ impl Client {
                 .on_notice(&self.handle, notice.clone())
                 .await
             {
-                Ok(event) => return Ok(ClientEvent::People(event)),
+                Ok(event) => return Ok(Some(ClientEvent::People(event))),
                 Err(error) if error.is_permanent() || attempt >= NOTICE_ATTEMPTS => {
                     return Err(error);
                 }
@@ -414,7 +448,14 @@ impl ClientHandle {
     pub async fn revoke(&self, device: DeviceId) -> Result<(), ClientError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Revoke { device, reply }).await?;
-        answer.await.map_err(|_| self.shared.stopped())?
+        answer.await.map_err(|_| self.shared.stopped())??;
+        // The relay refuses the revoked device everything at once; its leaves also leave
+        // every conversation (from now on MLS keys it out too). Best effort: the next
+        // session of any device of this user finishes it.
+        if let Err(error) = self.conversations.after_revocation(self).await {
+            tracing::warn!(%error, "could not remove the revoked device from every conversation");
+        }
+        Ok(())
     }
 
     /// Opens a pairing slot for a new device of this user: see [`crate::pairing`] and
@@ -557,6 +598,56 @@ impl ClientHandle {
         self.device
     }
 
+    /// Opens a 1:1 conversation with `user` (a contact): both users' devices, all of them.
+    pub async fn start_chat(&self, user: UserId) -> Result<ConvId, ClientError> {
+        self.conversations
+            .create(self, GroupKind::OneToOne, &[user])
+            .await
+    }
+
+    /// Creates a group with `users` (contacts), administered by this user.
+    pub async fn create_group(&self, users: &[UserId]) -> Result<ConvId, ClientError> {
+        self.conversations
+            .create(self, GroupKind::Group, users)
+            .await
+    }
+
+    /// Adds every device of `users` to a group (this user must be one of its admins).
+    pub async fn add_members(&self, conv: ConvId, users: &[UserId]) -> Result<(), ClientError> {
+        self.conversations.add(self, conv, users).await
+    }
+
+    /// Removes every device of `users` from a group (this user must be one of its admins).
+    pub async fn remove_members(&self, conv: ConvId, users: &[UserId]) -> Result<(), ClientError> {
+        self.conversations.remove(self, conv, users).await
+    }
+
+    /// Sends `text` to a conversation; returns its place (`conv_seq`).
+    pub async fn send_text(&self, conv: ConvId, text: &str) -> Result<u64, ClientError> {
+        self.conversations.send_text(self, conv, text).await
+    }
+
+    /// The messages of a conversation this device holds: up to `limit`, before `before`
+    /// (0: the newest), oldest first.
+    pub async fn history(&self, conv: ConvId, before: u64, limit: usize) -> Vec<StoredMessage> {
+        self.conversations.history(conv, before, limit).await
+    }
+
+    /// This user's conversations, with unread counts and members' read and delivered marks.
+    pub async fn conversations(&self) -> Result<Vec<ConversationInfo>, ClientError> {
+        self.conversations.list(self).await
+    }
+
+    /// Marks a conversation read up to `seq` for this user (every member sees it).
+    pub async fn mark_read(&self, conv: ConvId, seq: u64) -> Result<(), ClientError> {
+        self.conversations.mark_read(self, conv, seq).await
+    }
+
+    /// Tells the members' online devices this user is (or stopped) typing.
+    pub async fn typing(&self, conv: ConvId, typing: bool) -> Result<(), ClientError> {
+        self.conversations.typing(self, conv, typing).await
+    }
+
     async fn send(&self, command: Command) -> Result<(), ClientError> {
         self.commands
             .send(command)
@@ -571,5 +662,9 @@ impl Ask for ClientHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::People { frame, reply }).await?;
         answer.await.map_err(|_| self.shared.stopped())?
+    }
+
+    async fn tell(&self, frame: ClientFrame) -> Result<(), ClientError> {
+        self.send(Command::Tell(frame)).await
     }
 }

@@ -282,6 +282,10 @@ pub enum ClientError {
     /// A people request (handles, contacts, profiles) was refused; the variant says why.
     #[error(transparent)]
     People(#[from] PeopleError),
+    /// This device's MLS state could not do what a conversation needs (the message says
+    /// what: not in the conversation, a message it cannot open, commits that kept losing).
+    #[error("conversation: {0}")]
+    Mls(String),
 }
 
 impl ClientError {
@@ -366,6 +370,7 @@ impl ClientError {
             | Self::Unauthenticated { .. }
             | Self::MisplacedAppend { .. }
             | Self::People(_)
+            | Self::Mls(_)
             | Self::Timeout { .. } => false,
         }
     }

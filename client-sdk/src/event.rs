@@ -19,10 +19,8 @@ pub enum ClientEvent {
     },
     /// Something changed about the people around this user (see [`crate::people`]).
     People(crate::people::PeopleEvent),
-    /// The relay's notice that this user's devices were added to a conversation (the MLS
-    /// Welcome, which only the devices it names can open) or removed from one. This SDK does
-    /// not run conversations yet: the notice is handed over as it is.
-    Conversation(ferry_protocol::people::Notice),
+    /// Something happened in this user's conversations (see [`crate::conversations`]).
+    Conversation(crate::conversations::ConversationEvent),
 }
 
 /// One event of the user's log, opened with the data key.

@@ -7,8 +7,9 @@
 -- epoch wins). `content_count` numbers the Content messages, so unread counts are a
 -- subtraction. `group_state` is the relay's openmls PublicGroup (public tree and context, no
 -- secrets); `group_info` the latest GroupInfo, for external joins. `floor_epoch` is the epoch
--- entered by the last commit that removed a leaf: no application message of an earlier epoch
--- is accepted any more, so a removed device cannot read what is said after its removal.
+-- entered by the last commit that added or removed a leaf: no application message of an
+-- earlier epoch is accepted any more, so a removed device cannot read what is said after its
+-- removal and a new device can read everything stored after its join.
 CREATE TABLE conversations (
     conv_id          BYTEA   NOT NULL PRIMARY KEY CHECK (octet_length(conv_id) = 16),
     epoch            BIGINT  NOT NULL CHECK (epoch >= 0),

@@ -105,6 +105,9 @@ pub(crate) enum Command {
         frame: ClientFrame,
         reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
     },
+    /// A frame nobody answers (a conversation cursor, read marker, typing): sent on the
+    /// current connection, dropped when there is none (each is cumulative or a hint).
+    Tell(ClientFrame),
     /// Save the cursor, acknowledge, close the connection and stop.
     Close,
 }
@@ -141,6 +144,8 @@ pub(crate) enum Item {
     },
     /// A new session started: presence heard before it is stale.
     Session,
+    /// A conversation frame the relay pushed (`ConvHead`, `ConvReadBy`, `ConvEphemeral`).
+    Conversation(ServerFrame),
 }
 
 /// What the handles and the driver share.
@@ -667,7 +672,26 @@ impl Driver {
             | ServerFrame::UserChainLinks { .. }
             | ServerFrame::Done
             | ServerFrame::Contacts { .. }
-            | ServerFrame::Profile { .. }) => self.answer_people(answer),
+            | ServerFrame::Profile { .. }
+            | ServerFrame::KeyPackageCount { .. }
+            | ServerFrame::KeyPackagesClaimed { .. }
+            | ServerFrame::ConvCreated { .. }
+            | ServerFrame::ConvSent { .. }
+            | ServerFrame::ConvStale { .. }
+            | ServerFrame::ConvRefused { .. }
+            | ServerFrame::ConvMessages { .. }
+            | ServerFrame::Conversations { .. }
+            | ServerFrame::GroupInfo { .. }) => self.answer_people(answer),
+            pushed @ (ServerFrame::ConvHead { .. }
+            | ServerFrame::ConvReadBy { .. }
+            | ServerFrame::ConvEphemeral { .. }) => {
+                // A hint, like presence: a full queue drops it (the next catch-up reads the
+                // conversation from its cursor anyway).
+                let _ = self.deliveries.try_send(Delivery {
+                    seq: None,
+                    item: Some(Item::Conversation(pushed)),
+                });
+            }
             ServerFrame::ChainAppended { seqno } => self.chain_appended(seqno, link)?,
             ServerFrame::ChainLinks { links, more } => self.chain_links(links, more, link)?,
             ServerFrame::ChainGrew { seqno } => {
@@ -676,18 +700,6 @@ impl Driver {
                 self.maybe_fetch(link);
             }
             other @ (ServerFrame::Ephemeral { .. }
-            | ServerFrame::KeyPackageCount { .. }
-            | ServerFrame::KeyPackagesClaimed { .. }
-            | ServerFrame::ConvCreated { .. }
-            | ServerFrame::ConvSent { .. }
-            | ServerFrame::ConvStale { .. }
-            | ServerFrame::ConvRefused { .. }
-            | ServerFrame::ConvMessages { .. }
-            | ServerFrame::ConvHead { .. }
-            | ServerFrame::Conversations { .. }
-            | ServerFrame::ConvEphemeral { .. }
-            | ServerFrame::ConvReadBy { .. }
-            | ServerFrame::GroupInfo { .. }
             | ServerFrame::PairOpened { .. }
             | ServerFrame::PairPeer { .. }
             | ServerFrame::PairClosed { .. }) => {
@@ -729,6 +741,7 @@ impl Driver {
                         reply,
                         links: Vec::new(),
                         contacts: Vec::new(),
+                        convs: Vec::new(),
                     },
                 ),
                 // The link is signed when it is sent, against the chain as it is then.
@@ -741,6 +754,13 @@ impl Driver {
                         attempts: 0,
                     },
                 ),
+                Command::Tell(frame) => {
+                    if let Some(link) = link.as_deref_mut()
+                        && link.control.len() < MAX_CONTROL
+                    {
+                        link.control.push_back(frame);
+                    }
+                }
                 Command::Close => return Err(Interrupt::Close),
             }
         }

@@ -39,6 +39,7 @@ pub(super) enum Reply {
         reply: oneshot::Sender<Result<ServerFrame, ClientError>>,
         links: Vec<ferry_protocol::Link>,
         contacts: Vec<ferry_protocol::people::ContactInfo>,
+        convs: Vec<ferry_protocol::ConvSummary>,
     },
     Revoke {
         device: DeviceId,
@@ -245,7 +246,9 @@ impl Driver {
         let is_people = |r: &Reply| matches!(r, Reply::People { .. });
         // Pages (`UserChainLinks`, `Contacts`) are gathered until the last one.
         let more = match &answer {
-            ServerFrame::UserChainLinks { more, .. } | ServerFrame::Contacts { more, .. } => *more,
+            ServerFrame::UserChainLinks { more, .. }
+            | ServerFrame::Contacts { more, .. }
+            | ServerFrame::Conversations { more, .. } => *more,
             _ => false,
         };
         let Some(Request {
@@ -253,6 +256,7 @@ impl Driver {
                 Reply::People {
                     links: held_links,
                     contacts: held_contacts,
+                    convs: held_convs,
                     ..
                 },
             ..
@@ -282,10 +286,18 @@ impl Driver {
                     more,
                 }
             }
+            ServerFrame::Conversations { convs, .. } => {
+                held_convs.extend(convs);
+                ServerFrame::Conversations {
+                    convs: Vec::new(),
+                    more,
+                }
+            }
             other => other,
         };
         let too_many = held_links.len() as u64 > ferry_protocol::chain::MAX_CHAIN_LINKS
-            || held_contacts.len() > MAX_GATHERED_CONTACTS;
+            || held_contacts.len() > MAX_GATHERED_CONTACTS
+            || held_convs.len() > MAX_GATHERED_CONTACTS;
         if more && !too_many {
             return;
         }
@@ -295,6 +307,7 @@ impl Driver {
                     reply,
                     links,
                     contacts,
+                    convs,
                 },
             ..
         }) = self.take_request(is_people)
@@ -320,6 +333,7 @@ impl Driver {
                 presence_visible,
                 more: false,
             },
+            ServerFrame::Conversations { .. } => ServerFrame::Conversations { convs, more: false },
             other => other,
         };
         let _ = reply.send(Ok(whole));

@@ -210,6 +210,13 @@ struct Presence {
 #[async_trait::async_trait]
 pub(crate) trait Ask: Send + Sync {
     async fn ask(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError>;
+
+    /// Sends a frame the relay does not answer (a cursor, a read marker, typing) on the
+    /// current connection; dropped when there is none.
+    async fn tell(&self, frame: ClientFrame) -> Result<(), ClientError> {
+        let _ = frame;
+        Ok(())
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -21,18 +21,21 @@
 //!   conversation's, and only after `ferry_mls::DsGroup` validated it against the stored group
 //!   (sender a member, signatures, proposals, every leaf a Ferry credential) and the
 //!   whole-user rule held (`ferry_mls::check_membership_change` against the devices the
-//!   users' chains admit now); the epoch, the group state, the GroupInfo, the leaves and the
+//!   users' chains admit now and that can be added: see `joinable_devices`); the epoch, the group state, the GroupInfo, the leaves and the
 //!   members change in the same transaction. Anything else is [`SendOutcome::Stale`] or
 //!   refused, and stores nothing.
-//! - Only a current leaf whose device the chain still admits sends, reads, acknowledges or
-//!   gets the GroupInfo; a device removed from the group or revoked is refused at once (the
-//!   check is in the same transaction as the store, on every node).
+//! - Only a current leaf whose device the chain still admits sends, reads or acknowledges;
+//!   a device removed from the group or revoked is refused at once (the check is in the same
+//!   transaction as the store, on every node). Another active device of a member user (one
+//!   paired later) may fetch the GroupInfo and send one thing: the external commit that
+//!   brings it in.
 //! - `(conv, device, device_seq)` is unique: a retry with the same bytes is
 //!   [`SendOutcome::Duplicate`], different bytes are refused with `conflict`.
 //! - Application messages (content, control) are accepted for the current epoch and the
 //!   [`PAST_EPOCHS_ACCEPTED`] before it, but never for an epoch before the last commit that
-//!   removed a leaf (`floor_epoch`), so a removed or revoked device cannot read what is said
-//!   after its removal; their MLS header must name this group and the epoch the frame names;
+//!   added or removed a leaf (`floor_epoch`): a removed or revoked device cannot read what is
+//!   said after its removal, and a new device can read everything stored after its join;
+//!   their MLS header must name this group and the epoch the frame names;
 //!   the relay reads nothing else of them.
 //! - A member reads only messages after the commit that added it (`joined_seq`).
 //! - A KeyPackage is handed out once (deleted by the claim in the same statement that reads
@@ -189,7 +192,7 @@ pub trait ConversationStore: Send + Sync {
         device: DeviceId,
     ) -> Result<Vec<UserId>, StoreError>;
 
-    /// The latest GroupInfo and its epoch, for a member device.
+    /// The latest GroupInfo and its epoch, for an active device of a member user.
     async fn group_info(
         &self,
         conv: ConvId,
@@ -265,6 +268,60 @@ async fn active_leaf(
     user.map(|u| Ok(UserId(key32(&u, "user_id")?))).transpose()
 }
 
+/// The devices of `user` the whole-user rule counts: active ones that can be added (they
+/// have a KeyPackage at the relay), are in the group already, or are the sender joining by
+/// external commit. A device that never uploaded a KeyPackage cannot be added by anyone, so
+/// it does not hold its user out of conversations: it joins them itself, by external commit,
+/// once it connects.
+async fn joinable_devices(
+    tx: &mut Tx,
+    conv: ConvId,
+    user: UserId,
+    sender: DeviceId,
+) -> Result<BTreeSet<DeviceId>, StoreError> {
+    let rows: Vec<Vec<u8>> = in_tx!(tx, |conn| {
+        sqlx::query_scalar(
+            "SELECT d.device_id FROM devices d
+             WHERE d.user_id = $1 AND d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL
+               AND (d.device_id = $3
+                    OR EXISTS (SELECT 1 FROM key_packages k WHERE k.device_id = d.device_id)
+                    OR EXISTS (SELECT 1 FROM conv_leaves l
+                               WHERE l.conv_id = $2 AND l.device_id = d.device_id))",
+        )
+        .bind(user.as_bytes().as_slice())
+        .bind(conv.0.as_slice())
+        .bind(sender.as_bytes().as_slice())
+        .fetch_all(&mut *conn)
+        .await?
+    });
+    rows.iter()
+        .map(|d| Ok(DeviceId(key32(d, "device_id")?)))
+        .collect()
+}
+
+/// Whether `device` is an active device of `user` and `user` a member of `conv`.
+async fn member_device(
+    tx: &mut Tx,
+    conv: ConvId,
+    user: UserId,
+    device: DeviceId,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = in_tx!(tx, |conn| {
+        sqlx::query_scalar(
+            "SELECT m.read_seq FROM conv_members m
+             JOIN devices d ON d.user_id = m.user_id
+             WHERE m.conv_id = $1 AND m.user_id = $2 AND d.device_id = $3
+               AND d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL",
+        )
+        .bind(conv.0.as_slice())
+        .bind(user.as_bytes().as_slice())
+        .bind(device.as_bytes().as_slice())
+        .fetch_optional(&mut *conn)
+        .await?
+    });
+    Ok(found.is_some())
+}
+
 /// The devices `user`'s chain admits and has not revoked.
 async fn active_devices(tx: &mut Tx, user: UserId) -> Result<BTreeSet<DeviceId>, StoreError> {
     let rows: Vec<Vec<u8>> = in_tx!(tx, |conn| {
@@ -281,8 +338,7 @@ async fn active_devices(tx: &mut Tx, user: UserId) -> Result<BTreeSet<DeviceId>,
         .collect()
 }
 
-/// The users with a device in `after` that is not in `before` (an external committer
-/// rejoining keeps its device, so it is not among them).
+/// The users with a device in `after` that is not in `before`.
 fn welcomed_users(before: &[(UserId, DeviceId)], after: &[(UserId, DeviceId)]) -> BTreeSet<UserId> {
     let before: BTreeSet<_> = before.iter().collect();
     after
@@ -360,6 +416,8 @@ async fn mirror_members(
 
 /// What a validated commit changes, applied by [`SqlStore::send`].
 struct CommitEffects {
+    external: bool,
+    welcomed: BTreeSet<UserId>,
     group_state: Vec<u8>,
     group_info: Vec<u8>,
     epoch: u64,
@@ -386,7 +444,7 @@ async fn validate_commit(
     }
     let mut active = BTreeMap::new();
     for user in users_of(&summary.before).union(&users_of(&summary.after)) {
-        active.insert(*user, active_devices(tx, *user).await?);
+        active.insert(*user, joinable_devices(tx, conv, *user, sender.1).await?);
     }
     ferry_mls::check_membership_change(&summary.before, &summary.after, sender.0, |user| {
         active.get(user).cloned().unwrap_or_default()
@@ -394,7 +452,16 @@ async fn validate_commit(
     .map_err(mls_refused)?;
     check_admin(&group, &summary, sender.0)?;
     // Every device the commit adds gets the Welcome (an external committer joins itself).
-    let welcomed = welcomed_users(&summary.before, &summary.after);
+    let mut welcomed = welcomed_users(&summary.before, &summary.after);
+    if summary.external {
+        let others_added = summary
+            .after
+            .iter()
+            .any(|leaf| leaf.0 == sender.0 && *leaf != sender && !summary.before.contains(leaf));
+        if !others_added {
+            welcomed.remove(&sender.0);
+        }
+    }
     match (&send.welcome, welcomed.is_empty()) {
         (None, true) => {}
         (Some(welcome), false) => ferry_mls::check_welcome(welcome).map_err(mls_refused)?,
@@ -420,6 +487,8 @@ async fn validate_commit(
     // Signature, tree and context checked against the group as the commit left it.
     group.check_group_info(group_info).map_err(mls_refused)?;
     Ok(CommitEffects {
+        external: summary.external,
+        welcomed,
         group_state: group.to_bytes(),
         group_info: group_info.to_vec(),
         epoch: summary.epoch,
@@ -686,7 +755,12 @@ impl ConversationStore for SqlStore {
         let Some(row) = lock_conversation(&mut tx, conv).await? else {
             return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
         };
-        if active_leaf(&mut tx, conv, device).await? != Some(user) {
+        // A leaf sends anything; another active device of a member user only an external
+        // commit that brings it in (a device paired later joins its user's conversations).
+        let leaf = active_leaf(&mut tx, conv, device).await? == Some(user);
+        let may_join = send.class == MessageClass::Commit
+            && member_device(&mut tx, conv, user, device).await?;
+        if !leaf && !may_join {
             return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
         }
         if let Some((conv_seq, stored)) = find_sent(&mut tx, conv, device, send.device_seq).await? {
@@ -706,7 +780,11 @@ impl ConversationStore for SqlStore {
                         head: row.head,
                     });
                 }
-                effects = Some(validate_commit(&mut tx, conv, &row, (user, device), send).await?);
+                let validated = validate_commit(&mut tx, conv, &row, (user, device), send).await?;
+                if !leaf && !validated.external {
+                    return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+                }
+                effects = Some(validated);
             }
             MessageClass::Proposal => {
                 if send.epoch != row.epoch {
@@ -796,13 +874,12 @@ impl ConversationStore for SqlStore {
         }
         let mut notified = Notified::default();
         if let Some(effects) = effects {
-            // A commit that removes a leaf raises the floor: nothing sealed under an epoch
-            // the removed device knew is accepted afterwards.
-            let removes = effects
-                .before
-                .iter()
-                .any(|leaf| !effects.after.contains(leaf));
-            let floor = if removes {
+            // A commit that adds or removes a leaf raises the floor: nothing sealed under an
+            // epoch a removed device knew is accepted afterwards, nor anything a new device
+            // could not open (it has no key of earlier epochs). Senders that lag are refused,
+            // catch up and encrypt again, so no member ever holds a message it cannot read.
+            let changed = effects.before != effects.after;
+            let floor = if changed {
                 effects.epoch
             } else {
                 row.floor_epoch
@@ -828,9 +905,9 @@ impl ConversationStore for SqlStore {
             // in user order (see the module docs on lock order).
             let mut told: Vec<(UserId, Notice)> = Vec::new();
             if let Some(welcome) = &send.welcome {
-                for added in welcomed_users(&effects.before, &effects.after) {
+                for added in &effects.welcomed {
                     told.push((
-                        added,
+                        *added,
                         Notice::Welcome {
                             conv,
                             conv_seq,
@@ -1121,9 +1198,10 @@ impl ConversationStore for SqlStore {
         let row: Option<(i64, Vec<u8>)> = on_reader!(&self.db, |pool| {
             sqlx::query_as(
                 "SELECT c.group_info_epoch, c.group_info FROM conversations c
-                 JOIN conv_leaves l ON l.conv_id = c.conv_id
-                 JOIN devices d ON d.user_id = l.user_id AND d.device_id = l.device_id
-                 WHERE c.conv_id = $1 AND l.device_id = $2 AND d.revoked_at IS NULL",
+                 JOIN conv_members m ON m.conv_id = c.conv_id
+                 JOIN devices d ON d.user_id = m.user_id
+                 WHERE c.conv_id = $1 AND d.device_id = $2
+                   AND d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL",
             )
             .bind(conv.0.as_slice())
             .bind(device.as_bytes().as_slice())

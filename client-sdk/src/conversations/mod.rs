@@ -1,0 +1,949 @@
+//! Conversations: 1:1 and group messaging, end to end encrypted with MLS (`ferry-mls`), one
+//! leaf per device; the relay is MLS's Delivery Service (see docs/protocol.md §13).
+//!
+//! ```text
+//!  app ─send_text─▶ encrypt (MLS, current epoch) ─ConvSend─▶ relay: one stream per conversation
+//!  relay ─ConvHead─▶ catch_up: ConvFetch from the cursor ─▶ MLS process ─▶ ConversationEvent
+//!  relay notice Welcome (in the user's log) ─▶ join ─▶ catch_up
+//!  CaughtUp (every session) ─▶ KeyPackages topped up; every conversation read to its head;
+//!     this user's devices reconciled: a device not yet in a conversation of its user joins
+//!     by external commit, leaves of revoked devices are removed
+//! ```
+//!
+//! Invariants:
+//! - The device's MLS state and its conversation book (cursors, the `device_seq` counter,
+//!   what it decrypted) are ONE file (`conversations` in the state folder, 0600, replaced
+//!   atomically), written after every change: a crash never leaves an MLS state ahead of
+//!   its cursor (a message processed twice cannot be opened again).
+//! - Messages are delivered to the app once, in `conv_seq` order per conversation: the
+//!   cursor moves only past messages processed, and only forward.
+//! - A `device_seq` is taken (and written) before the frame leaves, never reused; a send cut
+//!   off by a reconnect is sent again with the same bytes and answered with its place.
+//! - A commit is merged only once the relay stored it; `ConvStale` discards it, reads the
+//!   conversation to its head and makes the commit again.
+//! - Every operation of this device's conversations runs under one lock, in order.
+
+mod book;
+mod ephemeral;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_mls::{CommitOut, GroupKind, GroupPolicy, Incoming, Member};
+use ferry_protocol::conversations::{ConvId, ConvSend, ConvSummary, Direction, MessageClass};
+use ferry_protocol::people::Notice;
+use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, ServerFrame, UserId};
+use rand_core::{OsRng, RngCore};
+use tokio::sync::Mutex;
+
+use crate::error::ClientError;
+use crate::people::Ask;
+use crate::state::Keys;
+use crate::trust::Trust;
+pub use book::StoredMessage;
+use book::{Book, ConvRecord, Saved};
+
+/// KeyPackages a device keeps at the relay: topped up to [`KEY_PACKAGES_TARGET`] once fewer
+/// than [`KEY_PACKAGES_LOW`] are left.
+pub const KEY_PACKAGES_TARGET: u64 = 20;
+/// See [`KEY_PACKAGES_TARGET`].
+pub const KEY_PACKAGES_LOW: u64 = 8;
+/// Commits made again after losing to another member's (`ConvStale`).
+const COMMIT_ATTEMPTS: usize = 5;
+/// Messages asked for per page when catching up.
+const PAGE: u16 = 200;
+
+/// What happened in this user's conversations, for the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConversationEvent {
+    /// This device is in a conversation now (created here, welcomed, or rejoined).
+    Joined {
+        /// The conversation.
+        conv: ConvId,
+        /// 1:1 or group.
+        kind: GroupKind,
+    },
+    /// A message, decrypted (or sent by another device of this user).
+    Message(StoredMessage),
+    /// Users joined or left the conversation.
+    MembersChanged {
+        /// The conversation.
+        conv: ConvId,
+        /// Users now in it who were not.
+        added: Vec<UserId>,
+        /// Users no longer in it.
+        removed: Vec<UserId>,
+    },
+    /// This user is no longer in the conversation (removed, or left).
+    Left {
+        /// The conversation.
+        conv: ConvId,
+    },
+    /// A member started or stopped typing.
+    Typing {
+        /// The conversation.
+        conv: ConvId,
+        /// Who.
+        user: UserId,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A member read up to `seq`.
+    ReadBy {
+        /// The conversation.
+        conv: ConvId,
+        /// Who.
+        user: UserId,
+        /// Its read marker.
+        seq: u64,
+    },
+}
+
+/// One conversation as the app lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// The conversation.
+    pub conv: ConvId,
+    /// 1:1 or group, with its admins.
+    pub policy: Option<GroupPolicy>,
+    /// The relay's summary: head, last activity, unread count, members with their markers.
+    pub summary: ConvSummary,
+}
+
+/// The conversations layer of a client (see the module docs).
+pub(crate) struct Conversations {
+    me: UserId,
+    device: DeviceId,
+    trust: Arc<std::sync::RwLock<Trust>>,
+    path: PathBuf,
+    /// Why the saved state could not be read: every operation fails with it, and the file
+    /// is never overwritten.
+    broken: Option<String>,
+    inner: Mutex<Inner>,
+    waiting: std::sync::Mutex<std::collections::VecDeque<ConversationEvent>>,
+}
+
+impl std::fmt::Debug for Conversations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversations")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change of a group's members, made into a commit at the epoch of each attempt.
+enum Change {
+    /// Every device of these users that is not in yet.
+    Add(Vec<UserId>),
+    /// Every device of these users.
+    Remove(BTreeSet<UserId>),
+    /// These devices (revoked ones of this user).
+    RemoveDevices(Vec<(UserId, DeviceId)>),
+    /// The proposals queued (a member leaving).
+    Proposals,
+}
+
+/// The MLS state and the book, saved together.
+struct Inner {
+    member: Member,
+    book: Book,
+}
+
+fn mls_error(error: impl std::fmt::Display) -> ClientError {
+    ClientError::Mls(error.to_string())
+}
+
+fn unexpected(answer: &ServerFrame) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {answer:?}"))
+}
+
+fn refused(error: &ferry_protocol::ErrorFrame) -> ClientError {
+    ClientError::from_code(error.code, error.message.clone())
+}
+
+impl Conversations {
+    /// Opens the layer from the state folder (`conversations` file; a fresh state if none).
+    /// A file that cannot be read leaves the layer refusing every operation (and the file
+    /// untouched), while the rest of the client works.
+    pub fn open(
+        dir: &std::path::Path,
+        keys: Arc<Keys>,
+        trust: Arc<std::sync::RwLock<Trust>>,
+    ) -> Self {
+        let path = dir.join("conversations");
+        let fresh = || (Member::new(keys.user, &keys.device), Book::default());
+        let (broken, (member, book)) = match Saved::read(&path, &keys.device) {
+            Ok(Some(saved)) => (None, saved),
+            Ok(None) => (None, fresh()),
+            Err(error) => {
+                tracing::error!(%error, "the conversations state cannot be read");
+                (Some(error.to_string()), fresh())
+            }
+        };
+        Self {
+            me: keys.user,
+            device: keys.device.id(),
+            trust,
+            path,
+            broken,
+            inner: Mutex::new(Inner { member, book }),
+            waiting: std::sync::Mutex::default(),
+        }
+    }
+
+    fn save(&self, inner: &Inner) -> Result<(), ClientError> {
+        if let Some(broken) = &self.broken {
+            return Err(ClientError::Mls(format!(
+                "this device's conversations state cannot be read ({broken}); nothing is saved"
+            )));
+        }
+        Saved::write(&self.path, &inner.member, &inner.book)
+    }
+
+    /// The next event waiting for the app.
+    pub fn take_waiting(&self) -> Option<ConversationEvent> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
+
+    fn queue(&self, events: impl IntoIterator<Item = ConversationEvent>) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(events);
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Sessions.
+
+    /// A session caught up: KeyPackages topped up, every conversation read to its head,
+    /// this user's devices reconciled in each. Failures are logged: the next session tries
+    /// again.
+    pub async fn on_caught_up(&self, ask: &dyn Ask) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        self.top_up(ask, &mut inner).await?;
+        let listed = self.list_locked(ask).await?;
+        for summary in listed {
+            let conv = summary.conv;
+            let result = if inner.book.convs.contains_key(&conv) {
+                self.catch_up(ask, &mut inner, conv).await
+            } else {
+                self.rejoin(ask, &mut inner, conv).await
+            };
+            if let Err(error) = result {
+                tracing::warn!(%conv, %error, "could not bring a conversation up to date");
+                continue;
+            }
+            if let Err(error) = self.reconcile(ask, &mut inner, conv).await {
+                tracing::warn!(%conv, %error, "could not reconcile this user's devices");
+            }
+        }
+        Ok(())
+    }
+
+    /// After this user revoked a device: its leaves leave every conversation now (the
+    /// relay already refuses it everything; this takes it out of the groups' keys).
+    pub async fn after_revocation(&self, ask: &dyn Ask) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        let convs: Vec<ConvId> = inner.book.convs.keys().copied().collect();
+        for conv in convs {
+            self.catch_up(ask, &mut inner, conv).await?;
+            self.reconcile(ask, &mut inner, conv).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads KeyPackages when fewer than [`KEY_PACKAGES_LOW`] are left (and the
+    /// last-resort package the first time). The MLS state that holds their private keys is
+    /// saved before they leave.
+    async fn top_up(&self, ask: &dyn Ask, inner: &mut Inner) -> Result<(), ClientError> {
+        let count = match ask
+            .ask(ClientFrame::KeyPackagesUpload {
+                packages: Vec::new(),
+                last_resort: None,
+            })
+            .await?
+        {
+            ServerFrame::KeyPackageCount { count } => count,
+            ServerFrame::Error(e) => return Err(refused(&e)),
+            other => return Err(unexpected(&other)),
+        };
+        if count >= KEY_PACKAGES_LOW && inner.book.last_resort_uploaded {
+            return Ok(());
+        }
+        let n = KEY_PACKAGES_TARGET.saturating_sub(count) as usize;
+        let packages = inner.member.key_packages(n).map_err(mls_error)?;
+        let last_resort = if inner.book.last_resort_uploaded {
+            None
+        } else {
+            Some(inner.member.last_resort_key_package().map_err(mls_error)?)
+        };
+        self.save(inner)?;
+        let frame = ClientFrame::KeyPackagesUpload {
+            packages: packages.into_iter().map(Into::into).collect(),
+            last_resort: last_resort.map(Into::into),
+        };
+        match ask.ask(frame).await? {
+            ServerFrame::KeyPackageCount { .. } => {
+                inner.book.last_resort_uploaded = true;
+                self.save(inner)
+            }
+            ServerFrame::Error(e) => Err(refused(&e)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Creating and changing conversations.
+
+    /// Creates a conversation with `users` (all their devices, and this user's other
+    /// devices): a 1:1 (`GroupKind::OneToOne`, one other user) or a group this user
+    /// administers.
+    pub async fn create(
+        &self,
+        ask: &dyn Ask,
+        kind: GroupKind,
+        users: &[UserId],
+    ) -> Result<ConvId, ClientError> {
+        if kind == GroupKind::OneToOne && users.len() != 1 {
+            return Err(ClientError::Mls(
+                "a 1:1 conversation has exactly one other user".into(),
+            ));
+        }
+        let mut inner = self.inner.lock().await;
+        let mut id = [0; 16];
+        OsRng.fill_bytes(&mut id);
+        let conv = ConvId(id);
+        let admins = match kind {
+            GroupKind::OneToOne => Vec::new(),
+            GroupKind::Group => vec![self.me],
+        };
+        let policy = GroupPolicy { kind, admins };
+        let group_info = inner
+            .member
+            .create_group(&conv.0, policy)
+            .map_err(mls_error)?;
+        inner.book.convs.insert(conv, ConvRecord::new(kind, 0));
+        self.save(&inner)?;
+        match ask
+            .ask(ClientFrame::ConvCreate { conv, group_info })
+            .await?
+        {
+            ServerFrame::ConvCreated { .. } => {}
+            ServerFrame::Error(e) => return Err(refused(&e)),
+            other => return Err(unexpected(&other)),
+        }
+        self.queue([ConversationEvent::Joined { conv, kind }]);
+        let mut everyone = vec![self.me];
+        everyone.extend(users.iter().filter(|u| **u != self.me));
+        self.add_locked(ask, &mut inner, conv, &everyone).await?;
+        Ok(conv)
+    }
+
+    /// Adds every device of `users` to `conv`.
+    pub async fn add(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        users: &[UserId],
+    ) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        self.catch_up(ask, &mut inner, conv).await?;
+        self.add_locked(ask, &mut inner, conv, users).await
+    }
+
+    async fn add_locked(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+        users: &[UserId],
+    ) -> Result<(), ClientError> {
+        self.commit(ask, inner, conv, &Change::Add(users.to_vec()))
+            .await
+    }
+
+    /// Removes every device of `users` from `conv` (an admin's act in a group).
+    pub async fn remove(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        users: &[UserId],
+    ) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        self.catch_up(ask, &mut inner, conv).await?;
+        let change = Change::Remove(users.iter().copied().collect());
+        self.commit(ask, &mut inner, conv, &change).await
+    }
+
+    /// The commit for `change` at the group's current epoch; `None` when there is nothing
+    /// left to do (the group already is as asked).
+    async fn make(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+        change: &Change,
+    ) -> Result<Option<CommitOut>, ClientError> {
+        let present = present_devices(&inner.member, conv)?;
+        let made = match change {
+            Change::Add(users) => {
+                // Claimed again at every attempt: the devices in the group may have changed.
+                let mut packages = Vec::new();
+                for user in users {
+                    for (device, package) in claim(ask, *user).await? {
+                        if !present.contains(&(*user, device)) {
+                            packages.push(package);
+                        }
+                    }
+                }
+                if packages.is_empty() {
+                    return Ok(None);
+                }
+                inner.member.add(&conv.0, &packages)
+            }
+            Change::Remove(users) => {
+                let leaves: Vec<_> = present
+                    .into_iter()
+                    .filter(|(user, _)| users.contains(user))
+                    .collect();
+                if leaves.is_empty() {
+                    return Ok(None);
+                }
+                inner.member.remove(&conv.0, &leaves)
+            }
+            Change::RemoveDevices(devices) => {
+                let leaves: Vec<_> = devices
+                    .iter()
+                    .filter(|d| present.contains(d))
+                    .copied()
+                    .collect();
+                if leaves.is_empty() {
+                    return Ok(None);
+                }
+                inner.member.remove(&conv.0, &leaves)
+            }
+            Change::Proposals => inner.member.commit_pending_proposals(&conv.0),
+        };
+        made.map(Some).map_err(mls_error)
+    }
+
+    /// Makes the commit for `change` (at the group's current epoch), sends it, and merges it
+    /// once the relay stored it; on `ConvStale` reads the conversation to its head and makes
+    /// it again.
+    async fn commit(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+        change: &Change,
+    ) -> Result<(), ClientError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
+            let Some(out) = self.make(ask, inner, conv, change).await? else {
+                return Ok(());
+            };
+            let device_seq = inner.book.take_seq();
+            // The pending commit and the taken device_seq are on disk before the frame leaves.
+            self.save(inner)?;
+            let send = ConvSend {
+                conv,
+                device_seq,
+                epoch,
+                class: MessageClass::Commit,
+                message: out.commit,
+                welcome: out.welcome.map(Into::into),
+                group_info: Some(out.group_info.into()),
+            };
+            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+                ServerFrame::ConvSent { .. } => {
+                    let before = users_in(&inner.member, conv)?;
+                    inner.member.merge_pending(&conv.0).map_err(mls_error)?;
+                    let after = users_in(&inner.member, conv)?;
+                    self.save(inner)?;
+                    self.queue(members_changed(conv, &before, &after));
+                    return Ok(());
+                }
+                ServerFrame::ConvStale { .. } => {
+                    inner.member.discard_pending(&conv.0).map_err(mls_error)?;
+                    self.save(inner)?;
+                    Box::pin(self.catch_up(ask, inner, conv)).await?;
+                }
+                ServerFrame::ConvRefused { error, .. } => {
+                    inner.member.discard_pending(&conv.0).map_err(mls_error)?;
+                    self.save(inner)?;
+                    return Err(refused(&error));
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Err(ClientError::Mls(format!(
+            "other members' commits won {COMMIT_ATTEMPTS} times in a row; try again"
+        )))
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Messages.
+
+    /// Sends `text` to `conv`; returns its `conv_seq`.
+    pub async fn send_text(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        text: &str,
+    ) -> Result<u64, ClientError> {
+        let mut inner = self.inner.lock().await;
+        if !inner.book.convs.contains_key(&conv) {
+            return Err(ClientError::from_code(
+                ErrorCode::NoSuchConversation,
+                ErrorCode::NoSuchConversation.description(),
+            ));
+        }
+        let body = book::Body::Text(text.to_owned()).encode();
+        // One retry: an epoch the relay no longer accepts (a removal happened) is caught up.
+        for attempt in 0..2 {
+            let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
+            let message = inner.member.encrypt(&conv.0, &body).map_err(mls_error)?;
+            let device_seq = inner.book.take_seq();
+            self.save(&inner)?;
+            let send = ConvSend {
+                conv,
+                device_seq,
+                epoch,
+                class: MessageClass::Content,
+                message,
+                welcome: None,
+                group_info: None,
+            };
+            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+                ServerFrame::ConvSent { conv_seq, .. } => {
+                    let stored = StoredMessage {
+                        conv,
+                        conv_seq,
+                        user: self.me,
+                        device: self.device,
+                        sent_at: now_ms(),
+                        text: text.to_owned(),
+                    };
+                    if let Some(record) = inner.book.convs.get_mut(&conv) {
+                        record.keep(stored);
+                    }
+                    self.save(&inner)?;
+                    return Ok(conv_seq);
+                }
+                ServerFrame::ConvRefused { error, .. }
+                    if error.code == ErrorCode::MlsRefused && attempt == 0 =>
+                {
+                    self.catch_up(ask, &mut inner, conv).await?;
+                }
+                ServerFrame::ConvRefused { error, .. } => return Err(refused(&error)),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Err(ClientError::Mls("the message was refused twice".into()))
+    }
+
+    /// The messages of `conv` this device holds, oldest first: up to `limit` before
+    /// `before` (0: the newest).
+    pub async fn history(&self, conv: ConvId, before: u64, limit: usize) -> Vec<StoredMessage> {
+        let inner = self.inner.lock().await;
+        let Some(record) = inner.book.convs.get(&conv) else {
+            return Vec::new();
+        };
+        let older: Vec<_> = record
+            .messages
+            .iter()
+            .filter(|m| before == 0 || m.conv_seq < before)
+            .cloned()
+            .collect();
+        let skip = older.len().saturating_sub(limit);
+        older.into_iter().skip(skip).collect()
+    }
+
+    /// Moves this user's read marker in `conv` to `seq` (every member is told).
+    pub async fn mark_read(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        seq: u64,
+    ) -> Result<(), ClientError> {
+        ask.tell(ClientFrame::ConvRead { conv, seq }).await
+    }
+
+    /// Tells the members' online devices this user started or stopped typing (sealed under
+    /// a key exported from the current epoch).
+    pub async fn typing(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        typing: bool,
+    ) -> Result<(), ClientError> {
+        let body = {
+            let inner = self.inner.lock().await;
+            ephemeral::seal_typing(&inner.member, conv, typing)?
+        };
+        ask.tell(ClientFrame::ConvEphemeral { conv, body }).await
+    }
+
+    /// This user's conversations with the relay's summaries.
+    pub async fn list(&self, ask: &dyn Ask) -> Result<Vec<ConversationInfo>, ClientError> {
+        let listed = self.list_locked(ask).await?;
+        let inner = self.inner.lock().await;
+        Ok(listed
+            .into_iter()
+            .map(|summary| ConversationInfo {
+                conv: summary.conv,
+                policy: inner.member.policy(&summary.conv.0).ok().flatten(),
+                summary,
+            })
+            .collect())
+    }
+
+    async fn list_locked(&self, ask: &dyn Ask) -> Result<Vec<ConvSummary>, ClientError> {
+        match ask.ask(ClientFrame::ConvList).await? {
+            ServerFrame::Conversations { convs, .. } => Ok(convs),
+            ServerFrame::Error(e) => Err(refused(&e)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // What the relay says.
+
+    /// A frame the relay pushed.
+    pub async fn on_push(&self, ask: &dyn Ask, frame: ServerFrame) -> Result<(), ClientError> {
+        match frame {
+            ServerFrame::ConvHead { conv, head } => {
+                let mut inner = self.inner.lock().await;
+                let behind = inner
+                    .book
+                    .convs
+                    .get(&conv)
+                    .is_some_and(|record| record.cursor < head);
+                if behind {
+                    self.catch_up(ask, &mut inner, conv).await?;
+                }
+                Ok(())
+            }
+            ServerFrame::ConvReadBy { conv, user, seq } => {
+                self.queue([ConversationEvent::ReadBy { conv, user, seq }]);
+                Ok(())
+            }
+            ServerFrame::ConvEphemeral {
+                conv, user, body, ..
+            } => {
+                let inner = self.inner.lock().await;
+                if let Some(typing) = ephemeral::open_typing(&inner.member, conv, &body) {
+                    self.queue([ConversationEvent::Typing { conv, user, typing }]);
+                }
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A relay notice about conversations, from this user's log.
+    pub async fn on_notice(&self, ask: &dyn Ask, notice: Notice) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        match notice {
+            Notice::Welcome {
+                conv,
+                conv_seq,
+                welcome,
+            } => {
+                if inner.book.convs.contains_key(&conv) {
+                    // Another device of this user was welcomed (this one is a member already).
+                    return Ok(());
+                }
+                match inner.member.join(&welcome) {
+                    Ok(_) => {}
+                    Err(error) => {
+                        // Not for this device (it was added by another commit, or is not
+                        // named): it joins on its own at the next catch-up if it belongs.
+                        tracing::debug!(%conv, %error, "a Welcome this device cannot open");
+                        return Ok(());
+                    }
+                }
+                let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
+                let kind = inner
+                    .member
+                    .policy(&conv.0)
+                    .ok()
+                    .flatten()
+                    .map_or(GroupKind::Group, |p| p.kind);
+                let mut record = ConvRecord::new(kind, epoch);
+                record.cursor = conv_seq;
+                inner.book.convs.insert(conv, record);
+                self.save(&inner)?;
+                self.queue([ConversationEvent::Joined { conv, kind }]);
+                self.catch_up(ask, &mut inner, conv).await
+            }
+            Notice::RemovedFromConversation { conv, .. } => {
+                if inner.book.convs.remove(&conv).is_some() {
+                    let _ = inner.member.forget(&conv.0);
+                    self.save(&inner)?;
+                    self.queue([ConversationEvent::Left { conv }]);
+                }
+                Ok(())
+            }
+            other => Err(ClientError::Protocol(format!(
+                "not a conversation notice: {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads `conv` from this device's cursor to the head, processing every message in
+    /// order; saves after each page and acknowledges the cursor.
+    async fn catch_up(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+    ) -> Result<(), ClientError> {
+        loop {
+            let Some(record) = inner.book.convs.get(&conv) else {
+                return Ok(());
+            };
+            let frame = ClientFrame::ConvFetch {
+                conv,
+                from: record.cursor,
+                direction: Direction::Forward,
+                limit: PAGE,
+            };
+            let (messages, more) = match ask.ask(frame).await? {
+                ServerFrame::ConvMessages { messages, more, .. } => (messages, more),
+                ServerFrame::Error(e) if e.code == ErrorCode::NoSuchConversation => {
+                    // Removed (the notice may still be on its way): nothing more to read.
+                    return Ok(());
+                }
+                ServerFrame::Error(e) => return Err(refused(&e)),
+                other => return Err(unexpected(&other)),
+            };
+            let mut events = Vec::new();
+            for message in messages {
+                let Some(record) = inner.book.convs.get(&conv) else {
+                    break;
+                };
+                if message.conv_seq != record.cursor + 1 {
+                    return Err(ClientError::Protocol(format!(
+                        "the relay skipped from {} to {} in {conv}",
+                        record.cursor, message.conv_seq
+                    )));
+                }
+                let joined_epoch = record.joined_epoch;
+                let result = if message.device == self.device || message.epoch < joined_epoch {
+                    // Its own messages are known (commits merged, texts kept when sent);
+                    // messages of epochs before this device joined cannot be opened.
+                    None
+                } else {
+                    let before = users_in(&inner.member, conv)?;
+                    match inner.member.process(&conv.0, &message.message) {
+                        Ok(incoming) => Some((incoming, before)),
+                        Err(error) => {
+                            tracing::warn!(%conv, seq = message.conv_seq, %error, "a conversation message could not be processed; skipped");
+                            None
+                        }
+                    }
+                };
+                let record = inner.book.convs.get_mut(&conv).ok_or(ClientError::Closed)?;
+                record.cursor = message.conv_seq;
+                match result {
+                    Some((Incoming::Application { plaintext, sender }, _)) => {
+                        if let Some(book::Body::Text(text)) = book::Body::decode(&plaintext) {
+                            let stored = StoredMessage {
+                                conv,
+                                conv_seq: message.conv_seq,
+                                user: sender.0,
+                                device: sender.1,
+                                sent_at: message.sent_at,
+                                text,
+                            };
+                            record.keep(stored.clone());
+                            events.push(ConversationEvent::Message(stored));
+                        }
+                    }
+                    Some((
+                        Incoming::Commit {
+                            removed_us: true, ..
+                        },
+                        _,
+                    )) => {
+                        inner.book.convs.remove(&conv);
+                        let _ = inner.member.forget(&conv.0);
+                        events.push(ConversationEvent::Left { conv });
+                        break;
+                    }
+                    Some((Incoming::Commit { .. }, before)) => {
+                        let after = users_in(&inner.member, conv)?;
+                        events.extend(members_changed(conv, &before, &after));
+                    }
+                    Some((Incoming::Proposal { .. }, _)) => {
+                        // A member leaving: committed by whoever reads it first (the relay
+                        // takes one commit per epoch; the others catch up).
+                        record.leave_proposed = true;
+                    }
+                    Some(_) | None => {}
+                }
+            }
+            self.save(inner)?;
+            self.queue(events);
+            if let Some(record) = inner.book.convs.get(&conv) {
+                let seq = record.cursor;
+                // A hint for delivery state; lost with the connection at worst.
+                let _ = ask.tell(ClientFrame::ConvAck { conv, seq }).await;
+            }
+            if !more {
+                break;
+            }
+        }
+        let proposed = inner
+            .book
+            .convs
+            .get_mut(&conv)
+            .map(|record| std::mem::take(&mut record.leave_proposed))
+            .unwrap_or(false);
+        if proposed {
+            Box::pin(self.commit(ask, inner, conv, &Change::Proposals)).await?;
+        }
+        Ok(())
+    }
+
+    /// Joins `conv`, a conversation of this user this device is not in (it was paired
+    /// later, or lost its state), by external commit from the relay's GroupInfo.
+    async fn rejoin(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+    ) -> Result<(), ClientError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (epoch, group_info) = match ask.ask(ClientFrame::GroupInfoFetch { conv }).await? {
+                ServerFrame::GroupInfo {
+                    epoch, group_info, ..
+                } => (epoch, group_info),
+                ServerFrame::Error(e) => return Err(refused(&e)),
+                other => return Err(unexpected(&other)),
+            };
+            let (_, out) = inner.member.join_external(&group_info).map_err(mls_error)?;
+            let device_seq = inner.book.take_seq();
+            self.save(inner)?;
+            let send = ConvSend {
+                conv,
+                device_seq,
+                epoch,
+                class: MessageClass::Commit,
+                message: out.commit,
+                welcome: None,
+                group_info: Some(out.group_info.into()),
+            };
+            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+                ServerFrame::ConvSent { conv_seq, .. } => {
+                    // External commits are merged when made.
+                    let joined = inner.member.epoch(&conv.0).map_err(mls_error)?;
+                    let kind = inner
+                        .member
+                        .policy(&conv.0)
+                        .ok()
+                        .flatten()
+                        .map_or(GroupKind::Group, |p| p.kind);
+                    let mut record = ConvRecord::new(kind, joined);
+                    record.cursor = conv_seq;
+                    inner.book.convs.insert(conv, record);
+                    self.save(inner)?;
+                    self.queue([ConversationEvent::Joined { conv, kind }]);
+                    return self.catch_up(ask, inner, conv).await;
+                }
+                ServerFrame::ConvStale { .. } => {
+                    let _ = inner.member.forget(&conv.0);
+                    self.save(inner)?;
+                }
+                ServerFrame::ConvRefused { error, .. } => {
+                    let _ = inner.member.forget(&conv.0);
+                    self.save(inner)?;
+                    return Err(refused(&error));
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Err(ClientError::Mls(format!(
+            "could not rejoin {conv}: other commits won {COMMIT_ATTEMPTS} times"
+        )))
+    }
+
+    /// Removes the leaves of this user's revoked devices from `conv` (its chain's word).
+    async fn reconcile(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+    ) -> Result<(), ClientError> {
+        let revoked: Vec<(UserId, DeviceId)> = {
+            let trust = self
+                .trust
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            present_devices(&inner.member, conv)?
+                .into_iter()
+                .filter(|(user, device)| *user == self.me && !trust.chain().is_active(device))
+                .collect()
+        };
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        self.commit(ask, inner, conv, &Change::RemoveDevices(revoked))
+            .await
+    }
+}
+
+/// One KeyPackage per device of `user` (this device's own left out by the relay).
+async fn claim(ask: &dyn Ask, user: UserId) -> Result<Vec<(DeviceId, Vec<u8>)>, ClientError> {
+    match ask.ask(ClientFrame::KeyPackagesClaim { user }).await? {
+        ServerFrame::KeyPackagesClaimed { packages, .. } => Ok(packages
+            .into_iter()
+            .map(|p| (p.device, p.package))
+            .collect()),
+        ServerFrame::Error(e) => Err(refused(&e)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn present_devices(
+    member: &Member,
+    conv: ConvId,
+) -> Result<BTreeSet<(UserId, DeviceId)>, ClientError> {
+    Ok(member
+        .members(&conv.0)
+        .map_err(mls_error)?
+        .into_iter()
+        .collect())
+}
+
+fn users_in(member: &Member, conv: ConvId) -> Result<BTreeSet<UserId>, ClientError> {
+    Ok(present_devices(member, conv)?
+        .into_iter()
+        .map(|(user, _)| user)
+        .collect())
+}
+
+fn members_changed(
+    conv: ConvId,
+    before: &BTreeSet<UserId>,
+    after: &BTreeSet<UserId>,
+) -> Option<ConversationEvent> {
+    let added: Vec<_> = after.difference(before).copied().collect();
+    let removed: Vec<_> = before.difference(after).copied().collect();
+    (!added.is_empty() || !removed.is_empty()).then_some(ConversationEvent::MembersChanged {
+        conv,
+        added,
+        removed,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

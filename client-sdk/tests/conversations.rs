@@ -1,0 +1,331 @@
+//! Conversations through the SDK against a real relay: two users with two devices each talk
+//! in a 1:1 and a group, every device receives every message once and in order, a device
+//! paired later joins every conversation of its user by itself, a revoked device is taken
+//! out of them, read markers and unread counts, typing, and a member removed from a group.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+
+use ferry_client::{
+    Client, ClientEvent, ClientHandle, ConvId, ConversationEvent, PeopleEvent, StoredMessage,
+    UserId,
+};
+use support::*;
+
+/// One device.
+struct Dev {
+    client: Client,
+}
+
+impl Dev {
+    fn handle(&self) -> ClientHandle {
+        self.client.handle()
+    }
+
+    /// The next conversation event matching `want` (every other event is passed over).
+    async fn until(
+        &mut self,
+        what: &str,
+        want: impl Fn(&ConversationEvent) -> bool,
+    ) -> ConversationEvent {
+        loop {
+            match tokio::time::timeout(WAIT, self.client.next_event()).await {
+                Ok(Ok(ClientEvent::Conversation(event))) if want(&event) => return event,
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => panic!("waiting for {what}: {e:?}"),
+                Err(_) => panic!("no {what} within {WAIT:?}"),
+            }
+        }
+    }
+
+    async fn joined(&mut self, conv: ConvId) {
+        self.joined_all(&[conv]).await;
+    }
+
+    /// Waits until it joined every one of `convs`, in any order.
+    async fn joined_all(&mut self, convs: &[ConvId]) {
+        let mut left: Vec<ConvId> = convs.to_vec();
+        while !left.is_empty() {
+            let event = self
+                .until(
+                    "Joined",
+                    |e| matches!(e, ConversationEvent::Joined { conv, .. } if left.contains(conv)),
+                )
+                .await;
+            if let ConversationEvent::Joined { conv, .. } = event {
+                left.retain(|c| *c != conv);
+            }
+        }
+    }
+
+    /// Waits until the message at `conv_seq` in `conv` arrived; returns it.
+    async fn message(&mut self, conv: ConvId, conv_seq: u64) -> StoredMessage {
+        if let Some(m) = self
+            .handle()
+            .history(conv, 0, usize::MAX)
+            .await
+            .into_iter()
+            .find(|m| m.conv_seq == conv_seq)
+        {
+            return m;
+        }
+        match self
+            .until("a message", |e| {
+                matches!(e, ConversationEvent::Message(m) if m.conv == conv && m.conv_seq == conv_seq)
+            })
+            .await
+        {
+            ConversationEvent::Message(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits for the people event `event` (others pass by).
+    async fn people(&mut self, event: PeopleEvent) {
+        loop {
+            match tokio::time::timeout(WAIT, self.client.next_event()).await {
+                Ok(Ok(ClientEvent::People(got))) if got == event => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("{e:?}"),
+                Err(_) => panic!("no {event:?} within {WAIT:?}"),
+            }
+        }
+    }
+
+    async fn texts(&self, conv: ConvId) -> Vec<String> {
+        self.handle()
+            .history(conv, 0, usize::MAX)
+            .await
+            .into_iter()
+            .map(|m| m.text)
+            .collect()
+    }
+}
+
+/// A user with two connected devices.
+struct Person {
+    user: UserId,
+    one: Dev,
+    two: Dev,
+}
+
+/// A user with two connected devices, and (with `spare`) a third the chain admits that has
+/// not connected yet (as a device paired while the others were offline would be).
+async fn person(
+    dir: &Path,
+    relay: &TestRelay,
+    name: &str,
+    spare: bool,
+) -> (Person, Option<ferry_client::ClientState>) {
+    let first = dir.join(format!("{name}1"));
+    let created = new_user_with_recovery(&first, relay, name).await;
+    let two_dir = dir.join(format!("{name}2"));
+    drop(another_device(&created.state, &two_dir, &format!("{name}-two")).await);
+    let two = open_when_free(&two_dir).await;
+    let spare = if spare {
+        let spare_dir = dir.join(format!("{name}3"));
+        drop(another_device(&created.state, &spare_dir, &format!("{name}-three")).await);
+        Some(open_when_free(&spare_dir).await)
+    } else {
+        None
+    };
+    let user = created.state.user_id();
+    let one = Client::connect(created.state, fast()).await.unwrap();
+    let two = Client::connect(two, fast()).await.unwrap();
+    let mut person = Person {
+        user,
+        one: Dev { client: one },
+        two: Dev { client: two },
+    };
+    // Both devices caught up once: their KeyPackages are at the relay.
+    for dev in [&mut person.one, &mut person.two] {
+        loop {
+            let event = tokio::time::timeout(WAIT, dev.client.next_event()).await;
+            if matches!(event, Ok(Ok(ClientEvent::CaughtUp { .. }))) {
+                break;
+            }
+        }
+    }
+    (person, spare)
+}
+
+async fn befriend(a: &mut Person, b: &mut Person, b_name: &str) {
+    let handle = b.one.handle().set_handle(b_name).await.unwrap();
+    a.one
+        .handle()
+        .request_contact_by_handle(&handle, "hi")
+        .await
+        .unwrap();
+    b.one
+        .people(PeopleEvent::RequestReceived {
+            from: a.user,
+            note: Some("hi".into()),
+        })
+        .await;
+    b.one.handle().accept_contact(a.user).await.unwrap();
+    a.one.people(PeopleEvent::Accepted { user: b.user }).await;
+}
+
+#[tokio::test]
+async fn two_users_talk_on_every_device_and_a_device_paired_later_joins_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (mut alice, spare) = person(dir.path(), &relay, "alice", true).await;
+    let (mut bob, _) = person(dir.path(), &relay, "bob", false).await;
+    befriend(&mut alice, &mut bob, "bob").await;
+
+    // A 1:1: all four devices are in it; every message reaches every device once, in order.
+    let chat = alice.one.handle().start_chat(bob.user).await.unwrap();
+    for dev in [&mut alice.two, &mut bob.one, &mut bob.two] {
+        dev.joined(chat).await;
+    }
+    let first = alice.one.handle().send_text(chat, "hi bob").await.unwrap();
+    let second = bob.two.handle().send_text(chat, "hi alice").await.unwrap();
+    let third = alice
+        .two
+        .handle()
+        .send_text(chat, "from my laptop")
+        .await
+        .unwrap();
+    assert!(first < second && second < third);
+    for dev in [&mut alice.one, &mut alice.two, &mut bob.one, &mut bob.two] {
+        let got = dev.message(chat, third).await;
+        assert_eq!(got.text, "from my laptop");
+        assert_eq!(got.user, alice.user);
+        dev.message(chat, second).await;
+        assert_eq!(
+            dev.texts(chat).await,
+            ["hi bob", "hi alice", "from my laptop"],
+            "every message once, in order"
+        );
+    }
+
+    // Unread counts and read markers: writing "hi alice" marked Bob's read up to it, so
+    // only "from my laptop" is unread for him.
+    let unread = |infos: Vec<ferry_client::ConversationInfo>| {
+        infos
+            .into_iter()
+            .find(|i| i.conv == chat)
+            .unwrap()
+            .summary
+            .unread
+    };
+    assert_eq!(unread(bob.one.handle().conversations().await.unwrap()), 1);
+    bob.one.handle().mark_read(chat, third).await.unwrap();
+    let read_by = alice
+        .one
+        .until("ReadBy", |e| matches!(e, ConversationEvent::ReadBy { .. }))
+        .await;
+    assert_eq!(
+        read_by,
+        ConversationEvent::ReadBy {
+            conv: chat,
+            user: bob.user,
+            seq: third
+        }
+    );
+    assert_eq!(unread(bob.two.handle().conversations().await.unwrap()), 0);
+
+    // Typing reaches the other side's online devices.
+    alice.one.handle().typing(chat, true).await.unwrap();
+    let typing = bob
+        .one
+        .until("Typing", |e| matches!(e, ConversationEvent::Typing { .. }))
+        .await;
+    assert_eq!(
+        typing,
+        ConversationEvent::Typing {
+            conv: chat,
+            user: alice.user,
+            typing: true
+        }
+    );
+
+    // A group Bob administers.
+    let group = bob.one.handle().create_group(&[alice.user]).await.unwrap();
+    for dev in [&mut bob.two, &mut alice.one, &mut alice.two] {
+        dev.joined(group).await;
+    }
+    let hello = alice
+        .one
+        .handle()
+        .send_text(group, "hello group")
+        .await
+        .unwrap();
+    bob.two.message(group, hello).await;
+
+    // Alice's third device (admitted, never connected until now): at its first catch-up
+    // it joins both conversations by itself and reads what is said next.
+    let mut three = Dev {
+        client: Client::connect(spare.unwrap(), fast()).await.unwrap(),
+    };
+    three.joined_all(&[chat, group]).await;
+    let later = bob
+        .one
+        .handle()
+        .send_text(chat, "welcome, new device")
+        .await
+        .unwrap();
+    assert_eq!(three.message(chat, later).await.text, "welcome, new device");
+    let later_group = bob
+        .one
+        .handle()
+        .send_text(group, "group too")
+        .await
+        .unwrap();
+    assert_eq!(three.message(group, later_group).await.text, "group too");
+    for dev in [&mut alice.one, &mut bob.two] {
+        dev.message(chat, later).await;
+    }
+
+    // Alice revokes it: its leaves leave both conversations.
+    let three_id = three.client.device_id();
+    alice.one.handle().revoke(three_id).await.unwrap();
+    let infos = bob.one.handle().conversations().await.unwrap();
+    for info in infos {
+        let alice_state = info
+            .summary
+            .members
+            .iter()
+            .find(|m| m.user == alice.user)
+            .unwrap();
+        assert!(
+            !alice_state.devices.contains(&three_id),
+            "the revoked device is still in {}",
+            info.conv
+        );
+        assert_eq!(alice_state.devices.len(), 2);
+    }
+    let after = bob
+        .two
+        .handle()
+        .send_text(chat, "after the revocation")
+        .await
+        .unwrap();
+    alice.two.message(chat, after).await;
+
+    // Bob removes Alice from the group: her devices are told, and can no longer send there.
+    bob.one
+        .handle()
+        .remove_members(group, &[alice.user])
+        .await
+        .unwrap();
+    alice
+        .two
+        .until(
+            "Left",
+            |e| matches!(e, ConversationEvent::Left { conv } if *conv == group),
+        )
+        .await;
+    assert!(
+        alice
+            .two
+            .handle()
+            .send_text(group, "still here?")
+            .await
+            .is_err()
+    );
+}
