@@ -622,6 +622,12 @@ impl ClientHandle {
         self.conversations.remove(self, conv, users).await
     }
 
+    /// Leaves a conversation with all of this user's devices (another member commits it;
+    /// every device of this user then hears [`ConversationEvent::Left`](crate::ConversationEvent::Left)).
+    pub async fn leave(&self, conv: ConvId) -> Result<(), ClientError> {
+        self.conversations.leave(self, conv).await
+    }
+
     /// Sends `text` to a conversation; returns its place (`conv_seq`).
     pub async fn send_text(&self, conv: ConvId, text: &str) -> Result<u64, ClientError> {
         self.conversations.send_text(self, conv, text).await

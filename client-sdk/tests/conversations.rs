@@ -170,7 +170,7 @@ async fn befriend(a: &mut Person, b: &mut Person, b_name: &str) {
 }
 
 #[tokio::test]
-async fn two_users_talk_on_every_device_and_a_device_paired_later_joins_in() {
+async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_members_leave() {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
     let (mut alice, spare) = person(dir.path(), &relay, "alice", true).await;

@@ -409,6 +409,41 @@ impl Member {
         Ok(wire::encode(&proposal)?)
     }
 
+    /// Whether proposals wait to be committed in the group.
+    pub fn has_pending_proposals(&self, group_id: &[u8]) -> Result<bool, MemberError> {
+        Ok(self.group(group_id)?.pending_proposals().next().is_some())
+    }
+
+    /// Proposes the removal of every leaf of this device's user (its own and its user's other
+    /// devices'): a user leaves with all its devices, committed by another member. Returns
+    /// the proposals (`MLSMessage` PublicMessages), this device's own last.
+    pub fn propose_leave(&mut self, group_id: &[u8]) -> Result<Vec<Vec<u8>>, MemberError> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(MemberError::UnknownGroup)?;
+        let others: Vec<LeafNodeIndex> = group
+            .members()
+            .filter(|member| {
+                leaf_owner(&member.credential, &member.signature_key)
+                    .is_ok_and(|(user, device)| user == self.user && device != self.device)
+            })
+            .map(|member| member.index)
+            .collect();
+        let mut out = Vec::with_capacity(others.len() + 1);
+        for index in others {
+            let (proposal, _) = group
+                .propose_remove_member(&self.provider, &self.signer, index)
+                .map_err(mls)?;
+            out.push(wire::encode(&proposal)?);
+        }
+        let own = group
+            .leave_group(&self.provider, &self.signer)
+            .map_err(mls)?;
+        out.push(wire::encode(&own)?);
+        Ok(out)
+    }
+
     /// Joins a group from a Welcome (the ratchet tree travels in its GroupInfo). Every leaf must
     /// follow Ferry's credential convention and the group must carry Ferry's policy. Returns the
     /// group id.

@@ -379,6 +379,39 @@ impl Conversations {
         self.commit(ask, &mut inner, conv, &change).await
     }
 
+    /// This user leaves `conv` with all its devices: this device proposes their removal and
+    /// another member commits it (this device hears `Left` then).
+    pub async fn leave(&self, ask: &dyn Ask, conv: ConvId) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        self.catch_up(ask, &mut inner, conv).await?;
+        let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
+        let proposals = inner.member.propose_leave(&conv.0).map_err(mls_error)?;
+        for proposal in proposals {
+            let device_seq = inner.book.take_seq();
+            self.save(&inner)?;
+            let send = ConvSend {
+                conv,
+                device_seq,
+                epoch,
+                class: MessageClass::Proposal,
+                message: proposal,
+                welcome: None,
+                group_info: None,
+            };
+            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+                ServerFrame::ConvSent { .. } => {}
+                ServerFrame::ConvStale { .. } => {
+                    return Err(ClientError::Mls(
+                        "the group changed while leaving; try again".into(),
+                    ));
+                }
+                ServerFrame::ConvRefused { error, .. } => return Err(refused(&error)),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(())
+    }
+
     /// The commit for `change` at the group's current epoch; `None` when there is nothing
     /// left to do (the group already is as asked).
     async fn make(
@@ -426,7 +459,17 @@ impl Conversations {
                 }
                 inner.member.remove(&conv.0, &leaves)
             }
-            Change::Proposals => inner.member.commit_pending_proposals(&conv.0),
+            Change::Proposals => {
+                // Another member may have committed them first.
+                if !inner
+                    .member
+                    .has_pending_proposals(&conv.0)
+                    .map_err(mls_error)?
+                {
+                    return Ok(None);
+                }
+                inner.member.commit_pending_proposals(&conv.0)
+            }
         };
         made.map(Some).map_err(mls_error)
     }

@@ -65,7 +65,8 @@ pub struct CommitSummary {
     pub before: Vec<Device>,
     /// Members after, sorted.
     pub after: Vec<Device>,
-    /// Removed members whose removal they proposed themselves (they left), sorted.
+    /// Removed members whose removal they (or another device of their user) proposed: they
+    /// left. Sorted.
     pub self_removed: Vec<Device>,
     /// Whether the group policy changed.
     pub policy_changed: bool,
@@ -362,8 +363,13 @@ impl DsGroup {
         let mut out = Vec::new();
         for remove in staged.remove_proposals() {
             let removed = remove.remove_proposal().removed();
-            if remove.sender() == &Sender::Member(removed) {
-                out.push(self.leaf(removed)?);
+            // Proposed by the leaf itself, or by another device of the same user (a user
+            // leaves with all its devices).
+            if let Sender::Member(proposer) = remove.sender() {
+                let leaving = self.leaf(removed)?;
+                if self.leaf(*proposer)?.0 == leaving.0 {
+                    out.push(leaving);
+                }
             }
         }
         out.sort();

@@ -802,6 +802,16 @@ impl ConversationStore for SqlStore {
                         "the proposal is signed by another member than the sending device",
                     ));
                 }
+                // A queued proposal holds every member's application messages until it is
+                // committed: only ones that can be committed are taken (a user's own
+                // leaving, or an admin's removals), so nobody can jam a group.
+                let admin = group.policy().is_some_and(|p| p.admins.contains(&user));
+                if !admin && proposal.removes.iter().any(|(owner, _)| *owner != user) {
+                    return Err(refused(
+                        ErrorCode::MembershipRefused,
+                        "only a user's own devices, or the group's admins, propose removals",
+                    ));
+                }
                 new_state = Some(group.to_bytes());
             }
             MessageClass::Content | MessageClass::Control => {
