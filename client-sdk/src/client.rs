@@ -601,15 +601,25 @@ impl ClientHandle {
     /// Opens a 1:1 conversation with `user` (a contact): both users' devices, all of them.
     pub async fn start_chat(&self, user: UserId) -> Result<ConvId, ClientError> {
         self.conversations
-            .create(self, GroupKind::OneToOne, &[user])
+            .create(self, GroupKind::OneToOne, &[user], None)
             .await
     }
 
-    /// Creates a group with `users` (contacts), administered by this user.
-    pub async fn create_group(&self, users: &[UserId]) -> Result<ConvId, ClientError> {
+    /// Creates a group with `users` (contacts), administered by this user, with a title
+    /// every member sees (encrypted like the messages).
+    pub async fn create_group(
+        &self,
+        title: Option<&str>,
+        users: &[UserId],
+    ) -> Result<ConvId, ClientError> {
         self.conversations
-            .create(self, GroupKind::Group, users)
+            .create(self, GroupKind::Group, users, title)
             .await
+    }
+
+    /// Gives a conversation a title, for every member.
+    pub async fn rename(&self, conv: ConvId, title: &str) -> Result<(), ClientError> {
+        self.conversations.rename(self, conv, title).await
     }
 
     /// Adds every device of `users` to a group (this user must be one of its admins).

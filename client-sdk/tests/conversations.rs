@@ -245,7 +245,12 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
     );
 
     // A group Bob administers.
-    let group = bob.one.handle().create_group(&[alice.user]).await.unwrap();
+    let group = bob
+        .one
+        .handle()
+        .create_group(Some("book club"), &[alice.user])
+        .await
+        .unwrap();
     for dev in [&mut bob.two, &mut alice.one, &mut alice.two] {
         dev.joined(group).await;
     }

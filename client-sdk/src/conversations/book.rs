@@ -38,8 +38,11 @@ pub struct StoredMessage {
 /// What an application message carries (inside MLS).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Body {
-    /// Text a person wrote.
+    /// Text a person wrote (class `Content`).
     Text(String),
+    /// The conversation's title (class `Control`): sent by whoever names it, and again by
+    /// whoever adds members, who cannot read what was said before they joined.
+    Title(String),
 }
 
 impl Body {
@@ -63,6 +66,8 @@ pub(crate) struct ConvRecord {
     pub joined_epoch: u64,
     /// Messages decrypted or sent, in `conv_seq` order.
     pub messages: Vec<StoredMessage>,
+    /// Its title, if one was given.
+    pub title: Option<String>,
     /// A member proposed to leave: commit it after this page.
     #[serde(skip)]
     pub leave_proposed: bool,
@@ -87,6 +92,7 @@ impl ConvRecord {
             cursor: 0,
             joined_epoch,
             messages: Vec::new(),
+            title: None,
             leave_proposed: false,
         }
     }

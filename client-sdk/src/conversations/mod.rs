@@ -75,6 +75,13 @@ pub enum ConversationEvent {
         /// Users no longer in it.
         removed: Vec<UserId>,
     },
+    /// The conversation's title changed.
+    Renamed {
+        /// The conversation.
+        conv: ConvId,
+        /// The new title.
+        title: String,
+    },
     /// This user is no longer in the conversation (removed, or left).
     Left {
         /// The conversation.
@@ -105,6 +112,8 @@ pub enum ConversationEvent {
 pub struct ConversationInfo {
     /// The conversation.
     pub conv: ConvId,
+    /// Its title, if one was given (groups).
+    pub title: Option<String>,
     /// 1:1 or group, with its admins.
     pub policy: Option<GroupPolicy>,
     /// The relay's summary: head, last activity, unread count, members with their markers.
@@ -307,6 +316,7 @@ impl Conversations {
         ask: &dyn Ask,
         kind: GroupKind,
         users: &[UserId],
+        title: Option<&str>,
     ) -> Result<ConvId, ClientError> {
         if kind == GroupKind::OneToOne && users.len() != 1 {
             return Err(ClientError::Mls(
@@ -337,10 +347,33 @@ impl Conversations {
             other => return Err(unexpected(&other)),
         }
         self.queue([ConversationEvent::Joined { conv, kind }]);
+        if let Some(title) = title
+            && let Some(record) = inner.book.convs.get_mut(&conv)
+        {
+            record.title = Some(title.to_owned());
+        }
         let mut everyone = vec![self.me];
         everyone.extend(users.iter().filter(|u| **u != self.me));
         self.add_locked(ask, &mut inner, conv, &everyone).await?;
         Ok(conv)
+    }
+
+    /// Gives `conv` a title, for every member.
+    pub async fn rename(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        title: &str,
+    ) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        self.catch_up(ask, &mut inner, conv).await?;
+        if let Some(record) = inner.book.convs.get_mut(&conv) {
+            record.title = Some(title.to_owned());
+        }
+        let body = book::Body::Title(title.to_owned());
+        self.send_body(ask, &mut inner, conv, MessageClass::Control, &body)
+            .await
+            .map(|_| ())
     }
 
     /// Adds every device of `users` to `conv`.
@@ -539,48 +572,62 @@ impl Conversations {
         text: &str,
     ) -> Result<u64, ClientError> {
         let mut inner = self.inner.lock().await;
+        let body = book::Body::Text(text.to_owned());
+        let conv_seq = self
+            .send_body(ask, &mut inner, conv, MessageClass::Content, &body)
+            .await?;
+        let stored = StoredMessage {
+            conv,
+            conv_seq,
+            user: self.me,
+            device: self.device,
+            sent_at: now_ms(),
+            text: text.to_owned(),
+        };
+        if let Some(record) = inner.book.convs.get_mut(&conv) {
+            record.keep(stored);
+        }
+        self.save(&inner)?;
+        Ok(conv_seq)
+    }
+
+    /// Encrypts and sends one application message; returns its `conv_seq`. An epoch the
+    /// relay no longer takes (members changed) is caught up and the message encrypted again.
+    async fn send_body(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+        class: MessageClass,
+        body: &book::Body,
+    ) -> Result<u64, ClientError> {
         if !inner.book.convs.contains_key(&conv) {
             return Err(ClientError::from_code(
                 ErrorCode::NoSuchConversation,
                 ErrorCode::NoSuchConversation.description(),
             ));
         }
-        let body = book::Body::Text(text.to_owned()).encode();
-        // One retry: an epoch the relay no longer accepts (a removal happened) is caught up.
+        let body = body.encode();
         for attempt in 0..2 {
             let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
             let message = inner.member.encrypt(&conv.0, &body).map_err(mls_error)?;
             let device_seq = inner.book.take_seq();
-            self.save(&inner)?;
+            self.save(inner)?;
             let send = ConvSend {
                 conv,
                 device_seq,
                 epoch,
-                class: MessageClass::Content,
+                class,
                 message,
                 welcome: None,
                 group_info: None,
             };
             match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
-                ServerFrame::ConvSent { conv_seq, .. } => {
-                    let stored = StoredMessage {
-                        conv,
-                        conv_seq,
-                        user: self.me,
-                        device: self.device,
-                        sent_at: now_ms(),
-                        text: text.to_owned(),
-                    };
-                    if let Some(record) = inner.book.convs.get_mut(&conv) {
-                        record.keep(stored);
-                    }
-                    self.save(&inner)?;
-                    return Ok(conv_seq);
-                }
+                ServerFrame::ConvSent { conv_seq, .. } => return Ok(conv_seq),
                 ServerFrame::ConvRefused { error, .. }
                     if error.code == ErrorCode::MlsRefused && attempt == 0 =>
                 {
-                    self.catch_up(ask, &mut inner, conv).await?;
+                    self.catch_up(ask, inner, conv).await?;
                 }
                 ServerFrame::ConvRefused { error, .. } => return Err(refused(&error)),
                 other => return Err(unexpected(&other)),
@@ -639,6 +686,11 @@ impl Conversations {
             .into_iter()
             .map(|summary| ConversationInfo {
                 conv: summary.conv,
+                title: inner
+                    .book
+                    .convs
+                    .get(&summary.conv)
+                    .and_then(|r| r.title.clone()),
                 policy: inner.member.policy(&summary.conv.0).ok().flatten(),
                 summary,
             })
@@ -794,6 +846,16 @@ impl Conversations {
                 let record = inner.book.convs.get_mut(&conv).ok_or(ClientError::Closed)?;
                 record.cursor = message.conv_seq;
                 match result {
+                    Some((Incoming::Application { plaintext, .. }, _))
+                        if matches!(book::Body::decode(&plaintext), Some(book::Body::Title(_))) =>
+                    {
+                        if let Some(book::Body::Title(title)) = book::Body::decode(&plaintext)
+                            && record.title.as_ref() != Some(&title)
+                        {
+                            record.title = Some(title.clone());
+                            events.push(ConversationEvent::Renamed { conv, title });
+                        }
+                    }
                     Some((Incoming::Application { plaintext, sender }, _)) => {
                         if let Some(book::Body::Text(text)) = book::Body::decode(&plaintext) {
                             let stored = StoredMessage {
