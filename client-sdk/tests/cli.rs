@@ -993,3 +993,106 @@ fn two_people_find_each_other_from_two_terminals_and_one_blocks_the_other() {
     let run = ferry(&alice, &["contact", "show", "not-a-handle!"], "");
     assert!(!run.success && run.stderr.contains("neither"), "{run:?}");
 }
+
+#[test]
+fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (url, key) = (relay.url(), relay.relay_id.to_hex());
+    for (state, name) in [(&alice, "alice-laptop"), (&bob, "bob-laptop")] {
+        ok(
+            state,
+            &["init", "--relay", &url, "--relay-key", &key, "--name", name],
+        );
+    }
+    let handle_of = |state: &Path, name: &str| {
+        ok(state, &["handle", "set", name])
+            .trim()
+            .strip_prefix("handle: ")
+            .unwrap()
+            .to_owned()
+    };
+    let (alice_handle, bob_handle) = (handle_of(&alice, "alice"), handle_of(&bob, "bob"));
+    ok(&bob, &["contact", "add", &alice_handle, "hi"]);
+    ok(&alice, &["contact", "accept", &bob_handle]);
+    // Alice's screens name Bob by the start of his id (she never looked up his handle);
+    // Bob's name Alice by the handle he found her by.
+    let bob_id = ok(&alice, &["whois", &bob_handle]).trim().to_owned();
+    let bob_name = bob_id[..16].to_owned();
+
+    // Bob writes first; Alice sees one unread message and reads it.
+    let sent = ok(&bob, &["chat", &alice_handle, "hello", "alice"]);
+    let conv = sent
+        .trim()
+        .strip_prefix("sent: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{sent}"))
+        .to_owned();
+    assert_eq!(conv.len(), 32, "{sent}");
+    let listed = ok(&alice, &["convs"]);
+    let entry = entry_of(&listed, &conv[..12]);
+    assert!(
+        entry.contains("1 unread") && entry.contains(&bob_name),
+        "{listed}"
+    );
+    let read = ok(&alice, &["read", &conv[..8]]);
+    assert!(read.contains(&format!("{bob_name}: hello alice")), "{read}");
+
+    // Alice chats interactively: she sees the backlog, her line is sent, and what Bob says
+    // meanwhile shows up as it arrives.
+    let mut chat = Background::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--state")
+            .arg(&alice)
+            .args(["chat", &bob_handle])
+            .env_remove("FERRY_STATE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(60),
+    );
+    let backlog = chat.line().unwrap();
+    assert!(
+        backlog.ends_with(&format!("{bob_name}: hello alice")),
+        "{backlog}"
+    );
+    let mut stdin = chat.child.stdin.take().unwrap();
+    stdin.write_all(b"hi bob, typing live\n").unwrap();
+    stdin.flush().unwrap();
+    let mine = chat.line().unwrap();
+    assert!(mine.ends_with("you: hi bob, typing live"), "{mine}");
+    ok(&bob, &["say", &conv, "good", "to", "see", "you"]);
+    let heard = chat.line().unwrap();
+    assert!(
+        heard.ends_with(&format!("{bob_name}: good to see you")),
+        "{heard}"
+    );
+    drop(stdin);
+    let (_, status, stderr) = chat.finish();
+    assert!(status.success(), "{stderr}");
+    // Bob reads the conversation in order; Alice's interactive chat marked it read.
+    let read = ok(&bob, &["read", &conv]);
+    let lines: Vec<&str> = read.lines().collect();
+    assert_eq!(lines.len(), 3, "{read}");
+    assert!(
+        lines[1].contains(&alice_handle) && lines[1].ends_with(": hi bob, typing live"),
+        "{read}"
+    );
+    assert!(entry_of(&ok(&alice, &["convs"]), &conv[..12]).contains(" 0 unread"));
+
+    // A group by its title.
+    let created = ok(
+        &alice,
+        &["group", "create", "book club", "--with", &bob_handle],
+    );
+    assert!(created.starts_with("conversation: "), "{created}");
+    ok(&bob, &["say", "book club", "hello club"]);
+    let read = ok(&alice, &["read", "book club"]);
+    assert!(read.contains(&format!("{bob_name}: hello club")), "{read}");
+    let run = ferry(&alice, &["read", "no such club"], "");
+    assert!(
+        !run.success && run.stderr.contains("no conversation"),
+        "{run:?}"
+    );
+}

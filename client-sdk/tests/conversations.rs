@@ -254,6 +254,19 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
     for dev in [&mut bob.two, &mut alice.one, &mut alice.two] {
         dev.joined(group).await;
     }
+    let renamed = alice
+        .two
+        .until("Renamed", |e| {
+            matches!(e, ConversationEvent::Renamed { .. })
+        })
+        .await;
+    assert_eq!(
+        renamed,
+        ConversationEvent::Renamed {
+            conv: group,
+            title: "book club".into()
+        }
+    );
     let hello = alice
         .one
         .handle()

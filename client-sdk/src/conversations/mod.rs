@@ -396,7 +396,15 @@ impl Conversations {
         users: &[UserId],
     ) -> Result<(), ClientError> {
         self.commit(ask, inner, conv, &Change::Add(users.to_vec()))
-            .await
+            .await?;
+        // The new members cannot read what was said before: the title again, for them.
+        let title = inner.book.convs.get(&conv).and_then(|r| r.title.clone());
+        if let Some(title) = title {
+            let body = book::Body::Title(title);
+            self.send_body(ask, inner, conv, MessageClass::Control, &body)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Removes every device of `users` from `conv` (an admin's act in a group).

@@ -20,6 +20,13 @@
 //! ferry --state DIR profile set --name NAME [--avatar REF]
 //! ferry --state DIR profile show [WHO]
 //! ferry --state DIR presence show|hide
+//!
+//! ferry --state DIR chat WHO [TEXT]     # no TEXT: an interactive chat
+//! ferry --state DIR say CONV TEXT
+//! ferry --state DIR group create NAME --with WHO[,WHO…]
+//! ferry --state DIR group add|remove CONV WHO[,WHO…]; group rename CONV NAME; group leave CONV
+//! ferry --state DIR convs
+//! ferry --state DIR read CONV [--before SEQ] [--limit N]
 //! ```
 //!
 //! WHO is a handle (`alice.07`), a user id (64 hex digits), or at least 8 leading hex digits
@@ -44,6 +51,8 @@
 //! their profile keys kept), showing on stderr what they read on the way (people changes,
 //! identity warnings, and events, which `tail` then does not show again), then act, then
 //! show on stderr what the action brought up (an identity change a lookup noticed).
+
+mod chat;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
@@ -181,6 +190,8 @@ enum Command {
     },
     #[command(flatten)]
     People(PeopleCommand),
+    #[command(flatten)]
+    Chat(chat::ChatCommand),
 }
 
 /// The people commands: handles, contacts, blocks, profiles, presence.
@@ -351,6 +362,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
         } => join(&cli.state, &relay, relay_key, code, name, options).await,
         Command::People(command) => people_command(&cli.state, command, options, timeout).await,
+        Command::Chat(command) => {
+            let mut people = People::open(&cli.state, options, timeout).await?;
+            let done = chat::run(&mut people, command).await;
+            people.finish(done).await
+        }
     }
 }
 
