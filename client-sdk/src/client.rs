@@ -102,6 +102,7 @@ impl Client {
             state.dir(),
             state.keys(),
             state.shared_trust(),
+            options.archive_history,
         ));
         let shared = Arc::new(Shared::new(state.pending()));
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -221,6 +222,18 @@ impl Client {
                         tracing::warn!(%error, "could not bring conversations up to date");
                     }
                     return Ok(ClientEvent::CaughtUp { head });
+                }
+                Some(Item::App(Ok(ClientEvent::Event(event))))
+                    if event
+                        .plaintext
+                        .starts_with(crate::conversations::ARCHIVE_PREFIX) =>
+                {
+                    // A conversation message archived by a device of this user: history,
+                    // not an event of the app's.
+                    let conversations = &self.handle.conversations;
+                    if let Err(error) = conversations.on_log_event(&event.plaintext).await {
+                        tracing::warn!(%error, "could not keep an archived message");
+                    }
                 }
                 Some(Item::App(item)) => return item,
                 Some(Item::Notice(_)) => unreachable!("notices are taken above"),
@@ -682,5 +695,11 @@ impl Ask for ClientHandle {
 
     async fn tell(&self, frame: ClientFrame) -> Result<(), ClientError> {
         self.send(Command::Tell(frame)).await
+    }
+
+    async fn archive(&self, plaintext: Vec<u8>) {
+        if let Err(error) = self.enqueue(&plaintext).await {
+            tracing::warn!(%error, "could not archive a conversation message in the log");
+        }
     }
 }

@@ -44,6 +44,10 @@ pub struct Options {
     /// (a private deployment); by default the platform's root certificates are. Unused with
     /// `ws://`.
     pub ca_file: Option<PathBuf>,
+    /// Whether conversation messages are archived in the user's own log (sealed with the
+    /// data key), so a device paired later reads the conversations' earlier history (see
+    /// [`crate::conversations`]). On by default; every device of a user should agree.
+    pub archive_history: bool,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             pairing_timeout: Duration::from_secs(600),
             own_events: false,
             ca_file: None,
+            archive_history: true,
         }
     }
 }
@@ -104,6 +109,13 @@ impl Options {
     /// [`Options::own_events`]).
     pub fn own_events(mut self, include: bool) -> Self {
         self.own_events = include;
+        self
+    }
+
+    /// Sets whether conversation messages are archived for devices that join later (see
+    /// [`Options::archive_history`]).
+    pub fn archive_history(mut self, archive: bool) -> Self {
+        self.archive_history = archive;
         self
     }
 

@@ -281,6 +281,19 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
         client: Client::connect(spare.unwrap(), fast()).await.unwrap(),
     };
     three.joined_all(&[chat, group]).await;
+    // It reads what was said before it joined, from the archive in Alice's log.
+    let before: Vec<String> = three
+        .handle()
+        .history(chat, 0, usize::MAX)
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(
+        before,
+        ["hi bob", "hi alice", "from my laptop"],
+        "the archived history"
+    );
     let later = bob
         .one
         .handle()

@@ -17,6 +17,23 @@ use crate::files::{Access, write_atomic};
 /// Version of the saved file.
 const FORMAT: u8 = 1;
 
+/// The start of a log event that archives a conversation message for this user's other
+/// devices (see [`crate::conversations`]): a zero byte, then a label an app's own text would
+/// not start with. Such events are not handed to the app.
+pub const ARCHIVE_PREFIX: &[u8] = b"\0ferry/conversation-archive/v1\0";
+
+/// The log event archiving `message`.
+pub(crate) fn archive_record(message: &StoredMessage) -> Vec<u8> {
+    let mut record = ARCHIVE_PREFIX.to_vec();
+    record.extend_from_slice(&postcard::to_allocvec(message).unwrap_or_default());
+    record
+}
+
+/// The message an archive event holds; `None` if the plaintext is not one.
+pub(crate) fn read_archive(plaintext: &[u8]) -> Option<StoredMessage> {
+    postcard::from_bytes(plaintext.strip_prefix(ARCHIVE_PREFIX)?).ok()
+}
+
 /// A message as the app sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
@@ -106,6 +123,9 @@ pub(crate) struct Book {
     /// Whether the last-resort KeyPackage was uploaded.
     pub last_resort_uploaded: bool,
     pub convs: BTreeMap<ConvId, ConvRecord>,
+    /// Messages this user's devices archived in its log, by conversation, in `conv_seq`
+    /// order: the history of conversations from before this device was in them.
+    pub archive: BTreeMap<ConvId, Vec<StoredMessage>>,
 }
 
 impl Book {

@@ -22,11 +22,19 @@
 //! - A commit is merged only once the relay stored it; `ConvStale` discards it, reads the
 //!   conversation to its head and makes the commit again.
 //! - Every operation of this device's conversations runs under one lock, in order.
+//!
+//! History for devices that join later: MLS gives a new member nothing from before its
+//! join, so each message is also archived in the user's own log (sealed with the data key
+//! like every event), by exactly one device of the user: the sender's for what it sends,
+//! and for what others send the user's device with the lowest id in the group. A device
+//! that replays the log keeps the archived messages (deduplicated by conversation and
+//! `conv_seq`) and shows them in [`history`](Conversations::history) with its own.
+//! [`Options::archive_history`](crate::Options::archive_history) turns the archiving off.
 
 mod book;
 mod ephemeral;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,8 +49,8 @@ use crate::error::ClientError;
 use crate::people::Ask;
 use crate::state::Keys;
 use crate::trust::Trust;
-pub use book::StoredMessage;
-use book::{Book, ConvRecord, Saved};
+pub use book::{ARCHIVE_PREFIX, StoredMessage};
+use book::{Book, ConvRecord, Saved, archive_record, read_archive};
 
 /// KeyPackages a device keeps at the relay: topped up to [`KEY_PACKAGES_TARGET`] once fewer
 /// than [`KEY_PACKAGES_LOW`] are left.
@@ -129,6 +137,8 @@ pub(crate) struct Conversations {
     /// Why the saved state could not be read: every operation fails with it, and the file
     /// is never overwritten.
     broken: Option<String>,
+    /// Whether messages are archived in the user's log for devices that join later.
+    archive: bool,
     inner: Mutex<Inner>,
     waiting: std::sync::Mutex<std::collections::VecDeque<ConversationEvent>>,
 }
@@ -179,6 +189,7 @@ impl Conversations {
         dir: &std::path::Path,
         keys: Arc<Keys>,
         trust: Arc<std::sync::RwLock<Trust>>,
+        archive: bool,
     ) -> Self {
         let path = dir.join("conversations");
         let fresh = || (Member::new(keys.user, &keys.device), Book::default());
@@ -196,6 +207,7 @@ impl Conversations {
             trust,
             path,
             broken,
+            archive,
             inner: Mutex::new(Inner { member, book }),
             waiting: std::sync::Mutex::default(),
         }
@@ -525,6 +537,10 @@ impl Conversations {
         conv: ConvId,
         change: &Change,
     ) -> Result<(), ClientError> {
+        // Read to the head first: a device whose commits keep winning would otherwise move
+        // its epoch past messages it has not read, beyond the past epochs it keeps keys for
+        // (found by mls/tests/interleavings.rs).
+        Box::pin(self.catch_up(ask, inner, conv)).await?;
         for _ in 0..COMMIT_ATTEMPTS {
             let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
             let Some(out) = self.make(ask, inner, conv, change).await? else {
@@ -593,9 +609,12 @@ impl Conversations {
             text: text.to_owned(),
         };
         if let Some(record) = inner.book.convs.get_mut(&conv) {
-            record.keep(stored);
+            record.keep(stored.clone());
         }
         self.save(&inner)?;
+        if self.archive {
+            ask.archive(archive_record(&stored)).await;
+        }
         Ok(conv_seq)
     }
 
@@ -648,12 +667,19 @@ impl Conversations {
     /// `before` (0: the newest).
     pub async fn history(&self, conv: ConvId, before: u64, limit: usize) -> Vec<StoredMessage> {
         let inner = self.inner.lock().await;
-        let Some(record) = inner.book.convs.get(&conv) else {
-            return Vec::new();
-        };
-        let older: Vec<_> = record
-            .messages
-            .iter()
+        let mut all: BTreeMap<u64, &StoredMessage> = BTreeMap::new();
+        let archived = inner.book.archive.get(&conv).into_iter().flatten();
+        let own = inner
+            .book
+            .convs
+            .get(&conv)
+            .into_iter()
+            .flat_map(|r| &r.messages);
+        for message in archived.chain(own) {
+            all.insert(message.conv_seq, message);
+        }
+        let older: Vec<StoredMessage> = all
+            .into_values()
             .filter(|m| before == 0 || m.conv_seq < before)
             .cloned()
             .collect();
@@ -715,6 +741,21 @@ impl Conversations {
 
     // ------------------------------------------------------------------------------------
     // What the relay says.
+
+    /// A log event another device of this user wrote, if it archives a conversation
+    /// message: kept for [`history`](Self::history). Returns whether it was one.
+    pub async fn on_log_event(&self, plaintext: &[u8]) -> Result<bool, ClientError> {
+        let Some(message) = read_archive(plaintext) else {
+            return Ok(false);
+        };
+        let mut inner = self.inner.lock().await;
+        let kept = inner.book.archive.entry(message.conv).or_default();
+        if let Err(at) = kept.binary_search_by_key(&message.conv_seq, |m| m.conv_seq) {
+            kept.insert(at, message);
+            self.save(&inner)?;
+        }
+        Ok(true)
+    }
 
     /// A frame the relay pushed.
     pub async fn on_push(&self, ask: &dyn Ask, frame: ServerFrame) -> Result<(), ClientError> {
@@ -902,6 +943,20 @@ impl Conversations {
                 }
             }
             self.save(inner)?;
+            // This user's device with the lowest id in the group archives what others said.
+            let archiver = present_devices(&inner.member, conv)
+                .ok()
+                .and_then(|leaves| leaves.into_iter().find(|(user, _)| *user == self.me))
+                .map(|(_, device)| device);
+            if self.archive && archiver == Some(self.device) {
+                for event in &events {
+                    if let ConversationEvent::Message(message) = event
+                        && message.user != self.me
+                    {
+                        ask.archive(archive_record(message)).await;
+                    }
+                }
+            }
             self.queue(events);
             if let Some(record) = inner.book.convs.get(&conv) {
                 let seq = record.cursor;

@@ -217,6 +217,12 @@ pub(crate) trait Ask: Send + Sync {
         let _ = frame;
         Ok(())
     }
+
+    /// Appends `plaintext` to this user's log (through the outbox: it is not lost), for
+    /// the conversation archive; a failure is logged, the archive is best effort.
+    async fn archive(&self, plaintext: Vec<u8>) {
+        let _ = plaintext;
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
