@@ -414,6 +414,36 @@ impl Member {
         Ok(self.group(group_id)?.pending_proposals().next().is_some())
     }
 
+    /// Proposes the removal of the given devices (an admin's; the relay takes only proposals
+    /// that can be committed). Returns the proposals (`MLSMessage` PublicMessages).
+    pub fn propose_remove(
+        &mut self,
+        group_id: &[u8],
+        devices: &[Device],
+    ) -> Result<Vec<Vec<u8>>, MemberError> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(MemberError::UnknownGroup)?;
+        let mut indexes = Vec::with_capacity(devices.len());
+        for device in devices {
+            let index = group
+                .members()
+                .find(|m| leaf_owner(&m.credential, &m.signature_key).ok() == Some(*device))
+                .map(|m| m.index)
+                .ok_or(MlsRefusal::NotAMember)?;
+            indexes.push(index);
+        }
+        let mut out = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let (proposal, _) = group
+                .propose_remove_member(&self.provider, &self.signer, index)
+                .map_err(mls)?;
+            out.push(wire::encode(&proposal)?);
+        }
+        Ok(out)
+    }
+
     /// Proposes the removal of every leaf of this device's user (its own and its user's other
     /// devices'): a user leaves with all its devices, committed by another member. Returns
     /// the proposals (`MLSMessage` PublicMessages), this device's own last.

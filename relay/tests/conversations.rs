@@ -695,3 +695,151 @@ async fn key_packages_are_checked_handed_out_once_and_fall_back_to_last_resort()
         other => panic!("{other:?}"),
     }
 }
+
+/// A device of a member user that is not in the group joins by itself (GroupInfo, external
+/// commit); a device of a user who is not a member cannot. Proposals are taken only when they
+/// can be committed. After an add, a lagging sender is refused until it catches up.
+#[tokio::test]
+async fn devices_join_by_themselves_only_for_member_users_and_proposals_are_limited() {
+    let node = node(|_| {}).await;
+    let here = at(&node.server);
+    let [mut a1, mut a2, mut b1, mut b2, mut c1, _c2] = three_users(here, here).await;
+    let (alice, bob, carol) = (a1.user(), b1.user(), c1.user());
+    let group = a1.create(GroupKind::Group, vec![alice]).await;
+    a1.add_users(group, &[bob]).await;
+    b1.join(group).await;
+    b2.join(group).await;
+
+    // Carol is not a member: her device gets nothing, and cannot commit its way in.
+    let info = c1.ask(&ClientFrame::GroupInfoFetch { conv: group }).await;
+    assert_eq!(refusal(&info), Some(ErrorCode::NoSuchConversation));
+    let member_info = b1.ask(&ClientFrame::GroupInfoFetch { conv: group }).await;
+    let ServerFrame::GroupInfo {
+        epoch, group_info, ..
+    } = member_info
+    else {
+        panic!("{member_info:?}");
+    };
+    let (_, out) = c1.mls.join_external(&group_info).unwrap();
+    let intrusion = c1
+        .send(
+            group,
+            MessageClass::Commit,
+            epoch,
+            out.commit,
+            None,
+            Some(out.group_info),
+        )
+        .await;
+    assert_eq!(refusal(&intrusion), Some(ErrorCode::NoSuchConversation));
+
+    // Alice's second device was never added (the whole-user rule let Alice's first device
+    // create the group alone): it joins by itself, but may send nothing else before.
+    let info = a2.ask(&ClientFrame::GroupInfoFetch { conv: group }).await;
+    let ServerFrame::GroupInfo {
+        epoch, group_info, ..
+    } = info
+    else {
+        panic!("{info:?}");
+    };
+    let (_, out) = a2.mls.join_external(&group_info).unwrap();
+    let text = a2.mls.encrypt(&group.0, b"too early").unwrap();
+    let early = a2
+        .send(group, MessageClass::Content, epoch + 1, text, None, None)
+        .await;
+    assert_eq!(refusal(&early), Some(ErrorCode::NoSuchConversation));
+    let joined = a2
+        .send(
+            group,
+            MessageClass::Commit,
+            epoch,
+            out.commit,
+            None,
+            Some(out.group_info),
+        )
+        .await;
+    let ServerFrame::ConvSent { conv_seq, .. } = joined else {
+        panic!("{joined:?}");
+    };
+    a2.mls.merge_pending(&group.0).unwrap();
+    a2.cursors.insert(group, conv_seq);
+    a2.joined_epoch.insert(group, epoch + 1);
+
+    // Bob has not read Alice's join: his message under the old epoch is refused (Alice's
+    // new device could not open it); read, then sent again, everyone opens it.
+    let old = b2.mls.epoch(&group.0).unwrap();
+    let stale = b2.mls.encrypt(&group.0, b"hello?").unwrap();
+    let refused = b2
+        .send(group, MessageClass::Content, old, stale, None, None)
+        .await;
+    assert_eq!(
+        refusal(&refused),
+        Some(ErrorCode::MlsRefused),
+        "{refused:?}"
+    );
+    b2.sync(group).await;
+    b2.say(group, "hello all").await;
+    a2.sync(group).await;
+    let heard: Vec<_> = a2.lines(group).into_iter().map(|l| l.2).collect();
+    assert_eq!(heard, [b"hello all".to_vec()]);
+
+    // Bob (not an admin) may not propose Alice's removal: it could never be committed, and a
+    // queued proposal would hold everyone's messages. He may propose his own user's leaving.
+    b1.sync(group).await;
+    let epoch = b1.mls.epoch(&group.0).unwrap();
+    let alice_leaf = (alice, a1.device());
+    let mut probe = ferry_mls::Member::from_bytes(&b1.mls.to_bytes(), &b1.id.device).unwrap();
+    let proposal = probe
+        .propose_remove(&group.0, &[alice_leaf])
+        .unwrap()
+        .remove(0);
+    let not_admin = b1
+        .send(group, MessageClass::Proposal, epoch, proposal, None, None)
+        .await;
+    assert_eq!(
+        refusal(&not_admin),
+        Some(ErrorCode::MembershipRefused),
+        "{not_admin:?}"
+    );
+    // Nor commit it.
+    let mut probe = ferry_mls::Member::from_bytes(&b1.mls.to_bytes(), &b1.id.device).unwrap();
+    let commit = probe.remove(&group.0, &[alice_leaf]).unwrap().commit;
+    let coup = b1
+        .send(group, MessageClass::Commit, epoch, commit, None, None)
+        .await;
+    assert_eq!(
+        refusal(&coup),
+        Some(ErrorCode::MembershipRefused),
+        "{coup:?}"
+    );
+    for proposal in b1.mls.propose_leave(&group.0).unwrap() {
+        let sent = b1
+            .send(group, MessageClass::Proposal, epoch, proposal, None, None)
+            .await;
+        assert!(matches!(sent, ServerFrame::ConvSent { .. }), "{sent:?}");
+    }
+    // Alice's device commits them: Bob's user is out, with both devices.
+    a1.sync(group).await;
+    assert!(a1.mls.has_pending_proposals(&group.0).unwrap());
+    let committed = a1
+        .commit(group, |mls| mls.commit_pending_proposals(&group.0).unwrap())
+        .await;
+    assert!(
+        matches!(committed, ServerFrame::ConvSent { .. }),
+        "{committed:?}"
+    );
+    b1.wait_removed(group).await;
+    b2.wait_removed(group).await;
+    let members: Vec<UserId> = a1
+        .mls
+        .members(&group.0)
+        .unwrap()
+        .into_iter()
+        .map(|(user, _)| user)
+        .collect();
+    assert!(
+        !members.contains(&bob) && members.contains(&alice),
+        "{members:?}"
+    );
+    let _ = carol;
+}
