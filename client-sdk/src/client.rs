@@ -285,7 +285,16 @@ impl Client {
                 .on_notice(&self.handle, notice.clone())
                 .await
             {
-                Ok(event) => return Ok(Some(ClientEvent::People(event))),
+                Ok(event) => {
+                    if let crate::people::PeopleEvent::Blocked { user } = &event {
+                        // A block ends the 1:1s with that user (a block is silence).
+                        let conversations = &self.handle.conversations;
+                        if let Err(error) = conversations.on_blocked(&self.handle, *user).await {
+                            tracing::warn!(%error, "could not end the 1:1 with a blocked user");
+                        }
+                    }
+                    return Ok(Some(ClientEvent::People(event)));
+                }
                 Err(error) if error.is_permanent() || attempt >= NOTICE_ATTEMPTS => {
                     return Err(error);
                 }

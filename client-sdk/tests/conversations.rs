@@ -359,4 +359,51 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
             .await
             .is_err()
     );
+
+    // Alice leaves another group from one device: both her devices go, committed by Bob's.
+    let third = bob
+        .one
+        .handle()
+        .create_group(None, &[alice.user])
+        .await
+        .unwrap();
+    alice.one.joined(third).await;
+    alice.two.joined(third).await;
+    alice.two.handle().leave(third).await.unwrap();
+    let changed = bob
+        .one
+        .until("MembersChanged", |e| {
+            matches!(e, ConversationEvent::MembersChanged { conv, removed, .. }
+                if *conv == third && !removed.is_empty())
+        })
+        .await;
+    assert_eq!(
+        changed,
+        ConversationEvent::MembersChanged {
+            conv: third,
+            added: Vec::new(),
+            removed: vec![alice.user]
+        }
+    );
+    alice
+        .one
+        .until(
+            "Left",
+            |e| matches!(e, ConversationEvent::Left { conv } if *conv == third),
+        )
+        .await;
+
+    // Bob blocks Alice: the 1:1 ends for her devices, and nothing she sends reaches him.
+    bob.one.handle().block(alice.user).await.unwrap();
+    bob.one
+        .people(PeopleEvent::Blocked { user: alice.user })
+        .await;
+    alice
+        .two
+        .until(
+            "Left",
+            |e| matches!(e, ConversationEvent::Left { conv } if *conv == chat),
+        )
+        .await;
+    assert!(alice.two.handle().send_text(chat, "hello?").await.is_err());
 }

@@ -277,6 +277,28 @@ impl Conversations {
         Ok(())
     }
 
+    /// This user blocked `user`: every 1:1 with it ends (its devices are removed, so
+    /// nothing it sends there reaches this user). Groups stay: the relay cannot filter a
+    /// group, and the block does not remove anyone from one.
+    pub async fn on_blocked(&self, ask: &dyn Ask, user: UserId) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        let chats: Vec<ConvId> = inner
+            .book
+            .convs
+            .iter()
+            .filter(|(_, record)| record.kind == GroupKind::OneToOne)
+            .map(|(conv, _)| *conv)
+            .collect();
+        for conv in chats {
+            let with_user = users_in(&inner.member, conv)?.contains(&user);
+            if with_user {
+                let change = Change::Remove([user].into_iter().collect());
+                self.commit(ask, &mut inner, conv, &change).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Uploads KeyPackages when fewer than [`KEY_PACKAGES_LOW`] are left (and the
     /// last-resort package the first time). The MLS state that holds their private keys is
     /// saved before they leave.
