@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-use crate::conversations::{ConversationInfo, Conversations, StoredMessage};
+use crate::conversations::{ConversationInfo, Conversations, Receipts, StoredMessage};
 use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Item, Shared};
 use crate::error::ClientError;
 use crate::error::PeopleError;
@@ -202,7 +202,16 @@ impl Client {
                 }
             }
             self.acknowledge();
-            let Some(delivery) = self.deliveries.recv().await else {
+            // A typing indicator nobody refreshed ends by itself (see TYPING_EXPIRY).
+            let expiry = self.handle.conversations.next_typing_expiry();
+            let received = tokio::select! {
+                received = self.deliveries.recv() => received,
+                () = sleep_until_or_never(expiry) => {
+                    self.handle.conversations.expire_typing(tokio::time::Instant::now());
+                    continue;
+                }
+            };
+            let Some(delivery) = received else {
                 return Err(self.handle.shared.stopped());
             };
             if let Some(Item::Notice(notice)) = delivery.item {
@@ -681,7 +690,36 @@ impl ClientHandle {
         self.conversations.mark_read(self, conv, seq).await
     }
 
-    /// Tells the members' online devices this user is (or stopped) typing.
+    /// Who among the members has received (a device of theirs fetched it) and read the
+    /// message at `conv_seq`, from the relay's delivered and read marks.
+    pub async fn receipts(&self, conv: ConvId, conv_seq: u64) -> Result<Receipts, ClientError> {
+        let info = self
+            .conversations()
+            .await?
+            .into_iter()
+            .find(|info| info.conv == conv)
+            .ok_or_else(|| {
+                ClientError::from_code(
+                    ferry_protocol::ErrorCode::NoSuchConversation,
+                    ferry_protocol::ErrorCode::NoSuchConversation.description(),
+                )
+            })?;
+        let members = info.summary.members.iter().filter(|m| m.user != self.user);
+        let mut receipts = Receipts::default();
+        for member in members {
+            if member.delivered >= conv_seq {
+                receipts.delivered.push(member.user);
+            }
+            if member.read >= conv_seq {
+                receipts.read.push(member.user);
+            }
+        }
+        Ok(receipts)
+    }
+
+    /// Tells the members' online devices this user is (or stopped) typing. An indicator
+    /// ends by itself after [`TYPING_EXPIRY`](crate::conversations::TYPING_EXPIRY) unless
+    /// sent again: send it every few seconds while the person types.
     pub async fn typing(&self, conv: ConvId, typing: bool) -> Result<(), ClientError> {
         self.conversations.typing(self, conv, typing).await
     }
@@ -691,6 +729,14 @@ impl ClientHandle {
             .send(command)
             .await
             .map_err(|_| self.shared.stopped())
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

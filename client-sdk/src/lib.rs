@@ -138,7 +138,7 @@ mod tls;
 mod trust;
 
 pub use client::{Client, ClientHandle};
-pub use conversations::{ConversationEvent, ConversationInfo, StoredMessage};
+pub use conversations::{ConversationEvent, ConversationInfo, Receipts, StoredMessage};
 pub use error::{ClientError, PairingError, PeopleError, StateError};
 pub use event::{ClientEvent, Device, ReceivedEvent, Status};
 pub use ferry_mls::{GroupKind, GroupPolicy};

@@ -244,6 +244,27 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
         }
     );
 
+    // Nobody refreshed it: it ends by itself.
+    let stopped = bob
+        .one
+        .until("Typing stopped", |e| {
+            matches!(e, ConversationEvent::Typing { typing: false, .. })
+        })
+        .await;
+    assert_eq!(
+        stopped,
+        ConversationEvent::Typing {
+            conv: chat,
+            user: alice.user,
+            typing: false
+        }
+    );
+
+    // Receipts of Alice's last message: Bob's devices fetched it, and he read it.
+    let receipts = alice.one.handle().receipts(chat, third).await.unwrap();
+    assert_eq!(receipts.delivered, [bob.user]);
+    assert_eq!(receipts.read, [bob.user]);
+
     // A group Bob administers.
     let group = bob
         .one

@@ -61,6 +61,19 @@ pub const KEY_PACKAGES_LOW: u64 = 8;
 const COMMIT_ATTEMPTS: usize = 5;
 /// Messages asked for per page when catching up.
 const PAGE: u16 = 200;
+/// A typing indicator nobody sends again ends by itself after this long (the app hears
+/// `Typing { typing: false }`).
+pub const TYPING_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// Who among the other members has a message: see
+/// [`ClientHandle::receipts`](crate::ClientHandle::receipts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Receipts {
+    /// Members a device of which fetched it.
+    pub delivered: Vec<UserId>,
+    /// Members who read it (their read marker is at or past it).
+    pub read: Vec<UserId>,
+}
 
 /// What happened in this user's conversations, for the app.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +154,8 @@ pub(crate) struct Conversations {
     archive: bool,
     inner: Mutex<Inner>,
     waiting: std::sync::Mutex<std::collections::VecDeque<ConversationEvent>>,
+    /// When each typing indicator heard ends unless refreshed.
+    typing: std::sync::Mutex<BTreeMap<(ConvId, UserId), tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for Conversations {
@@ -210,6 +225,7 @@ impl Conversations {
             archive,
             inner: Mutex::new(Inner { member, book }),
             waiting: std::sync::Mutex::default(),
+            typing: std::sync::Mutex::default(),
         }
     }
 
@@ -764,6 +780,44 @@ impl Conversations {
     // ------------------------------------------------------------------------------------
     // What the relay says.
 
+    /// When the next typing indicator ends unless refreshed.
+    pub fn next_typing_expiry(&self) -> Option<tokio::time::Instant> {
+        self.typing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .min()
+            .copied()
+    }
+
+    /// Ends the typing indicators whose time passed (`Typing { typing: false }`).
+    pub fn expire_typing(&self, now: tokio::time::Instant) {
+        let ended: Vec<(ConvId, UserId)> = {
+            let mut deadlines = self
+                .typing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ended: Vec<_> = deadlines
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(key, _)| *key)
+                .collect();
+            for key in &ended {
+                deadlines.remove(key);
+            }
+            ended
+        };
+        self.queue(
+            ended
+                .into_iter()
+                .map(|(conv, user)| ConversationEvent::Typing {
+                    conv,
+                    user,
+                    typing: false,
+                }),
+        );
+    }
+
     /// A log event another device of this user wrote, if it archives a conversation
     /// message: kept for [`history`](Self::history). Returns whether it was one.
     pub async fn on_log_event(&self, plaintext: &[u8]) -> Result<bool, ClientError> {
@@ -803,7 +857,21 @@ impl Conversations {
             } => {
                 let inner = self.inner.lock().await;
                 if let Some(typing) = ephemeral::open_typing(&inner.member, conv, &body) {
-                    self.queue([ConversationEvent::Typing { conv, user, typing }]);
+                    let mut deadlines = self
+                        .typing
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let was = if typing {
+                        deadlines
+                            .insert((conv, user), tokio::time::Instant::now() + TYPING_EXPIRY)
+                            .is_some()
+                    } else {
+                        deadlines.remove(&(conv, user)).is_some()
+                    };
+                    // A refresh of a running indicator says nothing new.
+                    if typing != was {
+                        self.queue([ConversationEvent::Typing { conv, user, typing }]);
+                    }
                 }
                 Ok(())
             }
