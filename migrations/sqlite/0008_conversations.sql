@@ -20,7 +20,11 @@ CREATE TABLE conversations (
     group_state      BLOB    NOT NULL,
     group_info       BLOB    NOT NULL,
     group_info_epoch INTEGER NOT NULL CHECK (group_info_epoch >= 0),
-    floor_epoch      INTEGER NOT NULL DEFAULT 0 CHECK (floor_epoch >= 0)
+    floor_epoch      INTEGER NOT NULL DEFAULT 0 CHECK (floor_epoch >= 0),
+    -- Retention keeps the messages earliest..=head; `trimmed_handshake` is the last commit
+    -- or proposal it deleted: a device behind it must rejoin (external commit).
+    earliest          INTEGER NOT NULL DEFAULT 1 CHECK (earliest >= 1),
+    trimmed_handshake INTEGER NOT NULL DEFAULT 0 CHECK (trimmed_handshake >= 0)
 );
 
 -- The group's leaves: one per member device, mirrored from `group_state` by every commit.

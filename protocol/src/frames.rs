@@ -584,6 +584,18 @@ pub enum ServerFrame {
         #[serde(with = "serde_bytes")]
         group_info: Vec<u8>,
     },
+    /// The answer to `ConvFetch` when retention deleted messages after `from`: the
+    /// conversation keeps `earliest..=head`. With `rejoin`, a commit or proposal the device
+    /// had not read is gone: it rejoins by external commit (`GroupInfoFetch`); otherwise only
+    /// application messages are, and it reads on from `earliest`.
+    ConvTrimmed {
+        /// The conversation.
+        conv: ConvId,
+        /// The first message kept.
+        earliest: u64,
+        /// Whether the device must rejoin.
+        rejoin: bool,
+    },
 }
 
 /// One claimed KeyPackage.
@@ -732,6 +744,7 @@ impl Wire for ServerFrame {
             | Self::ConvStale { .. }
             | Self::ConvHead { .. }
             | Self::ConvReadBy { .. }
+            | Self::ConvTrimmed { .. }
             | Self::Appended { .. }
             | Self::CaughtUp { .. }
             | Self::ResyncRequired { .. }

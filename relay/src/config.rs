@@ -413,6 +413,23 @@ pub struct LogConfig {
     #[arg(long, global = true, env = "FERRY_RETENTION_MAX_EVENTS")]
     pub retention_max_events: Option<u64>,
 
+    /// Delete conversation messages older than this many seconds (off by default). Commits
+    /// and proposals a member device has not read are kept up to
+    /// `--conv-retention-lag-secs` longer.
+    #[arg(long, global = true, env = "FERRY_CONV_RETENTION_MAX_AGE_SECS")]
+    pub conv_retention_max_age_secs: Option<u64>,
+
+    /// How long a conversation's commits and proposals wait for a member device that has not
+    /// read them before retention deletes them anyway (that device then rejoins by external
+    /// commit). 30 days by default.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_CONV_RETENTION_LAG_SECS",
+        default_value_t = 30 * 86_400
+    )]
+    pub conv_retention_lag_secs: u64,
+
     /// How often the retention job runs, in seconds.
     #[arg(
         long,

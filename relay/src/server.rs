@@ -713,7 +713,11 @@ async fn retention(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let log = &ctx.config.log;
     let max_age_ms = log.retention_max_age_secs.map(|s| s.saturating_mul(1000));
     let max_events = log.retention_max_events;
-    if max_age_ms.is_none() && max_events.is_none() {
+    let conv_max_age_ms = log
+        .conv_retention_max_age_secs
+        .map(|s| s.saturating_mul(1000));
+    let conv_lag_ms = log.conv_retention_lag_secs.saturating_mul(1000);
+    if max_age_ms.is_none() && max_events.is_none() && conv_max_age_ms.is_none() {
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(log.retention_interval_secs.max(1)));
@@ -722,13 +726,26 @@ async fn retention(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|stopping| *stopping) => return,
             _ = tick.tick() => {}
         }
-        match ctx.store.trim(max_age_ms, max_events, now_ms()).await {
-            Ok(0) => {}
-            Ok(deleted) => {
-                ctx.metrics.trimmed_events.inc_by(deleted);
-                tracing::info!(deleted, "retention trimmed events");
+        if max_age_ms.is_some() || max_events.is_some() {
+            match ctx.store.trim(max_age_ms, max_events, now_ms()).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    ctx.metrics.trimmed_events.inc_by(deleted);
+                    tracing::info!(deleted, "retention trimmed events");
+                }
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "retention failed"),
+        }
+        if let Some(conv_max_age_ms) = conv_max_age_ms {
+            let trimmed = ctx
+                .store
+                .trim_conversations(conv_max_age_ms, conv_lag_ms, now_ms())
+                .await;
+            match trimmed {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "retention trimmed conversation messages"),
+                Err(e) => tracing::warn!(error = %e, "conversation retention failed"),
+            }
         }
     }
 }

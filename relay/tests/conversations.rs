@@ -843,3 +843,181 @@ async fn devices_join_by_themselves_only_for_member_users_and_proposals_are_limi
     );
     let _ = carol;
 }
+
+/// Retention deletes a prefix of a conversation: expired application messages are skipped
+/// by a device that had not read them, a commit some device has not read is kept (until the
+/// lag), and a device whose unread commit was deleted is told to rejoin, and does.
+#[tokio::test]
+async fn retention_keeps_unread_commits_and_a_device_behind_it_rejoins_on_sqlite() {
+    retention_story(&node(|_| {}).await).await;
+}
+
+#[tokio::test]
+async fn retention_keeps_unread_commits_and_a_device_behind_it_rejoins_on_postgres() {
+    let Some(url) = support::postgres_url().await else {
+        return;
+    };
+    // Retention runs over every conversation of a database: this test gets one of its own,
+    // so it deletes nothing of the tests running beside it on the shared one.
+    use sqlx::Connection;
+    let name = format!(
+        "ferry_retention_{}",
+        hex::encode(&support::random_bytes()[..6])
+    );
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let own = match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("a database URL ends with its name: {url}"),
+    };
+    let hub = ferry_relay::bus::LocalBusHub::new();
+    let node = support::node::node_on(&hub, Some(own), |_| {}).await;
+    retention_story(&node).await;
+    let store = std::sync::Arc::clone(node.store());
+    node.server.shutdown().await;
+    store.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+async fn retention_story(node: &Node) {
+    let store = std::sync::Arc::clone(node.store());
+    let (mut a, mut b, conv) = pair_talking(node).await;
+    let fetch = |from: u64| ClientFrame::ConvFetch {
+        conv,
+        from,
+        direction: Direction::Forward,
+        limit: 100,
+    };
+    let far_future = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        now + 60_000
+    };
+    const DAY_MS: u64 = 86_400_000;
+    for text in ["one", "two"] {
+        a.say(conv, text).await;
+    }
+    a.sync(conv).await;
+    a.list().await; // a round trip: the cursor it acknowledged is stored
+    b.sync(conv).await;
+    b.list().await;
+
+    // A commit Bob has not read is kept, however old, within the lag.
+    a.commit(conv, |mls| mls.self_update(&conv.0).unwrap())
+        .await;
+    let commit_seq = a.cursors[&conv];
+    let deleted = store
+        .trim_conversations(0, DAY_MS, far_future())
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        commit_seq - 1,
+        "everything before the unread commit"
+    );
+    // From its join (the add commit) Bob needs no deleted commit; Alice, who created the
+    // group, would need the add commit from the start.
+    let answer = b.ask(&fetch(0)).await;
+    assert_eq!(
+        answer,
+        ServerFrame::ConvTrimmed {
+            conv,
+            earliest: commit_seq,
+            rejoin: false
+        }
+    );
+    let answer = a.ask(&fetch(0)).await;
+    assert_eq!(
+        answer,
+        ServerFrame::ConvTrimmed {
+            conv,
+            earliest: commit_seq,
+            rejoin: true
+        }
+    );
+    b.sync(conv).await;
+    b.list().await;
+    assert_eq!(b.mls.epoch(&conv.0).unwrap(), a.mls.epoch(&conv.0).unwrap());
+
+    // Expired application messages Bob had not read: he is told, and reads on.
+    let expired = a.say(conv, "expired before bob read it").await;
+    a.sync(conv).await;
+    a.list().await; // a round trip: the cursor it acknowledged is stored
+    store
+        .trim_conversations(0, DAY_MS, far_future())
+        .await
+        .unwrap();
+    let cursor = b.cursors[&conv];
+    let answer = b.ask(&fetch(cursor)).await;
+    assert_eq!(
+        answer,
+        ServerFrame::ConvTrimmed {
+            conv,
+            earliest: expired + 1,
+            rejoin: false
+        }
+    );
+    b.cursors.insert(conv, expired);
+    let kept = a.say(conv, "kept").await;
+    b.sync(conv).await;
+    b.list().await;
+    assert_eq!(b.lines(conv).last().unwrap().0, kept);
+
+    // Past the lag, a commit Bob has not read goes too: he must rejoin, and does.
+    a.commit(conv, |mls| mls.self_update(&conv.0).unwrap())
+        .await;
+    a.say(conv, "after the lost commit").await;
+    a.sync(conv).await;
+    a.list().await; // a round trip: the cursor it acknowledged is stored
+    store.trim_conversations(0, 0, far_future()).await.unwrap();
+    let answer = b.ask(&fetch(b.cursors[&conv])).await;
+    let ServerFrame::ConvTrimmed { rejoin: true, .. } = answer else {
+        panic!("{answer:?}");
+    };
+    b.mls.forget(&conv.0).unwrap();
+    let info = b.ask(&ClientFrame::GroupInfoFetch { conv }).await;
+    let ServerFrame::GroupInfo {
+        epoch, group_info, ..
+    } = info
+    else {
+        panic!("{info:?}");
+    };
+    let (_, out) = b.mls.join_external(&group_info).unwrap();
+    let rejoined = b
+        .send(
+            conv,
+            MessageClass::Commit,
+            epoch,
+            out.commit,
+            None,
+            Some(out.group_info),
+        )
+        .await;
+    let ServerFrame::ConvSent { conv_seq, .. } = rejoined else {
+        panic!("{rejoined:?}");
+    };
+    b.mls.merge_pending(&conv.0).unwrap();
+    b.cursors.insert(conv, conv_seq);
+    b.joined_epoch.insert(conv, epoch + 1);
+    a.sync(conv).await;
+    a.list().await; // a round trip: the cursor it acknowledged is stored
+    let back = a.say(conv, "welcome back").await;
+    b.sync(conv).await;
+    b.list().await;
+    assert_eq!(
+        b.lines(conv).last().unwrap(),
+        &(back, a.device(), b"welcome back".to_vec())
+    );
+    assert_eq!(
+        a.mls.epoch_authenticator(&conv.0).unwrap(),
+        b.mls.epoch_authenticator(&conv.0).unwrap()
+    );
+}

@@ -949,6 +949,34 @@ impl Conversations {
             };
             let (messages, more) = match ask.ask(frame).await? {
                 ServerFrame::ConvMessages { messages, more, .. } => (messages, more),
+                ServerFrame::ConvTrimmed {
+                    earliest, rejoin, ..
+                } => {
+                    if rejoin {
+                        // A commit this device had not read is gone: it rejoins by external
+                        // commit and reads on from there (what it held stays in its history).
+                        tracing::info!(%conv, "retention passed this device; rejoining");
+                        let kept = inner.book.convs.remove(&conv);
+                        let _ = inner.member.forget(&conv.0);
+                        self.save(inner)?;
+                        let rejoined = Box::pin(self.rejoin(ask, inner, conv)).await;
+                        if let (Some(kept), Some(record)) = (kept, inner.book.convs.get_mut(&conv))
+                        {
+                            for message in kept.messages {
+                                record.keep(message);
+                            }
+                            record.title = record.title.take().or(kept.title);
+                        }
+                        self.save(inner)?;
+                        return rejoined;
+                    }
+                    // Only application messages expired: read on from what is kept.
+                    if let Some(record) = inner.book.convs.get_mut(&conv) {
+                        record.cursor = earliest - 1;
+                    }
+                    self.save(inner)?;
+                    continue;
+                }
                 ServerFrame::Error(e) if e.code == ErrorCode::NoSuchConversation => {
                     // Removed (the notice may still be on its way): nothing more to read.
                     return Ok(());

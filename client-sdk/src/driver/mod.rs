@@ -680,6 +680,7 @@ impl Driver {
             | ServerFrame::ConvStale { .. }
             | ServerFrame::ConvRefused { .. }
             | ServerFrame::ConvMessages { .. }
+            | ServerFrame::ConvTrimmed { .. }
             | ServerFrame::Conversations { .. }
             | ServerFrame::GroupInfo { .. }) => self.answer_people(answer),
             pushed @ (ServerFrame::ConvHead { .. }

@@ -23,7 +23,7 @@ use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame, UserId};
 
 use super::people::Asker;
 use crate::context::{Context, now_ms};
-use crate::store::{KeyPackageRow, Notified, SendOutcome, StoreError};
+use crate::store::{ConvPage, KeyPackageRow, Notified, SendOutcome, StoreError};
 
 /// Most conversations in one `Conversations` page.
 pub(super) const CONVS_PER_PAGE: usize = 64;
@@ -284,10 +284,15 @@ async fn fetch(
         .read_messages(conv, asker.device, from, direction, usize::from(limit))
         .await
     {
-        Ok((messages, more)) => ServerFrame::ConvMessages {
+        Ok(ConvPage::Messages { messages, more }) => ServerFrame::ConvMessages {
             conv,
             messages,
             more,
+        },
+        Ok(ConvPage::Trimmed { earliest, rejoin }) => ServerFrame::ConvTrimmed {
+            conv,
+            earliest,
+            rejoin,
         },
         Err(e) => storage_error(ctx, &e),
     }

@@ -38,6 +38,11 @@
 //!   their MLS header must name this group and the epoch the frame names;
 //!   the relay reads nothing else of them.
 //! - A member reads only messages after the commit that added it (`joined_seq`).
+//! - Retention ([`ConversationStore::trim_conversations`]) deletes only a prefix, so a
+//!   conversation keeps `earliest..=head`, gapless; it keeps every commit and proposal some
+//!   member device has not read for `lag` (the latest GroupInfo always). A device reading on
+//!   from before `earliest` is told (`ConvPage::Trimmed`), with whether a handshake message
+//!   it had not read is gone (then it rejoins by external commit).
 //! - A KeyPackage is handed out once (deleted by the claim in the same statement that reads
 //!   it), except a device's last-resort package; claims are for contacts only, never across
 //!   a block either way.
@@ -79,6 +84,25 @@ pub struct KeyPackageRow {
     pub reference: Vec<u8>,
     /// The package as uploaded.
     pub package: Vec<u8>,
+}
+
+/// A page of a conversation, or why there is none.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConvPage {
+    /// The messages, and whether more follow.
+    Messages {
+        /// The page.
+        messages: Vec<ConvMessage>,
+        /// Whether more follow in that direction.
+        more: bool,
+    },
+    /// Retention deleted messages after `from` (see `ServerFrame::ConvTrimmed`).
+    Trimmed {
+        /// The first message kept.
+        earliest: u64,
+        /// Whether a commit or proposal after `from` is gone (the device must rejoin).
+        rejoin: bool,
+    },
 }
 
 /// How a send ended.
@@ -164,7 +188,17 @@ pub trait ConversationStore: Send + Sync {
         from: u64,
         direction: Direction,
         limit: usize,
-    ) -> Result<(Vec<ConvMessage>, bool), StoreError>;
+    ) -> Result<ConvPage, StoreError>;
+
+    /// Retention: deletes a prefix of each conversation's messages older than `max_age_ms`,
+    /// but never a commit or proposal younger than `lag_ms` that a member device's cursor
+    /// has not passed. Returns the messages deleted.
+    async fn trim_conversations(
+        &self,
+        max_age_ms: u64,
+        lag_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Raises a member device's cursor to `min(seq, head)`.
     async fn ack_conversation(
@@ -968,14 +1002,15 @@ impl ConversationStore for SqlStore {
         from: u64,
         direction: Direction,
         limit: usize,
-    ) -> Result<(Vec<ConvMessage>, bool), StoreError> {
+    ) -> Result<ConvPage, StoreError> {
         let limit = limit.clamp(1, MAX_CONV_MESSAGES_PER_FRAME);
         let id = conv.0.as_slice();
-        let joined: Option<i64> = on_reader!(&self.db, |pool| {
-            sqlx::query_scalar(
-                "SELECT m.joined_seq FROM conv_leaves l
+        let joined: Option<(i64, i64, i64)> = on_reader!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT m.joined_seq, c.earliest, c.trimmed_handshake FROM conv_leaves l
                  JOIN conv_members m ON m.conv_id = l.conv_id AND m.user_id = l.user_id
                  JOIN devices d ON d.user_id = l.user_id AND d.device_id = l.device_id
+                 JOIN conversations c ON c.conv_id = l.conv_id
                  WHERE l.conv_id = $1 AND l.device_id = $2 AND d.revoked_at IS NULL",
             )
             .bind(id)
@@ -983,9 +1018,19 @@ impl ConversationStore for SqlStore {
             .fetch_optional(pool)
             .await?
         });
-        let Some(joined) = joined else {
+        let Some((joined, earliest, trimmed_handshake)) = joined else {
             return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
         };
+        let earliest = from_db_int(earliest, "earliest")?;
+        // A device reading on from before what retention kept (and after its join) is told,
+        // never handed a silent gap.
+        let next = from.max(from_db_int(joined, "joined_seq")?) + 1;
+        if direction == Direction::Forward && next < earliest {
+            return Ok(ConvPage::Trimmed {
+                earliest,
+                rejoin: from_db_int(trimmed_handshake, "trimmed_handshake")? >= next,
+            });
+        }
         let sql = match direction {
             Direction::Forward => {
                 "SELECT conv_seq, device_id, device_seq, epoch, class, sent_at, message
@@ -1029,7 +1074,106 @@ impl ConversationStore for SqlStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok((messages, more))
+        Ok(ConvPage::Messages { messages, more })
+    }
+
+    async fn trim_conversations(
+        &self,
+        max_age_ms: u64,
+        lag_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let old = db_int(now_ms.saturating_sub(max_age_ms));
+        let stale = db_int(now_ms.saturating_sub(lag_ms));
+        // Conversations with something old enough to delete.
+        let convs: Vec<Vec<u8>> = on_reader!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT c.conv_id FROM conversations c
+                 WHERE EXISTS (SELECT 1 FROM conv_messages m
+                               WHERE m.conv_id = c.conv_id AND m.conv_seq >= c.earliest
+                                 AND m.sent_at < $1)",
+            )
+            .bind(old)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut deleted = 0;
+        for conv in convs {
+            let mut tx = self.db.begin().await?;
+            let id = conv.as_slice();
+            // The conversation row is locked: sends wait (they never write below the head).
+            let row: Option<(i64, i64)> = in_tx!(&mut tx, |conn| {
+                sqlx::query_as(
+                    "UPDATE conversations SET head = head WHERE conv_id = $1
+                     RETURNING earliest, trimmed_handshake",
+                )
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+            });
+            let Some((earliest, trimmed_handshake)) = row else {
+                continue;
+            };
+            // The last message old enough, and the first commit or proposal a device still
+            // needs (its cursor has not passed it, and it is not older than the lag).
+            let (age_cut, needed): (Option<i64>, Option<i64>) = in_tx!(&mut tx, |conn| {
+                sqlx::query_as(
+                    "SELECT
+                       (SELECT MAX(conv_seq) FROM conv_messages
+                        WHERE conv_id = $1 AND sent_at < $2),
+                       (SELECT MIN(m.conv_seq) FROM conv_messages m
+                        WHERE m.conv_id = $1 AND m.class IN (0, 1) AND m.sent_at >= $3
+                          AND m.conv_seq > (SELECT COALESCE(MIN(acked), 0) FROM conv_leaves
+                                            WHERE conv_id = $1))",
+                )
+                .bind(id)
+                .bind(old)
+                .bind(stale)
+                .fetch_one(&mut *conn)
+                .await?
+            });
+            let Some(mut cutoff) = age_cut else {
+                continue;
+            };
+            if let Some(needed) = needed {
+                cutoff = cutoff.min(needed - 1);
+            }
+            if cutoff < earliest {
+                continue;
+            }
+            let (count, handshake): (i64, Option<i64>) = in_tx!(&mut tx, |conn| {
+                let found = sqlx::query_as(
+                    "SELECT COUNT(*),
+                            MAX(CASE WHEN class IN (0, 1) THEN conv_seq END)
+                     FROM conv_messages WHERE conv_id = $1 AND conv_seq <= $2",
+                )
+                .bind(id)
+                .bind(cutoff)
+                .fetch_one(&mut *conn)
+                .await?;
+                sqlx::query("DELETE FROM conv_messages WHERE conv_id = $1 AND conv_seq <= $2")
+                    .bind(id)
+                    .bind(cutoff)
+                    .execute(&mut *conn)
+                    .await?;
+                found
+            });
+            let trimmed_handshake = handshake.unwrap_or(0).max(trimmed_handshake);
+            in_tx!(&mut tx, |conn| {
+                sqlx::query(
+                    "UPDATE conversations SET earliest = $2, trimmed_handshake = $3
+                     WHERE conv_id = $1",
+                )
+                .bind(id)
+                .bind(cutoff + 1)
+                .bind(trimmed_handshake)
+                .execute(&mut *conn)
+                .await?;
+            });
+            tx.commit().await?;
+            deleted += from_db_int(count, "count")?;
+        }
+        Ok(deleted)
     }
 
     async fn ack_conversation(

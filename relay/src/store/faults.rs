@@ -31,11 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_protocol::conversations::{ConvId, ConvMessage, ConvSend, ConvSummary, Direction};
+use ferry_protocol::conversations::{ConvId, ConvSend, ConvSummary, Direction};
 use ferry_protocol::{ClaimedKeyPackage, DeviceId, DeviceInfo, Event, Link, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
-use super::conversations::{ConvLimits, ConversationStore, KeyPackageRow, SendOutcome};
+use super::conversations::{ConvLimits, ConvPage, ConversationStore, KeyPackageRow, SendOutcome};
 use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
@@ -566,9 +566,20 @@ impl ConversationStore for FaultyStore {
         from: u64,
         direction: Direction,
         limit: usize,
-    ) -> Result<(Vec<ConvMessage>, bool), StoreError> {
+    ) -> Result<ConvPage, StoreError> {
         self.inner
             .read_messages(conv, device, from, direction, limit)
+            .await
+    }
+
+    async fn trim_conversations(
+        &self,
+        max_age_ms: u64,
+        lag_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .trim_conversations(max_age_ms, lag_ms, now_ms)
             .await
     }
 

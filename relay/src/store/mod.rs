@@ -143,7 +143,7 @@ pub use committer::{
     Admission, AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply,
     CommitStats, CommittedHook, Committer, UncertainHook,
 };
-pub use conversations::{ConvLimits, ConversationStore, KeyPackageRow, SendOutcome};
+pub use conversations::{ConvLimits, ConvPage, ConversationStore, KeyPackageRow, SendOutcome};
 pub use devices::{DeviceRecord, DeviceStore};
 pub use faults::FaultyStore;
 pub(crate) use log::plan::{batch_users, distinct_users};
