@@ -16,7 +16,7 @@
 //! | `wire` | bytes on the wire per event (256 B payload), each direction | |
 //! | `cluster` | cross-node delivery latency over Redis + PostgreSQL, vs same node | |
 //! | `people` | a contact request's answer time to a user who blocked the sender vs one who did not (fresh targets; and repeats to the same target) | |
-//! | `conversations` | an MLS group of 100 users × 2 devices at 50 msg/s: delivered to all devices, send → decrypted on each device p50/p99; the sync log at the same rate beside it | |
+//! | `conversations` | an MLS group of 100 users × 2 devices at 5 msg/s: delivered to all devices, send → decrypted on each device p50/p99; the sync log at the same send rate and at the same deliveries beside it | |
 //!
 //! Comparisons (group vs single commit, relay vs ceiling, cross vs same node, blocked vs not
 //! blocked) are measured side by side in the same run and reported as ratios. Each scenario's
@@ -31,7 +31,7 @@
 //! target/release/ferry-bench all --backend postgres       # PostgreSQL (+ plain-insert reference)
 //! target/release/ferry-bench all --quick                  # tiny: under a minute, for CI
 //! target/release/ferry-bench people --runs 3              # blocked or not: 1,000 requests each
-//! target/release/ferry-bench conversations --rate 100     # a 200-device MLS group at 100 msg/s
+//! target/release/ferry-bench conversations --rate 10      # a 200-device MLS group at 10 msg/s
 //! ```
 //!
 //! The table (markdown) goes to stdout, progress to stderr. `--postgres URL` and `--redis

@@ -85,7 +85,7 @@ struct Common {
     #[arg(long, global = true)]
     window: Option<usize>,
     /// Offered load in events per second (latency 5,000, cluster 1,000; conversations:
-    /// messages per second, 50).
+    /// messages per second, 5).
     #[arg(long, global = true)]
     rate: Option<f64>,
     /// Concurrent clients (handshakes: 64).

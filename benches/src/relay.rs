@@ -52,6 +52,9 @@ pub struct NodeOptions {
     pub redis: bool,
     /// Use this data folder (shared relay key between nodes) instead of a fresh one.
     pub data_dir: Option<PathBuf>,
+    /// `Config::limits.people_writes_per_device_per_second`; `None` keeps the relay's default
+    /// (the `people` scenario measures within it; `conversations` sets a group up faster).
+    pub people_writes_per_second: Option<u32>,
 }
 
 /// The limits every bench relay runs with: far above what any scenario sends.
@@ -73,7 +76,6 @@ pub fn generous(config: &mut Config) {
     limits.contact_requests_per_day = 1_000_000;
     limits.max_pending_requests = 1_000_000;
     limits.max_contacts = 1_000_000;
-    limits.people_writes_per_device_per_second = 10_000_000;
     config.log.max_concurrent_replays = 100_000;
 }
 
@@ -96,7 +98,6 @@ pub fn generous_flags() -> Vec<String> {
         "--contact-requests-per-day=1000000",
         "--max-pending-requests=1000000",
         "--max-contacts=1000000",
-        "--people-writes-per-device-per-second=10000000",
         "--max-concurrent-replays=100000",
     ]
     .map(str::to_owned)
@@ -129,6 +130,9 @@ impl BenchRelay {
         }
         if options.redis {
             config.redis_url = Some(services.redis_url.clone());
+        }
+        if let Some(rate) = options.people_writes_per_second {
+            config.limits.people_writes_per_device_per_second = rate;
         }
         if let Some(max_batch) = options.commit_max_batch {
             config.log.commit_max_batch = max_batch;

@@ -1,8 +1,9 @@
 //! Micro-benchmarks of Ferry's MLS operations (openmls 0.9.2, ciphersuite
 //! `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`), one core, no IO:
 //!
-//! - `application/encrypt_256B`, `application/decrypt_256B`: a 256-byte application message
-//!   in a group of 2 devices, [`Member::encrypt`] on one and [`Member::process`] on the other.
+//! - `application/encrypt_256B/{2,200}`, `application/decrypt_256B/{2,200}`: a 256-byte
+//!   application message in a group of 2 (and of 200) devices, [`Member::encrypt`] on one and
+//!   [`Member::process`] on another.
 //! - `commit_add/*/{2,10,100,1000}`: a commit adding one device (one KeyPackage) to a group of
 //!   that many leaves, four ways:
 //!   - `member_add`: the committer's [`Member::add`] (validating the KeyPackage, a fresh path,
@@ -41,6 +42,8 @@ use rand_core::SeedableRng;
 const GROUP: &[u8] = b"bench-conversation";
 /// Group sizes (leaves before the add).
 const SIZES: [usize; 4] = [2, 10, 100, 1_000];
+/// Group sizes of the application-message benchmarks (200: the `conversations` scenario's).
+const APPLICATION_SIZES: [usize; 2] = [2, 200];
 /// The application message's size.
 const MESSAGE: usize = 256;
 
@@ -90,33 +93,38 @@ fn build(leaves: usize, rng: &mut ChaCha20Rng) -> Built {
 
 fn application(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let Built {
-        mut creator,
-        mut other,
-        ..
-    } = build(2, &mut rng);
     let plaintext = vec![0x5a; MESSAGE];
     let mut group = c.benchmark_group("application");
     group.throughput(Throughput::Bytes(MESSAGE as u64));
-    group.bench_function("encrypt_256B", |b| {
-        b.iter(|| {
-            creator
-                .member
-                .encrypt(GROUP, black_box(&plaintext))
-                .unwrap()
-        })
-    });
-    // Each message opens once, in order: encrypt a batch (untimed), then process it.
-    group.bench_function("decrypt_256B", |b| {
-        b.iter_batched(
-            || creator.member.encrypt(GROUP, &plaintext).unwrap(),
-            |sealed| match other.member.process(GROUP, &sealed).unwrap() {
-                Incoming::Application { plaintext, .. } => plaintext,
-                incoming => panic!("expected an application message, got {incoming:?}"),
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for leaves in APPLICATION_SIZES {
+        let Built { mut creator, .. } = build(leaves, &mut rng);
+        group.bench_with_input(BenchmarkId::new("encrypt_256B", leaves), &leaves, |b, _| {
+            b.iter(|| {
+                creator
+                    .member
+                    .encrypt(GROUP, black_box(&plaintext))
+                    .unwrap()
+            })
+        });
+        // Each message opens once, in order: encrypt a batch (untimed), then process it. A
+        // fresh pair: the receiver refuses generations too far ahead of the last it opened,
+        // and the encryption benchmark used up many.
+        let Built {
+            mut creator,
+            mut other,
+            ..
+        } = build(leaves, &mut rng);
+        group.bench_with_input(BenchmarkId::new("decrypt_256B", leaves), &leaves, |b, _| {
+            b.iter_batched(
+                || creator.member.encrypt(GROUP, &plaintext).unwrap(),
+                |sealed| match other.member.process(GROUP, &sealed).unwrap() {
+                    Incoming::Application { plaintext, .. } => plaintext,
+                    incoming => panic!("expected an application message, got {incoming:?}"),
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -212,7 +212,7 @@ impl Device {
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let users = options.pick(options.users, 100, 10).max(2);
     let load = Load {
-        rate: options.pick(options.rate, 50.0, 20.0),
+        rate: options.pick(options.rate, 5.0, 20.0),
         warmup: if options.quick {
             Duration::from_millis(300)
         } else {
@@ -221,7 +221,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         duration: options.duration(Duration::from_secs(10), Duration::from_secs(1)),
     };
     step(NAME, "starting the relay");
-    let relay = BenchRelay::spawn(&options.services, NodeOptions::default()).await?;
+    // The creator sends a contact request and a KeyPackage claim per user in a row.
+    let node = NodeOptions {
+        people_writes_per_second: Some(1_000_000),
+        ..NodeOptions::default()
+    };
+    let relay = BenchRelay::spawn(&options.services, node).await?;
     let target = relay.target();
     let (mut devices, conv, setup) = set_up(target, users, options.sources).await?;
     let base_head = devices.first().map_or(0, |d| d.cursor);
@@ -243,42 +248,50 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let mut report = Report::default();
     add_figures(&mut report, &measured, &load);
 
-    // The reference: the per-user sync log at the same load, on a fresh relay.
-    step(NAME, "sync log at the same load");
-    let relay = BenchRelay::spawn(&options.services, NodeOptions::default()).await?;
-    let target = relay.target();
-    let placements: Vec<Placement> = (0..users)
-        .map(|_| Placement {
-            sender: target,
-            receiver: target,
-            group: 0,
-        })
-        .collect();
-    let label = format!("{NAME} (sync log)");
-    let mut results = latency::measure(&label, load, &placements, 1, options.sources).await?;
-    relay.shutdown(Duration::from_secs(5)).await;
-    let Some(log) = results.pop() else {
-        bail!("no sync-log results");
-    };
-    let prefix = "sync log, same load: append → event ";
-    report.add(
-        NAME,
-        format!("{prefix}p50"),
-        quantile_ms(&log.actual, 0.5),
-        "ms",
-    );
-    report.add(
-        NAME,
-        format!("{prefix}p99"),
-        quantile_ms(&log.actual, 0.99),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "sync log, same load: events not delivered within 5 s",
-        log.sent.saturating_sub(log.received) as f64,
-        "ev",
-    );
+    // The references: the per-user sync log at the same send rate, and at the same rate of
+    // deliveries (fan-out 1, so `devices − 1` times the appends), each on a fresh relay.
+    let deliveries = load.rate * (2 * users - 1) as f64;
+    for (label, rate) in [
+        ("same send rate", load.rate),
+        ("same deliveries", deliveries),
+    ] {
+        step(NAME, format_args!("sync log, {label}: {rate} ev/s"));
+        let relay = BenchRelay::spawn(&options.services, NodeOptions::default()).await?;
+        let target = relay.target();
+        let placements: Vec<Placement> = (0..users)
+            .map(|_| Placement {
+                sender: target,
+                receiver: target,
+                group: 0,
+            })
+            .collect();
+        let load = Load { rate, ..load };
+        let name = format!("{NAME} (sync log, {label})");
+        let mut results = latency::measure(&name, load, &placements, 1, options.sources).await?;
+        relay.shutdown(Duration::from_secs(5)).await;
+        let Some(log) = results.pop() else {
+            bail!("no sync-log results");
+        };
+        let prefix = format!("sync log, {label} ({rate} ev/s): append → event");
+        report.add(
+            NAME,
+            format!("{prefix} p50"),
+            quantile_ms(&log.actual, 0.5),
+            "ms",
+        );
+        report.add(
+            NAME,
+            format!("{prefix} p99"),
+            quantile_ms(&log.actual, 0.99),
+            "ms",
+        );
+        report.add(
+            NAME,
+            format!("sync log, {label}: events not delivered within 5 s"),
+            log.sent.saturating_sub(log.received) as f64,
+            "ev",
+        );
+    }
     report.note(format!(
         "conversations: one group of {users} users × 2 devices (set up with {commits} add \
          commit(s), Welcome {welcome} B, GroupInfo {info} B), every device a real MLS member; \
@@ -286,15 +299,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
          {rate} msg/s in total, {warmup:?} warm-up then {window:?} measured; every device \
          fetches on ConvHead and decrypts; latency from the sender's ConvSend to the message \
          decrypted on each receiving device (same process, same clock). \"client MLS\" is the \
-         bench's own devices' time in Member::process, on the relay's cores. Reference: the \
+         bench's own devices' time in Member::process, on the relay's cores. References: the \
          latency scenario's engine on a fresh relay, {users} users appending {PAYLOAD} B events \
-         at the same rate to their other device (fan-out 1, no MLS)",
+         to their other device (fan-out 1, no MLS), at the same rate and at {deliveries} ev/s \
+         (the conversation's deliveries: rate × (devices − 1))",
         commits = setup.commits,
         welcome = setup.welcome_len,
         info = setup.group_info_len,
         rate = load.rate,
         warmup = load.warmup,
         window = load.duration,
+        deliveries = load.rate * (2 * users - 1) as f64,
     ));
     Ok(report)
 }
@@ -532,12 +547,17 @@ async fn measure(
         Arc::clone(&shared.decrypted),
         "msg",
     );
-    let mut tasks = Vec::with_capacity(count);
-    for (i, device) in devices.into_iter().enumerate() {
-        let sends = (i % 2 == 0).then(|| {
+    // Each user's first device sends from its phase on, if that falls before the window's end
+    // (at low rates a sender's period is longer than the run).
+    let first_sends: Vec<Option<Instant>> = (0..count)
+        .map(|i| {
             let phase = period.mul_f64((i / 2) as f64 / senders as f64);
-            start + phase
-        });
+            Some(start + phase).filter(|at| i % 2 == 0 && *at < window_end)
+        })
+        .collect();
+    let active = first_sends.iter().flatten().count();
+    let mut tasks = Vec::with_capacity(count);
+    for (device, sends) in devices.into_iter().zip(first_sends) {
         let run = Run {
             conv,
             base,
@@ -549,7 +569,7 @@ async fn measure(
             deadline,
             period,
             first_send: sends,
-            senders: senders as u64,
+            senders: active as u64,
             base_head,
             shared: Arc::clone(&shared),
         };
@@ -588,8 +608,9 @@ struct Run {
     window_end: Instant,
     deadline: Instant,
     period: Duration,
-    /// When this device sends first (`None`: it only reads).
+    /// When this device sends first (`None`: it only reads). Sends stop at the window's end.
     first_send: Option<Instant>,
+    /// Devices that send.
     senders: u64,
     base_head: u64,
     shared: Arc<Shared>,
@@ -696,7 +717,8 @@ impl Run {
                     device.next_seq += 1;
                     device.connection.send(&ClientFrame::ConvSend(Box::new(send))).await?;
                     unanswered += 1;
-                    if micros_since(self.base, send_at) >= self.window.0 {
+                    let scheduled = micros_since(self.base, send_at);
+                    if scheduled >= self.window.0 && scheduled < self.window.1 {
                         seen.sent += 1;
                     }
                     let next = send_at + self.period;
