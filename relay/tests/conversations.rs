@@ -599,34 +599,12 @@ async fn a_device_that_lost_its_group_rejoins_by_external_commit() {
     let (mut a, mut b, conv) = pair_talking(&node).await;
     a.say(conv, "before").await;
     b.sync(conv).await;
-    // Bob's device loses its state for this group (a restore from an old backup, say).
+    // Bob's device loses its state for this group (a restore from an old backup, say): it
+    // rejoins from the GroupInfo, which is the group's current epoch.
     b.mls.forget(&conv.0).unwrap();
-    let info = b.ask(&ClientFrame::GroupInfoFetch { conv }).await;
-    let ServerFrame::GroupInfo {
-        epoch, group_info, ..
-    } = info
-    else {
-        panic!("GroupInfoFetch answered {info:?}");
-    };
+    let (epoch, _) = b.group_info(conv).await;
     assert_eq!(epoch, a.mls.epoch(&conv.0).unwrap());
-    let (joined, out) = b.mls.join_external(&group_info).unwrap();
-    assert_eq!(joined, conv.0.to_vec());
-    let answer = b
-        .send(
-            conv,
-            MessageClass::Commit,
-            epoch,
-            out.commit,
-            None,
-            Some(out.group_info),
-        )
-        .await;
-    let ServerFrame::ConvSent { conv_seq, .. } = answer else {
-        panic!("the external commit answered {answer:?}");
-    };
-    b.mls.merge_pending(&conv.0).unwrap();
-    b.cursors.insert(conv, conv_seq);
-    b.joined_epoch.insert(conv, epoch + 1);
+    b.rejoin(conv).await;
     // A message Alice sent before she heard of the rejoin would be from the old epoch, which
     // the rejoined device cannot open (it is skipped); Alice reads the commit first.
     a.sync(conv).await;
@@ -982,31 +960,7 @@ async fn retention_story(node: &Node) {
     let ServerFrame::ConvTrimmed { rejoin: true, .. } = answer else {
         panic!("{answer:?}");
     };
-    b.mls.forget(&conv.0).unwrap();
-    let info = b.ask(&ClientFrame::GroupInfoFetch { conv }).await;
-    let ServerFrame::GroupInfo {
-        epoch, group_info, ..
-    } = info
-    else {
-        panic!("{info:?}");
-    };
-    let (_, out) = b.mls.join_external(&group_info).unwrap();
-    let rejoined = b
-        .send(
-            conv,
-            MessageClass::Commit,
-            epoch,
-            out.commit,
-            None,
-            Some(out.group_info),
-        )
-        .await;
-    let ServerFrame::ConvSent { conv_seq, .. } = rejoined else {
-        panic!("{rejoined:?}");
-    };
-    b.mls.merge_pending(&conv.0).unwrap();
-    b.cursors.insert(conv, conv_seq);
-    b.joined_epoch.insert(conv, epoch + 1);
+    b.rejoin(conv).await;
     a.sync(conv).await;
     a.list().await; // a round trip: the cursor it acknowledged is stored
     let back = a.say(conv, "welcome back").await;

@@ -478,18 +478,11 @@ impl Conversations {
         let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
         let proposals = inner.member.propose_leave(&conv.0).map_err(mls_error)?;
         for proposal in proposals {
-            let device_seq = inner.book.take_seq();
-            self.save(&inner)?;
-            let send = ConvSend {
-                conv,
-                device_seq,
-                epoch,
-                class: MessageClass::Proposal,
-                message: proposal,
-                welcome: None,
-                group_info: None,
-            };
-            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+            let class = MessageClass::Proposal;
+            let answer = self
+                .send_one(ask, &mut inner, conv, epoch, class, proposal, None, None)
+                .await?;
+            match answer {
                 ServerFrame::ConvSent { .. } => {}
                 ServerFrame::ConvStale { .. } => {
                     return Err(ClientError::Mls(
@@ -584,19 +577,21 @@ impl Conversations {
             let Some(out) = self.make(ask, inner, conv, change).await? else {
                 return Ok(());
             };
-            let device_seq = inner.book.take_seq();
             // The pending commit and the taken device_seq are on disk before the frame leaves.
-            self.save(inner)?;
-            let send = ConvSend {
-                conv,
-                device_seq,
-                epoch,
-                class: MessageClass::Commit,
-                message: out.commit,
-                welcome: out.welcome.map(Into::into),
-                group_info: Some(out.group_info.into()),
-            };
-            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+            let (class, info) = (MessageClass::Commit, Some(out.group_info));
+            let answer = self
+                .send_one(
+                    ask,
+                    inner,
+                    conv,
+                    epoch,
+                    class,
+                    out.commit,
+                    out.welcome,
+                    info,
+                )
+                .await?;
+            match answer {
                 ServerFrame::ConvSent { .. } => {
                     let before = users_in(&inner.member, conv)?;
                     inner.member.merge_pending(&conv.0).map_err(mls_error)?;
@@ -621,6 +616,52 @@ impl Conversations {
         Err(ClientError::Mls(format!(
             "other members' commits won {COMMIT_ATTEMPTS} times in a row; try again"
         )))
+    }
+
+    /// Sends one MLS message of this device with the next `device_seq`, taken and saved
+    /// (with whatever MLS state made the message) before the frame leaves.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_one(
+        &self,
+        ask: &dyn Ask,
+        inner: &mut Inner,
+        conv: ConvId,
+        epoch: u64,
+        class: MessageClass,
+        message: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        group_info: Option<Vec<u8>>,
+    ) -> Result<ServerFrame, ClientError> {
+        let device_seq = inner.book.take_seq();
+        self.save(inner)?;
+        let send = ConvSend {
+            conv,
+            device_seq,
+            epoch,
+            class,
+            message,
+            welcome: welcome.map(Into::into),
+            group_info: group_info.map(Into::into),
+        };
+        ask.ask(ClientFrame::ConvSend(Box::new(send))).await
+    }
+
+    /// This device is in `conv` now, from the message at `conv_seq` on: its record, saved,
+    /// and `Joined` for the app.
+    fn enter(&self, inner: &mut Inner, conv: ConvId, conv_seq: u64) -> Result<(), ClientError> {
+        let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
+        let kind = inner
+            .member
+            .policy(&conv.0)
+            .ok()
+            .flatten()
+            .map_or(GroupKind::Group, |p| p.kind);
+        let mut record = ConvRecord::new(kind, epoch);
+        record.cursor = conv_seq;
+        inner.book.convs.insert(conv, record);
+        self.save(inner)?;
+        self.queue([ConversationEvent::Joined { conv, kind }]);
+        Ok(())
     }
 
     // ------------------------------------------------------------------------------------
@@ -676,18 +717,10 @@ impl Conversations {
         for attempt in 0..2 {
             let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
             let message = inner.member.encrypt(&conv.0, &body).map_err(mls_error)?;
-            let device_seq = inner.book.take_seq();
-            self.save(inner)?;
-            let send = ConvSend {
-                conv,
-                device_seq,
-                epoch,
-                class,
-                message,
-                welcome: None,
-                group_info: None,
-            };
-            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+            let answer = self
+                .send_one(ask, inner, conv, epoch, class, message, None, None)
+                .await?;
+            match answer {
                 ServerFrame::ConvSent { conv_seq, .. } => return Ok(conv_seq),
                 ServerFrame::ConvRefused { error, .. }
                     if error.code == ErrorCode::MlsRefused && attempt == 0 =>
@@ -901,18 +934,7 @@ impl Conversations {
                         return Ok(());
                     }
                 }
-                let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
-                let kind = inner
-                    .member
-                    .policy(&conv.0)
-                    .ok()
-                    .flatten()
-                    .map_or(GroupKind::Group, |p| p.kind);
-                let mut record = ConvRecord::new(kind, epoch);
-                record.cursor = conv_seq;
-                inner.book.convs.insert(conv, record);
-                self.save(&inner)?;
-                self.queue([ConversationEvent::Joined { conv, kind }]);
+                self.enter(&mut inner, conv, conv_seq)?;
                 self.catch_up(ask, &mut inner, conv).await
             }
             Notice::RemovedFromConversation { conv, .. } => {
@@ -1114,32 +1136,14 @@ impl Conversations {
                 other => return Err(unexpected(&other)),
             };
             let (_, out) = inner.member.join_external(&group_info).map_err(mls_error)?;
-            let device_seq = inner.book.take_seq();
-            self.save(inner)?;
-            let send = ConvSend {
-                conv,
-                device_seq,
-                epoch,
-                class: MessageClass::Commit,
-                message: out.commit,
-                welcome: None,
-                group_info: Some(out.group_info.into()),
-            };
-            match ask.ask(ClientFrame::ConvSend(Box::new(send))).await? {
+            let (class, info) = (MessageClass::Commit, Some(out.group_info));
+            let answer = self
+                .send_one(ask, inner, conv, epoch, class, out.commit, None, info)
+                .await?;
+            match answer {
                 ServerFrame::ConvSent { conv_seq, .. } => {
                     // External commits are merged when made.
-                    let joined = inner.member.epoch(&conv.0).map_err(mls_error)?;
-                    let kind = inner
-                        .member
-                        .policy(&conv.0)
-                        .ok()
-                        .flatten()
-                        .map_or(GroupKind::Group, |p| p.kind);
-                    let mut record = ConvRecord::new(kind, joined);
-                    record.cursor = conv_seq;
-                    inner.book.convs.insert(conv, record);
-                    self.save(inner)?;
-                    self.queue([ConversationEvent::Joined { conv, kind }]);
+                    self.enter(inner, conv, conv_seq)?;
                     return self.catch_up(ask, inner, conv).await;
                 }
                 ServerFrame::ConvStale { .. } => {

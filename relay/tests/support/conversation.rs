@@ -277,6 +277,38 @@ impl Talker {
         })
     }
 
+    /// The conversation's latest GroupInfo and its epoch (panics on a refusal).
+    pub async fn group_info(&mut self, conv: ConvId) -> (u64, Vec<u8>) {
+        match self.ask(&ClientFrame::GroupInfoFetch { conv }).await {
+            ServerFrame::GroupInfo {
+                epoch, group_info, ..
+            } => (epoch, group_info),
+            other => panic!("GroupInfoFetch answered {other:?}"),
+        }
+    }
+
+    /// Joins `conv` by external commit from its GroupInfo (its own state for the group, if
+    /// any, is dropped first), and reads on from that commit. Returns the commit's conv_seq.
+    pub async fn rejoin(&mut self, conv: ConvId) -> u64 {
+        if self.mls.is_active(&conv.0).unwrap_or(false) {
+            self.mls.forget(&conv.0).unwrap();
+        }
+        let (epoch, group_info) = self.group_info(conv).await;
+        let (joined, out) = self.mls.join_external(&group_info).unwrap();
+        assert_eq!(joined, conv.0.to_vec());
+        let (commit, info) = (out.commit, Some(out.group_info));
+        let answer = self
+            .send(conv, MessageClass::Commit, epoch, commit, None, info)
+            .await;
+        let ServerFrame::ConvSent { conv_seq, .. } = answer else {
+            panic!("the external commit answered {answer:?}");
+        };
+        self.mls.merge_pending(&conv.0).unwrap();
+        self.cursors.insert(conv, conv_seq);
+        self.joined_epoch.insert(conv, epoch + 1);
+        conv_seq
+    }
+
     /// Encrypts and sends `text` as content; returns its conv_seq.
     pub async fn say(&mut self, conv: ConvId, text: &str) -> u64 {
         self.say_as(conv, MessageClass::Content, text).await
