@@ -303,18 +303,7 @@ impl Member {
         group_id: &[u8],
         devices: &[Device],
     ) -> Result<CommitOut, MemberError> {
-        let group = self.group(group_id)?;
-        let mut leaves = Vec::with_capacity(devices.len());
-        for device in devices {
-            let index = group
-                .members()
-                .find(|member| {
-                    leaf_owner(&member.credential, &member.signature_key).ok() == Some(*device)
-                })
-                .map(|member| member.index)
-                .ok_or(MlsRefusal::NotAMember)?;
-            leaves.push(index);
-        }
+        let leaves = leaves_of(self.group(group_id)?, devices)?;
         self.commit(group_id, Change::Remove(leaves))
     }
 
@@ -425,15 +414,7 @@ impl Member {
             .groups
             .get_mut(group_id)
             .ok_or(MemberError::UnknownGroup)?;
-        let mut indexes = Vec::with_capacity(devices.len());
-        for device in devices {
-            let index = group
-                .members()
-                .find(|m| leaf_owner(&m.credential, &m.signature_key).ok() == Some(*device))
-                .map(|m| m.index)
-                .ok_or(MlsRefusal::NotAMember)?;
-            indexes.push(index);
-        }
+        let indexes = leaves_of(group, devices)?;
         let mut out = Vec::with_capacity(indexes.len());
         for index in indexes {
             let (proposal, _) = group
@@ -779,6 +760,20 @@ fn join_config() -> MlsGroupJoinConfig {
         .use_ratchet_tree_extension(true)
         .max_past_epochs(PAST_EPOCHS)
         .build()
+}
+
+/// The leaves of `devices` in the group's current tree (`NotAMember` for one not in it).
+fn leaves_of(group: &MlsGroup, devices: &[Device]) -> Result<Vec<LeafNodeIndex>, MlsRefusal> {
+    devices
+        .iter()
+        .map(|device| {
+            group
+                .members()
+                .find(|m| leaf_owner(&m.credential, &m.signature_key).ok() == Some(*device))
+                .map(|m| m.index)
+                .ok_or(MlsRefusal::NotAMember)
+        })
+        .collect()
 }
 
 /// The owner of a leaf in the group's current tree.

@@ -589,6 +589,29 @@ async fn unread_counts_read_markers_and_typing() {
     a2.pushed_frame(typing).await;
     let _ = a1.list().await; // a round trip: anything for a1 would have arrived by now
     assert!(!a1.pushed.iter().any(typing), "the typist hears itself");
+
+    // Once Bob blocks Alice, her typing no longer reaches him (a block is silence); her own
+    // other device still hears it.
+    assert_eq!(
+        b.ask(&ClientFrame::Block { peer: alice_id }).await,
+        ServerFrame::Done
+    );
+    b.pushed.retain(|f| !typing(f));
+    a1.client
+        .send(&ClientFrame::ConvEphemeral {
+            conv,
+            body: b"typing again".to_vec(),
+        })
+        .await;
+    a2.pushed_frame(
+        |f| matches!(f, ServerFrame::ConvEphemeral { body, .. } if body == b"typing again"),
+    )
+    .await;
+    let _ = b.list().await; // a round trip: anything for Bob would have arrived by now
+    assert!(
+        !b.pushed.iter().any(typing),
+        "the blocker hears the blocked user type"
+    );
 }
 
 /// Test 5 (in part): a device whose group state is lost rejoins by external commit from the

@@ -46,7 +46,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::Mutex;
 
 use crate::error::ClientError;
-use crate::people::Ask;
+use crate::people::{Ask, unexpected};
 use crate::state::Keys;
 use crate::trust::Trust;
 pub use book::{ARCHIVE_PREFIX, StoredMessage};
@@ -186,10 +186,6 @@ struct Inner {
 
 fn mls_error(error: impl std::fmt::Display) -> ClientError {
     ClientError::Mls(error.to_string())
-}
-
-fn unexpected(answer: &ServerFrame) -> ClientError {
-    ClientError::Protocol(format!("unexpected answer {answer:?}"))
 }
 
 fn refused(error: &ferry_protocol::ErrorFrame) -> ClientError {

@@ -229,7 +229,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn unexpected(answer: &ServerFrame) -> ClientError {
+/// The error for an answer that does not answer the request (people and conversations).
+pub(crate) fn unexpected(answer: &ServerFrame) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {answer:?}"))
 }
 

@@ -19,11 +19,11 @@
 
 use ferry_mls::DsGroup;
 use ferry_protocol::conversations::{ConvId, ConvSend, Direction};
-use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame, UserId};
+use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame};
 
-use super::people::Asker;
+use super::people::{Asker, error, log_storage_error, storage_error, wake};
 use crate::context::{Context, now_ms};
-use crate::store::{ConvPage, KeyPackageRow, Notified, SendOutcome, StoreError};
+use crate::store::{ConvPage, KeyPackageRow, SendOutcome, StoreError};
 
 /// Most conversations in one `Conversations` page.
 pub(super) const CONVS_PER_PAGE: usize = 64;
@@ -54,7 +54,7 @@ pub(super) async fn handle(ctx: &Context, asker: Asker, frame: ClientFrame) -> V
             last_resort,
         } => {
             if !super::people::may_write(ctx, asker) {
-                return vec![error(ctx, ErrorCode::RateLimited, "")];
+                return vec![rate_limited(ctx)];
             }
             vec![
                 upload(
@@ -68,7 +68,7 @@ pub(super) async fn handle(ctx: &Context, asker: Asker, frame: ClientFrame) -> V
         }
         ClientFrame::KeyPackagesClaim { user } => {
             if !super::people::may_write(ctx, asker) {
-                return vec![error(ctx, ErrorCode::RateLimited, "")];
+                return vec![rate_limited(ctx)];
             }
             match ctx
                 .store
@@ -81,7 +81,7 @@ pub(super) async fn handle(ctx: &Context, asker: Asker, frame: ClientFrame) -> V
         }
         ClientFrame::ConvCreate { conv, group_info } => {
             if !super::people::may_write(ctx, asker) {
-                return vec![error(ctx, ErrorCode::RateLimited, "")];
+                return vec![rate_limited(ctx)];
             }
             vec![create(ctx, asker, conv, &group_info).await]
         }
@@ -300,7 +300,11 @@ async fn fetch(
 
 /// `ConvRead`: moves the user's marker, and tells every member's devices.
 async fn read(ctx: &Context, asker: Asker, conv: ConvId, seq: u64) {
-    let members = match ctx.store.conversation_members(conv, asker.device).await {
+    let members = match ctx
+        .store
+        .conversation_members(conv, asker.device, None)
+        .await
+    {
         Ok(members) => members,
         Err(e) => {
             log_storage_error(&e);
@@ -356,20 +360,18 @@ async fn ephemeral(ctx: &Context, asker: Asker, conv: ConvId, body: Vec<u8>) {
         ctx.metrics.error(ErrorCode::RateLimited);
         return;
     }
-    let members = match ctx.store.conversation_members(conv, asker.device).await {
+    let unblocked_by = Some(asker.user);
+    let audience = ctx
+        .store
+        .conversation_members(conv, asker.device, unblocked_by)
+        .await;
+    let to = match audience {
         Ok(members) => members,
         Err(e) => {
             log_storage_error(&e);
             return;
         }
     };
-    let mut to = Vec::with_capacity(members.len());
-    for member in members {
-        if member != asker.user && blocked_by(ctx, member, asker.user).await {
-            continue;
-        }
-        to.push(member);
-    }
     let frame = ServerFrame::ConvEphemeral {
         conv,
         user: asker.user,
@@ -379,37 +381,7 @@ async fn ephemeral(ctx: &Context, asker: Asker, conv: ConvId, body: Vec<u8>) {
     ctx.hub.conversation_frame(&to, &frame, Some(asker.device));
 }
 
-/// Whether `owner` blocked `peer`; a store error counts as blocked (an ephemeral is a hint).
-async fn blocked_by(ctx: &Context, owner: UserId, peer: UserId) -> bool {
-    ctx.store.is_blocked(owner, peer).await.unwrap_or(true)
-}
-
-/// Hands the notices (Welcomes, removals) to the hub, per user in commit order.
-fn wake(ctx: &Context, notified: Notified) {
-    for (user, event) in notified.0 {
-        ctx.hub.committed(user, vec![event]);
-    }
-}
-
-fn error(ctx: &Context, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
-    ctx.metrics.error(code);
-    let message = message.into();
-    if message.is_empty() {
-        return ServerFrame::Error(ErrorFrame::new(code));
-    }
-    ServerFrame::Error(ErrorFrame::with_message(code, message))
-}
-
-fn log_storage_error(e: &StoreError) {
-    if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
-        tracing::warn!(error = %e, "storage error in a conversation request");
-    }
-}
-
-fn storage_error(ctx: &Context, e: &StoreError) -> ServerFrame {
-    log_storage_error(e);
-    match e {
-        StoreError::RefusedBecause(code, reason) => error(ctx, *code, reason.clone()),
-        other => error(ctx, other.code(), other.code().description()),
-    }
+fn rate_limited(ctx: &Context) -> ServerFrame {
+    let code = ErrorCode::RateLimited;
+    error(ctx, code, code.description())
 }

@@ -294,7 +294,8 @@ async fn touch_last_seen(ctx: &Context, user: UserId, now_s: u64) {
 }
 
 /// Hands the notices to the hub: every session of their users, here and on other nodes.
-fn wake(ctx: &Context, notified: Notified) {
+/// (Also the conversation frames' Welcomes and removal notices.)
+pub(super) fn wake(ctx: &Context, notified: Notified) {
     let mut notices = notified.0;
     // Grouped per user, in commit order.
     while let Some((user, _)) = notices.first() {
@@ -316,15 +317,25 @@ fn done(ctx: &Context, stored: Result<Notified, StoreError>) -> ServerFrame {
     }
 }
 
-fn error(ctx: &Context, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+/// An `Error` answer, counted in the metrics.
+pub(super) fn error(ctx: &Context, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
     ctx.metrics.error(code);
     ServerFrame::Error(ErrorFrame::with_message(code, message))
 }
 
-fn storage_error(ctx: &Context, e: &StoreError) -> ServerFrame {
-    let code = e.code();
-    if matches!(code, ErrorCode::Internal | ErrorCode::Unavailable) {
-        tracing::warn!(error = %e, "storage error in a people request");
+/// Logs a storage failure that is the relay's (not a refusal of the request).
+pub(super) fn log_storage_error(e: &StoreError) {
+    if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
+        tracing::warn!(error = %e, "storage error in a request");
     }
-    error(ctx, code, code.description())
+}
+
+/// The `Error` answering a request the store failed or refused: the refusal's reason when
+/// it gave one, else the code's description (never the database's own message).
+pub(super) fn storage_error(ctx: &Context, e: &StoreError) -> ServerFrame {
+    log_storage_error(e);
+    match e {
+        StoreError::RefusedBecause(code, reason) => error(ctx, *code, reason.clone()),
+        other => error(ctx, other.code(), other.code().description()),
+    }
 }

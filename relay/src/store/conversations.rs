@@ -146,9 +146,6 @@ pub trait ConversationStore: Send + Sync {
         now_ms: u64,
     ) -> Result<u64, StoreError>;
 
-    /// One-use KeyPackages left in `device`'s pool.
-    async fn key_package_count(&self, device: DeviceId) -> Result<u64, StoreError>;
-
     /// One KeyPackage per active device of `target` that has one (a one-use package, deleted,
     /// or else its last-resort package), `claimer_device` left out (a device adds its user's
     /// other devices). `Refused(not_a_contact)` unless `target` is `claimer` itself or a
@@ -219,11 +216,14 @@ pub trait ConversationStore: Send + Sync {
     /// `user`'s conversations, most recently active first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConvSummary>, StoreError>;
 
-    /// The member users of `conv`, if `device` is one of its leaves (for ephemeral frames).
+    /// The member users of `conv`, if `device` is one of its leaves (for the frames pushed
+    /// to members); with `unblocked_by`, members who blocked that user are left out (a block
+    /// is silence), in the same query.
     async fn conversation_members(
         &self,
         conv: ConvId,
         device: DeviceId,
+        unblocked_by: Option<UserId>,
     ) -> Result<Vec<UserId>, StoreError>;
 
     /// The latest GroupInfo and its epoch, for an active device of a member user.
@@ -636,8 +636,10 @@ impl ConversationStore for SqlStore {
             .iter()
             .map(|p| (p, false))
             .chain(last_resort.map(|p| (p, true)));
+        // The pool grows by the one-use packages actually inserted (a repeat is not).
+        let mut pool = count;
         for (row, is_last_resort) in all {
-            in_tx!(&mut tx, |conn| {
+            let inserted = in_tx!(&mut tx, |conn| {
                 // A package uploaded twice is stored once.
                 sqlx::query(
                     "INSERT INTO key_packages
@@ -652,31 +654,15 @@ impl ConversationStore for SqlStore {
                 .bind(row.package.as_slice())
                 .bind(db_int(now_ms))
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected()
             });
+            if !is_last_resort {
+                pool += inserted;
+            }
         }
-        let count: i64 = in_tx!(&mut tx, |conn| {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND NOT last_resort",
-            )
-            .bind(dev)
-            .fetch_one(&mut *conn)
-            .await?
-        });
         tx.commit().await?;
-        from_db_int(count, "count")
-    }
-
-    async fn key_package_count(&self, device: DeviceId) -> Result<u64, StoreError> {
-        let count: i64 = on_reader!(&self.db, |pool| {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND NOT last_resort",
-            )
-            .bind(device.as_bytes().as_slice())
-            .fetch_one(pool)
-            .await?
-        });
-        from_db_int(count, "count")
+        Ok(pool)
     }
 
     async fn claim_key_packages(
@@ -1323,16 +1309,22 @@ impl ConversationStore for SqlStore {
         &self,
         conv: ConvId,
         device: DeviceId,
+        unblocked_by: Option<UserId>,
     ) -> Result<Vec<UserId>, StoreError> {
+        let sender = unblocked_by.map(|user| user.as_bytes().to_vec());
         let rows: Vec<Vec<u8>> = on_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT m.user_id FROM conv_members m
                  WHERE m.conv_id = $1 AND EXISTS (
                    SELECT 1 FROM conv_leaves l WHERE l.conv_id = $1 AND l.device_id = $2)
+                   AND NOT EXISTS (
+                   SELECT 1 FROM blocks b WHERE b.owner = m.user_id AND b.peer = $3
+                     AND b.owner <> b.peer)
                  ORDER BY m.user_id",
             )
             .bind(conv.0.as_slice())
             .bind(device.as_bytes().as_slice())
+            .bind(sender)
             .fetch_all(pool)
             .await?
         });

@@ -519,10 +519,6 @@ impl ConversationStore for FaultyStore {
             .await
     }
 
-    async fn key_package_count(&self, device: DeviceId) -> Result<u64, StoreError> {
-        self.inner.key_package_count(device).await
-    }
-
     async fn claim_key_packages(
         &self,
         claimer: UserId,
@@ -609,8 +605,11 @@ impl ConversationStore for FaultyStore {
         &self,
         conv: ConvId,
         device: DeviceId,
+        unblocked_by: Option<UserId>,
     ) -> Result<Vec<UserId>, StoreError> {
-        self.inner.conversation_members(conv, device).await
+        self.inner
+            .conversation_members(conv, device, unblocked_by)
+            .await
     }
 
     async fn group_info(
