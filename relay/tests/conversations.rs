@@ -998,3 +998,51 @@ async fn retention_story(node: &Node) {
         b.mls.epoch_authenticator(&conv.0).unwrap()
     );
 }
+
+/// `ConvCreate`: a group whose only leaf is another device is refused, and so is an id
+/// already taken (nothing of the first conversation changes).
+#[tokio::test]
+async fn a_conversation_is_created_only_by_its_one_leaf_and_only_once() {
+    let node = node(|_| {}).await;
+    let (mut a, mut b, conv) = pair_talking(&node).await;
+
+    // Bob sends Alice's GroupInfo as his own new conversation.
+    let mut id = [0; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    let other = ConvId(id);
+    let policy = ferry_mls::GroupPolicy {
+        kind: GroupKind::Group,
+        admins: vec![a.user()],
+    };
+    let alices = a.mls.create_group(&other.0, policy).unwrap();
+    let answer = b
+        .ask(&ClientFrame::ConvCreate {
+            conv: other,
+            group_info: alices.clone(),
+        })
+        .await;
+    assert_eq!(refusal(&answer), Some(ErrorCode::MlsRefused), "{answer:?}");
+
+    // An id that is taken, even with a valid group of the sender's own.
+    let policy = ferry_mls::GroupPolicy {
+        kind: GroupKind::Group,
+        admins: vec![b.user()],
+    };
+    let mut fresh = ferry_mls::Member::new(b.user(), &b.id.device);
+    let bobs = fresh.create_group(&conv.0, policy).unwrap();
+    let answer = b
+        .ask(&ClientFrame::ConvCreate {
+            conv,
+            group_info: bobs,
+        })
+        .await;
+    assert_eq!(
+        refusal(&answer),
+        Some(ErrorCode::ConversationExists),
+        "{answer:?}"
+    );
+    let listed = a.list().await;
+    let summary = listed.iter().find(|s| s.conv == conv).unwrap();
+    assert_eq!(summary.head, 1, "the add commit and nothing after it");
+    assert_eq!(summary.members.len(), 2);
+}
