@@ -223,10 +223,18 @@ impl Client {
                 // This device's own event, acknowledged without being shown.
                 None => {}
                 Some(Item::App(Ok(ClientEvent::CaughtUp { head }))) => {
-                    if let Err(error) = self.handle.people.sync(&self.handle).await {
-                        tracing::warn!(%error, "could not refresh contacts' profiles");
-                    }
                     let conversations = &self.handle.conversations;
+                    match self.handle.people.sync(&self.handle).await {
+                        // Before the conversations are read: whose messages to hide.
+                        Ok(blocked) => {
+                            if let Err(error) = conversations.blocked_now(blocked).await {
+                                tracing::warn!(%error, "could not keep this user's blocks");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not refresh contacts' profiles");
+                        }
+                    }
                     if let Err(error) = conversations.on_caught_up(&self.handle).await {
                         tracing::warn!(%error, "could not bring conversations up to date");
                     }
@@ -295,12 +303,22 @@ impl Client {
                 .await
             {
                 Ok(event) => {
-                    if let crate::people::PeopleEvent::Blocked { user } = &event {
-                        // A block ends the 1:1s with that user (a block is silence).
-                        let conversations = &self.handle.conversations;
-                        if let Err(error) = conversations.on_blocked(&self.handle, *user).await {
-                            tracing::warn!(%error, "could not end the 1:1 with a blocked user");
+                    let conversations = &self.handle.conversations;
+                    match &event {
+                        crate::people::PeopleEvent::Blocked { user } => {
+                            // A block ends the 1:1s with that user (a block is silence), and
+                            // hides what it says in groups.
+                            if let Err(error) = conversations.on_blocked(&self.handle, *user).await
+                            {
+                                tracing::warn!(%error, "could not end the 1:1 with a blocked user");
+                            }
                         }
+                        crate::people::PeopleEvent::Unblocked { user } => {
+                            if let Err(error) = conversations.set_blocked(*user, false).await {
+                                tracing::warn!(%error, "could not keep this user's blocks");
+                            }
+                        }
+                        _ => {}
                     }
                     return Ok(Some(ClientEvent::People(event)));
                 }
@@ -569,18 +587,25 @@ impl ClientHandle {
         self.people.simple(self, frame).await
     }
 
-    /// Blocks `user`: nothing it directs at this user gets through, and it is not told.
+    /// Blocks `user`: nothing it directs at this user gets through, and it is not told. The
+    /// 1:1s with it end; in groups shared with it (which the relay cannot filter) every
+    /// device of this user hides its messages and typing (see
+    /// [`ConversationEvent`](crate::ConversationEvent)).
     pub async fn block(&self, user: UserId) -> Result<(), ClientError> {
         self.people
             .simple(self, ClientFrame::Block { peer: user })
-            .await
+            .await?;
+        // At once on this device; the others (and this one again) read the relay's notice.
+        self.conversations.set_blocked(user, true).await
     }
 
-    /// Unblocks `user` (a contact takes a new request).
+    /// Unblocks `user` (a contact takes a new request). What it said in shared groups while
+    /// blocked shows again in history; what it says next reaches the app.
     pub async fn unblock(&self, user: UserId) -> Result<(), ClientError> {
         self.people
             .simple(self, ClientFrame::Unblock { peer: user })
-            .await
+            .await?;
+        self.conversations.set_blocked(user, false).await
     }
 
     /// Fetches `user`'s device chain and checks it against the one this device pinned: an

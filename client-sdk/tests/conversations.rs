@@ -83,6 +83,26 @@ impl Dev {
         }
     }
 
+    /// Every conversation event up to the message at `conv_seq` in `conv` (included).
+    async fn events_through(&mut self, conv: ConvId, conv_seq: u64) -> Vec<ConversationEvent> {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.client.next_event()).await {
+                Ok(Ok(ClientEvent::Conversation(event))) => {
+                    let last = matches!(&event,
+                        ConversationEvent::Message(m) if m.conv == conv && m.conv_seq == conv_seq);
+                    seen.push(event);
+                    if last {
+                        return seen;
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("waiting for message {conv_seq}: {e:?}"),
+                Err(_) => panic!("no message {conv_seq} within {WAIT:?}; saw {seen:?}"),
+            }
+        }
+    }
+
     /// Waits for the people event `event` (others pass by).
     async fn people(&mut self, event: PeopleEvent) {
         loop {
@@ -427,4 +447,86 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
         )
         .await;
     assert!(alice.two.handle().send_text(chat, "hello?").await.is_err());
+}
+
+#[tokio::test]
+async fn a_blocked_member_of_a_shared_group_is_hidden_on_every_device_of_the_blocker() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (mut alice, _) = person(dir.path(), &relay, "alice", false).await;
+    let (mut bob, _) = person(dir.path(), &relay, "bob", false).await;
+    let (mut carol, _) = person(dir.path(), &relay, "carol", false).await;
+    befriend(&mut carol, &mut alice, "alice").await;
+    befriend(&mut carol, &mut bob, "bob").await;
+    let group = carol
+        .one
+        .handle()
+        .create_group(Some("trio"), &[alice.user, bob.user])
+        .await
+        .unwrap();
+    for dev in [
+        &mut carol.two,
+        &mut alice.one,
+        &mut alice.two,
+        &mut bob.one,
+        &mut bob.two,
+    ] {
+        dev.joined(group).await;
+    }
+    let before = bob.one.handle().send_text(group, "hi all").await.unwrap();
+    alice.one.message(group, before).await;
+    alice.two.message(group, before).await;
+
+    // Alice blocks Bob on one device; her other device hears of it from the relay's notice.
+    alice.one.handle().block(bob.user).await.unwrap();
+    for dev in [&mut alice.one, &mut alice.two] {
+        dev.people(PeopleEvent::Blocked { user: bob.user }).await;
+    }
+
+    // Bob types and writes in the group: Carol sees it, Alice's devices do not.
+    bob.one.handle().typing(group, true).await.unwrap();
+    carol
+        .one
+        .until("Bob typing", |e| {
+            matches!(e, ConversationEvent::Typing { user, typing: true, .. } if *user == bob.user)
+        })
+        .await;
+    let spam = bob.two.handle().send_text(group, "spam").await.unwrap();
+    assert_eq!(carol.one.message(group, spam).await.text, "spam");
+    // Carol writes after it: Alice's devices read past Bob's message to hers (they processed
+    // it: the group did not stall), and were shown nothing of Bob's on the way.
+    let hello = carol
+        .one
+        .handle()
+        .send_text(group, "hello alice")
+        .await
+        .unwrap();
+    for dev in [&mut alice.one, &mut alice.two] {
+        let seen = dev.events_through(group, hello).await;
+        for event in &seen {
+            let from_bob = match event {
+                ConversationEvent::Message(m) => m.user == bob.user,
+                ConversationEvent::Typing { user, .. } => *user == bob.user,
+                _ => false,
+            };
+            assert!(!from_bob, "a blocked member's {event:?} reached the app");
+        }
+        assert_eq!(dev.texts(group).await, ["hello alice"], "history hides Bob");
+    }
+
+    // Unblocked (from her other device): what Bob says next reaches both her devices, and
+    // what he said before shows again in history.
+    alice.two.handle().unblock(bob.user).await.unwrap();
+    for dev in [&mut alice.one, &mut alice.two] {
+        dev.people(PeopleEvent::Unblocked { user: bob.user }).await;
+    }
+    let sorry = bob.one.handle().send_text(group, "sorry").await.unwrap();
+    for dev in [&mut alice.one, &mut alice.two] {
+        let seen = dev.events_through(group, sorry).await;
+        assert!(matches!(seen.last(), Some(ConversationEvent::Message(m)) if m.text == "sorry"));
+        assert_eq!(
+            dev.texts(group).await,
+            ["hi all", "spam", "hello alice", "sorry"]
+        );
+    }
 }

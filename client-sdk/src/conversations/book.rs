@@ -3,7 +3,7 @@
 //! history is read from here), and the device's `device_seq` counter. Saved together with the
 //! MLS state in one file, so the two never disagree after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use ferry_mls::{GroupKind, Member};
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ClientError, StateError};
 use crate::files::{Access, write_atomic};
 
-/// Version of the saved file.
-const FORMAT: u8 = 1;
+/// Version of the saved file (1: before [`Book::blocked`], read and converted).
+const FORMAT: u8 = 2;
 
 /// The start of a log event that archives a conversation message for this user's other
 /// devices (see [`crate::conversations`]): a zero byte, then a label an app's own text would
@@ -126,6 +126,33 @@ pub(crate) struct Book {
     /// Messages this user's devices archived in its log, by conversation, in `conv_seq`
     /// order: the history of conversations from before this device was in them.
     pub archive: BTreeMap<ConvId, Vec<StoredMessage>>,
+    /// Users this user blocked, as this device last heard (its own block, the relay's notices
+    /// in the log, the relay's contact list at each catch-up). Their messages in the groups
+    /// shared with them are processed and kept, but neither handed to the app nor shown in
+    /// history while the block lasts.
+    pub blocked: BTreeSet<UserId>,
+}
+
+/// The book as format 1 saved it (no `blocked`: filled in from the relay's contact list at
+/// the next catch-up).
+#[derive(Serialize, Deserialize)]
+struct BookV1 {
+    last_seq: u64,
+    last_resort_uploaded: bool,
+    convs: BTreeMap<ConvId, ConvRecord>,
+    archive: BTreeMap<ConvId, Vec<StoredMessage>>,
+}
+
+impl From<BookV1> for Book {
+    fn from(old: BookV1) -> Self {
+        Self {
+            last_seq: old.last_seq,
+            last_resort_uploaded: old.last_resort_uploaded,
+            convs: old.convs,
+            archive: old.archive,
+            blocked: BTreeSet::new(),
+        }
+    }
 }
 
 impl Book {
@@ -144,6 +171,14 @@ pub(crate) struct Saved {
     member: Vec<u8>,
 }
 
+/// The saved file of format 1.
+#[derive(Serialize, Deserialize)]
+struct SavedV1 {
+    format: u8,
+    book: BookV1,
+    member: Vec<u8>,
+}
+
 impl Saved {
     /// Reads the file, if there is one.
     pub fn read(path: &Path, device: &DeviceKey) -> Result<Option<(Member, Book)>, ClientError> {
@@ -152,14 +187,23 @@ impl Saved {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StateError::io(path, e).into()),
         };
-        let saved: Saved = postcard::from_bytes(&bytes)
-            .map_err(|e| StateError::corrupt(path, format!("conversations: {e}")))?;
-        if saved.format != FORMAT {
-            return Err(StateError::corrupt(path, "an unknown conversations format").into());
-        }
-        let member = Member::from_bytes(&saved.member, device)
+        let corrupt = |e: postcard::Error| StateError::corrupt(path, format!("conversations: {e}"));
+        // The format is the first byte (postcard writes a u8 as itself).
+        let (book, member) = match bytes.first() {
+            Some(&FORMAT) => {
+                let saved: Saved = postcard::from_bytes(&bytes).map_err(corrupt)?;
+                (saved.book, saved.member)
+            }
+            Some(1) => {
+                let saved: SavedV1 = postcard::from_bytes(&bytes).map_err(corrupt)?;
+                debug_assert_eq!(saved.format, 1);
+                (saved.book.into(), saved.member)
+            }
+            _ => return Err(StateError::corrupt(path, "an unknown conversations format").into()),
+        };
+        let member = Member::from_bytes(&member, device)
             .map_err(|e| StateError::corrupt(path, format!("MLS state: {e}")))?;
-        Ok(Some((member, saved.book)))
+        Ok(Some((member, book)))
     }
 
     /// Replaces the file (private: it holds MLS secrets and decrypted messages).
@@ -173,5 +217,51 @@ impl Saved {
             .map_err(|e| ClientError::Protocol(format!("cannot encode conversations: {e}")))?;
         write_atomic(path, &bytes, Access::Private)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_file_of_format_1_is_read_with_no_blocks_and_written_again_as_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conversations");
+        let device = DeviceKey::generate(&mut rand_core::OsRng);
+        let member = Member::new(UserId([1; 32]), &device);
+        let conv = ConvId([9; 16]);
+        let mut record = ConvRecord::new(GroupKind::Group, 3);
+        record.cursor = 7;
+        let old = SavedV1 {
+            format: 1,
+            book: BookV1 {
+                last_seq: 5,
+                last_resort_uploaded: true,
+                convs: [(conv, record)].into_iter().collect(),
+                archive: BTreeMap::new(),
+            },
+            member: member.to_bytes(),
+        };
+        std::fs::write(&path, postcard::to_allocvec(&old).unwrap()).unwrap();
+
+        let (member, mut book) = Saved::read(&path, &device).unwrap().unwrap();
+        assert_eq!(book.last_seq, 5);
+        assert_eq!(book.convs[&conv].cursor, 7);
+        assert!(book.blocked.is_empty());
+
+        book.blocked.insert(UserId([2; 32]));
+        Saved::write(&path, &member, &book).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().first(), Some(&FORMAT));
+        let (_, again) = Saved::read(&path, &device).unwrap().unwrap();
+        assert_eq!(again.blocked, book.blocked);
+
+        std::fs::write(&path, [FORMAT + 1, 0, 0]).unwrap();
+        assert!(
+            Saved::read(&path, &device).is_err(),
+            "a format from the future"
+        );
     }
 }

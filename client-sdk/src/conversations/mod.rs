@@ -30,6 +30,12 @@
 //! that replays the log keeps the archived messages (deduplicated by conversation and
 //! `conv_seq`) and shows them in [`history`](Conversations::history) with its own.
 //! [`Options::archive_history`](crate::Options::archive_history) turns the archiving off.
+//!
+//! Blocks in groups: the relay cannot filter a group, so each device of a user who blocked
+//! another hides that member there. Its messages are processed like anyone's (the group's
+//! epoch and the cursor move on; they are kept, and archived) but are not handed to the app
+//! nor returned by `history` while the block lasts; its typing is dropped. The filter is
+//! applied when reading, so unblocking shows the kept messages in history again.
 
 mod book;
 mod ephemeral;
@@ -85,7 +91,8 @@ pub enum ConversationEvent {
         /// 1:1 or group.
         kind: GroupKind,
     },
-    /// A message, decrypted (or sent by another device of this user).
+    /// A message, decrypted (or sent by another device of this user); never one of a user
+    /// this user blocks (kept, and shown in history once unblocked).
     Message(StoredMessage),
     /// Users joined or left the conversation.
     MembersChanged {
@@ -108,7 +115,7 @@ pub enum ConversationEvent {
         /// The conversation.
         conv: ConvId,
     },
-    /// A member started or stopped typing.
+    /// A member started or stopped typing (never a user this user blocks).
     Typing {
         /// The conversation.
         conv: ConvId,
@@ -291,8 +298,10 @@ impl Conversations {
 
     /// This user blocked `user`: every 1:1 with it ends (its devices are removed, so
     /// nothing it sends there reaches this user). Groups stay: the relay cannot filter a
-    /// group, and the block does not remove anyone from one.
+    /// group, and the block does not remove anyone from one; from now on this device hides
+    /// what `user` says there (see [`set_blocked`](Self::set_blocked)).
     pub async fn on_blocked(&self, ask: &dyn Ask, user: UserId) -> Result<(), ClientError> {
+        self.set_blocked(user, true).await?;
         let mut inner = self.inner.lock().await;
         let chats: Vec<ConvId> = inner
             .book
@@ -307,6 +316,36 @@ impl Conversations {
                 let change = Change::Remove([user].into_iter().collect());
                 self.commit(ask, &mut inner, conv, &change).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Whether this user blocks `user`: while it does, the messages and typing of `user` in
+    /// a group shared with it are processed (the group's state and this device's cursor move
+    /// on as for anyone's) and its messages kept, but none is handed to the app, and
+    /// [`history`](Self::history) leaves them out. Unblocking shows the kept ones again in
+    /// history (not as events) and hands the app what `user` says next.
+    pub async fn set_blocked(&self, user: UserId, blocked: bool) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        let changed = if blocked {
+            inner.book.blocked.insert(user)
+        } else {
+            inner.book.blocked.remove(&user)
+        };
+        if changed {
+            self.save(&inner)?;
+        }
+        Ok(())
+    }
+
+    /// The users this user blocks, as the relay's contact list says at a catch-up: it
+    /// replaces what this device had (a device that missed notices, or was paired after
+    /// the log lost them, learns its user's blocks here).
+    pub async fn blocked_now(&self, users: BTreeSet<UserId>) -> Result<(), ClientError> {
+        let mut inner = self.inner.lock().await;
+        if inner.book.blocked != users {
+            inner.book.blocked = users;
+            self.save(&inner)?;
         }
         Ok(())
     }
@@ -745,8 +784,10 @@ impl Conversations {
         for message in archived.chain(own) {
             all.insert(message.conv_seq, message);
         }
+        // A blocked user's messages stay in the book, hidden while the block lasts.
         let older: Vec<StoredMessage> = all
             .into_values()
+            .filter(|m| !inner.book.blocked.contains(&m.user))
             .filter(|m| before == 0 || m.conv_seq < before)
             .cloned()
             .collect();
@@ -885,6 +926,11 @@ impl Conversations {
                 conv, user, body, ..
             } => {
                 let inner = self.inner.lock().await;
+                if inner.book.blocked.contains(&user) {
+                    // The relay drops a blocked user's typing for its blocker already; a
+                    // relay that does not is not believed either.
+                    return Ok(());
+                }
                 if let Some(typing) = ephemeral::open_typing(&inner.member, conv, &body) {
                     let mut deadlines = self
                         .typing
@@ -1003,6 +1049,8 @@ impl Conversations {
                 other => return Err(unexpected(&other)),
             };
             let mut events = Vec::new();
+            // Every text read, shown or not (the archive keeps a blocked user's too).
+            let mut texts = Vec::new();
             for message in messages {
                 let Some(record) = inner.book.convs.get(&conv) else {
                     break;
@@ -1052,7 +1100,12 @@ impl Conversations {
                                 text,
                             };
                             record.keep(stored.clone());
-                            events.push(ConversationEvent::Message(stored));
+                            // A blocked user's message is kept (unblocking shows it in
+                            // history), never handed to the app.
+                            if !inner.book.blocked.contains(&sender.0) {
+                                events.push(ConversationEvent::Message(stored.clone()));
+                            }
+                            texts.push(stored);
                         }
                     }
                     Some((
@@ -1085,12 +1138,8 @@ impl Conversations {
                 .and_then(|leaves| leaves.into_iter().find(|(user, _)| *user == self.me))
                 .map(|(_, device)| device);
             if self.archive && archiver == Some(self.device) {
-                for event in &events {
-                    if let ConversationEvent::Message(message) = event
-                        && message.user != self.me
-                    {
-                        ask.archive(archive_record(message)).await;
-                    }
+                for message in texts.iter().filter(|m| m.user != self.me) {
+                    ask.archive(archive_record(message)).await;
                 }
             }
             self.queue(events);

@@ -690,10 +690,15 @@ impl People {
 
     /// At each catch-up: fetches the profiles of contacts whose version moved (queued as
     /// [`PeopleEvent::ProfileChanged`]), and forgets presence not heard again since the
-    /// session started.
-    pub async fn sync(&self, ask: &dyn Ask) -> Result<(), ClientError> {
+    /// session started. Returns the users this user blocks, as the relay's list says.
+    pub async fn sync(&self, ask: &dyn Ask) -> Result<BTreeSet<UserId>, ClientError> {
         self.expire_presence();
         let (list, _) = self.list(ask).await?;
+        let blocked = list
+            .iter()
+            .filter(|info| info.state == ContactState::Blocked)
+            .map(|info| info.user)
+            .collect();
         for info in list {
             let stale = info.state == ContactState::Contact && {
                 let book = lock(&self.book);
@@ -701,14 +706,20 @@ impl People {
                     e.profile_key.is_some() && e.profile_version < info.profile_version
                 })
             };
-            if stale && let Some(profile) = self.profile(ask, info.user).await? {
-                self.queue(PeopleEvent::ProfileChanged {
+            if !stale {
+                continue;
+            }
+            match self.profile(ask, info.user).await {
+                Ok(Some(profile)) => self.queue(PeopleEvent::ProfileChanged {
                     user: info.user,
                     profile,
-                });
+                }),
+                Ok(None) => {}
+                // The others are still worth fetching; this one is tried at the next sync.
+                Err(error) => tracing::warn!(%error, "could not refresh a contact's profile"),
             }
         }
-        Ok(())
+        Ok(blocked)
     }
 
     // ------------------------------------------------------------------------------------
