@@ -8,6 +8,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use ferry_client::{
     Client, ClientEvent, ClientHandle, ConvId, ConversationEvent, PeopleEvent, StoredMessage,
@@ -100,6 +101,15 @@ impl Dev {
                 Ok(Err(e)) => panic!("waiting for message {conv_seq}: {e:?}"),
                 Err(_) => panic!("no message {conv_seq} within {WAIT:?}; saw {seen:?}"),
             }
+        }
+    }
+
+    /// Reads what comes until nothing has for a moment (its pushes processed), passing it by.
+    async fn settle(&mut self) {
+        while let Ok(item) =
+            tokio::time::timeout(Duration::from_millis(200), self.client.next_event()).await
+        {
+            item.unwrap();
         }
     }
 
@@ -322,6 +332,25 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
         client: Client::connect(spare.unwrap(), fast()).await.unwrap(),
     };
     three.joined_all(&[chat, group]).await;
+    // It could not read the group's title, sent before it joined: one of the other devices
+    // (Alice's lowest) reads its join and sends the title again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for dev in [&mut alice.one, &mut alice.two, &mut bob.one, &mut bob.two] {
+            dev.settle().await;
+        }
+        three.settle().await;
+        let infos = three.handle().conversations().await.unwrap();
+        let info = infos.iter().find(|i| i.conv == group).unwrap();
+        if let Some(title) = &info.title {
+            assert_eq!(title, "book club");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no title for the device that joined by itself within {WAIT:?}"
+        );
+    }
     // It reads what was said before it joined, from the archive in Alice's log.
     let before: Vec<String> = three
         .handle()

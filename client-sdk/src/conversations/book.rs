@@ -58,7 +58,8 @@ pub(crate) enum Body {
     /// Text a person wrote (class `Content`).
     Text(String),
     /// The conversation's title (class `Control`): sent by whoever names it, and again by
-    /// whoever adds members, who cannot read what was said before they joined.
+    /// whoever adds members, who cannot read what was said before they joined (for a device
+    /// that joins by itself, by one member that reads its join: see `title_sender`).
     Title(String),
 }
 
@@ -88,6 +89,9 @@ pub(crate) struct ConvRecord {
     /// A member proposed to leave: commit it after this page.
     #[serde(skip)]
     pub leave_proposed: bool,
+    /// A device joined by itself and this one sends it the title: after this catch-up.
+    #[serde(skip)]
+    pub title_owed: bool,
 }
 
 impl ConvRecord {
@@ -111,6 +115,7 @@ impl ConvRecord {
             messages: Vec::new(),
             title: None,
             leave_proposed: false,
+            title_owed: false,
         }
     }
 }

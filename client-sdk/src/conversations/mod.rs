@@ -31,6 +31,12 @@
 //! `conv_seq`) and shows them in [`history`](Conversations::history) with its own.
 //! [`Options::archive_history`](crate::Options::archive_history) turns the archiving off.
 //!
+//! Titles: a group's title is an application message (`Control`), so a device reads only
+//! titles sent after it joined. Whoever names the group sends it; whoever adds members sends
+//! it again after the commit; and when a device joins by itself (external commit), one
+//! member that reads the join sends it again: of the devices then in the group, the lowest
+//! of the joiner's own user's, else the lowest of all (every member computes the same one).
+//!
 //! Blocks in groups: the relay cannot filter a group, so each device of a user who blocked
 //! another hides that member there. Its messages are processed like anyone's (the group's
 //! epoch and the cursor move on; they are kept, and archived) but are not handed to the app
@@ -1119,9 +1125,17 @@ impl Conversations {
                         events.push(ConversationEvent::Left { conv });
                         break;
                     }
-                    Some((Incoming::Commit { .. }, before)) => {
-                        let after = users_in(&inner.member, conv)?;
+                    Some((Incoming::Commit { sender, added, .. }, before)) => {
+                        let present = present_devices(&inner.member, conv)?;
+                        let after = present.iter().map(|(user, _)| *user).collect();
                         events.extend(members_changed(conv, &before, &after));
+                        // A device that joined by itself (an external commit) cannot read
+                        // the title sent before: one member sends it again.
+                        if added.contains(&sender)
+                            && title_sender(&present, sender) == Some((self.me, self.device))
+                        {
+                            record.title_owed = record.title.is_some();
+                        }
                     }
                     Some((Incoming::Proposal { .. }, _)) => {
                         // A member leaving: committed by whoever reads it first (the relay
@@ -1160,6 +1174,24 @@ impl Conversations {
             .unwrap_or(false);
         if proposed {
             Box::pin(self.commit(ask, inner, conv, &Change::Proposals)).await?;
+        }
+        let title = inner
+            .book
+            .convs
+            .get_mut(&conv)
+            .filter(|record| record.title_owed)
+            .and_then(|record| {
+                record.title_owed = false;
+                record.title.clone()
+            });
+        if let Some(title) = title {
+            // At the head's epoch, which the device that joined can open.
+            let body = book::Body::Title(title);
+            let sent = Box::pin(self.send_body(ask, inner, conv, MessageClass::Control, &body));
+            if let Err(error) = sent.await {
+                // Not this caller's failure: the device that joined lacks only the title.
+                tracing::warn!(%conv, %error, "could not send the title again for a device that joined");
+            }
         }
         Ok(())
     }
@@ -1256,6 +1288,20 @@ fn present_devices(
         .collect())
 }
 
+/// Who sends the title again after `joined` joined by itself: of the devices now in the
+/// group but `joined`, the lowest of its own user's (the user pairing a device is likely
+/// online), else the lowest of all. Every member reads the same group, so all agree.
+fn title_sender(
+    present: &BTreeSet<(UserId, DeviceId)>,
+    joined: (UserId, DeviceId),
+) -> Option<(UserId, DeviceId)> {
+    let others = || present.iter().filter(move |leaf| **leaf != joined);
+    others()
+        .find(|(user, _)| *user == joined.0)
+        .or_else(|| others().next())
+        .copied()
+}
+
 fn users_in(member: &Member, conv: ConvId) -> Result<BTreeSet<UserId>, ClientError> {
     Ok(present_devices(member, conv)?
         .into_iter()
@@ -1281,4 +1327,25 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_title_is_sent_again_by_the_joiners_own_lowest_device_else_the_lowest_of_all() {
+        let user = |n: u8| UserId([n; 32]);
+        let device = |n: u8| ferry_protocol::DeviceKey::from_secret_bytes(&[n; 32]).id();
+        let mut ids = [device(1), device(2), device(3)];
+        ids.sort();
+        let [low, mid, high] = ids;
+        let joined = (user(2), high);
+        let mut present: BTreeSet<_> = [(user(1), low), (user(2), mid), joined].into();
+        assert_eq!(title_sender(&present, joined), Some((user(2), mid)));
+        present.remove(&(user(2), mid));
+        assert_eq!(title_sender(&present, joined), Some((user(1), low)));
+        present.remove(&(user(1), low));
+        assert_eq!(title_sender(&present, joined), None, "alone in the group");
+    }
 }
