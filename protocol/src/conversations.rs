@@ -74,6 +74,12 @@ pub enum MessageClass {
 }
 
 impl MessageClass {
+    /// Whether it is an MLS application message (a private message: content or control),
+    /// rather than a handshake message (commit, proposal) the relay validates.
+    pub const fn is_application(self) -> bool {
+        matches!(self, Self::Content | Self::Control)
+    }
+
     /// The number stored by the relay.
     pub const fn number(self) -> u8 {
         match self {

@@ -15,6 +15,7 @@ use crate::pairing::PairingRegistry;
 use crate::rate_limit::{KeyedLimiter, NodeLimiter};
 use crate::store::Store;
 use crate::store::committer::CommitHandle;
+use crate::store::conv_committer::ConvCommitHandle;
 
 /// Shared state of one relay node.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct Context {
     pub store: Arc<dyn Store>,
     /// Group commit in front of the log.
     pub committer: CommitHandle,
+    /// Group commit in front of the conversations (sends and cursors).
+    pub conv_committer: ConvCommitHandle,
     /// Connected sessions and the bus.
     pub hub: Arc<Hub>,
     /// Metrics.

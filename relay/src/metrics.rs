@@ -47,6 +47,8 @@ pub struct Metrics {
     pub bus_dropped: Counter,
     /// Conversation messages stored (new, not retries).
     pub conv_messages: Counter,
+    /// Conversation messages per batch of sends.
+    pub conv_batch_size: Histogram,
     limit_refusals: Family<Labels, Counter>,
     proxy_header_errors: Family<Labels, Counter>,
 }
@@ -71,6 +73,7 @@ impl Metrics {
             trimmed_events: Counter::default(),
             bus_dropped: Counter::default(),
             conv_messages: Counter::default(),
+            conv_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             limit_refusals: Family::default(),
             proxy_header_errors: Family::default(),
             registry: Registry::default(),
@@ -145,6 +148,11 @@ impl Metrics {
             "conversation_messages",
             "Conversation messages stored (new, not retries)",
             metrics.conv_messages.clone(),
+        );
+        registry.register(
+            "conversation_batch_size",
+            "Conversation messages per batch of sends",
+            metrics.conv_batch_size.clone(),
         );
         registry.register(
             "limit_refusals",

@@ -59,6 +59,7 @@ use crate::proxy_protocol::{self, Rewind};
 use crate::rate_limit::{KeyedLimiter, NodeLimiter};
 use crate::relay_key;
 use crate::store::committer::{CommitConfig, Committer};
+use crate::store::conv_committer::{ConvCommitConfig, ConvCommitter};
 use crate::store::{self, StoreError};
 
 /// The bus a node uses, with the receiver of its incoming messages.
@@ -158,6 +159,10 @@ impl Server {
         hub.start(messages);
         let committer =
             Committer::spawn(Arc::clone(&store), commit_config(&config, &hub, &metrics));
+        let conv_committer = ConvCommitter::spawn(
+            Arc::clone(&store),
+            conv_commit_config(&config, &hub, &metrics),
+        );
 
         let pairing = pairing_registry(&config).await?;
         let tls = crate::tls::acceptor(&config)?;
@@ -226,6 +231,7 @@ impl Server {
             key,
             store,
             committer,
+            conv_committer,
             hub,
             metrics,
         });
@@ -296,6 +302,7 @@ impl Server {
         };
         // Readers have stopped taking frames; commit what they queued and answer it.
         self.context.committer.shutdown().await;
+        self.context.conv_committer.shutdown().await;
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
             // WebSocket sessions run in tasks of their own (spawned at the upgrade): wait for
@@ -361,6 +368,27 @@ fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> Com
         })),
         on_uncertain: Some(Arc::new(move |user| uncertain_hub.maybe_committed(user))),
         ..CommitConfig::default()
+    }
+}
+
+/// Conversation sends are batched like appends (same batch limit); each batch wakes every
+/// member user of a conversation that grew once.
+fn conv_commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> ConvCommitConfig {
+    let hub = Arc::clone(hub);
+    let observer_metrics = Arc::clone(metrics);
+    ConvCommitConfig {
+        max_batch: config.log.commit_max_batch.max(1),
+        on_stored: Some(Arc::new(move |conv, head, members| {
+            hub.conversation_frame(
+                members,
+                &ferry_protocol::ServerFrame::ConvHead { conv, head },
+                None,
+            );
+        })),
+        observer: Some(Arc::new(move |len, _elapsed| {
+            observer_metrics.conv_batch_size.observe(len as f64);
+        })),
+        ..ConvCommitConfig::default()
     }
 }
 

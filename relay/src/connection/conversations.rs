@@ -23,7 +23,7 @@ use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame};
 
 use super::people::{Asker, error, log_storage_error, storage_error, wake};
 use crate::context::{Context, now_ms};
-use crate::store::{ConvPage, KeyPackageRow, SendOutcome, StoreError};
+use crate::store::{ConvCursor, ConvPage, ConvSendRequest, KeyPackageRow, SendOutcome, StoreError};
 
 /// Most conversations in one `Conversations` page.
 pub(super) const CONVS_PER_PAGE: usize = 64;
@@ -85,7 +85,7 @@ pub(super) async fn handle(ctx: &Context, asker: Asker, frame: ClientFrame) -> V
             }
             vec![create(ctx, asker, conv, &group_info).await]
         }
-        ClientFrame::ConvSend(send) => vec![send_message(ctx, asker, &send).await],
+        ClientFrame::ConvSend(send) => vec![send_message(ctx, asker, *send).await],
         ClientFrame::ConvFetch {
             conv,
             from,
@@ -93,8 +93,14 @@ pub(super) async fn handle(ctx: &Context, asker: Asker, frame: ClientFrame) -> V
             limit,
         } => vec![fetch(ctx, asker, conv, from, direction, limit).await],
         ClientFrame::ConvAck { conv, seq } => {
-            if let Err(e) = ctx.store.ack_conversation(conv, asker.device, seq).await {
-                tracing::debug!(error = %e, "conversation cursor not stored");
+            // Merged with other devices' cursors and written with the next batch.
+            let cursor = ConvCursor {
+                conv,
+                device: asker.device,
+                seq,
+            };
+            if let Err(e) = ctx.conv_committer.ack(cursor).await {
+                tracing::debug!(error = %e, "conversation cursor not queued");
             }
             Vec::new()
         }
@@ -205,7 +211,7 @@ async fn create(ctx: &Context, asker: Asker, conv: ConvId, group_info: &[u8]) ->
 }
 
 /// `ConvSend`: stored (and every member woken), stale, or refused.
-async fn send_message(ctx: &Context, asker: Asker, send: &ConvSend) -> ServerFrame {
+async fn send_message(ctx: &Context, asker: Asker, send: ConvSend) -> ServerFrame {
     let (conv, device_seq) = (send.conv, send.device_seq);
     let refused = |code: ErrorCode, message: String| {
         ctx.metrics.error(code);
@@ -222,23 +228,18 @@ async fn send_message(ctx: &Context, asker: Asker, send: &ConvSend) -> ServerFra
         let code = ErrorCode::RateLimited;
         return refused(code, code.description().into());
     }
-    match ctx
-        .store
-        .send(asker.user, asker.device, send, now_ms())
-        .await
-    {
+    let request = ConvSendRequest {
+        user: asker.user,
+        device: asker.device,
+        send,
+    };
+    // The committer wakes the members (once per batch) before it answers.
+    match ctx.conv_committer.send(request).await {
         Ok(SendOutcome::Stored {
-            conv_seq,
-            members,
-            notified,
+            conv_seq, notified, ..
         }) => {
             ctx.metrics.conv_messages.inc();
             wake(ctx, notified);
-            let head = ServerFrame::ConvHead {
-                conv,
-                head: conv_seq,
-            };
-            ctx.hub.conversation_frame(&members, &head, None);
             ServerFrame::ConvSent {
                 conv,
                 device_seq,

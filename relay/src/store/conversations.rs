@@ -12,11 +12,14 @@
 //!
 //! # Invariants
 //!
-//! - A send runs in ONE transaction that first locks the conversation row, so two sends to
+//! - A send runs in a transaction that first locks the conversation row, so two sends to
 //!   one conversation, on any relay nodes, run one after the other; `conv_seq = head + 1`,
-//!   gapless, in commit order. The only other rows it locks are those of users receiving a
-//!   Welcome or a removal notice, after the conversation row and in user order (the order of
-//!   the append batch and the people domain), so no two transactions wait in a cycle.
+//!   gapless, in commit order. Application messages are group-committed: a run of them, to
+//!   several conversations, shares one transaction that locks those conversation rows in id
+//!   order and nothing else. A commit or proposal has its own transaction; the only other
+//!   rows it locks are those of users receiving a Welcome or a removal notice, after the
+//!   conversation row and in user order (the order of the append batch and the people
+//!   domain), so no two transactions wait in a cycle.
 //! - **First valid commit per epoch wins**: a commit is stored only if its epoch equals the
 //!   conversation's, and only after `ferry_mls::DsGroup` validated it against the stored group
 //!   (sender a member, signatures, proposals, every leaf a Ferry credential) and the
@@ -60,7 +63,7 @@ use ferry_protocol::{ClaimedKeyPackage, DeviceId, ErrorCode, UserId};
 
 use super::StoreError;
 use super::people::{Notified, append_notice};
-use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
+use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader};
 
 /// What the conversation domain lets one device or user do; a relay's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +106,28 @@ pub enum ConvPage {
         /// Whether a commit or proposal after `from` is gone (the device must rejoin).
         rejoin: bool,
     },
+}
+
+/// A message a member device sends, as the store takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvSendRequest {
+    /// The sending user.
+    pub user: UserId,
+    /// The sending device.
+    pub device: DeviceId,
+    /// The frame.
+    pub send: ConvSend,
+}
+
+/// How far a member device has read a conversation (`ClientFrame::ConvAck`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvCursor {
+    /// The conversation.
+    pub conv: ConvId,
+    /// The device.
+    pub device: DeviceId,
+    /// The last message it has.
+    pub seq: u64,
 }
 
 /// How a send ended.
@@ -167,15 +192,35 @@ pub trait ConversationStore: Send + Sync {
         now_ms: u64,
     ) -> Result<(), StoreError>;
 
-    /// Stores a message from `(user, device)` (see the module docs for the rules). Refusals
-    /// are `Err(Refused*)`.
+    /// Stores messages from member devices (see the module docs for the rules), answering
+    /// each, in order. Consecutive application messages, to any conversations, share one
+    /// transaction (group commit: one durable write for many senders); a commit or proposal
+    /// has one of its own. A refusal (`Err(Refused*)`, `InvalidSequence`) is one message's
+    /// answer; a transaction that fails fails every message in it.
+    async fn send_batch(
+        &self,
+        sends: &[ConvSendRequest],
+        now_ms: u64,
+    ) -> Vec<Result<SendOutcome, StoreError>>;
+
+    /// Stores one message from `(user, device)` (a batch of one).
     async fn send(
         &self,
         user: UserId,
         device: DeviceId,
         send: &ConvSend,
         now_ms: u64,
-    ) -> Result<SendOutcome, StoreError>;
+    ) -> Result<SendOutcome, StoreError> {
+        let request = ConvSendRequest {
+            user,
+            device,
+            send: send.clone(),
+        };
+        self.send_batch(std::slice::from_ref(&request), now_ms)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("no answer for a send".into())))
+    }
 
     /// A page of messages for a member device.
     async fn read_messages(
@@ -197,13 +242,20 @@ pub trait ConversationStore: Send + Sync {
         now_ms: u64,
     ) -> Result<u64, StoreError>;
 
-    /// Raises a member device's cursor to `min(seq, head)`.
+    /// Raises member devices' cursors, each to `min(seq, head)`, in one transaction (a
+    /// cursor never moves back; one that is not a leaf's is ignored).
+    async fn ack_conversations(&self, cursors: &[ConvCursor]) -> Result<(), StoreError>;
+
+    /// Raises one member device's cursor to `min(seq, head)`.
     async fn ack_conversation(
         &self,
         conv: ConvId,
         device: DeviceId,
         seq: u64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.ack_conversations(&[ConvCursor { conv, device, seq }])
+            .await
+    }
 
     /// Raises `user`'s read marker to `min(seq, head)`; returns the marker if it moved.
     async fn mark_read(
@@ -593,6 +645,371 @@ async fn member_users(tx: &mut Tx, conv: ConvId) -> Result<Vec<UserId>, StoreErr
         .collect()
 }
 
+/// The devices' sequence numbers start at 1 and are stored as signed 64-bit integers.
+fn check_device_seq(device_seq: u64) -> Result<(), StoreError> {
+    if device_seq == 0 || device_seq > i64::MAX as u64 {
+        return Err(StoreError::InvalidSequence(device_seq));
+    }
+    Ok(())
+}
+
+/// Whether an application message may be stored in `conv` as `row` stands: its MLS header
+/// names this group and the frame's epoch, which is one the relay still accepts.
+fn check_application(conv: ConvId, row: &ConvRow, send: &ConvSend) -> Result<(), StoreError> {
+    let (group_id, epoch) = ferry_mls::inspect_application(&send.message).map_err(mls_refused)?;
+    if group_id != conv.0 || epoch != send.epoch {
+        return Err(refused(
+            ErrorCode::MlsRefused,
+            "the message's MLS header names another group or epoch than the frame",
+        ));
+    }
+    let oldest = row
+        .epoch
+        .saturating_sub(PAST_EPOCHS_ACCEPTED)
+        .max(row.floor_epoch);
+    if epoch > row.epoch || epoch < oldest {
+        return Err(refused(
+            ErrorCode::MlsRefused,
+            format!(
+                "application messages are accepted for epochs {oldest}..={} only \
+                 (a removal or too many commits since): process the new commits \
+                 and encrypt again",
+                row.epoch
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Stores `send` at `row.head + 1` and moves `row`'s head and content count on (the row
+/// itself is written by [`set_head`]); a member's own content message is read by it.
+async fn insert_message(
+    tx: &mut Tx,
+    row: &mut ConvRow,
+    (user, device): (UserId, DeviceId),
+    send: &ConvSend,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let conv_seq = row.head + 1;
+    let content = send.class == MessageClass::Content;
+    let content_count = row.content_count + u64::from(content);
+    let id = send.conv.0.as_slice();
+    in_tx!(tx, |conn| {
+        sqlx::query(
+            "INSERT INTO conv_messages
+               (conv_id, conv_seq, device_id, device_seq, epoch, class, content_index,
+                sent_at, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(db_int(conv_seq))
+        .bind(device.as_bytes().as_slice())
+        .bind(db_int(send.device_seq))
+        .bind(db_int(send.epoch))
+        .bind(i64::from(send.class.number()))
+        .bind(db_int(content_count))
+        .bind(db_int(now_ms))
+        .bind(send.message.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    });
+    if content {
+        in_tx!(tx, |conn| {
+            sqlx::query(
+                "UPDATE conv_members SET read_seq = $3, read_index = $4
+                 WHERE conv_id = $1 AND user_id = $2",
+            )
+            .bind(id)
+            .bind(user.as_bytes().as_slice())
+            .bind(db_int(conv_seq))
+            .bind(db_int(content_count))
+            .execute(&mut *conn)
+            .await?;
+        });
+    }
+    row.head = conv_seq;
+    row.content_count = content_count;
+    Ok(conv_seq)
+}
+
+/// Writes the head and content count of `row` back to the conversation.
+async fn set_head(tx: &mut Tx, conv: ConvId, row: &ConvRow, now_ms: u64) -> Result<(), StoreError> {
+    in_tx!(tx, |conn| {
+        sqlx::query(
+            "UPDATE conversations SET head = $2, content_count = $3, last_activity = $4
+             WHERE conv_id = $1",
+        )
+        .bind(conv.0.as_slice())
+        .bind(db_int(row.head))
+        .bind(db_int(row.content_count))
+        .bind(db_int(now_ms))
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Whether `error` is one message's refusal (decided before anything of it was written),
+/// rather than a failure of its transaction.
+fn is_refusal(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Refused(_) | StoreError::RefusedBecause(..) | StoreError::InvalidSequence(_)
+    )
+}
+
+impl SqlStore {
+    /// A commit or proposal, in a transaction of its own (it locks users after the
+    /// conversation: see the module docs on lock order).
+    async fn send_handshake(
+        &self,
+        request: &ConvSendRequest,
+        now_ms: u64,
+    ) -> Result<SendOutcome, StoreError> {
+        let ConvSendRequest { user, device, send } = request;
+        let (user, device, conv) = (*user, *device, send.conv);
+        check_device_seq(send.device_seq)?;
+        let mut tx = self.db.begin().await?;
+        let Some(row) = lock_conversation(&mut tx, conv).await? else {
+            return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+        };
+        // A leaf sends anything; another active device of a member user only an external
+        // commit that brings it in (a device paired later joins its user's conversations).
+        let leaf = active_leaf(&mut tx, conv, device).await? == Some(user);
+        let may_join = send.class == MessageClass::Commit
+            && member_device(&mut tx, conv, user, device).await?;
+        if !leaf && !may_join {
+            return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+        }
+        if let Some((conv_seq, stored)) = find_sent(&mut tx, conv, device, send.device_seq).await? {
+            return if stored == send.message {
+                Ok(SendOutcome::Duplicate { conv_seq })
+            } else {
+                Err(StoreError::Refused(ErrorCode::Conflict))
+            };
+        }
+        let mut effects = None;
+        let mut new_state = None;
+        match send.class {
+            MessageClass::Commit => {
+                if send.epoch != row.epoch {
+                    return Ok(SendOutcome::Stale {
+                        epoch: row.epoch,
+                        head: row.head,
+                    });
+                }
+                let validated = validate_commit(&mut tx, conv, &row, (user, device), send).await?;
+                if !leaf && !validated.external {
+                    return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+                }
+                effects = Some(validated);
+            }
+            MessageClass::Proposal => {
+                if send.epoch != row.epoch {
+                    return Ok(SendOutcome::Stale {
+                        epoch: row.epoch,
+                        head: row.head,
+                    });
+                }
+                let mut group = DsGroup::from_bytes(&row.group_state)
+                    .map_err(|e| StoreError::Corrupt(format!("group state of {conv}: {e}")))?;
+                let proposal = group.process_proposal(&send.message).map_err(mls_refused)?;
+                if proposal.sender != (user, device) {
+                    return Err(refused(
+                        ErrorCode::MlsRefused,
+                        "the proposal is signed by another member than the sending device",
+                    ));
+                }
+                // A queued proposal holds every member's application messages until it is
+                // committed: only ones that can be committed are taken (a user's own
+                // leaving, or an admin's removals), so nobody can jam a group.
+                let admin = group.policy().is_some_and(|p| p.admins.contains(&user));
+                if !admin && proposal.removes.iter().any(|(owner, _)| *owner != user) {
+                    return Err(refused(
+                        ErrorCode::MembershipRefused,
+                        "only a user's own devices, or the group's admins, propose removals",
+                    ));
+                }
+                new_state = Some(group.to_bytes());
+            }
+            MessageClass::Content | MessageClass::Control => {
+                return Err(StoreError::Corrupt(
+                    "an application message sent as a handshake message".into(),
+                ));
+            }
+        }
+        let mut row = row;
+        let conv_seq = insert_message(&mut tx, &mut row, (user, device), send, now_ms).await?;
+        set_head(&mut tx, conv, &row, now_ms).await?;
+        let id = conv.0.as_slice();
+        if let Some(state) = new_state {
+            in_tx!(&mut tx, |conn| {
+                sqlx::query("UPDATE conversations SET group_state = $2 WHERE conv_id = $1")
+                    .bind(id)
+                    .bind(state)
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+        let mut notified = Notified::default();
+        if let Some(effects) = effects {
+            // A commit that adds or removes a leaf raises the floor: nothing sealed under an
+            // epoch a removed device knew is accepted afterwards, nor anything a new device
+            // could not open (it has no key of earlier epochs). Senders that lag are refused,
+            // catch up and encrypt again, so no member ever holds a message it cannot read.
+            let changed = effects.before != effects.after;
+            let floor = if changed {
+                effects.epoch
+            } else {
+                row.floor_epoch
+            };
+            in_tx!(&mut tx, |conn| {
+                sqlx::query(
+                    "UPDATE conversations
+                     SET epoch = $2, group_state = $3, group_info = $4, group_info_epoch = $2,
+                         floor_epoch = $5
+                     WHERE conv_id = $1",
+                )
+                .bind(id)
+                .bind(db_int(effects.epoch))
+                .bind(effects.group_state.as_slice())
+                .bind(effects.group_info.as_slice())
+                .bind(db_int(floor))
+                .execute(&mut *conn)
+                .await?;
+            });
+            mirror_members(&mut tx, conv, &effects.before, &effects.after, conv_seq).await?;
+            let (before, after) = (users_of(&effects.before), users_of(&effects.after));
+            // Welcomes into the new members' logs, removal notices into the removed ones',
+            // in user order (see the module docs on lock order).
+            let mut told: Vec<(UserId, Notice)> = Vec::new();
+            if let Some(welcome) = &send.welcome {
+                for added in &effects.welcomed {
+                    told.push((
+                        *added,
+                        Notice::Welcome {
+                            conv,
+                            conv_seq,
+                            welcome: welcome.to_vec(),
+                        },
+                    ));
+                }
+            }
+            for removed in before.difference(&after) {
+                told.push((*removed, Notice::RemovedFromConversation { conv, conv_seq }));
+            }
+            told.sort_by_key(|(user, _)| *user);
+            for (user, notice) in told {
+                tx.lock_user(user.as_bytes()).await?;
+                notified
+                    .0
+                    .push((user, append_notice(&mut tx, user, &notice, now_ms).await?));
+            }
+        }
+        let members = member_users(&mut tx, conv).await?;
+        tx.commit().await?;
+        Ok(SendOutcome::Stored {
+            conv_seq,
+            members,
+            notified,
+        })
+    }
+
+    /// Stores a run of application messages in one transaction and answers each into
+    /// `answers`; empties `run`. Conversation rows are locked in id order (see the module
+    /// docs on lock order); nothing else is locked.
+    async fn send_applications(
+        &self,
+        run: &mut Vec<&ConvSendRequest>,
+        answers: &mut Vec<Result<SendOutcome, StoreError>>,
+        now_ms: u64,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        match self.application_transaction(run, now_ms).await {
+            Ok(outcomes) => answers.extend(outcomes),
+            Err(error) => answers.extend(run.iter().map(|_| Err(error.clone()))),
+        }
+        run.clear();
+    }
+
+    async fn application_transaction(
+        &self,
+        run: &[&ConvSendRequest],
+        now_ms: u64,
+    ) -> Result<Vec<Result<SendOutcome, StoreError>>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let mut rows: BTreeMap<ConvId, Option<ConvRow>> = BTreeMap::new();
+        for request in run {
+            rows.insert(request.send.conv, None);
+        }
+        for (conv, row) in &mut rows {
+            *row = lock_conversation(&mut tx, *conv).await?;
+        }
+        let mut outcomes = Vec::with_capacity(run.len());
+        let mut grown = BTreeSet::new();
+        for request in run {
+            let row = rows.get_mut(&request.send.conv).and_then(Option::as_mut);
+            let outcome = match application_message(&mut tx, row, request, now_ms).await {
+                Err(error) if !is_refusal(&error) => return Err(error),
+                outcome => outcome,
+            };
+            if let Ok(SendOutcome::Stored { .. }) = outcome {
+                grown.insert(request.send.conv);
+            }
+            outcomes.push(outcome);
+        }
+        let mut members = BTreeMap::new();
+        for conv in grown {
+            if let Some(Some(row)) = rows.get(&conv) {
+                set_head(&mut tx, conv, row, now_ms).await?;
+            }
+            members.insert(conv, member_users(&mut tx, conv).await?);
+        }
+        tx.commit().await?;
+        for (request, outcome) in run.iter().zip(&mut outcomes) {
+            if let Ok(SendOutcome::Stored { members: to, .. }) = outcome {
+                to.clone_from(&members[&request.send.conv]);
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// One application message of a run: every refusal is decided before its first write.
+async fn application_message(
+    tx: &mut Tx,
+    row: Option<&mut ConvRow>,
+    request: &ConvSendRequest,
+    now_ms: u64,
+) -> Result<SendOutcome, StoreError> {
+    let ConvSendRequest { user, device, send } = request;
+    let conv = send.conv;
+    check_device_seq(send.device_seq)?;
+    let Some(row) = row else {
+        return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+    };
+    if active_leaf(tx, conv, *device).await? != Some(*user) {
+        return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+    }
+    if let Some((conv_seq, stored)) = find_sent(tx, conv, *device, send.device_seq).await? {
+        return if stored == send.message {
+            Ok(SendOutcome::Duplicate { conv_seq })
+        } else {
+            Err(StoreError::Refused(ErrorCode::Conflict))
+        };
+    }
+    check_application(conv, row, send)?;
+    let conv_seq = insert_message(tx, row, (*user, *device), send, now_ms).await?;
+    // Members are filled in once the run is committed.
+    Ok(SendOutcome::Stored {
+        conv_seq,
+        members: Vec::new(),
+        notified: Notified::default(),
+    })
+}
+
 #[async_trait]
 impl ConversationStore for SqlStore {
     async fn put_key_packages(
@@ -760,225 +1177,23 @@ impl ConversationStore for SqlStore {
         tx.commit().await
     }
 
-    async fn send(
+    async fn send_batch(
         &self,
-        user: UserId,
-        device: DeviceId,
-        send: &ConvSend,
+        sends: &[ConvSendRequest],
         now_ms: u64,
-    ) -> Result<SendOutcome, StoreError> {
-        let conv = send.conv;
-        if send.device_seq == 0 || send.device_seq > i64::MAX as u64 {
-            return Err(StoreError::InvalidSequence(send.device_seq));
-        }
-        let mut tx = self.db.begin().await?;
-        let Some(row) = lock_conversation(&mut tx, conv).await? else {
-            return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
-        };
-        // A leaf sends anything; another active device of a member user only an external
-        // commit that brings it in (a device paired later joins its user's conversations).
-        let leaf = active_leaf(&mut tx, conv, device).await? == Some(user);
-        let may_join = send.class == MessageClass::Commit
-            && member_device(&mut tx, conv, user, device).await?;
-        if !leaf && !may_join {
-            return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
-        }
-        if let Some((conv_seq, stored)) = find_sent(&mut tx, conv, device, send.device_seq).await? {
-            return if stored == send.message {
-                Ok(SendOutcome::Duplicate { conv_seq })
-            } else {
-                Err(StoreError::Refused(ErrorCode::Conflict))
-            };
-        }
-        let mut effects = None;
-        let mut new_state = None;
-        match send.class {
-            MessageClass::Commit => {
-                if send.epoch != row.epoch {
-                    return Ok(SendOutcome::Stale {
-                        epoch: row.epoch,
-                        head: row.head,
-                    });
-                }
-                let validated = validate_commit(&mut tx, conv, &row, (user, device), send).await?;
-                if !leaf && !validated.external {
-                    return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
-                }
-                effects = Some(validated);
+    ) -> Vec<Result<SendOutcome, StoreError>> {
+        let mut answers = Vec::with_capacity(sends.len());
+        let mut run: Vec<&ConvSendRequest> = Vec::new();
+        for request in sends {
+            if request.send.class.is_application() {
+                run.push(request);
+                continue;
             }
-            MessageClass::Proposal => {
-                if send.epoch != row.epoch {
-                    return Ok(SendOutcome::Stale {
-                        epoch: row.epoch,
-                        head: row.head,
-                    });
-                }
-                let mut group = DsGroup::from_bytes(&row.group_state)
-                    .map_err(|e| StoreError::Corrupt(format!("group state of {conv}: {e}")))?;
-                let proposal = group.process_proposal(&send.message).map_err(mls_refused)?;
-                if proposal.sender != (user, device) {
-                    return Err(refused(
-                        ErrorCode::MlsRefused,
-                        "the proposal is signed by another member than the sending device",
-                    ));
-                }
-                // A queued proposal holds every member's application messages until it is
-                // committed: only ones that can be committed are taken (a user's own
-                // leaving, or an admin's removals), so nobody can jam a group.
-                let admin = group.policy().is_some_and(|p| p.admins.contains(&user));
-                if !admin && proposal.removes.iter().any(|(owner, _)| *owner != user) {
-                    return Err(refused(
-                        ErrorCode::MembershipRefused,
-                        "only a user's own devices, or the group's admins, propose removals",
-                    ));
-                }
-                new_state = Some(group.to_bytes());
-            }
-            MessageClass::Content | MessageClass::Control => {
-                let (group_id, epoch) =
-                    ferry_mls::inspect_application(&send.message).map_err(mls_refused)?;
-                if group_id != conv.0 || epoch != send.epoch {
-                    return Err(refused(
-                        ErrorCode::MlsRefused,
-                        "the message's MLS header names another group or epoch than the frame",
-                    ));
-                }
-                let oldest = row
-                    .epoch
-                    .saturating_sub(PAST_EPOCHS_ACCEPTED)
-                    .max(row.floor_epoch);
-                if epoch > row.epoch || epoch < oldest {
-                    return Err(refused(
-                        ErrorCode::MlsRefused,
-                        format!(
-                            "application messages are accepted for epochs {oldest}..={} only \
-                             (a removal or too many commits since): process the new commits \
-                             and encrypt again",
-                            row.epoch
-                        ),
-                    ));
-                }
-            }
+            self.send_applications(&mut run, &mut answers, now_ms).await;
+            answers.push(self.send_handshake(request, now_ms).await);
         }
-        let conv_seq = row.head + 1;
-        let content = send.class == MessageClass::Content;
-        let content_count = row.content_count + u64::from(content);
-        let id = conv.0.as_slice();
-        in_tx!(&mut tx, |conn| {
-            sqlx::query(
-                "INSERT INTO conv_messages
-                   (conv_id, conv_seq, device_id, device_seq, epoch, class, content_index,
-                    sent_at, message)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(id)
-            .bind(db_int(conv_seq))
-            .bind(device.as_bytes().as_slice())
-            .bind(db_int(send.device_seq))
-            .bind(db_int(send.epoch))
-            .bind(i64::from(send.class.number()))
-            .bind(db_int(content_count))
-            .bind(db_int(now_ms))
-            .bind(send.message.as_slice())
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE conversations SET head = $2, content_count = $3, last_activity = $4
-                 WHERE conv_id = $1",
-            )
-            .bind(id)
-            .bind(db_int(conv_seq))
-            .bind(db_int(content_count))
-            .bind(db_int(now_ms))
-            .execute(&mut *conn)
-            .await?;
-        });
-        if let Some(state) = new_state {
-            in_tx!(&mut tx, |conn| {
-                sqlx::query("UPDATE conversations SET group_state = $2 WHERE conv_id = $1")
-                    .bind(id)
-                    .bind(state)
-                    .execute(&mut *conn)
-                    .await?;
-            });
-        }
-        let mut notified = Notified::default();
-        if let Some(effects) = effects {
-            // A commit that adds or removes a leaf raises the floor: nothing sealed under an
-            // epoch a removed device knew is accepted afterwards, nor anything a new device
-            // could not open (it has no key of earlier epochs). Senders that lag are refused,
-            // catch up and encrypt again, so no member ever holds a message it cannot read.
-            let changed = effects.before != effects.after;
-            let floor = if changed {
-                effects.epoch
-            } else {
-                row.floor_epoch
-            };
-            in_tx!(&mut tx, |conn| {
-                sqlx::query(
-                    "UPDATE conversations
-                     SET epoch = $2, group_state = $3, group_info = $4, group_info_epoch = $2,
-                         floor_epoch = $5
-                     WHERE conv_id = $1",
-                )
-                .bind(id)
-                .bind(db_int(effects.epoch))
-                .bind(effects.group_state.as_slice())
-                .bind(effects.group_info.as_slice())
-                .bind(db_int(floor))
-                .execute(&mut *conn)
-                .await?;
-            });
-            mirror_members(&mut tx, conv, &effects.before, &effects.after, conv_seq).await?;
-            let (before, after) = (users_of(&effects.before), users_of(&effects.after));
-            // Welcomes into the new members' logs, removal notices into the removed ones',
-            // in user order (see the module docs on lock order).
-            let mut told: Vec<(UserId, Notice)> = Vec::new();
-            if let Some(welcome) = &send.welcome {
-                for added in &effects.welcomed {
-                    told.push((
-                        *added,
-                        Notice::Welcome {
-                            conv,
-                            conv_seq,
-                            welcome: welcome.to_vec(),
-                        },
-                    ));
-                }
-            }
-            for removed in before.difference(&after) {
-                told.push((*removed, Notice::RemovedFromConversation { conv, conv_seq }));
-            }
-            told.sort_by_key(|(user, _)| *user);
-            for (user, notice) in told {
-                tx.lock_user(user.as_bytes()).await?;
-                notified
-                    .0
-                    .push((user, append_notice(&mut tx, user, &notice, now_ms).await?));
-            }
-        }
-        // A member's own content message is read by it.
-        if content {
-            in_tx!(&mut tx, |conn| {
-                sqlx::query(
-                    "UPDATE conv_members SET read_seq = $3, read_index = $4
-                     WHERE conv_id = $1 AND user_id = $2",
-                )
-                .bind(id)
-                .bind(user.as_bytes().as_slice())
-                .bind(db_int(conv_seq))
-                .bind(db_int(content_count))
-                .execute(&mut *conn)
-                .await?;
-            });
-        }
-        let members = member_users(&mut tx, conv).await?;
-        tx.commit().await?;
-        Ok(SendOutcome::Stored {
-            conv_seq,
-            members,
-            notified,
-        })
+        self.send_applications(&mut run, &mut answers, now_ms).await;
+        answers
     }
 
     async fn read_messages(
@@ -1162,12 +1377,10 @@ impl ConversationStore for SqlStore {
         Ok(deleted)
     }
 
-    async fn ack_conversation(
-        &self,
-        conv: ConvId,
-        device: DeviceId,
-        seq: u64,
-    ) -> Result<(), StoreError> {
+    async fn ack_conversations(&self, cursors: &[ConvCursor]) -> Result<(), StoreError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
         let dialect = self.dialect();
         let sql = format!(
             "UPDATE conv_leaves SET acked = {greatest}(acked, {least}($3,
@@ -1176,15 +1389,18 @@ impl ConversationStore for SqlStore {
             greatest = dialect.greatest(),
             least = dialect.least(),
         );
-        on_writer!(&self.db, |pool| {
-            sqlx::query(&sql)
-                .bind(conv.0.as_slice())
-                .bind(device.as_bytes().as_slice())
-                .bind(db_int(seq))
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
+        let mut tx = self.db.begin().await?;
+        for cursor in cursors {
+            in_tx!(&mut tx, |conn| {
+                sqlx::query(&sql)
+                    .bind(cursor.conv.0.as_slice())
+                    .bind(cursor.device.as_bytes().as_slice())
+                    .bind(db_int(cursor.seq))
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+        tx.commit().await
     }
 
     async fn mark_read(

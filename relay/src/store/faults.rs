@@ -31,11 +31,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_protocol::conversations::{ConvId, ConvSend, ConvSummary, Direction};
+use ferry_protocol::conversations::{ConvId, ConvSummary, Direction};
 use ferry_protocol::{ClaimedKeyPackage, DeviceId, DeviceInfo, Event, Link, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
-use super::conversations::{ConvLimits, ConvPage, ConversationStore, KeyPackageRow, SendOutcome};
+use super::conversations::{
+    ConvCursor, ConvLimits, ConvPage, ConvSendRequest, ConversationStore, KeyPackageRow,
+    SendOutcome,
+};
 use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
@@ -544,15 +547,16 @@ impl ConversationStore for FaultyStore {
             .await
     }
 
-    async fn send(
+    async fn send_batch(
         &self,
-        user: UserId,
-        device: DeviceId,
-        send: &ConvSend,
+        sends: &[ConvSendRequest],
         now_ms: u64,
-    ) -> Result<SendOutcome, StoreError> {
-        self.conv_fault()?;
-        self.inner.send(user, device, send, now_ms).await
+    ) -> Vec<Result<SendOutcome, StoreError>> {
+        // An injected fault fails the batch's transaction: every message in it.
+        if let Err(fault) = self.conv_fault() {
+            return sends.iter().map(|_| Err(fault.clone())).collect();
+        }
+        self.inner.send_batch(sends, now_ms).await
     }
 
     async fn read_messages(
@@ -579,13 +583,8 @@ impl ConversationStore for FaultyStore {
             .await
     }
 
-    async fn ack_conversation(
-        &self,
-        conv: ConvId,
-        device: DeviceId,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.ack_conversation(conv, device, seq).await
+    async fn ack_conversations(&self, cursors: &[ConvCursor]) -> Result<(), StoreError> {
+        self.inner.ack_conversations(cursors).await
     }
 
     async fn mark_read(

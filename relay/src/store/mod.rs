@@ -125,6 +125,7 @@
 
 mod chain;
 pub mod committer;
+pub mod conv_committer;
 mod conversations;
 mod devices;
 pub mod faults;
@@ -143,7 +144,10 @@ pub use committer::{
     Admission, AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply,
     CommitStats, CommittedHook, Committer, UncertainHook,
 };
-pub use conversations::{ConvLimits, ConvPage, ConversationStore, KeyPackageRow, SendOutcome};
+pub use conversations::{
+    ConvCursor, ConvLimits, ConvPage, ConvSendRequest, ConversationStore, KeyPackageRow,
+    SendOutcome,
+};
 pub use devices::{DeviceRecord, DeviceStore};
 pub use faults::FaultyStore;
 pub(crate) use log::plan::{batch_users, distinct_users};
