@@ -74,12 +74,6 @@ pub enum MessageClass {
 }
 
 impl MessageClass {
-    /// Whether it is an MLS application message (a private message: content or control),
-    /// rather than a handshake message (commit, proposal) the relay validates.
-    pub const fn is_application(self) -> bool {
-        matches!(self, Self::Content | Self::Control)
-    }
-
     /// The number stored by the relay.
     pub const fn number(self) -> u8 {
         match self {
@@ -122,6 +116,10 @@ pub const MAX_KEY_PACKAGE_LEN: usize = 4 * 1024;
 pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
 /// Most messages in one `ConvMessages` page.
 pub const MAX_CONV_MESSAGES_PER_FRAME: usize = 512;
+/// Most bytes of MLS messages in one `ConvMessages` page, unless its one message is larger:
+/// a page of the largest messages still fits a frame (512 messages' other fields take under
+/// 48 KiB; [`MAX_MLS_MESSAGE_LEN`] is below this).
+pub const MAX_CONV_PAGE_BYTES: usize = 768 * 1024;
 /// Most conversations in one `Conversations` page.
 pub const MAX_CONVS_PER_FRAME: usize = 256;
 /// Most members listed for one conversation.
@@ -296,5 +294,41 @@ mod tests {
         send.welcome = None;
         send.group_info = Some(vec![0; MAX_GROUP_BLOB_LEN + 1].into());
         assert!(check_send(&send).is_err());
+    }
+
+    #[test]
+    fn a_full_page_fits_a_frame_whatever_the_size_of_its_messages() {
+        for size in [
+            MAX_MLS_MESSAGE_LEN,
+            MAX_CONV_PAGE_BYTES / MAX_CONV_MESSAGES_PER_FRAME,
+        ] {
+            let per_page = (MAX_CONV_PAGE_BYTES / size).min(MAX_CONV_MESSAGES_PER_FRAME);
+            assert_full_page_fits(per_page, size);
+        }
+    }
+
+    fn assert_full_page_fits(per_page: usize, size: usize) {
+        use crate::frames::ServerFrame;
+        let messages = (0..per_page as u64)
+            .map(|i| ConvMessage {
+                conv_seq: u64::MAX - i,
+                device: crate::DeviceId([0xff; 32]),
+                device_seq: u64::MAX,
+                epoch: u64::MAX,
+                class: MessageClass::Content,
+                sent_at: u64::MAX,
+                message: vec![0xff; size],
+            })
+            .collect();
+        let frame = ServerFrame::ConvMessages {
+            conv: ConvId([0xff; 16]),
+            messages,
+            more: true,
+        };
+        let len = postcard::to_allocvec(&frame).unwrap().len();
+        assert!(
+            len <= crate::limits::MAX_FRAME_LEN,
+            "{per_page} messages of {size} bytes: {len}"
+        );
     }
 }

@@ -513,6 +513,12 @@ async fn a_revoked_device_whose_session_missed_the_revocation_is_refused_by_the_
         let devices: Vec<_> = claimed.iter().map(|p| p.device).collect();
         assert_eq!(devices, [a1.device()], "a package of the revoked device");
     }
+    // Nor does it claim a contact's packages (to open something new).
+    let bob_id = b.user();
+    assert_eq!(
+        claim(&mut a2, bob_id).await.unwrap_err(),
+        ErrorCode::UnknownDevice
+    );
     assert_eq!(
         summary(&mut b, conv).await.head,
         1,
@@ -520,11 +526,10 @@ async fn a_revoked_device_whose_session_missed_the_revocation_is_refused_by_the_
     );
 }
 
-/// Found while writing these tests, not fixed: a revoked device whose session outlived the
-/// revocation (as above) still reaches the members with `ConvEphemeral` and moves its user's
-/// read marker with `ConvRead` (`conversation_members` checks the leaf, not the chain).
+/// Found while writing these tests (and fixed): a revoked device whose session outlived the
+/// revocation (as above) reached the members with `ConvEphemeral` and moved its user's read
+/// marker with `ConvRead` (`conversation_members` checked the leaf, not the chain).
 #[tokio::test]
-#[ignore = "known gap: ConvEphemeral and ConvRead do not check the sender's revocation"]
 async fn a_revoked_device_whose_session_missed_the_revocation_is_silent() {
     let node = node(|_| {}).await;
     let (alice, mut a1, mut a2, mut b, conv) = alice_with_a_laptop(&node).await;
@@ -656,12 +661,11 @@ async fn a_fetch_limit_of_zero_or_too_many_is_clamped() {
     }
 }
 
-/// Found while writing these tests, not fixed: `read_messages` computes `from.max(joined) + 1`
-/// on the client's `from`, which overflows at `u64::MAX`: a panic in debug builds (the
-/// session dies), and in release a wrap to 0, answered `ConvTrimmed { rejoin: true }` though
+/// Found while writing these tests (and fixed): `read_messages` computed `from.max(joined) + 1`
+/// on the client's `from`, which overflowed at `u64::MAX`: a panic in debug builds (the
+/// session died), and in release a wrap to 0, answered `ConvTrimmed { rejoin: true }` though
 /// nothing was trimmed.
 #[tokio::test]
-#[ignore = "known bug: ConvFetch from u64::MAX overflows in read_messages"]
 async fn a_fetch_from_u64_max_is_an_empty_page() {
     let node = node(|_| {}).await;
     let (_a, mut b, conv) = one_to_one(&node).await;
@@ -713,11 +717,11 @@ async fn an_oversized_ephemeral_closes_the_session_and_reaches_nobody() {
     );
 }
 
-/// Found while writing these tests, not fixed: `ConvFetch` pages are cut by count only, so
-/// a page of large messages (each within `MAX_MLS_MESSAGE_LEN`) passes the 1 MiB frame
-/// limit; the relay cannot seal it and closes the reader's session, at every retry.
+/// Found while writing these tests (and fixed: pages are also cut at `MAX_CONV_PAGE_BYTES`):
+/// `ConvFetch` pages were cut by count only, so a page of large messages (each within
+/// `MAX_MLS_MESSAGE_LEN`) passed the 1 MiB frame limit; the relay could not seal it and
+/// closed the reader's session, at every retry.
 #[tokio::test]
-#[ignore = "known bug: a page of large messages passes the frame limit and closes the session"]
 async fn a_page_of_large_messages_is_served() {
     let node = node(|_| {}).await;
     let (mut a, mut b, conv) = one_to_one(&node).await;

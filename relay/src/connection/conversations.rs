@@ -105,7 +105,16 @@ pub(super) async fn handle(ctx: &Context, asker: Asker, frame: ClientFrame) -> V
             Vec::new()
         }
         ClientFrame::ConvRead { conv, seq } => {
-            read(ctx, asker, conv, seq).await;
+            // Each marker is a write: limited as the log's cursors are. Markers are
+            // cumulative, so the next one a device sends covers one dropped here.
+            if ctx
+                .ack_limiter
+                .try_take(&asker.device, std::time::Instant::now())
+            {
+                read(ctx, asker, conv, seq).await;
+            } else {
+                ctx.metrics.error(ErrorCode::RateLimited);
+            }
             Vec::new()
         }
         ClientFrame::ConvList => list(ctx, asker).await,

@@ -56,7 +56,7 @@ use async_trait::async_trait;
 use ferry_mls::{DsGroup, MlsRefusal};
 use ferry_protocol::conversations::{
     ConvId, ConvMessage, ConvSend, ConvSummary, Direction, MAX_CONV_MESSAGES_PER_FRAME,
-    MemberState, MessageClass, PAST_EPOCHS_ACCEPTED,
+    MAX_CONV_PAGE_BYTES, MemberState, MessageClass, PAST_EPOCHS_ACCEPTED,
 };
 use ferry_protocol::people::Notice;
 use ferry_protocol::{ClaimedKeyPackage, DeviceId, ErrorCode, UserId};
@@ -268,9 +268,9 @@ pub trait ConversationStore: Send + Sync {
     /// `user`'s conversations, most recently active first.
     async fn conversations(&self, user: UserId) -> Result<Vec<ConvSummary>, StoreError>;
 
-    /// The member users of `conv`, if `device` is one of its leaves (for the frames pushed
-    /// to members); with `unblocked_by`, members who blocked that user are left out (a block
-    /// is silence), in the same query.
+    /// The member users of `conv`, if `device` is one of its leaves and not revoked (for the
+    /// frames pushed to members); with `unblocked_by`, members who blocked that user are left
+    /// out (a block is silence), in the same query.
     async fn conversation_members(
         &self,
         conv: ConvId,
@@ -759,6 +759,134 @@ fn is_refusal(error: &StoreError) -> bool {
 }
 
 impl SqlStore {
+    /// One attempt at a page of [`ConversationStore::read_messages`]; `None` when retention
+    /// deleted messages of the page while it was read.
+    async fn read_page(
+        &self,
+        conv: ConvId,
+        device: DeviceId,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Option<ConvPage>, StoreError> {
+        let limit = limit.clamp(1, MAX_CONV_MESSAGES_PER_FRAME);
+        let id = conv.0.as_slice();
+        let joined: Option<(i64, i64, i64)> = on_reader!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT m.joined_seq, c.earliest, c.trimmed_handshake FROM conv_leaves l
+                 JOIN conv_members m ON m.conv_id = l.conv_id AND m.user_id = l.user_id
+                 JOIN devices d ON d.user_id = l.user_id AND d.device_id = l.device_id
+                 JOIN conversations c ON c.conv_id = l.conv_id
+                 WHERE l.conv_id = $1 AND l.device_id = $2 AND d.revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(device.as_bytes().as_slice())
+            .fetch_optional(pool)
+            .await?
+        });
+        let Some((joined, earliest, trimmed_handshake)) = joined else {
+            return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
+        };
+        let earliest = from_db_int(earliest, "earliest")?;
+        // A device reading on from before what retention kept (and after its join) is told,
+        // never handed a silent gap.
+        let next = from
+            .max(from_db_int(joined, "joined_seq")?)
+            .saturating_add(1);
+        if direction == Direction::Forward && next < earliest {
+            return Ok(Some(ConvPage::Trimmed {
+                earliest,
+                rejoin: from_db_int(trimmed_handshake, "trimmed_handshake")? >= next,
+            }));
+        }
+        // The page's positions and sizes first: it ends at `limit` messages or at
+        // MAX_CONV_PAGE_BYTES (at least one message), so a page of large messages fits a
+        // frame and the relay never loads more than it sends.
+        let sql = match direction {
+            Direction::Forward => {
+                "SELECT conv_seq, CAST(LENGTH(message) AS BIGINT) FROM conv_messages
+                 WHERE conv_id = $1 AND conv_seq > $2 AND conv_seq > $3
+                 ORDER BY conv_seq LIMIT $4"
+            }
+            Direction::Backward => {
+                "SELECT conv_seq, CAST(LENGTH(message) AS BIGINT) FROM conv_messages
+                 WHERE conv_id = $1 AND ($2 = 0 OR conv_seq < $2) AND conv_seq > $3
+                 ORDER BY conv_seq DESC LIMIT $4"
+            }
+        };
+        let sizes: Vec<(i64, i64)> = on_reader!(&self.db, |pool| {
+            sqlx::query_as(sql)
+                .bind(id)
+                .bind(db_int(from))
+                .bind(joined)
+                .bind(db_int(limit as u64 + 1))
+                .fetch_all(pool)
+                .await?
+        });
+        let mut taken = 0;
+        let mut bytes = 0;
+        for (_, len) in sizes.iter().take(limit) {
+            let len = usize::try_from(*len).unwrap_or(usize::MAX);
+            if taken > 0 && bytes + len > MAX_CONV_PAGE_BYTES {
+                break;
+            }
+            bytes += len;
+            taken += 1;
+        }
+        let more = sizes.len() > taken;
+        let (Some(first), Some(last)) = (sizes.first(), sizes.get(taken.wrapping_sub(1))) else {
+            return Ok(Some(ConvPage::Messages {
+                messages: Vec::new(),
+                more: false,
+            }));
+        };
+        let (low, high) = (first.0.min(last.0), first.0.max(last.0));
+        let order = match direction {
+            Direction::Forward => "ASC",
+            Direction::Backward => "DESC",
+        };
+        let sql = format!(
+            "SELECT conv_seq, device_id, device_seq, epoch, class, sent_at, message
+             FROM conv_messages WHERE conv_id = $1 AND conv_seq BETWEEN $2 AND $3
+             ORDER BY conv_seq {order}"
+        );
+        type Row = (i64, Vec<u8>, i64, i64, i64, i64, Vec<u8>);
+        let rows: Vec<Row> = on_reader!(&self.db, |pool| {
+            sqlx::query_as(&sql)
+                .bind(id)
+                .bind(low)
+                .bind(high)
+                .fetch_all(pool)
+                .await?
+        });
+        let messages = rows
+            .into_iter()
+            .map(|(seq, dev, dseq, epoch, class, sent_at, message)| {
+                let class = u8::try_from(class)
+                    .ok()
+                    .and_then(MessageClass::from_number)
+                    .ok_or_else(|| StoreError::Corrupt(format!("message class {class}")))?;
+                Ok(ConvMessage {
+                    conv_seq: from_db_int(seq, "conv_seq")?,
+                    device: DeviceId(key32(&dev, "device_id")?),
+                    device_seq: from_db_int(dseq, "device_seq")?,
+                    epoch: from_db_int(epoch, "epoch")?,
+                    class,
+                    sent_at: from_db_int(sent_at, "sent_at")?,
+                    message,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let gap = match direction {
+            Direction::Forward => messages.first().is_some_and(|m| m.conv_seq != next),
+            Direction::Backward => false,
+        };
+        if messages.len() != taken || gap {
+            return Ok(None);
+        }
+        Ok(Some(ConvPage::Messages { messages, more }))
+    }
+
     /// A commit or proposal, in a transaction of its own (it locks users after the
     /// conversation: see the module docs on lock order).
     async fn send_handshake(
@@ -1108,6 +1236,13 @@ impl ConversationStore for SqlStore {
         if allowed != 2 && claimer != target {
             return Err(StoreError::Refused(ErrorCode::NotAContact));
         }
+        // A revoked device (whose session outlived the revocation) opens nothing new.
+        if !active_devices(&mut tx, claimer)
+            .await?
+            .contains(&claimer_device)
+        {
+            return Err(StoreError::UnknownDevice);
+        }
         let mut claimed = Vec::new();
         let mut devices = active_devices(&mut tx, target).await?;
         devices.remove(&claimer_device);
@@ -1185,7 +1320,7 @@ impl ConversationStore for SqlStore {
         let mut answers = Vec::with_capacity(sends.len());
         let mut run: Vec<&ConvSendRequest> = Vec::new();
         for request in sends {
-            if request.send.class.is_application() {
+            if !request.send.class.is_handshake() {
                 run.push(request);
                 continue;
             }
@@ -1204,78 +1339,14 @@ impl ConversationStore for SqlStore {
         direction: Direction,
         limit: usize,
     ) -> Result<ConvPage, StoreError> {
-        let limit = limit.clamp(1, MAX_CONV_MESSAGES_PER_FRAME);
-        let id = conv.0.as_slice();
-        let joined: Option<(i64, i64, i64)> = on_reader!(&self.db, |pool| {
-            sqlx::query_as(
-                "SELECT m.joined_seq, c.earliest, c.trimmed_handshake FROM conv_leaves l
-                 JOIN conv_members m ON m.conv_id = l.conv_id AND m.user_id = l.user_id
-                 JOIN devices d ON d.user_id = l.user_id AND d.device_id = l.device_id
-                 JOIN conversations c ON c.conv_id = l.conv_id
-                 WHERE l.conv_id = $1 AND l.device_id = $2 AND d.revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(device.as_bytes().as_slice())
-            .fetch_optional(pool)
-            .await?
-        });
-        let Some((joined, earliest, trimmed_handshake)) = joined else {
-            return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
-        };
-        let earliest = from_db_int(earliest, "earliest")?;
-        // A device reading on from before what retention kept (and after its join) is told,
-        // never handed a silent gap.
-        let next = from.max(from_db_int(joined, "joined_seq")?) + 1;
-        if direction == Direction::Forward && next < earliest {
-            return Ok(ConvPage::Trimmed {
-                earliest,
-                rejoin: from_db_int(trimmed_handshake, "trimmed_handshake")? >= next,
-            });
+        // Retention may delete a prefix between the page's reads: read it again then (the
+        // next attempt sees the new `earliest`), never hand out a silent gap.
+        for _ in 0..3 {
+            if let Some(page) = self.read_page(conv, device, from, direction, limit).await? {
+                return Ok(page);
+            }
         }
-        let sql = match direction {
-            Direction::Forward => {
-                "SELECT conv_seq, device_id, device_seq, epoch, class, sent_at, message
-                 FROM conv_messages WHERE conv_id = $1 AND conv_seq > $2 AND conv_seq > $3
-                 ORDER BY conv_seq LIMIT $4"
-            }
-            Direction::Backward => {
-                "SELECT conv_seq, device_id, device_seq, epoch, class, sent_at, message
-                 FROM conv_messages WHERE conv_id = $1 AND ($2 = 0 OR conv_seq < $2)
-                   AND conv_seq > $3
-                 ORDER BY conv_seq DESC LIMIT $4"
-            }
-        };
-        type Row = (i64, Vec<u8>, i64, i64, i64, i64, Vec<u8>);
-        let rows: Vec<Row> = on_reader!(&self.db, |pool| {
-            sqlx::query_as(sql)
-                .bind(id)
-                .bind(db_int(from))
-                .bind(joined)
-                .bind(db_int(limit as u64 + 1))
-                .fetch_all(pool)
-                .await?
-        });
-        let more = rows.len() > limit;
-        let messages = rows
-            .into_iter()
-            .take(limit)
-            .map(|(seq, dev, dseq, epoch, class, sent_at, message)| {
-                let class = u8::try_from(class)
-                    .ok()
-                    .and_then(MessageClass::from_number)
-                    .ok_or_else(|| StoreError::Corrupt(format!("message class {class}")))?;
-                Ok(ConvMessage {
-                    conv_seq: from_db_int(seq, "conv_seq")?,
-                    device: DeviceId(key32(&dev, "device_id")?),
-                    device_seq: from_db_int(dseq, "device_seq")?,
-                    epoch: from_db_int(epoch, "epoch")?,
-                    class,
-                    sent_at: from_db_int(sent_at, "sent_at")?,
-                    message,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(ConvPage::Messages { messages, more })
+        Err(StoreError::Refused(ErrorCode::Unavailable))
     }
 
     async fn trim_conversations(
@@ -1385,7 +1456,9 @@ impl ConversationStore for SqlStore {
         let sql = format!(
             "UPDATE conv_leaves SET acked = {greatest}(acked, {least}($3,
                 (SELECT head FROM conversations WHERE conv_id = $1)))
-             WHERE conv_id = $1 AND device_id = $2",
+             WHERE conv_id = $1 AND device_id = $2 AND EXISTS (
+               SELECT 1 FROM devices d WHERE d.user_id = conv_leaves.user_id
+                 AND d.device_id = conv_leaves.device_id AND d.revoked_at IS NULL)",
             greatest = dialect.greatest(),
             least = dialect.least(),
         );
@@ -1532,7 +1605,9 @@ impl ConversationStore for SqlStore {
             sqlx::query_scalar(
                 "SELECT m.user_id FROM conv_members m
                  WHERE m.conv_id = $1 AND EXISTS (
-                   SELECT 1 FROM conv_leaves l WHERE l.conv_id = $1 AND l.device_id = $2)
+                   SELECT 1 FROM conv_leaves l
+                   JOIN devices d ON d.user_id = l.user_id AND d.device_id = l.device_id
+                   WHERE l.conv_id = $1 AND l.device_id = $2 AND d.revoked_at IS NULL)
                    AND NOT EXISTS (
                    SELECT 1 FROM blocks b WHERE b.owner = m.user_id AND b.peer = $3
                      AND b.owner <> b.peer)
