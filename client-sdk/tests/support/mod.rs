@@ -6,6 +6,8 @@
 #![allow(dead_code)] // Each test crate uses its own subset.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod conversations;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
