@@ -491,17 +491,14 @@ async fn a_device_whose_unread_commits_expired_rejoins_and_talks_again() {
     }
 }
 
-/// The relay raises its floor epoch (the oldest epoch it takes application messages for)
-/// only at a commit whose set of `(user, device)` leaves differs: a device's external
+/// Found by this test (and fixed in the relay): the relay raised its floor epoch (the oldest
+/// epoch it takes application messages for) only at a commit whose set of `(user, device)`
+/// leaves differs: a device's external
 /// commit that replaces its own leaf (the rejoin above) leaves the set as it was, so a member
 /// that has not read that commit yet is still allowed to encrypt under the epoch before it,
 /// which the rejoined device has no key of. The SDK skips such a message (`epoch <
 /// joined_epoch` in `catch_up`): the rejoined device never sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: a rejoin by external commit does not raise floor_epoch \
-            (relay/src/store/conversations.rs, `changed = effects.before != effects.after`), \
-            so a lagging member's message under the previous epoch is stored and lost to the \
-            rejoined device"]
 async fn a_message_from_a_member_that_has_not_read_a_rejoin_reaches_the_rejoined_device() {
     let Rejoined {
         relay,

@@ -36,7 +36,7 @@
 //!   [`SendOutcome::Duplicate`], different bytes are refused with `conflict`.
 //! - Application messages (content, control) are accepted for the current epoch and the
 //!   [`PAST_EPOCHS_ACCEPTED`] before it, but never for an epoch before the last commit that
-//!   added or removed a leaf (`floor_epoch`): a removed or revoked device cannot read what is
+//!   added, removed or (external commit) replaced a leaf (`floor_epoch`): a removed or revoked device cannot read what is
 //!   said after its removal, and a new device can read everything stored after its join;
 //!   their MLS header must name this group and the epoch the frame names;
 //!   the relay reads nothing else of them.
@@ -985,7 +985,9 @@ impl SqlStore {
             // epoch a removed device knew is accepted afterwards, nor anything a new device
             // could not open (it has no key of earlier epochs). Senders that lag are refused,
             // catch up and encrypt again, so no member ever holds a message it cannot read.
-            let changed = effects.before != effects.after;
+            // An external commit counts although the leaves look the same: it replaces the
+            // joining device's leaf with one that holds no key of earlier epochs.
+            let changed = effects.before != effects.after || effects.external;
             let floor = if changed {
                 effects.epoch
             } else {
