@@ -493,11 +493,10 @@ async fn a_device_whose_unread_commits_expired_rejoins_and_talks_again() {
 
 /// Found by this test (and fixed in the relay): the relay raised its floor epoch (the oldest
 /// epoch it takes application messages for) only at a commit whose set of `(user, device)`
-/// leaves differs: a device's external
-/// commit that replaces its own leaf (the rejoin above) leaves the set as it was, so a member
-/// that has not read that commit yet is still allowed to encrypt under the epoch before it,
-/// which the rejoined device has no key of. The SDK skips such a message (`epoch <
-/// joined_epoch` in `catch_up`): the rejoined device never sees it.
+/// leaves differs: a device's external commit that replaces its own leaf (the rejoin above)
+/// leaves the set as it was, so a member that had not read that commit yet could still
+/// encrypt under the epoch before it, which the rejoined device has no key of. The SDK skips
+/// such a message (`epoch < joined_epoch` in `catch_up`): the rejoined device never saw it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_from_a_member_that_has_not_read_a_rejoin_reaches_the_rejoined_device() {
     let Rejoined {
