@@ -19,6 +19,7 @@ use crate::event::{ClientEvent, Device, Status};
 use crate::options::Options;
 use crate::pairing::{Invitation, InviterDevice, PairingError};
 use crate::people::{Ask, Contact, People};
+use crate::settings::{SETTINGS_PREFIX, Setting, Settings};
 use crate::state::ClientState;
 use ferry_mls::GroupKind;
 use ferry_protocol::conversations::ConvId;
@@ -72,6 +73,8 @@ pub struct ClientHandle {
     people: Arc<People>,
     /// 1:1 and group conversations: see [`crate::conversations`].
     conversations: Arc<Conversations>,
+    /// The user's settings: see [`crate::settings`].
+    settings: Arc<Settings>,
 }
 
 impl std::fmt::Debug for Client {
@@ -98,10 +101,12 @@ impl Client {
     /// the outbox and leave when the relay is reachable. Must be called within a tokio
     /// runtime.
     pub fn start(state: ClientState, options: Options) -> Self {
+        let settings = Arc::new(Settings::open(state.dir(), state.device_id()));
         let conversations = Arc::new(Conversations::open(
             state.dir(),
             state.keys(),
             state.shared_trust(),
+            Arc::clone(&settings),
             options.archive_history,
         ));
         let shared = Arc::new(Shared::new(state.pending()));
@@ -120,6 +125,7 @@ impl Client {
                 state.device_id(),
             )),
             conversations,
+            settings,
         };
         let driver = Driver::new(state, options, command_rx, deliveries, shared);
         Self {
@@ -189,6 +195,9 @@ impl Client {
             if let Some(event) = self.handle.conversations.take_waiting() {
                 return Ok(ClientEvent::Conversation(event));
             }
+            if let Some(setting) = self.handle.settings.take_waiting() {
+                return Ok(ClientEvent::Setting(setting));
+            }
             if let Some((seq, notice)) = self.unfinished.clone() {
                 // Not acknowledged until its checks are done (a cancelled call resumes here).
                 let result = self.notice(notice).await;
@@ -250,6 +259,16 @@ impl Client {
                     let conversations = &self.handle.conversations;
                     if let Err(error) = conversations.on_log_event(&event.plaintext).await {
                         tracing::warn!(%error, "could not keep an archived message");
+                    }
+                }
+                Some(Item::App(Ok(ClientEvent::Event(event))))
+                    if event.plaintext.starts_with(SETTINGS_PREFIX) =>
+                {
+                    // A setting of this user's, made on one of its devices: followed, and
+                    // reported (from the queue) when it changes something.
+                    let settings = &self.handle.settings;
+                    if let Err(error) = settings.on_log_event(event.device, &event.plaintext) {
+                        tracing::warn!(%error, "could not keep a setting");
                     }
                 }
                 Some(Item::App(item)) => return item,
@@ -652,6 +671,24 @@ impl ClientHandle {
     /// This device.
     pub fn device_id(&self) -> DeviceId {
         self.device
+    }
+
+    /// Sets whether this user's devices archive conversation messages in its log, so that
+    /// a device paired later reads what was said before it (sealed with the data key, like
+    /// every event). A setting of the user: it applies here at once, and on each other device
+    /// of the user as soon as it reads it from the log (each then reports
+    /// [`ClientEvent::Setting`]); a device paired later follows it too. Messages archived
+    /// before stay archived. Until the user sets it, [`Options::archive_history`] decides.
+    /// Answered once the relay stored the setting.
+    pub async fn set_archive_history(&self, archive: bool) -> Result<(), ClientError> {
+        let record = self.settings.set(Setting::ArchiveHistory(archive))?;
+        self.append(&record).await.map(drop)
+    }
+
+    /// Whether this device archives conversation messages now: the user's setting, or
+    /// [`Options::archive_history`] if the user never made it.
+    pub fn archive_history(&self) -> bool {
+        self.conversations.archiving()
     }
 
     /// Opens a 1:1 conversation with `user` (a contact): both users' devices, all of them.

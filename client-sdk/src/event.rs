@@ -21,6 +21,9 @@ pub enum ClientEvent {
     People(crate::people::PeopleEvent),
     /// Something happened in this user's conversations (see [`crate::conversations`]).
     Conversation(crate::conversations::ConversationEvent),
+    /// A setting of this user changed, on this device or another of the user's (see
+    /// [`crate::settings`]); every device follows it from now on.
+    Setting(crate::settings::Setting),
 }
 
 /// One event of the user's log, opened with the data key.

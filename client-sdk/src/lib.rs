@@ -133,6 +133,7 @@ mod outbox;
 pub mod pairing;
 pub mod people;
 mod session;
+pub mod settings;
 mod state;
 mod tls;
 mod trust;
@@ -146,6 +147,7 @@ pub use ferry_protocol::conversations::ConvId;
 pub use ferry_protocol::people::{ContactState, ProfileBody};
 pub use options::Options;
 pub use people::{Contact, IdentityChange, PeopleEvent};
+pub use settings::Setting;
 pub use state::{ClientState, DeviceSecrets};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each panics only when

@@ -46,7 +46,9 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     /// Whether conversation messages are archived in the user's own log (sealed with the
     /// data key), so a device paired later reads the conversations' earlier history (see
-    /// [`crate::conversations`]). On by default; every device of a user should agree.
+    /// [`crate::conversations`]), until the user says otherwise: the user's setting
+    /// ([`ClientHandle::set_archive_history`](crate::ClientHandle::set_archive_history), made
+    /// on any of its devices) wins over this default on all of them. On by default.
     pub archive_history: bool,
 }
 
@@ -112,8 +114,8 @@ impl Options {
         self
     }
 
-    /// Sets whether conversation messages are archived for devices that join later (see
-    /// [`Options::archive_history`]).
+    /// Sets whether conversation messages are archived for devices that join later until
+    /// the user sets it (see [`Options::archive_history`]).
     pub fn archive_history(mut self, archive: bool) -> Self {
         self.archive_history = archive;
         self

@@ -11,6 +11,8 @@
 //! | `cursor` | the highest stream sequence the app has received | as the app reads |
 //! | `seen` | per device of the user, the highest device sequence read and its stream sequence, to tell a replayed event (see `driver/checks.rs`) | as the app reads |
 //! | `people` | the contact book: per other user, the device chain pinned (length and last link hash), the handle it was found by, its profile key and last profile; this user's profile version ([`crate::people`]) | as contacts change |
+//! | `conversations` | the MLS state of each group this device is in, with its book (cursors, messages decrypted, the archive read from the log, the user's blocks), mode 0600 ([`crate::conversations`]) | after every change |
+//! | `settings` | the user's settings as this device last heard them, each with its version and the device that set it ([`crate::settings`]) | when a setting changes |
 //! | `device_seq`, `outbox` | the next device sequence and the journal of unacknowledged events ([`crate::outbox`]) | as the app appends |
 //! | `lock` | held (`flock`) while a client uses the folder | — |
 //! | `format` | the format marker, written last, so a half-created folder is not mistaken for one | at creation |

@@ -10,9 +10,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use ferry_client::settings::SETTINGS_PREFIX;
 use ferry_client::{
-    Client, ClientEvent, ClientHandle, ConvId, ConversationEvent, PeopleEvent, StoredMessage,
-    UserId,
+    Client, ClientEvent, ClientHandle, ConvId, ConversationEvent, PeopleEvent, Setting,
+    StoredMessage, UserId,
 };
 use support::*;
 
@@ -110,6 +111,23 @@ impl Dev {
             tokio::time::timeout(Duration::from_millis(200), self.client.next_event()).await
         {
             item.unwrap();
+        }
+    }
+
+    /// Waits for the setting change `setting` (others pass by); the log record that carries
+    /// it is never handed over as an event.
+    async fn setting(&mut self, setting: Setting) {
+        loop {
+            match tokio::time::timeout(WAIT, self.client.next_event()).await {
+                Ok(Ok(ClientEvent::Setting(got))) if got == setting => return,
+                Ok(Ok(ClientEvent::Event(event))) => assert!(
+                    !event.plaintext.starts_with(SETTINGS_PREFIX),
+                    "a settings record reached the app"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("{e:?}"),
+                Err(_) => panic!("no {setting:?} within {WAIT:?}"),
+            }
         }
     }
 
@@ -558,4 +576,79 @@ async fn a_blocked_member_of_a_shared_group_is_hidden_on_every_device_of_the_blo
             ["hi all", "spam", "hello alice", "sorry"]
         );
     }
+}
+
+#[tokio::test]
+async fn archiving_is_a_setting_of_the_user_that_all_its_devices_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (mut alice, spare) = person(dir.path(), &relay, "alice", true).await;
+    let (mut bob, _) = person(dir.path(), &relay, "bob", false).await;
+    befriend(&mut alice, &mut bob, "bob").await;
+    let chat = alice.one.handle().start_chat(bob.user).await.unwrap();
+    for dev in [&mut alice.two, &mut bob.one, &mut bob.two] {
+        dev.joined(chat).await;
+    }
+
+    // Archived (the default): what Alice says, and what Bob says (by Alice's lowest device).
+    alice
+        .two
+        .handle()
+        .send_text(chat, "archived, mine")
+        .await
+        .unwrap();
+    let theirs = bob
+        .one
+        .handle()
+        .send_text(chat, "archived, theirs")
+        .await
+        .unwrap();
+    for dev in [&mut alice.one, &mut alice.two] {
+        dev.message(chat, theirs).await;
+    }
+
+    // Alice turns archiving off on one device: her other device follows it from her log.
+    assert!(alice.one.handle().archive_history());
+    alice.one.handle().set_archive_history(false).await.unwrap();
+    assert!(!alice.one.handle().archive_history());
+    alice.two.setting(Setting::ArchiveHistory(false)).await;
+    assert!(!alice.two.handle().archive_history());
+
+    // Nothing said from now on is archived, by either of her devices.
+    alice
+        .two
+        .handle()
+        .send_text(chat, "not archived, from two")
+        .await
+        .unwrap();
+    alice
+        .one
+        .handle()
+        .send_text(chat, "not archived, from one")
+        .await
+        .unwrap();
+    let theirs_after = bob
+        .two
+        .handle()
+        .send_text(chat, "not archived, theirs")
+        .await
+        .unwrap();
+    for dev in [&mut alice.one, &mut alice.two] {
+        dev.message(chat, theirs_after).await;
+        // Whatever they archived is at the relay.
+        dev.handle().flush(WAIT).await.unwrap();
+    }
+
+    // A device paired afterwards follows the setting, and reads the earlier messages from
+    // the archive but none of the later ones.
+    let mut three = Dev {
+        client: Client::connect(spare.unwrap(), fast()).await.unwrap(),
+    };
+    three.joined(chat).await;
+    assert!(!three.handle().archive_history());
+    assert_eq!(
+        three.texts(chat).await,
+        ["archived, mine", "archived, theirs"],
+        "the archive holds what was said before archiving was turned off, only"
+    );
 }

@@ -28,8 +28,12 @@
 //! like every event), by exactly one device of the user: the sender's for what it sends,
 //! and for what others send the user's device with the lowest id in the group. A device
 //! that replays the log keeps the archived messages (deduplicated by conversation and
-//! `conv_seq`) and shows them in [`history`](Conversations::history) with its own.
-//! [`Options::archive_history`](crate::Options::archive_history) turns the archiving off.
+//! `conv_seq`) and shows them in [`history`](crate::ClientHandle::history) with its own.
+//! Archiving is a setting of the user that all its devices follow
+//! ([`ClientHandle::set_archive_history`](crate::ClientHandle::set_archive_history), a record
+//! in its log, see [`crate::settings`]); until the user makes it,
+//! [`Options::archive_history`](crate::Options::archive_history) decides (on by default). A
+//! message is archived or not as the archiving device's setting says when it handles it.
 //!
 //! Titles: a group's title is an application message (`Control`), so a device reads only
 //! titles sent after it joined. Whoever names the group sends it; whoever adds members sends
@@ -59,6 +63,7 @@ use tokio::sync::Mutex;
 
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
+use crate::settings::Settings;
 use crate::state::Keys;
 use crate::trust::Trust;
 pub use book::{ARCHIVE_PREFIX, StoredMessage};
@@ -163,8 +168,12 @@ pub(crate) struct Conversations {
     /// Why the saved state could not be read: every operation fails with it, and the file
     /// is never overwritten.
     broken: Option<String>,
-    /// Whether messages are archived in the user's log for devices that join later.
-    archive: bool,
+    /// The user's settings: whether messages are archived in its log for devices that
+    /// join later.
+    settings: Arc<Settings>,
+    /// Whether they are until the user says
+    /// ([`Options::archive_history`](crate::Options::archive_history)).
+    archive_default: bool,
     inner: Mutex<Inner>,
     waiting: std::sync::Mutex<std::collections::VecDeque<ConversationEvent>>,
     /// When each typing indicator heard ends unless refreshed.
@@ -213,7 +222,8 @@ impl Conversations {
         dir: &std::path::Path,
         keys: Arc<Keys>,
         trust: Arc<std::sync::RwLock<Trust>>,
-        archive: bool,
+        settings: Arc<Settings>,
+        archive_default: bool,
     ) -> Self {
         let path = dir.join("conversations");
         let fresh = || (Member::new(keys.user, &keys.device), Book::default());
@@ -231,11 +241,20 @@ impl Conversations {
             trust,
             path,
             broken,
-            archive,
+            settings,
+            archive_default,
             inner: Mutex::new(Inner { member, book }),
             waiting: std::sync::Mutex::default(),
             typing: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether this device archives messages now: the user's setting, read at each message
+    /// (a change made on another device applies from the moment this one reads it).
+    pub fn archiving(&self) -> bool {
+        self.settings
+            .archive_history()
+            .unwrap_or(self.archive_default)
     }
 
     fn save(&self, inner: &Inner) -> Result<(), ClientError> {
@@ -732,7 +751,7 @@ impl Conversations {
             record.keep(stored.clone());
         }
         self.save(&inner)?;
-        if self.archive {
+        if self.archiving() {
             ask.archive(archive_record(&stored)).await;
         }
         Ok(conv_seq)
@@ -1151,7 +1170,7 @@ impl Conversations {
                 .ok()
                 .and_then(|leaves| leaves.into_iter().find(|(user, _)| *user == self.me))
                 .map(|(_, device)| device);
-            if self.archive && archiver == Some(self.device) {
+            if archiver == Some(self.device) && self.archiving() {
                 for message in texts.iter().filter(|m| m.user != self.me) {
                     ask.archive(archive_record(message)).await;
                 }

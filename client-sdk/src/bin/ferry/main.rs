@@ -27,6 +27,8 @@
 //! ferry --state DIR group add|remove CONV WHO[,WHO…]; group rename CONV NAME; group leave CONV
 //! ferry --state DIR convs
 //! ferry --state DIR read CONV [--before SEQ] [--limit N]
+//!
+//! ferry --state DIR settings archive [on|off]   # without on|off: prints it
 //! ```
 //!
 //! WHO is a handle (`alice.07`), a user id (64 hex digits), or at least 8 leading hex digits
@@ -67,7 +69,7 @@ use ferry_client::people::safety_number;
 use ferry_client::{
     Client, ClientError, ClientEvent, ClientHandle, ClientState, Contact, ContactState, Device,
     IdentityChange, Options, PeopleError, PeopleEvent, ProfileBody, RecoveryKey, RecoveryKeyError,
-    RelayId, StateError, UserId, account,
+    RelayId, Setting, StateError, UserId, account,
 };
 use ferry_protocol::people::intro::MAX_NOTE_LEN;
 use ferry_protocol::people::{Handle, normalize_name};
@@ -192,6 +194,27 @@ enum Command {
     People(PeopleCommand),
     #[command(flatten)]
     Chat(chat::ChatCommand),
+    /// Settings of your user, which all your devices follow.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SettingsCommand {
+    /// Whether your devices archive your conversations' messages in your own log (sealed
+    /// with your data key), so a device you pair later reads what was said before it. On
+    /// unless you turn it off; without ON|OFF, print it.
+    Archive {
+        /// `on` or `off`, for all your devices from now on.
+        #[arg(value_enum)]
+        value: Option<OnOff>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// The people commands: handles, contacts, blocks, profiles, presence.
@@ -367,6 +390,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let done = chat::run(&mut people, command).await;
             people.finish(done).await
         }
+        Command::Settings(command) => {
+            // The log read first: the setting shown is the one the user's devices follow.
+            let mut people = People::open(&cli.state, options, timeout).await?;
+            let done = settings(&mut people, command).await;
+            people.finish(done).await
+        }
     }
 }
 
@@ -526,6 +555,10 @@ async fn tail(
             Ok(ClientEvent::People(event)) => {
                 let text = names.describe(&client.handle(), &event).await;
                 writeln!(stdout, "{text}")?;
+                stdout.flush()?;
+            }
+            Ok(ClientEvent::Setting(setting)) => {
+                writeln!(stdout, "{}", describe_setting(&setting))?;
                 stdout.flush()?;
             }
             Ok(ClientEvent::CaughtUp { .. }) if !follow => break Ok(()),
@@ -727,6 +760,8 @@ struct People {
     names: Names,
     /// The event the action's own notice becomes, which says nothing its output did not.
     echo: Option<PeopleEvent>,
+    /// The same for a setting the action made.
+    echo_setting: Option<Setting>,
 }
 
 impl People {
@@ -746,6 +781,7 @@ impl People {
             dir: dir.to_owned(),
             timeout,
             echo: None,
+            echo_setting: None,
         };
         loop {
             match tokio::time::timeout(timeout, people.client.next_event()).await {
@@ -779,6 +815,10 @@ impl People {
                 let text = self.names.describe(&self.client.handle(), event).await;
                 eprintln!("ferry: {text}");
             }
+            ClientEvent::Setting(setting) if self.echo_setting.as_ref() == Some(setting) => {
+                self.echo_setting = None;
+            }
+            ClientEvent::Setting(setting) => eprintln!("ferry: {}", describe_setting(setting)),
             _ => {}
         }
     }
@@ -1371,6 +1411,51 @@ async fn presence(people: &mut People, command: PresenceCommand) -> anyhow::Resu
     Ok(())
 }
 
+async fn settings(people: &mut People, command: SettingsCommand) -> anyhow::Result<()> {
+    match command {
+        SettingsCommand::Archive { value: None } => {
+            line(&format!(
+                "archive {}",
+                on_off(people.api().archive_history())
+            ))?;
+        }
+        SettingsCommand::Archive { value: Some(value) } => {
+            let archive = value == OnOff::On;
+            within(people.timeout, people.api().set_archive_history(archive)).await?;
+            people.echo_setting = Some(Setting::ArchiveHistory(archive));
+            line(&format!("archive {}", on_off(archive)))?;
+            if archive {
+                eprintln!(
+                    "ferry: your devices archive your conversations' messages from now on; a \
+                     device you pair later reads them"
+                );
+            } else {
+                eprintln!(
+                    "ferry: your devices stop archiving your conversations' messages (what is \
+                     archived stays); a device you pair later reads only what is said after it \
+                     joins"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// A setting changed on another device, as a line of text.
+fn describe_setting(setting: &Setting) -> String {
+    match setting {
+        Setting::ArchiveHistory(on) => format!(
+            "your devices archive your conversations: {} (set on one of them)",
+            on_off(*on)
+        ),
+        other => format!("a setting changed: {other:?}"),
+    }
+}
+
 /// Reads one line from stdin (without its line break); `None` at the end of input.
 async fn read_line() -> anyhow::Result<Option<String>> {
     let _ = std::io::stderr().flush();
@@ -1609,6 +1694,17 @@ mod tests {
             Ok(Command::People(PeopleCommand::Unblock { who })) if who == "bob.12"
         ));
         assert!(parse(&["presence"]).is_err());
+        assert!(matches!(
+            parse(&["settings", "archive", "off"]),
+            Ok(Command::Settings(SettingsCommand::Archive {
+                value: Some(OnOff::Off)
+            }))
+        ));
+        assert!(matches!(
+            parse(&["settings", "archive"]),
+            Ok(Command::Settings(SettingsCommand::Archive { value: None }))
+        ));
+        assert!(parse(&["settings", "archive", "maybe"]).is_err());
 
         // The recovery key is never an argument.
         let recover = [
