@@ -220,33 +220,25 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         },
         duration: options.duration(Duration::from_secs(10), Duration::from_secs(1)),
     };
-    step(NAME, "starting the relay");
-    // The creator sends a contact request and a KeyPackage claim per user in a row.
-    let node = NodeOptions {
-        people_writes_per_second: Some(1_000_000),
-        ..NodeOptions::default()
-    };
-    let relay = BenchRelay::spawn(&options.services, node).await?;
-    let target = relay.target();
-    let (mut devices, conv, setup) = set_up(target, users, options.sources).await?;
-    let base_head = devices.first().map_or(0, |d| d.cursor);
-    step(
-        NAME,
-        format_args!(
-            "{} msg/s over {users} senders to {} devices for {:?}",
-            load.rate,
-            devices.len(),
-            load.duration
-        ),
-    );
-    for device in &mut devices {
-        device.log.clear();
-    }
-    let measured = measure(devices, conv, load, base_head).await?;
-    relay.shutdown(Duration::from_secs(5)).await;
-
+    let (measured, setup) = measure_group(options, users, load, None).await?;
     let mut report = Report::default();
     add_figures(&mut report, &measured, &load);
+
+    // The same group on a relay that commits every message and every cursor alone (no group
+    // commit), for the ratio.
+    let (single, _) = measure_group(options, users, load, Some(1)).await?;
+    let mut latency = micros_histogram();
+    for seen in &single.seen {
+        let _ = latency.add(&seen.latency);
+    }
+    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        report.add(
+            NAME,
+            format!("commit_max_batch = 1 (a transaction per message and cursor): send → decrypted {label}"),
+            quantile_ms(&latency, q),
+            "ms",
+        );
+    }
 
     // The references: the per-user sync log at the same send rate, and at the same rate of
     // deliveries (fan-out 1, so `devices − 1` times the appends), each on a fresh relay.
@@ -312,6 +304,43 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         deliveries = load.rate * (2 * users - 1) as f64,
     ));
     Ok(report)
+}
+
+/// Starts a relay (with `commit_max_batch`, default if `None`), sets the group up and
+/// measures it.
+async fn measure_group(
+    options: &Options,
+    users: usize,
+    load: Load,
+    commit_max_batch: Option<usize>,
+) -> anyhow::Result<(Measured, SetUp)> {
+    step(NAME, "starting the relay");
+    // The creator sends a contact request and a KeyPackage claim per user in a row.
+    let node = NodeOptions {
+        people_writes_per_second: Some(1_000_000),
+        commit_max_batch,
+        ..NodeOptions::default()
+    };
+    let relay = BenchRelay::spawn(&options.services, node).await?;
+    let target = relay.target();
+    let (mut devices, conv, setup) = set_up(target, users, options.sources).await?;
+    let base_head = devices.first().map_or(0, |d| d.cursor);
+    step(
+        NAME,
+        format_args!(
+            "{} msg/s over {users} senders to {} devices for {:?} (commit_max_batch {:?})",
+            load.rate,
+            devices.len(),
+            load.duration,
+            commit_max_batch
+        ),
+    );
+    for device in &mut devices {
+        device.log.clear();
+    }
+    let measured = measure(devices, conv, load, base_head).await?;
+    relay.shutdown(Duration::from_secs(5)).await;
+    Ok((measured, setup))
 }
 
 /// What setting the group up took.
