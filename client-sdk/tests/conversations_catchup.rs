@@ -13,21 +13,105 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_client::{ConvId, ConversationEvent, UserId};
+use ferry_relay::store::Store;
 use support::conversations::{Dev, Person, Transcript, befriend, person, same_epoch};
 use support::*;
 
 const DAY_MS: u64 = 86_400_000;
+
+/// On one relay, Alice and Bob, two devices each, contacts, in a conversation Alice made
+/// (a group of the two called `title`, or a 1:1 when `title` is `None`) that every device
+/// joined; Bob's devices apart, as the tests take his second one offline. With `carol`,
+/// Carol too: two devices, Alice's contact, in no conversation.
+struct Start {
+    relay: TestRelay,
+    alice: Person,
+    bob: UserId,
+    bob_one: Dev,
+    bob_two: Dev,
+    carol: Option<Person>,
+    conv: ConvId,
+    /// The folders of the relay and of every device (bind it: dropped, they go).
+    _dir: tempfile::TempDir,
+}
+
+async fn start(title: Option<&str>, carol: bool) -> Start {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
+    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
+    let mut carol = if carol {
+        Some(person(dir.path(), &relay, &relay, "carol").await)
+    } else {
+        None
+    };
+    befriend(&mut alice, &mut bob).await;
+    if let Some(carol) = &mut carol {
+        befriend(&mut alice, carol).await;
+    }
+    let Person {
+        user: bob,
+        one: mut bob_one,
+        two: mut bob_two,
+        ..
+    } = bob;
+    let made = match title {
+        Some(title) => alice.one.handle().create_group(Some(title), &[bob]).await,
+        None => alice.one.handle().start_chat(bob).await,
+    };
+    let conv = made.unwrap();
+    for dev in [&mut alice.two, &mut bob_one, &mut bob_two] {
+        dev.joined(conv).await;
+    }
+    Start {
+        relay,
+        alice,
+        bob,
+        bob_one,
+        bob_two,
+        carol,
+        conv,
+        _dir: dir,
+    }
+}
+
+/// Alice says "hello" in `conv` and Bob "hello back": all four devices read both, and the
+/// relay stored their cursors. Returns what was said, and the two messages' `conv_seq`.
+async fn greet(
+    alice: &mut Person,
+    bob_one: &mut Dev,
+    bob_two: &mut Dev,
+    conv: ConvId,
+) -> (Transcript, u64, u64) {
+    let mut said = Transcript::default();
+    let hello = said.say(&alice.one, conv, "hello").await;
+    let read = said.say(bob_one, conv, "hello back").await;
+    read_and_settle(
+        &mut [&mut alice.one, &mut alice.two, bob_one, bob_two],
+        conv,
+        &said,
+    )
+    .await;
+    (said, hello, read)
+}
+
+/// The relay's own database, through a second connection (`mode` `rw` or `ro`).
+async fn relay_store(relay: &TestRelay, mode: &str) -> Arc<dyn Store> {
+    let path = relay.data.join("ferry.db");
+    let url = format!("sqlite://{}?mode={mode}", path.display());
+    ferry_relay::store::open(&url).await.unwrap()
+}
 
 /// Runs the relay's conversation retention once, as its timer does: messages older than
 /// `max_age_ms` go, but not a commit some device has not read that is younger than
 /// `lag_ms`, both counted back from `now_ms`. On the relay's database, through a second
 /// connection. Returns how many messages were deleted.
 async fn trim(relay: &TestRelay, max_age_ms: u64, lag_ms: u64, now_ms: u64) -> u64 {
-    let url = format!("sqlite://{}?mode=rw", relay.data.join("ferry.db").display());
-    let store = ferry_relay::store::open(&url).await.unwrap();
+    let store = relay_store(relay, "rw").await;
     let deleted = store
         .trim_conversations(max_age_ms, lag_ms, now_ms)
         .await
@@ -36,9 +120,84 @@ async fn trim(relay: &TestRelay, max_age_ms: u64, lag_ms: u64, now_ms: u64) -> u
     deleted
 }
 
+/// A "now" for retention just after the message at `seq` of `conv` was stored, and no
+/// later than the one at `later` was (the relay's clock, as `dev` heard them).
+async fn just_after(dev: &mut Dev, conv: ConvId, seq: u64, later: u64) -> u64 {
+    let now = dev.message(conv, seq).await.sent_at + 1;
+    assert!(dev.message(conv, later).await.sent_at >= now);
+    now
+}
+
 /// A round trip to the relay: what `dev` sent before (its acknowledged cursors) is stored.
 async fn settle(dev: &Dev) {
     dev.handle().conversations().await.unwrap();
+}
+
+/// Each of `devs` heard every message of `said` another device sent, and the relay stored
+/// their cursors.
+async fn read_and_settle(devs: &mut [&mut Dev], conv: ConvId, said: &Transcript) {
+    for dev in devs.iter_mut() {
+        dev.read_all(conv, said, 0).await;
+        settle(dev).await;
+    }
+}
+
+/// `by` adds `who` to `conv`, and both of its devices join.
+async fn add(by: &Dev, who: &mut Person, conv: ConvId) {
+    by.handle().add_members(conv, &[who.user]).await.unwrap();
+    who.joined(conv).await;
+}
+
+/// `by` removes `who` from `conv`, and both of its devices leave.
+async fn remove(by: &Dev, who: &mut Person, conv: ConvId) {
+    by.handle().remove_members(conv, &[who.user]).await.unwrap();
+    who.left(conv).await;
+}
+
+/// `dev` says "`what` 0" to "`what` `n - 1`" in `conv`; returns the texts, in order.
+async fn say_many(
+    said: &mut Transcript,
+    dev: &Dev,
+    conv: ConvId,
+    what: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut texts = Vec::new();
+    for i in 0..n {
+        let text = format!("{what} {i}");
+        said.say(dev, conv, &text).await;
+        texts.push(text);
+    }
+    texts
+}
+
+/// `from` says `text` in `conv`, and each of `readers` reads it as it was said. Returns its
+/// `conv_seq`.
+async fn said_and_read(
+    said: &mut Transcript,
+    from: &Dev,
+    conv: ConvId,
+    text: &str,
+    readers: &mut [&mut Dev],
+) -> u64 {
+    let seq = said.say(from, conv, text).await;
+    for dev in readers.iter_mut() {
+        assert_eq!(dev.message(conv, seq).await.text, text, "{}", dev.name);
+    }
+    seq
+}
+
+/// Each of `devs` was given every message of `conv` in `said` that it did not send, once,
+/// in order.
+fn heard_each_once(devs: &[&Dev], conv: ConvId, said: &Transcript) {
+    for dev in devs {
+        assert_eq!(
+            dev.heard_messages(conv),
+            said.heard_by(dev, 0),
+            "{}",
+            dev.name
+        );
+    }
 }
 
 /// `dev`'s history of `conv` is in order, each message once and as it was sent, and holds
@@ -100,29 +259,17 @@ fn story(heard: &[ConversationEvent], conv: ConvId) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_offline_through_many_messages_and_epochs_reads_them_all_once_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
-    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
-    let mut carol = person(dir.path(), &relay, &relay, "carol").await;
-    befriend(&mut alice, &mut bob).await;
-    befriend(&mut alice, &mut carol).await;
-    let Person {
-        user: bob,
-        one: mut bob_one,
-        two: mut bob_two,
+    let Start {
+        relay: _relay,
+        mut alice,
+        mut bob_one,
+        mut bob_two,
+        carol,
+        conv: group,
+        _dir,
         ..
-    } = bob;
-
-    let group = alice
-        .one
-        .handle()
-        .create_group(Some("catching up"), &[bob])
-        .await
-        .unwrap();
-    for dev in [&mut alice.two, &mut bob_one, &mut bob_two] {
-        dev.joined(group).await;
-    }
+    } = start(Some("catching up"), true).await;
+    let mut carol = carol.unwrap();
     let mut said = Transcript::default();
     let hello = said.say(&alice.one, group, "hello").await;
     for dev in [&mut alice.one, &mut alice.two, &mut bob_one, &mut bob_two] {
@@ -133,21 +280,9 @@ async fn a_device_offline_through_many_messages_and_epochs_reads_them_all_once_i
     // Bob's second device goes offline; `expected` is what it will be told, in order: more
     // than a page of messages, and three commits (Carol in, out, and in again).
     let bob_two_dir = bob_two.close().await;
-    let mut expected: Vec<String> = Vec::new();
-    for i in 0..110 {
-        let text = format!("first {i}");
-        said.say(&alice.one, group, &text).await;
-        expected.push(text);
-    }
-    alice
-        .one
-        .handle()
-        .add_members(group, &[carol.user])
-        .await
-        .unwrap();
+    let mut expected = say_many(&mut said, &alice.one, group, "first", 110).await;
+    add(&alice.one, &mut carol, group).await;
     expected.push(change(&[carol.user], &[]));
-    carol.one.joined(group).await;
-    carol.two.joined(group).await;
     for (dev, text) in [
         (&carol.one, "carol here"),
         (&bob_one, "hi carol"),
@@ -157,29 +292,11 @@ async fn a_device_offline_through_many_messages_and_epochs_reads_them_all_once_i
         said.say(dev, group, text).await;
         expected.push(text.into());
     }
-    alice
-        .one
-        .handle()
-        .remove_members(group, &[carol.user])
-        .await
-        .unwrap();
+    remove(&alice.one, &mut carol, group).await;
     expected.push(change(&[], &[carol.user]));
-    carol.one.left(group).await;
-    carol.two.left(group).await;
-    for i in 0..110 {
-        let text = format!("second {i}");
-        said.say(&alice.one, group, &text).await;
-        expected.push(text);
-    }
-    alice
-        .one
-        .handle()
-        .add_members(group, &[carol.user])
-        .await
-        .unwrap();
+    expected.extend(say_many(&mut said, &alice.one, group, "second", 110).await);
+    add(&alice.one, &mut carol, group).await;
     expected.push(change(&[carol.user], &[]));
-    carol.one.joined(group).await;
-    carol.two.joined(group).await;
     let last = said.say(&carol.two, group, "carol again").await;
     expected.push("carol again".into());
     for dev in [&mut alice.one, &mut alice.two, &mut bob_one, &mut carol.one] {
@@ -207,24 +324,21 @@ async fn a_device_offline_through_many_messages_and_epochs_reads_them_all_once_i
     assert_eq!(epoch, left_at_epoch + 3, "three commits while it was away");
 
     // It talks again, and everyone reads it; nobody heard anything twice.
-    let back = said.say(&bob_two, group, "back").await;
-    for dev in [
-        &mut alice.one,
-        &mut alice.two,
-        &mut bob_one,
-        &mut carol.one,
-        &mut carol.two,
-    ] {
-        assert_eq!(dev.message(group, back).await.text, "back", "{}", dev.name);
-    }
-    for dev in [&alice.one, &alice.two, &bob_one] {
-        assert_eq!(
-            dev.heard_messages(group),
-            said.heard_by(dev, 0),
-            "{}",
-            dev.name
-        );
-    }
+    said_and_read(
+        &mut said,
+        &bob_two,
+        group,
+        "back",
+        &mut [
+            &mut alice.one,
+            &mut alice.two,
+            &mut bob_one,
+            &mut carol.one,
+            &mut carol.two,
+        ],
+    )
+    .await;
+    heard_each_once(&[&alice.one, &alice.two, &bob_one], group, &said);
     assert_eq!(
         bob_two.heard_messages(group),
         said.heard_by(&bob_two, hello)
@@ -233,28 +347,16 @@ async fn a_device_offline_through_many_messages_and_epochs_reads_them_all_once_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_whose_unread_messages_expired_reads_on_from_what_retention_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
-    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
-    befriend(&mut alice, &mut bob).await;
-    let Person {
-        user: bob,
-        one: mut bob_one,
-        two: mut bob_two,
+    let Start {
+        relay,
+        mut alice,
+        mut bob_one,
+        mut bob_two,
+        conv: chat,
+        _dir,
         ..
-    } = bob;
-    let chat = alice.one.handle().start_chat(bob).await.unwrap();
-    for dev in [&mut alice.two, &mut bob_one, &mut bob_two] {
-        dev.joined(chat).await;
-    }
-    let mut said = Transcript::default();
-    let hello = said.say(&alice.one, chat, "hello").await;
-    let read = said.say(&bob_one, chat, "hello back").await;
-    for dev in [&mut alice.one, &mut alice.two, &mut bob_one, &mut bob_two] {
-        dev.read_all(chat, &said, 0).await;
-        settle(dev).await;
-    }
+    } = start(None, false).await;
+    let (mut said, hello, read) = greet(&mut alice, &mut bob_one, &mut bob_two, chat).await;
 
     // Bob's second device goes offline, having read (and acknowledged) everything. Five
     // messages are sent, then, a little later, three more.
@@ -269,16 +371,17 @@ async fn a_device_whose_unread_messages_expired_reads_on_from_what_retention_kep
         said.say(&alice.one, chat, &format!("kept {i}")).await;
     }
     let (last_expiring, last) = (*expiring.last().unwrap(), said.last());
-    for dev in [&mut alice.one, &mut alice.two, &mut bob_one] {
-        dev.read_all(chat, &said, 0).await;
-        settle(dev).await;
-    }
+    read_and_settle(
+        &mut [&mut alice.one, &mut alice.two, &mut bob_one],
+        chat,
+        &said,
+    )
+    .await;
 
     // Retention, as of just after the fifth message was stored (the relay's clock, as Bob's
     // first device heard it): everything up to it is old enough, and no commit anyone has
     // not read stands in the way.
-    let now = bob_one.message(chat, last_expiring).await.sent_at + 1;
-    assert!(bob_one.message(chat, last_expiring + 1).await.sent_at >= now);
+    let now = just_after(&mut bob_one, chat, last_expiring, last_expiring + 1).await;
     assert_eq!(
         trim(&relay, 0, DAY_MS, now).await,
         last_expiring,
@@ -299,19 +402,16 @@ async fn a_device_whose_unread_messages_expired_reads_on_from_what_retention_kep
     history_holds(&bob_two, chat, &said, &must).await;
 
     // It talks, and is read; it is in everyone's epoch.
-    let back = said.say(&bob_two, chat, "back after the gap").await;
-    for dev in [&mut alice.one, &mut alice.two, &mut bob_one] {
-        assert_eq!(dev.message(chat, back).await.text, "back after the gap");
-    }
+    said_and_read(
+        &mut said,
+        &bob_two,
+        chat,
+        "back after the gap",
+        &mut [&mut alice.one, &mut alice.two, &mut bob_one],
+    )
+    .await;
     same_epoch(&[&alice.one, &alice.two, &bob_one, &bob_two], chat);
-    for dev in [&alice.one, &alice.two, &bob_one] {
-        assert_eq!(
-            dev.heard_messages(chat),
-            said.heard_by(dev, 0),
-            "{}",
-            dev.name
-        );
-    }
+    heard_each_once(&[&alice.one, &alice.two, &bob_one], chat, &said);
 }
 
 /// Alice (two devices) and Bob (two devices) in a group of Alice's. Bob's second device
@@ -334,57 +434,26 @@ struct Rejoined {
 }
 
 async fn rejoined() -> Rejoined {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
-    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
-    let mut carol = person(dir.path(), &relay, &relay, "carol").await;
-    befriend(&mut alice, &mut bob).await;
-    befriend(&mut alice, &mut carol).await;
-    let Person {
-        user: bob,
-        one: mut bob_one,
-        two: mut bob_two,
-        ..
-    } = bob;
-    let group = alice
-        .one
-        .handle()
-        .create_group(Some("rejoining"), &[bob])
-        .await
-        .unwrap();
-    for dev in [&mut alice.two, &mut bob_one, &mut bob_two] {
-        dev.joined(group).await;
-    }
-    let mut said = Transcript::default();
-    let hello = said.say(&alice.one, group, "hello").await;
-    let read = said.say(&bob_one, group, "hello back").await;
-    for dev in [&mut alice.one, &mut alice.two, &mut bob_one, &mut bob_two] {
-        dev.read_all(group, &said, 0).await;
-        settle(dev).await;
-    }
+    let Start {
+        relay,
+        mut alice,
+        bob,
+        mut bob_one,
+        mut bob_two,
+        carol,
+        conv: group,
+        _dir,
+    } = start(Some("rejoining"), true).await;
+    let mut carol = carol.unwrap();
+    let (mut said, hello, read) = greet(&mut alice, &mut bob_one, &mut bob_two, group).await;
     let (left_at_epoch, _) = bob_two.epoch(group);
 
     // Bob's second device goes offline. Carol comes in and goes (two commits it has not
     // read), three messages are sent, then, a little later, one more.
     let bob_two_dir = bob_two.close().await;
-    alice
-        .one
-        .handle()
-        .add_members(group, &[carol.user])
-        .await
-        .unwrap();
-    carol.one.joined(group).await;
-    carol.two.joined(group).await;
+    add(&alice.one, &mut carol, group).await;
     said.say(&carol.one, group, "carol was here").await;
-    alice
-        .one
-        .handle()
-        .remove_members(group, &[carol.user])
-        .await
-        .unwrap();
-    carol.one.left(group).await;
-    carol.two.left(group).await;
+    remove(&alice.one, &mut carol, group).await;
     let mut lost = 0;
     for i in 1..=3 {
         lost = said.say(&alice.one, group, &format!("lost {i}")).await;
@@ -393,15 +462,16 @@ async fn rejoined() -> Rejoined {
     let last = said
         .say(&alice.two, group, "said before it came back")
         .await;
-    for dev in [&mut alice.one, &mut alice.two, &mut bob_one] {
-        dev.read_all(group, &said, 0).await;
-        settle(dev).await;
-    }
+    read_and_settle(
+        &mut [&mut alice.one, &mut alice.two, &mut bob_one],
+        group,
+        &said,
+    )
+    .await;
 
     // Retention as of just after the third message. Within the lag, the commits Bob's
     // second device has not read are kept, and everything after them: only what it read goes.
-    let now = bob_one.message(group, lost).await.sent_at + 1;
-    assert!(bob_one.message(group, last).await.sent_at >= now);
+    let now = just_after(&mut bob_one, group, lost, last).await;
     assert_eq!(
         trim(&relay, 0, DAY_MS, now).await,
         read,
@@ -427,7 +497,7 @@ async fn rejoined() -> Rejoined {
         said,
         read_before: vec![hello, read],
         left_at_epoch,
-        _dir: dir,
+        _dir,
     }
 }
 
@@ -450,10 +520,14 @@ async fn a_device_whose_unread_commits_expired_rejoins_and_talks_again() {
     // What was said before it rejoined (in epochs it has no keys of) it never hears. It
     // speaks, everyone reads it (so everyone processed its external commit); then they
     // answer, and it reads them.
-    let back = said.say(&bob_two, group, "glad to be back").await;
-    for dev in [&mut alice.one, &mut alice.two, &mut bob_one] {
-        assert_eq!(dev.message(group, back).await.text, "glad to be back");
-    }
+    let back = said_and_read(
+        &mut said,
+        &bob_two,
+        group,
+        "glad to be back",
+        &mut [&mut alice.one, &mut alice.two, &mut bob_one],
+    )
+    .await;
     let welcome = said.say(&alice.one, group, "welcome back").await;
     let too = said.say(&bob_one, group, "from your other device").await;
     assert_eq!(
@@ -481,14 +555,7 @@ async fn a_device_whose_unread_commits_expired_rejoins_and_talks_again() {
     for dev in [&mut alice.one, &mut alice.two, &mut bob_one] {
         dev.read_all(group, &said, 0).await;
     }
-    for dev in [&alice.one, &alice.two, &bob_one] {
-        assert_eq!(
-            dev.heard_messages(group),
-            said.heard_by(dev, 0),
-            "{}",
-            dev.name
-        );
-    }
+    heard_each_once(&[&alice.one, &alice.two, &bob_one], group, &said);
 }
 
 /// Found by this test (and fixed in the relay): the relay raised its floor epoch (the oldest
@@ -512,8 +579,7 @@ async fn a_message_from_a_member_that_has_not_read_a_rejoin_reaches_the_rejoined
     // Alice's first device has not read the external commit: it encrypts under the epoch
     // before it, and the relay takes that.
     let welcome = said.say(&alice.one, group, "welcome back").await;
-    let url = format!("sqlite://{}?mode=ro", relay.data.join("ferry.db").display());
-    let store = ferry_relay::store::open(&url).await.unwrap();
+    let store = relay_store(&relay, "ro").await;
     let page = store
         .read_messages(
             group,

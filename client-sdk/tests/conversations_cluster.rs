@@ -54,25 +54,30 @@ async fn two_nodes(dir: &std::path::Path) -> Option<(TestRelay, TestRelay)> {
     Some((first, second))
 }
 
-/// Alice, Bob and Carol, all contacts, each with a device on either node (Bob's first
-/// device on the second node, the others' on the first).
-async fn three_users(dir: &std::path::Path, first: &TestRelay, second: &TestRelay) -> [Person; 3] {
-    let mut alice = person(dir, first, second, "alice").await;
-    let mut bob = person(dir, second, first, "bob").await;
-    let mut carol = person(dir, first, second, "carol").await;
+/// Alice, Bob and Carol, all contacts, each with a device on either node of
+/// [`two_nodes`] (Bob's first device on the second node, the others' on the first); with
+/// the folder of the nodes and devices (bind it: dropped, it goes), and the nodes. `None`
+/// when skipped.
+async fn three_users() -> Option<(tempfile::TempDir, [TestRelay; 2], [Person; 3])> {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = two_nodes(dir.path()).await?;
+    let mut alice = person(dir.path(), &first, &second, "alice").await;
+    let mut bob = person(dir.path(), &second, &first, "bob").await;
+    let mut carol = person(dir.path(), &first, &second, "carol").await;
     befriend(&mut alice, &mut bob).await;
     befriend(&mut alice, &mut carol).await;
     befriend(&mut bob, &mut carol).await;
-    [alice, bob, carol]
+    Some((dir, [first, second], [alice, bob, carol]))
 }
 
-/// Every one of `devs` was given every message of `conv` it did not send itself (from the
-/// start), once and in order, holds all of them in its history, and all are in one epoch.
-async fn all_agree(devs: &mut [&mut Dev], conv: ConvId, said: &Transcript) {
-    for dev in devs.iter_mut() {
-        dev.read_all(conv, said, 0).await;
+/// Every device of `people` was given every message of `conv` it did not send itself (from
+/// the start), once and in order, holds all of them in its history, and all are in one epoch.
+async fn all_agree(people: &mut [&mut Person], conv: ConvId, said: &Transcript) {
+    for person in people.iter_mut() {
+        person.read_all(conv, said, 0).await;
     }
-    for dev in devs.iter() {
+    let devs: Vec<&Dev> = people.iter().flat_map(|p| p.devs()).collect();
+    for dev in &devs {
         assert_eq!(
             dev.heard_messages(conv),
             said.heard_by(dev, 0),
@@ -81,17 +86,14 @@ async fn all_agree(devs: &mut [&mut Dev], conv: ConvId, said: &Transcript) {
         );
         assert_eq!(dev.history(conv).await, said.all(), "{}", dev.name);
     }
-    let devs: Vec<&Dev> = devs.iter().map(|d| &**d).collect();
     same_epoch(&devs, conv);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_of_every_member_reads_every_message_once_in_order_across_two_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((first, second)) = two_nodes(dir.path()).await else {
+    let Some((_dir, _nodes, [mut alice, mut bob, mut carol])) = three_users().await else {
         return;
     };
-    let [mut alice, mut bob, mut carol] = three_users(dir.path(), &first, &second).await;
 
     // A 1:1 Alice opens from the first node; all four devices talk, from both nodes.
     let chat = alice.one.handle().start_chat(bob.user).await.unwrap();
@@ -105,12 +107,7 @@ async fn every_device_of_every_member_reads_every_message_once_in_order_across_t
                 .await;
         }
     }
-    all_agree(
-        &mut [&mut alice.one, &mut alice.two, &mut bob.one, &mut bob.two],
-        chat,
-        &said,
-    )
-    .await;
+    all_agree(&mut [&mut alice, &mut bob], chat, &said).await;
     // Carol is not in it: nothing of it reached her.
     for dev in [&carol.one, &carol.two] {
         assert!(dev.history(chat).await.is_empty());
@@ -155,42 +152,13 @@ async fn every_device_of_every_member_reads_every_message_once_in_order_across_t
                 .await;
         }
     }
-    all_agree(
-        &mut [
-            &mut alice.one,
-            &mut alice.two,
-            &mut bob.one,
-            &mut bob.two,
-            &mut carol.one,
-            &mut carol.two,
-        ],
-        group,
-        &in_group,
-    )
-    .await;
+    all_agree(&mut [&mut alice, &mut bob, &mut carol], group, &in_group).await;
 
     // Later messages in both, then nothing was given twice (a late copy would show here).
     said.say(&bob.two, chat, "one more").await;
     in_group.say(&carol.one, group, "and here").await;
-    all_agree(
-        &mut [&mut alice.one, &mut alice.two, &mut bob.one, &mut bob.two],
-        chat,
-        &said,
-    )
-    .await;
-    all_agree(
-        &mut [
-            &mut alice.one,
-            &mut alice.two,
-            &mut bob.one,
-            &mut bob.two,
-            &mut carol.one,
-            &mut carol.two,
-        ],
-        group,
-        &in_group,
-    )
-    .await;
+    all_agree(&mut [&mut alice, &mut bob], chat, &said).await;
+    all_agree(&mut [&mut alice, &mut bob, &mut carol], group, &in_group).await;
 }
 
 /// The sum of a counter over both nodes' metrics (every line of that name and label).
@@ -209,17 +177,10 @@ fn counted(nodes: [&TestRelay; 2], line_start: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_commits_at_one_epoch_from_two_nodes_both_land_and_nobody_diverges() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((first, second)) = two_nodes(dir.path()).await else {
+    let Some((_dir, nodes, [mut alice, mut bob, mut carol])) = three_users().await else {
         return;
     };
-    let [mut alice, mut bob, mut carol] = three_users(dir.path(), &first, &second).await;
-    let stale = || {
-        counted(
-            [&first, &second],
-            "ferry_errors_total{code=\"stale_epoch\"}",
-        )
-    };
+    let stale = || counted(nodes.each_ref(), "ferry_errors_total{code=\"stale_epoch\"}");
     let stale_before = stale();
 
     // Bob's group with Alice. Bob's two devices (on different nodes) then change it at the
@@ -245,12 +206,8 @@ async fn two_commits_at_one_epoch_from_two_nodes_both_land_and_nobody_diverges()
     let mut rounds = 0;
     while rounds < 2 || (stale() == stale_before && rounds < 6) {
         rounds += 1;
-        for dev in [&mut bob.one, &mut bob.two] {
-            dev.read_all(group, &said, 0).await;
-        }
-        for dev in [&mut inside.one, &mut inside.two] {
-            dev.read_all(group, &said, inside_since).await;
-        }
+        bob.read_all(group, &said, 0).await;
+        inside.read_all(group, &said, inside_since).await;
         let since = said.last();
         let (epoch, _) = bob.one.epoch(group);
         let (adder, remover) = (bob.one.handle(), bob.two.handle());
@@ -265,9 +222,7 @@ async fn two_commits_at_one_epoch_from_two_nodes_both_land_and_nobody_diverges()
             dev.left(group).await;
             assert!(dev.handle().send_text(group, "still here?").await.is_err());
         }
-        for dev in [&mut outside.one, &mut outside.two] {
-            dev.joined(group).await;
-        }
+        outside.joined(group).await;
         std::mem::swap(&mut inside, &mut outside);
         inside_since = since;
         // The members now talk, from both nodes; all read it all, in one epoch.
@@ -278,12 +233,8 @@ async fn two_commits_at_one_epoch_from_two_nodes_both_land_and_nobody_diverges()
             .await;
         said.say(&inside.one, group, &format!("round {rounds}: thanks"))
             .await;
-        for dev in [&mut bob.one, &mut bob.two] {
-            dev.read_all(group, &said, 0).await;
-        }
-        for dev in [&mut inside.one, &mut inside.two] {
-            dev.read_all(group, &said, since).await;
-        }
+        bob.read_all(group, &said, 0).await;
+        inside.read_all(group, &said, since).await;
         let now = same_epoch(&[&bob.one, &bob.two, &inside.one, &inside.two], group);
         assert_eq!(now, epoch + 2, "both commits, and nothing else");
         for dev in [&inside.one, &inside.two] {

@@ -284,6 +284,25 @@ impl Person {
     pub fn devs(&self) -> [&Dev; 2] {
         [&self.one, &self.two]
     }
+
+    /// Both devices joined `conv`.
+    pub async fn joined(&mut self, conv: ConvId) {
+        self.one.joined(conv).await;
+        self.two.joined(conv).await;
+    }
+
+    /// Both devices left `conv`.
+    pub async fn left(&mut self, conv: ConvId) {
+        self.one.left(conv).await;
+        self.two.left(conv).await;
+    }
+
+    /// Both devices heard every message of `said` after `after` that another device sent
+    /// ([`Dev::read_all`]).
+    pub async fn read_all(&mut self, conv: ConvId, said: &Transcript, after: u64) {
+        self.one.read_all(conv, said, after).await;
+        self.two.read_all(conv, said, after).await;
+    }
 }
 
 /// `a` finds `b` by its handle and asks, `b` accepts.
