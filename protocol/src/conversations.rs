@@ -312,7 +312,7 @@ mod tests {
         let messages = (0..per_page as u64)
             .map(|i| ConvMessage {
                 conv_seq: u64::MAX - i,
-                device: crate::DeviceId([0xff; 32]),
+                device: DeviceId([0xff; 32]),
                 device_seq: u64::MAX,
                 epoch: u64::MAX,
                 class: MessageClass::Content,
