@@ -570,22 +570,36 @@ impl ClientHandle {
         handle: &str,
         note: &str,
     ) -> Result<UserId, ClientError> {
-        let user = self
-            .whois(handle)
-            .await?
-            .ok_or_else(|| PeopleError::NoSuchHandle(handle.to_owned()))?;
-        let shown = handle
-            .parse::<ferry_protocol::people::Handle>()
-            .map(|h| h.to_string())
-            .ok();
-        self.people.request(self, user, note, shown).await?;
+        let (user, shown) = self.find_handle(handle).await?;
+        self.people.request(self, user, note, Some(shown)).await?;
         Ok(user)
     }
 
     /// Accepts `user`'s pending request: both become contacts, and `user` receives this
     /// user's profile key.
     pub async fn accept_contact(&self, user: UserId) -> Result<(), ClientError> {
-        self.people.accept(self, user).await
+        self.people.accept(self, user, None).await
+    }
+
+    /// Finds `handle` and accepts its user's pending request (as [`Self::accept_contact`]);
+    /// the contact is then known by that handle on every device of this user. Returns the
+    /// user.
+    pub async fn accept_contact_by_handle(&self, handle: &str) -> Result<UserId, ClientError> {
+        let (user, shown) = self.find_handle(handle).await?;
+        self.people.accept(self, user, Some(shown)).await?;
+        Ok(user)
+    }
+
+    /// The user `handle` names, and the handle as it is written (normalised).
+    async fn find_handle(&self, handle: &str) -> Result<(UserId, String), ClientError> {
+        let user = self
+            .whois(handle)
+            .await?
+            .ok_or_else(|| PeopleError::NoSuchHandle(handle.to_owned()))?;
+        let shown = handle
+            .parse::<ferry_protocol::people::Handle>()
+            .map_or_else(|_| handle.to_owned(), |h| h.to_string());
+        Ok((user, shown))
     }
 
     /// Declines `user`'s pending request.

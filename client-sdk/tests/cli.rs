@@ -1016,10 +1016,10 @@ fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
     let (alice_handle, bob_handle) = (handle_of(&alice, "alice"), handle_of(&bob, "bob"));
     ok(&bob, &["contact", "add", &alice_handle, "hi"]);
     ok(&alice, &["contact", "accept", &bob_handle]);
-    // Alice's screens name Bob by the start of his id (she never looked up his handle);
-    // Bob's name Alice by the handle he found her by.
+    // Each names the other by the handle they used: Bob found Alice by hers, Alice accepted
+    // Bob by his.
     let bob_id = ok(&alice, &["whois", &bob_handle]).trim().to_owned();
-    let bob_name = bob_id[..16].to_owned();
+    let bob_name = format!("{bob_handle} ({}…)", &bob_id[..8]);
 
     // Bob writes first; Alice sees one unread message and reads it.
     let sent = ok(&bob, &["chat", &alice_handle, "hello", "alice"]);

@@ -221,7 +221,13 @@ async fn story(dir: &Path, first: &TestRelay, second: &TestRelay) {
         alice.two.state_of(bob.user).await,
         Some(ContactState::Outgoing)
     );
-    bob.two.handle().accept_contact(alice.user).await.unwrap();
+    let accepted = bob
+        .two
+        .handle()
+        .accept_contact_by_handle(&alice_handle)
+        .await
+        .unwrap();
+    assert_eq!(accepted, alice.user);
     bob.see(PeopleEvent::Accepted { user: alice.user }).await;
     alice.see(PeopleEvent::Accepted { user: bob.user }).await;
     assert_eq!(
@@ -234,6 +240,8 @@ async fn story(dir: &Path, first: &TestRelay, second: &TestRelay) {
     let seen_bob = alices.iter().find(|c| c.user == bob.user).unwrap();
     assert_eq!(seen_alice.safety_number, seen_bob.safety_number);
     assert_eq!(seen_bob.handle.as_deref(), Some(bob_handle.as_str()));
+    // Accepted by handle on Bob's second device: his first knows Alice by it too (her card).
+    assert_eq!(seen_alice.handle.as_deref(), Some(alice_handle.as_str()));
 
     // Presence: contacts who both show it see each other, across nodes.
     alice.one.presence(bob.user, true).await;

@@ -479,8 +479,18 @@ impl People {
         Ok(())
     }
 
-    pub async fn accept(&self, ask: &dyn Ask, from: UserId) -> Result<(), ClientError> {
+    pub async fn accept(
+        &self,
+        ask: &dyn Ask,
+        from: UserId,
+        handle: Option<String>,
+    ) -> Result<(), ClientError> {
         let intro = self.intro_for(ask, from, "").await?;
+        // The handle the user typed names the contact on every device (in its card).
+        if handle.is_some() {
+            lock(&self.book).entry(from).handle = handle;
+            self.save()?;
+        }
         done(ask.ask(ClientFrame::ContactAccept(Box::new(intro))).await?)?;
         self.publish_card(ask, from).await;
         Ok(())

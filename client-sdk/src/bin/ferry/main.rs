@@ -1212,8 +1212,15 @@ async fn contact(people: &mut People, command: ContactCommand) -> anyhow::Result
             }
         }
         ContactCommand::Accept { who } => {
-            let user = people.resolve(&who).await?;
-            within(timeout, people.api().accept_contact(user)).await?;
+            // Accepted by handle, the contact is named by it on every device.
+            let user = if who.contains('.') {
+                let handle = parse_handle(&who)?;
+                within(timeout, people.api().accept_contact_by_handle(&handle)).await?
+            } else {
+                let user = people.resolve(&who).await?;
+                within(timeout, people.api().accept_contact(user)).await?;
+                user
+            };
             people.echo = Some(PeopleEvent::Accepted { user });
             line(&format!("{} is a contact now", people.who(user).await))?;
         }
