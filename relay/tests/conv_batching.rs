@@ -10,8 +10,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use ferry_mls::GroupKind;
-use ferry_protocol::conversations::{ConvId, ConvSend};
-use ferry_protocol::{DeviceId, ErrorCode, MessageClass, UserId};
+use ferry_protocol::conversations::ConvId;
+use ferry_protocol::{DeviceId, ErrorCode, UserId};
 use ferry_relay::store::conv_committer::{ConvCommitConfig, ConvCommitHandle, ConvCommitter};
 use ferry_relay::store::{ConvCursor, ConvSendRequest, SendOutcome, StoreError};
 use futures_util::future::join_all;
@@ -62,22 +62,12 @@ async fn two_conversations(node: &Node) -> (Talker, Talker, ConvId, ConvId) {
 
 /// `text` encrypted by `talker` for `conv`, as a request with the talker's next `device_seq`.
 fn said(talker: &mut Talker, conv: ConvId, text: &str) -> ConvSendRequest {
-    let epoch = talker.mls.epoch(&conv.0).unwrap();
-    let message = talker.mls.encrypt(&conv.0, text.as_bytes()).unwrap();
     let device_seq = talker.next_seq;
     talker.next_seq += 1;
     ConvSendRequest {
         user: talker.user(),
         device: talker.device(),
-        send: ConvSend {
-            conv,
-            device_seq,
-            epoch,
-            class: MessageClass::Content,
-            message,
-            welcome: None,
-            group_info: None,
-        },
+        send: talker.content(conv, device_seq, text.as_bytes()),
     }
 }
 

@@ -11,10 +11,7 @@ use ferry_protocol::conversations::{
     ConvId, ConvSummary, Direction, MAX_CONV_MESSAGES_PER_FRAME, MemberState,
 };
 use ferry_protocol::limits::MAX_EPHEMERAL_LEN;
-use ferry_protocol::{
-    ClaimedKeyPackage, ClientFrame, ConvSend, ErrorCode, MessageClass, ServerFrame, SigningKey,
-    UserId,
-};
+use ferry_protocol::{ClaimedKeyPackage, ClientFrame, ErrorCode, ServerFrame, SigningKey, UserId};
 use ferry_relay::bus::LocalBusHub;
 use futures_util::SinkExt;
 use support::client::{Client, Identity, revoke_body};
@@ -110,17 +107,7 @@ fn ephemeral(conv: ConvId, body: &[u8]) -> ClientFrame {
 
 /// A send of `t`'s application message `text` under `device_seq`, at `t`'s epoch.
 fn content(t: &mut Talker, conv: ConvId, device_seq: u64, text: &[u8]) -> ClientFrame {
-    let epoch = t.mls.epoch(&conv.0).unwrap();
-    let message = t.mls.encrypt(&conv.0, text).unwrap();
-    ClientFrame::ConvSend(Box::new(ConvSend {
-        conv,
-        device_seq,
-        epoch,
-        class: MessageClass::Content,
-        message,
-        welcome: None,
-        group_info: None,
-    }))
+    ClientFrame::ConvSend(Box::new(t.content(conv, device_seq, text)))
 }
 
 /// Alice (two devices, each with KeyPackages) and Bob in a 1:1 Bob opened, every device

@@ -61,9 +61,9 @@ use ferry_protocol::conversations::{
 use ferry_protocol::people::Notice;
 use ferry_protocol::{ClaimedKeyPackage, DeviceId, ErrorCode, UserId};
 
-use super::StoreError;
 use super::people::{Notified, append_notice};
 use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader};
+use super::{StoreError, check_device_seq};
 
 /// What the conversation domain lets one device or user do; a relay's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,17 +245,6 @@ pub trait ConversationStore: Send + Sync {
     /// Raises member devices' cursors, each to `min(seq, head)`, in one transaction (a
     /// cursor never moves back; one that is not a leaf's is ignored).
     async fn ack_conversations(&self, cursors: &[ConvCursor]) -> Result<(), StoreError>;
-
-    /// Raises one member device's cursor to `min(seq, head)`.
-    async fn ack_conversation(
-        &self,
-        conv: ConvId,
-        device: DeviceId,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        self.ack_conversations(&[ConvCursor { conv, device, seq }])
-            .await
-    }
 
     /// Raises `user`'s read marker to `min(seq, head)`; returns the marker if it moved.
     async fn mark_read(
@@ -643,14 +632,6 @@ async fn member_users(tx: &mut Tx, conv: ConvId) -> Result<Vec<UserId>, StoreErr
     rows.iter()
         .map(|u| Ok(UserId(key32(u, "user_id")?)))
         .collect()
-}
-
-/// The devices' sequence numbers start at 1 and are stored as signed 64-bit integers.
-fn check_device_seq(device_seq: u64) -> Result<(), StoreError> {
-    if device_seq == 0 || device_seq > i64::MAX as u64 {
-        return Err(StoreError::InvalidSequence(device_seq));
-    }
-    Ok(())
 }
 
 /// Whether an application message may be stored in `conv` as `row` stands: its MLS header

@@ -148,6 +148,20 @@ impl Talker {
         self.ask(&ClientFrame::ConvSend(Box::new(send))).await
     }
 
+    /// `text` encrypted for `conv` at this device's epoch, as a content message under
+    /// `device_seq` (built, not sent).
+    pub fn content(&mut self, conv: ConvId, device_seq: u64, text: &[u8]) -> ConvSend {
+        ConvSend {
+            conv,
+            device_seq,
+            epoch: self.mls.epoch(&conv.0).unwrap(),
+            class: MessageClass::Content,
+            message: self.mls.encrypt(&conv.0, text).unwrap(),
+            welcome: None,
+            group_info: None,
+        }
+    }
+
     /// Creates a conversation alone (epoch 0).
     pub async fn create(&mut self, kind: GroupKind, admins: Vec<UserId>) -> ConvId {
         let mut id = [0; 16];
