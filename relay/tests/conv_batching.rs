@@ -15,8 +15,7 @@ use ferry_protocol::{DeviceId, ErrorCode, UserId};
 use ferry_relay::store::conv_committer::{ConvCommitConfig, ConvCommitHandle, ConvCommitter};
 use ferry_relay::store::{ConvCursor, ConvSendRequest, SendOutcome, StoreError};
 use futures_util::future::join_all;
-use support::client::Identity;
-use support::conversation::{Talker, befriend};
+use support::conversation::{Talker, one_to_one};
 use support::node::{Node, node};
 
 /// What the committer's hooks saw: batch sizes, and (conv, head, members) per wake-up.
@@ -45,18 +44,12 @@ fn committer(node: &Node) -> (ConvCommitHandle, Arc<Mutex<Seen>>) {
 
 /// Alice and Bob, contacts, in a 1:1 and a group of the two.
 async fn two_conversations(node: &Node) -> (Talker, Talker, ConvId, ConvId) {
-    let addr = (node.server.local_addr(), node.server.relay_id());
-    let (alice, bob) = (Identity::new_user(), Identity::new_user());
-    let mut a = Talker::connect(addr.0, addr.1, &alice, 4).await;
-    let mut b = Talker::connect(addr.0, addr.1, &bob, 4).await;
-    befriend(&mut a, &mut b).await;
-    let one = a.create(GroupKind::OneToOne, Vec::new()).await;
+    let (addr, relay) = (node.server.local_addr(), node.server.relay_id());
+    let (mut a, mut b, one) = one_to_one(addr, relay, 4).await;
     let group = a.create(GroupKind::Group, Vec::new()).await;
     let bob_id = b.user();
-    for conv in [one, group] {
-        a.add_users(conv, &[bob_id]).await;
-        b.join(conv).await;
-    }
+    a.add_users(group, &[bob_id]).await;
+    b.join(group).await;
     (a, b, one, group)
 }
 
@@ -78,18 +71,16 @@ fn stored_at(answer: &Result<SendOutcome, StoreError>) -> u64 {
     }
 }
 
-async fn head(talker: &mut Talker, conv: ConvId) -> u64 {
-    let list = talker.list().await;
-    list.iter().find(|c| c.conv == conv).unwrap().head
-}
-
 /// The test runtime has one thread: every send below is queued before the committer task
 /// runs, so they are one batch.
 #[tokio::test]
 async fn many_senders_share_one_transaction_and_one_wake_up_per_conversation() {
     let node = node(|_| {}).await;
     let (mut a, mut b, one, group) = two_conversations(&node).await;
-    let (first_one, first_group) = (head(&mut a, one).await + 1, head(&mut a, group).await + 1);
+    let (first_one, first_group) = (
+        a.summary(one).await.head + 1,
+        a.summary(group).await.head + 1,
+    );
     let (handle, seen) = committer(&node);
 
     let mut requests = vec![
@@ -166,7 +157,7 @@ async fn many_senders_share_one_transaction_and_one_wake_up_per_conversation() {
 async fn a_failed_batch_answers_every_sender_and_stores_nothing() {
     let node = node(|_| {}).await;
     let (mut a, mut b, one, _) = two_conversations(&node).await;
-    let before = head(&mut a, one).await;
+    let before = a.summary(one).await.head;
     let (handle, seen) = committer(&node);
     let requests = [said(&mut a, one, "x"), said(&mut b, one, "y")];
 
@@ -177,13 +168,13 @@ async fn a_failed_batch_answers_every_sender_and_stores_nothing() {
         seen.lock().unwrap().woken.is_empty(),
         "nobody woken for nothing"
     );
-    assert_eq!(head(&mut a, one).await, before);
+    assert_eq!(a.summary(one).await.head, before);
 
     // Sent again, the same messages are stored once each.
     let answers = join_all(requests.iter().cloned().map(|r| handle.send(r))).await;
     let stored: Vec<u64> = answers.iter().map(stored_at).collect();
     assert_eq!(stored, vec![before + 1, before + 2]);
-    assert_eq!(head(&mut a, one).await, before + 2);
+    assert_eq!(a.summary(one).await.head, before + 2);
     handle.shutdown().await;
 }
 
@@ -192,7 +183,7 @@ async fn cursors_are_merged_clamped_to_the_head_and_never_move_back() {
     let node = node(|_| {}).await;
     let (mut a, mut b, one, group) = two_conversations(&node).await;
     a.say(one, "hello").await;
-    let head_one = head(&mut a, one).await;
+    let head_one = a.summary(one).await.head;
     let (handle, _) = committer(&node);
     let cursor = |conv, seq| ConvCursor {
         conv,

@@ -17,7 +17,7 @@ use ferry_protocol::{
 };
 use ferry_relay::{Config, Server};
 use support::client::{Identity, revoke_body};
-use support::conversation::{Talker, befriend, refusal};
+use support::conversation::{Talker, befriend, one_to_one, refusal};
 use support::node::{Node, node};
 
 /// Where a device connects: a relay node's address and key.
@@ -218,15 +218,8 @@ async fn every_device_of_every_member_reads_every_message_across_two_nodes_on_po
 
 /// Alice and Bob in a 1:1 (each with one device), ready to talk.
 async fn pair_talking(node: &Node) -> (Talker, Talker, ConvId) {
-    let (alice, bob) = (Identity::new_user(), Identity::new_user());
-    let mut a = talker(at(&node.server), &alice).await;
-    let mut b = talker(at(&node.server), &bob).await;
-    befriend(&mut a, &mut b).await;
-    let conv = a.create(GroupKind::OneToOne, Vec::new()).await;
-    let bob_id = b.user();
-    a.add_users(conv, &[bob_id]).await;
-    b.join(conv).await;
-    (a, b, conv)
+    let (addr, relay) = at(&node.server);
+    one_to_one(addr, relay, 4).await
 }
 
 /// Test 2: two members commit at the same epoch; the first wins, the other is told the epoch

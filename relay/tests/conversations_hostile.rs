@@ -31,20 +31,8 @@ async fn talker(node: &Node, id: &Identity, packages: usize) -> Talker {
 /// Alice and Bob (one device each, contacts) in a 1:1 Alice opened; the commit that added Bob
 /// is conv_seq 1.
 async fn one_to_one(node: &Node) -> (Talker, Talker, ConvId) {
-    let mut a = talker(node, &Identity::new_user(), 2).await;
-    let mut b = talker(node, &Identity::new_user(), 2).await;
-    befriend(&mut a, &mut b).await;
-    let conv = a.create(GroupKind::OneToOne, Vec::new()).await;
-    let bob = b.user();
-    assert_eq!(a.add_users(conv, &[bob]).await, 1);
-    b.join(conv).await;
-    (a, b, conv)
-}
-
-/// `conv` as it appears in `t`'s conversation list.
-async fn summary(t: &mut Talker, conv: ConvId) -> ConvSummary {
-    let list = t.list().await;
-    list.into_iter().find(|s| s.conv == conv).expect("listed")
+    let (addr, relay) = (node.server.local_addr(), node.server.relay_id());
+    support::conversation::one_to_one(addr, relay, 2).await
 }
 
 /// `user`'s state in `summary`.
@@ -62,7 +50,7 @@ async fn summary_once(
 ) -> ConvSummary {
     let deadline = tokio::time::Instant::now() + ACK_WRITTEN_WITHIN;
     loop {
-        let seen = summary(t, conv).await;
+        let seen = t.summary(conv).await;
         if done(&seen) || tokio::time::Instant::now() >= deadline {
             return seen;
         }
@@ -229,7 +217,7 @@ async fn ack_past_the_head(node: &Node) -> (Talker, Talker, ConvId, u64) {
     let bob = b.user();
     a.say(conv, "one").await;
     let head = a.say(conv, "two").await;
-    let before = summary(&mut a, conv).await;
+    let before = a.summary(conv).await;
     assert_eq!(
         member(&before, bob).delivered,
         1,
@@ -427,7 +415,7 @@ async fn a_revoked_device_is_closed_refused_and_its_packages_are_not_handed_out(
     let devices: Vec<_> = claimed.iter().map(|p| p.device).collect();
     assert_eq!(devices, [a1.device()]);
     assert_eq!(
-        summary(&mut b, conv).await.head,
+        b.summary(conv).await.head,
         1,
         "only the commit that added Alice"
     );
@@ -507,7 +495,7 @@ async fn a_revoked_device_whose_session_missed_the_revocation_is_refused_by_the_
         ErrorCode::UnknownDevice
     );
     assert_eq!(
-        summary(&mut b, conv).await.head,
+        b.summary(conv).await.head,
         1,
         "nothing of the laptop stored"
     );
@@ -536,7 +524,7 @@ async fn a_revoked_device_whose_session_missed_the_revocation_is_silent() {
         unreachable!()
     };
     assert_eq!(from, a1.device(), "Bob heard the revoked device first");
-    let read = member(&summary(&mut b, conv).await, a1.user()).read;
+    let read = member(&b.summary(conv).await, a1.user()).read;
     assert_eq!(read, 1, "the revoked device moved Alice's read marker");
 }
 
@@ -549,7 +537,7 @@ async fn a_read_marker_past_the_head_is_the_head() {
     let bob = b.user();
     a.say(conv, "one").await;
     let mut head = a.say(conv, "two").await;
-    assert_eq!(summary(&mut b, conv).await.unread, 2);
+    assert_eq!(b.summary(conv).await.unread, 2);
     let read_by_bob =
         |f: &ServerFrame| matches!(f, ServerFrame::ConvReadBy { user, .. } if *user == bob);
 
@@ -562,10 +550,10 @@ async fn a_read_marker_past_the_head_is_the_head() {
             seq: head,
         };
         assert_eq!(told, expected, "a marker at {seq}");
-        let seen = summary(&mut b, conv).await;
+        let seen = b.summary(conv).await;
         assert_eq!((member(&seen, bob).read, seen.unread), (head, 0));
         head = a.say(conv, next).await;
-        let seen = summary(&mut b, conv).await;
+        let seen = b.summary(conv).await;
         assert_eq!(seen.unread, 1, "a message after the marker is unread");
     }
 }
@@ -592,7 +580,7 @@ async fn a_send_with_device_seq_zero_or_past_i64_is_refused() {
             (device_seq, ErrorCode::InvalidSequence)
         );
     }
-    assert_eq!(summary(&mut b, conv).await.head, 1, "nothing stored");
+    assert_eq!(b.summary(conv).await.head, 1, "nothing stored");
     let said = a.say(conv, "in range").await;
     b.sync(conv).await;
     let lines: Vec<_> = b.lines(conv).into_iter().map(|l| (l.0, l.2)).collect();

@@ -17,6 +17,23 @@ use rand_core::{OsRng, RngCore};
 use super::client::{Client, Identity};
 use super::node::next_frame;
 
+/// Alice and Bob (new users, one device each keeping `packages` KeyPackages), contacts, in
+/// a 1:1 Alice opened, both joined.
+pub async fn one_to_one(
+    addr: SocketAddr,
+    relay: RelayId,
+    packages: usize,
+) -> (Talker, Talker, ConvId) {
+    let mut a = Talker::connect(addr, relay, &Identity::new_user(), packages).await;
+    let mut b = Talker::connect(addr, relay, &Identity::new_user(), packages).await;
+    befriend(&mut a, &mut b).await;
+    let conv = a.create(GroupKind::OneToOne, Vec::new()).await;
+    let bob = b.user();
+    assert_eq!(a.add_users(conv, &[bob]).await, 1);
+    b.join(conv).await;
+    (a, b, conv)
+}
+
 /// One line of a conversation as a device holds it: (conv_seq, sending device, text).
 pub type Line = (u64, DeviceId, Vec<u8>);
 
@@ -420,6 +437,12 @@ impl Talker {
         let mut lines = self.transcript.get(&conv).cloned().unwrap_or_default();
         lines.sort_by_key(|line| line.0);
         lines
+    }
+
+    /// `conv` as it appears in this user's conversation list.
+    pub async fn summary(&mut self, conv: ConvId) -> ConvSummary {
+        let list = self.list().await;
+        list.into_iter().find(|s| s.conv == conv).expect("listed")
     }
 
     /// This user's conversation list.
