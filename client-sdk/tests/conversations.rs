@@ -217,19 +217,49 @@ async fn befriend(a: &mut Person, b: &mut Person, b_name: &str) {
     a.one.people(PeopleEvent::Accepted { user: b.user }).await;
 }
 
-#[tokio::test]
-async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_members_leave() {
+/// Alice (two devices, and a third paired but not connected yet) and Bob (two devices),
+/// contacts, in a 1:1 Alice opened that all four connected devices joined.
+struct Chat {
+    dir: tempfile::TempDir,
+    relay: TestRelay,
+    alice: Person,
+    spare: Option<ferry_client::ClientState>,
+    bob: Person,
+    chat: ConvId,
+}
+
+async fn alice_and_bob_in_a_chat() -> Chat {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start(&dir.path().join("relay"));
     let (mut alice, spare) = person(dir.path(), &relay, "alice", true).await;
     let (mut bob, _) = person(dir.path(), &relay, "bob", false).await;
     befriend(&mut alice, &mut bob, "bob").await;
-
-    // A 1:1: all four devices are in it; every message reaches every device once, in order.
     let chat = alice.one.handle().start_chat(bob.user).await.unwrap();
     for dev in [&mut alice.two, &mut bob.one, &mut bob.two] {
         dev.joined(chat).await;
     }
+    Chat {
+        dir,
+        relay,
+        alice,
+        spare,
+        bob,
+        chat,
+    }
+}
+
+#[tokio::test]
+async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_members_leave() {
+    // A 1:1: all four devices are in it; every message reaches every device once, in order.
+    let Chat {
+        // Held to the end: the relay and its folder.
+        dir: _dir,
+        relay: _relay,
+        mut alice,
+        spare,
+        mut bob,
+        chat,
+    } = alice_and_bob_in_a_chat().await;
     let first = alice.one.handle().send_text(chat, "hi bob").await.unwrap();
     let second = bob.two.handle().send_text(chat, "hi alice").await.unwrap();
     let third = alice
@@ -580,15 +610,15 @@ async fn a_blocked_member_of_a_shared_group_is_hidden_on_every_device_of_the_blo
 
 #[tokio::test]
 async fn archiving_is_a_setting_of_the_user_that_all_its_devices_follow() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let (mut alice, spare) = person(dir.path(), &relay, "alice", true).await;
-    let (mut bob, _) = person(dir.path(), &relay, "bob", false).await;
-    befriend(&mut alice, &mut bob, "bob").await;
-    let chat = alice.one.handle().start_chat(bob.user).await.unwrap();
-    for dev in [&mut alice.two, &mut bob.one, &mut bob.two] {
-        dev.joined(chat).await;
-    }
+    let Chat {
+        // Held to the end: the relay and its folder.
+        dir: _dir,
+        relay: _relay,
+        mut alice,
+        spare,
+        bob,
+        chat,
+    } = alice_and_bob_in_a_chat().await;
 
     // Archived (the default): what Alice says, and what Bob says (by Alice's lowest device).
     alice
