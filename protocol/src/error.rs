@@ -108,6 +108,8 @@ pub enum ErrorCode {
     MembershipRefused,
     /// 704: the device's KeyPackage pool is full.
     KeyPackageLimit,
+    /// 800: this relay hands out no TURN credentials (none configured).
+    TurnUnavailable,
     /// 900: the relay hit an internal error.
     Internal,
     /// 901: the relay is shutting down or its storage is unavailable.
@@ -122,7 +124,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 47] = [
+    pub const ALL: [ErrorCode; 48] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -168,6 +170,7 @@ impl ErrorCode {
         Self::MlsRefused,
         Self::MembershipRefused,
         Self::KeyPackageLimit,
+        Self::TurnUnavailable,
         Self::Internal,
         Self::Unavailable,
     ];
@@ -220,6 +223,7 @@ impl ErrorCode {
             Self::MlsRefused => 702,
             Self::MembershipRefused => 703,
             Self::KeyPackageLimit => 704,
+            Self::TurnUnavailable => 800,
             Self::Internal => 900,
             Self::Unavailable => 901,
             Self::Unknown(n) => n,
@@ -274,6 +278,7 @@ impl ErrorCode {
             Self::MlsRefused => "mls_refused",
             Self::MembershipRefused => "membership_refused",
             Self::KeyPackageLimit => "key_package_limit",
+            Self::TurnUnavailable => "turn_unavailable",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unknown(_) => "unknown",
@@ -413,6 +418,9 @@ impl ErrorCode {
             }
             Self::KeyPackageLimit => {
                 "This device has the most KeyPackages the relay keeps; upload more once some are claimed."
+            }
+            Self::TurnUnavailable => {
+                "This relay has no TURN server configured; calls connect only directly (peer to peer) or through the app's own TURN server."
             }
             Self::Internal => {
                 "The relay hit an internal error; retry, and report it to the operator if it persists."

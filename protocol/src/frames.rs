@@ -346,6 +346,9 @@ pub enum ClientFrame {
         /// The conversation.
         conv: ConvId,
     },
+    /// Short-lived credentials for the relay's TURN servers, one request per call; answered
+    /// with `TurnCredentials`, `Error(turn_unavailable)` or `Error(rate_limited)`.
+    TurnCredentialsFetch,
 }
 
 /// Frames a relay sends after the handshake.
@@ -596,6 +599,49 @@ pub enum ServerFrame {
         /// Whether the device must rejoin.
         rejoin: bool,
     },
+    /// The answer to `TurnCredentialsFetch`: coturn's `use-auth-secret` scheme, valid for
+    /// every URL until `expires_at`.
+    TurnCredentials(TurnCredentials),
+}
+
+/// Credentials for the relay's TURN servers (coturn's REST scheme: `username` is
+/// `"<expiry unix seconds>:<opaque id>"`, `password` base64 HMAC-SHA1 of it under the secret
+/// the relay shares with the TURN servers).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnCredentials {
+    /// `turn:` / `turns:` / `stun:` URLs, as WebRTC's `RTCIceServer.urls` takes them.
+    pub urls: Vec<String>,
+    /// The TURN username.
+    pub username: String,
+    /// The TURN password (a credential: not printed by `Debug`).
+    pub password: String,
+    /// When the TURN servers stop accepting them, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for TurnCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnCredentials")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most URLs in `TurnCredentials`.
+pub const MAX_TURN_URLS: usize = 8;
+/// Longest TURN URL, username or password.
+pub const MAX_TURN_FIELD_LEN: usize = 256;
+
+impl TurnCredentials {
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        check_len("TURN URLs", self.urls.len(), MAX_TURN_URLS)?;
+        self.urls
+            .iter()
+            .chain([&self.username, &self.password])
+            .try_for_each(|field| check_len("TURN field", field.len(), MAX_TURN_FIELD_LEN))
+    }
 }
 
 /// One claimed KeyPackage.
@@ -652,6 +698,7 @@ impl Wire for ClientFrame {
             | Self::ConvRead { .. }
             | Self::ConvList
             | Self::GroupInfoFetch { .. }
+            | Self::TurnCredentialsFetch
             | Self::UserChainFetch { .. }
             | Self::ContactDecline { .. }
             | Self::ContactCancel { .. }
@@ -738,6 +785,7 @@ impl Wire for ServerFrame {
             Self::GroupInfo { group_info, .. } => {
                 check_len("group info", group_info.len(), MAX_GROUP_BLOB_LEN)
             }
+            Self::TurnCredentials(credentials) => credentials.check_limits(),
             Self::KeyPackageCount { .. }
             | Self::ConvCreated { .. }
             | Self::ConvSent { .. }

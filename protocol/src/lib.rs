@@ -81,7 +81,7 @@ pub use conversations::{ConvId, ConvMessage, ConvSend, ConvSummary, MessageClass
 pub use error::ErrorCode;
 pub use frames::{
     Append, ClaimedKeyPackage, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload,
-    ServerFrame,
+    ServerFrame, TurnCredentials,
 };
 pub use identity::{
     DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, UserId, UserKey, check_device_name,

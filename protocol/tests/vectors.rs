@@ -522,6 +522,19 @@ fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
         .to_payload()
         .0
     );
+    line!(
+        "turn_frame_fetch",
+        codec::encode(&ClientFrame::TurnCredentialsFetch)
+    );
+    line!(
+        "turn_frame_credentials",
+        codec::encode(&ServerFrame::TurnCredentials(TurnCredentials {
+            urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+            username: "1700003600:AAAAAAAAAAAAAAAAAAAAAA".into(),
+            password: "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+            expires_at: 1_700_003_600,
+        }))
+    );
 }
 
 /// Section 9, the people layer: the user of the chain above (`recovery_user_public`), on its

@@ -682,7 +682,8 @@ impl Driver {
             | ServerFrame::ConvMessages { .. }
             | ServerFrame::ConvTrimmed { .. }
             | ServerFrame::Conversations { .. }
-            | ServerFrame::GroupInfo { .. }) => self.answer_people(answer),
+            | ServerFrame::GroupInfo { .. }
+            | ServerFrame::TurnCredentials(_)) => self.answer_people(answer),
             pushed @ (ServerFrame::ConvHead { .. }
             | ServerFrame::ConvReadBy { .. }
             | ServerFrame::ConvEphemeral { .. }) => {

@@ -130,6 +130,7 @@ pub(super) async fn run<S>(
             | ClientFrame::ConvList
             | ClientFrame::ConvEphemeral { .. }
             | ClientFrame::GroupInfoFetch { .. }
+            | ClientFrame::TurnCredentialsFetch
             | ClientFrame::PairOpen
             | ClientFrame::PairJoin { .. }
             | ClientFrame::PairForward { .. }
