@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+use crate::calls::Calls;
 use crate::conversations::{ConversationInfo, Conversations, Receipts, StoredMessage};
 use crate::driver::{Command, Delivery, Driver, Enqueue, Finished, Item, Shared};
 use crate::error::ClientError;
@@ -72,9 +73,11 @@ pub struct ClientHandle {
     /// Contacts, profiles, presence: see [`crate::people`].
     people: Arc<People>,
     /// 1:1 and group conversations: see [`crate::conversations`].
-    conversations: Arc<Conversations>,
+    pub(crate) conversations: Arc<Conversations>,
     /// The user's settings: see [`crate::settings`].
     settings: Arc<Settings>,
+    /// This device's calls: see [`crate::calls`] (never locked across an await).
+    pub(crate) calls: Arc<std::sync::Mutex<Calls>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -126,6 +129,11 @@ impl Client {
             )),
             conversations,
             settings,
+            calls: Arc::new(std::sync::Mutex::new(Calls::new(
+                state.user_id(),
+                state.device_id(),
+                options.ring_timeout,
+            ))),
         };
         let driver = Driver::new(state, options, command_rx, deliveries, shared);
         Self {
@@ -198,6 +206,9 @@ impl Client {
             if let Some(setting) = self.handle.settings.take_waiting() {
                 return Ok(ClientEvent::Setting(setting));
             }
+            if let Some(event) = self.handle.lock_calls().take_event() {
+                return Ok(ClientEvent::Call(event));
+            }
             if let Some((seq, notice)) = self.unfinished.clone() {
                 // Not acknowledged until its checks are done (a cancelled call resumes here).
                 let result = self.notice(notice).await;
@@ -211,12 +222,17 @@ impl Client {
                 }
             }
             self.acknowledge();
-            // A typing indicator nobody refreshed ends by itself (see TYPING_EXPIRY).
-            let expiry = self.handle.conversations.next_typing_expiry();
+            // A typing indicator nobody refreshed ends by itself (see TYPING_EXPIRY); a call
+            // that rings or waits too long ends (see crate::calls).
+            let typing = self.handle.conversations.next_typing_expiry();
+            let calls = self.handle.lock_calls().next_deadline();
+            let expiry = typing.into_iter().chain(calls).min();
             let received = tokio::select! {
                 received = self.deliveries.recv() => received,
                 () = sleep_until_or_never(expiry) => {
-                    self.handle.conversations.expire_typing(tokio::time::Instant::now());
+                    let now = tokio::time::Instant::now();
+                    self.handle.conversations.expire_typing(now);
+                    self.handle.expire_calls(now).await;
                     continue;
                 }
             };
@@ -250,9 +266,7 @@ impl Client {
                     return Ok(ClientEvent::CaughtUp { head });
                 }
                 Some(Item::App(Ok(ClientEvent::Event(event))))
-                    if event
-                        .plaintext
-                        .starts_with(crate::conversations::ARCHIVE_PREFIX) =>
+                    if crate::conversations::is_archive(&event.plaintext) =>
                 {
                     // A conversation message archived by a device of this user: history,
                     // not an event of the app's.
@@ -287,8 +301,10 @@ impl Client {
                 Some(Item::Session) => self.handle.people.on_session(),
                 Some(Item::Conversation(frame)) => {
                     let conversations = &self.handle.conversations;
-                    if let Err(error) = conversations.on_push(&self.handle, frame).await {
-                        tracing::warn!(%error, "could not read a conversation");
+                    match conversations.on_push(&self.handle, frame).await {
+                        Ok(Some(signal)) => self.handle.on_call_signal(signal).await,
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "could not read a conversation"),
                     }
                 }
             }

@@ -286,6 +286,10 @@ pub enum ClientError {
     /// what: not in the conversation, a message it cannot open, commits that kept losing).
     #[error("conversation: {0}")]
     Mls(String),
+    /// A call cannot do what was asked (no such call, not ringing, already in a call, a
+    /// session description over the limit; the message says which).
+    #[error("call: {0}")]
+    Call(String),
 }
 
 impl ClientError {
@@ -371,6 +375,7 @@ impl ClientError {
             | Self::MisplacedAppend { .. }
             | Self::People(_)
             | Self::Mls(_)
+            | Self::Call(_)
             | Self::Timeout { .. } => false,
         }
     }

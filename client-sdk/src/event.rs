@@ -24,6 +24,8 @@ pub enum ClientEvent {
     /// A setting of this user changed, on this device or another of the user's (see
     /// [`crate::settings`]); every device follows it from now on.
     Setting(crate::settings::Setting),
+    /// Something happened in a call of this device (see [`crate::calls`]).
+    Call(crate::calls::CallEvent),
 }
 
 /// One event of the user's log, opened with the data key.

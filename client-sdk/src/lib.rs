@@ -121,6 +121,7 @@
 
 pub mod account;
 mod backoff;
+pub mod calls;
 mod client;
 mod connection;
 pub mod conversations;
@@ -138,8 +139,9 @@ mod state;
 mod tls;
 mod trust;
 
+pub use calls::{CallEvent, CallId, CallInfo, CallOutcome, CallRecord, CallState, EndReason};
 pub use client::{Client, ClientHandle};
-pub use conversations::{ConversationEvent, ConversationInfo, Receipts, StoredMessage};
+pub use conversations::{Content, ConversationEvent, ConversationInfo, Receipts, StoredMessage};
 pub use error::{ClientError, PairingError, PeopleError, StateError};
 pub use event::{ClientEvent, Device, ReceivedEvent, Status};
 pub use ferry_mls::{GroupKind, GroupPolicy};
@@ -163,4 +165,6 @@ pub use ferry_protocol::epoch::ExchangeSecret;
 pub use ferry_protocol::limits;
 pub use ferry_protocol::recovery::{RecoveryKey, RecoveryKeyError};
 pub use ferry_protocol::seal::{DataKey, MAX_PLAINTEXT_LEN};
-pub use ferry_protocol::{DeviceId, DeviceInfo, DeviceKey, ErrorCode, Link, RelayId, UserId};
+pub use ferry_protocol::{
+    DeviceId, DeviceInfo, DeviceKey, ErrorCode, Link, RelayId, TurnCredentials, UserId,
+};

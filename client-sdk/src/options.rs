@@ -50,6 +50,9 @@ pub struct Options {
     /// ([`ClientHandle::set_archive_history`](crate::ClientHandle::set_archive_history), made
     /// on any of its devices) wins over this default on all of them. On by default.
     pub archive_history: bool,
+    /// How long an outgoing call rings before it ends unanswered (and is recorded as a
+    /// missed call); see [`crate::calls`].
+    pub ring_timeout: Duration,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             own_events: false,
             ca_file: None,
             archive_history: true,
+            ring_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -118,6 +122,12 @@ impl Options {
     /// the user sets it (see [`Options::archive_history`]).
     pub fn archive_history(mut self, archive: bool) -> Self {
         self.archive_history = archive;
+        self
+    }
+
+    /// Sets [`Self::ring_timeout`].
+    pub fn ring_timeout(mut self, timeout: Duration) -> Self {
+        self.ring_timeout = timeout;
         self
     }
 

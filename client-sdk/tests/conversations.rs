@@ -148,7 +148,7 @@ impl Dev {
             .history(conv, 0, usize::MAX)
             .await
             .into_iter()
-            .map(|m| m.text)
+            .map(|m| m.text().to_owned())
             .collect()
     }
 }
@@ -271,7 +271,7 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
     assert!(first < second && second < third);
     for dev in [&mut alice.one, &mut alice.two, &mut bob.one, &mut bob.two] {
         let got = dev.message(chat, third).await;
-        assert_eq!(got.text, "from my laptop");
+        assert_eq!(got.text(), "from my laptop");
         assert_eq!(got.user, alice.user);
         dev.message(chat, second).await;
         assert_eq!(
@@ -405,7 +405,7 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
         .history(chat, 0, usize::MAX)
         .await
         .into_iter()
-        .map(|m| m.text)
+        .map(|m| m.text().to_owned())
         .collect();
     assert_eq!(
         before,
@@ -418,14 +418,17 @@ async fn two_users_talk_on_every_device_a_device_paired_later_joins_in_and_membe
         .send_text(chat, "welcome, new device")
         .await
         .unwrap();
-    assert_eq!(three.message(chat, later).await.text, "welcome, new device");
+    assert_eq!(
+        three.message(chat, later).await.text(),
+        "welcome, new device"
+    );
     let later_group = bob
         .one
         .handle()
         .send_text(group, "group too")
         .await
         .unwrap();
-    assert_eq!(three.message(group, later_group).await.text, "group too");
+    assert_eq!(three.message(group, later_group).await.text(), "group too");
     for dev in [&mut alice.one, &mut bob.two] {
         dev.message(chat, later).await;
     }
@@ -569,7 +572,7 @@ async fn a_blocked_member_of_a_shared_group_is_hidden_on_every_device_of_the_blo
         })
         .await;
     let spam = bob.two.handle().send_text(group, "spam").await.unwrap();
-    assert_eq!(carol.one.message(group, spam).await.text, "spam");
+    assert_eq!(carol.one.message(group, spam).await.text(), "spam");
     // Carol writes after it: Alice's devices read past Bob's message to hers (they processed
     // it: the group did not stall), and were shown nothing of Bob's on the way.
     let hello = carol
@@ -600,7 +603,7 @@ async fn a_blocked_member_of_a_shared_group_is_hidden_on_every_device_of_the_blo
     let sorry = bob.one.handle().send_text(group, "sorry").await.unwrap();
     for dev in [&mut alice.one, &mut alice.two] {
         let seen = dev.events_through(group, sorry).await;
-        assert!(matches!(seen.last(), Some(ConversationEvent::Message(m)) if m.text == "sorry"));
+        assert!(matches!(seen.last(), Some(ConversationEvent::Message(m)) if m.text() == "sorry"));
         assert_eq!(
             dev.texts(group).await,
             ["hi all", "spam", "hello alice", "sorry"]

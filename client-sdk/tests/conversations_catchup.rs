@@ -182,7 +182,7 @@ async fn said_and_read(
 ) -> u64 {
     let seq = said.say(from, conv, text).await;
     for dev in readers.iter_mut() {
-        assert_eq!(dev.message(conv, seq).await.text, text, "{}", dev.name);
+        assert_eq!(dev.message(conv, seq).await.text(), text, "{}", dev.name);
     }
     seq
 }
@@ -246,7 +246,7 @@ fn story(heard: &[ConversationEvent], conv: ConvId) -> Vec<String> {
     heard
         .iter()
         .filter_map(|e| match e {
-            ConversationEvent::Message(m) if m.conv == conv => Some(m.text.clone()),
+            ConversationEvent::Message(m) if m.conv == conv => Some(m.text().to_owned()),
             ConversationEvent::MembersChanged {
                 conv: c,
                 added,
@@ -305,7 +305,7 @@ async fn a_device_offline_through_many_messages_and_epochs_reads_them_all_once_i
 
     // Back online: it reads the whole stretch, commits in their places, nothing twice.
     let mut bob_two = Dev::connect("bob.two", &bob_two_dir).await;
-    assert_eq!(bob_two.message(group, last).await.text, "carol again");
+    assert_eq!(bob_two.message(group, last).await.text(), "carol again");
     assert_eq!(
         bob_two.heard_messages(group),
         said.heard_by(&bob_two, hello),
@@ -391,7 +391,7 @@ async fn a_device_whose_unread_messages_expired_reads_on_from_what_retention_kep
     // Back online: told the messages after its cursor are gone (no commit among them), it
     // reads on from the first kept one.
     let mut bob_two = Dev::connect("bob.two", &bob_two_dir).await;
-    assert_eq!(bob_two.message(chat, last).await.text, "kept 3");
+    assert_eq!(bob_two.message(chat, last).await.text(), "kept 3");
     assert_eq!(
         bob_two.heard_messages(chat),
         said.heard_by(&bob_two, last_expiring),
@@ -531,7 +531,7 @@ async fn a_device_whose_unread_commits_expired_rejoins_and_talks_again() {
     let welcome = said.say(&alice.one, group, "welcome back").await;
     let too = said.say(&bob_one, group, "from your other device").await;
     assert_eq!(
-        bob_two.message(group, too).await.text,
+        bob_two.message(group, too).await.text(),
         "from your other device"
     );
     assert_eq!(
@@ -599,5 +599,5 @@ async fn a_message_from_a_member_that_has_not_read_a_rejoin_reaches_the_rejoined
         "stored under epoch {}, before the rejoined device's {joined_at}",
         messages[0].epoch
     );
-    assert_eq!(bob_two.message(group, welcome).await.text, "welcome back");
+    assert_eq!(bob_two.message(group, welcome).await.text(), "welcome back");
 }

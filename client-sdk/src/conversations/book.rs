@@ -11,16 +11,26 @@ use ferry_protocol::conversations::ConvId;
 use ferry_protocol::{DeviceId, DeviceKey, UserId};
 use serde::{Deserialize, Serialize};
 
+use crate::calls::CallRecord;
 use crate::error::{ClientError, StateError};
 use crate::files::{Access, write_atomic};
 
-/// Version of the saved file (1: before [`Book::blocked`], read and converted).
-const FORMAT: u8 = 2;
+/// Version of the saved file (1: before [`Book::blocked`]; 2: messages were text only;
+/// both read and converted).
+const FORMAT: u8 = 3;
 
 /// The start of a log event that archives a conversation message for this user's other
 /// devices (see [`crate::conversations`]): a zero byte, then a label an app's own text would
-/// not start with. Such events are not handed to the app.
-pub const ARCHIVE_PREFIX: &[u8] = b"\0ferry/conversation-archive/v1\0";
+/// not start with. Such events are not handed to the app (see [`is_archive`]).
+pub const ARCHIVE_PREFIX: &[u8] = b"\0ferry/conversation-archive/v2\0";
+
+/// What version 1 wrote (text messages only): still read.
+const ARCHIVE_PREFIX_V1: &[u8] = b"\0ferry/conversation-archive/v1\0";
+
+/// Whether a log event's plaintext archives a conversation message (of any version).
+pub fn is_archive(plaintext: &[u8]) -> bool {
+    plaintext.starts_with(ARCHIVE_PREFIX) || plaintext.starts_with(ARCHIVE_PREFIX_V1)
+}
 
 /// The log event archiving `message`.
 pub(crate) fn archive_record(message: &StoredMessage) -> Vec<u8> {
@@ -31,6 +41,11 @@ pub(crate) fn archive_record(message: &StoredMessage) -> Vec<u8> {
 
 /// The message an archive event holds; `None` if the plaintext is not one.
 pub(crate) fn read_archive(plaintext: &[u8]) -> Option<StoredMessage> {
+    if let Some(v1) = plaintext.strip_prefix(ARCHIVE_PREFIX_V1) {
+        return postcard::from_bytes::<StoredMessageV1>(v1)
+            .ok()
+            .map(Into::into);
+    }
     postcard::from_bytes(plaintext.strip_prefix(ARCHIVE_PREFIX)?).ok()
 }
 
@@ -48,8 +63,52 @@ pub struct StoredMessage {
     /// When the relay stored it (milliseconds since the Unix epoch; this device's clock for
     /// its own messages).
     pub sent_at: u64,
-    /// The text.
-    pub text: String,
+    /// What it says.
+    pub content: Content,
+}
+
+impl StoredMessage {
+    /// The text of a text message; empty for other content.
+    pub fn text(&self) -> &str {
+        match &self.content {
+            Content::Text(text) => text,
+            Content::Call(_) => "",
+        }
+    }
+}
+
+/// What a message holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// Text a person wrote.
+    Text(String),
+    /// How a call went (written by the caller's device when the call ends; see
+    /// [`crate::calls`]).
+    Call(CallRecord),
+}
+
+/// A message as formats 1 and 2 of the saved file, and version 1 archives, kept it.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredMessageV1 {
+    conv: ConvId,
+    conv_seq: u64,
+    user: UserId,
+    device: DeviceId,
+    sent_at: u64,
+    text: String,
+}
+
+impl From<StoredMessageV1> for StoredMessage {
+    fn from(old: StoredMessageV1) -> Self {
+        Self {
+            conv: old.conv,
+            conv_seq: old.conv_seq,
+            user: old.user,
+            device: old.device,
+            sent_at: old.sent_at,
+            content: Content::Text(old.text),
+        }
+    }
 }
 
 /// What an application message carries (inside MLS).
@@ -61,6 +120,9 @@ pub(crate) enum Body {
     /// whoever adds members, who cannot read what was said before they joined (for a device
     /// that joins by itself, by one member that reads its join: see `title_sender`).
     Title(String),
+    /// How a call went (class `Content` for a missed call, which counts as unread,
+    /// `Control` otherwise): written by the caller's device.
+    Call(CallRecord),
 }
 
 impl Body {
@@ -74,16 +136,16 @@ impl Body {
     }
 }
 
-/// One conversation of this device.
+/// One conversation of this device (`M`: the message type, older in older formats).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct ConvRecord {
+pub(crate) struct ConvRecordOf<M> {
     pub kind: GroupKind,
     /// The last `conv_seq` processed.
     pub cursor: u64,
     /// The epoch this device joined at (earlier application messages cannot be opened).
     pub joined_epoch: u64,
     /// Messages decrypted or sent, in `conv_seq` order.
-    pub messages: Vec<StoredMessage>,
+    pub messages: Vec<M>,
     /// Its title, if one was given.
     pub title: Option<String>,
     /// A member proposed to leave: commit it after this page.
@@ -92,6 +154,23 @@ pub(crate) struct ConvRecord {
     /// A device joined by itself and this one sends it the title: after this catch-up.
     #[serde(skip)]
     pub title_owed: bool,
+}
+
+/// One conversation of this device.
+pub(crate) type ConvRecord = ConvRecordOf<StoredMessage>;
+
+impl From<ConvRecordOf<StoredMessageV1>> for ConvRecord {
+    fn from(old: ConvRecordOf<StoredMessageV1>) -> Self {
+        Self {
+            kind: old.kind,
+            cursor: old.cursor,
+            joined_epoch: old.joined_epoch,
+            messages: old.messages.into_iter().map(Into::into).collect(),
+            title: old.title,
+            leave_proposed: false,
+            title_owed: false,
+        }
+    }
 }
 
 impl ConvRecord {
@@ -139,16 +218,26 @@ pub(crate) struct Book {
 }
 
 /// The book as format 1 saved it (no `blocked`: filled in from the relay's contact list at
-/// the next catch-up).
+/// the next catch-up; text messages only).
 #[derive(Serialize, Deserialize)]
 struct BookV1 {
     last_seq: u64,
     last_resort_uploaded: bool,
-    convs: BTreeMap<ConvId, ConvRecord>,
-    archive: BTreeMap<ConvId, Vec<StoredMessage>>,
+    convs: BTreeMap<ConvId, ConvRecordOf<StoredMessageV1>>,
+    archive: BTreeMap<ConvId, Vec<StoredMessageV1>>,
 }
 
-impl From<BookV1> for Book {
+/// The book as format 2 saved it (text messages only).
+#[derive(Serialize, Deserialize)]
+struct BookV2 {
+    last_seq: u64,
+    last_resort_uploaded: bool,
+    convs: BTreeMap<ConvId, ConvRecordOf<StoredMessageV1>>,
+    archive: BTreeMap<ConvId, Vec<StoredMessageV1>>,
+    blocked: BTreeSet<UserId>,
+}
+
+impl From<BookV1> for BookV2 {
     fn from(old: BookV1) -> Self {
         Self {
             last_seq: old.last_seq,
@@ -156,6 +245,21 @@ impl From<BookV1> for Book {
             convs: old.convs,
             archive: old.archive,
             blocked: BTreeSet::new(),
+        }
+    }
+}
+
+impl From<BookV2> for Book {
+    fn from(old: BookV2) -> Self {
+        let archive = old.archive.into_iter();
+        Self {
+            last_seq: old.last_seq,
+            last_resort_uploaded: old.last_resort_uploaded,
+            convs: old.convs.into_iter().map(|(c, r)| (c, r.into())).collect(),
+            archive: archive
+                .map(|(c, kept)| (c, kept.into_iter().map(Into::into).collect()))
+                .collect(),
+            blocked: old.blocked,
         }
     }
 }
@@ -176,11 +280,11 @@ pub(crate) struct Saved {
     member: Vec<u8>,
 }
 
-/// The saved file of format 1.
+/// The saved file of an older format, with its book.
 #[derive(Serialize, Deserialize)]
-struct SavedV1 {
+struct SavedOld<B> {
     format: u8,
-    book: BookV1,
+    book: B,
     member: Vec<u8>,
 }
 
@@ -199,10 +303,13 @@ impl Saved {
                 let saved: Saved = postcard::from_bytes(&bytes).map_err(corrupt)?;
                 (saved.book, saved.member)
             }
-            Some(1) => {
-                let saved: SavedV1 = postcard::from_bytes(&bytes).map_err(corrupt)?;
-                debug_assert_eq!(saved.format, 1);
+            Some(2) => {
+                let saved: SavedOld<BookV2> = postcard::from_bytes(&bytes).map_err(corrupt)?;
                 (saved.book.into(), saved.member)
+            }
+            Some(1) => {
+                let saved: SavedOld<BookV1> = postcard::from_bytes(&bytes).map_err(corrupt)?;
+                (BookV2::from(saved.book).into(), saved.member)
             }
             _ => return Err(StateError::corrupt(path, "an unknown conversations format").into()),
         };
@@ -231,42 +338,120 @@ mod tests {
 
     use super::*;
 
+    fn old_message(conv: ConvId, conv_seq: u64, text: &str) -> StoredMessageV1 {
+        StoredMessageV1 {
+            conv,
+            conv_seq,
+            user: UserId([3; 32]),
+            device: DeviceId([4; 32]),
+            sent_at: 1_700_000_000_000,
+            text: text.into(),
+        }
+    }
+
+    fn old_record(conv: ConvId) -> ConvRecordOf<StoredMessageV1> {
+        ConvRecordOf {
+            kind: GroupKind::Group,
+            cursor: 7,
+            joined_epoch: 3,
+            messages: vec![old_message(conv, 7, "hello")],
+            title: Some("team".into()),
+            leave_proposed: false,
+            title_owed: false,
+        }
+    }
+
+    /// Reads what `old` wrote and checks what formats 1 and 2 kept came through as text.
+    fn read_old<B: Serialize>(path: &Path, device: &DeviceKey, format: u8, book: B) -> Book {
+        let member = Member::new(UserId([1; 32]), device);
+        let old = SavedOld {
+            format,
+            book,
+            member: member.to_bytes(),
+        };
+        std::fs::write(path, postcard::to_allocvec(&old).unwrap()).unwrap();
+        let (_, book) = Saved::read(path, device).unwrap().unwrap();
+        let conv = ConvId([9; 16]);
+        assert_eq!(book.last_seq, 5);
+        let record = &book.convs[&conv];
+        assert_eq!((record.cursor, record.joined_epoch), (7, 3));
+        assert_eq!(record.title.as_deref(), Some("team"));
+        assert_eq!(record.messages[0].content, Content::Text("hello".into()));
+        assert_eq!(book.archive[&conv][0].text(), "before");
+        book
+    }
+
     #[test]
-    fn a_file_of_format_1_is_read_with_no_blocks_and_written_again_as_the_current_format() {
+    fn files_of_formats_1_and_2_are_read_and_written_again_as_the_current_format() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conversations");
         let device = DeviceKey::generate(&mut rand_core::OsRng);
-        let member = Member::new(UserId([1; 32]), &device);
         let conv = ConvId([9; 16]);
-        let mut record = ConvRecord::new(GroupKind::Group, 3);
-        record.cursor = 7;
-        let old = SavedV1 {
-            format: 1,
-            book: BookV1 {
-                last_seq: 5,
-                last_resort_uploaded: true,
-                convs: [(conv, record)].into_iter().collect(),
-                archive: BTreeMap::new(),
-            },
-            member: member.to_bytes(),
+        let archive = || {
+            [(conv, vec![old_message(conv, 2, "before")])]
+                .into_iter()
+                .collect()
         };
-        std::fs::write(&path, postcard::to_allocvec(&old).unwrap()).unwrap();
 
-        let (member, mut book) = Saved::read(&path, &device).unwrap().unwrap();
-        assert_eq!(book.last_seq, 5);
-        assert_eq!(book.convs[&conv].cursor, 7);
+        let v1 = BookV1 {
+            last_seq: 5,
+            last_resort_uploaded: true,
+            convs: [(conv, old_record(conv))].into_iter().collect(),
+            archive: archive(),
+        };
+        let book = read_old(&path, &device, 1, v1);
         assert!(book.blocked.is_empty());
 
-        book.blocked.insert(UserId([2; 32]));
+        let blocked: BTreeSet<UserId> = [UserId([2; 32])].into_iter().collect();
+        let v2 = BookV2 {
+            last_seq: 5,
+            last_resort_uploaded: true,
+            convs: [(conv, old_record(conv))].into_iter().collect(),
+            archive: archive(),
+            blocked: blocked.clone(),
+        };
+        let mut book = read_old(&path, &device, 2, v2);
+        assert_eq!(book.blocked, blocked);
+
+        // Written again as the current format, a call record included.
+        let member = Member::new(UserId([1; 32]), &device);
+        let record = CallRecord {
+            call: crate::calls::CallId([5; 16]),
+            video: false,
+            outcome: crate::calls::CallOutcome::Missed,
+        };
+        let mut call = book.convs[&conv].messages[0].clone();
+        call.conv_seq = 8;
+        call.content = Content::Call(record);
+        book.convs.get_mut(&conv).unwrap().keep(call.clone());
         Saved::write(&path, &member, &book).unwrap();
         assert_eq!(std::fs::read(&path).unwrap().first(), Some(&FORMAT));
         let (_, again) = Saved::read(&path, &device).unwrap().unwrap();
-        assert_eq!(again.blocked, book.blocked);
+        assert_eq!(
+            again.convs[&conv].messages,
+            [book.convs[&conv].messages[0].clone(), call]
+        );
+        assert_eq!(again.blocked, blocked);
 
         std::fs::write(&path, [FORMAT + 1, 0, 0]).unwrap();
         assert!(
             Saved::read(&path, &device).is_err(),
             "a format from the future"
         );
+    }
+
+    #[test]
+    fn archives_of_version_1_are_read_as_text() {
+        let conv = ConvId([9; 16]);
+        let mut v1 = ARCHIVE_PREFIX_V1.to_vec();
+        v1.extend_from_slice(&postcard::to_allocvec(&old_message(conv, 4, "old")).unwrap());
+        assert!(is_archive(&v1));
+        let message = read_archive(&v1).unwrap();
+        assert_eq!((message.conv_seq, message.text()), (4, "old"));
+
+        let current = archive_record(&message);
+        assert!(is_archive(&current) && current.starts_with(ARCHIVE_PREFIX));
+        assert_eq!(read_archive(&current), Some(message));
+        assert!(!is_archive(b"\0ferry/conversation-archive/v3\0"));
     }
 }

@@ -1,8 +1,11 @@
-//! Typing indicators: ephemeral bodies sealed under a key exported from the conversation's
-//! current MLS epoch, so only members in that epoch open them and the relay never can.
+//! Ephemeral bodies (typing indicators, call signaling): sealed under a key exported from the
+//! conversation's current MLS epoch, so only members in that epoch open them and the relay
+//! never can.
 //!
-//! Layout: epoch (8 bytes, big endian) || nonce (24) || XChaCha20-Poly1305(typing flag),
-//! with the conversation id and the epoch as associated data.
+//! Layout: epoch (8 bytes, big endian) || nonce (24) || XChaCha20-Poly1305(plaintext), with
+//! the conversation id and the epoch as associated data. The plaintext is `[0]` (stopped
+//! typing), `[1]` (typing), or `[2]` followed by a call signal (postcard, see
+//! [`crate::calls`]); a body of another kind is ignored by this version.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -10,10 +13,57 @@ use ferry_mls::Member;
 use ferry_protocol::conversations::ConvId;
 use rand_core::{OsRng, RngCore};
 
+use crate::calls::CallSignal;
 use crate::error::ClientError;
 
 /// The exporter label of the ephemeral key.
 const LABEL: &str = "ferry/v1/conv-ephemeral";
+
+/// The kind byte of a call signal.
+const CALL: u8 = 2;
+
+/// What an ephemeral body says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ephemeral {
+    /// A member started (true) or stopped typing.
+    Typing(bool),
+    /// Call signaling.
+    Call(CallSignal),
+}
+
+impl Ephemeral {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Typing(typing) => vec![u8::from(*typing)],
+            Self::Call(signal) => {
+                let mut plaintext = vec![CALL];
+                plaintext.extend_from_slice(&postcard::to_allocvec(signal).unwrap_or_default());
+                plaintext
+            }
+        }
+    }
+
+    fn decode(plaintext: &[u8]) -> Option<Self> {
+        match plaintext {
+            [0] => Some(Self::Typing(false)),
+            [1] => Some(Self::Typing(true)),
+            [CALL, signal @ ..] => postcard::from_bytes(signal).ok().map(Self::Call),
+            _ => None,
+        }
+    }
+}
+
+/// What opening a body gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// It opened.
+    Body(Ephemeral),
+    /// It is sealed under a later epoch than this device is at: catch the conversation up
+    /// and open it again.
+    Ahead,
+    /// Not one this device can open (an earlier epoch, tampered with, unknown kind).
+    Unreadable,
+}
 
 fn cipher(member: &Member, conv: ConvId) -> Option<(u64, XChaCha20Poly1305)> {
     let epoch = member.epoch(&conv.0).ok()?;
@@ -28,11 +78,11 @@ fn aad(conv: ConvId, epoch: u64) -> Vec<u8> {
     aad
 }
 
-/// The body that says "typing" (or "stopped").
-pub(crate) fn seal_typing(
+/// Seals `ephemeral` for the members of `conv` in this device's current epoch.
+pub(crate) fn seal(
     member: &Member,
     conv: ConvId,
-    typing: bool,
+    ephemeral: &Ephemeral,
 ) -> Result<Vec<u8>, ClientError> {
     let (epoch, cipher) = cipher(member, conv)
         .ok_or_else(|| ClientError::Mls(format!("not in conversation {conv}")))?;
@@ -43,39 +93,70 @@ pub(crate) fn seal_typing(
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
-                msg: &[u8::from(typing)],
+                msg: &ephemeral.encode(),
                 aad: &aad,
             },
         )
-        .map_err(|_| ClientError::Mls("cannot seal a typing indicator".into()))?;
+        .map_err(|_| ClientError::Mls("cannot seal an ephemeral body".into()))?;
     let mut body = epoch.to_be_bytes().to_vec();
     body.extend_from_slice(&nonce);
     body.extend_from_slice(&sealed);
     Ok(body)
 }
 
-/// Opens a typing body; `None` if it is not one this device can open (another epoch,
-/// tampered with).
-pub(crate) fn open_typing(member: &Member, conv: ConvId, body: &[u8]) -> Option<bool> {
-    let (epoch, cipher) = cipher(member, conv)?;
-    let (head, rest) = body.split_first_chunk::<8>()?;
-    if u64::from_be_bytes(*head) != epoch || rest.len() < 24 {
-        return None;
+/// Opens a body sealed by [`seal`].
+pub(crate) fn open(member: &Member, conv: ConvId, body: &[u8]) -> Opened {
+    let Some((epoch, cipher)) = cipher(member, conv) else {
+        return Opened::Unreadable;
+    };
+    let Some((head, rest)) = body.split_first_chunk::<8>() else {
+        return Opened::Unreadable;
+    };
+    let sealed_at = u64::from_be_bytes(*head);
+    if sealed_at > epoch {
+        return Opened::Ahead;
+    }
+    if sealed_at != epoch || rest.len() < 24 {
+        return Opened::Unreadable;
     }
     let (nonce, sealed) = rest.split_at(24);
     let aad = aad(conv, epoch);
-    let opened = cipher
-        .decrypt(
-            XNonce::from_slice(nonce),
-            Payload {
-                msg: sealed,
-                aad: &aad,
-            },
-        )
-        .ok()?;
-    match opened.as_slice() {
-        [0] => Some(false),
-        [1] => Some(true),
-        _ => None,
+    let opened = cipher.decrypt(
+        XNonce::from_slice(nonce),
+        Payload {
+            msg: sealed,
+            aad: &aad,
+        },
+    );
+    match opened
+        .ok()
+        .and_then(|plaintext| Ephemeral::decode(&plaintext))
+    {
+        Some(ephemeral) => Opened::Body(ephemeral),
+        None => Opened::Unreadable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::CallId;
+
+    #[test]
+    fn kinds_round_trip_and_unknown_kinds_are_ignored() {
+        let signals = [
+            Ephemeral::Typing(true),
+            Ephemeral::Typing(false),
+            Ephemeral::Call(CallSignal::Ringing {
+                call: CallId([7; 16]),
+            }),
+        ];
+        for ephemeral in signals {
+            assert_eq!(Ephemeral::decode(&ephemeral.encode()), Some(ephemeral));
+        }
+        assert_eq!(Ephemeral::decode(&[3]), None);
+        assert_eq!(Ephemeral::decode(&[1, 0]), None);
+        assert_eq!(Ephemeral::decode(&[CALL, 0xff, 0xff]), None);
+        assert_eq!(Ephemeral::decode(&[]), None);
     }
 }

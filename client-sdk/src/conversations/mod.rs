@@ -50,6 +50,18 @@
 mod book;
 mod ephemeral;
 
+/// A call signal heard in a 1:1 conversation, for the calls layer.
+#[derive(Debug)]
+pub(crate) struct HeardSignal {
+    pub conv: ConvId,
+    /// The other user of the conversation.
+    pub peer: UserId,
+    /// Who sent it: `peer`, or this user (another of its devices).
+    pub user: UserId,
+    pub device: DeviceId,
+    pub signal: CallSignal,
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,13 +73,15 @@ use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, ServerFrame, UserId};
 use rand_core::{OsRng, RngCore};
 use tokio::sync::Mutex;
 
+use crate::calls::CallSignal;
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
 use crate::settings::Settings;
 use crate::state::Keys;
 use crate::trust::Trust;
-pub use book::{ARCHIVE_PREFIX, StoredMessage};
+pub use book::{ARCHIVE_PREFIX, Content, StoredMessage, is_archive};
 use book::{Book, ConvRecord, Saved, archive_record, read_archive};
+use ephemeral::{Ephemeral, Opened};
 
 /// KeyPackages a device keeps at the relay: topped up to [`KEY_PACKAGES_TARGET`] once fewer
 /// than [`KEY_PACKAGES_LOW`] are left.
@@ -734,18 +748,41 @@ impl Conversations {
         conv: ConvId,
         text: &str,
     ) -> Result<u64, ClientError> {
+        self.send_content(ask, conv, Content::Text(text.to_owned()))
+            .await
+    }
+
+    /// Sends the record of a call this device placed (see [`crate::calls`]); a missed call
+    /// counts as unread.
+    pub async fn send_call_record(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        record: crate::calls::CallRecord,
+    ) -> Result<u64, ClientError> {
+        self.send_content(ask, conv, Content::Call(record)).await
+    }
+
+    /// Sends a message and keeps it (and archives it) as sent; returns its `conv_seq`.
+    async fn send_content(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        content: Content,
+    ) -> Result<u64, ClientError> {
         let mut inner = self.inner.lock().await;
-        let body = book::Body::Text(text.to_owned());
-        let conv_seq = self
-            .send_body(ask, &mut inner, conv, MessageClass::Content, &body)
-            .await?;
+        let (class, body) = match &content {
+            Content::Text(text) => (MessageClass::Content, book::Body::Text(text.clone())),
+            Content::Call(record) => (record.class(), book::Body::Call(record.clone())),
+        };
+        let conv_seq = self.send_body(ask, &mut inner, conv, class, &body).await?;
         let stored = StoredMessage {
             conv,
             conv_seq,
             user: self.me,
             device: self.device,
             sent_at: now_ms(),
-            text: text.to_owned(),
+            content,
         };
         if let Some(record) = inner.book.convs.get_mut(&conv) {
             record.keep(stored.clone());
@@ -840,9 +877,39 @@ impl Conversations {
     ) -> Result<(), ClientError> {
         let body = {
             let inner = self.inner.lock().await;
-            ephemeral::seal_typing(&inner.member, conv, typing)?
+            ephemeral::seal(&inner.member, conv, &Ephemeral::Typing(typing))?
         };
         ask.tell(ClientFrame::ConvEphemeral { conv, body }).await
+    }
+
+    /// Seals and sends a call signal to the members' online devices.
+    pub(crate) async fn signal_call(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        signal: CallSignal,
+    ) -> Result<(), ClientError> {
+        let body = {
+            let inner = self.inner.lock().await;
+            ephemeral::seal(&inner.member, conv, &Ephemeral::Call(signal))?
+        };
+        ask.tell(ClientFrame::ConvEphemeral { conv, body }).await
+    }
+
+    /// The other user of the 1:1 conversation `conv` (calls are 1:1).
+    pub async fn one_to_one_peer(&self, conv: ConvId) -> Result<UserId, ClientError> {
+        let inner = self.inner.lock().await;
+        let kind = inner.book.convs.get(&conv).map(|record| record.kind);
+        match kind {
+            None => Err(ClientError::from_code(
+                ErrorCode::NoSuchConversation,
+                ErrorCode::NoSuchConversation.description(),
+            )),
+            Some(GroupKind::OneToOne) => one_to_one_peer(&inner.member, conv, self.me),
+            Some(GroupKind::Group) => Err(ClientError::Call(
+                "calls are between the two users of a 1:1 conversation".into(),
+            )),
+        }
     }
 
     /// This user's conversations with the relay's summaries.
@@ -928,8 +995,12 @@ impl Conversations {
         Ok(true)
     }
 
-    /// A frame the relay pushed.
-    pub async fn on_push(&self, ask: &dyn Ask, frame: ServerFrame) -> Result<(), ClientError> {
+    /// A frame the relay pushed; a call signal is returned for the calls layer.
+    pub async fn on_push(
+        &self,
+        ask: &dyn Ask,
+        frame: ServerFrame,
+    ) -> Result<Option<HeardSignal>, ClientError> {
         match frame {
             ServerFrame::ConvHead { conv, head } => {
                 let mut inner = self.inner.lock().await;
@@ -941,22 +1012,50 @@ impl Conversations {
                 if behind {
                     self.catch_up(ask, &mut inner, conv).await?;
                 }
-                Ok(())
+                Ok(None)
             }
             ServerFrame::ConvReadBy { conv, user, seq } => {
                 self.queue([ConversationEvent::ReadBy { conv, user, seq }]);
-                Ok(())
+                Ok(None)
             }
             ServerFrame::ConvEphemeral {
-                conv, user, body, ..
+                conv,
+                user,
+                from,
+                body,
             } => {
-                let inner = self.inner.lock().await;
+                let mut inner = self.inner.lock().await;
                 if inner.book.blocked.contains(&user) {
-                    // The relay drops a blocked user's typing for its blocker already; a
-                    // relay that does not is not believed either.
-                    return Ok(());
+                    // The relay drops a blocked user's ephemerals for its blocker already;
+                    // a relay that does not is not believed either.
+                    return Ok(None);
                 }
-                if let Some(typing) = ephemeral::open_typing(&inner.member, conv, &body) {
+                let mut opened = ephemeral::open(&inner.member, conv, &body);
+                if opened == Opened::Ahead && inner.book.convs.contains_key(&conv) {
+                    // Sealed after a commit this device has not read yet (a call signal
+                    // must not be lost to it): read the conversation, then open again.
+                    self.catch_up(ask, &mut inner, conv).await?;
+                    opened = ephemeral::open(&inner.member, conv, &body);
+                }
+                let typing = match opened {
+                    Opened::Body(Ephemeral::Typing(typing)) => typing,
+                    Opened::Body(Ephemeral::Call(signal)) => {
+                        let kind = inner.book.convs.get(&conv).map(|record| record.kind);
+                        if kind != Some(GroupKind::OneToOne) {
+                            return Ok(None);
+                        }
+                        let peer = one_to_one_peer(&inner.member, conv, self.me)?;
+                        return Ok(Some(HeardSignal {
+                            conv,
+                            peer,
+                            user,
+                            device: from,
+                            signal,
+                        }));
+                    }
+                    Opened::Ahead | Opened::Unreadable => return Ok(None),
+                };
+                {
                     let mut deadlines = self
                         .typing
                         .lock()
@@ -973,7 +1072,7 @@ impl Conversations {
                         self.queue([ConversationEvent::Typing { conv, user, typing }]);
                     }
                 }
-                Ok(())
+                Ok(None)
             }
             other => Err(unexpected(&other)),
         }
@@ -1115,14 +1214,20 @@ impl Conversations {
                         }
                     }
                     Some((Incoming::Application { plaintext, sender }, _)) => {
-                        if let Some(book::Body::Text(text)) = book::Body::decode(&plaintext) {
+                        let content = match book::Body::decode(&plaintext) {
+                            Some(book::Body::Text(text)) => Some(Content::Text(text)),
+                            Some(book::Body::Call(record)) => Some(Content::Call(record)),
+                            // Titles are handled above; unknown bodies are skipped.
+                            Some(book::Body::Title(_)) | None => None,
+                        };
+                        if let Some(content) = content {
                             let stored = StoredMessage {
                                 conv,
                                 conv_seq: message.conv_seq,
                                 user: sender.0,
                                 device: sender.1,
                                 sent_at: message.sent_at,
-                                text,
+                                content,
                             };
                             record.keep(stored.clone());
                             // A blocked user's message is kept (unblocking shows it in
@@ -1319,6 +1424,14 @@ fn title_sender(
         .find(|(user, _)| *user == joined.0)
         .or_else(|| others().next())
         .copied()
+}
+
+/// The other user of a 1:1 conversation.
+fn one_to_one_peer(member: &Member, conv: ConvId, me: UserId) -> Result<UserId, ClientError> {
+    users_in(member, conv)?
+        .into_iter()
+        .find(|user| *user != me)
+        .ok_or_else(|| ClientError::Call("the other user left this conversation".into()))
 }
 
 fn users_in(member: &Member, conv: ConvId) -> Result<BTreeSet<UserId>, ClientError> {

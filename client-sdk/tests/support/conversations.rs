@@ -165,7 +165,7 @@ impl Dev {
             .iter()
             .filter_map(|e| match e {
                 ConversationEvent::Message(m) if m.conv == conv => {
-                    Some((m.conv_seq, m.text.clone()))
+                    Some((m.conv_seq, m.text().to_owned()))
                 }
                 _ => None,
             })
@@ -178,7 +178,7 @@ impl Dev {
             .history(conv, 0, usize::MAX)
             .await
             .into_iter()
-            .map(|m| (m.conv_seq, m.text))
+            .map(|m| (m.conv_seq, m.text().to_owned()))
             .collect()
     }
 

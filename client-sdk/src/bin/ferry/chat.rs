@@ -21,7 +21,8 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use ferry_client::{
-    ClientEvent, ConvId, ConversationEvent, ConversationInfo, GroupKind, StoredMessage, UserId,
+    CallEvent, CallOutcome, CallRecord, ClientEvent, Content, ConvId, ConversationEvent,
+    ConversationInfo, GroupKind, StoredMessage, UserId,
 };
 
 use super::{People, line, printable, within};
@@ -295,11 +296,24 @@ async fn convs(people: &mut People) -> anyhow::Result<()> {
 
 async fn shown_message(people: &mut People, message: &StoredMessage) -> String {
     let who = people.who(message.user).await;
-    format!(
-        "{:>5}  {who}: {}",
-        message.conv_seq,
-        printable(&message.text)
-    )
+    let said = match &message.content {
+        Content::Text(text) => printable(text),
+        Content::Call(record) => format!("[{}]", describe_call(record)),
+    };
+    format!("{:>5}  {who}: {said}", message.conv_seq)
+}
+
+/// A call record in words (calls themselves need an app with WebRTC).
+fn describe_call(record: &CallRecord) -> String {
+    let kind = if record.video { "video call" } else { "call" };
+    match record.outcome {
+        CallOutcome::Missed => format!("missed {kind}"),
+        CallOutcome::Declined => format!("{kind}, declined"),
+        CallOutcome::Busy => format!("{kind}, busy"),
+        CallOutcome::Completed { seconds } => {
+            format!("{kind}, {}:{:02}", seconds / 60, seconds % 60)
+        }
+    }
 }
 
 /// The interactive chat: the last lines, then what arrives as it arrives, and every line
@@ -330,6 +344,12 @@ async fn interactive(people: &mut People, conv: ConvId) -> anyhow::Result<()> {
             }
             event = people.client.next_event() => match event {
                 Ok(ClientEvent::Conversation(event)) => show(people, conv, event).await?,
+                Ok(ClientEvent::Call(CallEvent::Incoming { from, video, .. })) => {
+                    // The terminal has no microphone or camera: say so, let it ring out.
+                    let who = people.who(from).await;
+                    let kind = if video { "a video call" } else { "a call" };
+                    eprintln!("ferry: {who} is calling ({kind}); answer in an app with calls");
+                }
                 Ok(other) => people.note(&other).await,
                 Err(e) if !e.is_permanent() => eprintln!("ferry: {e}"),
                 Err(e) => return Err(e.into()),
