@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ferry_client::{
-    Client, ClientEvent, ClientHandle, ConvId, ConversationEvent, DeviceId, PeopleEvent,
+    CallEvent, Client, ClientEvent, ClientHandle, ConvId, ConversationEvent, DeviceId, PeopleEvent,
     StoredMessage, UserId,
 };
 
@@ -24,6 +24,10 @@ pub struct Dev {
     pub heard: Vec<ConversationEvent>,
     /// How far [`Dev::until`] has looked in `heard`.
     taken: usize,
+    /// Every call event the app was given, in order.
+    pub calls: Vec<CallEvent>,
+    /// How far [`Dev::until_call`] has looked in `calls`.
+    calls_taken: usize,
 }
 
 impl Dev {
@@ -37,6 +41,8 @@ impl Dev {
             dir: dir.to_owned(),
             heard: Vec::new(),
             taken: 0,
+            calls: Vec::new(),
+            calls_taken: 0,
         }
     }
 
@@ -61,6 +67,9 @@ impl Dev {
                 if let ClientEvent::Conversation(e) = &event {
                     self.heard.push(e.clone());
                 }
+                if let ClientEvent::Call(e) = &event {
+                    self.calls.push(e.clone());
+                }
                 event
             }
             Ok(Err(e)) => panic!("{}: waiting for {what}: {e:?}", self.name),
@@ -79,6 +88,18 @@ impl Dev {
             if let Some(at) = self.heard[self.taken..].iter().position(&want) {
                 self.taken += at + 1;
                 return self.heard[self.taken - 1].clone();
+            }
+            self.next(what).await;
+        }
+    }
+
+    /// The next call event matching `want` after the last one this returned, as
+    /// [`Dev::until`].
+    pub async fn until_call(&mut self, what: &str, want: impl Fn(&CallEvent) -> bool) -> CallEvent {
+        loop {
+            if let Some(at) = self.calls[self.calls_taken..].iter().position(&want) {
+                self.calls_taken += at + 1;
+                return self.calls[self.calls_taken - 1].clone();
             }
             self.next(what).await;
         }

@@ -158,6 +158,8 @@ pub fn fast() -> Options {
         .connect_timeout(Duration::from_secs(10))
         .ack_delay(Duration::from_millis(10))
         .own_events(true)
+        // Long enough for a callee to answer on a loaded machine, short enough to wait out.
+        .ring_timeout(Duration::from_secs(8))
 }
 
 /// The first device of a new user.

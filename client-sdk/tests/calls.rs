@@ -1,0 +1,302 @@
+//! Calls through the SDK against a real relay: Alice and Bob, two devices each, in a 1:1
+//! conversation. A call rings on every online device of the callee and not on the caller's
+//! other device; the first device to accept gets it and the other stops ringing; ICE
+//! candidates go between the two devices in the call; a decline on one device stops the
+//! other; the caller records each call in the conversation, and a call nobody answers is a
+//! missed call that a device offline at the time reads (and counts as unread) later.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use ferry_client::{
+    CallEvent, CallId, CallOutcome, CallRecord, Content, ConvId, ConversationEvent, EndReason,
+    UserId,
+};
+use support::conversations::{Dev, Person, befriend, person};
+use support::*;
+
+/// The relay and the folders are held to the test's end: bind every field.
+struct Start {
+    _relay: TestRelay,
+    alice: Person,
+    bob: Person,
+    conv: ConvId,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Start {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
+    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
+    befriend(&mut alice, &mut bob).await;
+    let conv = alice.one.handle().start_chat(bob.user).await.unwrap();
+    alice.two.joined(conv).await;
+    bob.joined(conv).await;
+    Start {
+        _relay: relay,
+        alice,
+        bob,
+        conv,
+        _dir: dir,
+    }
+}
+
+async fn incoming(dev: &mut Dev, call: CallId, from: UserId) -> String {
+    match dev
+        .until_call(
+            "Incoming",
+            |e| matches!(e, CallEvent::Incoming { call: c, .. } if *c == call),
+        )
+        .await
+    {
+        CallEvent::Incoming {
+            from: caller,
+            video,
+            offer,
+            ..
+        } => {
+            assert_eq!(caller, from, "{}", dev.name);
+            assert!(video, "{}", dev.name);
+            offer
+        }
+        other => unreachable!("{other:?}"),
+    }
+}
+
+async fn ended(dev: &mut Dev, call: CallId) -> EndReason {
+    match dev
+        .until_call(
+            "Ended",
+            |e| matches!(e, CallEvent::Ended { call: c, .. } if *c == call),
+        )
+        .await
+    {
+        CallEvent::Ended { reason, .. } => reason,
+        other => unreachable!("{other:?}"),
+    }
+}
+
+async fn candidate(dev: &mut Dev, call: CallId) -> String {
+    match dev
+        .until_call(
+            "Candidate",
+            |e| matches!(e, CallEvent::Candidate { call: c, .. } if *c == call),
+        )
+        .await
+    {
+        CallEvent::Candidate { candidate, .. } => candidate,
+        other => unreachable!("{other:?}"),
+    }
+}
+
+/// The call record `dev` was given as a message of `conv`.
+async fn record(dev: &mut Dev, conv: ConvId, call: CallId) -> CallRecord {
+    let is_it = |e: &ConversationEvent| {
+        matches!(e, ConversationEvent::Message(m)
+            if m.conv == conv && matches!(&m.content, Content::Call(r) if r.call == call))
+    };
+    match dev.until("a call record", is_it).await {
+        ConversationEvent::Message(message) => match message.content {
+            Content::Call(record) => record,
+            Content::Text(_) => unreachable!(),
+        },
+        other => unreachable!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_rings_every_device_of_the_callee_and_the_first_to_accept_gets_it() {
+    let Start {
+        mut alice,
+        mut bob,
+        conv,
+        _relay,
+        _dir,
+    } = start().await;
+    let caller = alice.one.handle();
+    let call = caller
+        .place_call(conv, true, "v=0 offer".into())
+        .await
+        .unwrap();
+    assert_eq!(incoming(&mut bob.one, call, alice.user).await, "v=0 offer");
+    assert_eq!(incoming(&mut bob.two, call, alice.user).await, "v=0 offer");
+    alice
+        .one
+        .until_call("Ringing", |e| matches!(e, CallEvent::Ringing { .. }))
+        .await;
+    // Alice's candidate while Bob's devices ring: the one that accepts gets it.
+    caller
+        .send_ice_candidate(call, "candidate:alice".into())
+        .await
+        .unwrap();
+
+    bob.two
+        .handle()
+        .accept_call(call, "v=0 answer".into())
+        .await
+        .unwrap();
+    let answered = alice
+        .one
+        .until_call("Answered", |e| matches!(e, CallEvent::Answered { .. }))
+        .await;
+    assert_eq!(
+        answered,
+        CallEvent::Answered {
+            call,
+            device: bob.two.id(),
+            answer: "v=0 answer".into()
+        }
+    );
+    bob.two
+        .until_call("Connected", |e| *e == CallEvent::Connected { call })
+        .await;
+    // Alice's candidate comes before or after Connected, as the signals cross.
+    let alices = CallEvent::Candidate {
+        call,
+        candidate: "candidate:alice".into(),
+    };
+    if !bob.two.calls.contains(&alices) {
+        bob.two
+            .until_call("Alice's candidate", |e| *e == alices)
+            .await;
+    }
+    assert_eq!(
+        ended(&mut bob.one, call).await,
+        EndReason::AnsweredElsewhere
+    );
+    assert!(bob.one.handle().calls().is_empty());
+
+    bob.two
+        .handle()
+        .send_ice_candidate(call, "candidate:bob".into())
+        .await
+        .unwrap();
+    assert_eq!(candidate(&mut alice.one, call).await, "candidate:bob");
+
+    caller.hang_up(call).await.unwrap();
+    assert_eq!(ended(&mut bob.two, call).await, EndReason::RemoteHungUp);
+    assert_eq!(ended(&mut alice.one, call).await, EndReason::HungUp);
+    for dev in [&mut alice.two, &mut bob.one, &mut bob.two] {
+        let got = record(dev, conv, call).await;
+        assert!(
+            matches!(got.outcome, CallOutcome::Completed { .. }),
+            "{}: {got:?}",
+            dev.name
+        );
+    }
+    // Alice's other device never rang: the call was hers.
+    assert!(
+        !alice
+            .two
+            .calls
+            .iter()
+            .any(|e| matches!(e, CallEvent::Incoming { .. })),
+        "{:?}",
+        alice.two.calls
+    );
+
+    // A second call, declined on one of Bob's devices: the other stops ringing.
+    let second = caller.place_call(conv, true, "again".into()).await.unwrap();
+    incoming(&mut bob.one, second, alice.user).await;
+    incoming(&mut bob.two, second, alice.user).await;
+    bob.one.handle().decline_call(second).await.unwrap();
+    assert_eq!(ended(&mut alice.one, second).await, EndReason::Declined);
+    assert_eq!(
+        ended(&mut bob.two, second).await,
+        EndReason::DeclinedElsewhere
+    );
+    assert_eq!(
+        record(&mut bob.two, conv, second).await.outcome,
+        CallOutcome::Declined
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_answers_is_a_missed_call_that_offline_devices_read_later() {
+    let Start {
+        mut alice,
+        bob,
+        conv,
+        _relay,
+        _dir,
+    } = start().await;
+    let Person {
+        user: bob_user,
+        one: bob_one,
+        two: bob_two,
+        ..
+    } = bob;
+    // Bob is offline: nothing rings.
+    let bob_one = bob_one.close().await;
+    let bob_two = bob_two.close().await;
+    let call = alice
+        .one
+        .handle()
+        .place_call(conv, true, "offer".into())
+        .await
+        .unwrap();
+    assert_eq!(ended(&mut alice.one, call).await, EndReason::NoAnswer);
+    let kept = alice.one.handle().history(conv, 0, 10).await;
+    assert!(
+        kept.iter().any(|m| m.content
+            == Content::Call(CallRecord {
+                call,
+                video: true,
+                outcome: CallOutcome::Missed
+            })),
+        "{kept:?}"
+    );
+
+    // Bob's phone comes back: the missed call is there, and counts as unread.
+    let mut bob_one = Dev::connect("bob.one", &bob_one).await;
+    bob_one.caught_up().await;
+    assert_eq!(
+        record(&mut bob_one, conv, call).await.outcome,
+        CallOutcome::Missed
+    );
+    let listed = bob_one.handle().conversations().await.unwrap();
+    let summary = &listed.iter().find(|c| c.conv == conv).unwrap().summary;
+    assert_eq!(summary.unread, 1);
+    assert!(summary.members.iter().any(|m| m.user == bob_user));
+    // It never rang there, nor on the other device that comes back after.
+    let mut bob_two = Dev::connect("bob.two", &bob_two).await;
+    bob_two.caught_up().await;
+    record(&mut bob_two, conv, call).await;
+    for dev in [&bob_one, &bob_two] {
+        assert!(dev.calls.is_empty(), "{}: {:?}", dev.name, dev.calls);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_for_one_to_one_conversations() {
+    let Start {
+        alice,
+        bob,
+        conv,
+        _relay,
+        _dir,
+    } = start().await;
+    let group = alice
+        .one
+        .handle()
+        .create_group(Some("team"), &[bob.user])
+        .await
+        .unwrap();
+    let refused = alice
+        .one
+        .handle()
+        .place_call(group, false, "offer".into())
+        .await;
+    assert!(
+        matches!(refused, Err(ferry_client::ClientError::Call(_))),
+        "{refused:?}"
+    );
+    // One call at a time on a device.
+    let caller = alice.one.handle();
+    let first = caller.place_call(conv, false, "o".into()).await.unwrap();
+    assert!(caller.place_call(conv, false, "o".into()).await.is_err());
+    caller.hang_up(first).await.unwrap();
+    assert!(caller.calls().is_empty());
+}
