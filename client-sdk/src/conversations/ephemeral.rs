@@ -139,8 +139,42 @@ pub(crate) fn open(member: &Member, conv: ConvId, body: &[u8]) -> Opened {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::calls::CallId;
+    use ferry_mls::{GroupKind, GroupPolicy};
+    use ferry_protocol::{DeviceKey, UserId};
+
+    #[test]
+    fn a_body_from_a_later_epoch_asks_for_a_catch_up_and_an_earlier_one_is_unreadable() {
+        let device = DeviceKey::generate(&mut OsRng);
+        let mut ahead = Member::new(UserId([1; 32]), &device);
+        let conv = ConvId([5; 16]);
+        let policy = GroupPolicy {
+            kind: GroupKind::OneToOne,
+            admins: Vec::new(),
+        };
+        ahead.create_group(&conv.0, policy).unwrap();
+        // The same device state before a commit it has not read yet.
+        let behind = Member::from_bytes(&ahead.to_bytes(), &device).unwrap();
+        ahead.self_update(&conv.0).unwrap();
+        ahead.merge_pending(&conv.0).unwrap();
+        assert_eq!(ahead.epoch(&conv.0).unwrap(), 1);
+
+        let typing = Ephemeral::Typing(true);
+        let new = seal(&ahead, conv, &typing).unwrap();
+        assert_eq!(open(&ahead, conv, &new), Opened::Body(typing.clone()));
+        assert_eq!(open(&behind, conv, &new), Opened::Ahead);
+        let old = seal(&behind, conv, &typing).unwrap();
+        assert_eq!(open(&ahead, conv, &old), Opened::Unreadable);
+        // Tampered with, or for another conversation: unreadable.
+        let mut tampered = new.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&ahead, conv, &tampered), Opened::Unreadable);
+        assert_eq!(open(&ahead, ConvId([6; 16]), &new), Opened::Unreadable);
+        assert_eq!(open(&ahead, conv, &new[..20]), Opened::Unreadable);
+    }
 
     #[test]
     fn kinds_round_trip_and_unknown_kinds_are_ignored() {
