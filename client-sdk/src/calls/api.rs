@@ -9,7 +9,7 @@ use ferry_protocol::{ClientFrame, ServerFrame, TurnCredentials};
 
 use super::{CallId, CallInfo, Calls, Out};
 use crate::client::ClientHandle;
-use crate::conversations::HeardSignal;
+use crate::conversations::{HeardSignal, now_ms};
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
 
@@ -35,9 +35,9 @@ impl ClientHandle {
         let mut id = [0; 16];
         OsRng.fill_bytes(&mut id);
         let call = CallId(id);
-        let out = self
-            .lock_calls()
-            .place(call, conv, peer, video, offer, Instant::now())?;
+        let out =
+            self.lock_calls()
+                .place(call, conv, peer, video, offer, Instant::now(), now_ms())?;
         self.perform(out).await?;
         Ok(call)
     }
@@ -98,6 +98,7 @@ impl ClientHandle {
             heard.device,
             heard.signal,
             Instant::now(),
+            now_ms(),
         );
         if let Err(error) = self.perform(out).await {
             tracing::warn!(%error, "could not answer a call signal");

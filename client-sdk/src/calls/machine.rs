@@ -20,6 +20,10 @@ use crate::error::ClientError;
 const MAX_BUFFERED_CANDIDATES: usize = 64;
 /// Ended calls remembered, so late signals about them are ignored.
 const ENDED_REMEMBERED: usize = 64;
+/// An offer whose `sent_at` is further than this from the callee's clock does not ring: a
+/// relay replaying an old offer (sealed in the same epoch) cannot make a phone ring again.
+/// Generous, for clocks that disagree.
+pub(crate) const MAX_OFFER_SKEW_MS: u64 = 120_000;
 
 /// What the client does for the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +113,9 @@ impl Calls {
     // ------------------------------------------------------------------------------------
     // The app.
 
-    /// Starts calling `peer` in the 1:1 conversation `conv` with `offer`.
+    /// Starts calling `peer` in the 1:1 conversation `conv` with `offer` (`wall_ms`: this
+    /// device's clock, ms since the Unix epoch).
+    #[allow(clippy::too_many_arguments)]
     pub fn place(
         &mut self,
         call: CallId,
@@ -118,6 +124,7 @@ impl Calls {
         video: bool,
         offer: String,
         now: Instant,
+        wall_ms: u64,
     ) -> Result<Vec<Out>, ClientError> {
         if !self.live.is_empty() {
             return Err(call_error("this device is in a call already"));
@@ -126,6 +133,7 @@ impl Calls {
             call,
             video,
             sdp: offer,
+            sent_at: wall_ms,
         };
         if !signal.within_limits() {
             return Err(call_error(format!(
@@ -232,7 +240,8 @@ impl Calls {
     // What other devices say.
 
     /// A signal from `device` of `user` in the 1:1 conversation `conv` (whose other user
-    /// is `peer`: `user` is either that peer or this user).
+    /// is `peer`: `user` is either that peer or this user); `wall_ms` is this device's clock.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_signal(
         &mut self,
         conv: ConvId,
@@ -241,12 +250,23 @@ impl Calls {
         device: DeviceId,
         signal: CallSignal,
         now: Instant,
+        wall_ms: u64,
     ) -> Vec<Out> {
         let call = signal.call();
         if device == self.device || !signal.within_limits() || self.ended.contains(&call) {
             return Vec::new();
         }
-        if let CallSignal::Offer { video, sdp, .. } = signal {
+        if let CallSignal::Offer {
+            video,
+            sdp,
+            sent_at,
+            ..
+        } = signal
+        {
+            if wall_ms.abs_diff(sent_at) > MAX_OFFER_SKEW_MS {
+                tracing::debug!(%call, sent_at, wall_ms, "an offer too old or too new: ignored");
+                return Vec::new();
+            }
             return self.on_offer(conv, peer, user, device, call, video, sdp, now);
         }
         let Some(c) = self.live.get_mut(&call) else {

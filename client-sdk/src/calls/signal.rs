@@ -25,6 +25,9 @@ pub(crate) enum CallSignal {
         video: bool,
         /// The caller's session description.
         sdp: String,
+        /// The caller's clock when it called (ms since the Unix epoch): an offer much
+        /// older or newer than the callee's clock is a replay and does not ring.
+        sent_at: u64,
     },
     /// A callee device rings.
     Ringing {

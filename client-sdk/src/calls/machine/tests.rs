@@ -9,6 +9,8 @@ const RING: Duration = Duration::from_secs(30);
 const CONV: ConvId = ConvId([0xcc; 16]);
 const ALICE: UserId = UserId([0xa0; 32]);
 const BOB: UserId = UserId([0xb0; 32]);
+/// Every device's clock, in the tests (ms since the Unix epoch).
+const WALL: u64 = 1_700_000_000_000;
 
 struct Dev {
     user: UserId,
@@ -69,7 +71,7 @@ fn deliver(devs: &mut [Dev], from: usize, out: Vec<Out>, now: Instant, deaf: &[u
                     let peer = dev.peer();
                     let answers =
                         dev.calls
-                            .on_signal(conv, peer, user, device, signal.clone(), now);
+                            .on_signal(conv, peer, user, device, signal.clone(), now, WALL);
                     queue.extend(answers.into_iter().map(|o| (i, o)));
                 }
             }
@@ -80,7 +82,7 @@ fn deliver(devs: &mut [Dev], from: usize, out: Vec<Out>, now: Instant, deaf: &[u
 fn place(devs: &mut [Dev], call: CallId, now: Instant, deaf: &[usize]) {
     let out = devs[0]
         .calls
-        .place(call, CONV, BOB, true, "offer".into(), now)
+        .place(call, CONV, BOB, true, "offer".into(), now, WALL)
         .unwrap();
     deliver(devs, 0, out, now, deaf);
 }
@@ -271,6 +273,7 @@ fn a_callee_in_another_call_is_busy() {
             false,
             "o".into(),
             now,
+            WALL,
         )
         .unwrap();
     let call = CallId([7; 16]);
@@ -288,11 +291,11 @@ fn two_users_calling_each_other_at_once_keep_the_call_with_the_lower_id() {
     let (low, high) = (CallId([1; 16]), CallId([2; 16]));
     let alices = devs[0]
         .calls
-        .place(high, CONV, BOB, false, "a".into(), now)
+        .place(high, CONV, BOB, false, "a".into(), now, WALL)
         .unwrap();
     let bobs = devs[1]
         .calls
-        .place(low, CONV, ALICE, false, "b".into(), now)
+        .place(low, CONV, ALICE, false, "b".into(), now, WALL)
         .unwrap();
     // The offers cross.
     deliver(&mut devs, 0, alices, now, &[]);
@@ -334,6 +337,7 @@ fn signals_from_devices_outside_the_call_change_nothing() {
                 call: CallId([9; 16]),
                 video: false,
                 sdp: "o".into(),
+                sent_at: WALL,
             },
         ),
         // A second accept after the call is on.
@@ -349,7 +353,7 @@ fn signals_from_devices_outside_the_call_change_nothing() {
     for (user, device, signal) in forged {
         let out = devs[0]
             .calls
-            .on_signal(CONV, BOB, user, device, signal.clone(), now);
+            .on_signal(CONV, BOB, user, device, signal.clone(), now, WALL);
         assert!(out.is_empty(), "{signal:?}");
     }
     assert!(devs[0].events().is_empty());
@@ -365,6 +369,7 @@ fn signals_from_devices_outside_the_call_change_nothing() {
             device: stranger,
         },
         now,
+        WALL,
     );
     assert!(out.is_empty());
     assert_eq!(devs[1].state(call), Some(CallState::Connected));
@@ -373,7 +378,7 @@ fn signals_from_devices_outside_the_call_change_nothing() {
     assert!(
         Dev::new(ALICE, 9)
             .calls
-            .place(CallId([10; 16]), CONV, BOB, false, huge.clone(), now)
+            .place(CallId([10; 16]), CONV, BOB, false, huge.clone(), now, WALL)
             .is_err()
     );
     let mut idle = Dev::new(BOB, 8);
@@ -381,10 +386,11 @@ fn signals_from_devices_outside_the_call_change_nothing() {
         call: CallId([10; 16]),
         video: false,
         sdp: huge,
+        sent_at: WALL,
     };
     assert!(
         idle.calls
-            .on_signal(CONV, ALICE, ALICE, stranger, offer, now)
+            .on_signal(CONV, ALICE, ALICE, stranger, offer, now, WALL)
             .is_empty()
     );
     assert!(idle.events().is_empty());
@@ -440,11 +446,37 @@ fn a_late_signal_about_an_ended_call_is_ignored() {
         call,
         video: true,
         sdp: "offer".into(),
+        sent_at: WALL,
     };
     let (alice, alice_device) = (devs[0].user, devs[0].id);
     let out = devs[1]
         .calls
-        .on_signal(CONV, ALICE, alice, alice_device, replay, now);
+        .on_signal(CONV, ALICE, alice, alice_device, replay, now, WALL);
     assert!(out.is_empty());
     assert!(devs[1].events().is_empty());
+}
+
+#[test]
+fn an_offer_from_far_in_the_past_or_future_does_not_ring() {
+    let now = Instant::now();
+    let alice_device = DeviceId([1; 32]);
+    for (sent_at, rings) in [
+        (WALL - MAX_OFFER_SKEW_MS - 1, false),
+        (WALL - MAX_OFFER_SKEW_MS, true),
+        (WALL + MAX_OFFER_SKEW_MS, true),
+        (WALL + MAX_OFFER_SKEW_MS + 1, false),
+    ] {
+        let mut bob = Dev::new(BOB, 2);
+        let offer = CallSignal::Offer {
+            call: CallId([14; 16]),
+            video: false,
+            sdp: "offer".into(),
+            sent_at,
+        };
+        let out = bob
+            .calls
+            .on_signal(CONV, ALICE, ALICE, alice_device, offer, now, WALL);
+        assert_eq!(!out.is_empty(), rings, "sent at {sent_at}");
+        assert_eq!(bob.events().len(), usize::from(rings), "sent at {sent_at}");
+    }
 }
