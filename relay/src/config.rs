@@ -101,6 +101,10 @@ pub struct Config {
     /// Tuning of the log.
     #[command(flatten)]
     pub log: LogConfig,
+
+    /// TURN credentials for calls.
+    #[command(flatten)]
+    pub turn: TurnConfig,
 }
 
 /// Limits. Each answers with a stable error code when hit.
@@ -351,6 +355,96 @@ pub struct Limits {
     pub pairing_idle_timeout_ms: u64,
 }
 
+/// TURN servers for calls: the relay hands out short-lived credentials for them (coturn's
+/// `use-auth-secret` REST scheme, see [`crate::turn`]). Off unless URLs and a secret are set.
+#[derive(Args, Clone)]
+pub struct TurnConfig {
+    /// A TURN or STUN server clients may use for calls (`turn:`, `turns:` or `stun:`, as WebRTC
+    /// takes it; repeatable, at most 8), such as `turns:turn.example.org:5349?transport=tcp`.
+    /// Needs a secret (`--turn-secret-file` or `--turn-secret`). Default: none (clients asking
+    /// for TURN credentials get `turn_unavailable`).
+    #[arg(
+        id = "turn_urls",
+        long = "turn-url",
+        global = true,
+        env = "FERRY_TURN_URLS",
+        value_name = "URL",
+        value_delimiter = ',',
+        value_parser = parse_turn_url
+    )]
+    pub urls: Vec<String>,
+
+    /// The secret shared with the TURN servers (coturn's `static-auth-secret`). Visible to
+    /// other local users in the process list: prefer `--turn-secret-file` or the environment.
+    #[arg(
+        id = "turn_secret",
+        long = "turn-secret",
+        global = true,
+        env = "FERRY_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "turn_secret_file"
+    )]
+    pub secret: Option<String>,
+
+    /// A file holding the TURN secret, read at start (a trailing newline is ignored).
+    #[arg(
+        id = "turn_secret_file",
+        long = "turn-secret-file",
+        global = true,
+        env = "FERRY_TURN_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub secret_file: Option<PathBuf>,
+
+    /// How long TURN credentials stay valid, in seconds (60 to 86400): a call that outlasts
+    /// them fetches new ones.
+    #[arg(
+        id = "turn_ttl_secs",
+        long = "turn-ttl-secs",
+        global = true,
+        env = "FERRY_TURN_TTL_SECS",
+        value_name = "SECONDS",
+        default_value_t = crate::turn::DEFAULT_TTL_SECS,
+        value_parser = clap::value_parser!(u64).range(crate::turn::MIN_TTL_SECS..=crate::turn::MAX_TTL_SECS)
+    )]
+    pub ttl_secs: u64,
+
+    /// TURN credentials one device may fetch per minute (bursts up to that many); beyond it
+    /// requests are refused with `rate_limited` (400).
+    #[arg(
+        id = "turn_credentials_per_device_per_minute",
+        long = "turn-credentials-per-device-per-minute",
+        global = true,
+        env = "FERRY_TURN_CREDENTIALS_PER_DEVICE_PER_MINUTE",
+        value_name = "N",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub credentials_per_device_per_minute: u32,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret is never printed, only whether it is set.
+        f.debug_struct("TurnConfig")
+            .field("urls", &self.urls)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("ttl_secs", &self.ttl_secs)
+            .field(
+                "credentials_per_device_per_minute",
+                &self.credentials_per_device_per_minute,
+            )
+            .finish()
+    }
+}
+
+fn parse_turn_url(url: &str) -> Result<String, String> {
+    crate::turn::check_url(url)?;
+    Ok(url.to_owned())
+}
+
 /// How the log is committed, replayed and trimmed.
 #[derive(Args, Clone, Debug)]
 pub struct LogConfig {
@@ -546,6 +640,7 @@ impl std::fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("log", &self.log)
+            .field("turn", &self.turn)
             .finish()
     }
 }
@@ -606,5 +701,63 @@ impl std::str::FromStr for IpNet {
 impl std::fmt::Display for IpNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let args = std::iter::once("ferry-relay").chain(args.iter().copied());
+        Cli::try_parse_from(args).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn turn_flags_parse_and_the_secret_is_never_printed() {
+        let config = parse(&[
+            "--turn-url",
+            "turn:turn.example:3478",
+            "--turn-url",
+            "turns:turn.example:5349?transport=tcp",
+            "--turn-secret",
+            "hunter2-turn-secret",
+            "--turn-ttl-secs",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(config.turn.urls.len(), 2);
+        assert_eq!(config.turn.secret.as_deref(), Some("hunter2-turn-secret"));
+        assert_eq!(config.turn.ttl_secs, 600);
+        assert_eq!(config.turn.credentials_per_device_per_minute, 10);
+        let printed = format!("{config:?}");
+        assert!(printed.contains("turn.example"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn bad_turn_flags_are_refused() {
+        let refused = [
+            &["--turn-url", "https://turn.example"][..],
+            &["--turn-ttl-secs", "59"],
+            &["--turn-ttl-secs", "86401"],
+            &["--turn-credentials-per-device-per-minute", "0"],
+        ];
+        for args in refused {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+        let both = parse(&["--turn-secret", "s", "--turn-secret-file", "/run/secret"]);
+        let kind = both.err().map(|e| e.kind());
+        assert_eq!(kind, Some(clap::error::ErrorKind::ArgumentConflict));
+        let defaults = parse(&[]).unwrap();
+        assert!(defaults.turn.urls.is_empty());
+        assert_eq!(defaults.turn.ttl_secs, crate::turn::DEFAULT_TTL_SECS);
     }
 }

@@ -52,6 +52,10 @@ pub struct Context {
     pub lookup_address_limiter: KeyedLimiter<IpAddr>,
     /// Keys handles for storage.
     pub handle_key: crate::handles::HandleKey,
+    /// Mints TURN credentials; `None` when no TURN server is configured.
+    pub turn: Option<crate::turn::TurnIssuer>,
+    /// TURN credentials per device.
+    pub turn_limiter: KeyedLimiter<DeviceId>,
     /// Pairing joins per IP address.
     pub pair_join_limiter: KeyedLimiter<IpAddr>,
     /// Failed pairing joins on this node, from every address.

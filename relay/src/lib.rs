@@ -17,6 +17,7 @@
 //! - [`tls`]: TLS termination on the client port (`--tls-cert`, `--tls-key`).
 //! - [`proxy_protocol`]: the client address from a TCP load balancer's PROXY protocol
 //!   header (`--proxy-protocol`).
+//! - [`turn`]: short-lived TURN credentials for calls (coturn's `use-auth-secret` scheme).
 //! - [`config`], [`metrics`], [`rate_limit`], [`relay_key`]: the supporting pieces.
 //!
 //! # Example
@@ -48,6 +49,7 @@ pub mod server;
 pub mod store;
 mod sync;
 pub mod tls;
+pub mod turn;
 
 pub use config::Config;
 pub use redact::redact_url;

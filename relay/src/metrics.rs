@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Conversation messages per batch of sends.
     pub conv_batch_size: Histogram,
     limit_refusals: Family<Labels, Counter>,
+    /// TURN credentials handed out (refusals are counted in `errors`).
+    pub turn_credentials_issued: Counter,
     proxy_header_errors: Family<Labels, Counter>,
 }
 
@@ -75,6 +77,7 @@ impl Metrics {
             conv_messages: Counter::default(),
             conv_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             limit_refusals: Family::default(),
+            turn_credentials_issued: Counter::default(),
             proxy_header_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -158,6 +161,11 @@ impl Metrics {
             "limit_refusals",
             "Connections and sessions refused or closed by a connection limit, by limit",
             metrics.limit_refusals.clone(),
+        );
+        registry.register(
+            "turn_credentials_issued",
+            "TURN credentials handed out (refusals are counted in errors)",
+            metrics.turn_credentials_issued.clone(),
         );
         registry.register(
             "proxy_header_errors",

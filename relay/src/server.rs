@@ -84,6 +84,10 @@ pub enum StartError {
     /// The TLS certificate or key (`--tls-cert`, `--tls-key`) could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The TURN settings (`--turn-url`, `--turn-secret`, `--turn-secret-file`, ...) are
+    /// incomplete or invalid, or the secret file could not be read.
+    #[error("TURN: {0}")]
+    Turn(#[from] crate::turn::TurnConfigError),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -151,6 +155,14 @@ impl Server {
         store: Arc<dyn store::Store>,
         (bus, messages): BusParts,
     ) -> Result<Self, StartError> {
+        // Settings first: a relay told to hand out TURN credentials it cannot mint does not start.
+        let turn = crate::turn::TurnIssuer::from_config(&config.turn)?;
+        match &turn {
+            Some(turn) => {
+                tracing::info!(urls = ?turn.urls(), ttl_secs = turn.ttl_secs(), "TURN credentials enabled")
+            }
+            None => tracing::debug!("no TURN server configured"),
+        }
         let metrics = Arc::new(Metrics::new());
         let relay_id = key.id();
 
@@ -215,6 +227,11 @@ impl Server {
                 (f64::from(limits.lookups_per_minute) / 3.0).max(1.0),
             ),
             handle_key: crate::handles::HandleKey::derive(&key),
+            turn,
+            turn_limiter: KeyedLimiter::<DeviceId>::new(
+                f64::from(config.turn.credentials_per_device_per_minute) / 60.0,
+                f64::from(config.turn.credentials_per_device_per_minute),
+            ),
             pair_join_limiter: KeyedLimiter::new(
                 f64::from(limits.pair_joins_per_ip_per_minute) / 60.0,
                 f64::from(limits.pair_joins_per_ip_per_minute) / 4.0,

@@ -28,7 +28,8 @@
 //!   code 4203: when the hub closes it (a stored chain link revoked the device, on this node
 //!   or, through the bus, another), when an append is refused by the store because the device
 //!   is no longer active (the check that cannot race: it runs under the user's row lock, as
-//!   the revocation does), and when the writer re-reads the device's record: right after the
+//!   the revocation does), when a `TurnCredentialsFetch` finds its record revoked (see
+//!   [`calls`]), and when the writer re-reads the device's record: right after the
 //!   session joined the hub (before replay), at every safety poll (`--safety-poll-secs`, also
 //!   while the bus is down) and when the bus comes back after an outage.
 
@@ -42,6 +43,7 @@ use ferry_protocol::{
     ServerFrame, UserId,
 };
 
+use super::calls::{self, TurnAnswer};
 use super::chain::{self, Fetch};
 use super::conversations;
 use super::people::{self, Asker};
@@ -389,6 +391,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                     self.send(Control::Frame(page)).await?;
                 }
                 Ok(())
+            }
+            ClientFrame::TurnCredentialsFetch => {
+                match calls::turn_credentials(&self.ctx, self.asker).await {
+                    TurnAnswer::Frame(answer) => self.send(Control::Frame(answer)).await,
+                    TurnAnswer::NotAdmitted(code) => {
+                        // As when the writer finds the device revoked: told inside the
+                        // channel, then the close (which the writer counts).
+                        let told = ServerFrame::Error(ErrorFrame::new(code));
+                        self.send(Control::Frame(told)).await?;
+                        tracing::info!(user = %self.user, device = %self.device, code = code.name(), "device no longer admitted; closing its session");
+                        Err(Close::new(code))
+                    }
+                }
             }
             frame if conversations::is_conversation_frame(&frame) => {
                 for answer in conversations::handle(&self.ctx, self.asker, frame).await {
