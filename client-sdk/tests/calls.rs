@@ -3,7 +3,9 @@
 //! other device; the first device to accept gets it and the other stops ringing; ICE
 //! candidates go between the two devices in the call; a decline on one device stops the
 //! other; the caller records each call in the conversation, and a call nobody answers is a
-//! missed call that a device offline at the time reads (and counts as unread) later.
+//! missed call that a device offline at the time reads (and counts as unread) later. TURN
+//! credentials come from a relay that has a TURN server, and a clear refusal from one that has
+//! none.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -299,4 +301,55 @@ async fn calls_are_for_one_to_one_conversations() {
     assert!(caller.place_call(conv, false, "o".into()).await.is_err());
     caller.hang_up(first).await.unwrap();
     assert!(caller.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_come_from_a_relay_with_a_turn_server_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = vec![
+        "turn:127.0.0.1:3478?transport=udp".to_owned(),
+        "turns:turn.example.org:5349?transport=tcp".to_owned(),
+    ];
+    let configured = urls.clone();
+    let with_turn = TestRelay::start_with(
+        &dir.path().join("relay"),
+        free_addr(),
+        std::sync::Arc::new(move |config: &mut ferry_relay::Config| {
+            config.turn.urls = configured.clone();
+            config.turn.secret = Some("shared with coturn".into());
+        }),
+    );
+    let state = new_user(&dir.path().join("alice"), &with_turn, "alice").await;
+    let alice = ferry_client::Client::connect(state, fast()).await.unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let credentials = alice.handle().turn_credentials().await.unwrap();
+    assert_eq!(credentials.urls, urls);
+    let (expiry, id) = credentials.username.split_once(':').unwrap();
+    assert_eq!(expiry.parse::<u64>().unwrap(), credentials.expires_at);
+    let ttl = credentials.expires_at - before;
+    assert!((4 * 3600 - 5..=4 * 3600 + 5).contains(&ttl), "{ttl}");
+    assert!(!id.is_empty() && !credentials.password.is_empty());
+    // Each call gets its own.
+    let again = alice.handle().turn_credentials().await.unwrap();
+    assert_ne!(again.username, credentials.username);
+    drop(alice.close().await.unwrap());
+
+    let without = TestRelay::start(&dir.path().join("plain"));
+    let state = new_user(&dir.path().join("bob"), &without, "bob").await;
+    let bob = ferry_client::Client::connect(state, fast()).await.unwrap();
+    let refused = bob.handle().turn_credentials().await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ferry_client::ClientError::Relay {
+                code: ferry_client::ErrorCode::TurnUnavailable,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    drop(bob.close().await.unwrap());
 }
