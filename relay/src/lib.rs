@@ -42,6 +42,7 @@ pub mod hub;
 pub mod metrics;
 pub mod pairing;
 pub mod proxy_protocol;
+pub mod push;
 pub mod rate_limit;
 mod redact;
 pub mod relay_key;

@@ -25,6 +25,9 @@ enum Command {
     Migrate,
     /// Print the relay's public key (creating the key if needed) and exit.
     Key,
+    /// Print the relay's VAPID public key for Web Push (creating it if needed), base64url, as
+    /// client apps give it to `pushManager.subscribe({ applicationServerKey })`, and exit.
+    VapidKey,
 }
 
 #[tokio::main]
@@ -46,6 +49,14 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("created a new relay key in {}", config.data_dir.display());
             }
             println!("{}", key.id());
+        }
+        Command::VapidKey => {
+            let (key, created) = ferry_relay::push::load_or_create_vapid_key(&config.data_dir)
+                .context("loading the VAPID key")?;
+            if created {
+                eprintln!("created a new VAPID key in {}", config.data_dir.display());
+            }
+            println!("{}", key.public());
         }
         Command::Migrate => {
             let url = config.database_url();

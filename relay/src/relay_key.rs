@@ -30,7 +30,20 @@ pub enum KeyFileError {
 /// Loads the key from `data_dir`, creating the folder and a new key if there is none.
 /// Returns the key and whether it was just created.
 pub fn load_or_create(data_dir: &Path) -> Result<(RelayKey, bool), KeyFileError> {
-    let path = data_dir.join(KEY_FILE);
+    let (secret, created) = load_or_create_secret(data_dir, KEY_FILE, || {
+        RelayKey::generate(&mut OsRng).secret_bytes()
+    })?;
+    Ok((RelayKey::from_secret_bytes(&secret), created))
+}
+
+/// Loads the 32-byte secret kept in hex in `data_dir/file` (mode 0600), creating the folder
+/// and the file from `generate` if there is none. Returns it and whether it was just created.
+pub(crate) fn load_or_create_secret(
+    data_dir: &Path,
+    file: &str,
+    generate: impl FnOnce() -> Zeroizing<[u8; 32]>,
+) -> Result<(Zeroizing<[u8; 32]>, bool), KeyFileError> {
+    let path = data_dir.join(file);
     let io = |source| KeyFileError::Io {
         path: path.clone(),
         source,
@@ -41,14 +54,14 @@ pub fn load_or_create(data_dir: &Path) -> Result<(RelayKey, bool), KeyFileError>
             let mut secret = Zeroizing::new([0u8; 32]);
             hex::decode_to_slice(text.trim(), secret.as_mut())
                 .map_err(|_| KeyFileError::Corrupt(path.clone()))?;
-            Ok((RelayKey::from_secret_bytes(&secret), false))
+            Ok((secret, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data_dir).map_err(io)?;
-            let key = RelayKey::generate(&mut OsRng);
-            let text = Zeroizing::new(hex::encode(key.secret_bytes().as_ref()));
+            let secret = generate();
+            let text = Zeroizing::new(hex::encode(secret.as_ref()));
             write_private(&path, text.as_bytes()).map_err(io)?;
-            Ok((key, true))
+            Ok((secret, true))
         }
         Err(e) => Err(io(e)),
     }
