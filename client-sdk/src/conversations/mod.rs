@@ -875,11 +875,8 @@ impl Conversations {
         conv: ConvId,
         typing: bool,
     ) -> Result<(), ClientError> {
-        let body = {
-            let inner = self.inner.lock().await;
-            ephemeral::seal(&inner.member, conv, &Ephemeral::Typing(typing))?
-        };
-        ask.tell(ClientFrame::ConvEphemeral { conv, body }).await
+        self.send_ephemeral(ask, conv, &Ephemeral::Typing(typing))
+            .await
     }
 
     /// Seals and sends a call signal to the members' online devices.
@@ -889,9 +886,19 @@ impl Conversations {
         conv: ConvId,
         signal: CallSignal,
     ) -> Result<(), ClientError> {
+        self.send_ephemeral(ask, conv, &Ephemeral::Call(signal))
+            .await
+    }
+
+    async fn send_ephemeral(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        ephemeral: &Ephemeral,
+    ) -> Result<(), ClientError> {
         let body = {
             let inner = self.inner.lock().await;
-            ephemeral::seal(&inner.member, conv, &Ephemeral::Call(signal))?
+            ephemeral::seal(&inner.member, conv, ephemeral)?
         };
         ask.tell(ClientFrame::ConvEphemeral { conv, body }).await
     }
