@@ -110,6 +110,8 @@ pub enum ErrorCode {
     KeyPackageLimit,
     /// 800: this relay hands out no TURN credentials (none configured).
     TurnUnavailable,
+    /// 801: a push target the relay cannot use.
+    PushTargetInvalid,
     /// 900: the relay hit an internal error.
     Internal,
     /// 901: the relay is shutting down or its storage is unavailable.
@@ -124,7 +126,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 48] = [
+    pub const ALL: [ErrorCode; 49] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -171,6 +173,7 @@ impl ErrorCode {
         Self::MembershipRefused,
         Self::KeyPackageLimit,
         Self::TurnUnavailable,
+        Self::PushTargetInvalid,
         Self::Internal,
         Self::Unavailable,
     ];
@@ -224,6 +227,7 @@ impl ErrorCode {
             Self::MembershipRefused => 703,
             Self::KeyPackageLimit => 704,
             Self::TurnUnavailable => 800,
+            Self::PushTargetInvalid => 801,
             Self::Internal => 900,
             Self::Unavailable => 901,
             Self::Unknown(n) => n,
@@ -279,6 +283,7 @@ impl ErrorCode {
             Self::MembershipRefused => "membership_refused",
             Self::KeyPackageLimit => "key_package_limit",
             Self::TurnUnavailable => "turn_unavailable",
+            Self::PushTargetInvalid => "push_target_invalid",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unknown(_) => "unknown",
@@ -421,6 +426,9 @@ impl ErrorCode {
             }
             Self::TurnUnavailable => {
                 "This relay has no TURN server configured; calls connect only directly (peer to peer) or through the app's own TURN server."
+            }
+            Self::PushTargetInvalid => {
+                "The push target was refused: the endpoint must be an https:// URL and the keys a P-256 public key and a 16-byte secret, as the browser's PushSubscription gives them."
             }
             Self::Internal => {
                 "The relay hit an internal error; retry, and report it to the operator if it persists."

@@ -349,6 +349,66 @@ pub enum ClientFrame {
     /// Short-lived credentials for the relay's TURN servers, one request per call; answered
     /// with `TurnCredentials`, `Error(turn_unavailable)` or `Error(rate_limited)`.
     TurnCredentialsFetch,
+    /// Where to wake this device when it has no session (replaces its target); answered
+    /// with `Done` or `Error(push_target_invalid)`.
+    PushRegister(PushTarget),
+    /// This device wants no more wake-ups; answered with `Done`.
+    PushUnregister,
+    /// Wake the conversation's other members' devices that have no session, urgently (a call
+    /// rings); not answered. Limited like ephemerals.
+    ConvWake {
+        /// The conversation.
+        conv: ConvId,
+    },
+}
+
+/// Where a device is woken up (see docs/protocol.md §15). Wake-ups carry no sender, no
+/// conversation and no content.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushTarget {
+    /// A Web Push subscription (RFC 8030; a browser's `PushSubscription`, or UnifiedPush):
+    /// the relay encrypts for it (RFC 8291) and signs with its VAPID key (RFC 8292).
+    WebPush {
+        /// The push service URL (`https://`).
+        endpoint: String,
+        /// The subscription's P-256 public key, uncompressed (65 bytes).
+        #[serde(with = "serde_bytes")]
+        p256dh: Vec<u8>,
+        /// The subscription's authentication secret (16 bytes).
+        #[serde(with = "serde_bytes")]
+        auth: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for PushTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The endpoint is a capability at the push service: not printed.
+        match self {
+            Self::WebPush { endpoint, .. } => f
+                .debug_struct("WebPush")
+                .field("endpoint_len", &endpoint.len())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Longest push endpoint URL.
+pub const MAX_PUSH_ENDPOINT_LEN: usize = 1024;
+
+impl PushTarget {
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        match self {
+            Self::WebPush {
+                endpoint,
+                p256dh,
+                auth,
+            } => {
+                check_len("push endpoint", endpoint.len(), MAX_PUSH_ENDPOINT_LEN)?;
+                check_len("p256dh", p256dh.len(), 65)?;
+                check_len("auth", auth.len(), 16)
+            }
+        }
+    }
 }
 
 /// Frames a relay sends after the handshake.
@@ -689,6 +749,7 @@ impl Wire for ClientFrame {
                 check_len("group info", group_info.len(), MAX_GROUP_BLOB_LEN)
             }
             Self::ConvSend(send) => conversations::check_send(send),
+            Self::PushRegister(target) => target.check_limits(),
             Self::ConvEphemeral { body, .. } => {
                 check_len("ephemeral body", body.len(), MAX_EPHEMERAL_LEN)
             }
@@ -699,6 +760,8 @@ impl Wire for ClientFrame {
             | Self::ConvList
             | Self::GroupInfoFetch { .. }
             | Self::TurnCredentialsFetch
+            | Self::PushUnregister
+            | Self::ConvWake { .. }
             | Self::UserChainFetch { .. }
             | Self::ContactDecline { .. }
             | Self::ContactCancel { .. }

@@ -80,8 +80,8 @@ pub use codec::{DecodeError, Wire};
 pub use conversations::{ConvId, ConvMessage, ConvSend, ConvSummary, MessageClass};
 pub use error::ErrorCode;
 pub use frames::{
-    Append, ClaimedKeyPackage, ClientFrame, DeviceInfo, ErrorFrame, Event, SealedPayload,
-    ServerFrame, TurnCredentials,
+    Append, ClaimedKeyPackage, ClientFrame, DeviceInfo, ErrorFrame, Event, PushTarget,
+    SealedPayload, ServerFrame, TurnCredentials,
 };
 pub use identity::{
     DeviceId, DeviceKey, IdentityError, RelayId, RelayKey, UserId, UserKey, check_device_name,

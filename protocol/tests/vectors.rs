@@ -535,6 +535,18 @@ fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
             expires_at: 1_700_003_600,
         }))
     );
+    line!(
+        "push_frame_register",
+        codec::encode(&ClientFrame::PushRegister(PushTarget::WebPush {
+            endpoint: "https://push.example.net/push/abc".into(),
+            p256dh: vec![0x04; 65],
+            auth: vec![0xa5; 16],
+        }))
+    );
+    line!(
+        "push_frame_conv_wake",
+        codec::encode(&ClientFrame::ConvWake { conv })
+    );
 }
 
 /// Section 9, the people layer: the user of the chain above (`recovery_user_public`), on its

@@ -131,6 +131,9 @@ pub(super) async fn run<S>(
             | ClientFrame::ConvEphemeral { .. }
             | ClientFrame::GroupInfoFetch { .. }
             | ClientFrame::TurnCredentialsFetch
+            | ClientFrame::PushRegister(_)
+            | ClientFrame::PushUnregister
+            | ClientFrame::ConvWake { .. }
             | ClientFrame::PairOpen
             | ClientFrame::PairJoin { .. }
             | ClientFrame::PairForward { .. }
