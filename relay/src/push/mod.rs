@@ -7,6 +7,7 @@
 //! half for client apps). Not yet: devices registering push targets, the queue in the store,
 //! the sender (coalescing, backoff, unregistering on 404/410) and APNs.
 
+pub mod sender;
 pub mod web_push;
 
 use std::path::Path;

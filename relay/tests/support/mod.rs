@@ -14,6 +14,7 @@ pub mod http;
 pub mod node;
 pub mod pairing;
 pub mod proxy;
+pub mod push_service;
 pub mod redis;
 pub mod storage;
 
