@@ -133,6 +133,7 @@ mod options;
 mod outbox;
 pub mod pairing;
 pub mod people;
+mod push;
 mod session;
 pub mod settings;
 mod state;

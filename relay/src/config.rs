@@ -105,6 +105,67 @@ pub struct Config {
     /// TURN credentials for calls.
     #[command(flatten)]
     pub turn: TurnConfig,
+
+    /// Push wake-ups.
+    #[command(flatten)]
+    pub push: PushConfig,
+}
+
+/// Push wake-ups (Web Push with the relay's VAPID key, `DATA_DIR/vapid.key`): see
+/// [`crate::push`].
+#[derive(Args, Clone, Debug)]
+pub struct PushConfig {
+    /// The contact the push services are given with every wake-up (VAPID `sub`): a
+    /// `mailto:` or `https:` URL of the relay's operator.
+    #[arg(
+        long = "push-subject",
+        global = true,
+        env = "FERRY_PUSH_SUBJECT",
+        value_name = "URL",
+        default_value = "mailto:postmaster@localhost"
+    )]
+    pub subject: String,
+
+    /// How long a message wake-up waits, in ms, for the device to read by itself (a device
+    /// with a session does, and gets none); a call's is sent at once.
+    #[arg(
+        long = "push-delay-ms",
+        global = true,
+        env = "FERRY_PUSH_DELAY_MS",
+        value_name = "MS",
+        default_value_t = 2000
+    )]
+    pub delay_ms: u64,
+
+    /// Time one request to a push service may take, in ms.
+    #[arg(
+        long = "push-timeout-ms",
+        global = true,
+        env = "FERRY_PUSH_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10_000
+    )]
+    pub timeout_ms: u64,
+
+    /// Wake-ups pending at most (one per device at most); beyond, new ones are dropped and
+    /// counted.
+    #[arg(
+        long = "push-max-queued",
+        global = true,
+        env = "FERRY_PUSH_MAX_QUEUED",
+        value_name = "N",
+        default_value_t = 1_000_000
+    )]
+    pub max_queued: u64,
+
+    /// Accept `http://` push endpoints on this machine (127.0.0.1, localhost): for tests
+    /// and a local push service only. Off: endpoints must be `https://` to a public host.
+    #[arg(
+        long = "push-allow-loopback",
+        global = true,
+        env = "FERRY_PUSH_ALLOW_LOOPBACK"
+    )]
+    pub allow_loopback: bool,
 }
 
 /// Limits. Each answers with a stable error code when hit.

@@ -56,6 +56,8 @@ pub struct Context {
     pub turn: Option<crate::turn::TurnIssuer>,
     /// TURN credentials per device.
     pub turn_limiter: KeyedLimiter<DeviceId>,
+    /// Wakes devices that have no session (push).
+    pub pusher: crate::push::queue::Pusher,
     /// Pairing joins per IP address.
     pub pair_join_limiter: KeyedLimiter<IpAddr>,
     /// Failed pairing joins on this node, from every address.

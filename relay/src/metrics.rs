@@ -53,6 +53,7 @@ pub struct Metrics {
     /// TURN credentials handed out (refusals are counted in `errors`).
     pub turn_credentials_issued: Counter,
     proxy_header_errors: Family<Labels, Counter>,
+    push_wake_ups: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -79,6 +80,7 @@ impl Metrics {
             limit_refusals: Family::default(),
             turn_credentials_issued: Counter::default(),
             proxy_header_errors: Family::default(),
+            push_wake_ups: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -168,6 +170,11 @@ impl Metrics {
             metrics.turn_credentials_issued.clone(),
         );
         registry.register(
+            "push_wake_ups",
+            "Push wake-ups by outcome: queued, coalesced (into one pending), skipped (the device read everything), sent, retried, failed, unregistered (404/410), dropped (queue full)",
+            metrics.push_wake_ups.clone(),
+        );
+        registry.register(
             "proxy_header_errors",
             "Connections from a trusted proxy closed for their PROXY protocol header, by reason",
             metrics.proxy_header_errors.clone(),
@@ -208,6 +215,15 @@ impl Metrics {
     /// `connections_per_ip`, `sessions_per_user`, `http_header_timeout`, `pairing_idle`).
     pub fn limit_refusal(&self, limit: &'static str) {
         self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Counts `n` push wake-ups with this outcome (see the metric's help).
+    pub fn push_wake_ups(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.push_wake_ups
+                .get_or_create(&[("outcome", outcome)])
+                .inc_by(n);
+        }
     }
 
     /// Counts a connection from a trusted proxy closed for its PROXY protocol header

@@ -56,6 +56,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pairing::{LocalPairing, PairingRegistry, RedisPairing, RedisPairingOptions};
 use crate::proxy_protocol::{self, Rewind};
+use crate::push::queue::{PushSettings, Pusher};
 use crate::rate_limit::{KeyedLimiter, NodeLimiter};
 use crate::relay_key;
 use crate::store::committer::{CommitConfig, Committer};
@@ -165,15 +166,18 @@ impl Server {
         }
         let metrics = Arc::new(Metrics::new());
         let relay_id = key.id();
+        let pusher = start_pusher(&config, &store, &metrics)?;
 
         // Never 0: presence frames use source 0 for "every node".
         let hub = Hub::new(bus, OsRng.next_u64().max(1), Arc::clone(&metrics));
         hub.start(messages);
-        let committer =
-            Committer::spawn(Arc::clone(&store), commit_config(&config, &hub, &metrics));
+        let committer = Committer::spawn(
+            Arc::clone(&store),
+            commit_config(&config, &hub, &metrics, &pusher),
+        );
         let conv_committer = ConvCommitter::spawn(
             Arc::clone(&store),
-            conv_commit_config(&config, &hub, &metrics),
+            conv_commit_config(&config, &hub, &metrics, &pusher),
         );
 
         let pairing = pairing_registry(&config).await?;
@@ -228,6 +232,7 @@ impl Server {
             ),
             handle_key: crate::handles::HandleKey::derive(&key),
             turn,
+            pusher,
             turn_limiter: KeyedLimiter::<DeviceId>::new(
                 f64::from(config.turn.credentials_per_device_per_minute) / 60.0,
                 f64::from(config.turn.credentials_per_device_per_minute),
@@ -340,6 +345,7 @@ impl Server {
         for task in self.background {
             task.abort();
         }
+        self.context.pusher.stop();
         self.context.pairing.shutdown().await;
         self.context.store.close().await;
         tracing::info!("relay stopped");
@@ -364,8 +370,44 @@ async fn pairing_registry(config: &Config) -> Result<Box<dyn PairingRegistry>, S
     Ok(Box::new(registry))
 }
 
-fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> CommitConfig {
+/// The VAPID key (made at first start, like the relay key) and the wake-up pipeline.
+fn start_pusher(
+    config: &Config,
+    store: &Arc<dyn store::Store>,
+    metrics: &Arc<Metrics>,
+) -> Result<Pusher, StartError> {
+    let (vapid, created) = crate::push::load_or_create_vapid_key(&config.data_dir)?;
+    if created {
+        tracing::info!(vapid_key = %vapid.public(), "created a new VAPID key for push wake-ups");
+    }
+    tracing::info!(vapid_key = %vapid.public(), "push wake-ups: client apps subscribe with this VAPID key");
+    let push = &config.push;
+    let sender = crate::push::sender::Sender::new(
+        vapid,
+        push.subject.clone(),
+        Duration::from_millis(push.timeout_ms.max(1)),
+    );
+    let settings = PushSettings {
+        delay: Duration::from_millis(push.delay_ms),
+        max_queued: push.max_queued,
+        ..PushSettings::default()
+    };
+    Ok(Pusher::start(
+        Arc::clone(store),
+        sender,
+        settings,
+        Arc::clone(metrics),
+    ))
+}
+
+fn commit_config(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Arc<Metrics>,
+    pusher: &Pusher,
+) -> CommitConfig {
     let observer_metrics = Arc::clone(metrics);
+    let pusher = pusher.clone();
     let hub = Arc::clone(hub);
     let committed_metrics = Arc::clone(metrics);
     let uncertain_hub = Arc::clone(&hub);
@@ -381,6 +423,10 @@ fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> Com
         })),
         on_committed: Some(Arc::new(move |user, events| {
             committed_metrics.appends.inc_by(events.len() as u64);
+            // The user's other devices with no session are woken (the senders are online).
+            let mut senders: Vec<DeviceId> = events.iter().map(|e| e.device).collect();
+            senders.dedup();
+            pusher.wake(&[user], &senders, false);
             hub.committed(user, events);
         })),
         on_uncertain: Some(Arc::new(move |user| uncertain_hub.maybe_committed(user))),
@@ -390,12 +436,19 @@ fn commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> Com
 
 /// Conversation sends are batched like appends (same batch limit); each batch wakes every
 /// member user of a conversation that grew once.
-fn conv_commit_config(config: &Config, hub: &Arc<Hub>, metrics: &Arc<Metrics>) -> ConvCommitConfig {
+fn conv_commit_config(
+    config: &Config,
+    hub: &Arc<Hub>,
+    metrics: &Arc<Metrics>,
+    pusher: &Pusher,
+) -> ConvCommitConfig {
     let hub = Arc::clone(hub);
+    let pusher = pusher.clone();
     let observer_metrics = Arc::clone(metrics);
     ConvCommitConfig {
         max_batch: config.log.commit_max_batch.max(1),
-        on_stored: Some(Arc::new(move |conv, head, members| {
+        on_stored: Some(Arc::new(move |conv, head, members, senders| {
+            pusher.wake(members, senders, false);
             hub.conversation_frame(
                 members,
                 &ferry_protocol::ServerFrame::ConvHead { conv, head },

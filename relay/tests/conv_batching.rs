@@ -32,10 +32,12 @@ fn committer(node: &Node) -> (ConvCommitHandle, Arc<Mutex<Seen>>) {
         observer: Some(Arc::new(move |len, _| {
             on_batch.lock().unwrap().batches.push(len);
         })),
-        on_stored: Some(Arc::new(move |conv, head, members: &[UserId]| {
-            let mut seen = on_stored.lock().unwrap();
-            seen.woken.push((conv, head, members.to_vec()));
-        })),
+        on_stored: Some(Arc::new(
+            move |conv, head, members: &[UserId], _senders: &[DeviceId]| {
+                let mut seen = on_stored.lock().unwrap();
+                seen.woken.push((conv, head, members.to_vec()));
+            },
+        )),
         ..ConvCommitConfig::default()
     };
     let store: Arc<dyn ferry_relay::store::Store> = node.faults.clone();

@@ -39,6 +39,9 @@ impl ClientHandle {
             self.lock_calls()
                 .place(call, conv, peer, video, offer, Instant::now(), now_ms())?;
         self.perform(out).await?;
+        // The callee's devices with no session are woken by push (urgently): the offer
+        // itself reaches only those online.
+        self.tell(ClientFrame::ConvWake { conv }).await?;
         Ok(call)
     }
 

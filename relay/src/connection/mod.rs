@@ -23,6 +23,7 @@ mod chain;
 mod conversations;
 mod pairing;
 mod people;
+mod push;
 mod recovery;
 mod session;
 

@@ -47,6 +47,7 @@ use super::calls::{self, TurnAnswer};
 use super::chain::{self, Fetch};
 use super::conversations;
 use super::people::{self, Asker};
+use super::push;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -403,6 +404,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                         tracing::info!(user = %self.user, device = %self.device, code = code.name(), "device no longer admitted; closing its session");
                         Err(Close::new(code))
                     }
+                }
+            }
+            frame if push::is_push_frame(&frame) => {
+                match push::handle(&self.ctx, self.asker, frame).await {
+                    Some(answer) => self.send(Control::Frame(answer)).await,
+                    None => Ok(()),
                 }
             }
             frame if conversations::is_conversation_frame(&frame) => {

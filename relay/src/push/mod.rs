@@ -1,12 +1,17 @@
-//! Push wake-ups: waking a device whose app is asleep, with no content (issue 12, in
-//! progress).
+//! Push wake-ups: waking a device whose app is asleep, with no content (docs/protocol.md
+//! §15, docs/operations.md "Push wake-ups").
 //!
-//! Built so far: the Web Push message itself ([`web_push`]: RFC 8291 encryption for a
-//! subscription and the RFC 8292 VAPID header, checked against the RFC's example) and the
-//! relay's VAPID key ([`load_or_create_vapid_key`], `ferry-relay vapid-key` prints its public
-//! half for client apps). Not yet: devices registering push targets, the queue in the store,
-//! the sender (coalescing, backoff, unregistering on 404/410) and APNs.
+//! - [`web_push`]: the message itself: RFC 8291 encryption for a subscription and the RFC 8292
+//!   VAPID header (checked against the RFC's example), and the relay's VAPID key
+//!   ([`load_or_create_vapid_key`]: made at first start, printed by `ferry-relay vapid-key`).
+//! - [`sender`]: one Web Push request to a push service, and what its answer means.
+//! - [`queue`]: the pipeline of a node: what the relay stored becomes at most one pending
+//!   wake-up per device in the store, and what is due is sent.
+//! - [`check_endpoint`]: which endpoints a device may register.
+//!
+//! APNs is not supported yet.
 
+pub mod queue;
 pub mod sender;
 pub mod web_push;
 
@@ -51,5 +56,95 @@ mod tests {
             load_or_create_vapid_key(dir.path()),
             Err(KeyFileError::Corrupt(_))
         ));
+    }
+}
+
+/// Whether the relay may send to `endpoint` (checked when a device registers it): `https://`
+/// to a host that is not an address of this machine or a private network, so a hostile
+/// client cannot make the relay post to services behind its firewall. With
+/// `allow_loopback` (tests, a local push service), `http://` and `https://` to this machine
+/// are allowed too. (A public name that resolves to a private address is not caught here.)
+pub fn check_endpoint(endpoint: &str, allow_loopback: bool) -> Result<(), &'static str> {
+    let origin = web_push::origin(endpoint).ok_or("the endpoint must be an https:// URL")?;
+    let (scheme, host) = origin.split_once("://").unwrap_or(("", origin));
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return if allow_loopback {
+            Ok(())
+        } else {
+            Err("the endpoint is on the relay's own machine")
+        };
+    }
+    if scheme != "https" {
+        return Err("the endpoint must be an https:// URL");
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let private = match ip {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_broadcast()
+                    || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+            }
+            std::net::IpAddr::V6(v6) => {
+                v6.is_unspecified()
+                    || (v6.segments()[0] & 0xfe00) == 0xfc00
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6.to_ipv4_mapped().is_some()
+            }
+        };
+        if private {
+            return Err("the endpoint is on a private network");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::check_endpoint;
+
+    #[test]
+    fn endpoints_on_this_machine_or_private_networks_are_refused() {
+        for ok in [
+            "https://fcm.googleapis.com/fcm/send/x",
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            "https://203.0.113.7:8443/push",
+        ] {
+            assert_eq!(check_endpoint(ok, false), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://push.example.net/p",
+            "https://127.0.0.1/p",
+            "http://127.0.0.1:4000/p",
+            "https://localhost/p",
+            "https://[::1]:9/p",
+            "https://10.1.2.3/p",
+            "https://192.168.0.1/p",
+            "https://172.16.5.5/p",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/p",
+            "https://[fd00::1]/p",
+            "https://[fe80::1]/p",
+            "https://[::ffff:10.0.0.1]/p",
+            "https://0.0.0.0/p",
+            "ftp://push.example.net/p",
+        ] {
+            assert!(check_endpoint(refused, false).is_err(), "{refused}");
+        }
+        assert_eq!(check_endpoint("http://127.0.0.1:4000/p", true), Ok(()));
+        assert!(check_endpoint("https://10.1.2.3/p", true).is_err());
     }
 }

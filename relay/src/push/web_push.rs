@@ -65,19 +65,22 @@ impl Subscription {
     /// From the endpoint and the two keys as browsers give them (`PushSubscription.toJSON()`:
     /// base64url without padding).
     pub fn new(endpoint: &str, p256dh: &str, auth: &str) -> Result<Self, WebPushError> {
-        origin(endpoint).ok_or(WebPushError::BadEndpoint)?;
         let key = URL_SAFE_NO_PAD
             .decode(p256dh.trim_end_matches('='))
             .map_err(|_| WebPushError::BadSubscription("p256dh is not base64url"))?;
-        let p256dh = PublicKey::from_sec1_bytes(&key)
-            .map_err(|_| WebPushError::BadSubscription("p256dh is not a P-256 point"))?;
         let auth = URL_SAFE_NO_PAD
             .decode(auth.trim_end_matches('='))
-            .ok()
-            .and_then(|a| <[u8; 16]>::try_from(a).ok())
-            .ok_or(WebPushError::BadSubscription(
-                "auth is not 16 bytes of base64url",
-            ))?;
+            .map_err(|_| WebPushError::BadSubscription("auth is not base64url"))?;
+        Self::from_keys(endpoint, &key, &auth)
+    }
+
+    /// From the endpoint and the two keys as bytes (as `PushRegister` carries them).
+    pub fn from_keys(endpoint: &str, p256dh: &[u8], auth: &[u8]) -> Result<Self, WebPushError> {
+        origin(endpoint).ok_or(WebPushError::BadEndpoint)?;
+        let p256dh = PublicKey::from_sec1_bytes(p256dh)
+            .map_err(|_| WebPushError::BadSubscription("p256dh is not a P-256 point"))?;
+        let auth = <[u8; 16]>::try_from(auth)
+            .map_err(|_| WebPushError::BadSubscription("auth is not 16 bytes"))?;
         Ok(Self {
             endpoint: endpoint.to_owned(),
             p256dh,

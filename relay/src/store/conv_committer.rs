@@ -46,7 +46,7 @@ pub const CURSOR_RETRY: Duration = Duration::from_secs(1);
 
 /// Called once per conversation a batch stored messages in: its new head and member users.
 /// It runs on the committer task before the senders are answered: quick, never blocking.
-pub type StoredHook = Arc<dyn Fn(ConvId, u64, &[UserId]) + Send + Sync>;
+pub type StoredHook = Arc<dyn Fn(ConvId, u64, &[UserId], &[DeviceId]) + Send + Sync>;
 
 /// Called after every batch of sends with its size and duration (metrics).
 pub type ConvBatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
@@ -255,8 +255,8 @@ impl ConvCommitter {
             observer(requests.len(), started.elapsed());
         }
         if let Some(on_stored) = &self.config.on_stored {
-            for (conv, (head, members)) in grown(&requests, &answers) {
-                on_stored(conv, head, members);
+            for (conv, (head, members, senders)) in grown(&requests, &answers) {
+                on_stored(conv, head, members, &senders);
             }
         }
         // A sender that gave up (connection closed) no longer listens: ignore it.
@@ -286,11 +286,13 @@ impl ConvCommitter {
 
 /// The conversations the batch stored messages in: the highest position stored in each, and
 /// its member users as the last of them left it.
+/// Per conversation that grew: its new head, its member users, and the devices that sent
+/// to it in the batch.
 fn grown<'a>(
     requests: &[ConvSendRequest],
     answers: &'a [Result<SendOutcome, StoreError>],
-) -> BTreeMap<ConvId, (u64, &'a [UserId])> {
-    let mut grown: BTreeMap<ConvId, (u64, &[UserId])> = BTreeMap::new();
+) -> BTreeMap<ConvId, (u64, &'a [UserId], Vec<DeviceId>)> {
+    let mut grown: BTreeMap<ConvId, (u64, &[UserId], Vec<DeviceId>)> = BTreeMap::new();
     for (request, answer) in requests.iter().zip(answers) {
         if let Ok(SendOutcome::Stored {
             conv_seq, members, ..
@@ -298,9 +300,12 @@ fn grown<'a>(
         {
             let entry = grown
                 .entry(request.send.conv)
-                .or_insert((*conv_seq, members));
+                .or_insert((*conv_seq, members, Vec::new()));
             if *conv_seq >= entry.0 {
-                *entry = (*conv_seq, members);
+                (entry.0, entry.1) = (*conv_seq, members);
+            }
+            if !entry.2.contains(&request.device) {
+                entry.2.push(request.device);
             }
         }
     }

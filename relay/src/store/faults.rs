@@ -40,6 +40,7 @@ use super::conversations::{
     SendOutcome,
 };
 use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
+use super::push::{PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
     LogStore, Store, StoreError,
@@ -617,6 +618,67 @@ impl ConversationStore for FaultyStore {
         device: DeviceId,
     ) -> Result<(u64, Vec<u8>), StoreError> {
         self.inner.group_info(conv, device).await
+    }
+}
+
+#[async_trait]
+impl PushStore for FaultyStore {
+    async fn set_push_target(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        target: &PushTargetRow,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_push_target(user, device, target, now_ms)
+            .await
+    }
+
+    async fn remove_push_target(&self, device: DeviceId) -> Result<bool, StoreError> {
+        self.inner.remove_push_target(device).await
+    }
+
+    async fn push_target(&self, device: DeviceId) -> Result<Option<PushTargetRow>, StoreError> {
+        self.inner.push_target(device).await
+    }
+
+    async fn queue_wake_ups(
+        &self,
+        users: &[UserId],
+        except: &[DeviceId],
+        urgent: bool,
+        due_at_ms: u64,
+        max_queued: u64,
+    ) -> Result<QueuedWakeUps, StoreError> {
+        self.inner
+            .queue_wake_ups(users, except, urgent, due_at_ms, max_queued)
+            .await
+    }
+
+    async fn claim_wake_ups(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<WakeUp>, StoreError> {
+        self.inner.claim_wake_ups(now_ms, lease_ms, limit).await
+    }
+
+    async fn finish_wake_up(&self, device: DeviceId) -> Result<(), StoreError> {
+        self.inner.finish_wake_up(device).await
+    }
+
+    async fn retry_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError> {
+        self.inner.retry_wake_up(device, due_at_ms).await
+    }
+
+    async fn has_unread(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        self.inner.has_unread(user, device).await
+    }
+
+    async fn queued_wake_ups(&self) -> Result<u64, StoreError> {
+        self.inner.queued_wake_ups().await
     }
 }
 

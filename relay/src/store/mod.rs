@@ -6,7 +6,8 @@
 //! `devices.rs`), [`PeopleStore`] (handles, profiles, contacts, blocks and the notices
 //! they write into users' logs, in `people.rs`) and [`ConversationStore`] (conversation
 //! streams validated as MLS's Delivery Service, and the KeyPackage directory, in
-//! `conversations.rs`). [`Store`] is all of them together, what a relay node runs on. One
+//! `conversations.rs`) and [`PushStore`] (push targets and the queue of wake-ups, in
+//! `push.rs`). [`Store`] is all of them together, what a relay node runs on. One
 //! implementation, [`SqlStore`], serves every domain on either backend, chosen from the URL
 //! scheme by [`open`]: SQLite (`sqlite://path?mode=rwc`, the embedded default) or PostgreSQL
 //! (`postgres://…`, production). Both run their migrations (`migrations/sqlite`,
@@ -131,6 +132,7 @@ mod devices;
 pub mod faults;
 mod log;
 mod people;
+mod push;
 pub mod sql;
 
 use std::sync::Arc;
@@ -156,6 +158,7 @@ pub use log::{
     check_device_seq,
 };
 pub use people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
+pub use push::{PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 pub use sql::{Dialect, SqlStore};
 
 /// Opens the store named by `url` with default [`StoreOptions`] and runs its migrations.
@@ -218,7 +221,14 @@ impl Default for StoreOptions {
 /// test suite (`relay/tests/store.rs`).
 #[async_trait]
 pub trait Store:
-    LogStore + ChainStore + DeviceStore + PeopleStore + ConversationStore + std::fmt::Debug + 'static
+    LogStore
+    + ChainStore
+    + DeviceStore
+    + PeopleStore
+    + ConversationStore
+    + PushStore
+    + std::fmt::Debug
+    + 'static
 {
     /// `"sqlite"` or `"postgres"`, for logs and metrics.
     fn backend(&self) -> &'static str;
