@@ -241,6 +241,27 @@ async fn a_call_wakes_the_other_members_devices_at_once_and_urgently() {
 }
 
 #[tokio::test]
+async fn a_conversation_message_wakes_the_other_members_offline_devices() {
+    let service = PushService::start().await;
+    let node = push_node().await;
+    let (mut alice, mut bob, conv) =
+        support::conversation::one_to_one(node.server.local_addr(), node.server.relay_id(), 2)
+            .await;
+    let bob_endpoint = register(&mut bob.client, &service).await;
+    let alice_endpoint = register(&mut alice.client, &service).await;
+    bob.client.close().await;
+
+    alice.say(conv, "are you there?").await;
+    let got = service
+        .wait_for(&bob_endpoint, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(got[0].payload, MESSAGE);
+    tokio::time::sleep(Duration::from_millis(DELAY_MS * 4)).await;
+    assert_eq!(service.received(&bob_endpoint).len(), 1);
+    assert!(service.received(&alice_endpoint).is_empty(), "the sender");
+}
+
+#[tokio::test]
 async fn a_queued_wake_up_survives_a_relay_restart() {
     let service = PushService::start().await;
     let bus = LocalBusHub::new();

@@ -300,6 +300,9 @@ pub(super) fn wake(ctx: &Context, notified: Notified) {
     // Grouped per user, in commit order.
     while let Some((user, _)) = notices.first() {
         let user = *user;
+        // A notice (a contact request, a Welcome into a conversation) wakes the user's
+        // devices that have no session.
+        ctx.pusher.wake(&[user], &[], false);
         let (mine, rest): (Vec<_>, Vec<_>) = notices.into_iter().partition(|(u, _)| *u == user);
         ctx.hub
             .committed(user, mine.into_iter().map(|(_, event)| event).collect());
