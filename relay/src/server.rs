@@ -386,7 +386,8 @@ fn start_pusher(
         vapid,
         push.subject.clone(),
         Duration::from_millis(push.timeout_ms.max(1)),
-    );
+    )
+    .allow_loopback(push.allow_loopback);
     let settings = PushSettings {
         delay: Duration::from_millis(push.delay_ms),
         max_queued: push.max_queued,

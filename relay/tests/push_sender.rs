@@ -24,8 +24,9 @@ fn subscribe(service: &PushService) -> Subscription {
     Subscription::new(&endpoint, &p256dh, &auth).unwrap()
 }
 
+/// A sender allowed to reach the test service on this machine.
 fn sender(vapid: &VapidKey, timeout: Duration) -> Sender {
-    Sender::new(vapid.clone(), SUBJECT.to_owned(), timeout)
+    Sender::new(vapid.clone(), SUBJECT.to_owned(), timeout).allow_loopback(true)
 }
 
 fn now() -> u64 {
@@ -266,4 +267,26 @@ async fn the_service_refuses_forged_or_wrong_vapid_headers_and_foreign_bodies() 
     );
     assert_eq!(service.received(&to.endpoint).len(), 1);
     assert!(service.received(&other.endpoint).is_empty());
+}
+
+/// Without `allow_loopback`, a name resolving to this machine is never connected to (a
+/// registered public name could point there later): the message is not sent.
+#[tokio::test]
+async fn a_sender_never_connects_to_this_machine_unless_allowed() {
+    let service = PushService::start().await;
+    let to = subscribe(&service);
+    let vapid = VapidKey::generate();
+    let strict = Sender::new(vapid.clone(), SUBJECT.to_owned(), WAIT);
+    assert!(matches!(
+        strict.send(&to, b"hello", Urgency::Normal, "", 60).await,
+        SendOutcome::RetryAfter(_)
+    ));
+    assert!(service.received(&to.endpoint).is_empty());
+    assert!(service.failures().is_empty(), "no request reached it");
+    assert_eq!(
+        sender(&vapid, WAIT)
+            .send(&to, b"hello", Urgency::Normal, "", 60)
+            .await,
+        SendOutcome::Delivered
+    );
 }

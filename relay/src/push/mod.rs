@@ -63,7 +63,8 @@ mod tests {
 /// to a host that is not an address of this machine or a private network, so a hostile
 /// client cannot make the relay post to services behind its firewall. With
 /// `allow_loopback` (tests, a local push service), `http://` and `https://` to this machine
-/// are allowed too. (A public name that resolves to a private address is not caught here.)
+/// are allowed too. A name is checked again when the sender resolves it
+/// ([`address_allowed`]).
 pub fn check_endpoint(endpoint: &str, allow_loopback: bool) -> Result<(), &'static str> {
     let origin = web_push::origin(endpoint).ok_or("the endpoint must be an https:// URL")?;
     let (scheme, host) = origin.split_once("://").unwrap_or(("", origin));
@@ -89,31 +90,47 @@ pub fn check_endpoint(endpoint: &str, allow_loopback: bool) -> Result<(), &'stat
     if scheme != "https" {
         return Err("the endpoint must be an https:// URL");
     }
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        let private = match ip {
-            std::net::IpAddr::V4(v4) => {
-                v4.is_private()
-                    || v4.is_link_local()
-                    || v4.is_unspecified()
-                    || v4.is_broadcast()
-                    || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-            }
-            std::net::IpAddr::V6(v6) => {
-                v6.is_unspecified()
-                    || (v6.segments()[0] & 0xfe00) == 0xfc00
-                    || (v6.segments()[0] & 0xffc0) == 0xfe80
-                    || v6.to_ipv4_mapped().is_some()
-            }
-        };
-        if private {
-            return Err("the endpoint is on a private network");
-        }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>()
+        && !address_allowed(ip, false)
+    {
+        return Err("the endpoint is on a private network");
     }
     Ok(())
 }
 
+/// Whether the relay may connect to `ip` for a push: not this machine (unless
+/// `allow_loopback`), nor a private, link-local, shared (100.64/10), unspecified or broadcast
+/// address.
+pub fn address_allowed(ip: std::net::IpAddr, allow_loopback: bool) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return allow_loopback;
+    }
+    let private = match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    !private
+}
+
 #[cfg(test)]
 mod endpoint_tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::check_endpoint;
 
     #[test]
@@ -145,6 +162,26 @@ mod endpoint_tests {
             assert!(check_endpoint(refused, false).is_err(), "{refused}");
         }
         assert_eq!(check_endpoint("http://127.0.0.1:4000/p", true), Ok(()));
+        assert!(check_endpoint("https://[::ffff:127.0.0.1]/p", false).is_err());
+        // What the sender checks after resolving a name.
+        use super::address_allowed;
+        for (ip, loopback_allowed, allowed) in [
+            ("203.0.113.7", false, true),
+            ("2001:db8::1", false, true),
+            ("127.0.0.1", false, false),
+            ("127.0.0.1", true, true),
+            ("::1", true, true),
+            ("::ffff:127.0.0.1", false, false),
+            ("::ffff:10.0.0.1", true, false),
+            ("10.0.0.1", true, false),
+            ("fe80::1", false, false),
+        ] {
+            assert_eq!(
+                address_allowed(ip.parse().unwrap(), loopback_allowed),
+                allowed,
+                "{ip}"
+            );
+        }
         assert!(check_endpoint("https://10.1.2.3/p", true).is_err());
     }
 }

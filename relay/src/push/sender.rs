@@ -85,6 +85,8 @@ pub struct Sender {
     timeout: Duration,
     roots: RootCertStore,
     tls: Option<Arc<ClientConfig>>,
+    /// Whether addresses of this machine may be connected to (tests, a local push service).
+    allow_loopback: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -119,7 +121,16 @@ impl Sender {
             timeout,
             roots,
             tls,
+            allow_loopback: false,
         }
+    }
+
+    /// Lets the sender connect to this machine's addresses (`--push-allow-loopback`). Off by
+    /// default: a push endpoint whose name resolves to this machine or a private network is
+    /// never connected to (see [`crate::push::address_allowed`]).
+    pub fn allow_loopback(mut self, allow: bool) -> Self {
+        self.allow_loopback = allow;
+        self
     }
 
     /// Also trusts `ca` for `https://` endpoints (a private push service, or tests).
@@ -249,7 +260,14 @@ impl Sender {
         target: &Target,
         request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Option<HeaderValue>), BoxError> {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        // The name is resolved here and every address checked: a public name that resolves
+        // to a private address (at registration or since) is not connected to.
+        let resolved = tokio::net::lookup_host((target.host.as_str(), target.port)).await?;
+        let mut allowed = resolved.filter(|a| super::address_allowed(a.ip(), self.allow_loopback));
+        let addr = allowed
+            .next()
+            .ok_or("the push endpoint resolves to no public address")?;
+        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         if target.https {
             let config = self.tls.clone().ok_or("no TLS configuration")?;
