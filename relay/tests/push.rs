@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ferry_protocol::{ClientFrame, ErrorCode, PushTarget, ServerFrame};
+use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, PushTarget, ServerFrame, UserId};
 use ferry_relay::bus::LocalBusHub;
+use ferry_relay::push::queue::PER_ORIGIN_SENDS;
+use ferry_relay::store::PushTargetRow;
 use support::client::{Client, Identity};
 use support::node::{Node, next_frame, node, node_on, send_appends};
 use support::push_service::{Answer, PushService};
+use support::random_bytes;
 
 const MESSAGE: &[u8] = br#"{"v":1,"kind":"message"}"#;
 const CALL: &[u8] = br#"{"v":1,"kind":"call"}"#;
@@ -259,6 +262,57 @@ async fn a_conversation_message_wakes_the_other_members_offline_devices() {
     tokio::time::sleep(Duration::from_millis(DELAY_MS * 4)).await;
     assert_eq!(service.received(&bob_endpoint).len(), 1);
     assert!(service.received(&alice_endpoint).is_empty(), "the sender");
+}
+
+/// A push service that never answers holds at most its share of the sends: a wake-up for
+/// another service goes out at once, while the stuck one's wait for their timeout.
+#[tokio::test]
+async fn a_stuck_push_service_does_not_delay_another() {
+    let (stuck, healthy) = (PushService::start().await, PushService::start().await);
+    let node = node(|config| {
+        config.push.allow_loopback = true;
+        config.push.timeout_ms = 20_000;
+    })
+    .await;
+    let store = node.store();
+    // A target of `service` in the store, for a new device of a new user.
+    let target = |service: &PushService| {
+        let (endpoint, p256dh, auth) = service.subscribe();
+        let row = PushTargetRow {
+            endpoint: endpoint.clone(),
+            p256dh: URL_SAFE_NO_PAD.decode(p256dh).unwrap(),
+            auth: URL_SAFE_NO_PAD.decode(auth).unwrap(),
+        };
+        (UserId(random_bytes()), DeviceId(random_bytes()), row)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // More wake-ups for the stuck service than the node sends at once, all due first.
+    let concurrency = ferry_relay::push::queue::PushSettings::default().concurrency;
+    assert!(PER_ORIGIN_SENDS < concurrency);
+    let mut users = Vec::new();
+    for _ in 0..concurrency + 8 {
+        let (user, device, row) = target(&stuck);
+        stuck.set_answer(&row.endpoint, Answer::Hang);
+        store.set_push_target(user, device, &row, 0).await.unwrap();
+        users.push(user);
+    }
+    store
+        .queue_wake_ups(&users, &[], true, now - 1_000, u64::MAX)
+        .await
+        .unwrap();
+    let (user, device, row) = target(&healthy);
+    store.set_push_target(user, device, &row, 0).await.unwrap();
+    store
+        .queue_wake_ups(&[user], &[], true, now, u64::MAX)
+        .await
+        .unwrap();
+    let got = healthy
+        .wait_for(&row.endpoint, 1, Duration::from_secs(3))
+        .await;
+    assert_eq!(got[0].payload, CALL);
 }
 
 #[tokio::test]

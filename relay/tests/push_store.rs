@@ -121,6 +121,12 @@ async fn wake_ups_are_coalesced_claimed_once_retried_bounded_and_removed_with_th
     // A lease that ran out (the sending node died) is claimed again.
     let after_lease = claim_mine(store, 3_000 + 60_000, &[b1]).await;
     assert_eq!(after_lease.len(), 1);
+    // Deferred (its push service was busy): due later, no attempt counted.
+    store.defer_wake_up(b1, 70_000).await.unwrap();
+    assert!(claim_mine(store, 69_999, &[b1]).await.is_empty());
+    let deferred = claim_mine(store, 70_000, &[b1]).await;
+    assert_eq!(deferred.len(), 1);
+    assert_eq!(deferred[0].attempts, 1);
 
     // The queue is bounded: nothing is queued once it holds `max_queued`.
     let pending = store.queued_wake_ups().await.unwrap();

@@ -7,7 +7,8 @@
 //!    intake task, every INTAKE_INTERVAL: PushStore::queue_wake_ups (coalesced per device)
 //!    sender task, every SEND_INTERVAL or when woken: PushStore::claim_wake_ups (leased)
 //!      each wake-up in a task of its own (at most `concurrency`, and PER_ORIGIN_SENDS per
-//!      push service: one stuck service never holds the others up):
+//!      push service, beyond which a wake-up is deferred a moment: one stuck service never
+//!      holds the others up):
 //!        a message wake-up for a device that read everything since: dropped (it is online)
 //!        Web Push ─▶ 201: done · 404/410: target removed · 429/5xx/timeout: retried later
 //!                    (backoff with jitter, Retry-After honoured) · other 4xx: given up
@@ -36,8 +37,12 @@ const INTAKE_INTERVAL: Duration = Duration::from_millis(100);
 const SEND_INTERVAL: Duration = Duration::from_millis(500);
 /// Wake-ups claimed at once.
 const CLAIM_LIMIT: u32 = 64;
-/// Sends to one push service (origin) at once on this node.
-pub const PER_ORIGIN_SENDS: usize = 8;
+/// Sends to one push service (origin) at once on this node: half the default concurrency,
+/// so a stuck service leaves the other half to the others.
+pub const PER_ORIGIN_SENDS: usize = 32;
+/// A wake-up for a push service at its limit is claimed again after this long (others go
+/// first meanwhile).
+const BUSY_DEFERRAL: Duration = Duration::from_millis(250);
 /// Wake-up requests waiting for the intake task.
 const CHANNEL_LEN: usize = 8192;
 /// The Web Push topic: a newer wake-up replaces an undelivered older one at the push service.
@@ -253,16 +258,25 @@ async fn run_sender(
             let origin = web_push::origin(&wake_up.target.endpoint)
                 .unwrap_or_default()
                 .to_owned();
-            {
+            let at_limit = {
                 let mut busy = origins
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let count = busy.entry(origin.clone()).or_default();
-                if *count >= PER_ORIGIN_SENDS {
-                    // That service is slow: this one waits for its lease to run out.
-                    continue;
+                let at_limit = *count >= PER_ORIGIN_SENDS;
+                if !at_limit {
+                    *count += 1;
                 }
-                *count += 1;
+                at_limit
+            };
+            if at_limit {
+                // That service is busy: this one waits a little, without counting an
+                // attempt, and the next claim takes others first.
+                let due_at = now_ms() + u64::try_from(BUSY_DEFERRAL.as_millis()).unwrap_or(0);
+                if let Err(error) = store.defer_wake_up(wake_up.device, due_at).await {
+                    tracing::warn!(%error, "could not defer a wake-up");
+                }
+                continue;
             }
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                 return;

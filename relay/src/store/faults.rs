@@ -673,6 +673,10 @@ impl PushStore for FaultyStore {
         self.inner.retry_wake_up(device, due_at_ms).await
     }
 
+    async fn defer_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError> {
+        self.inner.defer_wake_up(device, due_at_ms).await
+    }
+
     async fn has_unread(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
         self.inner.has_unread(user, device).await
     }

@@ -89,6 +89,10 @@ pub trait PushStore: Send + Sync {
     /// Sending failed for now: tried again at `due_at_ms`, one more attempt counted.
     async fn retry_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError>;
 
+    /// Not sent now (its push service is busy): due again at `due_at_ms`, no attempt
+    /// counted.
+    async fn defer_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError>;
+
     /// Whether the device has not acknowledged everything it has to read: events of its
     /// user's log, or messages of a conversation it is in.
     async fn has_unread(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError>;
@@ -336,6 +340,19 @@ impl PushStore for SqlStore {
             sqlx::query(
                 "UPDATE push_queue SET attempts = attempts + 1, due_at = $2, claimed_until = 0
                  WHERE device_id = $1",
+            )
+            .bind(device.as_bytes().as_slice())
+            .bind(db_int(due_at_ms))
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn defer_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError> {
+        on_writer!(&self.db, |pool| {
+            sqlx::query(
+                "UPDATE push_queue SET due_at = $2, claimed_until = 0 WHERE device_id = $1",
             )
             .bind(device.as_bytes().as_slice())
             .bind(db_int(due_at_ms))
