@@ -46,6 +46,9 @@ enum Command {
     /// An MLS group conversation (users × 2 devices, every device decrypting) at a fixed
     /// message rate, beside the per-user sync log at the same rate.
     Conversations,
+    /// Push wake-ups per second to a local push service: users × 2 devices, device B offline
+    /// with a Web Push target, device A appending a burst.
+    Push,
     /// Run a relay in this process until killed (used by `idle` when no ferry-relay binary
     /// is found next to this one); takes the relay's own flags.
     #[command(hide = true)]
@@ -78,7 +81,8 @@ struct Common {
     /// Measured seconds of time-bounded scenarios (default 10, quick 1).
     #[arg(long, global = true)]
     duration_secs: Option<f64>,
-    /// Users, two devices each (appends 64, latency 100, cluster 40, conversations 100).
+    /// Users, two devices each (appends 64, latency 100, cluster 40, conversations 100, push
+    /// 1,000).
     #[arg(long, global = true)]
     users: Option<usize>,
     /// Appends in flight per device (appends: 32).
@@ -106,6 +110,9 @@ struct Common {
     /// The relay binary `idle` starts (default: ferry-relay next to this binary).
     #[arg(long, global = true)]
     relay_bin: Option<PathBuf>,
+    /// The relay's push delay in ms (push: 200; the relay's own default is 2,000).
+    #[arg(long, global = true)]
+    push_delay_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster => vec![Scenario::Cluster],
         Command::People => vec![Scenario::People],
         Command::Conversations => vec![Scenario::Conversations],
+        Command::Push => vec![Scenario::Push],
         Command::ServeRelay(args) => return serve_relay(args.config),
     };
     let common = cli.common;
@@ -141,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         connections: common.connections,
         sources: common.sources.max(1),
         relay_bin: common.relay_bin,
+        push_delay_ms: common.push_delay_ms,
     };
     // Many sockets at once: up to the hard limit (the idle scenario's relay inherits it).
     ferry_bench::scenarios::idle::raise_nofile();

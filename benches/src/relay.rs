@@ -55,6 +55,13 @@ pub struct NodeOptions {
     /// `Config::limits.people_writes_per_device_per_second`; `None` keeps the relay's default
     /// (the `people` scenario measures within it; `conversations` sets a group up faster).
     pub people_writes_per_second: Option<u32>,
+    /// `Config::push.allow_loopback`: devices may register, and the relay sends to,
+    /// `http://127.0.0.1` push endpoints (the `push` scenario's local push service).
+    pub push_allow_loopback: bool,
+    /// `Config::push.delay_ms`; `None` keeps the relay's default (2 s).
+    pub push_delay_ms: Option<u64>,
+    /// `Config::push.timeout_ms`; `None` keeps the relay's default (10 s).
+    pub push_timeout_ms: Option<u64>,
 }
 
 /// The limits every bench relay runs with: far above what any scenario sends.
@@ -136,6 +143,13 @@ impl BenchRelay {
         }
         if let Some(max_batch) = options.commit_max_batch {
             config.log.commit_max_batch = max_batch;
+        }
+        config.push.allow_loopback = options.push_allow_loopback;
+        if let Some(delay_ms) = options.push_delay_ms {
+            config.push.delay_ms = delay_ms;
+        }
+        if let Some(timeout_ms) = options.push_timeout_ms {
+            config.push.timeout_ms = timeout_ms;
         }
         let server = Server::spawn(config)
             .await

@@ -27,6 +27,7 @@ fn tiny() -> Options {
         connections: None,
         sources: 4,
         relay_bin: None,
+        push_delay_ms: None,
     }
 }
 
@@ -75,4 +76,22 @@ async fn people_times_both_kinds_of_request() {
     }
     assert!(value(&people, "first request: ratio of medians").is_finite());
     assert_eq!(value(&people, "first request: requests retried"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_wakes_each_offline_device_once() {
+    // Two users: device B of each registers on the local push service and goes offline,
+    // device A appends a burst; one wake-up per user, on one push service and on four.
+    let push = Scenario::Push.run(&tiny()).await.unwrap();
+    for services in ["1 push service", "4 push services"] {
+        assert_eq!(value(&push, &format!("{services}: users not woken")), 0.0);
+        assert_eq!(
+            value(&push, &format!("{services}: duplicate wake-ups")),
+            0.0
+        );
+        assert_eq!(value(&push, &format!("{services}: requests refused")), 0.0);
+        let sent = format!("{services}: relay ferry_push_wake_ups_total{{outcome=\"sent\"}}");
+        assert_eq!(value(&push, &sent), 2.0);
+        assert!(value(&push, &format!("{services}: first append → last wake-up")) > 0.0);
+    }
 }

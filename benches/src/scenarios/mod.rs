@@ -8,6 +8,7 @@ pub mod handshakes;
 pub mod idle;
 pub mod latency;
 pub mod people;
+pub mod push;
 pub mod replay;
 pub mod wire;
 
@@ -33,7 +34,7 @@ pub struct Options {
     pub services: Services,
     /// Measured time of time-bounded scenarios.
     pub duration: Option<Duration>,
-    /// Users (each with two devices) in appends, latency, cluster and conversations.
+    /// Users (each with two devices) in appends, latency, cluster, conversations and push.
     pub users: Option<usize>,
     /// Appends in flight per device (appends).
     pub window: Option<usize>,
@@ -51,6 +52,8 @@ pub struct Options {
     pub sources: usize,
     /// The relay binary for `idle` (default: `ferry-relay` next to this binary).
     pub relay_bin: Option<PathBuf>,
+    /// The relay's `--push-delay-ms` in push (default [`push::DELAY_MS`]).
+    pub push_delay_ms: Option<u64>,
 }
 
 impl Options {
@@ -87,11 +90,13 @@ pub enum Scenario {
     /// An MLS group conversation (users × 2 devices) at a fixed message rate, beside the
     /// sync log at the same rate.
     Conversations,
+    /// Push wake-ups per second to a local push service (users × 2 devices, one offline).
+    Push,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Handshakes,
         Self::Appends,
         Self::Latency,
@@ -101,6 +106,7 @@ impl Scenario {
         Self::Cluster,
         Self::People,
         Self::Conversations,
+        Self::Push,
     ];
 
     /// The name used in commands and tables.
@@ -115,6 +121,7 @@ impl Scenario {
             Self::Cluster => "cluster",
             Self::People => "people",
             Self::Conversations => "conversations",
+            Self::Push => "push",
         }
     }
 
@@ -130,6 +137,7 @@ impl Scenario {
             Self::Cluster => cluster::run(options).await,
             Self::People => people::run(options).await,
             Self::Conversations => conversations::run(options).await,
+            Self::Push => push::run(options).await,
         }
     }
 }
