@@ -47,6 +47,18 @@ async fn register(client: &mut Client, service: &PushService) -> String {
     endpoint
 }
 
+/// A new user's phone (its session returned) and laptop, whose push target on `service`
+/// (the endpoint returned) is registered before it goes offline.
+async fn offline_laptop(node: &Node, service: &PushService) -> (Client, Identity, String) {
+    let phone = Identity::new_user();
+    let laptop = phone.another_device("laptop");
+    let phone_session = node.connect(&phone, None).await;
+    let mut laptop_session = node.connect(&laptop, None).await;
+    let endpoint = register(&mut laptop_session, service).await;
+    laptop_session.close().await;
+    (phone_session, laptop, endpoint)
+}
+
 /// The answer to a request: `Done` or an error code (events and heads passed over).
 async fn done(client: &mut Client) -> Result<(), ErrorCode> {
     loop {
@@ -133,12 +145,7 @@ async fn a_burst_to_an_offline_device_is_one_content_free_wake_up_and_an_online_
 async fn a_target_the_push_service_forgot_is_unregistered() {
     let service = PushService::start().await;
     let node = push_node().await;
-    let phone = Identity::new_user();
-    let laptop = phone.another_device("laptop");
-    let mut phone_session = node.connect(&phone, None).await;
-    let mut laptop_session = node.connect(&laptop, None).await;
-    let endpoint = register(&mut laptop_session, &service).await;
-    laptop_session.close().await;
+    let (mut phone_session, laptop, endpoint) = offline_laptop(&node, &service).await;
     service.set_answer(&endpoint, Answer::Status(410));
 
     send_appends(&mut phone_session, 1..=1).await;
@@ -325,12 +332,7 @@ async fn a_queued_wake_up_survives_a_relay_restart() {
         config.push.delay_ms = 5_000;
     })
     .await;
-    let phone = Identity::new_user();
-    let laptop = phone.another_device("laptop");
-    let mut phone_session = first.connect(&phone, None).await;
-    let mut laptop_session = first.connect(&laptop, None).await;
-    let endpoint = register(&mut laptop_session, &service).await;
-    laptop_session.close().await;
+    let (mut phone_session, _, endpoint) = offline_laptop(&first, &service).await;
     send_appends(&mut phone_session, 1..=1).await;
     // Queued (the intake writes every 100 ms), not due yet: the relay stops.
     for _ in 0..50 {

@@ -336,30 +336,11 @@ impl PushStore for SqlStore {
     }
 
     async fn retry_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError> {
-        on_writer!(&self.db, |pool| {
-            sqlx::query(
-                "UPDATE push_queue SET attempts = attempts + 1, due_at = $2, claimed_until = 0
-                 WHERE device_id = $1",
-            )
-            .bind(device.as_bytes().as_slice())
-            .bind(db_int(due_at_ms))
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
+        self.reschedule_wake_up(device, due_at_ms, 1).await
     }
 
     async fn defer_wake_up(&self, device: DeviceId, due_at_ms: u64) -> Result<(), StoreError> {
-        on_writer!(&self.db, |pool| {
-            sqlx::query(
-                "UPDATE push_queue SET due_at = $2, claimed_until = 0 WHERE device_id = $1",
-            )
-            .bind(device.as_bytes().as_slice())
-            .bind(db_int(due_at_ms))
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
+        self.reschedule_wake_up(device, due_at_ms, 0).await
     }
 
     async fn has_unread(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
@@ -386,5 +367,28 @@ impl PushStore for SqlStore {
                 .await?
         });
         from_db_int(n, "count")
+    }
+}
+
+impl SqlStore {
+    /// Releases a claimed wake-up, due again at `due_at_ms`, counting `attempts` more.
+    async fn reschedule_wake_up(
+        &self,
+        device: DeviceId,
+        due_at_ms: u64,
+        attempts: i64,
+    ) -> Result<(), StoreError> {
+        on_writer!(&self.db, |pool| {
+            sqlx::query(
+                "UPDATE push_queue SET attempts = attempts + $3, due_at = $2, claimed_until = 0
+                 WHERE device_id = $1",
+            )
+            .bind(device.as_bytes().as_slice())
+            .bind(db_int(due_at_ms))
+            .bind(attempts)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
     }
 }
