@@ -143,6 +143,10 @@ pub struct ConvSend {
     pub welcome: Option<serde_bytes::ByteBuf>,
     /// Commits: the new epoch's GroupInfo (with the ratchet tree), kept for external joins.
     pub group_info: Option<serde_bytes::ByteBuf>,
+    /// Application messages: the attachments (blobs) the message refers to. The relay keeps
+    /// each while a message that refers to it is kept, and lets the conversation's members
+    /// fetch it (docs/protocol.md §16).
+    pub attachments: Vec<crate::attachments::BlobId>,
 }
 
 /// One stored conversation message as the relay delivers it.
@@ -226,7 +230,11 @@ pub fn check_send(send: &ConvSend) -> Result<(), DecodeError> {
     if let Some(info) = &send.group_info {
         check_len("group info", info.len(), MAX_GROUP_BLOB_LEN)?;
     }
-    Ok(())
+    check_len(
+        "attachments",
+        send.attachments.len(),
+        crate::attachments::MAX_ATTACHMENTS_PER_MESSAGE,
+    )
 }
 
 /// Checks the lengths in a page of conversation summaries.
@@ -284,6 +292,7 @@ mod tests {
             message: vec![0; MAX_MLS_MESSAGE_LEN],
             welcome: Some(vec![0; MAX_GROUP_BLOB_LEN].into()),
             group_info: Some(vec![0; MAX_GROUP_BLOB_LEN].into()),
+            attachments: Vec::new(),
         };
         assert!(check_send(&send).is_ok());
         send.message.push(0);

@@ -112,6 +112,14 @@ pub enum ErrorCode {
     TurnUnavailable,
     /// 801: a push target the relay cannot use.
     PushTargetInvalid,
+    /// 810: an attachment larger than the relay stores.
+    AttachmentTooLarge,
+    /// 811: no such attachment, or this device may not read it.
+    NoSuchAttachment,
+    /// 812: the attachment is not uploaded completely yet.
+    AttachmentIncomplete,
+    /// 813: the uploaded attachment does not match its digest.
+    AttachmentCorrupt,
     /// 900: the relay hit an internal error.
     Internal,
     /// 901: the relay is shutting down or its storage is unavailable.
@@ -126,7 +134,7 @@ impl ErrorCode {
     pub const CLOSE_CODE_BASE: u16 = 4000;
 
     /// Every known code, in numeric order (used by the docs and tests).
-    pub const ALL: [ErrorCode; 49] = [
+    pub const ALL: [ErrorCode; 53] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::PayloadTooLarge,
@@ -174,6 +182,10 @@ impl ErrorCode {
         Self::KeyPackageLimit,
         Self::TurnUnavailable,
         Self::PushTargetInvalid,
+        Self::AttachmentTooLarge,
+        Self::NoSuchAttachment,
+        Self::AttachmentIncomplete,
+        Self::AttachmentCorrupt,
         Self::Internal,
         Self::Unavailable,
     ];
@@ -228,6 +240,10 @@ impl ErrorCode {
             Self::KeyPackageLimit => 704,
             Self::TurnUnavailable => 800,
             Self::PushTargetInvalid => 801,
+            Self::AttachmentTooLarge => 810,
+            Self::NoSuchAttachment => 811,
+            Self::AttachmentIncomplete => 812,
+            Self::AttachmentCorrupt => 813,
             Self::Internal => 900,
             Self::Unavailable => 901,
             Self::Unknown(n) => n,
@@ -284,6 +300,10 @@ impl ErrorCode {
             Self::KeyPackageLimit => "key_package_limit",
             Self::TurnUnavailable => "turn_unavailable",
             Self::PushTargetInvalid => "push_target_invalid",
+            Self::AttachmentTooLarge => "attachment_too_large",
+            Self::NoSuchAttachment => "no_such_attachment",
+            Self::AttachmentIncomplete => "attachment_incomplete",
+            Self::AttachmentCorrupt => "attachment_corrupt",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unknown(_) => "unknown",
@@ -429,6 +449,18 @@ impl ErrorCode {
             }
             Self::PushTargetInvalid => {
                 "The push target was refused: the endpoint must be an https:// URL and the keys a P-256 public key and a 16-byte secret, as the browser's PushSubscription gives them."
+            }
+            Self::AttachmentTooLarge => {
+                "The file is larger than this relay stores; send a smaller file or ask the operator to raise the limit."
+            }
+            Self::NoSuchAttachment => {
+                "No such attachment, or it has expired or been deleted with its messages, or this device is not in a conversation that shares it."
+            }
+            Self::AttachmentIncomplete => {
+                "The attachment is not completely uploaded yet; finish the upload before sending or fetching it."
+            }
+            Self::AttachmentCorrupt => {
+                "The uploaded bytes do not match the attachment's digest (the file changed while it was uploaded, or the upload was corrupted); upload it again."
             }
             Self::Internal => {
                 "The relay hit an internal error; retry, and report it to the operator if it persists."

@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
+use crate::attachments::{BlobId, PART_LEN};
 use crate::chain::Link;
 use crate::codec::{DecodeError, Wire, check_len};
 use crate::conversations::{
@@ -360,6 +361,38 @@ pub enum ClientFrame {
         /// The conversation.
         conv: ConvId,
     },
+    /// Start uploading an attachment: a blob of `size` bytes (the sealed file) whose SHA-256
+    /// is `digest`; answered with `BlobCreated`, or `Error(attachment_too_large |
+    /// quota_exceeded | rate_limited)`.
+    BlobCreate {
+        /// The blob's length in bytes (at least 1).
+        size: u64,
+        /// SHA-256 of the whole blob, checked by the relay when the last part arrives.
+        digest: [u8; 32],
+    },
+    /// Part `part` of an upload: exactly `attachments::part_len(size, part)` bytes. A part
+    /// stored already is not stored again (so a part sent twice across a reconnect is
+    /// harmless), and one beyond the next missing part is not stored; the answer is
+    /// `BlobStored` with how many parts the relay holds, or `Error(no_such_attachment |
+    /// attachment_corrupt | rate_limited)`.
+    BlobPut {
+        /// The blob (from `BlobCreated`).
+        blob: BlobId,
+        /// Which part, from 0.
+        part: u32,
+        /// Its bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Part `part` of a complete blob this device may read (its user uploaded it, or is in a
+    /// conversation with a kept message that refers to it); answered with `BlobPart`, or
+    /// `Error(no_such_attachment | attachment_incomplete | rate_limited)`.
+    BlobGet {
+        /// The blob.
+        blob: BlobId,
+        /// Which part, from 0.
+        part: u32,
+    },
 }
 
 /// Where a device is woken up (see docs/protocol.md §15). Wake-ups carry no sender, no
@@ -662,6 +695,35 @@ pub enum ServerFrame {
     /// The answer to `TurnCredentialsFetch`: coturn's `use-auth-secret` scheme, valid for
     /// every URL until `expires_at`.
     TurnCredentials(TurnCredentials),
+    /// The answer to `BlobCreate`: upload the parts to `blob`.
+    BlobCreated {
+        /// The new blob's id (a capability).
+        blob: BlobId,
+        /// When the relay deletes it unless a message refers to it by then (Unix ms).
+        unreferenced_until: u64,
+    },
+    /// The answer to `BlobPut`: the relay holds parts `0..stored`; `complete` once all are
+    /// there and the digest matched.
+    BlobStored {
+        /// The blob.
+        blob: BlobId,
+        /// Parts held.
+        stored: u32,
+        /// Whether the blob is complete.
+        complete: bool,
+    },
+    /// The answer to `BlobGet`.
+    BlobPart {
+        /// The blob.
+        blob: BlobId,
+        /// Which part.
+        part: u32,
+        /// The blob's length in bytes.
+        size: u64,
+        /// The part's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// Credentials for the relay's TURN servers (coturn's REST scheme: `username` is
@@ -750,10 +812,13 @@ impl Wire for ClientFrame {
             }
             Self::ConvSend(send) => conversations::check_send(send),
             Self::PushRegister(target) => target.check_limits(),
+            Self::BlobPut { bytes, .. } => check_len("blob part", bytes.len(), PART_LEN),
             Self::ConvEphemeral { body, .. } => {
                 check_len("ephemeral body", body.len(), MAX_EPHEMERAL_LEN)
             }
             Self::KeyPackagesClaim { .. }
+            | Self::BlobCreate { .. }
+            | Self::BlobGet { .. }
             | Self::ConvFetch { .. }
             | Self::ConvAck { .. }
             | Self::ConvRead { .. }
@@ -849,7 +914,10 @@ impl Wire for ServerFrame {
                 check_len("group info", group_info.len(), MAX_GROUP_BLOB_LEN)
             }
             Self::TurnCredentials(credentials) => credentials.check_limits(),
+            Self::BlobPart { bytes, .. } => check_len("blob part", bytes.len(), PART_LEN),
             Self::KeyPackageCount { .. }
+            | Self::BlobCreated { .. }
+            | Self::BlobStored { .. }
             | Self::ConvCreated { .. }
             | Self::ConvSent { .. }
             | Self::ConvStale { .. }

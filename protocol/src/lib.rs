@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attachments;
 pub mod chain;
 pub mod channel;
 pub mod codec;

@@ -442,6 +442,7 @@ fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
         message: vec![0xc1; 8],
         welcome: Some(vec![0xc2; 8].into()),
         group_info: Some(vec![0xc3; 8].into()),
+        attachments: Vec::new(),
     };
     line!(
         "conv_frame_send_commit",
@@ -546,6 +547,89 @@ fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
     line!(
         "push_frame_conv_wake",
         codec::encode(&ClientFrame::ConvWake { conv })
+    );
+    attachment_vectors(out, conv);
+}
+
+/// Section 16, attachments: a file of `CHUNK_LEN + 3` bytes of 0x5a (two chunks) under the
+/// file key `0x66…`, the blob `0xb1…`, and a message of the conversation above that refers
+/// to it.
+fn attachment_vectors(out: &mut String, conv: ferry_protocol::ConvId) {
+    use ferry_protocol::attachments::{BlobId, CHUNK_LEN, FileKey};
+    use ferry_protocol::conversations::{ConvSend, MessageClass};
+    use sha2::{Digest, Sha256};
+    macro_rules! line {
+        ($name:expr, $bytes:expr) => {
+            writeln!(out, "{} = {}", $name, hex::encode($bytes)).unwrap()
+        };
+    }
+    let key = FileKey([0x66; 32]);
+    let file = vec![0x5a; CHUNK_LEN + 3];
+    let first = key.seal_chunk(0, false, &file[..CHUNK_LEN]);
+    let last = key.seal_chunk(1, true, &file[CHUNK_LEN..]);
+    // The first part is long: its tag (last 16 bytes) stands for it.
+    line!("attachment_part0_tag", &first[first.len() - 16..]);
+    line!("attachment_part1", &last);
+    let mut digest = Sha256::new();
+    digest.update(&first);
+    digest.update(&last);
+    let digest: [u8; 32] = digest.finalize().into();
+    line!("attachment_blob_sha256", digest);
+    let blob = BlobId([0xb1; 32]);
+    let size = (first.len() + last.len()) as u64;
+    line!(
+        "attachment_frame_create",
+        codec::encode(&ClientFrame::BlobCreate { size, digest })
+    );
+    line!(
+        "attachment_frame_created",
+        codec::encode(&ServerFrame::BlobCreated {
+            blob,
+            unreferenced_until: 1_700_086_400_000,
+        })
+    );
+    line!(
+        "attachment_frame_put",
+        codec::encode(&ClientFrame::BlobPut {
+            blob,
+            part: 1,
+            bytes: last.clone(),
+        })
+    );
+    line!(
+        "attachment_frame_stored",
+        codec::encode(&ServerFrame::BlobStored {
+            blob,
+            stored: 2,
+            complete: true,
+        })
+    );
+    line!(
+        "attachment_frame_get",
+        codec::encode(&ClientFrame::BlobGet { blob, part: 1 })
+    );
+    line!(
+        "attachment_frame_part",
+        codec::encode(&ServerFrame::BlobPart {
+            blob,
+            part: 1,
+            size,
+            bytes: last,
+        })
+    );
+    let send = ConvSend {
+        conv,
+        device_seq: 9,
+        epoch: 2,
+        class: MessageClass::Content,
+        message: vec![0xc4; 8],
+        welcome: None,
+        group_info: None,
+        attachments: vec![blob],
+    };
+    line!(
+        "attachment_frame_conv_send",
+        codec::encode(&ClientFrame::ConvSend(Box::new(send)))
     );
 }
 

@@ -109,6 +109,78 @@ pub struct Config {
     /// Push wake-ups.
     #[command(flatten)]
     pub push: PushConfig,
+
+    /// Attachments (encrypted files).
+    #[command(flatten)]
+    pub attachments: AttachmentConfig,
+}
+
+/// Attachments: where the relay keeps blobs, and how much (see [`crate::attachments`]).
+#[derive(Args, Clone, Debug)]
+pub struct AttachmentConfig {
+    /// Where blobs are kept: a folder (`PATH` or `file://PATH`), S3-compatible object
+    /// storage (`s3://BUCKET/PREFIX`; region, endpoint and credentials from the `AWS_*`
+    /// environment variables), or `memory://` (lost at exit: tests only). Default: the
+    /// `blobs` folder in the data folder.
+    #[arg(
+        long = "blob-store",
+        global = true,
+        env = "FERRY_BLOB_STORE",
+        value_name = "URL"
+    )]
+    pub store: Option<String>,
+
+    /// Largest attachment (sealed file) stored, in bytes.
+    #[arg(
+        long = "attachment-max-bytes",
+        global = true,
+        env = "FERRY_ATTACHMENT_MAX_BYTES",
+        value_name = "BYTES",
+        default_value_t = 100 * 1024 * 1024
+    )]
+    pub max_bytes: u64,
+
+    /// Bytes of attachments a user may have stored at once (every blob it uploaded counts
+    /// until it is deleted).
+    #[arg(
+        long = "attachment-quota-bytes",
+        global = true,
+        env = "FERRY_ATTACHMENT_QUOTA_BYTES",
+        value_name = "BYTES",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub quota_bytes: u64,
+
+    /// Attachments older than this are deleted, whatever refers to them.
+    #[arg(
+        long = "attachment-max-age-secs",
+        global = true,
+        env = "FERRY_ATTACHMENT_MAX_AGE_SECS",
+        value_name = "SECS",
+        default_value_t = 30 * 86_400
+    )]
+    pub max_age_secs: u64,
+
+    /// An attachment no message refers to this long after its upload started is deleted.
+    #[arg(
+        long = "attachment-unreferenced-secs",
+        global = true,
+        env = "FERRY_ATTACHMENT_UNREFERENCED_SECS",
+        value_name = "SECS",
+        default_value_t = 86_400
+    )]
+    pub unreferenced_secs: u64,
+
+    /// Parts (256 KiB each) a device may upload or download per second, with as many in a
+    /// burst: its attachment bandwidth.
+    #[arg(
+        long = "attachment-parts-per-device-per-second",
+        global = true,
+        env = "FERRY_ATTACHMENT_PARTS_PER_DEVICE_PER_SECOND",
+        value_name = "N",
+        default_value_t = 400
+    )]
+    pub parts_per_device_per_second: u32,
 }
 
 /// Push wake-ups (Web Push with the relay's VAPID key, `DATA_DIR/vapid.key`): see
@@ -702,6 +774,8 @@ impl std::fmt::Debug for Config {
             .field("tls_key", &self.tls_key)
             .field("log", &self.log)
             .field("turn", &self.turn)
+            .field("push", &self.push)
+            .field("attachments", &self.attachments)
             .finish()
     }
 }

@@ -56,6 +56,10 @@ pub struct Context {
     pub turn: Option<crate::turn::TurnIssuer>,
     /// TURN credentials per device.
     pub turn_limiter: KeyedLimiter<DeviceId>,
+    /// Where attachments' bytes are kept.
+    pub blobs: Arc<dyn crate::attachments::BlobStorage>,
+    /// Attachment parts put and got per device.
+    pub attachment_limiter: KeyedLimiter<DeviceId>,
     /// Wakes devices that have no session (push).
     pub pusher: crate::push::queue::Pusher,
     /// Pairing joins per IP address.

@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attachments;
 pub mod bus;
 pub mod config;
 mod connection;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub turn_credentials_issued: Counter,
     proxy_header_errors: Family<Labels, Counter>,
     push_wake_ups: Family<Labels, Counter>,
+    attachment_bytes: Family<Labels, Counter>,
+    attachments_deleted: Counter,
 }
 
 impl Metrics {
@@ -81,6 +83,8 @@ impl Metrics {
             turn_credentials_issued: Counter::default(),
             proxy_header_errors: Family::default(),
             push_wake_ups: Family::default(),
+            attachment_bytes: Family::default(),
+            attachments_deleted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,6 +179,16 @@ impl Metrics {
             metrics.push_wake_ups.clone(),
         );
         registry.register(
+            "attachment_bytes",
+            "Attachment bytes stored (direction=up) and served (direction=down)",
+            metrics.attachment_bytes.clone(),
+        );
+        registry.register(
+            "attachments_deleted",
+            "Attachments deleted: expired, unreferenced, trimmed with their messages, or corrupt",
+            metrics.attachments_deleted.clone(),
+        );
+        registry.register(
             "proxy_header_errors",
             "Connections from a trusted proxy closed for their PROXY protocol header, by reason",
             metrics.proxy_header_errors.clone(),
@@ -224,6 +238,18 @@ impl Metrics {
                 .get_or_create(&[("outcome", outcome)])
                 .inc_by(n);
         }
+    }
+
+    /// Counts attachment bytes stored (`up`) or served (`down`).
+    pub fn attachment_bytes(&self, direction: &'static str, n: usize) {
+        self.attachment_bytes
+            .get_or_create(&[("direction", direction)])
+            .inc_by(n as u64);
+    }
+
+    /// Counts attachments deleted.
+    pub fn attachments_deleted(&self, n: u64) {
+        self.attachments_deleted.inc_by(n);
     }
 
     /// Counts a connection from a trusted proxy closed for its PROXY protocol header

@@ -89,6 +89,9 @@ pub enum StartError {
     /// incomplete or invalid, or the secret file could not be read.
     #[error("TURN: {0}")]
     Turn(#[from] crate::turn::TurnConfigError),
+    /// The attachments storage (`--blob-store`) cannot be used.
+    #[error("attachments: {0}")]
+    Attachments(String),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -167,6 +170,12 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let relay_id = key.id();
         let pusher = start_pusher(&config, &store, &metrics)?;
+        let blobs = crate::attachments::open(
+            config.attachments.store.as_deref(),
+            &config.data_dir.join("blobs"),
+        )
+        .map_err(|e| StartError::Attachments(format!("{e:#}")))?;
+        tracing::debug!(storage = ?blobs, "attachments storage");
 
         // Never 0: presence frames use source 0 for "every node".
         let hub = Hub::new(bus, OsRng.next_u64().max(1), Arc::clone(&metrics));
@@ -233,6 +242,11 @@ impl Server {
             handle_key: crate::handles::HandleKey::derive(&key),
             turn,
             pusher,
+            blobs,
+            attachment_limiter: KeyedLimiter::<DeviceId>::new(
+                f64::from(config.attachments.parts_per_device_per_second),
+                f64::from(config.attachments.parts_per_device_per_second),
+            ),
             turn_limiter: KeyedLimiter::<DeviceId>::new(
                 f64::from(config.turn.credentials_per_device_per_minute) / 60.0,
                 f64::from(config.turn.credentials_per_device_per_minute),
@@ -258,10 +272,10 @@ impl Server {
             metrics,
         });
 
-        let mut background = vec![tokio::spawn(retention(
-            Arc::clone(&context),
-            stopped.clone(),
-        ))];
+        let mut background = vec![
+            tokio::spawn(retention(Arc::clone(&context), stopped.clone())),
+            tokio::spawn(attachment_deletion(Arc::clone(&context), stopped.clone())),
+        ];
         if let Some((admin, admin_addr)) = admin_listener {
             tracing::info!(addr = %admin_addr, "admin endpoints (/metrics, /readyz) serving");
             background.push(tokio::spawn(accept_admin(
@@ -845,6 +859,28 @@ async fn retention(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
                 Ok(deleted) => tracing::info!(deleted, "retention trimmed conversation messages"),
                 Err(e) => tracing::warn!(error = %e, "conversation retention failed"),
             }
+        }
+    }
+}
+
+/// Deletes dead attachments on the retention job's timer: expired, unreferenced past their
+/// time, or left behind by retention (see [`crate::attachments::delete_dead_blobs`]).
+async fn attachment_deletion(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(ctx.config.log.retention_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = tick.tick() => {}
+        }
+        let run = crate::attachments::delete_dead_blobs(&*ctx.store, &*ctx.blobs, now_ms());
+        match run.await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                ctx.metrics.attachments_deleted(deleted);
+                tracing::info!(deleted, "dead attachments deleted");
+            }
+            Err(e) => tracing::warn!(error = %e, "deleting dead attachments failed"),
         }
     }
 }

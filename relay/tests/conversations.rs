@@ -482,6 +482,7 @@ async fn a_revoked_device_is_refused_at_once() {
         message,
         welcome: None,
         group_info: None,
+        attachments: Vec::new(),
     };
     let stored = node
         .store()

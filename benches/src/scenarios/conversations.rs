@@ -507,6 +507,7 @@ async fn add_all(
             message: out.commit,
             welcome: out.welcome.map(Into::into),
             group_info: Some(out.group_info.into()),
+            attachments: Vec::new(),
         };
         match creator.send(send).await? {
             ServerFrame::ConvSent { conv_seq, .. } => {
@@ -742,6 +743,7 @@ impl Run {
                         message,
                         welcome: None,
                         group_info: None,
+                        attachments: Vec::new(),
                     };
                     device.next_seq += 1;
                     device.connection.send(&ClientFrame::ConvSend(Box::new(send))).await?;

@@ -716,6 +716,7 @@ impl Conversations {
             message,
             welcome: welcome.map(Into::into),
             group_info: group_info.map(Into::into),
+            attachments: Vec::new(),
         };
         ask.ask(ClientFrame::ConvSend(Box::new(send))).await
     }

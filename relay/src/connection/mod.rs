@@ -18,6 +18,7 @@
 //!    and list devices (`ChainFetch`, `ChainAppend`, `ListDevices`, `Ping`, `Pong`): no replay,
 //!    no events, no hub membership; anything else is `Error(104)` and the end. See [`recovery`].
 
+mod attachments;
 mod calls;
 mod chain;
 mod conversations;

@@ -134,6 +134,9 @@ pub(super) async fn run<S>(
             | ClientFrame::PushRegister(_)
             | ClientFrame::PushUnregister
             | ClientFrame::ConvWake { .. }
+            | ClientFrame::BlobCreate { .. }
+            | ClientFrame::BlobPut { .. }
+            | ClientFrame::BlobGet { .. }
             | ClientFrame::PairOpen
             | ClientFrame::PairJoin { .. }
             | ClientFrame::PairForward { .. }

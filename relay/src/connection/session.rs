@@ -43,6 +43,7 @@ use ferry_protocol::{
     ServerFrame, UserId,
 };
 
+use super::attachments;
 use super::calls::{self, TurnAnswer};
 use super::chain::{self, Fetch};
 use super::conversations;
@@ -405,6 +406,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                         Err(Close::new(code))
                     }
                 }
+            }
+            frame if attachments::is_attachment_frame(&frame) => {
+                let answer = attachments::handle(&self.ctx, self.asker, frame).await;
+                self.send(Control::Frame(answer)).await
             }
             frame if push::is_push_frame(&frame) => {
                 match push::handle(&self.ctx, self.asker, frame).await {

@@ -878,6 +878,12 @@ impl SqlStore {
         let ConvSendRequest { user, device, send } = request;
         let (user, device, conv) = (*user, *device, send.conv);
         check_device_seq(send.device_seq)?;
+        if !send.attachments.is_empty() {
+            return Err(refused(
+                ErrorCode::MlsRefused,
+                "commits and proposals refer to no attachment",
+            ));
+        }
         let mut tx = self.db.begin().await?;
         let Some(row) = lock_conversation(&mut tx, conv).await? else {
             return Err(StoreError::Refused(ErrorCode::NoSuchConversation));
@@ -1112,6 +1118,7 @@ async fn application_message(
         };
     }
     check_application(conv, row, send)?;
+    super::attachments::refer(tx, *user, conv, row.head + 1, &send.attachments).await?;
     let conv_seq = insert_message(tx, row, (*user, *device), send, now_ms).await?;
     // Members are filled in once the run is committed.
     Ok(SendOutcome::Stored {

@@ -21,7 +21,9 @@
 //! - [`FaultyStore::acks_written`]: how many cursor writes reached the store;
 //! - [`FaultyStore::fail_next_acks`]: the next cursor writes fail;
 //! - [`FaultyStore::fail_next_people_ops`]: the next people operations that write fail before
-//!   touching the database.
+//!   touching the database;
+//! - [`FaultyStore::fail_next_blob_forgets`]: the next deletions of a blob's row fail after
+//!   its parts were deleted (the relay stopping between the two).
 //!
 //! It is part of the library (not only of the tests) so that chaos experiments against a
 //! running node can use it too; nothing in a normal start-up wraps the store with it.
@@ -40,6 +42,7 @@ use super::conversations::{
     SendOutcome,
 };
 use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
+use super::attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 use super::push::{PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
@@ -68,6 +71,7 @@ pub struct FaultyStore {
     fail_people: AtomicUsize,
     fail_acks: AtomicUsize,
     fail_conv: AtomicUsize,
+    fail_forgets: AtomicUsize,
 }
 
 /// Lets a budget of reads through, then holds the rest until resumed.
@@ -136,6 +140,7 @@ impl FaultyStore {
             fail_people: AtomicUsize::new(0),
             fail_acks: AtomicUsize::new(0),
             fail_conv: AtomicUsize::new(0),
+            fail_forgets: AtomicUsize::new(0),
         })
     }
 
@@ -179,6 +184,12 @@ impl FaultyStore {
     /// Device record reads waiting for [`resume_device_reads`](Self::resume_device_reads).
     pub fn device_reads_waiting(&self) -> usize {
         self.device_reads.waiting()
+    }
+
+    /// The next `n` deletions of a blob's row ([`AttachmentStore::forget_blob`]) fail
+    /// without touching the database.
+    pub fn fail_next_blob_forgets(&self, n: usize) {
+        self.fail_forgets.store(n, Ordering::SeqCst);
     }
 
     /// The wrapped store (to act on the database behind the relay's back, like another node).
@@ -683,6 +694,57 @@ impl PushStore for FaultyStore {
 
     async fn queued_wake_ups(&self) -> Result<u64, StoreError> {
         self.inner.queued_wake_ups().await
+    }
+}
+
+#[async_trait]
+impl AttachmentStore for FaultyStore {
+    async fn create_blob(&self, new: &NewBlob, quota_bytes: u64) -> Result<(), StoreError> {
+        self.inner.create_blob(new, quota_bytes).await
+    }
+
+    async fn blob(
+        &self,
+        blob: ferry_protocol::attachments::BlobId,
+        user: UserId,
+    ) -> Result<Option<BlobRow>, StoreError> {
+        self.inner.blob(blob, user).await
+    }
+
+    async fn record_parts(
+        &self,
+        blob: ferry_protocol::attachments::BlobId,
+        from: u32,
+        to: u32,
+        complete: bool,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_parts(blob, from, to, complete).await
+    }
+
+    async fn doom_blob(
+        &self,
+        blob: ferry_protocol::attachments::BlobId,
+    ) -> Result<Option<DoomedBlob>, StoreError> {
+        self.inner.doom_blob(blob).await
+    }
+
+    async fn doom_dead_blobs(
+        &self,
+        now_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<DoomedBlob>, StoreError> {
+        self.inner.doom_dead_blobs(now_ms, limit).await
+    }
+
+    async fn forget_blob(&self, blob: ferry_protocol::attachments::BlobId) -> Result<(), StoreError> {
+        if Self::take_one(&self.fail_forgets) {
+            return Err(injected("blob row not deleted"));
+        }
+        self.inner.forget_blob(blob).await
+    }
+
+    async fn attachment_usage(&self, user: UserId) -> Result<u64, StoreError> {
+        self.inner.attachment_usage(user).await
     }
 }
 

@@ -7,7 +7,8 @@
 //! they write into users' logs, in `people.rs`) and [`ConversationStore`] (conversation
 //! streams validated as MLS's Delivery Service, and the KeyPackage directory, in
 //! `conversations.rs`) and [`PushStore`] (push targets and the queue of wake-ups, in
-//! `push.rs`). [`Store`] is all of them together, what a relay node runs on. One
+//! `push.rs`) and [`AttachmentStore`] (the index of attachments' blobs: who uploaded
+//! them, which messages refer to them, each user's bytes, in `attachments.rs`). [`Store`] is all of them together, what a relay node runs on. One
 //! implementation, [`SqlStore`], serves every domain on either backend, chosen from the URL
 //! scheme by [`open`]: SQLite (`sqlite://path?mode=rwc`, the embedded default) or PostgreSQL
 //! (`postgres://…`, production). Both run their migrations (`migrations/sqlite`,
@@ -124,6 +125,7 @@
 //! # }
 //! ```
 
+mod attachments;
 mod chain;
 pub mod committer;
 pub mod conv_committer;
@@ -141,6 +143,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_protocol::{ChainError, ErrorCode};
 
+pub use attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 pub use chain::{ChainStore, LINK_PAGE_BYTES, LinkAppended};
 pub use committer::{
     Admission, AppendOrder, BatchObserver, BatchReport, CommitConfig, CommitHandle, CommitReply,
@@ -227,6 +230,7 @@ pub trait Store:
     + PeopleStore
     + ConversationStore
     + PushStore
+    + AttachmentStore
     + std::fmt::Debug
     + 'static
 {

@@ -161,6 +161,7 @@ impl Talker {
             message,
             welcome: welcome.map(Into::into),
             group_info: group_info.map(Into::into),
+            attachments: Vec::new(),
         };
         self.ask(&ClientFrame::ConvSend(Box::new(send))).await
     }
@@ -176,6 +177,7 @@ impl Talker {
             message: self.mls.encrypt(&conv.0, text).unwrap(),
             welcome: None,
             group_info: None,
+            attachments: Vec::new(),
         }
     }
 
