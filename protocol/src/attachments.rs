@@ -150,11 +150,17 @@ mod tests {
         // Another index, the last flag flipped, another key, a flipped bit: all refused.
         assert_eq!(key.open_chunk(4, false, &sealed), Err(ChunkError));
         assert_eq!(key.open_chunk(3, true, &sealed), Err(ChunkError));
-        assert_eq!(FileKey([8; 32]).open_chunk(3, false, &sealed), Err(ChunkError));
+        assert_eq!(
+            FileKey([8; 32]).open_chunk(3, false, &sealed),
+            Err(ChunkError)
+        );
         let mut flipped = sealed.clone();
         flipped[0] ^= 1;
         assert_eq!(key.open_chunk(3, false, &flipped), Err(ChunkError));
-        assert_eq!(key.open_chunk(3, false, &sealed[..TAG_LEN - 1]), Err(ChunkError));
+        assert_eq!(
+            key.open_chunk(3, false, &sealed[..TAG_LEN - 1]),
+            Err(ChunkError)
+        );
     }
 
     #[test]
@@ -162,7 +168,10 @@ mod tests {
         assert_eq!(sealed_len(0), TAG_LEN as u64);
         assert_eq!(sealed_len(1), 1 + TAG_LEN as u64);
         assert_eq!(sealed_len(CHUNK_LEN as u64), PART_LEN as u64);
-        assert_eq!(sealed_len(CHUNK_LEN as u64 + 1), PART_LEN as u64 + 1 + TAG_LEN as u64);
+        assert_eq!(
+            sealed_len(CHUNK_LEN as u64 + 1),
+            PART_LEN as u64 + 1 + TAG_LEN as u64
+        );
         assert_eq!(part_count(0), 0);
         assert_eq!(part_count(1), 1);
         assert_eq!(part_count(PART_LEN as u64), 1);

@@ -849,35 +849,18 @@ async fn retention_keeps_unread_commits_and_a_device_behind_it_rejoins_on_sqlite
 
 #[tokio::test]
 async fn retention_keeps_unread_commits_and_a_device_behind_it_rejoins_on_postgres() {
-    let Some(url) = support::postgres_url().await else {
-        return;
-    };
     // Retention runs over every conversation of a database: this test gets one of its own,
     // so it deletes nothing of the tests running beside it on the shared one.
-    use sqlx::Connection;
-    let name = format!(
-        "ferry_retention_{}",
-        hex::encode(&support::random_bytes()[..6])
-    );
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let own = match url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("a database URL ends with its name: {url}"),
+    let Some(database) = support::private_postgres("retention").await else {
+        return;
     };
     let hub = ferry_relay::bus::LocalBusHub::new();
-    let node = support::node::node_on(&hub, Some(own), |_| {}).await;
+    let node = support::node::node_on(&hub, Some(database.url.clone()), |_| {}).await;
     retention_story(&node).await;
     let store = std::sync::Arc::clone(node.store());
     node.server.shutdown().await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    database.drop().await;
 }
 
 async fn retention_story(node: &Node) {

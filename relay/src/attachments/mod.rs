@@ -95,9 +95,7 @@ pub async fn delete_doomed(
     storage: &dyn BlobStorage,
     doomed: DoomedBlob,
 ) -> anyhow::Result<()> {
-    storage
-        .delete(&doomed.blob, parts_of(doomed.size))
-        .await?;
+    storage.delete(&doomed.blob, parts_of(doomed.size)).await?;
     store.forget_blob(doomed.blob).await?;
     Ok(())
 }
@@ -111,10 +109,22 @@ mod tests {
         let blob = BlobId([3; 32]);
         let other = BlobId([4; 32]);
         assert_eq!(storage.get_part(&blob, 0).await.unwrap(), None);
-        storage.put_part(&blob, 0, Bytes::from_static(b"zero")).await.unwrap();
-        storage.put_part(&blob, 1, Bytes::from_static(b"one")).await.unwrap();
-        storage.put_part(&other, 0, Bytes::from_static(b"other")).await.unwrap();
-        storage.put_part(&blob, 1, Bytes::from_static(b"uno")).await.unwrap();
+        storage
+            .put_part(&blob, 0, Bytes::from_static(b"zero"))
+            .await
+            .unwrap();
+        storage
+            .put_part(&blob, 1, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        storage
+            .put_part(&other, 0, Bytes::from_static(b"other"))
+            .await
+            .unwrap();
+        storage
+            .put_part(&blob, 1, Bytes::from_static(b"uno"))
+            .await
+            .unwrap();
         assert_eq!(storage.get_part(&blob, 0).await.unwrap().unwrap(), "zero");
         assert_eq!(storage.get_part(&blob, 1).await.unwrap().unwrap(), "uno");
         assert_eq!(storage.get_part(&blob, 2).await.unwrap(), None);

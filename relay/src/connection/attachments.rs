@@ -56,10 +56,17 @@ async fn create(ctx: &Context, asker: Asker, size: u64, digest: [u8; 32]) -> Ser
     }
     let limits = &ctx.config.attachments;
     if size == 0 {
-        return error(ctx, ErrorCode::MalformedFrame, "an attachment has 1 byte at least");
+        return error(
+            ctx,
+            ErrorCode::MalformedFrame,
+            "an attachment has 1 byte at least",
+        );
     }
     if size > limits.max_bytes {
-        let why = format!("this relay stores attachments of {} bytes at most", limits.max_bytes);
+        let why = format!(
+            "this relay stores attachments of {} bytes at most",
+            limits.max_bytes
+        );
         return error(ctx, ErrorCode::AttachmentTooLarge, why);
     }
     let mut id = [0u8; 32];
@@ -94,7 +101,10 @@ async fn create(ctx: &Context, asker: Asker, size: u64, digest: [u8; 32]) -> Ser
 }
 
 async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes) -> ServerFrame {
-    if !ctx.attachment_limiter.try_take(&asker.device, Instant::now()) {
+    if !ctx
+        .attachment_limiter
+        .try_take(&asker.device, Instant::now())
+    {
         return rate_limited(ctx);
     }
     let row = match ctx.store.blob(blob, asker.user).await {
@@ -117,7 +127,11 @@ async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes)
     let last = part + 1 == parts_of(row.size);
     if let Err(e) = ctx.blobs.put_part(&blob, part, bytes.clone()).await {
         tracing::warn!(error = %e, "storing an attachment part failed");
-        return error(ctx, ErrorCode::Unavailable, ErrorCode::Unavailable.description());
+        return error(
+            ctx,
+            ErrorCode::Unavailable,
+            ErrorCode::Unavailable.description(),
+        );
     }
     if last {
         match digest_matches(ctx, blob, &row, part, &bytes).await {
@@ -125,7 +139,11 @@ async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes)
             Ok(false) => return corrupt(ctx, blob).await,
             Err(e) => {
                 tracing::warn!(error = %e, "reading an attachment back failed");
-                return error(ctx, ErrorCode::Unavailable, ErrorCode::Unavailable.description());
+                return error(
+                    ctx,
+                    ErrorCode::Unavailable,
+                    ErrorCode::Unavailable.description(),
+                );
             }
         }
     }
@@ -192,7 +210,10 @@ async fn corrupt(ctx: &Context, blob: BlobId) -> ServerFrame {
 }
 
 async fn get(ctx: &Context, asker: Asker, blob: BlobId, part: u32) -> ServerFrame {
-    if !ctx.attachment_limiter.try_take(&asker.device, Instant::now()) {
+    if !ctx
+        .attachment_limiter
+        .try_take(&asker.device, Instant::now())
+    {
         return rate_limited(ctx);
     }
     let row = match ctx.store.blob(blob, asker.user).await {
@@ -225,7 +246,11 @@ async fn get(ctx: &Context, asker: Asker, blob: BlobId, part: u32) -> ServerFram
         Ok(None) => no_such(ctx),
         Err(e) => {
             tracing::warn!(error = %e, "reading an attachment part failed");
-            error(ctx, ErrorCode::Unavailable, ErrorCode::Unavailable.description())
+            error(
+                ctx,
+                ErrorCode::Unavailable,
+                ErrorCode::Unavailable.description(),
+            )
         }
     }
 }

@@ -341,21 +341,34 @@ pub(super) async fn refer(
 ) -> Result<(), StoreError> {
     check_distinct(blobs)?;
     for blob in blobs {
-        let row: Option<(bool, bool)> = in_tx!(tx, |conn| {
-            sqlx::query_as(&format!(
-                "UPDATE blobs AS b SET refs = b.refs + 1
-                 WHERE b.blob_id = $1 AND b.deleting = FALSE
-                 RETURNING b.complete, {READABLE}"
-            ))
-            .bind(blob.0.as_slice())
-            .bind(user.as_bytes().as_slice())
+        let id = blob.0.as_slice();
+        let complete: Option<bool> = in_tx!(tx, |conn| {
+            sqlx::query_scalar(
+                "UPDATE blobs SET refs = refs + 1 WHERE blob_id = $1 AND deleting = FALSE
+                 RETURNING complete",
+            )
+            .bind(id)
             .fetch_optional(&mut *conn)
             .await?
         });
-        match row {
-            Some((_, false)) | None => return Err(StoreError::Refused(ErrorCode::NoSuchAttachment)),
-            Some((false, true)) => return Err(StoreError::Refused(ErrorCode::AttachmentIncomplete)),
-            Some((true, true)) => {}
+        let readable: bool = match complete {
+            None => false,
+            Some(_) => in_tx!(tx, |conn| {
+                sqlx::query_scalar(&format!(
+                    "SELECT {READABLE} FROM blobs b WHERE b.blob_id = $1"
+                ))
+                .bind(id)
+                .bind(user.as_bytes().as_slice())
+                .fetch_one(&mut *conn)
+                .await?
+            }),
+        };
+        match (complete, readable) {
+            (None, _) | (_, false) => return Err(StoreError::Refused(ErrorCode::NoSuchAttachment)),
+            (Some(false), true) => {
+                return Err(StoreError::Refused(ErrorCode::AttachmentIncomplete));
+            }
+            (Some(true), true) => {}
         }
     }
     for blob in blobs {

@@ -37,12 +37,12 @@ use ferry_protocol::conversations::{ConvId, ConvSummary, Direction};
 use ferry_protocol::{ClaimedKeyPackage, DeviceId, DeviceInfo, Event, Link, UserId};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
+use super::attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 use super::conversations::{
     ConvCursor, ConvLimits, ConvPage, ConvSendRequest, ConversationStore, KeyPackageRow,
     SendOutcome,
 };
 use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
-use super::attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 use super::push::{PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
@@ -736,7 +736,10 @@ impl AttachmentStore for FaultyStore {
         self.inner.doom_dead_blobs(now_ms, limit).await
     }
 
-    async fn forget_blob(&self, blob: ferry_protocol::attachments::BlobId) -> Result<(), StoreError> {
+    async fn forget_blob(
+        &self,
+        blob: ferry_protocol::attachments::BlobId,
+    ) -> Result<(), StoreError> {
         if Self::take_one(&self.fail_forgets) {
             return Err(injected("blob row not deleted"));
         }

@@ -52,6 +52,44 @@ pub async fn postgres_url() -> Option<String> {
     None
 }
 
+/// A PostgreSQL database of a test's own, for a test whose jobs walk a whole database
+/// (retention, deleting dead attachments) and must not touch the tests running beside it on
+/// the shared one. `None` as [`postgres_url`]; drop it with [`PrivateDatabase::drop`].
+pub async fn private_postgres(tag: &str) -> Option<PrivateDatabase> {
+    let shared = postgres_url().await?;
+    let name = format!("ferry_{tag}_{}", hex::encode(&random_bytes()[..6]));
+    let mut admin = sqlx::PgConnection::connect(&shared).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    let url = match shared.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("a database URL ends with its name: {shared}"),
+    };
+    Some(PrivateDatabase { url, shared, name })
+}
+
+/// See [`private_postgres`].
+pub struct PrivateDatabase {
+    /// Its URL.
+    pub url: String,
+    shared: String,
+    name: String,
+}
+
+impl PrivateDatabase {
+    /// Drops the database (its connections closed by force).
+    pub async fn drop(self) {
+        let mut admin = sqlx::PgConnection::connect(&self.shared).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
+
 /// 32 bytes from the OS RNG (fresh user and device ids).
 pub fn random_bytes() -> [u8; 32] {
     let mut bytes = [0; 32];
