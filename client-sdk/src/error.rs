@@ -290,6 +290,9 @@ pub enum ClientError {
     /// session description over the limit; the message says which).
     #[error("call: {0}")]
     Call(String),
+    /// A file could not be sent or received (see [`crate::attachments`]).
+    #[error("attachment: {0}")]
+    Attachment(#[from] crate::attachments::AttachmentError),
 }
 
 impl ClientError {
@@ -376,6 +379,7 @@ impl ClientError {
             | Self::People(_)
             | Self::Mls(_)
             | Self::Call(_)
+            | Self::Attachment(_)
             | Self::Timeout { .. } => false,
         }
     }

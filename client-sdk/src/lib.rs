@@ -120,6 +120,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod attachments;
 mod backoff;
 pub mod calls;
 mod client;
@@ -140,6 +141,7 @@ mod state;
 mod tls;
 mod trust;
 
+pub use attachments::{AttachmentError, FileRef, Progress};
 pub use calls::{CallEvent, CallId, CallInfo, CallOutcome, CallRecord, CallState, EndReason};
 pub use client::{Client, ClientHandle};
 pub use conversations::{Content, ConversationEvent, ConversationInfo, Receipts, StoredMessage};

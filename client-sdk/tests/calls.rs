@@ -102,7 +102,7 @@ async fn record(dev: &mut Dev, conv: ConvId, call: CallId) -> CallRecord {
     match dev.until("a call record", is_it).await {
         ConversationEvent::Message(message) => match message.content {
             Content::Call(record) => record,
-            Content::Text(_) => unreachable!(),
+            Content::Text(_) | Content::File(_) => unreachable!(),
         },
         other => unreachable!("{other:?}"),
     }

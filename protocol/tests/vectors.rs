@@ -554,7 +554,7 @@ fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
 /// Section 16, attachments: a file of `CHUNK_LEN + 3` bytes of 0x5a (two chunks) under the
 /// file key `0x66…`, the blob `0xb1…`, and a message of the conversation above that refers
 /// to it.
-fn attachment_vectors(out: &mut String, conv: ferry_protocol::ConvId) {
+fn attachment_vectors(out: &mut String, conv: ConvId) {
     use ferry_protocol::attachments::{BlobId, CHUNK_LEN, FileKey};
     use ferry_protocol::conversations::{ConvSend, MessageClass};
     use sha2::{Digest, Sha256};

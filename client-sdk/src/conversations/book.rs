@@ -11,6 +11,7 @@ use ferry_protocol::conversations::ConvId;
 use ferry_protocol::{DeviceId, DeviceKey, UserId};
 use serde::{Deserialize, Serialize};
 
+use crate::attachments::FileRef;
 use crate::calls::CallRecord;
 use crate::error::{ClientError, StateError};
 use crate::files::{Access, write_atomic};
@@ -72,7 +73,7 @@ impl StoredMessage {
     pub fn text(&self) -> &str {
         match &self.content {
             Content::Text(text) => text,
-            Content::Call(_) => "",
+            Content::Call(_) | Content::File(_) => "",
         }
     }
 }
@@ -85,6 +86,9 @@ pub enum Content {
     /// How a call went (written by the caller's device when the call ends; see
     /// [`crate::calls`]).
     Call(CallRecord),
+    /// A file: where its encrypted bytes are, and the key to open them (see
+    /// [`crate::attachments`]).
+    File(FileRef),
 }
 
 /// A message as formats 1 and 2 of the saved file, and version 1 archives, kept it.
@@ -123,11 +127,21 @@ pub(crate) enum Body {
     /// How a call went (class `Content` for a missed call, which counts as unread,
     /// `Control` otherwise): written by the caller's device.
     Call(CallRecord),
+    /// A file (class `Content`); the message refers to its blob at the relay.
+    File(FileRef),
 }
 
 impl Body {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// The attachments (blobs at the relay) the message refers to.
+    pub fn attachments(&self) -> Vec<ferry_protocol::attachments::BlobId> {
+        match self {
+            Self::File(file) => vec![file.blob],
+            Self::Text(_) | Self::Title(_) | Self::Call(_) => Vec::new(),
+        }
     }
 
     /// `None` for a body this version does not know (skipped, not an error).

@@ -554,7 +554,17 @@ impl Conversations {
         for proposal in proposals {
             let class = MessageClass::Proposal;
             let answer = self
-                .send_one(ask, &mut inner, conv, epoch, class, proposal, None, None)
+                .send_one(
+                    ask,
+                    &mut inner,
+                    conv,
+                    epoch,
+                    class,
+                    proposal,
+                    None,
+                    None,
+                    Vec::new(),
+                )
                 .await?;
             match answer {
                 ServerFrame::ConvSent { .. } => {}
@@ -663,6 +673,7 @@ impl Conversations {
                     out.commit,
                     out.welcome,
                     info,
+                    Vec::new(),
                 )
                 .await?;
             match answer {
@@ -705,6 +716,7 @@ impl Conversations {
         message: Vec<u8>,
         welcome: Option<Vec<u8>>,
         group_info: Option<Vec<u8>>,
+        attachments: Vec<ferry_protocol::attachments::BlobId>,
     ) -> Result<ServerFrame, ClientError> {
         let device_seq = inner.book.take_seq();
         self.save(inner)?;
@@ -716,7 +728,7 @@ impl Conversations {
             message,
             welcome: welcome.map(Into::into),
             group_info: group_info.map(Into::into),
-            attachments: Vec::new(),
+            attachments,
         };
         ask.ask(ClientFrame::ConvSend(Box::new(send))).await
     }
@@ -764,6 +776,17 @@ impl Conversations {
         self.send_content(ask, conv, Content::Call(record)).await
     }
 
+    /// Sends a file already uploaded (see [`crate::attachments`]); the message refers to
+    /// its blob, which the conversation's members may then fetch.
+    pub async fn send_file_ref(
+        &self,
+        ask: &dyn Ask,
+        conv: ConvId,
+        file: crate::attachments::FileRef,
+    ) -> Result<u64, ClientError> {
+        self.send_content(ask, conv, Content::File(file)).await
+    }
+
     /// Sends a message and keeps it (and archives it) as sent; returns its `conv_seq`.
     async fn send_content(
         &self,
@@ -775,6 +798,7 @@ impl Conversations {
         let (class, body) = match &content {
             Content::Text(text) => (MessageClass::Content, book::Body::Text(text.clone())),
             Content::Call(record) => (record.class(), book::Body::Call(record.clone())),
+            Content::File(file) => (MessageClass::Content, book::Body::File(file.clone())),
         };
         let conv_seq = self.send_body(ask, &mut inner, conv, class, &body).await?;
         let stored = StoredMessage {
@@ -811,12 +835,23 @@ impl Conversations {
                 ErrorCode::NoSuchConversation.description(),
             ));
         }
+        let attachments = body.attachments();
         let body = body.encode();
         for attempt in 0..2 {
             let epoch = inner.member.epoch(&conv.0).map_err(mls_error)?;
             let message = inner.member.encrypt(&conv.0, &body).map_err(mls_error)?;
             let answer = self
-                .send_one(ask, inner, conv, epoch, class, message, None, None)
+                .send_one(
+                    ask,
+                    inner,
+                    conv,
+                    epoch,
+                    class,
+                    message,
+                    None,
+                    None,
+                    attachments.clone(),
+                )
                 .await?;
             match answer {
                 ServerFrame::ConvSent { conv_seq, .. } => return Ok(conv_seq),
@@ -1225,6 +1260,7 @@ impl Conversations {
                         let content = match book::Body::decode(&plaintext) {
                             Some(book::Body::Text(text)) => Some(Content::Text(text)),
                             Some(book::Body::Call(record)) => Some(Content::Call(record)),
+                            Some(book::Body::File(file)) => Some(Content::File(file)),
                             // Titles are handled above; unknown bodies are skipped.
                             Some(book::Body::Title(_)) | None => None,
                         };
@@ -1347,7 +1383,17 @@ impl Conversations {
             let (_, out) = inner.member.join_external(&group_info).map_err(mls_error)?;
             let (class, info) = (MessageClass::Commit, Some(out.group_info));
             let answer = self
-                .send_one(ask, inner, conv, epoch, class, out.commit, None, info)
+                .send_one(
+                    ask,
+                    inner,
+                    conv,
+                    epoch,
+                    class,
+                    out.commit,
+                    None,
+                    info,
+                    Vec::new(),
+                )
                 .await?;
             match answer {
                 ServerFrame::ConvSent { conv_seq, .. } => {

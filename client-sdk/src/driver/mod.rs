@@ -683,7 +683,10 @@ impl Driver {
             | ServerFrame::ConvTrimmed { .. }
             | ServerFrame::Conversations { .. }
             | ServerFrame::GroupInfo { .. }
-            | ServerFrame::TurnCredentials(_)) => self.answer_people(answer),
+            | ServerFrame::TurnCredentials(_)
+            | ServerFrame::BlobCreated { .. }
+            | ServerFrame::BlobStored { .. }
+            | ServerFrame::BlobPart { .. }) => self.answer_people(answer),
             pushed @ (ServerFrame::ConvHead { .. }
             | ServerFrame::ConvReadBy { .. }
             | ServerFrame::ConvEphemeral { .. }) => {

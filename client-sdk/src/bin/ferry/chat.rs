@@ -9,6 +9,8 @@
 //! ferry --state DIR group leave CONV
 //! ferry --state DIR convs                      # id, unread, title or peer, members
 //! ferry --state DIR read CONV [--before SEQ] [--limit N]
+//! ferry --state DIR send-file CONV PATH        # encrypted here, then uploaded
+//! ferry --state DIR get-file CONV SEQ [--out PATH] [--force]
 //! ```
 //!
 //! CONV is a conversation id (32 hex digits), at least 6 leading digits of one as `convs`
@@ -17,12 +19,13 @@
 //! also shows typing and read markers as they happen, on stderr.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use ferry_client::{
     CallEvent, CallOutcome, CallRecord, ClientEvent, Content, ConvId, ConversationEvent,
-    ConversationInfo, GroupKind, StoredMessage, UserId,
+    ConversationInfo, GroupKind, Progress, StoredMessage, UserId,
 };
 
 use super::{People, line, printable, within};
@@ -66,6 +69,29 @@ pub(crate) enum ChatCommand {
         /// At most this many (the newest of them).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Send a file to a conversation: encrypted on this device, uploaded, then announced in
+    /// a message (`read` shows it as `[file NAME, SIZE]`).
+    SendFile {
+        /// A conversation id, its start as `convs` shows it, or a group's title.
+        conv: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Save the file of a message (its SEQ as `read` prints it); it is written only once
+    /// it is downloaded whole and checked.
+    GetFile {
+        /// A conversation id, its start as `convs` shows it, or a group's title.
+        conv: String,
+        /// The message.
+        seq: u64,
+        /// Where: a file, or a folder to save it in under the sender's name for it
+        /// (default: the current folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -145,6 +171,117 @@ pub(crate) async fn run(people: &mut People, command: ChatCommand) -> anyhow::Re
             }
             Ok(())
         }
+        ChatCommand::SendFile { conv, path } => {
+            let conv = find(people, &conv).await?;
+            send_file(people, conv, &path).await
+        }
+        ChatCommand::GetFile {
+            conv,
+            seq,
+            out,
+            force,
+        } => {
+            let conv = find(people, &conv).await?;
+            get_file(people, conv, seq, out, force).await
+        }
+    }
+}
+
+async fn send_file(people: &mut People, conv: ConvId, path: &Path) -> anyhow::Result<()> {
+    let name = path.display().to_string();
+    let shown = ShownProgress::new(format!("sending {name}"));
+    let seq = people
+        .api()
+        .send_file(conv, path, |p| shown.show(p))
+        .await
+        .with_context(|| format!("sending {name}"))?;
+    line(&format!("sent: {} {seq}", conv.to_hex()))?;
+    Ok(())
+}
+
+async fn get_file(
+    people: &mut People,
+    conv: ConvId,
+    seq: u64,
+    out: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let message = people
+        .api()
+        .history(conv, seq.saturating_add(1), 1)
+        .await
+        .into_iter()
+        .find(|m| m.conv_seq == seq);
+    let Some(message) = message else {
+        bail!("no message {seq} on this device in this conversation (see `ferry read`)");
+    };
+    let Content::File(file) = &message.content else {
+        bail!("message {seq} holds no file");
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from("."));
+    let dest = if out.is_dir() {
+        out.join(file.safe_name())
+    } else {
+        out
+    };
+    if dest.exists() && !force {
+        bail!("{} exists already (--force replaces it)", dest.display());
+    }
+    let shown = ShownProgress::new(format!("receiving {}", file.safe_name()));
+    people
+        .api()
+        .save_file(file, &dest, |p| shown.show(p))
+        .await
+        .with_context(|| format!("receiving {}", file.safe_name()))?;
+    line(&format!(
+        "saved: {} ({})",
+        dest.display(),
+        size_in_words(file.size)
+    ))?;
+    Ok(())
+}
+
+/// Progress on stderr, a line every tenth of the way.
+struct ShownProgress {
+    what: String,
+    shown: std::sync::atomic::AtomicU64,
+}
+
+impl ShownProgress {
+    fn new(what: String) -> Self {
+        Self {
+            what,
+            shown: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn show(&self, progress: Progress) {
+        let tenth = (progress.done * 10)
+            .checked_div(progress.total)
+            .unwrap_or(10);
+        if self.shown.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+            eprintln!(
+                "ferry: {}: {}% of {}",
+                self.what,
+                tenth * 10,
+                size_in_words(progress.total)
+            );
+        }
+    }
+}
+
+/// A byte count as people read it.
+fn size_in_words(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / KIB / KIB)
+    } else {
+        format!("{:.1} GiB", b / KIB / KIB / KIB)
     }
 }
 
@@ -299,6 +436,11 @@ async fn shown_message(people: &mut People, message: &StoredMessage) -> String {
     let said = match &message.content {
         Content::Text(text) => printable(text),
         Content::Call(record) => format!("[{}]", describe_call(record)),
+        Content::File(file) => format!(
+            "[file {}, {}]",
+            printable(&file.safe_name()),
+            size_in_words(file.size)
+        ),
     };
     format!("{:>5}  {who}: {said}", message.conv_seq)
 }
