@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -536,7 +536,7 @@ fn recovery_line(shown: &str) -> String {
 }
 
 /// Every file under `dir`.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+fn files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -994,11 +994,10 @@ fn two_people_find_each_other_from_two_terminals_and_one_blocks_the_other() {
     assert!(!run.success && run.stderr.contains("neither"), "{run:?}");
 }
 
-#[test]
-fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+/// Alice and Bob, each initialised in a folder of `dir` against `relay`, with handles, and
+/// contacts (Bob asked, Alice accepted): (alice's folder, bob's, alice's handle, bob's).
+fn two_contacts(dir: &Path, relay: &TestRelay) -> (PathBuf, PathBuf, String, String) {
+    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
     let (url, key) = (relay.url(), relay.relay_id.to_hex());
     for (state, name) in [(&alice, "alice-laptop"), (&bob, "bob-laptop")] {
         ok(
@@ -1016,13 +1015,11 @@ fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
     let (alice_handle, bob_handle) = (handle_of(&alice, "alice"), handle_of(&bob, "bob"));
     ok(&bob, &["contact", "add", &alice_handle, "hi"]);
     ok(&alice, &["contact", "accept", &bob_handle]);
-    // Each names the other by the handle they used: Bob found Alice by hers, Alice accepted
-    // Bob by his.
-    let bob_id = ok(&alice, &["whois", &bob_handle]).trim().to_owned();
-    let bob_name = format!("{bob_handle} ({}…)", &bob_id[..8]);
+    (alice, bob, alice_handle, bob_handle)
+}
 
-    // Bob writes first; Alice sees one unread message and reads it.
-    let sent = ok(&bob, &["chat", &alice_handle, "hello", "alice"]);
+/// The conversation id in `sent: CONV SEQ`.
+fn sent_conv(sent: &str) -> String {
     let conv = sent
         .trim()
         .strip_prefix("sent: ")
@@ -1030,6 +1027,21 @@ fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
         .unwrap_or_else(|| panic!("{sent}"))
         .to_owned();
     assert_eq!(conv.len(), 32, "{sent}");
+    conv
+}
+
+#[test]
+fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (alice, bob, alice_handle, bob_handle) = two_contacts(dir.path(), &relay);
+    // Each names the other by the handle they used: Bob found Alice by hers, Alice accepted
+    // Bob by his.
+    let bob_id = ok(&alice, &["whois", &bob_handle]).trim().to_owned();
+    let bob_name = format!("{bob_handle} ({}…)", &bob_id[..8]);
+
+    // Bob writes first; Alice sees one unread message and reads it.
+    let conv = sent_conv(&ok(&bob, &["chat", &alice_handle, "hello", "alice"]));
     let listed = ok(&alice, &["convs"]);
     let entry = entry_of(&listed, &conv[..12]);
     assert!(
@@ -1093,6 +1105,51 @@ fn two_people_chat_from_two_terminals_in_a_one_to_one_and_a_group() {
     let run = ferry(&alice, &["read", "no such club"], "");
     assert!(
         !run.success && run.stderr.contains("no conversation"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_file_sent_from_one_terminal_is_saved_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let (alice, bob, alice_handle, _) = two_contacts(dir.path(), &relay);
+    let said = ok(&bob, &["chat", &alice_handle, "sending the report"]);
+    let (conv, text_seq) = (
+        sent_conv(&said),
+        said.trim().rsplit(' ').next().unwrap().to_owned(),
+    );
+    let report: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let path = dir.path().join("report.txt");
+    std::fs::write(&path, &report).unwrap();
+    let sent = ok(&alice, &["send-file", &conv[..8], path.to_str().unwrap()]);
+    let seq = sent.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(sent.starts_with(&format!("sent: {conv} ")), "{sent}");
+
+    let read = ok(&bob, &["read", &conv]);
+    assert!(read.contains(": [file report.txt, 683.6 KiB]"), "{read}");
+    let out = dir.path().join("downloads");
+    std::fs::create_dir(&out).unwrap();
+    let args = ["get-file", &conv, &seq, "--out", out.to_str().unwrap()];
+    let saved = ok(&bob, &args);
+    let dest = out.join("report.txt");
+    assert!(saved.contains(&dest.display().to_string()), "{saved}");
+    assert_eq!(std::fs::read(&dest).unwrap(), report);
+    // Never over an existing file unless asked; and only the file of a file message.
+    let run = ferry(&bob, &args, "");
+    assert!(
+        !run.success && run.stderr.contains("exists already"),
+        "{run:?}"
+    );
+    ok(&bob, &[&args[..], &["--force"]].concat());
+    let run = ferry(&bob, &["get-file", &conv, &text_seq], "");
+    assert!(
+        !run.success && run.stderr.contains("holds no file"),
+        "{run:?}"
+    );
+    let run = ferry(&alice, &["send-file", &conv, "/no/such/file"], "");
+    assert!(
+        !run.success && run.stderr.contains("/no/such/file"),
         "{run:?}"
     );
 }
