@@ -351,7 +351,8 @@ pub enum ClientFrame {
     /// with `TurnCredentials`, `Error(turn_unavailable)` or `Error(rate_limited)`.
     TurnCredentialsFetch,
     /// Where to wake this device when it has no session (replaces its target); answered
-    /// with `Done` or `Error(push_target_invalid)`.
+    /// with `Done`, `Error(push_target_invalid)`, or `Error(device_revoked)` for a device
+    /// revoked meanwhile (a revocation also removes the device's target).
     PushRegister(PushTarget),
     /// This device wants no more wake-ups; answered with `Done`.
     PushUnregister,

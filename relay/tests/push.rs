@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ferry_protocol::{ClientFrame, DeviceId, ErrorCode, PushTarget, ServerFrame, UserId};
+use ferry_protocol::{ClientFrame, ErrorCode, PushTarget, ServerFrame};
 use ferry_relay::bus::LocalBusHub;
 use ferry_relay::push::queue::PER_ORIGIN_SENDS;
 use ferry_relay::store::PushTargetRow;
 use support::client::{Client, Identity};
 use support::node::{Node, next_frame, node, node_on, send_appends};
 use support::push_service::{Answer, PushService};
-use support::random_bytes;
 
 const MESSAGE: &[u8] = br#"{"v":1,"kind":"message"}"#;
 const CALL: &[u8] = br#"{"v":1,"kind":"call"}"#;
@@ -248,6 +247,26 @@ async fn a_call_wakes_the_other_members_devices_at_once_and_urgently() {
     stranger.send(&ClientFrame::ConvWake { conv }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(service.received(&bob_endpoint).len(), 1);
+    // Nor one who is blocked: Bob blocks Alice, and her calls wake his devices no more.
+    let mut bob_again = node.connect(&bob.id, None).await;
+    let alice_user = alice.user();
+    bob_again
+        .send(&ClientFrame::Block { peer: alice_user })
+        .await;
+    loop {
+        match next_frame(&mut bob_again).await.unwrap() {
+            ServerFrame::Done => break,
+            ServerFrame::Error(e) => panic!("block refused: {e:?}"),
+            _ => {}
+        }
+    }
+    alice.client.send(&ClientFrame::ConvWake { conv }).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        service.received(&bob_endpoint).len(),
+        1,
+        "a blocked caller rang"
+    );
 }
 
 #[tokio::test]
@@ -290,7 +309,7 @@ async fn a_stuck_push_service_does_not_delay_another() {
             p256dh: URL_SAFE_NO_PAD.decode(p256dh).unwrap(),
             auth: URL_SAFE_NO_PAD.decode(auth).unwrap(),
         };
-        (UserId(random_bytes()), DeviceId(random_bytes()), row)
+        (support::storage::user(), support::storage::device(), row)
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -303,6 +322,7 @@ async fn a_stuck_push_service_does_not_delay_another() {
     for _ in 0..concurrency + 8 {
         let (user, device, row) = target(&stuck);
         stuck.set_answer(&row.endpoint, Answer::Hang);
+        support::storage::admit(&**store, user, &[device]).await;
         store.set_push_target(user, device, &row, 0).await.unwrap();
         users.push(user);
     }
@@ -311,6 +331,7 @@ async fn a_stuck_push_service_does_not_delay_another() {
         .await
         .unwrap();
     let (user, device, row) = target(&healthy);
+    support::storage::admit(&**store, user, &[device]).await;
     store.set_push_target(user, device, &row, 0).await.unwrap();
     store
         .queue_wake_ups(&[user], &[], true, now, u64::MAX)

@@ -18,6 +18,7 @@ use support::storage::*;
 crate::storage_story!(
     wake_ups_are_coalesced_claimed_once_retried_bounded_and_removed_with_the_target,
     a_device_has_unread_until_it_acknowledged_its_log,
+    a_revoked_device_has_no_push_target_and_gets_none,
 );
 
 fn target(n: u8) -> PushTargetRow {
@@ -45,6 +46,8 @@ async fn wake_ups_are_coalesced_claimed_once_retried_bounded_and_removed_with_th
     let store = &*db.store;
     let (alice, bob) = (user(), user());
     let (a1, a2, b1) = (device(), device(), device());
+    admit(store, alice, &[a1, a2]).await;
+    admit(store, bob, &[b1]).await;
     store
         .set_push_target(alice, a2, &target(2), NOW_MS)
         .await
@@ -172,4 +175,42 @@ async fn a_device_has_unread_until_it_acknowledged_its_log(db: Db) {
     assert!(store.has_unread(alice, a2).await.unwrap(), "one left");
     store.set_ack(alice, a2, 3).await.unwrap();
     assert!(!store.has_unread(alice, a2).await.unwrap());
+}
+
+async fn a_revoked_device_has_no_push_target_and_gets_none(db: Db) {
+    use ferry_protocol::SigningKey;
+    let store = &*db.store;
+    let alice = user();
+    let (a1, a2, stranger) = (device(), device(), device());
+    admit(store, alice, &[a1, a2]).await;
+    store
+        .set_push_target(alice, a2, &target(2), NOW_MS)
+        .await
+        .unwrap();
+    store
+        .queue_wake_ups(&[alice], &[a1], false, 1_000, u64::MAX)
+        .await
+        .unwrap();
+    // A device the chain never admitted gets none.
+    let refused = store
+        .set_push_target(alice, stranger, &target(3), NOW_MS)
+        .await;
+    assert_eq!(
+        refused.unwrap_err().code(),
+        ferry_protocol::ErrorCode::DeviceRevoked
+    );
+    // Revoked: its target and its pending wake-up go in the revocation's transaction, and it
+    // cannot register again.
+    let chain = stored_chain(store, alice).await;
+    let body = support::client::revoke_body(&chain, &[a2]);
+    let key = user_key(alice);
+    let revoke = chain.sign(body, SigningKey::User(&key));
+    store.append_link(&revoke, 8, NOW_S).await.unwrap();
+    assert_eq!(store.push_target(a2).await.unwrap(), None);
+    assert!(claim_mine(store, 1_000, &[a2]).await.is_empty());
+    let refused = store.set_push_target(alice, a2, &target(2), NOW_MS).await;
+    assert_eq!(
+        refused.unwrap_err().code(),
+        ferry_protocol::ErrorCode::DeviceRevoked
+    );
 }

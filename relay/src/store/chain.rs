@@ -189,6 +189,14 @@ impl ChainStore for SqlStore {
                         .bind(signature)
                         .execute(&mut *conn)
                         .await?;
+                        // A revoked device is never woken again: its push target goes with
+                        // it (registering one takes this lock and checks the device).
+                        for table in ["push_queue", "push_targets"] {
+                            sqlx::query(&format!("DELETE FROM {table} WHERE device_id = $1"))
+                                .bind(device.as_bytes().as_slice())
+                                .execute(&mut *conn)
+                                .await?;
+                        }
                     }
                     devices.clone()
                 }

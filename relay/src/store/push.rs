@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use ferry_protocol::{DeviceId, UserId};
 
 use super::StoreError;
-use super::sql::{SqlStore, db_int, from_db_int, key32, on_reader, on_writer};
+use super::sql::{SqlStore, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
 
 /// A device's Web Push subscription, as stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,7 +44,9 @@ pub struct WakeUp {
 /// Storage of push targets and pending wake-ups.
 #[async_trait]
 pub trait PushStore: Send + Sync {
-    /// Sets the device's push target (replacing any).
+    /// Sets the device's push target (replacing any), if the device is active: under the
+    /// user's row lock, as a revocation (which removes the device's target), so a device
+    /// revoked meanwhile never keeps one. Refused with `device_revoked` otherwise.
     async fn set_push_target(
         &self,
         user: UserId,
@@ -140,10 +142,14 @@ impl PushStore for SqlStore {
         target: &PushTargetRow,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        on_writer!(&self.db, |pool| {
+        let mut tx = self.db.begin().await?;
+        tx.lock_user(user.as_bytes()).await?;
+        let stored = in_tx!(&mut tx, |conn| {
             sqlx::query(
                 "INSERT INTO push_targets (device_id, user_id, endpoint, p256dh, auth, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE EXISTS (SELECT 1 FROM devices
+                               WHERE user_id = $2 AND device_id = $1 AND revoked_at IS NULL)
                  ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id,
                      endpoint = excluded.endpoint, p256dh = excluded.p256dh,
                      auth = excluded.auth, created_at = excluded.created_at",
@@ -154,10 +160,16 @@ impl PushStore for SqlStore {
             .bind(target.p256dh.as_slice())
             .bind(target.auth.as_slice())
             .bind(db_int(now_ms))
-            .execute(pool)
-            .await?;
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
         });
-        Ok(())
+        if stored == 0 {
+            return Err(StoreError::Refused(
+                ferry_protocol::ErrorCode::DeviceRevoked,
+            ));
+        }
+        tx.commit().await
     }
 
     async fn remove_push_target(&self, device: DeviceId) -> Result<bool, StoreError> {
