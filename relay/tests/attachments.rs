@@ -234,6 +234,15 @@ async fn a_blob_is_read_by_its_uploader_and_the_members_of_conversations_that_re
     members_only_story(&node(|_| {}).await).await;
 }
 
+/// The same over object storage (`object_store`'s in-memory backend, as S3 is not reachable
+/// here): nothing is written to the data folder.
+#[tokio::test]
+async fn a_blob_is_read_by_its_uploader_and_members_only_on_object_storage() {
+    let node = node(|c: &mut Config| c.attachments.store = Some("memory://".into())).await;
+    members_only_story(&node).await;
+    assert!(!node.dir.path().join("blobs").exists());
+}
+
 #[tokio::test]
 async fn a_blob_is_read_by_its_uploader_and_members_only_on_postgres() {
     let Some(url) = support::postgres_url().await else {
