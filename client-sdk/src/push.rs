@@ -30,6 +30,19 @@ impl ClientHandle {
         self.done(ClientFrame::PushRegister(target)).await
     }
 
+    /// Registers this device's APNs device token (an iOS or macOS app's, from
+    /// `didRegisterForRemoteNotificationsWithDeviceToken`; `sandbox` for a development
+    /// build), replacing any target. Fails with
+    /// [`ErrorCode::PushTargetInvalid`](ferry_protocol::ErrorCode::PushTargetInvalid) when
+    /// the relay has no APNs key for the app.
+    pub async fn register_apns(&self, token: &[u8], sandbox: bool) -> Result<(), ClientError> {
+        let target = PushTarget::Apns {
+            token: token.to_vec(),
+            sandbox,
+        };
+        self.done(ClientFrame::PushRegister(target)).await
+    }
+
     /// No more wake-ups for this device.
     pub async fn unregister_push(&self) -> Result<(), ClientError> {
         self.done(ClientFrame::PushUnregister).await

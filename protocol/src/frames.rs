@@ -412,6 +412,15 @@ pub enum PushTarget {
         #[serde(with = "serde_bytes")]
         auth: Vec<u8>,
     },
+    /// An iOS or macOS app's APNs device token (the app's bundle id, the topic, is the
+    /// relay's: `--apns-topic`).
+    Apns {
+        /// The device token, as `didRegisterForRemoteNotificationsWithDeviceToken` gives it.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+        /// A development build's token (APNs's sandbox environment).
+        sandbox: bool,
+    },
 }
 
 impl std::fmt::Debug for PushTarget {
@@ -422,12 +431,19 @@ impl std::fmt::Debug for PushTarget {
                 .debug_struct("WebPush")
                 .field("endpoint_len", &endpoint.len())
                 .finish_non_exhaustive(),
+            Self::Apns { sandbox, .. } => f
+                .debug_struct("Apns")
+                .field("sandbox", sandbox)
+                .finish_non_exhaustive(),
         }
     }
 }
 
 /// Longest push endpoint URL.
 pub const MAX_PUSH_ENDPOINT_LEN: usize = 1024;
+
+/// Longest APNs device token (32 bytes today; Apple says they may grow, up to 100).
+pub const MAX_APNS_TOKEN_LEN: usize = 100;
 
 impl PushTarget {
     fn check_limits(&self) -> Result<(), DecodeError> {
@@ -440,6 +456,9 @@ impl PushTarget {
                 check_len("push endpoint", endpoint.len(), MAX_PUSH_ENDPOINT_LEN)?;
                 check_len("p256dh", p256dh.len(), 65)?;
                 check_len("auth", auth.len(), 16)
+            }
+            Self::Apns { token, .. } => {
+                check_len("APNs device token", token.len(), MAX_APNS_TOKEN_LEN)
             }
         }
     }

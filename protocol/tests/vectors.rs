@@ -545,6 +545,13 @@ fn conversation_vectors(out: &mut String, user: &UserId, device: &DeviceId) {
         }))
     );
     line!(
+        "push_frame_register_apns",
+        codec::encode(&ClientFrame::PushRegister(PushTarget::Apns {
+            token: vec![0xa7; 32],
+            sandbox: false,
+        }))
+    );
+    line!(
         "push_frame_conv_wake",
         codec::encode(&ClientFrame::ConvWake { conv })
     );

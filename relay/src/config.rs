@@ -238,6 +238,54 @@ pub struct PushConfig {
         env = "FERRY_PUSH_ALLOW_LOOPBACK"
     )]
     pub allow_loopback: bool,
+
+    /// The team's APNs key (`AuthKey_<KEY ID>.p8`, from Apple's developer site) for iOS and
+    /// macOS apps; with `--apns-key-id`, `--apns-team-id` and `--apns-topic`. Without it,
+    /// APNs targets are refused (`push_target_invalid`).
+    #[arg(
+        long = "apns-key-file",
+        global = true,
+        env = "FERRY_APNS_KEY_FILE",
+        value_name = "PATH",
+        requires_all = ["apns_key_id", "apns_team_id", "apns_topic"]
+    )]
+    pub apns_key_file: Option<PathBuf>,
+
+    /// The APNs key's id (10 characters).
+    #[arg(
+        long = "apns-key-id",
+        id = "apns_key_id",
+        global = true,
+        env = "FERRY_APNS_KEY_ID",
+        requires = "apns_key_file"
+    )]
+    pub apns_key_id: Option<String>,
+
+    /// The Apple developer team id.
+    #[arg(
+        long = "apns-team-id",
+        id = "apns_team_id",
+        global = true,
+        env = "FERRY_APNS_TEAM_ID",
+        requires = "apns_key_file"
+    )]
+    pub apns_team_id: Option<String>,
+
+    /// The app's bundle id (the `apns-topic` of every push).
+    #[arg(
+        long = "apns-topic",
+        id = "apns_topic",
+        global = true,
+        env = "FERRY_APNS_TOPIC",
+        requires = "apns_key_file"
+    )]
+    pub apns_topic: Option<String>,
+
+    /// APNs's URL instead of Apple's (`https://api.push.apple.com`, and the sandbox's for
+    /// development tokens): a test service; `http://` (HTTP/2 without TLS) only with
+    /// `--push-allow-loopback`.
+    #[arg(long = "apns-url", global = true, env = "FERRY_APNS_URL", hide = true)]
+    pub apns_url: Option<String>,
 }
 
 /// Limits. Each answers with a stable error code when hit.

@@ -89,6 +89,9 @@ pub enum StartError {
     /// incomplete or invalid, or the secret file could not be read.
     #[error("TURN: {0}")]
     Turn(#[from] crate::turn::TurnConfigError),
+    /// The APNs settings (`--apns-*`) are incomplete, or the key cannot be read.
+    #[error("APNs: {0}")]
+    Apns(String),
     /// The attachments storage (`--blob-store`) cannot be used.
     #[error("attachments: {0}")]
     Attachments(String),
@@ -402,6 +405,13 @@ fn start_pusher(
         Duration::from_millis(push.timeout_ms.max(1)),
     )
     .allow_loopback(push.allow_loopback);
+    let sender = match apns_client(push, sender.roots())? {
+        Some(apns) => {
+            tracing::info!(topic = apns.topic(), "APNs wake-ups enabled");
+            sender.with_apns(apns)
+        }
+        None => sender,
+    };
     let settings = PushSettings {
         delay: Duration::from_millis(push.delay_ms),
         max_queued: push.max_queued,
@@ -413,6 +423,41 @@ fn start_pusher(
         settings,
         Arc::clone(metrics),
     ))
+}
+
+/// The APNs client `--apns-*` configure, if they do.
+fn apns_client(
+    push: &crate::config::PushConfig,
+    roots: &rustls::RootCertStore,
+) -> Result<Option<crate::push::apns::ApnsClient>, StartError> {
+    use crate::push::apns::{ApnsClient, ApnsKey, PRODUCTION, SANDBOX};
+    let Some(path) = &push.apns_key_file else {
+        return Ok(None);
+    };
+    let failed = |e: anyhow::Error| StartError::Apns(format!("{e:#}"));
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Apns(format!("{}: {e}", path.display())))?;
+    let field = |value: &Option<String>| value.clone().unwrap_or_default();
+    let key = ApnsKey::from_pem(
+        &pem,
+        &field(&push.apns_key_id),
+        &field(&push.apns_team_id),
+        &field(&push.apns_topic),
+    )
+    .map_err(failed)?;
+    let (production, sandbox) = match &push.apns_url {
+        Some(url) if url.starts_with("http://") && !push.allow_loopback => {
+            return Err(StartError::Apns(
+                "an http:// --apns-url needs --push-allow-loopback (tests only)".into(),
+            ));
+        }
+        Some(url) => (url.as_str(), url.as_str()),
+        None => (PRODUCTION, SANDBOX),
+    };
+    let timeout = Duration::from_millis(push.timeout_ms.max(1));
+    ApnsClient::new(key, production, sandbox, roots.clone(), timeout)
+        .map(Some)
+        .map_err(failed)
 }
 
 fn commit_config(

@@ -304,11 +304,11 @@ async fn a_stuck_push_service_does_not_delay_another() {
     // A target of `service` in the store, for a new device of a new user.
     let target = |service: &PushService| {
         let (endpoint, p256dh, auth) = service.subscribe();
-        let row = PushTargetRow {
-            endpoint: endpoint.clone(),
-            p256dh: URL_SAFE_NO_PAD.decode(p256dh).unwrap(),
-            auth: URL_SAFE_NO_PAD.decode(auth).unwrap(),
-        };
+        let row = PushTargetRow::web_push(
+            endpoint.clone(),
+            URL_SAFE_NO_PAD.decode(p256dh).unwrap(),
+            URL_SAFE_NO_PAD.decode(auth).unwrap(),
+        );
         (support::storage::user(), support::storage::device(), row)
     };
     let now = std::time::SystemTime::now()

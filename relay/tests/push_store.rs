@@ -22,11 +22,11 @@ crate::storage_story!(
 );
 
 fn target(n: u8) -> PushTargetRow {
-    PushTargetRow {
-        endpoint: format!("https://push.example.net/push/{n}"),
-        p256dh: vec![4; 65],
-        auth: vec![n; 16],
-    }
+    PushTargetRow::web_push(
+        format!("https://push.example.net/push/{n}"),
+        vec![4; 65],
+        vec![n; 16],
+    )
 }
 
 /// The claimed wake-ups of `devices`, among whatever else the claim returned.
@@ -191,6 +191,15 @@ async fn a_revoked_device_has_no_push_target_and_gets_none(db: Db) {
         .queue_wake_ups(&[alice], &[a1], false, 1_000, u64::MAX)
         .await
         .unwrap();
+    // An APNs target reads back as one, and replaces the Web Push one.
+    let apns = PushTargetRow::apns(&[0xa1; 32], true);
+    store
+        .set_push_target(alice, a1, &apns, NOW_MS)
+        .await
+        .unwrap();
+    let stored = store.push_target(a1).await.unwrap().unwrap();
+    assert_eq!(stored.kind, ferry_relay::store::PushKind::ApnsSandbox);
+    assert_eq!(stored.endpoint, hex::encode([0xa1; 32]));
     // A device the chain never admitted gets none.
     let refused = store
         .set_push_target(alice, stranger, &target(3), NOW_MS)

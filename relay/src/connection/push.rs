@@ -56,22 +56,35 @@ async fn register(ctx: &Context, asker: Asker, target: PushTarget) -> ServerFram
     if !may_write(ctx, asker) {
         return rate_limited(ctx);
     }
-    let PushTarget::WebPush {
-        endpoint,
-        p256dh,
-        auth,
-    } = target;
     let code = ErrorCode::PushTargetInvalid;
-    if let Err(why) = crate::push::check_endpoint(&endpoint, ctx.config.push.allow_loopback) {
-        return error(ctx, code, why);
-    }
-    if let Err(why) = Subscription::from_keys(&endpoint, &p256dh, &auth) {
-        return error(ctx, code, why.to_string());
-    }
-    let row = PushTargetRow {
-        endpoint,
-        p256dh,
-        auth,
+    let row = match target {
+        PushTarget::WebPush {
+            endpoint,
+            p256dh,
+            auth,
+        } => {
+            if let Err(why) = crate::push::check_endpoint(&endpoint, ctx.config.push.allow_loopback)
+            {
+                return error(ctx, code, why);
+            }
+            if let Err(why) = Subscription::from_keys(&endpoint, &p256dh, &auth) {
+                return error(ctx, code, why.to_string());
+            }
+            PushTargetRow::web_push(endpoint, p256dh, auth)
+        }
+        PushTarget::Apns { token, sandbox } => {
+            if !ctx.pusher.has_apns() {
+                return error(
+                    ctx,
+                    code,
+                    "this relay has no APNs key: it cannot wake iOS apps",
+                );
+            }
+            if !(8..=ferry_protocol::frames::MAX_APNS_TOKEN_LEN).contains(&token.len()) {
+                return error(ctx, code, "an APNs device token is 8 to 100 bytes");
+            }
+            PushTargetRow::apns(&token, sandbox)
+        }
     };
     match ctx
         .store

@@ -7,10 +7,11 @@
 //! - [`sender`]: one Web Push request to a push service, and what its answer means.
 //! - [`queue`]: the pipeline of a node: what the relay stored becomes at most one pending
 //!   wake-up per device in the store, and what is due is sent.
+//! - [`apns`]: APNs for iOS and macOS apps (HTTP/2, provider tokens), when the relay has
+//!   an APNs key (`--apns-key-file`, `--apns-key-id`, `--apns-team-id`, `--apns-topic`).
 //! - [`check_endpoint`]: which endpoints a device may register.
-//!
-//! APNs is not supported yet.
 
+pub mod apns;
 pub mod queue;
 pub mod sender;
 pub mod web_push;

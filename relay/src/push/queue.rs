@@ -29,7 +29,7 @@ use super::sender::{SendOutcome, Sender, Urgency};
 use super::web_push::{self, Subscription};
 use crate::context::now_ms;
 use crate::metrics::Metrics;
-use crate::store::{Store, WakeUp};
+use crate::store::{PushKind, Store, WakeUp};
 
 /// How often queued wake-ups are written to the store (one statement per batch).
 const INTAKE_INTERVAL: Duration = Duration::from_millis(100);
@@ -97,6 +97,8 @@ pub struct Pusher {
     metrics: Arc<Metrics>,
     /// Set when the relay shuts down: both tasks stop (what is queued stays in the store).
     stop: Arc<watch::Sender<bool>>,
+    /// Whether APNs targets can be woken (the relay has an APNs key).
+    apns: bool,
 }
 
 impl std::fmt::Debug for Pusher {
@@ -115,6 +117,7 @@ impl Pusher {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (intake, requests) = mpsc::channel(CHANNEL_LEN);
+        let apns = sender.apns().is_some();
         let due = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(until_stopped(
@@ -142,7 +145,13 @@ impl Pusher {
             intake,
             metrics,
             stop: Arc::new(stop),
+            apns,
         }
+    }
+
+    /// Whether APNs targets can be woken (the relay has an APNs key).
+    pub fn has_apns(&self) -> bool {
+        self.apns
     }
 
     /// Stops sending (the relay shuts down): wake-ups not sent yet stay in the store for
@@ -255,9 +264,13 @@ async fn run_sender(
         };
         let full = claimed.len() == CLAIM_LIMIT as usize;
         for wake_up in claimed {
-            let origin = web_push::origin(&wake_up.target.endpoint)
-                .unwrap_or_default()
-                .to_owned();
+            let origin = match wake_up.target.kind {
+                PushKind::WebPush => web_push::origin(&wake_up.target.endpoint)
+                    .unwrap_or_default()
+                    .to_owned(),
+                PushKind::Apns => super::apns::PRODUCTION.to_owned(),
+                PushKind::ApnsSandbox => super::apns::SANDBOX.to_owned(),
+            };
             let at_limit = {
                 let mut busy = origins
                     .lock()
@@ -334,25 +347,39 @@ async fn deliver(
         }
     }
     let target = &wake_up.target;
-    let subscription = match Subscription::from_keys(&target.endpoint, &target.p256dh, &target.auth)
-    {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            tracing::warn!(%error, %device, "a stored push target is unusable; removed");
-            metrics.push_wake_ups("unregistered", 1);
-            return done(store.remove_push_target(device).await.map(drop));
+    let outcome = match target.kind {
+        PushKind::WebPush => {
+            let keys = Subscription::from_keys(&target.endpoint, &target.p256dh, &target.auth);
+            let subscription = match keys {
+                Ok(subscription) => subscription,
+                Err(error) => {
+                    tracing::warn!(%error, %device, "a stored push target is unusable; removed");
+                    metrics.push_wake_ups("unregistered", 1);
+                    return done(store.remove_push_target(device).await.map(drop));
+                }
+            };
+            let (kind, urgency, ttl) = if wake_up.urgent {
+                ("call", Urgency::High, CALL_TTL_SECS)
+            } else {
+                ("message", Urgency::Normal, MESSAGE_TTL_SECS)
+            };
+            let payload = format!(r#"{{"v":1,"kind":"{kind}"}}"#);
+            sender
+                .send(&subscription, payload.as_bytes(), urgency, TOPIC, ttl)
+                .await
+        }
+        PushKind::Apns | PushKind::ApnsSandbox => {
+            let Some(apns) = sender.apns() else {
+                // Registered while the relay had an APNs key, which it has no more.
+                metrics.push_wake_ups("failed", 1);
+                tracing::warn!(%device, "an APNs target, and no APNs key configured; given up");
+                return done(store.finish_wake_up(device).await);
+            };
+            let sandbox = target.kind == PushKind::ApnsSandbox;
+            apns.send(&target.endpoint, sandbox, wake_up.urgent).await
         }
     };
-    let (kind, urgency, ttl) = if wake_up.urgent {
-        ("call", Urgency::High, CALL_TTL_SECS)
-    } else {
-        ("message", Urgency::Normal, MESSAGE_TTL_SECS)
-    };
-    let payload = format!(r#"{{"v":1,"kind":"{kind}"}}"#);
-    match sender
-        .send(&subscription, payload.as_bytes(), urgency, TOPIC, ttl)
-        .await
-    {
+    match outcome {
         SendOutcome::Delivered => {
             metrics.push_wake_ups("sent", 1);
             done(store.finish_wake_up(device).await);

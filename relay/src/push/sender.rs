@@ -87,6 +87,8 @@ pub struct Sender {
     tls: Option<Arc<ClientConfig>>,
     /// Whether addresses of this machine may be connected to (tests, a local push service).
     allow_loopback: bool,
+    /// APNs, when the relay has a key for it.
+    apns: Option<Arc<super::apns::ApnsClient>>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -122,7 +124,24 @@ impl Sender {
             roots,
             tls,
             allow_loopback: false,
+            apns: None,
         }
+    }
+
+    /// Also sends APNs wake-ups, through `client`.
+    pub fn with_apns(mut self, client: super::apns::ApnsClient) -> Self {
+        self.apns = Some(Arc::new(client));
+        self
+    }
+
+    /// The APNs client, if the relay has an APNs key.
+    pub fn apns(&self) -> Option<&super::apns::ApnsClient> {
+        self.apns.as_deref()
+    }
+
+    /// The root certificates `https://` push services are checked against.
+    pub fn roots(&self) -> &RootCertStore {
+        &self.roots
     }
 
     /// Lets the sender connect to this machine's addresses (`--push-allow-loopback`). Off by

@@ -161,7 +161,7 @@ pub use log::{
     check_device_seq,
 };
 pub use people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
-pub use push::{PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
+pub use push::{PushKind, PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 pub use sql::{Dialect, SqlStore};
 
 /// Opens the store named by `url` with default [`StoreOptions`] and runs its migrations.

@@ -9,20 +9,81 @@ use ferry_protocol::{DeviceId, UserId};
 use super::StoreError;
 use super::sql::{SqlStore, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
 
-/// A device's Web Push subscription, as stored.
+/// A device's push target, as stored: a Web Push subscription, or an APNs device token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PushTargetRow {
-    /// The push service URL (a capability: never logged).
+    /// Which push service.
+    pub kind: PushKind,
+    /// Web Push: the push service URL; APNs: the device token in hex (a capability either
+    /// way: never logged).
     pub endpoint: String,
-    /// The subscription's P-256 public key, uncompressed.
+    /// Web Push: the subscription's P-256 public key, uncompressed (APNs: empty).
     pub p256dh: Vec<u8>,
-    /// The subscription's authentication secret.
+    /// Web Push: the subscription's authentication secret (APNs: empty).
     pub auth: Vec<u8>,
+}
+
+impl PushTargetRow {
+    /// A Web Push subscription.
+    pub fn web_push(endpoint: String, p256dh: Vec<u8>, auth: Vec<u8>) -> Self {
+        Self {
+            kind: PushKind::WebPush,
+            endpoint,
+            p256dh,
+            auth,
+        }
+    }
+
+    /// An APNs device token, of a production or a development (`sandbox`) build.
+    pub fn apns(token: &[u8], sandbox: bool) -> Self {
+        Self {
+            kind: if sandbox {
+                PushKind::ApnsSandbox
+            } else {
+                PushKind::Apns
+            },
+            endpoint: hex::encode(token),
+            p256dh: Vec::new(),
+            auth: Vec::new(),
+        }
+    }
+}
+
+/// Which push service a target is at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PushKind {
+    /// Web Push (RFC 8030): the endpoint's own push service.
+    WebPush,
+    /// Apple's APNs, production environment.
+    Apns,
+    /// Apple's APNs, development environment.
+    ApnsSandbox,
+}
+
+impl PushKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::WebPush => "web_push",
+            Self::Apns => "apns",
+            Self::ApnsSandbox => "apns_sandbox",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "web_push" => Ok(Self::WebPush),
+            "apns" => Ok(Self::Apns),
+            "apns_sandbox" => Ok(Self::ApnsSandbox),
+            other => Err(StoreError::Corrupt(format!("push target kind {other:?}"))),
+        }
+    }
 }
 
 impl std::fmt::Debug for PushTargetRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushTargetRow").finish_non_exhaustive()
+        f.debug_struct("PushTargetRow")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,6 +189,7 @@ struct ClaimedRow {
     device_id: Vec<u8>,
     urgent: bool,
     attempts: i64,
+    kind: String,
     endpoint: String,
     p256dh: Vec<u8>,
     auth: Vec<u8>,
@@ -146,13 +208,15 @@ impl PushStore for SqlStore {
         tx.lock_user(user.as_bytes()).await?;
         let stored = in_tx!(&mut tx, |conn| {
             sqlx::query(
-                "INSERT INTO push_targets (device_id, user_id, endpoint, p256dh, auth, created_at)
-                 SELECT $1, $2, $3, $4, $5, $6
+                "INSERT INTO push_targets
+                   (device_id, user_id, endpoint, p256dh, auth, created_at, kind)
+                 SELECT $1, $2, $3, $4, $5, $6, $7
                  WHERE EXISTS (SELECT 1 FROM devices
                                WHERE user_id = $2 AND device_id = $1 AND revoked_at IS NULL)
                  ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id,
                      endpoint = excluded.endpoint, p256dh = excluded.p256dh,
-                     auth = excluded.auth, created_at = excluded.created_at",
+                     auth = excluded.auth, created_at = excluded.created_at,
+                     kind = excluded.kind",
             )
             .bind(device.as_bytes().as_slice())
             .bind(user.as_bytes().as_slice())
@@ -160,6 +224,7 @@ impl PushStore for SqlStore {
             .bind(target.p256dh.as_slice())
             .bind(target.auth.as_slice())
             .bind(db_int(now_ms))
+            .bind(target.kind.as_str())
             .execute(&mut *conn)
             .await?
             .rows_affected()
@@ -188,17 +253,23 @@ impl PushStore for SqlStore {
     }
 
     async fn push_target(&self, device: DeviceId) -> Result<Option<PushTargetRow>, StoreError> {
-        let row: Option<(String, Vec<u8>, Vec<u8>)> = on_reader!(&self.db, |pool| {
-            sqlx::query_as("SELECT endpoint, p256dh, auth FROM push_targets WHERE device_id = $1")
-                .bind(device.as_bytes().as_slice())
-                .fetch_optional(pool)
-                .await?
+        let row: Option<(String, String, Vec<u8>, Vec<u8>)> = on_reader!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT kind, endpoint, p256dh, auth FROM push_targets WHERE device_id = $1",
+            )
+            .bind(device.as_bytes().as_slice())
+            .fetch_optional(pool)
+            .await?
         });
-        Ok(row.map(|(endpoint, p256dh, auth)| PushTargetRow {
-            endpoint,
-            p256dh,
-            auth,
-        }))
+        row.map(|(kind, endpoint, p256dh, auth)| {
+            Ok(PushTargetRow {
+                kind: PushKind::parse(&kind)?,
+                endpoint,
+                p256dh,
+                auth,
+            })
+        })
+        .transpose()
     }
 
     async fn queue_wake_ups(
@@ -306,7 +377,8 @@ impl PushStore for SqlStore {
             return Ok(Vec::new());
         }
         let select = format!(
-            "SELECT q.user_id, q.device_id, q.urgent, q.attempts, t.endpoint, t.p256dh, t.auth
+            "SELECT q.user_id, q.device_id, q.urgent, q.attempts, t.kind, t.endpoint, t.p256dh,
+                    t.auth
              FROM push_queue q JOIN push_targets t ON t.device_id = q.device_id
              WHERE q.device_id IN ({})
              ORDER BY q.due_at",
@@ -328,6 +400,7 @@ impl PushStore for SqlStore {
                     attempts: u32::try_from(from_db_int(row.attempts, "attempts")?)
                         .unwrap_or(u32::MAX),
                     target: PushTargetRow {
+                        kind: PushKind::parse(&row.kind)?,
                         endpoint: row.endpoint,
                         p256dh: row.p256dh,
                         auth: row.auth,

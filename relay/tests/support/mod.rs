@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Each test crate uses its own subset.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apns_service;
 pub mod client;
 pub mod conversation;
 pub mod device;
