@@ -13,35 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_client::attachments::AttachmentError;
 use ferry_client::{ClientError, Content, ConvId, FileRef, Progress};
-use support::conversations::{Dev, Person, befriend, person};
-use support::*;
-
-/// The relay and the folders are held to the test's end: bind every field.
-struct Start {
-    relay: TestRelay,
-    alice: Person,
-    bob: Person,
-    conv: ConvId,
-    dir: tempfile::TempDir,
-}
-
-async fn start() -> Start {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
-    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
-    befriend(&mut alice, &mut bob).await;
-    let conv = alice.one.handle().start_chat(bob.user).await.unwrap();
-    alice.two.joined(conv).await;
-    bob.joined(conv).await;
-    Start {
-        relay,
-        alice,
-        bob,
-        conv,
-        dir,
-    }
-}
+use support::conversations::{Dev, TwoInAChat, two_in_a_chat};
 
 /// A file of `len` bytes that never repeats a 64-byte window (so a piece of it found on the
 /// relay's disk is a real leak), named `name`.
@@ -109,13 +81,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_reaches_every_device_whole_and_the_relay_sees_only_ciphertext() {
-    let Start {
+    let TwoInAChat {
         relay,
         mut alice,
         mut bob,
         conv,
         dir,
-    } = start().await;
+    } = two_in_a_chat().await;
     let name = "holiday-photo-unique-name.png";
     let (path, bytes) = a_file(dir.path(), name, 600 * 1024 + 7);
     let (sent, progress) = recorder();
@@ -188,13 +160,13 @@ async fn a_file_reaches_every_device_whole_and_the_relay_sees_only_ciphertext() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_by_a_relay_restart_goes_on_where_the_relay_stands() {
-    let Start {
+    let TwoInAChat {
         mut relay,
         alice,
         mut bob,
         conv,
         dir,
-    } = start().await;
+    } = two_in_a_chat().await;
     // 40 parts: at most a window of them is at the relay when it goes down.
     let (path, bytes) = a_file(dir.path(), "big.bin", 40 * 262_128);
     let (paused, pause) = std::sync::mpsc::channel::<()>();
@@ -233,13 +205,13 @@ async fn an_upload_cut_by_a_relay_restart_goes_on_where_the_relay_stands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_saved_from_a_blob_or_a_message_that_does_not_match() {
-    let Start {
+    let TwoInAChat {
         relay,
         alice,
         mut bob,
         conv,
         dir,
-    } = start().await;
+    } = two_in_a_chat().await;
     let (path, _) = a_file(dir.path(), "doc.pdf", 300 * 1024);
     let seq = alice
         .one

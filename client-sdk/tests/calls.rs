@@ -15,35 +15,8 @@ use ferry_client::{
     CallEvent, CallId, CallOutcome, CallRecord, Content, ConvId, ConversationEvent, EndReason,
     UserId,
 };
-use support::conversations::{Dev, Person, befriend, person};
+use support::conversations::{Dev, Person, TwoInAChat, two_in_a_chat};
 use support::*;
-
-/// The relay and the folders are held to the test's end: bind every field.
-struct Start {
-    _relay: TestRelay,
-    alice: Person,
-    bob: Person,
-    conv: ConvId,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Start {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&dir.path().join("relay"));
-    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
-    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
-    befriend(&mut alice, &mut bob).await;
-    let conv = alice.one.handle().start_chat(bob.user).await.unwrap();
-    alice.two.joined(conv).await;
-    bob.joined(conv).await;
-    Start {
-        _relay: relay,
-        alice,
-        bob,
-        conv,
-        _dir: dir,
-    }
-}
 
 async fn incoming(dev: &mut Dev, call: CallId, from: UserId) -> String {
     match dev
@@ -110,13 +83,13 @@ async fn record(dev: &mut Dev, conv: ConvId, call: CallId) -> CallRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_rings_every_device_of_the_callee_and_the_first_to_accept_gets_it() {
-    let Start {
+    let TwoInAChat {
         mut alice,
         mut bob,
         conv,
-        _relay,
-        _dir,
-    } = start().await;
+        relay: _relay,
+        dir: _dir,
+    } = two_in_a_chat().await;
     let caller = alice.one.handle();
     let call = caller
         .place_call(conv, true, "v=0 offer".into())
@@ -217,13 +190,13 @@ async fn a_call_rings_every_device_of_the_callee_and_the_first_to_accept_gets_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_nobody_answers_is_a_missed_call_that_offline_devices_read_later() {
-    let Start {
+    let TwoInAChat {
         mut alice,
         bob,
         conv,
-        _relay,
-        _dir,
-    } = start().await;
+        relay: _relay,
+        dir: _dir,
+    } = two_in_a_chat().await;
     let Person {
         user: bob_user,
         one: bob_one,
@@ -273,13 +246,13 @@ async fn a_call_nobody_answers_is_a_missed_call_that_offline_devices_read_later(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_for_one_to_one_conversations() {
-    let Start {
+    let TwoInAChat {
         alice,
         bob,
         conv,
-        _relay,
-        _dir,
-    } = start().await;
+        relay: _relay,
+        dir: _dir,
+    } = two_in_a_chat().await;
     let group = alice
         .one
         .handle()

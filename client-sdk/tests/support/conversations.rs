@@ -380,3 +380,32 @@ impl Transcript {
         self.0.keys().next_back().copied().unwrap_or(0)
     }
 }
+
+/// Alice and Bob (two devices each), contacts, in a 1:1 that Alice opened and every device
+/// joined, on one relay. Bind every field: the relay and the folders live as long as they.
+pub struct TwoInAChat {
+    pub relay: TestRelay,
+    pub alice: Person,
+    pub bob: Person,
+    pub conv: ConvId,
+    pub dir: tempfile::TempDir,
+}
+
+/// See [`TwoInAChat`].
+pub async fn two_in_a_chat() -> TwoInAChat {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let mut alice = person(dir.path(), &relay, &relay, "alice").await;
+    let mut bob = person(dir.path(), &relay, &relay, "bob").await;
+    befriend(&mut alice, &mut bob).await;
+    let conv = alice.one.handle().start_chat(bob.user).await.unwrap();
+    alice.two.joined(conv).await;
+    bob.joined(conv).await;
+    TwoInAChat {
+        relay,
+        alice,
+        bob,
+        conv,
+        dir,
+    }
+}
