@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_client::attachments::AttachmentError;
 use ferry_client::{ClientError, Content, ConvId, FileRef, Progress};
-use support::conversations::{Dev, TwoInAChat, two_in_a_chat};
+use support::conversations::{Dev, TwoInAChat, person, two_in_a_chat};
+use support::{Adjust, TestRelay, free_addr};
 
 /// A file of `len` bytes that never repeats a 64-byte window (so a piece of it found on the
 /// relay's disk is a real leak), named `name`.
@@ -255,4 +256,27 @@ async fn nothing_is_saved_from_a_blob_or_a_message_that_does_not_match() {
         preview,
         Err(ClientError::Attachment(AttachmentError::Corrupt(_)))
     ));
+}
+
+/// A device over its attachment bandwidth is told `rate_limited` for a part: it pauses and
+/// goes on, both ways, and the file arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_over_its_bandwidth_pauses_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let adjust: Adjust = Arc::new(|config: &mut ferry_relay::Config| {
+        config.attachments.parts_per_device_per_second = 4;
+    });
+    let relay = TestRelay::start_with(&dir.path().join("relay"), free_addr(), adjust);
+    let alice = person(dir.path(), &relay, &relay, "alice").await;
+    // 16 parts: four times what the relay takes from a device in a burst, and more than it
+    // takes in a second even from a slow debug build.
+    let (path, bytes) = a_file(dir.path(), "big.bin", 16 * 262_128);
+    let handle = alice.one.handle();
+    let file = handle.upload_file(&path, &|_| {}).await.unwrap();
+    let dest = dir.path().join("big.out");
+    handle.save_file(&file, &dest, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    // It was refused on the way (else this test proves nothing).
+    let metrics = relay.metrics();
+    assert!(metrics.contains("code=\"rate_limited\""), "{metrics}");
 }

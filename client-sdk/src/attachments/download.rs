@@ -101,6 +101,9 @@ struct Fetch<'a> {
     hasher: Sha256,
     /// Plaintext bytes handed over.
     done: u64,
+    /// The pause before asking again after `rate_limited`, and how many in a row.
+    pause: std::time::Duration,
+    limited: u32,
 }
 
 impl<'a> Fetch<'a> {
@@ -118,6 +121,8 @@ impl<'a> Fetch<'a> {
             in_flight: FuturesOrdered::new(),
             hasher: Sha256::new(),
             done: 0,
+            pause: super::RATE_PAUSE,
+            limited: 0,
         })
     }
 
@@ -134,29 +139,44 @@ impl<'a> Fetch<'a> {
             }
             return Ok(None);
         }
-        while self.in_flight.len() < WINDOW && self.asked < self.parts {
-            let frame = ClientFrame::BlobGet {
-                blob: self.file.blob,
-                part: self.asked,
-            };
-            self.in_flight.push_back(self.handle.ask(frame));
-            self.asked += 1;
-        }
         let index = self.index;
-        let bytes = match self.in_flight.next().await {
-            Some(answer) => match answer? {
-                ServerFrame::BlobPart {
-                    part, size, bytes, ..
-                } if part == index => {
-                    if size != self.size {
-                        return Err(AttachmentError::Corrupt("the blob's size").into());
+        let bytes = loop {
+            while self.in_flight.len() < WINDOW && self.asked < self.parts {
+                let frame = ClientFrame::BlobGet {
+                    blob: self.file.blob,
+                    part: self.asked,
+                };
+                self.in_flight.push_back(self.handle.ask(frame));
+                self.asked += 1;
+            }
+            match self.in_flight.next().await {
+                // The device's attachment bandwidth is used up for now: this part and the
+                // ones asked after it are asked again after a pause.
+                Some(Err(ClientError::RateLimited)) => {
+                    self.limited += 1;
+                    if self.limited > MAX_LIMITED {
+                        return Err(ClientError::RateLimited);
                     }
-                    bytes
+                    self.in_flight = FuturesOrdered::new();
+                    self.asked = index;
+                    tokio::time::sleep(self.pause).await;
+                    self.pause = (self.pause * 2).min(super::MAX_RATE_PAUSE);
                 }
-                ServerFrame::Error(e) => return Err(ClientError::from_code(e.code, e.message)),
-                other => return Err(unexpected(&other)),
-            },
-            None => return Err(AttachmentError::Corrupt("parts missing").into()),
+                Some(answer) => match answer? {
+                    ServerFrame::BlobPart {
+                        part, size, bytes, ..
+                    } if part == index => {
+                        if size != self.size {
+                            return Err(AttachmentError::Corrupt("the blob's size").into());
+                        }
+                        self.pause = super::RATE_PAUSE;
+                        self.limited = 0;
+                        break bytes;
+                    }
+                    other => return Err(unexpected(&other)),
+                },
+                None => return Err(AttachmentError::Corrupt("parts missing").into()),
+            }
         };
         self.hasher.update(&bytes);
         let last = index + 1 == self.parts;
@@ -170,6 +190,9 @@ impl<'a> Fetch<'a> {
         Ok(Some(plain))
     }
 }
+
+/// `rate_limited` answers in a row before a download gives up.
+const MAX_LIMITED: u32 = 8;
 
 /// Where a download is written until it is checked.
 fn partial_path(dest: &Path) -> PathBuf {

@@ -25,6 +25,11 @@ use serde::{Deserialize, Serialize};
 /// Parts asked for at once while uploading or downloading (each 256 KiB).
 const WINDOW: usize = 8;
 
+/// The first pause after the relay refused a part for the device's bandwidth
+/// (`rate_limited`); it doubles while refusals go on, up to [`MAX_RATE_PAUSE`].
+const RATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+const MAX_RATE_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest file name a [`FileRef`] carries, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 

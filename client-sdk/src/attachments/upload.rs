@@ -18,8 +18,9 @@ use crate::client::ClientHandle;
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
 
-/// Times an upload starts again from where the relay says it stands before giving up.
-const MAX_RESTARTS: u32 = 8;
+/// Times in a row an upload starts again without the relay holding more than before, before
+/// it gives up.
+const MAX_STALLS: u32 = 8;
 
 impl ClientHandle {
     /// Sends the file at `path` to a conversation: encrypted here under a key of its own,
@@ -63,7 +64,6 @@ impl ClientHandle {
         let size = sealed_len(plain_len);
         let blob = match self.ask(ClientFrame::BlobCreate { size, digest }).await? {
             ServerFrame::BlobCreated { blob, .. } => blob,
-            ServerFrame::Error(e) => return Err(ClientError::from_code(e.code, e.message)),
             other => return Err(unexpected(&other)),
         };
         progress(Progress {
@@ -103,7 +103,9 @@ impl ClientHandle {
         let parts = u32::try_from(part_count(sealed_len(upload.plain_len)))
             .map_err(|_| ClientError::Protocol("a file too large to upload".into()))?;
         let mut start = 0;
-        for _ in 0..MAX_RESTARTS {
+        let mut stalls = 0;
+        let mut pause = super::RATE_PAUSE;
+        while stalls < MAX_STALLS {
             let (sender, mut sealed) = mpsc::channel(WINDOW);
             let producer = {
                 let (path, key) = (upload.path.to_path_buf(), upload.key.clone());
@@ -130,9 +132,15 @@ impl ClientHandle {
                     next += 1;
                 }
                 let Some((part, answer)) = in_flight.next().await else {
-                    break Err(ClientError::Protocol("the upload ended early".into()));
+                    return Err(ClientError::Protocol("the upload ended early".into()));
                 };
-                match answer? {
+                let answer = match answer {
+                    // The device's attachment bandwidth is used up for now: this part and
+                    // the next go again after a pause.
+                    Err(ClientError::RateLimited) => break Err(Restart::Paused(part)),
+                    answer => answer?,
+                };
+                match answer {
                     ServerFrame::BlobStored { complete: true, .. } => break Ok(()),
                     ServerFrame::BlobStored { stored, .. } if stored == part + 1 => {
                         let done = u64::from(stored) * CHUNK_LEN as u64;
@@ -149,30 +157,41 @@ impl ClientHandle {
                             stored,
                             "upload starts again from the relay's position"
                         );
-                        start = stored;
-                        break Err(ClientError::Protocol("restart".into()));
-                    }
-                    ServerFrame::Error(e) => {
-                        return Err(ClientError::from_code(e.code, e.message));
+                        break Err(Restart::From(stored));
                     }
                     other => return Err(unexpected(&other)),
                 }
             };
             drop(sealed);
             let _ = producer.await;
-            if outcome.is_ok() {
-                progress(Progress {
-                    done: upload.plain_len,
-                    total: upload.plain_len,
-                });
-                return Ok(());
-            }
-            if start >= parts {
-                break;
-            }
+            let from = match outcome {
+                Ok(()) => {
+                    progress(Progress {
+                        done: upload.plain_len,
+                        total: upload.plain_len,
+                    });
+                    return Ok(());
+                }
+                Err(Restart::From(stored)) => stored,
+                Err(Restart::Paused(part)) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(super::MAX_RATE_PAUSE);
+                    part
+                }
+            };
+            stalls = if from > start { 0 } else { stalls + 1 };
+            start = from.min(parts);
         }
         Err(AttachmentError::Stalled.into())
     }
+}
+
+/// Why an upload goes on from another part than the next.
+enum Restart {
+    /// The relay holds parts up to this one.
+    From(u32),
+    /// The relay refused this part for now (`rate_limited`).
+    Paused(u32),
 }
 
 /// An upload under way.
