@@ -31,6 +31,14 @@ use super::web_push::{self, Subscription, VapidKey, WebPushError};
 /// a push service whose clock is ahead of ours).
 const VAPID_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
+/// A VAPID header is signed again once less than this is left of it (it is reused until
+/// then: one ES256 signature per push service per few hours, not one per message).
+const VAPID_RENEW_BEFORE: Duration = Duration::from_secs(6 * 3600);
+
+/// Push services whose VAPID header is kept (devices choose them: bounded, and forgotten
+/// all at once when full).
+const MAX_CACHED_VAPID: usize = 1024;
+
 /// Longest `Topic` (RFC 8030 §5.4: at most 32 characters of the base64url alphabet).
 pub const MAX_TOPIC_LEN: usize = 32;
 
@@ -89,6 +97,8 @@ pub struct Sender {
     allow_loopback: bool,
     /// APNs, when the relay has a key for it.
     apns: Option<Arc<super::apns::ApnsClient>>,
+    /// The VAPID header of each push service (its origin), and when it expires (unix s).
+    vapid_headers: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -125,6 +135,7 @@ impl Sender {
             tls,
             allow_loopback: false,
             apns: None,
+            vapid_headers: Arc::default(),
         }
     }
 
@@ -245,14 +256,7 @@ impl Sender {
             // Not expected from a parsed subscription; a bug either way.
             _ => SendOutcome::Rejected(400),
         })?;
-        let expires_at = now
-            .checked_add(VAPID_LIFETIME)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |t| t.as_secs());
-        let authorization = self
-            .vapid
-            .authorization(&subscription.endpoint, &self.subject, expires_at)
-            .map_err(|_| SendOutcome::Gone)?;
+        let authorization = self.vapid_header(&subscription.endpoint, now)?;
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(target.path_and_query.as_str())
@@ -271,6 +275,32 @@ impl Sender {
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| SendOutcome::Rejected(400))?;
         Ok((target, request))
+    }
+
+    /// The VAPID header for `endpoint`'s push service: the one made for it earlier while more
+    /// than [`VAPID_RENEW_BEFORE`] of it is left, else a new one.
+    fn vapid_header(&self, endpoint: &str, now: SystemTime) -> Result<String, SendOutcome> {
+        let origin = web_push::origin(endpoint).ok_or(SendOutcome::Gone)?;
+        let now_s = now.duration_since(UNIX_EPOCH).map_or(0, |t| t.as_secs());
+        let mut cache = self
+            .vapid_headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((header, expires_at)) = cache.get(origin)
+            && *expires_at > now_s + VAPID_RENEW_BEFORE.as_secs()
+        {
+            return Ok(header.clone());
+        }
+        let expires_at = now_s + VAPID_LIFETIME.as_secs();
+        let header = self
+            .vapid
+            .authorization(endpoint, &self.subject, expires_at)
+            .map_err(|_| SendOutcome::Gone)?;
+        if cache.len() >= MAX_CACHED_VAPID {
+            cache.clear();
+        }
+        cache.insert(origin.to_owned(), (header.clone(), expires_at));
+        Ok(header)
     }
 
     /// Connects, sends, and returns the response's status and `Retry-After`.
@@ -625,6 +655,37 @@ mod tests {
         for status in [400, 401, 403, 413, 301, 418] {
             assert_eq!(at(status, None), SendOutcome::Rejected(status));
         }
+    }
+
+    #[test]
+    fn a_vapid_header_is_reused_per_push_service_until_half_its_life_is_left() {
+        let sender = sender();
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let a = "https://push.example.net/push/one";
+        let first = sender.vapid_header(a, at(1_700_000_000)).unwrap();
+        // Another subscription of the same service, hours later: the same header.
+        let same = sender
+            .vapid_header(
+                "https://push.example.net/push/two",
+                at(1_700_000_000 + 5 * 3600),
+            )
+            .unwrap();
+        assert_eq!(first, same);
+        // Another service: its own (the JWT names the audience).
+        let other = sender
+            .vapid_header("https://other.example.org/p/1", at(1_700_000_000))
+            .unwrap();
+        assert_ne!(first, other);
+        // With less than half its 12 hours left: a new one, valid 12 hours from then.
+        let later = sender
+            .vapid_header(a, at(1_700_000_000 + 7 * 3600))
+            .unwrap();
+        assert_ne!(first, later);
+        let token = later.strip_prefix("vapid t=").unwrap();
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(claims["exp"], 1_700_000_000 + 19 * 3600);
     }
 
     #[test]
