@@ -49,6 +49,9 @@ enum Command {
     /// Push wake-ups per second to a local push service: users × 2 devices, device B offline
     /// with a Web Push target, device A appending a burst.
     Push,
+    /// A file's upload and download through the relay (MiB/s) against a plain copy of the
+    /// same bytes on the same disk.
+    Attachments,
     /// Run a relay in this process until killed (used by `idle` when no ferry-relay binary
     /// is found next to this one); takes the relay's own flags.
     #[command(hide = true)]
@@ -113,6 +116,9 @@ struct Common {
     /// The relay's push delay in ms (push: 200; the relay's own default is 2,000).
     #[arg(long, global = true)]
     push_delay_ms: Option<u64>,
+    /// The file's size in MiB (attachments: 64, quick 2).
+    #[arg(long, global = true)]
+    file_mib: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -129,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         Command::People => vec![Scenario::People],
         Command::Conversations => vec![Scenario::Conversations],
         Command::Push => vec![Scenario::Push],
+        Command::Attachments => vec![Scenario::Attachments],
         Command::ServeRelay(args) => return serve_relay(args.config),
     };
     let common = cli.common;
@@ -150,6 +157,7 @@ fn main() -> anyhow::Result<()> {
         sources: common.sources.max(1),
         relay_bin: common.relay_bin,
         push_delay_ms: common.push_delay_ms,
+        file_mib: common.file_mib,
     };
     // Many sockets at once: up to the hard limit (the idle scenario's relay inherits it).
     ferry_bench::scenarios::idle::raise_nofile();

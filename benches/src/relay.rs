@@ -84,6 +84,10 @@ pub fn generous(config: &mut Config) {
     limits.max_pending_requests = 1_000_000;
     limits.max_contacts = 1_000_000;
     config.log.max_concurrent_replays = 100_000;
+    let attachments = &mut config.attachments;
+    attachments.max_bytes = 1 << 40;
+    attachments.quota_bytes = 1 << 50;
+    attachments.parts_per_device_per_second = 1_000_000;
 }
 
 /// The same limits as `ferry-relay` flags, for a relay process.
@@ -106,6 +110,9 @@ pub fn generous_flags() -> Vec<String> {
         "--max-pending-requests=1000000",
         "--max-contacts=1000000",
         "--max-concurrent-replays=100000",
+        "--attachment-max-bytes=1099511627776",
+        "--attachment-quota-bytes=1125899906842624",
+        "--attachment-parts-per-device-per-second=1000000",
     ]
     .map(str::to_owned)
     .to_vec()

@@ -28,6 +28,7 @@ fn tiny() -> Options {
         sources: 4,
         relay_bin: None,
         push_delay_ms: None,
+        file_mib: Some(1),
     }
 }
 
@@ -93,5 +94,25 @@ async fn push_wakes_each_offline_device_once() {
         let sent = format!("{services}: relay ferry_push_wake_ups_total{{outcome=\"sent\"}}");
         assert_eq!(value(&push, &sent), 2.0);
         assert!(value(&push, &format!("{services}: first append → last wake-up")) > 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_go_through_the_relay_and_come_back_whole() {
+    // A 1 MiB file, 3 rounds: the scenario itself fails unless every download equals the
+    // original.
+    let attachments = Scenario::Attachments.run(&tiny()).await.unwrap();
+    for measure in [
+        "plain copy",
+        "sealing only",
+        "relay storage alone",
+        "relay digest check alone",
+        "upload through the relay",
+        "download through the relay",
+        "upload ÷ plain copy",
+        "download ÷ plain copy",
+    ] {
+        let value = value(&attachments, measure);
+        assert!(value.is_finite() && value > 0.0, "{measure}: {value}");
     }
 }

@@ -2,6 +2,7 @@
 //! payloads and latency histograms.
 
 pub mod appends;
+pub mod attachments;
 pub mod cluster;
 pub mod conversations;
 pub mod handshakes;
@@ -54,6 +55,8 @@ pub struct Options {
     pub relay_bin: Option<PathBuf>,
     /// The relay's `--push-delay-ms` in push (default [`push::DELAY_MS`]).
     pub push_delay_ms: Option<u64>,
+    /// The file's size in MiB (attachments: 64).
+    pub file_mib: Option<u64>,
 }
 
 impl Options {
@@ -92,11 +95,13 @@ pub enum Scenario {
     Conversations,
     /// Push wake-ups per second to a local push service (users × 2 devices, one offline).
     Push,
+    /// A file's upload and download through the relay vs a plain copy on the same disk.
+    Attachments,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Handshakes,
         Self::Appends,
         Self::Latency,
@@ -107,6 +112,7 @@ impl Scenario {
         Self::People,
         Self::Conversations,
         Self::Push,
+        Self::Attachments,
     ];
 
     /// The name used in commands and tables.
@@ -122,6 +128,7 @@ impl Scenario {
             Self::People => "people",
             Self::Conversations => "conversations",
             Self::Push => "push",
+            Self::Attachments => "attachments",
         }
     }
 
@@ -138,6 +145,7 @@ impl Scenario {
             Self::People => people::run(options).await,
             Self::Conversations => conversations::run(options).await,
             Self::Push => push::run(options).await,
+            Self::Attachments => attachments::run(options).await,
         }
     }
 }

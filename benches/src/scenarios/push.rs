@@ -743,7 +743,7 @@ fn crypto_per_message(iterations: usize) -> anyhow::Result<(f64, f64)> {
 /// CPU time used by this process so far (user + system, all threads), in seconds:
 /// `/proc/self/stat` fields 14 and 15, in clock ticks of 1/100 s (Linux's `USER_HZ` on every
 /// common architecture). `None` where there is no such file.
-fn process_cpu_seconds() -> Option<f64> {
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // After the command name (in parentheses, which may hold spaces): field 3 onwards.
     let (_, rest) = stat.rsplit_once(')')?;
