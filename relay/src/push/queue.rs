@@ -5,7 +5,8 @@
 //! ```text
 //!  committers, ConvWake ─wake(users, except, urgent)─▶ bounded channel (full: dropped, counted)
 //!    intake task, every INTAKE_INTERVAL: PushStore::queue_wake_ups (coalesced per device)
-//!    sender task, every SEND_INTERVAL or when woken: PushStore::claim_wake_ups (leased)
+//!    sender task, every SEND_INTERVAL or when woken (a call queued, message wake-ups or
+//!    deferred ones falling due): PushStore::claim_wake_ups (leased)
 //!      each wake-up in a task of its own (at most `concurrency`, and PER_ORIGIN_SENDS per
 //!      push service, beyond which a wake-up is deferred a moment: one stuck service never
 //!      holds the others up):
@@ -233,6 +234,14 @@ async fn run_intake(
             }
             if urgent {
                 due.notify_one();
+            } else {
+                // The sender hears when these fall due, rather than at its next poll (up
+                // to SEND_INTERVAL late). One timer per intake batch, not per device.
+                let due = Arc::clone(&due);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    due.notify_one();
+                });
             }
         }
     }
@@ -263,6 +272,7 @@ async fn run_sender(
             }
         };
         let full = claimed.len() == CLAIM_LIMIT as usize;
+        let mut deferred = false;
         for wake_up in claimed {
             let origin = match wake_up.target.kind {
                 PushKind::WebPush => web_push::origin(&wake_up.target.endpoint)
@@ -289,6 +299,7 @@ async fn run_sender(
                 if let Err(error) = store.defer_wake_up(wake_up.device, due_at).await {
                     tracing::warn!(%error, "could not defer a wake-up");
                 }
+                deferred = true;
                 continue;
             }
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -313,6 +324,14 @@ async fn run_sender(
                     }
                 }
                 drop(slot);
+            });
+        }
+        if deferred {
+            // Look again when the deferred ones fall due, not at the next poll.
+            let due = Arc::clone(&due);
+            tokio::spawn(async move {
+                tokio::time::sleep(BUSY_DEFERRAL).await;
+                due.notify_one();
             });
         }
         if !full {
