@@ -303,6 +303,18 @@ async fn the_size_limit_and_the_quota_hold() {
     // Every blob counts from its creation, uploaded or not.
     let over = create(&mut alice, PART_LEN as u64 + 1, digest).await;
     assert_eq!(over, Err(ErrorCode::QuotaExceeded));
+    // The refusal says which quota, in words a user can act on.
+    let frame = ClientFrame::BlobCreate {
+        size: PART_LEN as u64 + 1,
+        digest,
+    };
+    match alice.ask(&frame).await {
+        ServerFrame::Error(e) => {
+            let quota = (4 * PART_LEN).to_string();
+            assert!(e.message.contains(&quota), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
     create(&mut alice, PART_LEN as u64, digest).await.unwrap();
     // Another user has a quota of its own.
     let mut bob = Talker::connect(addr, relay, &Identity::new_user(), 1).await;
