@@ -10,12 +10,12 @@ mod support;
 
 use std::time::Duration;
 
-use ferry_protocol::{ClientFrame, ErrorCode, PushTarget, ServerFrame};
+use ferry_protocol::{ClientFrame, ErrorCode, PushTarget};
 use p256::pkcs8::EncodePrivateKey as _;
 use support::apns_service::{ApnsService, KEY_ID, TEAM_ID, TOPIC};
 use support::client::Client;
 use support::conversation::one_to_one;
-use support::node::{Node, next_frame, node};
+use support::node::{Node, done, node};
 
 /// A relay with an APNs key, talking to a test APNs service (returned with the folder
 /// holding the key).
@@ -49,13 +49,7 @@ async fn register(client: &mut Client, token: &[u8]) -> Result<(), ErrorCode> {
         sandbox: false,
     };
     client.send(&ClientFrame::PushRegister(target)).await;
-    loop {
-        match next_frame(client).await.expect("open") {
-            ServerFrame::Done => return Ok(()),
-            ServerFrame::Error(e) => return Err(e.code),
-            _ => {}
-        }
-    }
+    done(client).await
 }
 
 #[tokio::test]

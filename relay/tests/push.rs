@@ -18,7 +18,7 @@ use ferry_relay::bus::LocalBusHub;
 use ferry_relay::push::queue::PER_ORIGIN_SENDS;
 use ferry_relay::store::PushTargetRow;
 use support::client::{Client, Identity};
-use support::node::{Node, next_frame, node, node_on, send_appends};
+use support::node::{Node, done, next_frame, node, node_on, send_appends};
 use support::push_service::{Answer, PushService};
 
 const MESSAGE: &[u8] = br#"{"v":1,"kind":"message"}"#;
@@ -56,17 +56,6 @@ async fn offline_laptop(node: &Node, service: &PushService) -> (Client, Identity
     let endpoint = register(&mut laptop_session, service).await;
     laptop_session.close().await;
     (phone_session, laptop, endpoint)
-}
-
-/// The answer to a request: `Done` or an error code (events and heads passed over).
-async fn done(client: &mut Client) -> Result<(), ErrorCode> {
-    loop {
-        match next_frame(client).await.expect("open") {
-            ServerFrame::Done => return Ok(()),
-            ServerFrame::Error(e) => return Err(e.code),
-            _ => {}
-        }
-    }
 }
 
 /// Reads `client`'s events up to `head` and acknowledges them, as a device with a session
@@ -253,13 +242,7 @@ async fn a_call_wakes_the_other_members_devices_at_once_and_urgently() {
     bob_again
         .send(&ClientFrame::Block { peer: alice_user })
         .await;
-    loop {
-        match next_frame(&mut bob_again).await.unwrap() {
-            ServerFrame::Done => break,
-            ServerFrame::Error(e) => panic!("block refused: {e:?}"),
-            _ => {}
-        }
-    }
+    assert_eq!(done(&mut bob_again).await, Ok(()), "the block");
     alice.client.send(&ClientFrame::ConvWake { conv }).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(

@@ -22,7 +22,7 @@ use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-use super::people::{Asker, error, may_write, storage_error};
+use super::people::{Asker, error, may_write, rate_limited, refused, storage_error};
 use crate::attachments::{delete_doomed, parts_of};
 use crate::context::{Context, now_ms};
 use crate::store::{BlobRow, NewBlob};
@@ -127,11 +127,7 @@ async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes)
     let last = part + 1 == parts_of(row.size);
     if let Err(e) = ctx.blobs.put_part(&blob, part, bytes.clone()).await {
         tracing::warn!(error = %e, "storing an attachment part failed");
-        return error(
-            ctx,
-            ErrorCode::Unavailable,
-            ErrorCode::Unavailable.description(),
-        );
+        return refused(ctx, ErrorCode::Unavailable);
     }
     if last {
         match digest_matches(ctx, blob, &row, part, &bytes).await {
@@ -139,11 +135,7 @@ async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes)
             Ok(false) => return corrupt(ctx, blob).await,
             Err(e) => {
                 tracing::warn!(error = %e, "reading an attachment back failed");
-                return error(
-                    ctx,
-                    ErrorCode::Unavailable,
-                    ErrorCode::Unavailable.description(),
-                );
+                return refused(ctx, ErrorCode::Unavailable);
             }
         }
     }
@@ -202,11 +194,7 @@ async fn corrupt(ctx: &Context, blob: BlobId) -> ServerFrame {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "marking a corrupt attachment failed"),
     }
-    error(
-        ctx,
-        ErrorCode::AttachmentCorrupt,
-        ErrorCode::AttachmentCorrupt.description(),
-    )
+    refused(ctx, ErrorCode::AttachmentCorrupt)
 }
 
 async fn get(ctx: &Context, asker: Asker, blob: BlobId, part: u32) -> ServerFrame {
@@ -222,11 +210,7 @@ async fn get(ctx: &Context, asker: Asker, blob: BlobId, part: u32) -> ServerFram
         Err(e) => return storage_error(ctx, &e),
     };
     if !row.complete {
-        return error(
-            ctx,
-            ErrorCode::AttachmentIncomplete,
-            ErrorCode::AttachmentIncomplete.description(),
-        );
+        return refused(ctx, ErrorCode::AttachmentIncomplete);
     }
     if part_len(row.size, u64::from(part)).is_none() {
         let why = format!("this attachment has {} parts", parts_of(row.size));
@@ -246,11 +230,7 @@ async fn get(ctx: &Context, asker: Asker, blob: BlobId, part: u32) -> ServerFram
         Ok(None) => no_such(ctx),
         Err(e) => {
             tracing::warn!(error = %e, "reading an attachment part failed");
-            error(
-                ctx,
-                ErrorCode::Unavailable,
-                ErrorCode::Unavailable.description(),
-            )
+            refused(ctx, ErrorCode::Unavailable)
         }
     }
 }
@@ -264,11 +244,5 @@ fn stored(blob: BlobId, row: &BlobRow) -> ServerFrame {
 }
 
 fn no_such(ctx: &Context) -> ServerFrame {
-    let code = ErrorCode::NoSuchAttachment;
-    error(ctx, code, code.description())
-}
-
-fn rate_limited(ctx: &Context) -> ServerFrame {
-    let code = ErrorCode::RateLimited;
-    error(ctx, code, code.description())
+    refused(ctx, ErrorCode::NoSuchAttachment)
 }

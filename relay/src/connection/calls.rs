@@ -17,7 +17,7 @@
 
 use ferry_protocol::{ErrorCode, ServerFrame};
 
-use super::people::{Asker, error, storage_error};
+use super::people::{Asker, error, refused, storage_error};
 use crate::context::{Context, now_s};
 
 /// What a `TurnCredentialsFetch` gets.
@@ -32,8 +32,7 @@ pub(super) enum TurnAnswer {
 /// `TurnCredentialsFetch`: fresh credentials for the configured TURN servers.
 pub(super) async fn turn_credentials(ctx: &Context, asker: Asker) -> TurnAnswer {
     let Some(turn) = &ctx.turn else {
-        let code = ErrorCode::TurnUnavailable;
-        return TurnAnswer::Frame(error(ctx, code, code.description()));
+        return TurnAnswer::Frame(refused(ctx, ErrorCode::TurnUnavailable));
     };
     if !ctx
         .turn_limiter

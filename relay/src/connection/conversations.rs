@@ -21,7 +21,7 @@ use ferry_mls::DsGroup;
 use ferry_protocol::conversations::{ConvId, ConvSend, Direction};
 use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame};
 
-use super::people::{Asker, error, log_storage_error, storage_error, wake};
+use super::people::{Asker, error, log_storage_error, rate_limited, storage_error, wake};
 use crate::context::{Context, now_ms};
 use crate::store::{ConvCursor, ConvPage, ConvSendRequest, KeyPackageRow, SendOutcome, StoreError};
 
@@ -389,9 +389,4 @@ async fn ephemeral(ctx: &Context, asker: Asker, conv: ConvId, body: Vec<u8>) {
         body,
     };
     ctx.hub.conversation_frame(&to, &frame, Some(asker.device));
-}
-
-fn rate_limited(ctx: &Context) -> ServerFrame {
-    let code = ErrorCode::RateLimited;
-    error(ctx, code, code.description())
 }

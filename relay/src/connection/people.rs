@@ -326,6 +326,16 @@ pub(super) fn error(ctx: &Context, code: ErrorCode, message: impl Into<String>) 
     ServerFrame::Error(ErrorFrame::with_message(code, message))
 }
 
+/// An `Error` with `code` and its description (counted in the metrics).
+pub(super) fn refused(ctx: &Context, code: ErrorCode) -> ServerFrame {
+    error(ctx, code, code.description())
+}
+
+/// `Error(rate_limited)` (counted in the metrics).
+pub(super) fn rate_limited(ctx: &Context) -> ServerFrame {
+    refused(ctx, ErrorCode::RateLimited)
+}
+
 /// Logs a storage failure that is the relay's (not a refusal of the request).
 pub(super) fn log_storage_error(e: &StoreError) {
     if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {

@@ -13,7 +13,7 @@
 use ferry_protocol::conversations::ConvId;
 use ferry_protocol::{ClientFrame, ErrorCode, PushTarget, ServerFrame};
 
-use super::people::{Asker, error, log_storage_error, may_write, storage_error};
+use super::people::{Asker, error, log_storage_error, may_write, rate_limited, storage_error};
 use crate::context::{Context, now_ms};
 use crate::push::web_push::Subscription;
 use crate::store::PushTargetRow;
@@ -121,9 +121,4 @@ async fn wake(ctx: &Context, asker: Asker, conv: ConvId) {
         }
         Err(e) => log_storage_error(&e),
     }
-}
-
-fn rate_limited(ctx: &Context) -> ServerFrame {
-    let code = ErrorCode::RateLimited;
-    error(ctx, code, code.description())
 }

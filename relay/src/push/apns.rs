@@ -14,10 +14,8 @@
 //! brings a second rustls generation; this reuses the relay's hyper, rustls and P-256.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
@@ -25,14 +23,13 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use p256::ecdsa::SigningKey;
-use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::sender::SendOutcome;
+use super::sender::{SendOutcome, Target};
 
 /// Apple's production push service.
 pub const PRODUCTION: &str = "https://api.push.apple.com";
@@ -90,48 +87,25 @@ impl ApnsKey {
     fn provider_token(&self, iat: u64) -> String {
         let header = serde_json::json!({ "alg": "ES256", "kid": self.key_id });
         let claims = serde_json::json!({ "iss": self.team_id, "iat": iat });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature: p256::ecdsa::Signature = self.key.sign(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.to_bytes())
-        )
+        super::es256_jwt(&self.key, &header.to_string(), &claims.to_string())
     }
 }
 
 /// One APNs environment: where, and the connection to it once made.
 struct Environment {
-    scheme_https: bool,
-    host: String,
-    port: u16,
+    target: Target,
     connection: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl Environment {
     fn parse(url: &str) -> anyhow::Result<Self> {
-        let uri: hyper::Uri = url.parse()?;
-        let scheme_https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => anyhow::bail!("an APNs URL is https:// (or http:// for a test service)"),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| anyhow::anyhow!("an APNs URL names a host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme_https { 443 } else { 80 });
+        let target = Target::parse(url).ok_or_else(|| {
+            anyhow::anyhow!(
+                "an APNs URL is https://HOST[:PORT] (http:// only to this machine, for a test service)"
+            )
+        })?;
         Ok(Self {
-            scheme_https,
-            host,
-            port,
+            target,
             connection: tokio::sync::Mutex::new(None),
         })
     }
@@ -151,8 +125,8 @@ impl std::fmt::Debug for ApnsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApnsClient")
             .field("key", &self.key)
-            .field("production", &self.production.host)
-            .field("sandbox", &self.sandbox.host)
+            .field("production", &self.production.target.host)
+            .field("sandbox", &self.sandbox.target.host)
             .finish_non_exhaustive()
     }
 }
@@ -203,12 +177,12 @@ impl ApnsClient {
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok((status, reason, retry_after))) => outcome_of(status, &reason, retry_after),
             Ok(Err(error)) => {
-                tracing::debug!(%error, host = %environment.host, "APNs: no answer");
+                tracing::debug!(%error, host = %environment.target.host, "APNs: no answer");
                 *environment.connection.lock().await = None;
                 SendOutcome::RetryAfter(None)
             }
             Err(_) => {
-                tracing::debug!(host = %environment.host, "APNs timed out");
+                tracing::debug!(host = %environment.target.host, "APNs timed out");
                 *environment.connection.lock().await = None;
                 SendOutcome::RetryAfter(None)
             }
@@ -221,9 +195,7 @@ impl ApnsClient {
         token_hex: &str,
         urgent: bool,
     ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::context::now_s();
         let (push_type, priority, ttl, body) = if urgent {
             let body = r#"{"aps":{"alert":{"loc-key":"FERRY_INCOMING_CALL"},"sound":"default"},"v":1,"kind":"call"}"#;
             ("alert", "10", 60, body)
@@ -231,14 +203,14 @@ impl ApnsClient {
             let body = r#"{"aps":{"content-available":1},"v":1,"kind":"message"}"#;
             ("background", "5", 86_400, body)
         };
-        let scheme = if environment.scheme_https {
+        let scheme = if environment.target.https {
             "https"
         } else {
             "http"
         };
         let uri = format!(
             "{scheme}://{}:{}/3/device/{token_hex}",
-            environment.host, environment.port
+            environment.target.host, environment.target.port
         );
         Request::builder()
             .method(Method::POST)
@@ -265,9 +237,7 @@ impl ApnsClient {
         match &*cached {
             Some((token, made)) if made.elapsed() < TOKEN_LIFETIME => token.clone(),
             _ => {
-                let iat = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let iat = crate::context::now_s();
                 let token = self.key.provider_token(iat);
                 *cached = Some((token.clone(), Instant::now()));
                 token
@@ -317,11 +287,12 @@ impl ApnsClient {
         &self,
         environment: &Environment,
     ) -> Result<SendRequest<Full<Bytes>>, BoxError> {
-        let tcp = TcpStream::connect((environment.host.as_str(), environment.port)).await?;
+        let tcp =
+            TcpStream::connect((environment.target.host.as_str(), environment.target.port)).await?;
         tcp.set_nodelay(true)?;
         let executor = TokioExecutor::new();
-        if environment.scheme_https {
-            let name = ServerName::try_from(environment.host.clone())?;
+        if environment.target.https {
+            let name = ServerName::try_from(environment.target.host.clone())?;
             let tls = TlsConnector::from(Arc::clone(&self.tls))
                 .connect(name, tcp)
                 .await?;
@@ -363,6 +334,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use p256::ecdsa::signature::Verifier as _;
     use p256::pkcs8::EncodePrivateKey as _;
 

@@ -21,6 +21,25 @@ use std::path::Path;
 use crate::relay_key::{KeyFileError, load_or_create_secret};
 use web_push::VapidKey;
 
+/// A JWT signed with ES256 (RFC 7515/7518): base64url (no padding) of `header` and of
+/// `claims`, joined by a dot, then the P-256 signature of that, as VAPID (RFC 8292) and
+/// APNs provider tokens both are.
+pub(crate) fn es256_jwt(key: &p256::ecdsa::SigningKey, header: &str, claims: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use p256::ecdsa::signature::Signer as _;
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature: p256::ecdsa::Signature = key.sign(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    )
+}
+
 /// File name of the VAPID key inside the data folder (hex, mode 0600, like `relay.key`).
 pub const VAPID_KEY_FILE: &str = "vapid.key";
 

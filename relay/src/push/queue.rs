@@ -237,11 +237,7 @@ async fn run_intake(
             } else {
                 // The sender hears when these fall due, rather than at its next poll (up
                 // to SEND_INTERVAL late). One timer per intake batch, not per device.
-                let due = Arc::clone(&due);
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    due.notify_one();
-                });
+                nudge_after(&due, delay);
             }
         }
     }
@@ -328,16 +324,21 @@ async fn run_sender(
         }
         if deferred {
             // Look again when the deferred ones fall due, not at the next poll.
-            let due = Arc::clone(&due);
-            tokio::spawn(async move {
-                tokio::time::sleep(BUSY_DEFERRAL).await;
-                due.notify_one();
-            });
+            nudge_after(&due, BUSY_DEFERRAL);
         }
         if !full {
             let _ = tokio::time::timeout(SEND_INTERVAL, due.notified()).await;
         }
     }
+}
+
+/// Wakes the sender after `delay`.
+fn nudge_after(due: &Arc<Notify>, delay: Duration) {
+    let due = Arc::clone(due);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        due.notify_one();
+    });
 }
 
 /// Sends one wake-up and records what came of it.

@@ -394,11 +394,11 @@ pub fn valid_topic(topic: &str) -> bool {
 
 /// Where a message goes: the endpoint split for the connection and the request line.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
-    https: bool,
+pub(super) struct Target {
+    pub(super) https: bool,
     /// Host to connect to and to name in TLS (no brackets around an IPv6 address).
-    host: String,
-    port: u16,
+    pub(super) host: String,
+    pub(super) port: u16,
     /// The `Host` header: the endpoint's authority.
     host_header: String,
     /// The request target (origin form): path and query, as in the endpoint.
@@ -408,7 +408,7 @@ struct Target {
 impl Target {
     /// `None` unless `endpoint` is an `https://` URL (`http://` only to loopback, as
     /// [`web_push::origin`]) with a host and no user information.
-    fn parse(endpoint: &str) -> Option<Self> {
+    pub(super) fn parse(endpoint: &str) -> Option<Self> {
         web_push::origin(endpoint)?;
         let uri: Uri = endpoint.parse().ok()?;
         let https = match uri.scheme_str()? {

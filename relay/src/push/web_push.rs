@@ -10,7 +10,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hkdf::Hkdf;
-use p256::ecdsa::signature::Signer as _;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::{PublicKey, SecretKey};
 use rand_core::{OsRng, RngCore};
@@ -191,17 +190,14 @@ impl VapidKey {
         expires_at: u64,
     ) -> Result<String, WebPushError> {
         let audience = origin(endpoint).ok_or(WebPushError::BadEndpoint)?;
-        let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
         let claims = serde_json::json!({ "aud": audience, "exp": expires_at, "sub": subject });
-        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let signing_input = format!("{header}.{claims}");
         let signing_key = p256::ecdsa::SigningKey::from(&self.0);
-        let signature: p256::ecdsa::Signature = signing_key.sign(signing_input.as_bytes());
-        let signature = URL_SAFE_NO_PAD.encode(signature.to_bytes());
-        Ok(format!(
-            "vapid t={signing_input}.{signature}, k={}",
-            self.public()
-        ))
+        let token = super::es256_jwt(
+            &signing_key,
+            r#"{"typ":"JWT","alg":"ES256"}"#,
+            &claims.to_string(),
+        );
+        Ok(format!("vapid t={token}, k={}", self.public()))
     }
 }
 

@@ -66,6 +66,17 @@ impl Node {
     }
 }
 
+/// The answer to a request: `Done` or an error code (events and heads passed over).
+pub async fn done(client: &mut Client) -> Result<(), ErrorCode> {
+    loop {
+        match next_frame(client).await.expect("open") {
+            ServerFrame::Done => return Ok(()),
+            ServerFrame::Error(e) => return Err(e.code),
+            _ => {}
+        }
+    }
+}
+
 pub fn sealed(text: &str) -> SealedPayload {
     SealedPayload(text.as_bytes().to_vec())
 }
