@@ -520,7 +520,26 @@ impl ClientHandle {
     pub async fn list_devices(&self) -> Result<Vec<Device>, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::ListDevices(reply)).await?;
-        answer.await.map_err(|_| self.shared.stopped())?
+        let mut devices = answer.await.map_err(|_| self.shared.stopped())??;
+        for device in &mut devices {
+            if let Some(name) = self.settings.device_name(&device.id) {
+                device.name = name;
+            }
+        }
+        Ok(devices)
+    }
+
+    /// Renames this device for every device of the user: a setting in the user's own log
+    /// ([`Setting::DeviceName`]), which [`list_devices`](Self::list_devices) shows instead of
+    /// the name it was paired with. Waits until the relay stored it.
+    pub async fn rename_device(&self, name: &str) -> Result<(), ClientError> {
+        ferry_protocol::check_device_name(name)
+            .map_err(|e| ClientError::State(crate::error::StateError::Identity(e)))?;
+        let record = self.settings.set(Setting::DeviceName {
+            device: self.device,
+            name: name.to_owned(),
+        })?;
+        self.append(&record).await.map(drop)
     }
 
     /// Revokes a device of the user: appends a revocation to the device chain, signed by

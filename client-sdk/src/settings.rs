@@ -1,5 +1,6 @@
-//! Settings of the user that all its devices follow (today one: whether conversation
-//! history is archived for devices that join later, see [`crate::conversations`]).
+//! Settings of the user that all its devices follow: whether conversation history is
+//! archived for devices that join later (see [`crate::conversations`]), and the names the
+//! user gave its devices after pairing them.
 //!
 //! ```text
 //!  device A: set ─▶ applied here, saved (`settings` in the state folder)
@@ -18,6 +19,7 @@
 //! holds (retention) is not known there, and that device uses its default
 //! ([`Options::archive_history`](crate::Options::archive_history)) until it is set again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -33,8 +35,8 @@ pub const SETTINGS_PREFIX: &[u8] = b"\0ferry/user-setting/v1\0";
 
 /// File name of this device's copy of the settings inside the state folder.
 const FILE: &str = "settings";
-/// Version of that file.
-const FORMAT: u8 = 1;
+/// Version of that file (1: before device names).
+const FORMAT: u8 = 2;
 
 /// A setting of the user, as [`ClientEvent::Setting`](crate::ClientEvent::Setting) reports
 /// it when it changes (on any device of the user).
@@ -45,6 +47,15 @@ pub enum Setting {
     /// paired later reads the history (see
     /// [`ClientHandle::set_archive_history`](crate::ClientHandle::set_archive_history)).
     ArchiveHistory(bool),
+    /// The name the user gave one of its devices (see
+    /// [`ClientHandle::rename_device`](crate::ClientHandle::rename_device)), shown instead of
+    /// the name it was paired with (which the device chain keeps, signed, for good).
+    DeviceName {
+        /// The device.
+        device: DeviceId,
+        /// Its name now.
+        name: String,
+    },
 }
 
 /// One record of the log. Changing it changes every stored record: append variants to
@@ -73,6 +84,7 @@ impl<T> Stamped<T> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Known {
     archive_history: Option<Stamped<bool>>,
+    device_names: BTreeMap<DeviceId, Stamped<String>>,
 }
 
 /// The saved file.
@@ -80,6 +92,32 @@ struct Known {
 struct Saved {
     format: u8,
     known: Known,
+}
+
+/// The saved file of format 1.
+#[derive(Deserialize)]
+struct SavedV1 {
+    format: u8,
+    archive_history: Option<Stamped<bool>>,
+}
+
+/// The settings in a saved file of any format this version reads.
+fn decode_saved(bytes: &[u8]) -> Result<Known, String> {
+    match bytes.first() {
+        Some(1) => postcard::from_bytes::<SavedV1>(bytes)
+            .map(|old| {
+                debug_assert_eq!(old.format, 1);
+                Known {
+                    archive_history: old.archive_history,
+                    device_names: BTreeMap::new(),
+                }
+            })
+            .map_err(|e| e.to_string()),
+        Some(&FORMAT) => postcard::from_bytes::<Saved>(bytes)
+            .map(|saved| saved.known)
+            .map_err(|e| e.to_string()),
+        _ => Err("settings of an unknown format".to_owned()),
+    }
 }
 
 /// This device's copy of the user's settings, and the changes waiting for the app.
@@ -99,12 +137,8 @@ impl Settings {
     pub fn open(dir: &Path, device: DeviceId) -> Self {
         let path = dir.join(FILE);
         let known = match std::fs::read(&path) {
-            Ok(bytes) => match postcard::from_bytes::<Saved>(&bytes) {
-                Ok(saved) if saved.format == FORMAT => saved.known,
-                Ok(_) => {
-                    tracing::error!(path = %path.display(), "settings of an unknown format; ignored");
-                    Known::default()
-                }
+            Ok(bytes) => match decode_saved(&bytes) {
+                Ok(known) => known,
                 Err(error) => {
                     tracing::error!(path = %path.display(), %error, "the settings cannot be read; ignored");
                     Known::default()
@@ -129,6 +163,14 @@ impl Settings {
         self.lock().archive_history.as_ref().map(|s| s.value)
     }
 
+    /// The name the user gave `device`, if it renamed it.
+    pub fn device_name(&self, device: &DeviceId) -> Option<String> {
+        self.lock()
+            .device_names
+            .get(device)
+            .map(|s| s.value.clone())
+    }
+
     /// The next change waiting for the app.
     pub fn take_waiting(&self) -> Option<Setting> {
         self.waiting
@@ -145,6 +187,9 @@ impl Settings {
             match &setting {
                 Setting::ArchiveHistory(_) => {
                     known.archive_history.as_ref().map_or(0, |s| s.version)
+                }
+                Setting::DeviceName { device, .. } => {
+                    known.device_names.get(device).map_or(0, |s| s.version)
                 }
             }
         }
@@ -189,6 +234,24 @@ impl Settings {
                 }
                 let was = known.archive_history.replace(new).map(|s| s.value);
                 (was != Some(value)).then_some(Setting::ArchiveHistory(value))
+            }
+            Setting::DeviceName {
+                device: named,
+                name,
+            } => {
+                let new = Stamped {
+                    version,
+                    device,
+                    value: name.clone(),
+                };
+                if !new.beats(known.device_names.get(&named)) {
+                    return Ok(());
+                }
+                let was = known.device_names.insert(named, new).map(|s| s.value);
+                (was.as_ref() != Some(&name)).then_some(Setting::DeviceName {
+                    device: named,
+                    name,
+                })
             }
         };
         let saved = Saved {
@@ -262,5 +325,59 @@ mod tests {
         unknown.extend_from_slice(&[1, 200]);
         assert!(b.on_log_event(one, &unknown).unwrap());
         assert_eq!(b.archive_history(), Some(!winner));
+    }
+
+    #[test]
+    fn device_names_are_per_device_and_the_latest_rename_wins_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (device(1), device(2));
+        let a = Settings::open(dir.path(), one);
+        let b_dir = dir.path().join("b");
+        std::fs::create_dir(&b_dir).unwrap();
+        let b = Settings::open(&b_dir, two);
+
+        let rename = |device, name: &str| Setting::DeviceName {
+            device,
+            name: name.to_owned(),
+        };
+        let first = a.set(rename(one, "laptop")).unwrap();
+        let second = a.set(rename(one, "work laptop")).unwrap();
+        let other = b.set(rename(two, "phone")).unwrap();
+        // B reads A's renames out of order: the later one stays.
+        assert!(b.on_log_event(one, &second).unwrap());
+        assert!(b.on_log_event(one, &first).unwrap());
+        assert!(a.on_log_event(two, &other).unwrap());
+        for settings in [&a, &b] {
+            assert_eq!(settings.device_name(&one).as_deref(), Some("work laptop"));
+            assert_eq!(settings.device_name(&two).as_deref(), Some("phone"));
+        }
+        assert_eq!(b.take_waiting(), Some(rename(two, "phone")));
+        assert_eq!(b.take_waiting(), Some(rename(one, "work laptop")));
+        assert_eq!(b.take_waiting(), None);
+        // Kept across a restart.
+        let again = Settings::open(&b_dir, two);
+        assert_eq!(again.device_name(&one).as_deref(), Some("work laptop"));
+    }
+
+    #[test]
+    fn a_settings_file_of_format_1_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        #[derive(Serialize)]
+        struct V1 {
+            format: u8,
+            archive_history: Option<Stamped<bool>>,
+        }
+        let old = V1 {
+            format: 1,
+            archive_history: Some(Stamped {
+                version: 3,
+                device: device(1),
+                value: false,
+            }),
+        };
+        std::fs::write(dir.path().join(FILE), postcard::to_allocvec(&old).unwrap()).unwrap();
+        let settings = Settings::open(dir.path(), device(2));
+        assert_eq!(settings.archive_history(), Some(false));
+        assert_eq!(settings.device_name(&device(1)), None);
     }
 }

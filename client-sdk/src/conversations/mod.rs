@@ -116,8 +116,9 @@ pub enum ConversationEvent {
         /// 1:1 or group.
         kind: GroupKind,
     },
-    /// A message, decrypted (or sent by another device of this user); never one of a user
-    /// this user blocks (kept, and shown in history once unblocked).
+    /// A message, decrypted (or sent by another device of this user, or the record of a
+    /// call this device wrote by itself); never one of a user this user blocks (kept, and
+    /// shown in history once unblocked).
     Message(StoredMessage),
     /// Users joined or left the conversation.
     MembersChanged {
@@ -763,17 +764,21 @@ impl Conversations {
     ) -> Result<u64, ClientError> {
         self.send_content(ask, conv, Content::Text(text.to_owned()))
             .await
+            .map(|sent| sent.conv_seq)
     }
 
     /// Sends the record of a call this device placed (see [`crate::calls`]); a missed call
-    /// counts as unread.
+    /// counts as unread. The app did not write it, so it hears of it as a message too.
     pub async fn send_call_record(
         &self,
         ask: &dyn Ask,
         conv: ConvId,
         record: crate::calls::CallRecord,
     ) -> Result<u64, ClientError> {
-        self.send_content(ask, conv, Content::Call(record)).await
+        let sent = self.send_content(ask, conv, Content::Call(record)).await?;
+        let conv_seq = sent.conv_seq;
+        self.queue([ConversationEvent::Message(sent)]);
+        Ok(conv_seq)
     }
 
     /// Sends a file already uploaded (see [`crate::attachments`]); the message refers to
@@ -784,16 +789,18 @@ impl Conversations {
         conv: ConvId,
         file: crate::attachments::FileRef,
     ) -> Result<u64, ClientError> {
-        self.send_content(ask, conv, Content::File(file)).await
+        self.send_content(ask, conv, Content::File(file))
+            .await
+            .map(|sent| sent.conv_seq)
     }
 
-    /// Sends a message and keeps it (and archives it) as sent; returns its `conv_seq`.
+    /// Sends a message and keeps it (and archives it) as sent; returns it.
     async fn send_content(
         &self,
         ask: &dyn Ask,
         conv: ConvId,
         content: Content,
-    ) -> Result<u64, ClientError> {
+    ) -> Result<StoredMessage, ClientError> {
         let mut inner = self.inner.lock().await;
         let (class, body) = match &content {
             Content::Text(text) => (MessageClass::Content, book::Body::Text(text.clone())),
@@ -816,7 +823,7 @@ impl Conversations {
         if self.archiving() {
             ask.archive(archive_record(&stored)).await;
         }
-        Ok(conv_seq)
+        Ok(stored)
     }
 
     /// Encrypts and sends one application message; returns its `conv_seq`. An epoch the
