@@ -688,10 +688,16 @@ async function main() {
     await nav(B, 'contacts');
     const incoming = B.locator(`#contact-list li[data-user="${me.alice}"][data-state=incoming]`);
     await incoming.waitFor({ timeout: 30_000 });
+    // The relay shows a profile to contacts only: until bob accepts, alice is the start of
+    // her id (and her note), and the button's label names her as the list shows her.
+    const shownAs = me.alice.slice(0, 8);
+    await expectText(incoming, new RegExp(shownAs), 'the request shows the start of alice\'s id');
     const acceptLabel = (await incoming.locator('.accept').getAttribute('aria-label')) ?? '';
-    check(/Accept.*Alice/i.test(acceptLabel), `the accept button's aria-label names alice (${JSON.stringify(acceptLabel)})`);
+    check(acceptLabel.includes(shownAs), `the accept button's aria-label names alice (${JSON.stringify(acceptLabel)})`);
     await incoming.locator('.accept').click();
     await B.locator(`#contact-list li[data-user="${me.alice}"][data-state=contact]`).waitFor({ timeout: 30_000 });
+    // A contact now: her profile name shows.
+    await expectText(B.locator(`#contact-list li[data-user="${me.alice}"]`), /Alice/, 'alice\'s name once a contact', 30_000);
     await A.locator(`#contact-list li[data-user="${me.bob}"][data-state=contact]`).waitFor({ timeout: 30_000 });
     const presence = A.locator(`#contact-list li[data-user="${me.bob}"] .presence`);
     check(/^(true|false)$/.test((await presence.getAttribute('data-online')) ?? ''), '.presence has data-online');

@@ -172,7 +172,8 @@ function putMessage(message) {
     return;
   }
   const later = [...list.children].find((child) => Number(child.dataset.seq) > message.seq);
-  list.insertBefore(item, later ?? null);
+  // Messages still being sent stay last.
+  list.insertBefore(item, later ?? list.querySelector('li[data-pending]'));
 }
 
 function messageItem(message) {
@@ -452,15 +453,53 @@ async function sendMessage(event) {
   if (!conv || !text.trim()) return;
   stopTyping();
   textarea.value = '';
+  await sendText(conv, text);
+}
+
+/**
+ * Sends `text`, shown at once as "Sending…" (the SDK waits for the relay, through a
+ * reconnect if need be); a send that fails stays shown with a Retry button, so nothing typed
+ * is lost.
+ */
+async function sendText(conv, text) {
+  const pending = pendingItem(text);
+  byId('message-list').append(pending);
+  scrollToBottom();
   let sent;
   try {
     sent = await post(path('convs', conv, 'send'), { text });
   } catch (error) {
-    if (!textarea.value && chat.conv === conv) textarea.value = text; // give the text back
+    markFailed(pending, conv, text);
     throw error;
   }
+  pending.remove();
   // The `conv` event normally brings the message; fetch it if it has not come yet.
   if (chat.conv === conv && !chat.messages.has(sent.seq)) await loadLatest();
+}
+
+function pendingItem(text) {
+  return el(
+    'li',
+    { class: 'message', 'data-mine': 'true', 'data-kind': 'text', 'data-pending': 'true' },
+    el(
+      'div',
+      { class: 'bubble' },
+      el('p', { class: 'text' }, text),
+      el('span', { class: 'receipt', 'data-receipt': 'sending' }, 'Sending…'),
+    ),
+  );
+}
+
+function markFailed(pending, conv, text) {
+  const receipt = pending.querySelector('.receipt');
+  receipt.dataset.receipt = 'failed';
+  receipt.textContent = 'Not sent';
+  const retry = el('button', { type: 'button', class: 'retry', 'aria-label': 'Send again' }, 'Retry');
+  retry.addEventListener('click', () => {
+    pending.remove();
+    sendText(conv, text).catch(() => {});
+  });
+  receipt.after(retry);
 }
 
 // ---------------------------------------------------------------------------------------------

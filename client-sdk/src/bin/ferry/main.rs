@@ -29,6 +29,9 @@
 //! ferry --state DIR read CONV [--before SEQ] [--limit N]
 //!
 //! ferry --state DIR settings archive [on|off]   # without on|off: prints it
+//!
+//! ferry --state DIR ui [--listen 127.0.0.1:0] [--relay URL --relay-key HEX] [--no-open]
+//!                                      # the app in the browser (docs/web-app.md)
 //! ```
 //!
 //! WHO is a handle (`alice.07`), a user id (64 hex digits), or at least 8 leading hex digits
@@ -55,6 +58,7 @@
 //! show on stderr what the action brought up (an identity change a lookup noticed).
 
 mod chat;
+mod ui;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
@@ -197,6 +201,9 @@ enum Command {
     /// Settings of your user, which all your devices follow.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// The Ferry app in the browser: serves it on 127.0.0.1 and prints its address (with a
+    /// secret token); creates or joins a user on first start. See docs/web-app.md.
+    Ui(ui::UiArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -390,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let done = chat::run(&mut people, command).await;
             people.finish(done).await
         }
+        Command::Ui(args) => ui::run(cli.state, args, options).await,
         Command::Settings(command) => {
             // The log read first: the setting shown is the one the user's devices follow.
             let mut people = People::open(&cli.state, options, timeout).await?;
@@ -1458,6 +1466,11 @@ fn describe_setting(setting: &Setting) -> String {
         Setting::ArchiveHistory(on) => format!(
             "your devices archive your conversations: {} (set on one of them)",
             on_off(*on)
+        ),
+        Setting::DeviceName { device, name } => format!(
+            "device {} is called {} now (renamed on one of your devices)",
+            &device.to_string()[..16],
+            printable(name)
         ),
         other => format!("a setting changed: {other:?}"),
     }
