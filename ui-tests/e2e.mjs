@@ -636,6 +636,7 @@ async function main() {
       return { status: r.status, type: r.headers.get('content-type'), body: await r.text() };
     });
     check(qr.status === 200 && /svg/.test(qr.type ?? '') && /<svg/.test(qr.body), `#pair-qr's src is an SVG (${qr.status} ${qr.type})`);
+    await shot(A, 'devices-pairing');
     check(/\S/.test(await text(A.locator('#pair-expires'))), '#pair-expires says something');
 
     await L.locator('#join-code').fill(code);
@@ -649,7 +650,7 @@ async function main() {
       (await text(A.locator('#pair-confirmation'))).match(confirmation)?.[0], { timeout: 30_000 });
     equal(shown, joined, 'the confirmation on both devices');
     await A.locator('#pair-admit').waitFor({ state: 'visible' });
-    await shot(A, 'devices-pairing');
+    await shot(A, 'devices-confirm');
     await A.locator('#pair-admit').click();
     await expectText(A.locator('#pair-result'), /\S/, '#pair-result');
     await expectConnected(L, 'the laptop', 60_000);
@@ -887,6 +888,120 @@ async function main() {
     await L.locator('#log li[data-seq]', { hasText: 'hello from the phone' }).waitFor({ timeout: 30_000 });
     await L.locator('#log li[data-seq]', { hasText: 'from node, same origin' }).waitFor();
     await shot(A, 'sync');
+  });
+
+  /** A POST to a `ferry ui`'s API as its own page would send it (cookie and Origin). */
+  async function api(ui, p, body) {
+    const cookie = (await ui.context.cookies(ui.origin)).find((c) => c.name === `ferry-ui-${ui.port}`);
+    const answer = await request(ui, {
+      method: 'POST',
+      path: p,
+      body: JSON.stringify(body),
+      headers: { cookie: `${cookie.name}=${cookie.value}`, origin: ui.origin, 'content-type': 'application/json' },
+    });
+    check(answer.status === 200, `POST ${p} answered ${answer.status}: ${answer.body}`);
+    return JSON.parse(answer.body);
+  }
+
+  await step('k) devices: rename; every device of the callee rings, one answers', async () => {
+    await nav(A, 'devices');
+    await A.locator('#rename-name').fill('alice phone');
+    await A.locator('#rename-form').getByRole('button', { name: 'Rename' }).click();
+    await expectText(A.locator('#device-list li[data-this=true]'), /alice phone/, 'the phone after renaming it');
+    // The laptop learns the name from the user's log.
+    await eventually('the laptop lists the phone as "alice phone"', async () => {
+      await nav(L, 'sync');
+      await nav(L, 'devices');
+      return /alice phone/.test(await text(L.locator('#device-list li[data-this=false]')));
+    }, { timeout: 30_000 });
+
+    // Bob calls alice: her phone and her laptop ring; the laptop answers.
+    await nav(B, 'chats');
+    await B.locator(`#conv-list li[data-conv]`, { hasText: 'Alice' }).first().getByRole('button').first().click();
+    await B.locator('#call-audio').click();
+    const [aCall, lCall, bCall] = [A, L, B].map((page) => page.locator('#call'));
+    await expectAttr(aCall, 'data-state', 'incoming', 'the phone rings', 30_000);
+    await expectAttr(lCall, 'data-state', 'incoming', 'the laptop rings', 30_000);
+    await L.locator('#call-accept').click();
+    for (const [who, call] of [['laptop', lCall], ['bob', bCall]]) {
+      await eventually(`${who}'s call connects`, async () =>
+        ['connected', 'completed'].includes(await call.getAttribute('data-ice')), { timeout: 30_000 });
+    }
+    await eventually('the phone stops ringing (answered elsewhere)', async () =>
+      (await aCall.getAttribute('data-state', { timeout: 1000 })) === 'ended' || !(await aCall.isVisible()),
+    { timeout: 30_000, interval: 100 });
+    await B.locator('#call-hangup').click();
+    await expectAttr(bCall, 'data-state', 'ended', 'bob after hanging up');
+    await eventually('the laptop\'s call ended', async () =>
+      (await lCall.getAttribute('data-state', { timeout: 1000 })) === 'ended' || !(await lCall.isVisible()),
+    { timeout: 30_000, interval: 100 });
+  });
+
+  await step('l) history loads as you scroll up', async () => {
+    const conv = await B.locator('#conv-list li[data-conv]', { hasText: 'Alice' }).first().getAttribute('data-conv');
+    for (let i = 1; i <= 60; i += 1) await api(alice, `/api/convs/${conv}/send`, { text: `page message ${i}` });
+    // A fresh page: the chat opens on the newest page, as it would for someone coming back.
+    await B.reload();
+    await expectConnected(B, 'bob after reloading the page');
+    await nav(B, 'chats');
+    await B.locator(`#conv-list li[data-conv="${conv}"]`).getByRole('button').first().click();
+    await B.locator('#messages li', { hasText: 'page message 60' }).waitFor({ timeout: 30_000 });
+    const shown = await B.locator('#messages li[data-seq]').count();
+    check(shown <= 60, `the chat opens on the newest page only (${shown} messages shown)`);
+    check((await B.locator('#messages li', { hasText: /page message 1$/ }).count()) === 0, 'the oldest page message is not loaded yet');
+    await eventually('scrolling up loads the older messages', async () => {
+      await B.locator('#messages').evaluate((box) => { box.scrollTop = 0; box.dispatchEvent(new Event('scroll')); });
+      return (await B.locator('#messages li', { hasText: /page message 1$/ }).count()) === 1;
+    }, { timeout: 30_000, interval: 300 });
+    const first = await B.locator('#messages li', { hasText: 'hello bob' }).count();
+    check(first === 1, 'the whole history is reachable, back to the first message');
+  });
+
+  await step('m) a group: create, write, remove a member', async () => {
+    await nav(A, 'chats');
+    await A.locator('#group-new').click();
+    await A.locator('#group-dialog').waitFor({ state: 'visible' });
+    await A.locator('#group-title').fill('Trip');
+    await A.locator(`#group-members input[name=member][value="${me.bob}"]`).check();
+    await A.locator('#group-form').getByRole('button', { name: 'Create' }).click();
+    await expectText(A.locator('#chat-title'), /Trip/, 'the new group\'s chat');
+    await A.locator('#composer-text').fill('welcome to the trip');
+    await A.locator('#composer-text').press('Enter');
+    await nav(B, 'contacts');
+    await nav(B, 'chats');
+    const trip = B.locator('#conv-list li[data-conv]', { hasText: 'Trip' });
+    await trip.waitFor({ timeout: 30_000 });
+    await trip.getByRole('button').first().click();
+    await B.locator('#messages li', { hasText: 'welcome to the trip' }).waitFor({ timeout: 30_000 });
+
+    await A.locator('#members-button').click();
+    await A.locator('#members-dialog').waitFor({ state: 'visible' });
+    await axe(A, 'group members');
+    await A.locator(`#member-list li[data-user="${me.bob}"] .remove-member`).click();
+    await eventually('bob is no longer listed as a member', async () =>
+      (await A.locator(`#member-list li[data-user="${me.bob}"]`).count()) === 0, { timeout: 30_000 });
+    await A.locator('#members-close').click();
+    await trip.waitFor({ state: 'detached', timeout: 30_000 });
+  });
+
+  await step('n) revoke the laptop', async () => {
+    await nav(A, 'devices');
+    await A.locator('#device-list li[data-this=false] .revoke').click();
+    await A.locator('#revoke-dialog').waitFor({ state: 'visible' });
+    await expectText(A.locator('#revoke-warning'), /cannot be undone/i, 'the revocation warning');
+    await A.locator('#revoke-confirm').click();
+    await expectAttr(A.locator('#device-list li[data-this=false]'), 'data-revoked', 'true', 'the laptop in the phone\'s list', 30_000);
+    await expectAttr(L.locator('#connection'), 'data-state', 'stopped', 'the laptop once revoked', 30_000);
+  });
+
+  await step('o) block and unblock', async () => {
+    await nav(B, 'contacts');
+    const aliceItem = B.locator(`#contact-list li[data-user="${me.alice}"]`);
+    await aliceItem.locator('.block').click();
+    await expectAttr(aliceItem, 'data-state', 'blocked', 'alice in bob\'s list once blocked', 30_000);
+    await aliceItem.locator('.unblock').click();
+    await eventually('alice is no longer blocked', async () =>
+      (await aliceItem.count()) === 0 || (await aliceItem.getAttribute('data-state')) !== 'blocked', { timeout: 30_000 });
   });
 
   await step('i) accessibility (axe-core)', async () => {

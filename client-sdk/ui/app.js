@@ -95,6 +95,8 @@ const HANDLERS = {
   status: showStatus,
   log: onLogEvent,
   caught_up: () => {},
+  // The page fell behind the event stream: what it shows may be stale.
+  lagged: refreshAll,
   people: (event) => {
     onPeopleEvent(event);
     onMeChanged(event);
