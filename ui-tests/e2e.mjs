@@ -371,6 +371,10 @@ async function openUi(browser, ui) {
     else if (m.type() === 'error') consoleErrors.push(`[${elapsed()}] ${line}`);
   });
   page.on('pageerror', (e) => pageProblems.push(`${ui.name} uncaught: ${e.stack || e.message}`));
+  // Which address a "Failed to load resource" console error was about.
+  page.on('response', (r) => {
+    if (r.status() >= 400) consoleErrors.push(`[${elapsed()}] ${ui.name} ${r.request().method()} ${new URL(r.url()).pathname} answered ${r.status()}`);
+  });
   // The token URL sets the cookie and moves on to `/`; then `/?relay=1` so that calls use
   // TURN only (iceTransportPolicy "relay").
   await page.goto(ui.url);
@@ -1013,6 +1017,30 @@ async function main() {
       await nav(A, view);
       await axe(A, view);
     }
+    // Keyboard only: Tab reaches the navigation and Enter switches views; in a chat, the
+    // composer is reachable and Enter sends.
+    await A.locator('body').click({ position: { x: 5, y: 5 } });
+    const focusTo = async (id) => {
+      for (let i = 0; i < 60; i += 1) {
+        if ((await A.evaluate(() => document.activeElement?.id)) === id) return;
+        await A.keyboard.press('Tab');
+      }
+      throw new Failure(`Tab never reached #${id}`);
+    };
+    await focusTo('nav-contacts');
+    await A.keyboard.press('Enter');
+    await A.locator('#view-contacts').waitFor({ state: 'visible' });
+    await focusTo('nav-chats');
+    await A.keyboard.press('Enter');
+    await A.locator('#view-chats').waitFor({ state: 'visible' });
+    await A.locator('#conv-list li[data-conv] button').first().focus();
+    await A.keyboard.press('Enter');
+    await A.locator('#chat').waitFor({ state: 'visible' });
+    await focusTo('composer-text');
+    await A.keyboard.type('typed with the keyboard only');
+    await A.keyboard.press('Enter');
+    await A.locator('#messages li[data-mine=true]', { hasText: 'typed with the keyboard only' }).waitFor();
+
     if (a11yViolations.length) {
       const lines = a11yViolations.map((v) => `  [${v.where}] ${v.impact} ${v.id}: ${v.help}\n${v.nodes.map((n) => `      ${n}`).join('\n')}`);
       throw new Failure(`axe-core found ${a11yViolations.length} serious/critical violation(s):\n${lines.join('\n')}`);

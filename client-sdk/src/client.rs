@@ -747,6 +747,23 @@ impl ClientHandle {
             .await
     }
 
+    /// The 1:1 conversation this user has with `user`, if there is one (start one with
+    /// [`start_chat`](Self::start_chat): a second one would split the history).
+    pub async fn find_chat(&self, user: UserId) -> Result<Option<ConvId>, ClientError> {
+        let me = self.user;
+        Ok(self.conversations().await?.into_iter().find_map(|info| {
+            let one_to_one = info
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.kind == GroupKind::OneToOne);
+            let members = &info.summary.members;
+            (one_to_one
+                && members.iter().any(|m| m.user == user)
+                && members.iter().all(|m| m.user == user || m.user == me))
+            .then_some(info.conv)
+        }))
+    }
+
     /// Creates a group with `users` (contacts), administered by this user, with a title
     /// every member sees (encrypted like the messages).
     pub async fn create_group(

@@ -351,20 +351,8 @@ async fn list(people: &mut People) -> anyhow::Result<Vec<ConversationInfo>> {
 
 /// The 1:1 with `user`, opened if there is none.
 async fn one_to_one(people: &mut People, user: UserId) -> anyhow::Result<ConvId> {
-    let me = people.me();
-    let existing = list(people).await?.into_iter().find(|info| {
-        info.policy
-            .as_ref()
-            .is_some_and(|p| p.kind == GroupKind::OneToOne)
-            && info.summary.members.iter().any(|m| m.user == user)
-            && info
-                .summary
-                .members
-                .iter()
-                .all(|m| m.user == user || m.user == me)
-    });
-    if let Some(info) = existing {
-        return Ok(info.conv);
+    if let Some(conv) = within(people.timeout, people.api().find_chat(user)).await? {
+        return Ok(conv);
     }
     let conv = within(people.timeout, people.api().start_chat(user))
         .await

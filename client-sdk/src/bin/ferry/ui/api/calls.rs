@@ -2,14 +2,14 @@
 //! credentials from the relay.
 
 use ferry_client::CallId;
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Refusal, bad_request, body, failed, refuse, running};
+use super::{Refusal, bad_request, body, failed, finish, no_such_request, running};
 use crate::ui::app::App;
-use crate::ui::http::{Reply, done, ok};
+use crate::ui::http::{Reply, ok};
 use crate::ui::json;
 
 pub async fn turn(app: &App) -> Result<Reply, Refusal> {
@@ -95,14 +95,7 @@ pub async fn act(
             let form: Candidate = body(request).await?;
             handle.send_ice_candidate(call, form.candidate).await
         }
-        _ => {
-            return Err(refuse(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "The Ferry app has no such request.",
-            ));
-        }
+        _ => return Err(no_such_request()),
     };
-    result.map_err(|e| failed(&e))?;
-    Ok(done())
+    finish(result)
 }

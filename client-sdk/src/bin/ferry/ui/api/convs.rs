@@ -13,9 +13,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use super::{Refusal, bad_request, body, failed, parse_id, query_param, refuse, running};
+use super::{
+    Refusal, bad_request, body, failed, finish, no_such_request, parse_id, query_param, refuse,
+    running,
+};
 use crate::ui::app::App;
-use crate::ui::http::{Reply, bytes, done, ok};
+use crate::ui::http::{Reply, bytes, ok};
 use crate::ui::json;
 
 /// Messages per page of history.
@@ -60,21 +63,8 @@ pub async fn chat(app: &App, request: Request<Incoming>) -> Result<Reply, Refusa
     let form: With = body(request).await?;
     let user: UserId = parse_id(&form.user, "user")?;
     // The 1:1 already there, if any (a second one would split the history).
-    let convs = handle.conversations().await.map_err(|e| failed(&e))?;
-    let me = handle.user_id();
-    let existing = convs.iter().find(|info| {
-        info.policy
-            .as_ref()
-            .is_some_and(|p| p.kind == ferry_client::GroupKind::OneToOne)
-            && info.summary.members.iter().any(|m| m.user == user)
-            && info
-                .summary
-                .members
-                .iter()
-                .all(|m| m.user == user || m.user == me)
-    });
-    let conv = match existing {
-        Some(info) => info.conv,
+    let conv = match handle.find_chat(user).await.map_err(|e| failed(&e))? {
+        Some(conv) => conv,
         None => handle.start_chat(user).await.map_err(|e| failed(&e))?,
     };
     Ok(ok(json!({ "conv": conv.to_string() })))
@@ -212,16 +202,9 @@ pub async fn act(
             handle.remove_members(conv, &users(&form.users)?).await
         }
         "leave" => handle.leave(conv).await,
-        _ => {
-            return Err(refuse(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "The Ferry app has no such request.",
-            ));
-        }
+        _ => return Err(no_such_request()),
     };
-    result.map_err(|e| failed(&e))?;
-    Ok(done())
+    finish(result)
 }
 
 /// A file name from the page, made safe to create in a folder of ours.

@@ -72,13 +72,23 @@ pub async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
         (&Method::GET, ["calls"]) => calls::list(app),
         (&Method::POST, ["calls"]) => calls::place(app, request).await,
         (&Method::POST, ["calls", call, action]) => calls::act(app, call, action, request).await,
-        _ => Err(refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "The Ferry app has no such request.",
-        )),
+        _ => Err(no_such_request()),
     };
     result.unwrap_or_else(|refusal| *refusal)
+}
+
+fn no_such_request() -> Refusal {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "The Ferry app has no such request.",
+    )
+}
+
+/// `{}` once `result` is done, or the SDK's error in its words.
+fn finish(result: Result<(), ClientError>) -> Result<Reply, Refusal> {
+    result.map_err(|e| failed(&e))?;
+    Ok(super::http::done())
 }
 
 /// The running client, or why there is none.

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use ferry_client::{ContactState, UserId};
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Refusal, body, failed, parse_id, refuse, running};
+use super::{Refusal, body, failed, finish, no_such_request, parse_id, running};
 use crate::ui::app::{App, lock};
-use crate::ui::http::{Reply, done, ok};
+use crate::ui::http::{Reply, ok};
 use crate::ui::json;
 
 pub async fn list(app: &Arc<App>) -> Result<Reply, Refusal> {
@@ -66,14 +66,7 @@ pub async fn act(app: &App, action: &str, request: Request<Incoming>) -> Result<
         "remove" => handle.remove_contact(user).await,
         "block" => handle.block(user).await,
         "unblock" => handle.unblock(user).await,
-        _ => {
-            return Err(refuse(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "The Ferry app has no such request.",
-            ));
-        }
+        _ => return Err(no_such_request()),
     };
-    result.map_err(|e| failed(&e))?;
-    Ok(done())
+    finish(result)
 }
