@@ -926,6 +926,9 @@ async function main() {
     const [aCall, lCall, bCall] = [A, L, B].map((page) => page.locator('#call'));
     await expectAttr(aCall, 'data-state', 'incoming', 'the phone rings', 30_000);
     await expectAttr(lCall, 'data-state', 'incoming', 'the laptop rings', 30_000);
+    // A page reloaded while it rings rings again (the offer comes from GET /api/calls).
+    await A.reload();
+    await expectAttr(aCall, 'data-state', 'incoming', 'the phone, reloaded while it rings', 30_000);
     await L.locator('#call-accept').click();
     for (const [who, call] of [['laptop', lCall], ['bob', bCall]]) {
       await eventually(`${who}'s call connects`, async () =>

@@ -101,6 +101,12 @@ async fn a_call_rings_every_device_of_the_callee_and_the_first_to_accept_gets_it
         .one
         .until_call("Ringing", |e| matches!(e, CallEvent::Ringing { .. }))
         .await;
+    // An app that looks while it rings (started late, reloaded) finds the offer to answer;
+    // the caller's own list carries none.
+    let ringing = bob.one.handle().calls();
+    assert_eq!(ringing.len(), 1);
+    assert_eq!(ringing[0].offer.as_deref(), Some("v=0 offer"));
+    assert_eq!(caller.calls()[0].offer, None);
     // Alice's candidate while Bob's devices ring: the one that accepts gets it.
     caller
         .send_ice_candidate(call, "candidate:alice".into())
@@ -127,6 +133,11 @@ async fn a_call_rings_every_device_of_the_callee_and_the_first_to_accept_gets_it
     bob.two
         .until_call("Connected", |e| *e == CallEvent::Connected { call })
         .await;
+    assert_eq!(
+        bob.two.handle().calls()[0].offer,
+        None,
+        "no offer once answered"
+    );
     // Alice's candidate comes before or after Connected, as the signals cross.
     let alices = CallEvent::Candidate {
         call,

@@ -146,9 +146,10 @@ async function hangUp() {
 
 /** Leaving the page ends the call: the other side should not wait for media that is gone. */
 function hangUpOnLeave() {
-  if (!isLive(call) || !call.id) return;
-  const action = call.state === 'incoming' ? 'decline' : 'hangup';
-  fetch(path('calls', call.id, action), {
+  // A call in progress loses its media with the page: hang up. One that only rings goes on
+  // ringing (on the user's other devices too, and here again if the page comes back).
+  if (!isLive(call) || !call.id || call.state === 'incoming') return;
+  fetch(path('calls', call.id, 'hangup'), {
     method: 'POST',
     keepalive: true,
     headers: { 'Content-Type': 'application/json' },
@@ -393,10 +394,16 @@ function replayEarlyEvents(id) {
   for (const event of events) applyCallEvent(call, event);
 }
 
-/** After a reconnect: a call this page shows that the SDK no longer has has ended. */
+/** At start and after a reconnect: a call that rings here is shown; one this page shows that the SDK no longer has has ended. */
 export async function loadCalls() {
   const calls = await get('/api/calls');
-  if (!isLive(call) || !call.id) return;
+  if (!isLive(call)) {
+    // A call that rang while the page was away (reloaded, opened late) rings here now.
+    const ringing = calls.find((c) => c.state === 'incoming' && c.offer);
+    if (ringing) ring({ call: ringing.call, conv: ringing.conv, from: ringing.peer, video: ringing.video, offer: ringing.offer });
+    return;
+  }
+  if (!call.id) return;
   const known = calls.find((c) => c.call === call.id);
   if (!known || String(known.state).startsWith('ended')) endLocally(call, known ? known.state.replace(/^ended:\s*/, '') : 'ended');
 }

@@ -49,6 +49,8 @@ struct Call {
     ringing: BTreeSet<DeviceId>,
     /// The caller's candidates heard while ringing (incoming).
     buffered: Vec<String>,
+    /// The caller's session description (incoming), for an app that looks while it rings.
+    offer: Option<String>,
 }
 
 /// The calls of this device.
@@ -101,6 +103,7 @@ impl Calls {
                 outgoing: c.outgoing,
                 video: c.video,
                 state: c.state.clone(),
+                offer: c.offer.clone().filter(|_| c.state == CallState::Incoming),
             })
             .collect()
     }
@@ -154,6 +157,7 @@ impl Calls {
                 connected_at: None,
                 ringing: BTreeSet::new(),
                 buffered: Vec::new(),
+                offer: None,
             },
         );
         Ok(vec![Out::Signal(conv, signal)])
@@ -423,6 +427,7 @@ impl Calls {
                 connected_at: None,
                 ringing: BTreeSet::new(),
                 buffered: Vec::new(),
+                offer: Some(offer.clone()),
             },
         );
         self.events.push_back(CallEvent::Incoming {

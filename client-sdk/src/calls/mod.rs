@@ -172,6 +172,9 @@ pub struct CallInfo {
     pub video: bool,
     /// Where it stands.
     pub state: CallState,
+    /// The caller's session description while the call rings here (as in
+    /// [`CallEvent::Incoming`]): an app that starts or reloads meanwhile can still answer.
+    pub offer: Option<String>,
 }
 
 /// How a call went, as the caller's device records it in the conversation.

@@ -37,6 +37,7 @@ pub fn list(app: &App) -> Result<Reply, Refusal> {
                     "outgoing": call.outgoing,
                     "video": call.video,
                     "state": json::call_state(&call.state),
+                    "offer": call.offer,
                 })
             })
             .collect(),
