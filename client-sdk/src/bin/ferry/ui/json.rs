@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use ferry_client::calls::CallState;
 use ferry_client::{
-    CallEvent, CallOutcome, ClientEvent, Contact, ContactState, Content, ConversationEvent,
-    ConversationInfo, Device, EndReason, GroupKind, PeopleEvent, Setting, Status, StoredMessage,
-    UserId,
+    CallEvent, CallOutcome, ClientError, ClientEvent, Contact, ContactState, Content,
+    ConversationEvent, ConversationInfo, Device, EndReason, GroupKind, PeopleEvent, Setting,
+    Status, StoredMessage, UserId,
 };
 use serde_json::{Value, json};
 
@@ -56,9 +56,42 @@ pub fn status(status: &Status) -> Value {
     json!({
         "connected": status.connected,
         "pending": status.pending,
-        "last_error": status.last_error.as_ref().map(ToString::to_string),
-        "stopped": status.stopped.as_ref().map(ToString::to_string),
+        "last_error": status.last_error.as_ref().map(words),
+        "stopped": status.stopped.as_ref().map(words),
     })
+}
+
+/// What went wrong, for a person: the common cases in plain words (what happened and what
+/// to do), the rest in the SDK's own words, as a sentence.
+pub fn words(error: &ClientError) -> String {
+    let plain = match error {
+        ClientError::RelayUnreachable(_) | ClientError::Timeout { .. } => {
+            "The relay cannot be reached right now; Ferry keeps trying, and nothing you send is lost."
+        }
+        ClientError::Revoked => {
+            "This device was removed from your account by another of your devices: it can no longer send or read anything new."
+        }
+        ClientError::WrongRelayKey { .. } => {
+            "The relay did not prove it is the one this device trusts: someone may be in the way. Check the relay's address."
+        }
+        ClientError::RateLimited => "The relay asks to slow down; try again in a moment.",
+        ClientError::Closed => "Ferry stopped on this device.",
+        _ => return sentence(&error.to_string()),
+    };
+    plain.to_owned()
+}
+
+/// `text` as a sentence: capital first letter, final full stop.
+pub fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => return "Something went wrong.".to_owned(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
 }
 
 pub fn device(device: &Device) -> Value {

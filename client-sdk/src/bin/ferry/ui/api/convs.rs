@@ -262,7 +262,7 @@ pub async fn upload(
             }),
             Err(error) => json!({
                 "type": "upload", "id": id, "conv": conv.to_string(), "done": true,
-                "error": super::sentence(&error.to_string()),
+                "error": json::words(&error),
             }),
         };
         app.publish(&end);

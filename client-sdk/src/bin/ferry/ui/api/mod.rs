@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::app::{App, Mode};
 use super::http::{Reply, problem};
+use super::json::{self, sentence};
 
 pub use convs::inline_image;
 
@@ -127,7 +128,7 @@ fn bad_request(words: &str) -> Refusal {
     refuse(StatusCode::BAD_REQUEST, "bad_request", words)
 }
 
-/// An SDK error, in its own words (they are written for people).
+/// An SDK error, in words for a person (see [`json::words`]).
 fn failed(error: &ClientError) -> Refusal {
     let (status, code) = match error {
         ClientError::RelayUnreachable(_) | ClientError::Timeout { .. } => {
@@ -139,7 +140,7 @@ fn failed(error: &ClientError) -> Refusal {
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
     };
-    refuse(status, code, &sentence(&error.to_string()))
+    refuse(status, code, &json::words(error))
 }
 
 fn pairing_failed(error: &PairingError) -> Refusal {
@@ -148,19 +149,6 @@ fn pairing_failed(error: &PairingError) -> Refusal {
         "pairing",
         &sentence(&error.to_string()),
     )
-}
-
-/// `text` as a sentence: capital first letter, final full stop.
-fn sentence(text: &str) -> String {
-    let mut chars = text.chars();
-    let mut out: String = match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => return "Something went wrong.".to_owned(),
-    };
-    if !out.ends_with(['.', '!', '?']) {
-        out.push('.');
-    }
-    out
 }
 
 /// A hex id from the path or a body.
