@@ -14,12 +14,12 @@ use std::sync::Arc;
 use ferry_mls::GroupKind;
 use ferry_protocol::attachments::{BlobId, PART_LEN, part_count};
 use ferry_protocol::conversations::ConvId;
-use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame, SigningKey};
 use ferry_relay::Config;
 use ferry_relay::attachments::{BlobStorage, FolderStorage, delete_dead_blobs};
 use ferry_relay::store::Store;
 use sha2::{Digest, Sha256};
-use support::client::Identity;
+use support::client::{Identity, revoke_body};
 use support::conversation::{Talker, befriend, one_to_one};
 use support::node::{Node, node, node_on};
 
@@ -250,6 +250,60 @@ async fn a_blob_is_read_by_its_uploader_and_members_only_on_postgres() {
     };
     let hub = ferry_relay::bus::LocalBusHub::new();
     members_only_story(&node_on(&hub, Some(url), |_| {}).await).await;
+}
+
+/// A revoked device reads no attachment and writes none, also in the moment before the hub
+/// closes its session: the store checks the asking device's record for every part.
+#[tokio::test]
+async fn a_revoked_device_reads_no_attachment() {
+    let node = node(|_| {}).await;
+    let (addr, relay) = at(&node);
+    let alice = Identity::new_user();
+    let mut phone = Talker::connect(addr, relay, &alice, 2).await;
+    let laptop_id = alice.another_device("laptop");
+    let mut laptop = Talker::connect(addr, relay, &laptop_id, 2).await;
+    let bytes = blob_bytes(PART_LEN + 10);
+    let blob = upload(&mut phone, &bytes).await;
+    assert_eq!(download(&mut laptop, blob).await.unwrap(), bytes);
+    let store = Arc::clone(node.store());
+    let (user, laptop_device) = (phone.user(), laptop.device());
+    assert!(
+        store
+            .blob(blob, user, laptop_device)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let chain = phone.client.fetch_chain(user).await;
+    phone
+        .client
+        .sign_and_append(
+            user,
+            revoke_body(&chain, &[laptop_device]),
+            SigningKey::Device(&alice.device),
+        )
+        .await
+        .unwrap();
+    // Whatever its session heard yet, the store answers the laptop as if there were no blob.
+    assert!(
+        store
+            .blob(blob, user, laptop_device)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .blob(blob, user, phone.device())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A device the user never admitted is no better.
+    let stranger = alice.unadmitted_device("stranger").device.id();
+    assert!(store.blob(blob, user, stranger).await.unwrap().is_none());
+    assert_eq!(download(&mut phone, blob).await.unwrap(), bytes);
 }
 
 #[tokio::test]

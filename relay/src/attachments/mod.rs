@@ -75,6 +75,7 @@ pub async fn delete_dead_blobs(
     now_ms: u64,
 ) -> anyhow::Result<u64> {
     const PER_ROUND: u32 = 256;
+    store.forget_trimmed_refs().await?;
     let mut deleted = 0;
     loop {
         let doomed = store.doom_dead_blobs(now_ms, PER_ROUND).await?;

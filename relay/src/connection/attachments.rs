@@ -107,7 +107,7 @@ async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes)
     {
         return rate_limited(ctx);
     }
-    let row = match ctx.store.blob(blob, asker.user).await {
+    let row = match ctx.store.blob(blob, asker.user, asker.device).await {
         Ok(Some(row)) if row.user == asker.user => row,
         Ok(_) => return no_such(ctx),
         Err(e) => return storage_error(ctx, &e),
@@ -152,7 +152,7 @@ async fn put(ctx: &Context, asker: Asker, blob: BlobId, part: u32, bytes: Bytes)
             }
         }
         // Another session of the user stored it first: say where it stands now.
-        Ok(false) => match ctx.store.blob(blob, asker.user).await {
+        Ok(false) => match ctx.store.blob(blob, asker.user, asker.device).await {
             Ok(Some(row)) => stored(blob, &row),
             Ok(None) => no_such(ctx),
             Err(e) => storage_error(ctx, &e),
@@ -204,7 +204,7 @@ async fn get(ctx: &Context, asker: Asker, blob: BlobId, part: u32) -> ServerFram
     {
         return rate_limited(ctx);
     }
-    let row = match ctx.store.blob(blob, asker.user).await {
+    let row = match ctx.store.blob(blob, asker.user, asker.device).await {
         Ok(Some(row)) if row.readable => row,
         Ok(_) => return no_such(ctx),
         Err(e) => return storage_error(ctx, &e),

@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 use ferry_protocol::attachments::BlobId;
-use ferry_protocol::{ErrorCode, UserId};
+use ferry_protocol::{DeviceId, ErrorCode, UserId};
 
 use super::StoreError;
 use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
@@ -75,9 +75,16 @@ pub trait AttachmentStore: Send + Sync {
     /// `quota_exceeded` when the usage would pass `quota_bytes`.
     async fn create_blob(&self, new: &NewBlob, quota_bytes: u64) -> Result<(), StoreError>;
 
-    /// The blob, as `user` may see it; `None` if there is no such blob or it is being
-    /// deleted.
-    async fn blob(&self, blob: BlobId, user: UserId) -> Result<Option<BlobRow>, StoreError>;
+    /// The blob, as `device` of `user` may see it; `None` if there is no such blob, it is
+    /// being deleted, or `device` is not an admitted, unrevoked device of `user` (checked
+    /// here, for every part: a revoked device's session may live a moment longer than its
+    /// record).
+    async fn blob(
+        &self,
+        blob: BlobId,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<Option<BlobRow>, StoreError>;
 
     /// Records that parts `0..to` are stored, if `0..from` was (`from < to`), and, with
     /// `complete`, that the blob is whole; returns whether it did (another upload of the
@@ -94,10 +101,14 @@ pub trait AttachmentStore: Send + Sync {
     /// not marked already.
     async fn doom_blob(&self, blob: BlobId) -> Result<Option<DoomedBlob>, StoreError>;
 
-    /// The deletion job: forgets the references of messages retention deleted, marks up to
-    /// `limit` dead blobs for deletion (expired at `now_ms`, unreferenced past their time,
-    /// or every message that referred to them deleted), and returns every marked blob (with
-    /// those an earlier run marked and did not finish).
+    /// The deletion job's first step, once per run: forgets the references of messages
+    /// retention deleted (for good: a conversation's `earliest` only grows).
+    async fn forget_trimmed_refs(&self) -> Result<(), StoreError>;
+
+    /// The deletion job, in rounds: marks up to `limit` dead blobs for deletion (expired at
+    /// `now_ms`, unreferenced past their time, or every message that referred to them
+    /// deleted), and returns every marked blob (with those an earlier run marked and did
+    /// not finish).
     async fn doom_dead_blobs(&self, now_ms: u64, limit: u32)
     -> Result<Vec<DoomedBlob>, StoreError>;
 
@@ -154,15 +165,23 @@ impl AttachmentStore for SqlStore {
         tx.commit().await
     }
 
-    async fn blob(&self, blob: BlobId, user: UserId) -> Result<Option<BlobRow>, StoreError> {
+    async fn blob(
+        &self,
+        blob: BlobId,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<Option<BlobRow>, StoreError> {
         type Row = (Vec<u8>, i64, Vec<u8>, i64, bool, bool);
         let row: Option<Row> = on_reader!(&self.db, |pool| {
             sqlx::query_as(&format!(
                 "SELECT b.user_id, b.size, b.digest, b.stored, b.complete, {READABLE}
-                 FROM blobs b WHERE b.blob_id = $1 AND b.deleting = FALSE"
+                 FROM blobs b WHERE b.blob_id = $1 AND b.deleting = FALSE AND EXISTS (
+                   SELECT 1 FROM devices d WHERE d.user_id = $2 AND d.device_id = $3
+                   AND d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL)"
             ))
             .bind(blob.0.as_slice())
             .bind(user.as_bytes().as_slice())
+            .bind(device.as_bytes().as_slice())
             .fetch_optional(pool)
             .await?
         });
@@ -222,13 +241,7 @@ impl AttachmentStore for SqlStore {
         .transpose()
     }
 
-    async fn doom_dead_blobs(
-        &self,
-        now_ms: u64,
-        limit: u32,
-    ) -> Result<Vec<DoomedBlob>, StoreError> {
-        let now = db_int(now_ms);
-        // References of messages retention deleted are dead for good (`earliest` only grows).
+    async fn forget_trimmed_refs(&self) -> Result<(), StoreError> {
         on_writer!(&self.db, |pool| {
             sqlx::query(
                 "DELETE FROM blob_refs WHERE conv_seq < (
@@ -237,6 +250,15 @@ impl AttachmentStore for SqlStore {
             .execute(pool)
             .await?;
         });
+        Ok(())
+    }
+
+    async fn doom_dead_blobs(
+        &self,
+        now_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<DoomedBlob>, StoreError> {
+        let now = db_int(now_ms);
         let dead: Vec<(Vec<u8>, i64)> = on_reader!(&self.db, |pool| {
             sqlx::query_as(
                 "SELECT b.blob_id, b.refs FROM blobs b

@@ -707,8 +707,9 @@ impl AttachmentStore for FaultyStore {
         &self,
         blob: ferry_protocol::attachments::BlobId,
         user: UserId,
+        device: DeviceId,
     ) -> Result<Option<BlobRow>, StoreError> {
-        self.inner.blob(blob, user).await
+        self.inner.blob(blob, user, device).await
     }
 
     async fn record_parts(
@@ -726,6 +727,10 @@ impl AttachmentStore for FaultyStore {
         blob: ferry_protocol::attachments::BlobId,
     ) -> Result<Option<DoomedBlob>, StoreError> {
         self.inner.doom_blob(blob).await
+    }
+
+    async fn forget_trimmed_refs(&self) -> Result<(), StoreError> {
+        self.inner.forget_trimmed_refs().await
     }
 
     async fn doom_dead_blobs(
