@@ -145,7 +145,7 @@ pub struct Peer {
     device: DeviceId,
     inbox: Mutex<Inbox>,
     wake: Notify,
-    direct: mpsc::Sender<ServerFrame>,
+    direct: mpsc::Sender<Box<ServerFrame>>,
     close: watch::Sender<Option<ErrorCode>>,
     /// Set when the bus came back after an outage: a revocation may have been lost with it,
     /// so the session re-reads its device's record (see [`Peer::take_recheck`]).
@@ -180,7 +180,7 @@ impl Peer {
     }
 
     /// The queue of frames addressed to this session from elsewhere (ephemerals, pairing).
-    pub fn direct(&self) -> mpsc::Sender<ServerFrame> {
+    pub fn direct(&self) -> mpsc::Sender<Box<ServerFrame>> {
         self.direct.clone()
     }
 
@@ -317,7 +317,7 @@ impl Hub {
         &self,
         user: UserId,
         device: DeviceId,
-    ) -> (Membership, mpsc::Receiver<ServerFrame>) {
+    ) -> (Membership, mpsc::Receiver<Box<ServerFrame>>) {
         let (direct_tx, direct) = mpsc::channel(DIRECT_QUEUE);
         let peer = Arc::new(Peer {
             id: self.next_session_id(),
@@ -457,7 +457,7 @@ impl Hub {
     /// drops it). Returns whether the user has any session here.
     fn deliver_direct(&self, user: &UserId, frame: &ServerFrame) -> bool {
         self.for_each_peer(user, |peer| {
-            let _ = peer.direct.try_send(frame.clone());
+            let _ = peer.direct.try_send(Box::new(frame.clone()));
         })
     }
 
@@ -562,7 +562,7 @@ impl Hub {
     fn deliver_conversation(&self, user: &UserId, frame: &ServerFrame, skip: Option<DeviceId>) {
         self.for_each_peer(user, |peer| {
             if Some(peer.device) != skip {
-                let _ = peer.direct.try_send(frame.clone());
+                let _ = peer.direct.try_send(Box::new(frame.clone()));
             }
         });
     }
@@ -716,7 +716,7 @@ impl Hub {
         self.for_each_peer(user, |peer| {
             if Some(peer.id) != skip {
                 // Ephemerals are best effort: a full queue drops them.
-                let _ = peer.direct.try_send(frame.clone());
+                let _ = peer.direct.try_send(Box::new(frame.clone()));
             }
         });
     }
@@ -742,7 +742,7 @@ impl Hub {
             if Some(peer.id) != sender && !revoked.contains(&peer.device) {
                 // A hint like a wake-up: a session whose queue is full misses it, and its
                 // device learns the chain's length at its next handshake.
-                let _ = peer.direct.try_send(frame.clone());
+                let _ = peer.direct.try_send(Box::new(frame.clone()));
             }
         });
     }

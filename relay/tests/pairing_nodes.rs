@@ -378,13 +378,13 @@ fn options(prefix: &str) -> RedisPairingOptions {
     }
 }
 
-fn party(session: u64) -> (Party, mpsc::Receiver<ServerFrame>) {
+fn party(session: u64) -> (Party, mpsc::Receiver<Box<ServerFrame>>) {
     let (frames, rx) = mpsc::channel(64);
     (Party { session, frames }, rx)
 }
 
-async fn next(rx: &mut mpsc::Receiver<ServerFrame>) -> ServerFrame {
-    tokio::time::timeout(PATIENCE, rx.recv())
+async fn next(rx: &mut mpsc::Receiver<Box<ServerFrame>>) -> ServerFrame {
+    *tokio::time::timeout(PATIENCE, rx.recv())
         .await
         .expect("a frame in time")
         .expect("the registry keeps the queue")

@@ -131,10 +131,13 @@ pub async fn serve<S>(
             "too many handshakes from this address",
         ))
     } else {
-        match tokio::time::timeout(
+        // Boxed, like every step that does not last: a task's allocation is the size of its
+        // largest state, and the session, the state that lasts, should not pay for the
+        // handshake's (idle memory per connection, docs/benchmarks.md).
+        match Box::pin(tokio::time::timeout(
             ctx.config.limits.handshake_timeout(),
             handshake(&mut ws, &ctx),
-        )
+        ))
         .await
         {
             Ok(result) => result,
@@ -145,7 +148,7 @@ pub async fn serve<S>(
         Ok(pending) => start_session(ws, pending, address, &ctx).await,
         Err(close) => {
             ctx.metrics.handshake(close.metric_name());
-            finish(ws, close, &ctx).await;
+            Box::pin(finish(ws, close, &ctx)).await;
             Ok(())
         }
     };
@@ -200,14 +203,14 @@ where
         let (channel, reply) = pending.accept(0, 0);
         ws.send(Message::Binary(reply.into())).await?;
         ctx.metrics.handshake("ok_pairing");
-        pairing::run(ws, channel, address, Arc::clone(ctx)).await;
+        Box::pin(pairing::run(ws, channel, address, Arc::clone(ctx))).await;
         return Ok(());
     };
     // Counted before any database work, released when the session ends.
     let max_sessions = ctx.config.limits.max_sessions_per_user;
     let Some(_session_slot) = ctx.occupancy.open_session(auth.user, max_sessions) else {
         ctx.metrics.limit_refusal("sessions_per_user");
-        return refuse(
+        return Box::pin(refuse(
             ws,
             pending,
             Close::with_reason(
@@ -215,7 +218,7 @@ where
                 "too many sessions for this user",
             ),
             ctx,
-        )
+        ))
         .await;
     };
     let recovery = auth.user_proven;
@@ -239,20 +242,20 @@ where
         let chain_seqno = ctx.store.chain_seqno(auth.user).await?;
         Ok::<_, StoreError>(Ok((record, bounds, last_device_seq, chain_seqno)))
     };
-    let (record, bounds, last_device_seq, chain_seqno) = match admitted.await {
+    let (record, bounds, last_device_seq, chain_seqno) = match Box::pin(admitted).await {
         Ok(Ok(admitted)) => admitted,
-        Ok(Err(close)) => return refuse(ws, pending, close, ctx).await,
+        Ok(Err(close)) => return Box::pin(refuse(ws, pending, close, ctx)).await,
         Err(e) => {
             let code = e.code();
             if code == ErrorCode::Internal || code == ErrorCode::Unavailable {
                 tracing::error!(error = %e, "storage failed during handshake");
             }
-            return refuse(
+            return Box::pin(refuse(
                 ws,
                 pending,
                 Close::with_reason(code, code.description()),
                 ctx,
-            )
+            ))
             .await;
         }
     };
@@ -261,7 +264,14 @@ where
     ws.send(Message::Binary(reply.into())).await?;
     if recovery {
         ctx.metrics.handshake("ok_recovery");
-        recovery::run(ws, channel, auth.user, auth.device, Arc::clone(ctx)).await;
+        Box::pin(recovery::run(
+            ws,
+            channel,
+            auth.user,
+            auth.device,
+            Arc::clone(ctx),
+        ))
+        .await;
         return Ok(());
     }
     // A cursor beyond the head (the client saw events this database no longer has) is not

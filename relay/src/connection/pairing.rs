@@ -37,7 +37,7 @@ pub(super) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let session = ctx.hub.next_session_id();
-    let (frames, mut queued) = mpsc::channel(QUEUE);
+    let (frames, mut queued) = mpsc::channel::<Box<ServerFrame>>(QUEUE);
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(ctx.config.limits.pairing_ttl_secs);
     let idle_timeout = ctx.config.limits.pairing_idle_timeout();
@@ -60,6 +60,7 @@ pub(super) async fn run<S>(
                 break Some(Close { code: None, reason: "idle for too long".to_owned() });
             }
             Some(frame) = queued.recv() => {
+                let frame: ServerFrame = *frame;
                 if let ServerFrame::PairClosed { code, .. } = &frame {
                     // The pairing is over: the idle clock starts again.
                     idle_deadline = Some(tokio::time::Instant::now() + idle_timeout);
@@ -107,7 +108,7 @@ pub(super) async fn run<S>(
                         ctx.pairing.close(slot, session, success).await
                     }
                     ClientFrame::Ping { nonce } => {
-                        let _ = frames.try_send(ServerFrame::Pong { nonce });
+                        let _ = frames.try_send(Box::new(ServerFrame::Pong { nonce }));
                         Ok(())
                     }
                     ClientFrame::Pong { .. } => Ok(()),

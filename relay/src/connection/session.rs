@@ -75,8 +75,9 @@ const MAX_IN_FLIGHT: usize = 1024;
 const ACK_FLUSH: Duration = Duration::from_secs(1);
 
 enum Control {
-    /// A frame to send as is.
-    Frame(ServerFrame),
+    /// A frame to send as is (boxed: the channel allocates its slots up front, and an idle
+    /// session's queue should cost pointers, not frames).
+    Frame(Box<ServerFrame>),
     /// An append enqueued to the committer; answer it when its commit completes.
     Commit {
         device_seq: u64,
@@ -86,6 +87,12 @@ enum Control {
     Refused { device_seq: u64, code: ErrorCode },
     /// The reader is done; close with this once every pending append is answered.
     End(Close),
+}
+
+impl Control {
+    fn frame(frame: ServerFrame) -> Self {
+        Self::Frame(Box::new(frame))
+    }
 }
 
 /// Runs the session until the socket closes, the device is revoked or the relay stops.
@@ -99,8 +106,10 @@ pub(super) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Asker { user, device, .. } = asker;
-    let (membership, direct) = ctx.hub.join(user, device).await;
-    people::session_online(&ctx, user).await;
+    // The steps before and after the reader's loop are boxed: the loop is the state that
+    // lasts, and the task's allocation is the size of its largest state.
+    let (membership, direct) = Box::pin(ctx.hub.join(user, device)).await;
+    Box::pin(people::session_online(&ctx, user)).await;
     ctx.metrics.sessions.inc();
     let (sink, stream) = ws.split();
     let (send, recv) = channel.split();
@@ -133,9 +142,9 @@ pub(super) async fn run<S>(
     if !reader.run(&mut writer_task).await {
         let _ = writer_task.await;
     }
-    ctx.pairing.session_ended(membership.peer.id()).await;
-    if ctx.hub.leave(membership).await {
-        people::session_offline(&ctx, user).await;
+    Box::pin(ctx.pairing.session_ended(membership.peer.id())).await;
+    if Box::pin(ctx.hub.leave(membership)).await {
+        Box::pin(people::session_offline(&ctx, user)).await;
     }
     ctx.metrics.sessions.dec();
 }
@@ -222,7 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                             ErrorFrame::with_message(ErrorCode::FrameTooLarge, &close.reason);
                         let _ = self
                             .control
-                            .send(Control::Frame(ServerFrame::Error(error)))
+                            .send(Control::frame(ServerFrame::Error(error)))
                             .await;
                     }
                     break close;
@@ -232,13 +241,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 Ok(frame) => frame,
                 Err(e) => break Close::with_reason(e.code(), e.to_string()),
             };
-            if let Err(close) = self.handle(frame).await {
+            // Boxed: an idle reader holds no frame handler's state.
+            if let Err(close) = Box::pin(self.handle(frame)).await {
                 break close;
             }
         };
-        let _ = self.write_ack().await;
+        let _ = Box::pin(self.write_ack()).await;
         let _ = self.control.send(Control::End(close)).await;
-        self.drain().await;
+        Box::pin(self.drain()).await;
         false
     }
 
@@ -332,13 +342,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 Ok(())
             }
             ClientFrame::Ping { nonce } => {
-                self.send(Control::Frame(ServerFrame::Pong { nonce })).await
+                self.send(Control::frame(ServerFrame::Pong { nonce })).await
             }
             ClientFrame::Pong { .. } => Ok(()),
             ClientFrame::ListDevices => match self.ctx.store.list_devices(self.user).await {
                 Ok(mut devices) => {
                     devices.truncate(MAX_DEVICES_PER_FRAME);
-                    self.send(Control::Frame(ServerFrame::Devices(devices)))
+                    self.send(Control::frame(ServerFrame::Devices(devices)))
                         .await
                 }
                 Err(e) => self.storage_error(e).await,
@@ -348,13 +358,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 if let ServerFrame::Error(error) = &answer {
                     self.ctx.metrics.error(error.code);
                 }
-                self.send(Control::Frame(answer)).await
+                self.send(Control::frame(answer)).await
             }
             ClientFrame::ChainFetch { after } => {
                 let mut fetch = Fetch::new(self.user, after);
                 loop {
                     match fetch.next_page(&*self.ctx.store).await {
-                        Ok(Some(page)) => self.send(Control::Frame(page)).await?,
+                        Ok(Some(page)) => self.send(Control::frame(page)).await?,
                         Ok(None) => return Ok(()),
                         Err(e) => return self.storage_error(e).await,
                     }
@@ -369,7 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 match self.ctx.pairing.open(inviter, self.user).await {
                     Ok((slot, expires_at)) => {
                         let frame = ServerFrame::PairOpened { slot, expires_at };
-                        self.send(Control::Frame(frame)).await
+                        self.send(Control::frame(frame)).await
                     }
                     Err(code) => self.error(ErrorFrame::new(code)).await,
                 }
@@ -390,18 +400,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             ClientFrame::UserChainFetch { user, after } => self.user_chain(user, after).await,
             ClientFrame::ContactsList => {
                 for page in people::contacts(&self.ctx, self.asker).await {
-                    self.send(Control::Frame(page)).await?;
+                    self.send(Control::frame(page)).await?;
                 }
                 Ok(())
             }
             ClientFrame::TurnCredentialsFetch => {
                 match calls::turn_credentials(&self.ctx, self.asker).await {
-                    TurnAnswer::Frame(answer) => self.send(Control::Frame(answer)).await,
+                    TurnAnswer::Frame(answer) => self.send(Control::frame(answer)).await,
                     TurnAnswer::NotAdmitted(code) => {
                         // As when the writer finds the device revoked: told inside the
                         // channel, then the close (which the writer counts).
                         let told = ServerFrame::Error(ErrorFrame::new(code));
-                        self.send(Control::Frame(told)).await?;
+                        self.send(Control::frame(told)).await?;
                         tracing::info!(user = %self.user, device = %self.device, code = code.name(), "device no longer admitted; closing its session");
                         Err(Close::new(code))
                     }
@@ -409,17 +419,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             }
             frame if attachments::is_attachment_frame(&frame) => {
                 let answer = attachments::handle(&self.ctx, self.asker, frame).await;
-                self.send(Control::Frame(answer)).await
+                self.send(Control::frame(answer)).await
             }
             frame if push::is_push_frame(&frame) => {
                 match push::handle(&self.ctx, self.asker, frame).await {
-                    Some(answer) => self.send(Control::Frame(answer)).await,
+                    Some(answer) => self.send(Control::frame(answer)).await,
                     None => Ok(()),
                 }
             }
             frame if conversations::is_conversation_frame(&frame) => {
                 for answer in conversations::handle(&self.ctx, self.asker, frame).await {
-                    self.send(Control::Frame(answer)).await?;
+                    self.send(Control::frame(answer)).await?;
                 }
                 Ok(())
             }
@@ -433,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
                 } else {
                     self.people(people_frame).await
                 };
-                self.send(Control::Frame(answer)).await
+                self.send(Control::frame(answer)).await
             }
         }
     }
@@ -477,7 +487,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
         };
         match self.ctx.store.chain_visible(self.user, user).await {
             Ok(true) => {}
-            Ok(false) => return self.send(Control::Frame(empty)).await,
+            Ok(false) => return self.send(Control::frame(empty)).await,
             Err(e) => return self.storage_error(e).await,
         }
         let mut fetch = Fetch::new(user, after);
@@ -485,7 +495,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             match fetch.next_page(&*self.ctx.store).await {
                 Ok(Some(ServerFrame::ChainLinks { links, more })) => {
                     let page = ServerFrame::UserChainLinks { user, links, more };
-                    self.send(Control::Frame(page)).await?;
+                    self.send(Control::frame(page)).await?;
                 }
                 Ok(_) => return Ok(()),
                 Err(e) => return self.storage_error(e).await,
@@ -535,7 +545,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
 
     async fn error(&self, frame: ErrorFrame) -> Result<(), Close> {
         self.ctx.metrics.error(frame.code);
-        self.send(Control::Frame(ServerFrame::Error(frame))).await
+        self.send(Control::frame(ServerFrame::Error(frame))).await
     }
 
     async fn storage_error(&self, e: StoreError) -> Result<(), Close> {
@@ -566,7 +576,7 @@ struct Writer<S> {
     peer: Arc<Peer>,
     delivered: u64,
     control: mpsc::Receiver<Control>,
-    direct: mpsc::Receiver<ServerFrame>,
+    direct: mpsc::Receiver<Box<ServerFrame>>,
     pending: VecDeque<PendingAppend>,
 }
 

@@ -113,7 +113,9 @@ impl LocalPairing {
             entry.joiner = None;
             peer
         };
-        let _ = peer.frames.try_send(ServerFrame::PairClosed { slot, code });
+        let _ = peer
+            .frames
+            .try_send(Box::new(ServerFrame::PairClosed { slot, code }));
         Ok(())
     }
 
@@ -137,20 +139,20 @@ impl LocalPairing {
             }
         }
         for (slot, party) in notify {
-            let _ = party.frames.try_send(ServerFrame::PairClosed {
+            let _ = party.frames.try_send(Box::new(ServerFrame::PairClosed {
                 slot,
                 code: Some(ErrorCode::Unavailable),
-            });
+            }));
         }
     }
 
     fn deliver(
         &self,
         slot: u16,
-        to: &mpsc::Sender<ServerFrame>,
+        to: &mpsc::Sender<Box<ServerFrame>>,
         frame: ServerFrame,
     ) -> Result<(), ErrorCode> {
-        if to.try_send(frame).is_err() {
+        if to.try_send(Box::new(frame)).is_err() {
             // The other end is gone or not reading: the pairing cannot go on.
             if let Some(entry) = self.lock().get_mut(&slot) {
                 entry.burned = true;
@@ -208,7 +210,7 @@ mod tests {
     const U: UserId = UserId([1; 32]);
     const V: UserId = UserId([2; 32]);
 
-    fn party(session: u64) -> (Party, mpsc::Receiver<ServerFrame>) {
+    fn party(session: u64) -> (Party, mpsc::Receiver<Box<ServerFrame>>) {
         let (frames, rx) = mpsc::channel(8);
         (Party { session, frames }, rx)
     }
@@ -231,7 +233,7 @@ mod tests {
         );
         slots.join(1, b.clone(), vec![1]).unwrap();
         assert_eq!(
-            a_rx.try_recv().unwrap(),
+            *a_rx.try_recv().unwrap(),
             ServerFrame::PairPeer {
                 slot: 1,
                 body: vec![1]
@@ -248,7 +250,7 @@ mod tests {
         );
         slots.forward(1, 1, vec![2]).unwrap();
         assert_eq!(
-            b_rx.try_recv().unwrap(),
+            *b_rx.try_recv().unwrap(),
             ServerFrame::PairPeer {
                 slot: 1,
                 body: vec![2]
@@ -256,7 +258,7 @@ mod tests {
         );
         slots.close(1, 2, false).unwrap();
         assert_eq!(
-            a_rx.try_recv().unwrap(),
+            *a_rx.try_recv().unwrap(),
             ServerFrame::PairClosed {
                 slot: 1,
                 code: Some(ErrorCode::PairingFailed)
@@ -326,7 +328,7 @@ mod tests {
         slots.join(slot, b, vec![]).unwrap();
         slots.session_ended(1);
         assert_eq!(
-            b_rx.try_recv().unwrap(),
+            *b_rx.try_recv().unwrap(),
             ServerFrame::PairClosed {
                 slot,
                 code: Some(ErrorCode::Unavailable)

@@ -50,7 +50,7 @@ pub struct Party {
     /// Session id (unique per node).
     pub session: u64,
     /// Frames for that session's writer.
-    pub frames: mpsc::Sender<ServerFrame>,
+    pub frames: mpsc::Sender<Box<ServerFrame>>,
 }
 
 /// The smallest slot number the relay assigns (0 is never used, so `0-…` is no code).
