@@ -19,6 +19,8 @@
 //! | `conversations` | an MLS group of 100 users × 2 devices at 5 msg/s: delivered to all devices, send → decrypted on each device p50/p99; the sync log at the same send rate and at the same deliveries beside it | |
 //! | `push` | Web Push wake-ups per second to a local push service (push delay 200 ms): 1,000 users, device B offline with a target, device A appends a burst of 5; first append → last wake-up and the steady rate, on 1 push service and on 4 (the per-service cap), one wake-up per user (duplicates must be 0), the relay's outcomes and CPU per wake-up | |
 //! | `attachments` | a 64 MiB file uploaded (`upload_file`) and downloaded (`save_file`) through the relay, MiB/s, 3 rounds, each ÷ a plain copy (`fs::copy` + fsync) of the same bytes on the same disk; beside them sealing alone, and the relay's folder storage and digest check alone; the download must equal the original | |
+//! | `window` | closed loop, device A keeps W appends awaiting `Appended`, device B reads: events/s to B, A→B p50/p99/p99.9/max, duplicates and gaps seen by B, events not delivered within 5 s; 1 user W=50, 200 users W=1 and W=10, each on a fresh relay (beside PocketBridge's own figures, in a note) | |
+//! | `jetstream` (not in `all`) | NATS JetStream (file storage, `--nats`) under the `appends` load, acked publishes/s, and ordered-consumer replays of its stream, against Ferry's group-commit appends and a Ferry replay of a log as long, same run | appends ÷ acks ≥ 0.5, replay ratio > 1 |
 //!
 //! Comparisons (group vs single commit, relay vs ceiling, cross vs same node, blocked vs not
 //! blocked) are measured side by side in the same run and reported as ratios. Each scenario's
@@ -36,6 +38,8 @@
 //! target/release/ferry-bench conversations --rate 10      # a 200-device MLS group at 10 msg/s
 //! target/release/ferry-bench push --runs 3                # 1,000 wake-ups to a local push service
 //! target/release/ferry-bench attachments --file-mib 256   # a 256 MiB file up and down, 3 rounds
+//! target/release/ferry-bench window --users 50 --window 5 # one closed-loop configuration only
+//! target/release/ferry-bench jetstream                    # needs nats-server -js on 127.0.0.1:4222
 //! ```
 //!
 //! The table (markdown) goes to stdout, progress to stderr. `--postgres URL` and `--redis

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use ferry_bench::relay::{Backend, DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Services};
+use ferry_bench::relay::{
+    Backend, DEFAULT_NATS_URL, DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Services,
+};
 use ferry_bench::report::{Report, Table};
 use ferry_bench::scenarios::{Options, Scenario, cores};
 
@@ -52,6 +54,13 @@ enum Command {
     /// A file's upload and download through the relay (MiB/s) against a plain copy of the
     /// same bytes on the same disk.
     Attachments,
+    /// Closed-loop sync with a window of unacknowledged appends (device A → device B):
+    /// events/s delivered, A→B latency, duplicates; 1 user W=50, 200 users W=1 and W=10.
+    Window,
+    /// NATS JetStream (file storage) under the `appends` load and a replay of its stream,
+    /// against Ferry's durable appends and replay in the same run (needs nats-server -js;
+    /// not part of `all`).
+    Jetstream,
     /// Run a relay in this process until killed (used by `idle` when no ferry-relay binary
     /// is found next to this one); takes the relay's own flags.
     #[command(hide = true)]
@@ -81,14 +90,19 @@ struct Common {
     /// Redis URL, for `cluster`.
     #[arg(long = "redis", global = true, env = "FERRY_BENCH_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     redis_url: String,
+    /// NATS server with JetStream, for `jetstream`.
+    #[arg(long = "nats", global = true, env = "FERRY_BENCH_NATS_URL", default_value = DEFAULT_NATS_URL)]
+    nats_url: String,
     /// Measured seconds of time-bounded scenarios (default 10, quick 1).
     #[arg(long, global = true)]
     duration_secs: Option<f64>,
-    /// Users, two devices each (appends 64, latency 100, cluster 40, conversations 100, push
-    /// 1,000).
+    /// Users, two devices each (appends and jetstream 64, latency 100, cluster 40,
+    /// conversations 100, push 1,000; window: only this many, instead of its three
+    /// configurations).
     #[arg(long, global = true)]
     users: Option<usize>,
-    /// Appends in flight per device (appends: 32).
+    /// Appends in flight per device (appends and jetstream: 32; window: only this window,
+    /// instead of its three configurations).
     #[arg(long, global = true)]
     window: Option<usize>,
     /// Offered load in events per second (latency 5,000, cluster 1,000; conversations:
@@ -136,6 +150,8 @@ fn main() -> anyhow::Result<()> {
         Command::Conversations => vec![Scenario::Conversations],
         Command::Push => vec![Scenario::Push],
         Command::Attachments => vec![Scenario::Attachments],
+        Command::Window => vec![Scenario::Window],
+        Command::Jetstream => vec![Scenario::Jetstream],
         Command::ServeRelay(args) => return serve_relay(args.config),
     };
     let common = cli.common;
@@ -145,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             backend: common.backend,
             postgres_url: common.postgres_url,
             redis_url: common.redis_url,
+            nats_url: common.nats_url,
         },
         duration: common.duration_secs.map(Duration::from_secs_f64),
         users: common.users,

@@ -22,6 +22,8 @@ use crate::client::Target;
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Default Redis for the cluster scenario.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default NATS server (with JetStream) for the jetstream scenario.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Where a relay keeps its log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +43,8 @@ pub struct Services {
     pub postgres_url: String,
     /// Redis URL (used by the cluster).
     pub redis_url: String,
+    /// NATS URL (used by the jetstream scenario, not by any relay).
+    pub nats_url: String,
 }
 
 /// How to start one in-process node.

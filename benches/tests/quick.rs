@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use ferry_bench::relay::{Backend, DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Services};
+use ferry_bench::relay::{
+    Backend, DEFAULT_NATS_URL, DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Services,
+};
 use ferry_bench::report::Report;
 use ferry_bench::scenarios::{Options, Scenario};
 
@@ -16,6 +18,7 @@ fn tiny() -> Options {
             backend: Backend::Sqlite,
             postgres_url: DEFAULT_POSTGRES_URL.to_owned(),
             redis_url: DEFAULT_REDIS_URL.to_owned(),
+            nats_url: DEFAULT_NATS_URL.to_owned(),
         },
         duration: Some(Duration::from_millis(300)),
         users: Some(2),
@@ -115,4 +118,38 @@ async fn attachments_go_through_the_relay_and_come_back_whole() {
         let value = value(&attachments, measure);
         assert!(value.is_finite() && value > 0.0, "{measure}: {value}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_delivers_every_event_once() {
+    // `--users 2 --window 4`: one configuration, 300 ms measured; device B must see every
+    // event A sent in the window, none twice and no seq skipped.
+    let window = Scenario::Window.run(&tiny()).await.unwrap();
+    let prefix = "2 users × 2, W=4: ";
+    assert!(value(&window, &format!("{prefix}events/s to B")) > 0.0);
+    assert!(value(&window, &format!("{prefix}A→B p50")) > 0.0);
+    for measure in [
+        "duplicates seen by B",
+        "events not delivered within 5 s",
+        "seq gaps at B",
+        "repeated Appended at A",
+    ] {
+        assert_eq!(
+            value(&window, &format!("{prefix}{measure}")),
+            0.0,
+            "{measure}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_without_nats_fails_with_a_message() {
+    // Nothing listens on port 1: the scenario must fail, and say that NATS is missing.
+    let mut options = tiny();
+    options.services.nats_url = "nats://127.0.0.1:1".to_owned();
+    let error = Scenario::Jetstream.run(&options).await.unwrap_err();
+    assert!(
+        format!("{error:#}").contains("NATS is not reachable at nats://127.0.0.1:1"),
+        "{error:#}"
+    );
 }

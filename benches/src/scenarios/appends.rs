@@ -53,9 +53,10 @@ pub struct Throughput {
     pub mean_batch: f64,
 }
 
-/// Runs the scenario.
-pub async fn run(options: &Options) -> anyhow::Result<Report> {
-    let workload = Workload {
+/// The scenario's workload: `--users`, `--window` and `--duration-secs`, or the defaults
+/// (also the load of the `jetstream` scenario).
+pub fn workload(options: &Options) -> Workload {
+    Workload {
         users: options.pick(options.users, 64, 4),
         window: options.pick(options.window, 32, 8),
         warmup: if options.quick {
@@ -64,7 +65,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             Duration::from_secs(2)
         },
         duration: options.duration(Duration::from_secs(10), Duration::from_secs(1)),
-    };
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    let workload = workload(options);
     let group = measure(options, workload, None, "group commit").await?;
     let single = measure(options, workload, Some(1), "commit_max_batch = 1").await?;
 

@@ -7,10 +7,12 @@ pub mod cluster;
 pub mod conversations;
 pub mod handshakes;
 pub mod idle;
+pub mod jetstream;
 pub mod latency;
 pub mod people;
 pub mod push;
 pub mod replay;
+pub mod window;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -35,9 +37,10 @@ pub struct Options {
     pub services: Services,
     /// Measured time of time-bounded scenarios.
     pub duration: Option<Duration>,
-    /// Users (each with two devices) in appends, latency, cluster, conversations and push.
+    /// Users (each with two devices) in appends, latency, cluster, conversations, push,
+    /// window and jetstream.
     pub users: Option<usize>,
-    /// Appends in flight per device (appends).
+    /// Appends in flight per device (appends, window, jetstream).
     pub window: Option<usize>,
     /// Offered load in events (messages) per second (latency, cluster, conversations).
     pub rate: Option<f64>,
@@ -71,7 +74,7 @@ impl Options {
     }
 }
 
-/// The scenarios, in the order `all` runs them.
+/// The scenarios (`all` runs those in [`Scenario::ALL`], in that order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// Handshakes per second vs the sans-IO crypto ceiling.
@@ -97,11 +100,18 @@ pub enum Scenario {
     Push,
     /// A file's upload and download through the relay vs a plain copy on the same disk.
     Attachments,
+    /// Closed-loop sync with a window of unacknowledged appends: events/s to device B,
+    /// A→B latency and duplicates.
+    Window,
+    /// NATS JetStream under the `appends` load, and a replay of its stream, against Ferry's
+    /// appends and replay (not in [`Scenario::ALL`]: it needs a NATS server).
+    Jetstream,
 }
 
 impl Scenario {
-    /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Self; 11] = [
+    /// Every scenario `all` runs, in order (all but `jetstream`, which needs a NATS server
+    /// and is run on its own).
+    pub const ALL: [Self; 12] = [
         Self::Handshakes,
         Self::Appends,
         Self::Latency,
@@ -113,6 +123,7 @@ impl Scenario {
         Self::Conversations,
         Self::Push,
         Self::Attachments,
+        Self::Window,
     ];
 
     /// The name used in commands and tables.
@@ -129,6 +140,8 @@ impl Scenario {
             Self::Conversations => "conversations",
             Self::Push => "push",
             Self::Attachments => "attachments",
+            Self::Window => "window",
+            Self::Jetstream => "jetstream",
         }
     }
 
@@ -146,6 +159,8 @@ impl Scenario {
             Self::Conversations => conversations::run(options).await,
             Self::Push => push::run(options).await,
             Self::Attachments => attachments::run(options).await,
+            Self::Window => window::run(options).await,
+            Self::Jetstream => jetstream::run(options).await,
         }
     }
 }

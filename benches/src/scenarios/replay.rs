@@ -23,10 +23,60 @@ const NAME: &str = "replay";
 const PAYLOAD: usize = 256;
 const PREFILL_BATCH: usize = 1000;
 
+/// One fresh device's replay of the whole log.
+#[derive(Clone, Copy, Debug)]
+pub struct Replayed {
+    /// Events per second from `SessionEstablished` to `CaughtUp`.
+    pub rate: f64,
+    /// Time from connecting to `CaughtUp`, handshake included.
+    pub total: Duration,
+}
+
+/// The scenario's log length: `--events`, or 100,000 (quick 2,000).
+pub fn events(options: &Options) -> usize {
+    options.pick(options.events, 100_000, 2_000)
+}
+
+/// Fresh devices replaying the log in turn: 3 (quick 1).
+pub fn replays(options: &Options) -> usize {
+    if options.quick { 1 } else { 3 }
+}
+
 /// Runs the scenario.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
-    let events = options.pick(options.events, 100_000, 2_000);
-    let replays = if options.quick { 1 } else { 3 };
+    let events = events(options);
+    let replays = replays(options);
+    let mut report = Report::default();
+    for replayed in measure(options, events, replays).await? {
+        report.add_goal(
+            NAME,
+            format!("{} events, after the handshake", number(events as f64)),
+            replayed.rate,
+            "ev/s",
+            Goal::AtLeast(200_000.0),
+        );
+        report.add(
+            NAME,
+            "time to CaughtUp, handshake included",
+            replayed.total.as_secs_f64() * 1000.0,
+            "ms",
+        );
+    }
+    report.note(format!(
+        "replay: one user's log pre-filled with {events} events of {PAYLOAD} B, then \
+         {replays} fresh device(s) in turn replay it from 0 to CaughtUp (each one sample; \
+         every event checked once and in order); pages of the relay's default replay_page"
+    ));
+    Ok(report)
+}
+
+/// Pre-fills one user's log with `events` events, starts a relay on it, and lets `replays`
+/// fresh devices replay it in turn (each checked: every event once, in order).
+pub async fn measure(
+    options: &Options,
+    events: usize,
+    replays: usize,
+) -> anyhow::Result<Vec<Replayed>> {
     let ids = Identity::new_user(1 + replays);
 
     let dir = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
@@ -73,7 +123,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         },
     )
     .await?;
-    let mut report = Report::default();
+    let mut replayed_all = Vec::with_capacity(replays);
     for id in &ids[1..] {
         step(NAME, "a fresh device replays the log");
         let connecting = Instant::now();
@@ -102,25 +152,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             "replayed {replayed} events to head {head}, expected {events}"
         );
         let seconds = done.duration_since(established).as_secs_f64();
-        report.add_goal(
-            NAME,
-            format!("{} events, after the handshake", number(events as f64)),
-            replayed as f64 / seconds,
-            "ev/s",
-            Goal::AtLeast(200_000.0),
-        );
-        report.add(
-            NAME,
-            "time to CaughtUp, handshake included",
-            done.duration_since(connecting).as_secs_f64() * 1000.0,
-            "ms",
-        );
+        replayed_all.push(Replayed {
+            rate: replayed as f64 / seconds,
+            total: done.duration_since(connecting),
+        });
     }
     relay.shutdown(Duration::from_secs(5)).await;
-    report.note(format!(
-        "replay: one user's log pre-filled with {events} events of {PAYLOAD} B, then \
-         {replays} fresh device(s) in turn replay it from 0 to CaughtUp (each one sample; \
-         every event checked once and in order); pages of the relay's default replay_page"
-    ));
-    Ok(report)
+    Ok(replayed_all)
 }
