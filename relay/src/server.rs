@@ -826,7 +826,11 @@ fn upgrade(
         .min(ferry_protocol::limits::MAX_FRAME_LEN)
         + ferry_protocol::limits::CHANNEL_OVERHEAD;
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        // 1 KiB, not tungstenite's 128 KiB: the buffer stays allocated for as long as the
+        // connection lives, mostly idle. Appends and acks fit; a 256 KiB attachment part is
+        // read in 1 KiB reads (uploads 132 -> 114 MiB/s, idle connections 16.8 -> 13.8 KiB
+        // each, ferry-bench attachments and idle, docs/benchmarks.md).
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(frame_limit))
         .max_frame_size(Some(frame_limit));
