@@ -70,6 +70,20 @@ pub struct Found {
     pub repeated_answers: u64,
 }
 
+impl Found {
+    fn new() -> Self {
+        Self {
+            latency: micros_histogram(),
+            delivered: 0,
+            sent: 0,
+            received: 0,
+            duplicates: 0,
+            gaps: 0,
+            repeated_answers: 0,
+        }
+    }
+}
+
 /// Runs the scenario.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let shapes = if options.users.is_some() || options.window.is_some() {
@@ -255,15 +269,7 @@ pub async fn measure(
     for sender in senders {
         a_sides.push(sender.await??);
     }
-    let mut found = Found {
-        latency: micros_histogram(),
-        delivered: 0,
-        sent: 0,
-        received: 0,
-        duplicates: 0,
-        gaps: 0,
-        repeated_answers: 0,
-    };
+    let mut found = Found::new();
     for receiver in receivers {
         let user = receiver.await??;
         found.latency.add(&user.latency)?;
@@ -372,15 +378,7 @@ struct Arrivals {
 
 impl Arrivals {
     async fn run(self, mut receiver: Receiver) -> Result<Found, ClientError> {
-        let mut found = Found {
-            latency: micros_histogram(),
-            delivered: 0,
-            sent: 0,
-            received: 0,
-            duplicates: 0,
-            gaps: 0,
-            repeated_answers: 0,
-        };
+        let mut found = Found::new();
         let mut seen = Seen::default();
         let mut last_device_seq = 0;
         loop {
