@@ -318,27 +318,23 @@ async fn pump(app: Arc<App>, mut client: Client) {
     loop {
         match client.next_event().await {
             Ok(event) => {
-                match &event {
-                    ClientEvent::People(people) => {
-                        learn_own(&app, people);
-                        if let Mode::Running(handle) = app.mode() {
-                            tokio::spawn(refresh_names(Arc::clone(&app), handle));
-                        }
+                if let ClientEvent::People(people) = &event {
+                    learn_own(&app, people);
+                    if let Mode::Running(handle) = app.mode() {
+                        tokio::spawn(refresh_names(Arc::clone(&app), handle));
                     }
-                    ClientEvent::Event(_) => {}
-                    _ => {}
                 }
-                let names = app.names();
-                if let Some(value) = json::event(&event, &names) {
-                    if let ClientEvent::Event(_) = event {
-                        let mut log = lock(&app.log);
-                        if log.len() == LOG_KEPT {
-                            log.pop_front();
-                        }
-                        log.push_back(value.clone());
+                let Some(value) = json::event(&event, &app.names()) else {
+                    continue;
+                };
+                if let ClientEvent::Event(_) = event {
+                    let mut log = lock(&app.log);
+                    if log.len() == LOG_KEPT {
+                        log.pop_front();
                     }
-                    app.publish(&value);
+                    log.push_back(value.clone());
                 }
+                app.publish(&value);
             }
             Err(error) if error.is_permanent() => {
                 eprintln!("ferry: the client stopped: {error}");
@@ -346,7 +342,7 @@ async fn pump(app: Arc<App>, mut client: Client) {
             }
             Err(error) => {
                 eprintln!("ferry: {error}");
-                app.publish(&json!({ "type": "warning", "error": error.to_string() }));
+                app.publish(&json!({ "type": "warning", "error": json::words(&error) }));
             }
         }
     }
