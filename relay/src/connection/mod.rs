@@ -189,12 +189,51 @@ where
 }
 
 /// Step 5: checks the device against the relay's records and opens the session.
+///
+/// The checks run in their own (boxed) future: what they hold is gone once the session runs,
+/// and this future, which lives as long as the connection, holds only the session.
 async fn start_session<S>(
-    mut ws: WebSocketStream<S>,
+    ws: WebSocketStream<S>,
     pending: PendingSession,
     address: IpAddr,
     ctx: &Arc<Context>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(admitted) = Box::pin(admit(ws, pending, address, ctx)).await? else {
+        return Ok(());
+    };
+    let Admitted {
+        ws,
+        channel,
+        who,
+        cursor,
+        session_slot,
+    } = admitted;
+    session::run(ws, channel, who, cursor, Arc::clone(ctx)).await;
+    drop(session_slot);
+    Ok(())
+}
+
+/// A device the relay admitted, with its session's pieces.
+struct Admitted<'a, S> {
+    ws: WebSocketStream<S>,
+    channel: ferry_protocol::ServerChannel,
+    who: people::Asker,
+    cursor: u64,
+    /// Held for as long as the session runs.
+    session_slot: crate::server::SessionSlot<'a>,
+}
+
+/// Checks the device, answers the handshake, and returns the session to run (`None`: the
+/// connection was a pairing, a recovery or a refusal, and is over).
+async fn admit<'a, S>(
+    mut ws: WebSocketStream<S>,
+    pending: PendingSession,
+    address: IpAddr,
+    ctx: &'a Arc<Context>,
+) -> Result<Option<Admitted<'a, S>>, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -204,11 +243,11 @@ where
         ws.send(Message::Binary(reply.into())).await?;
         ctx.metrics.handshake("ok_pairing");
         Box::pin(pairing::run(ws, channel, address, Arc::clone(ctx))).await;
-        return Ok(());
+        return Ok(None);
     };
     // Counted before any database work, released when the session ends.
     let max_sessions = ctx.config.limits.max_sessions_per_user;
-    let Some(_session_slot) = ctx.occupancy.open_session(auth.user, max_sessions) else {
+    let Some(session_slot) = ctx.occupancy.open_session(auth.user, max_sessions) else {
         ctx.metrics.limit_refusal("sessions_per_user");
         return Box::pin(refuse(
             ws,
@@ -219,7 +258,8 @@ where
             ),
             ctx,
         ))
-        .await;
+        .await
+        .map(|()| None);
     };
     let recovery = auth.user_proven;
     let admitted = async {
@@ -244,7 +284,11 @@ where
     };
     let (record, bounds, last_device_seq, chain_seqno) = match Box::pin(admitted).await {
         Ok(Ok(admitted)) => admitted,
-        Ok(Err(close)) => return Box::pin(refuse(ws, pending, close, ctx)).await,
+        Ok(Err(close)) => {
+            return Box::pin(refuse(ws, pending, close, ctx))
+                .await
+                .map(|()| None);
+        }
         Err(e) => {
             let code = e.code();
             if code == ErrorCode::Internal || code == ErrorCode::Unavailable {
@@ -256,7 +300,8 @@ where
                 Close::with_reason(code, code.description()),
                 ctx,
             ))
-            .await;
+            .await
+            .map(|()| None);
         }
     };
     let acked = record.as_ref().map_or(0, |record| record.acked);
@@ -272,7 +317,7 @@ where
             Arc::clone(ctx),
         ))
         .await;
-        return Ok(());
+        return Ok(None);
     }
     // A cursor beyond the head (the client saw events this database no longer has) is not
     // clamped: the session answers it with ResyncRequired, never with reused sequences.
@@ -283,8 +328,13 @@ where
         device: auth.device,
         address,
     };
-    session::run(ws, channel, who, cursor, Arc::clone(ctx)).await;
-    Ok(())
+    Ok(Some(Admitted {
+        ws,
+        channel,
+        who,
+        cursor,
+        session_slot,
+    }))
 }
 
 async fn refuse<S>(

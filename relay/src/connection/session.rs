@@ -111,34 +111,9 @@ pub(super) async fn run<S>(
     let (membership, direct) = Box::pin(ctx.hub.join(user, device)).await;
     Box::pin(people::session_online(&ctx, user)).await;
     ctx.metrics.sessions.inc();
-    let (sink, stream) = ws.split();
-    let (send, recv) = channel.split();
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let writer = Writer {
-        sink,
-        send,
-        ctx: Arc::clone(&ctx),
-        user,
-        device,
-        peer: Arc::clone(&membership.peer),
-        delivered: cursor,
-        control: control_rx,
-        direct,
-        pending: VecDeque::new(),
-    };
-    let mut writer_task = tokio::spawn(writer.run());
-    let reader = Reader {
-        stream,
-        recv,
-        ctx: Arc::clone(&ctx),
-        user,
-        device,
-        asker,
-        peer: Arc::clone(&membership.peer),
-        control,
-        order: AppendOrder::new(),
-        unwritten_ack: 0,
-    };
+    // Set up in a plain function: values built and moved before the loop's await then take no
+    // room in this future, which lives as long as the connection.
+    let (reader, mut writer_task) = start(ws, channel, asker, cursor, &ctx, &membership, direct);
     if !reader.run(&mut writer_task).await {
         let _ = writer_task.await;
     }
@@ -147,6 +122,51 @@ pub(super) async fn run<S>(
         Box::pin(people::session_offline(&ctx, user)).await;
     }
     ctx.metrics.sessions.dec();
+}
+
+/// Splits the socket and the channel, spawns the writer, and returns the reader.
+fn start<S>(
+    ws: WebSocketStream<S>,
+    channel: ServerChannel,
+    asker: Asker,
+    cursor: u64,
+    ctx: &Arc<Context>,
+    membership: &crate::hub::Membership,
+    direct: mpsc::Receiver<Box<ServerFrame>>,
+) -> (Reader<S>, JoinHandle<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Asker { user, device, .. } = asker;
+    let (sink, stream) = ws.split();
+    let (send, recv) = channel.split();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let writer = Writer {
+        sink,
+        send,
+        ctx: Arc::clone(ctx),
+        user,
+        device,
+        peer: Arc::clone(&membership.peer),
+        delivered: cursor,
+        control: control_rx,
+        direct,
+        pending: VecDeque::new(),
+    };
+    let writer_task = tokio::spawn(writer.run());
+    let reader = Reader {
+        stream,
+        recv,
+        ctx: Arc::clone(ctx),
+        user,
+        device,
+        asker,
+        peer: Arc::clone(&membership.peer),
+        control,
+        order: AppendOrder::new(),
+        unwritten_ack: 0,
+    };
+    (reader, writer_task)
 }
 
 struct Reader<S> {
