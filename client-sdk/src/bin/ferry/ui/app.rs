@@ -148,16 +148,27 @@ impl App {
         lock(&self.status).clone()
     }
 
+    /// The connection status as the event stream says it.
+    pub fn status_event(&self) -> Value {
+        status_event(self.status())
+    }
+
     pub fn log(&self) -> Vec<Value> {
         lock(&self.log).iter().cloned().collect()
     }
 
+    /// Names to show: contacts' as learned, and this user's own from its preferences.
     pub fn names(&self) -> Names {
-        lock(&self.names).clone()
+        Names {
+            my_name: lock(&self.prefs).name.clone(),
+            ..lock(&self.names).clone()
+        }
     }
 
-    pub fn names_mutex(&self) -> &Mutex<Names> {
-        &self.names
+    /// Learns the names of `contacts` (profile names, handles); returns all names known.
+    pub fn learn_names(&self, contacts: &[ferry_client::Contact]) -> Names {
+        lock(&self.names).learn(contacts);
+        self.names()
     }
 
     pub fn prefs(&self) -> Prefs {
@@ -186,7 +197,6 @@ impl App {
         let prefs = {
             let mut prefs = lock(&self.prefs);
             change(&mut prefs);
-            lock(&self.names).my_name = prefs.name.clone();
             prefs.clone()
         };
         let path = self.dir.join("ui.json");
@@ -218,11 +228,7 @@ impl App {
         // A log viewer shows this device's own events too.
         let client = Client::start(state, self.options.clone().own_events(true));
         let handle = client.handle();
-        {
-            let mut names = lock(&self.names);
-            names.me = Some(handle.user_id());
-            names.my_name = lock(&self.prefs).name.clone();
-        }
+        lock(&self.names).me = Some(handle.user_id());
         self.set_mode(Mode::Running(handle.clone()));
         tokio::spawn(pump(Arc::clone(self), client));
         tokio::spawn(watch_status(Arc::clone(self), handle.clone()));
@@ -371,7 +377,8 @@ fn learn_own(app: &App, event: &ferry_client::PeopleEvent) {
 /// Tells the page when the connection comes and goes.
 async fn watch_status(app: Arc<App>, handle: ClientHandle) {
     loop {
-        let now = json::status(&handle.status());
+        let status = handle.status();
+        let now = json::status(&status);
         let changed = {
             let mut last = lock(&app.status);
             let changed = *last != now;
@@ -379,13 +386,9 @@ async fn watch_status(app: Arc<App>, handle: ClientHandle) {
             changed
         };
         if changed {
-            let mut event = now;
-            if let Value::Object(fields) = &mut event {
-                fields.insert("type".into(), "status".into());
-            }
-            app.publish(&event);
+            app.publish(&status_event(now));
         }
-        if handle.status().stopped.is_some() {
+        if status.stopped.is_some() {
             return;
         }
         tokio::time::sleep(STATUS_EVERY).await;
@@ -395,6 +398,14 @@ async fn watch_status(app: Arc<App>, handle: ClientHandle) {
 /// Learns the names of contacts (profile names, handles) for what the page shows.
 pub async fn refresh_names(app: Arc<App>, handle: ClientHandle) {
     if let Ok(contacts) = handle.contacts().await {
-        lock(&app.names).learn(&contacts);
+        app.learn_names(&contacts);
     }
+}
+
+/// `status` with the event stream's `"type": "status"`.
+fn status_event(mut status: Value) -> Value {
+    if let Value::Object(fields) = &mut status {
+        fields.insert("type".into(), "status".into());
+    }
+    status
 }

@@ -25,14 +25,13 @@ pub fn state(app: &App) -> Reply {
         Mode::Joining => "joining",
         Mode::Running(_) => "running",
     };
-    let me = me(app).ok().map(|_| me_value(app));
     ok(json!({
         "mode": mode,
         "defaults": {
             "relay_url": app.defaults.relay_url,
             "relay_key": app.defaults.relay_key,
         },
-        "me": me,
+        "me": me_value(app),
         "status": app.status(),
     }))
 }
@@ -40,11 +39,7 @@ pub fn state(app: &App) -> Reply {
 /// The event stream: the status first, then every event as it happens. A page that falls
 /// more than the channel's length behind is told to fetch again (`lagged`).
 pub fn events(app: &App) -> Reply {
-    let mut status = app.status();
-    if let Value::Object(fields) = &mut status {
-        fields.insert("type".into(), "status".into());
-    }
-    let first = sse_message(&status);
+    let first = sse_message(&app.status_event());
     let receiver = app.subscribe();
     let stream = futures_util::stream::unfold(
         (Some(first), receiver),

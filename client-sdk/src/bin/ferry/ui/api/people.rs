@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Refusal, body, failed, finish, no_such_request, parse_id, running};
-use crate::ui::app::{App, lock};
+use crate::ui::app::App;
 use crate::ui::http::{Reply, ok};
 use crate::ui::json;
 
@@ -24,11 +24,7 @@ pub async fn list(app: &Arc<App>) -> Result<Reply, Refusal> {
             contact.profile = handle.profile(contact.user).await.ok().flatten();
         }
     }
-    let names = {
-        let mut names = lock(app.names_mutex());
-        names.learn(&contacts);
-        names.clone()
-    };
+    let names = app.learn_names(&contacts);
     Ok(ok(Value::Array(
         contacts.iter().map(|c| json::contact(c, &names)).collect(),
     )))
