@@ -533,8 +533,7 @@ impl ClientHandle {
     /// ([`Setting::DeviceName`]), which [`list_devices`](Self::list_devices) shows instead of
     /// the name it was paired with. Waits until the relay stored it.
     pub async fn rename_device(&self, name: &str) -> Result<(), ClientError> {
-        ferry_protocol::check_device_name(name)
-            .map_err(|e| ClientError::State(crate::error::StateError::Identity(e)))?;
+        ferry_protocol::check_device_name(name).map_err(crate::error::StateError::from)?;
         let record = self.settings.set(Setting::DeviceName {
             device: self.device,
             name: name.to_owned(),

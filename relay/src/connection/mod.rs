@@ -227,7 +227,8 @@ struct Admitted<'a, S> {
 }
 
 /// Checks the device, answers the handshake, and returns the session to run (`None`: the
-/// connection was a pairing, a recovery or a refusal, and is over).
+/// connection was a pairing, a recovery or a refusal, and is over). Runs boxed (see
+/// [`start_session`]), so nothing inside it needs boxing for the session's sake.
 async fn admit<'a, S>(
     mut ws: WebSocketStream<S>,
     pending: PendingSession,
@@ -242,14 +243,14 @@ where
         let (channel, reply) = pending.accept(0, 0);
         ws.send(Message::Binary(reply.into())).await?;
         ctx.metrics.handshake("ok_pairing");
-        Box::pin(pairing::run(ws, channel, address, Arc::clone(ctx))).await;
+        pairing::run(ws, channel, address, Arc::clone(ctx)).await;
         return Ok(None);
     };
     // Counted before any database work, released when the session ends.
     let max_sessions = ctx.config.limits.max_sessions_per_user;
     let Some(session_slot) = ctx.occupancy.open_session(auth.user, max_sessions) else {
         ctx.metrics.limit_refusal("sessions_per_user");
-        return Box::pin(refuse(
+        return refuse(
             ws,
             pending,
             Close::with_reason(
@@ -257,7 +258,7 @@ where
                 "too many sessions for this user",
             ),
             ctx,
-        ))
+        )
         .await
         .map(|()| None);
     };
@@ -282,24 +283,22 @@ where
         let chain_seqno = ctx.store.chain_seqno(auth.user).await?;
         Ok::<_, StoreError>(Ok((record, bounds, last_device_seq, chain_seqno)))
     };
-    let (record, bounds, last_device_seq, chain_seqno) = match Box::pin(admitted).await {
+    let (record, bounds, last_device_seq, chain_seqno) = match admitted.await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(close)) => {
-            return Box::pin(refuse(ws, pending, close, ctx))
-                .await
-                .map(|()| None);
+            return refuse(ws, pending, close, ctx).await.map(|()| None);
         }
         Err(e) => {
             let code = e.code();
             if code == ErrorCode::Internal || code == ErrorCode::Unavailable {
                 tracing::error!(error = %e, "storage failed during handshake");
             }
-            return Box::pin(refuse(
+            return refuse(
                 ws,
                 pending,
                 Close::with_reason(code, code.description()),
                 ctx,
-            ))
+            )
             .await
             .map(|()| None);
         }
@@ -309,14 +308,7 @@ where
     ws.send(Message::Binary(reply.into())).await?;
     if recovery {
         ctx.metrics.handshake("ok_recovery");
-        Box::pin(recovery::run(
-            ws,
-            channel,
-            auth.user,
-            auth.device,
-            Arc::clone(ctx),
-        ))
-        .await;
+        recovery::run(ws, channel, auth.user, auth.device, Arc::clone(ctx)).await;
         return Ok(None);
     }
     // A cursor beyond the head (the client saw events this database no longer has) is not
