@@ -48,6 +48,24 @@ impl Guard {
 
     /// `Err` with the answer when the request must not go further.
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), Box<Reply>> {
+        self.check_host_and_origin(request)?;
+        if !self.has_cookie(request.headers()) {
+            return Err(Box::new(if request.uri().path().starts_with("/api/") {
+                problem(
+                    StatusCode::UNAUTHORIZED,
+                    "no_token",
+                    "Open the link `ferry ui` printed: this browser has not been let in.",
+                )
+            } else {
+                html(StatusCode::UNAUTHORIZED, LOCKED_PAGE)
+            }));
+        }
+        Ok(())
+    }
+
+    /// The checks a login must pass too (it has no cookie yet): our host, and our origin
+    /// when there is one (always, for a change).
+    pub fn check_host_and_origin<B>(&self, request: &Request<B>) -> Result<(), Box<Reply>> {
         if !self.host_is_ours(request.headers()) {
             // 421: "this server does not serve that name", what a rebinding page gets.
             return Err(Box::new(problem(
@@ -73,17 +91,6 @@ impl Guard {
                 )));
             }
             _ => {}
-        }
-        if !self.has_cookie(request.headers()) {
-            return Err(Box::new(if request.uri().path().starts_with("/api/") {
-                problem(
-                    StatusCode::UNAUTHORIZED,
-                    "no_token",
-                    "Open the link `ferry ui` printed: this browser has not been let in.",
-                )
-            } else {
-                html(StatusCode::UNAUTHORIZED, LOCKED_PAGE)
-            }));
         }
         Ok(())
     }
@@ -265,6 +272,17 @@ mod tests {
         let other_ui = format!("ferry-ui-4243={}", "ab".repeat(32));
         let other_ui = request(Method::GET, "127.0.0.1:4242", None, Some(&other_ui));
         assert_eq!(status(g.check(&other_ui)), Some(StatusCode::UNAUTHORIZED));
+
+        // A login has no cookie yet: only the host and the origin are checked.
+        assert_eq!(status(g.check_host_and_origin(&no_cookie)), None);
+        assert_eq!(
+            status(g.check_host_and_origin(&rebound)),
+            Some(StatusCode::MISDIRECTED_REQUEST)
+        );
+        assert_eq!(
+            status(g.check_host_and_origin(&cross_read)),
+            Some(StatusCode::FORBIDDEN)
+        );
     }
 
     #[test]

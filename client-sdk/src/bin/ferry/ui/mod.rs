@@ -16,7 +16,7 @@ mod http;
 mod json;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -82,7 +82,7 @@ pub async fn run(dir: PathBuf, args: UiArgs, options: Options) -> anyhow::Result
          token): Ctrl-C stops it"
     );
     if !args.no_open {
-        open_browser(&app.dir, &url);
+        open_browser(&url);
     }
     loop {
         tokio::select! {
@@ -144,8 +144,7 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().to_owned();
     let token = (path == "/").then(|| api::query_token(&request)).flatten();
     if let Some(token) = token {
-        // The login itself needs the right host and origin too, only not the cookie.
-        return match host_and_origin_only(app, &request) {
+        return match app.guard.check_host_and_origin(&request) {
             Ok(()) => app.guard.login(&token),
             Err(refusal) => *refusal,
         };
@@ -166,18 +165,9 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     }
 }
 
-/// The guard's checks but the cookie, which a login does not have yet.
-fn host_and_origin_only(app: &App, request: &Request<Incoming>) -> Result<(), Box<Reply>> {
-    match app.guard.check(request) {
-        Err(refusal) if refusal.status() == StatusCode::UNAUTHORIZED => Ok(()),
-        other => other,
-    }
-}
-
 /// Opens the app in the browser through a private file that forwards to it, so the token
 /// never appears in a process's arguments, which other users of the machine can read.
-fn open_browser(dir: &Path, url: &str) {
-    let _ = dir;
+fn open_browser(url: &str) {
     let mut name = [0u8; 12];
     OsRng.fill_bytes(&mut name);
     let page = std::env::temp_dir().join(format!("ferry-ui-{}.html", hex::encode(name)));
