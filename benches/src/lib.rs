@@ -51,6 +51,7 @@
 
 pub mod client;
 pub mod counting;
+pub mod cpu;
 pub mod progress;
 pub mod relay;
 pub mod report;

@@ -264,6 +264,100 @@ impl RelayProcess {
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         rss_kib(self.pid())
     }
+
+    /// The relay's Prometheus text, from `GET /metrics` on its client port.
+    pub fn metrics_text(&self) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = TcpStream::connect_timeout(&self.target.addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.target.addr
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .context("no end of headers in the /metrics answer")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("/metrics answered {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_owned())
+    }
+}
+
+/// How to start a relay as its own process ([`spawn_process`]).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessOptions {
+    /// The `ferry-relay` binary; `None`: the one next to this binary, else this binary as
+    /// `ferry-bench serve-relay`.
+    pub program: Option<PathBuf>,
+    /// The data folder (holds the relay key; nodes of one cluster share it).
+    pub data_dir: PathBuf,
+    /// Keep the log in PostgreSQL (`Services::postgres_url`) instead of SQLite.
+    pub postgres: bool,
+    /// Wake other nodes through Redis (`Services::redis_url`).
+    pub redis: bool,
+    /// The CPUs the process may run on (`taskset -c`), e.g. `"0"`; `None`: any.
+    pub cpus: Option<String>,
+}
+
+/// Starts a `ferry-relay` process on 127.0.0.1:0 with [`generous_flags`]. Blocking: call it
+/// from `spawn_blocking` inside a runtime.
+pub fn spawn_process(
+    services: &Services,
+    options: &ProcessOptions,
+) -> anyhow::Result<RelayProcess> {
+    let (program, mut args) = relay_program(options.program.as_deref())?;
+    args.extend([
+        "--listen=127.0.0.1:0".to_owned(),
+        format!("--data-dir={}", options.data_dir.display()),
+    ]);
+    if options.postgres {
+        args.push(format!("--database-url={}", services.postgres_url));
+    }
+    if options.redis {
+        args.push(format!("--redis-url={}", services.redis_url));
+    }
+    args.extend(generous_flags());
+    match &options.cpus {
+        Some(cpus) => {
+            let mut pinned = vec!["-c".to_owned(), cpus.clone(), program.display().to_string()];
+            pinned.extend(args);
+            RelayProcess::spawn(Path::new("taskset"), &pinned)
+        }
+        None => RelayProcess::spawn(&program, &args),
+    }
+}
+
+/// The relay program to start, and the arguments that come before the relay's flags: `given`,
+/// else `ferry-relay` next to this binary, else this binary as `ferry-bench serve-relay`
+/// (which runs the same library).
+pub fn relay_program(given: Option<&Path>) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    if let Some(path) = given {
+        return Ok((path.to_owned(), Vec::new()));
+    }
+    let me = std::env::current_exe().context("locating this binary")?;
+    let beside = me.with_file_name("ferry-relay");
+    if beside.is_file() {
+        return Ok((beside, Vec::new()));
+    }
+    Ok((me, vec!["serve-relay".to_owned()]))
+}
+
+/// A fresh data folder on tmpfs when `/dev/shm` exists (many first handshakes each register
+/// a device with a synced write, which a slow disk turns into minutes), else in the
+/// temporary folder.
+pub fn tmpfs_folder(prefix: &str) -> anyhow::Result<TempDir> {
+    let shm = Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    Ok(if shm.is_dir() {
+        builder.tempdir_in(shm)?
+    } else {
+        builder.tempdir()?
+    })
 }
 
 impl Drop for RelayProcess {

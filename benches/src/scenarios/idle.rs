@@ -14,7 +14,6 @@
 //! counts is reported too. A count above what the file-descriptor limits allow is measured
 //! at the largest count they allow instead, and the report says so.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use futures_util::StreamExt;
 use super::Options;
 use crate::client::{Connection, Identity, source_address};
 use crate::progress::{Progress, step};
-use crate::relay::{RelayProcess, generous_flags};
+use crate::relay::{ProcessOptions, spawn_process, tmpfs_folder};
 use crate::report::{Goal, Report, number};
 
 const NAME: &str = "idle";
@@ -48,30 +47,6 @@ pub fn nofile_of(pid: u32) -> anyhow::Result<u64> {
         .context("no open-files line")
 }
 
-/// The relay program to start, and the arguments that come before the relay's flags.
-fn relay_program(options: &Options) -> anyhow::Result<(PathBuf, Vec<String>)> {
-    if let Some(path) = &options.relay_bin {
-        return Ok((path.clone(), Vec::new()));
-    }
-    let me = std::env::current_exe().context("locating this binary")?;
-    let beside = me.with_file_name("ferry-relay");
-    if beside.is_file() {
-        return Ok((beside, Vec::new()));
-    }
-    Ok((me, vec!["serve-relay".to_owned()]))
-}
-
-fn data_folder() -> anyhow::Result<tempfile::TempDir> {
-    let shm = Path::new("/dev/shm");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("ferry-bench-idle-");
-    Ok(if shm.is_dir() {
-        builder.tempdir_in(shm)?
-    } else {
-        builder.tempdir()?
-    })
-}
-
 /// Runs the scenario.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let mut counts = options.pick(
@@ -81,15 +56,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     );
     counts.sort_unstable();
     let own_limit = raise_nofile();
-    let dir = data_folder()?;
-    let (program, mut args) = relay_program(options)?;
-    args.extend([
-        "--listen=127.0.0.1:0".to_owned(),
-        format!("--data-dir={}", dir.path().display()),
-    ]);
-    args.extend(generous_flags());
-    step(NAME, format_args!("starting {}", program.display()));
-    let relay = tokio::task::spawn_blocking(move || RelayProcess::spawn(&program, &args)).await??;
+    let dir = tmpfs_folder("ferry-bench-idle-")?;
+    let process = ProcessOptions {
+        program: options.relay_bin.clone(),
+        data_dir: dir.path().to_owned(),
+        ..ProcessOptions::default()
+    };
+    let services = options.services.clone();
+    step(NAME, "starting a relay process");
+    let relay = tokio::task::spawn_blocking(move || spawn_process(&services, &process)).await??;
     let relay_limit = nofile_of(relay.pid())?;
     let feasible = own_limit.min(relay_limit).saturating_sub(SPARE_FDS) as usize;
     tokio::time::sleep(Duration::from_millis(500)).await;
