@@ -5,6 +5,8 @@
 //! reads the live `Events` of its user as they come. After a warm-up, the acknowledged
 //! appends of `duration` are counted. The same workload runs against a fresh relay with the
 //! default group commit and against one with `commit_max_batch = 1`; the ratio compares them.
+//! The closed loop ([`drive`]) is shared with the `cluster` scenario, which spreads the
+//! devices over relay processes.
 //!
 //! With `--backend postgres` the same rows are also inserted by plain sqlx, one transaction
 //! per row and in batched transactions, as a reference for what the database alone does.
@@ -20,7 +22,8 @@ use sqlx::{Connection as _, Executor as _, PgConnection, QueryBuilder};
 use tokio::sync::watch;
 
 use super::{Options, connect_all, payload};
-use crate::client::{ClientError, Connection, Identity, append};
+use crate::client::{ClientError, Connection, Identity, Target, append};
+use crate::cpu::{CpuSample, CpuUse};
 use crate::progress::{Progress, step};
 use crate::relay::{Backend, BenchRelay, NodeOptions, metric};
 use crate::report::{Goal, Report};
@@ -153,12 +156,55 @@ pub async fn measure(
         },
     )
     .await?;
-    let target = relay.target();
+    let targets = vec![relay.target(); workload.users * 2];
+    let rates = drive(&label, &targets, workload, options.sources, None).await?;
+    let metrics = relay.metrics_text();
+    // Appends still queued are committed by the shutdown; with one transaction per event
+    // that can take long, and nothing more is measured, so it is cut short.
+    relay.shutdown(Duration::from_secs(3)).await;
+    let batch_sum = metric(&metrics, "ferry_commit_batch_size_sum").unwrap_or(0.0);
+    let batch_count = metric(&metrics, "ferry_commit_batch_size_count").unwrap_or(0.0);
+    Ok(Throughput {
+        appended: rates.appended,
+        delivered: rates.delivered,
+        mean_batch: batch_sum / batch_count.max(1.0),
+    })
+}
+
+/// What [`drive`] counted over its measured window.
+#[derive(Clone, Debug)]
+pub struct Rates {
+    /// Acknowledged (committed) appends per second.
+    pub appended: f64,
+    /// Events delivered live to devices per second.
+    pub delivered: f64,
+    /// Where the CPU went over the window, when relay process ids were given.
+    pub cpu: Option<CpuUse>,
+}
+
+/// Runs the workload's closed loop against relays already serving: `workload.users` new
+/// users, device `d` of user `u` (`d` 0 or 1) connected to `targets[2 u + d]`, every device
+/// keeping `workload.window` appends in flight and reading its user's live events. With
+/// `relays` (the relay processes' ids) the CPU is sampled at both ends of the window.
+pub async fn drive(
+    label: &str,
+    targets: &[Target],
+    workload: Workload,
+    sources: usize,
+    relays: Option<&[u32]>,
+) -> anyhow::Result<Rates> {
+    if targets.len() != workload.users * 2 {
+        bail!(
+            "{label}: {} targets for {} devices",
+            targets.len(),
+            workload.users * 2
+        );
+    }
     let identities: Vec<Identity> = (0..workload.users)
         .flat_map(|_| Identity::new_user(2))
         .collect();
-    let devices: Vec<_> = identities.iter().map(|id| (target, id)).collect();
-    let connections = connect_all(&label, &devices, 32, options.sources).await?;
+    let devices: Vec<_> = targets.iter().copied().zip(&identities).collect();
+    let connections = connect_all(label, &devices, 32, sources).await?;
 
     let acked = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -175,8 +221,9 @@ pub async fn measure(
             tokio::spawn(device.run(connection))
         })
         .collect();
-    let progress = Progress::start(label.clone(), Arc::clone(&acked), "appends");
+    let progress = Progress::start(label.to_owned(), Arc::clone(&acked), "appends");
     tokio::time::sleep(workload.warmup).await;
+    let cpu_0 = relays.map(CpuSample::take);
     let (acked_0, delivered_0, started) = (
         acked.load(Ordering::Relaxed),
         delivered.load(Ordering::Relaxed),
@@ -188,6 +235,9 @@ pub async fn measure(
         delivered.load(Ordering::Relaxed),
         started.elapsed(),
     );
+    let cpu = relays
+        .zip(cpu_0)
+        .map(|(pids, before)| before.until(&CpuSample::take(pids)));
     stop.send_replace(true);
     drop(progress);
     for task in tasks {
@@ -196,17 +246,11 @@ pub async fn measure(
             Err(e) => bail!("{label}: a device failed: {e}"),
         }
     }
-    let metrics = relay.metrics_text();
-    // Appends still queued are committed by the shutdown; with one transaction per event
-    // that can take long, and nothing more is measured, so it is cut short.
-    relay.shutdown(Duration::from_secs(3)).await;
-    let batch_sum = metric(&metrics, "ferry_commit_batch_size_sum").unwrap_or(0.0);
-    let batch_count = metric(&metrics, "ferry_commit_batch_size_count").unwrap_or(0.0);
     let seconds = elapsed.as_secs_f64();
-    Ok(Throughput {
+    Ok(Rates {
         appended: (acked_1 - acked_0) as f64 / seconds,
         delivered: (delivered_1 - delivered_0) as f64 / seconds,
-        mean_batch: batch_sum / batch_count.max(1.0),
+        cpu,
     })
 }
 

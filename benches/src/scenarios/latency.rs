@@ -9,8 +9,8 @@
 //! (coordinated omission): a large gap between the two means the machine, not the relay,
 //! was the limit.
 //!
-//! The engine ([`measure`]) is shared with the `cluster` scenario, which puts A and B on
-//! different relay nodes.
+//! The engine ([`measure`], [`measure_sampled`] with the CPU over the window) is shared with
+//! the `cluster` scenario, which puts A and B on different relay processes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::{Options, connect_all, micros_histogram, payload, quantile_ms, record};
 use crate::client::{ClientError, Identity, Receiver, Target, append};
+use crate::cpu::{CpuSample, CpuUse};
 use crate::progress::{Progress, step};
 use crate::relay::{BenchRelay, NodeOptions, metric};
 use crate::report::{Goal, Report};
@@ -81,6 +82,20 @@ pub async fn measure(
     groups: usize,
     sources: usize,
 ) -> anyhow::Result<Vec<Latencies>> {
+    let (results, _) = measure_sampled(label, load, placements, groups, sources, None).await?;
+    Ok(results)
+}
+
+/// [`measure`], and with `relays` (the relay processes' ids) where the CPU went over the
+/// measured window (sampled at its start and end).
+pub async fn measure_sampled(
+    label: &str,
+    load: Load,
+    placements: &[Placement],
+    groups: usize,
+    sources: usize,
+    relays: Option<&[u32]>,
+) -> anyhow::Result<(Vec<Latencies>, Option<CpuUse>)> {
     let users = placements.len().max(1);
     let identities: Vec<Vec<Identity>> = (0..users).map(|_| Identity::new_user(2)).collect();
     let devices: Vec<_> = placements
@@ -97,6 +112,15 @@ pub async fn measure(
     let drain_deadline = window_end + Duration::from_secs(5);
     let period = Duration::from_secs_f64(users as f64 / load.rate);
     let arrived = Arc::new(AtomicU64::new(0));
+    let cpu = relays.map(|pids| {
+        let pids = pids.to_vec();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window_start).await;
+            let before = CpuSample::take(&pids);
+            tokio::time::sleep_until(window_end).await;
+            before.until(&CpuSample::take(&pids))
+        })
+    });
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for (i, place) in placements.iter().enumerate() {
@@ -166,7 +190,11 @@ pub async fn measure(
     }
     drop(progress);
     drop(keep_open);
-    Ok(results)
+    let cpu = match cpu {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
+    Ok((results, cpu))
 }
 
 /// Reads and drops everything until the deadline.
