@@ -57,6 +57,9 @@ enum Command {
     /// Closed-loop sync with a window of unacknowledged appends (device A → device B):
     /// events/s delivered, A→B latency, duplicates; 1 user W=50, 200 users W=1 and W=10.
     Window,
+    /// A relay restart with every registered device reconnecting at once (separate relay
+    /// process): time until all are caught up, retries, and a live event's latency meanwhile.
+    Storm,
     /// NATS JetStream (file storage) under the `appends` load and a replay of its stream,
     /// against Ferry's durable appends and replay in the same run (needs nats-server -js;
     /// not part of `all`).
@@ -151,6 +154,7 @@ fn main() -> anyhow::Result<()> {
         Command::Push => vec![Scenario::Push],
         Command::Attachments => vec![Scenario::Attachments],
         Command::Window => vec![Scenario::Window],
+        Command::Storm => vec![Scenario::Storm],
         Command::Jetstream => vec![Scenario::Jetstream],
         Command::ServeRelay(args) => return serve_relay(args.config),
     };

@@ -12,6 +12,7 @@ pub mod latency;
 pub mod people;
 pub mod push;
 pub mod replay;
+pub mod storm;
 pub mod window;
 pub mod wire;
 
@@ -103,6 +104,9 @@ pub enum Scenario {
     /// Closed-loop sync with a window of unacknowledged appends: events/s to device B,
     /// A→B latency and duplicates.
     Window,
+    /// A relay restart: every registered device reconnects at once; time until all are
+    /// caught up, and a live event's latency during the storm.
+    Storm,
     /// NATS JetStream under the `appends` load, and a replay of its stream, against Ferry's
     /// appends and replay (not in [`Scenario::ALL`]: it needs a NATS server).
     Jetstream,
@@ -111,7 +115,7 @@ pub enum Scenario {
 impl Scenario {
     /// Every scenario `all` runs, in order (all but `jetstream`, which needs a NATS server
     /// and is run on its own).
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Handshakes,
         Self::Appends,
         Self::Latency,
@@ -124,6 +128,7 @@ impl Scenario {
         Self::Push,
         Self::Attachments,
         Self::Window,
+        Self::Storm,
     ];
 
     /// The name used in commands and tables.
@@ -141,6 +146,7 @@ impl Scenario {
             Self::Push => "push",
             Self::Attachments => "attachments",
             Self::Window => "window",
+            Self::Storm => "storm",
             Self::Jetstream => "jetstream",
         }
     }
@@ -160,6 +166,7 @@ impl Scenario {
             Self::Push => push::run(options).await,
             Self::Attachments => attachments::run(options).await,
             Self::Window => window::run(options).await,
+            Self::Storm => storm::run(options).await,
             Self::Jetstream => jetstream::run(options).await,
         }
     }
