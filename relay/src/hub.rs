@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::bus::Bus;
+use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::sync::lock;
 
@@ -145,7 +146,7 @@ pub struct Peer {
     device: DeviceId,
     inbox: Mutex<Inbox>,
     wake: Notify,
-    direct: mpsc::Sender<Box<ServerFrame>>,
+    direct: Arc<Mailbox>,
     close: watch::Sender<Option<ErrorCode>>,
     /// Set when the bus came back after an outage: a revocation may have been lost with it,
     /// so the session re-reads its device's record (see [`Peer::take_recheck`]).
@@ -179,9 +180,10 @@ impl Peer {
         self.id
     }
 
-    /// The queue of frames addressed to this session from elsewhere (ephemerals, pairing).
-    pub fn direct(&self) -> mpsc::Sender<Box<ServerFrame>> {
-        self.direct.clone()
+    /// The mailbox of frames addressed to this session from elsewhere (ephemerals, calls,
+    /// pairing): bounded, dropped when full, closed when the session leaves the hub.
+    pub fn direct(&self) -> &Arc<Mailbox> {
+        &self.direct
     }
 
     /// A receiver that yields the reason once the hub decides this session must close.
@@ -311,20 +313,15 @@ impl Hub {
     /// Registers a session of `device`. Call before reading the log for replay, so that no
     /// commit can fall between the replay and the first wake-up.
     ///
-    /// Also returns the receiver of frames addressed to this session from elsewhere
-    /// (ephemerals, pairing): bounded, and dropped when full.
-    pub async fn join(
-        &self,
-        user: UserId,
-        device: DeviceId,
-    ) -> (Membership, mpsc::Receiver<Box<ServerFrame>>) {
-        let (direct_tx, direct) = mpsc::channel(DIRECT_QUEUE);
+    /// Frames addressed to the session from elsewhere arrive in its peer's
+    /// [`Peer::direct`] mailbox.
+    pub async fn join(&self, user: UserId, device: DeviceId) -> Membership {
         let peer = Arc::new(Peer {
             id: self.next_session_id(),
             device,
             inbox: Mutex::default(),
             wake: Notify::new(),
-            direct: direct_tx,
+            direct: Arc::new(Mailbox::new(DIRECT_QUEUE)),
             close: watch::Sender::new(None),
             recheck: AtomicBool::new(false),
         });
@@ -352,7 +349,7 @@ impl Hub {
             // The session still works: it polls the log while the bus is unhealthy.
             tracing::warn!(error = %e, "bus subscribe failed");
         }
-        (Membership { peer, user }, direct)
+        Membership { peer, user }
     }
 
     /// A fresh session id (also used for anonymous pairing sessions).
@@ -463,6 +460,7 @@ impl Hub {
 
     /// Unregisters a session. Returns whether it was the user's last session on this node.
     pub async fn leave(&self, membership: Membership) -> bool {
+        membership.peer.direct.close();
         let mut last = false;
         let registered = {
             let mut users = lock(&self.users);

@@ -40,6 +40,7 @@ mod connection;
 pub mod context;
 pub mod handles;
 pub mod hub;
+pub mod mailbox;
 pub mod metrics;
 pub mod pairing;
 pub mod proxy_protocol;

@@ -45,9 +45,8 @@ use rand_core::{OsRng, RngCore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bus::{self, Bus};
 use crate::config::{Config, IpNet};
@@ -837,13 +836,8 @@ fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                crate::connection::serve(ws, client, refusal, ctx).await;
+                crate::connection::serve(TokioIo::new(upgraded), ws_config, client, refusal, ctx)
+                    .await;
                 drop(slot);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -16,18 +16,19 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::pairing::{Inviter, Joiner, PairingCode};
 use ferry_protocol::seal::DataKey;
 use ferry_protocol::{ClientFrame, DeviceKey, ErrorCode, ServerFrame, UserId};
+use ferry_relay::mailbox::Mailbox;
 use ferry_relay::pairing::{PairingRegistry, Party, RedisPairing, RedisPairingOptions};
 use ferry_relay::{Config, Server};
 use rand_core::OsRng;
 use support::client::{Client, Identity};
 use support::pairing::pair;
 use support::proxy::Proxy;
-use tokio::sync::mpsc;
 
 /// How long anything that should happen may take.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -175,12 +176,12 @@ async fn joiners_racing_from_two_nodes_have_one_winner() {
         let code = PairingCode::generate(slot, &mut OsRng);
         let inviter = Inviter::start(&code, &a.relay, &mut OsRng);
 
-        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
         let mut racers = Vec::new();
         for node in nodes {
             let mut client = node.anonymous().await;
             let (joiner, hello) = Joiner::start(&code, &node.server.relay_id(), &mut OsRng);
-            let barrier = std::sync::Arc::clone(&barrier);
+            let barrier = Arc::clone(&barrier);
             let slot = code.slot();
             let body = hello.clone();
             let task = tokio::spawn(async move {
@@ -378,16 +379,21 @@ fn options(prefix: &str) -> RedisPairingOptions {
     }
 }
 
-fn party(session: u64) -> (Party, mpsc::Receiver<Box<ServerFrame>>) {
-    let (frames, rx) = mpsc::channel(64);
-    (Party { session, frames }, rx)
+fn party(session: u64) -> (Party, Arc<Mailbox>) {
+    let frames = Arc::new(Mailbox::new(64));
+    (
+        Party {
+            session,
+            frames: Arc::clone(&frames),
+        },
+        frames,
+    )
 }
 
-async fn next(rx: &mut mpsc::Receiver<Box<ServerFrame>>) -> ServerFrame {
-    *tokio::time::timeout(PATIENCE, rx.recv())
+async fn next(mailbox: &Mailbox) -> ServerFrame {
+    *tokio::time::timeout(PATIENCE, mailbox.recv())
         .await
         .expect("a frame in time")
-        .expect("the registry keeps the queue")
 }
 
 fn user() -> UserId {
@@ -409,13 +415,13 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
     let (u, v) = (user(), user());
 
     // Session 1 on each node: session ids are only unique per node.
-    let (inviter, mut inviter_rx) = party(1);
-    let (joiner, mut joiner_rx) = party(1);
+    let (inviter, inviter_rx) = party(1);
+    let (joiner, joiner_rx) = party(1);
     // Fresh prefix: the first slot is 1, the next 2, and so on, whichever node opens it.
     assert_eq!(a.open(inviter, u).await.unwrap().0, 1);
     b.join(1, joiner, b"hello".to_vec()).await.unwrap();
     assert_eq!(
-        next(&mut inviter_rx).await,
+        next(&inviter_rx).await,
         ServerFrame::PairPeer {
             slot: 1,
             body: b"hello".to_vec()
@@ -428,7 +434,7 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
     b.forward(1, 1, vec![99]).await.unwrap();
     for n in 0..20u8 {
         assert_eq!(
-            next(&mut joiner_rx).await,
+            next(&joiner_rx).await,
             ServerFrame::PairPeer {
                 slot: 1,
                 body: vec![n]
@@ -436,7 +442,7 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
         );
     }
     assert_eq!(
-        next(&mut inviter_rx).await,
+        next(&inviter_rx).await,
         ServerFrame::PairPeer {
             slot: 1,
             body: vec![99]
@@ -458,7 +464,7 @@ async fn a_node_that_dies_leaves_nothing_live_and_messages_arrive_in_order() {
     drop(a);
     // The joiner's node notices the inviter's node is gone.
     assert_eq!(
-        next(&mut joiner_rx).await,
+        next(&joiner_rx).await,
         ServerFrame::PairClosed {
             slot: 1,
             code: Some(ErrorCode::Unavailable)
@@ -485,12 +491,12 @@ async fn slots_opened_at_once_on_two_nodes_are_all_different() {
     };
     let prefix = fresh_prefix();
     let nodes = [
-        std::sync::Arc::new(
+        Arc::new(
             RedisPairing::connect(&redis, options(&prefix))
                 .await
                 .unwrap(),
         ),
-        std::sync::Arc::new(
+        Arc::new(
             RedisPairing::connect(&redis, options(&prefix))
                 .await
                 .unwrap(),
@@ -498,11 +504,11 @@ async fn slots_opened_at_once_on_two_nodes_are_all_different() {
     ];
     // Twenty users open at the same moment, half on each node: every node starts from the
     // smallest free number, so they race for the same ones; Redis settles each race.
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
     let mut tasks = Vec::new();
     for n in 0..20u64 {
-        let node = std::sync::Arc::clone(&nodes[(n % 2) as usize]);
-        let barrier = std::sync::Arc::clone(&barrier);
+        let node = Arc::clone(&nodes[(n % 2) as usize]);
+        let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             let (inviter, rx) = party(n + 1);
             barrier.wait().await;
@@ -541,12 +547,12 @@ async fn a_subscriber_that_loses_redis_fails_its_pairings_and_the_other_end_hear
     let b = RedisPairing::connect(&through_proxy, options(&prefix))
         .await
         .unwrap();
-    let (inviter, mut inviter_rx) = party(1);
-    let (joiner, mut joiner_rx) = party(1);
+    let (inviter, inviter_rx) = party(1);
+    let (joiner, joiner_rx) = party(1);
     assert_eq!(a.open(inviter, user()).await.unwrap().0, 1);
     b.join(1, joiner, b"hello".to_vec()).await.unwrap();
     assert!(matches!(
-        next(&mut inviter_rx).await,
+        next(&inviter_rx).await,
         ServerFrame::PairPeer { .. }
     ));
 
@@ -554,7 +560,7 @@ async fn a_subscriber_that_loses_redis_fails_its_pairings_and_the_other_end_hear
     // fails at once rather than waiting for a message that may never come...
     proxy.cut();
     assert_eq!(
-        next(&mut joiner_rx).await,
+        next(&joiner_rx).await,
         ServerFrame::PairClosed {
             slot: 1,
             code: Some(ErrorCode::Unavailable)
@@ -563,7 +569,7 @@ async fn a_subscriber_that_loses_redis_fails_its_pairings_and_the_other_end_hear
     // ... and once b reaches Redis again, the slot burns and the inviter hears.
     proxy.restore();
     assert_eq!(
-        next(&mut inviter_rx).await,
+        next(&inviter_rx).await,
         ServerFrame::PairClosed {
             slot: 1,
             code: Some(ErrorCode::Unavailable)
@@ -592,7 +598,7 @@ async fn a_flood_through_a_slot_burns_it() {
         .await
         .unwrap();
     let b = RedisPairing::connect(&redis, options).await.unwrap();
-    let (inviter, mut inviter_rx) = party(1);
+    let (inviter, inviter_rx) = party(1);
     let (joiner, _joiner_rx) = party(1);
     assert_eq!(a.open(inviter, user()).await.unwrap().0, 1);
     b.join(1, joiner, vec![0]).await.unwrap();
@@ -602,7 +608,7 @@ async fn a_flood_through_a_slot_burns_it() {
     assert_eq!(b.forward(1, 1, vec![5]).await, Err(ErrorCode::RateLimited));
     for n in 0..=4u8 {
         assert_eq!(
-            next(&mut inviter_rx).await,
+            next(&inviter_rx).await,
             ServerFrame::PairPeer {
                 slot: 1,
                 body: vec![n]
@@ -610,7 +616,7 @@ async fn a_flood_through_a_slot_burns_it() {
         );
     }
     assert_eq!(
-        next(&mut inviter_rx).await,
+        next(&inviter_rx).await,
         ServerFrame::PairClosed {
             slot: 1,
             code: Some(ErrorCode::RateLimited)

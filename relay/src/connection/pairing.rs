@@ -16,12 +16,12 @@ use std::time::Instant;
 use ferry_protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerChannel, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Close, finish, transport_close};
 use crate::context::Context;
+use crate::mailbox::Mailbox;
 use crate::pairing::Party;
 
 /// Frames queued for the joiner.
@@ -37,7 +37,7 @@ pub(super) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let session = ctx.hub.next_session_id();
-    let (frames, mut queued) = mpsc::channel::<Box<ServerFrame>>(QUEUE);
+    let frames = Arc::new(Mailbox::new(QUEUE));
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(ctx.config.limits.pairing_ttl_secs);
     let idle_timeout = ctx.config.limits.pairing_idle_timeout();
@@ -59,7 +59,7 @@ pub(super) async fn run<S>(
                 ctx.metrics.limit_refusal("pairing_idle");
                 break Some(Close { code: None, reason: "idle for too long".to_owned() });
             }
-            Some(frame) = queued.recv() => {
+            frame = frames.recv() => {
                 let frame: ServerFrame = *frame;
                 if let ServerFrame::PairClosed { code, .. } = &frame {
                     // The pairing is over: the idle clock starts again.
@@ -85,7 +85,7 @@ pub(super) async fn run<S>(
                     Ok(frame) => frame,
                     Err(e) => break Some(Close::with_reason(e.code(), e.to_string())),
                 };
-                let party = Party { session, frames: frames.clone() };
+                let party = Party { session, frames: Arc::clone(&frames) };
                 let result = match frame {
                     ClientFrame::PairJoin { slot, body } => {
                         let now = Instant::now();
@@ -138,6 +138,7 @@ pub(super) async fn run<S>(
             break None;
         }
     };
+    frames.close();
     ctx.pairing.session_ended(session).await;
     if let Some(close) = close {
         finish(ws, close, &ctx).await;

@@ -61,6 +61,7 @@ use super::{Close, transport_close};
 use crate::context::Context;
 use crate::hub::Peer;
 use crate::pairing::Party;
+use crate::server::SessionSlot;
 use crate::store::{
     AppendOrder, AppendOutcome, AppendRequest, ContactChange, LogBounds, StoreError,
 };
@@ -85,8 +86,9 @@ enum Control {
     },
     /// An append refused before it reached the committer; answered in its turn.
     Refused { device_seq: u64, code: ErrorCode },
-    /// The reader is done; close with this once every pending append is answered.
-    End(Close),
+    /// The reader is done; close with this once every pending append is answered (boxed: the
+    /// largest variant sets the size of every slot of the channel's first block, 32 slots).
+    End(Box<Close>),
 }
 
 impl Control {
@@ -95,44 +97,73 @@ impl Control {
     }
 }
 
-/// Runs the session until the socket closes, the device is revoked or the relay stops.
-pub(super) async fn run<S>(
+/// A session that is set up and running: its reader, which the connection's task runs, and
+/// its writer's task.
+pub(super) struct Running<'a, S> {
+    reader: Reader<S>,
+    writer: JoinHandle<()>,
+    membership: crate::hub::Membership,
+    /// Counts the session against its user until it ends.
+    _slot: SessionSlot<'a>,
+}
+
+/// Sets the session up: joins the hub, marks the user online, splits the socket and the
+/// channel and spawns the writer. Runs inside the connection's boxed set-up, so what it
+/// holds meanwhile is gone once the session runs.
+pub(super) async fn start<'a, S>(
     ws: WebSocketStream<S>,
     channel: ServerChannel,
     asker: Asker,
     cursor: u64,
-    ctx: Arc<Context>,
-) where
+    slot: SessionSlot<'a>,
+    ctx: &Arc<Context>,
+) -> Running<'a, S>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Asker { user, device, .. } = asker;
-    // The steps before and after the reader's loop are boxed: the loop is the state that
-    // lasts, and the task's allocation is the size of its largest state.
-    let (membership, direct) = Box::pin(ctx.hub.join(user, device)).await;
-    Box::pin(people::session_online(&ctx, user)).await;
+    let membership = ctx.hub.join(asker.user, asker.device).await;
+    people::session_online(ctx, asker.user).await;
     ctx.metrics.sessions.inc();
-    // Set up in a plain function: values built and moved before the loop's await then take no
-    // room in this future, which lives as long as the connection.
-    let (reader, mut writer_task) = start(ws, channel, asker, cursor, &ctx, &membership, direct);
-    if !reader.run(&mut writer_task).await {
-        let _ = writer_task.await;
+    let (reader, writer) = split(ws, channel, asker, cursor, ctx, &membership);
+    Running {
+        reader,
+        writer,
+        membership,
+        _slot: slot,
     }
-    Box::pin(ctx.pairing.session_ended(membership.peer.id())).await;
-    if Box::pin(ctx.hub.leave(membership)).await {
-        Box::pin(people::session_offline(&ctx, user)).await;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Running<'_, S> {
+    /// Runs the session until the socket closes, the device is revoked or the relay stops;
+    /// then call [`Running::end`].
+    ///
+    /// This future lives as long as the connection, so it borrows: an `async fn` that takes
+    /// `self` by value keeps room for it twice (the argument and its binding).
+    pub(super) async fn run(&mut self) {
+        if !self.reader.run(&mut self.writer).await {
+            let _ = (&mut self.writer).await;
+        }
     }
-    ctx.metrics.sessions.dec();
+
+    /// Leaves the hub and marks the user offline when this was its last session.
+    pub(super) async fn end(self, ctx: &Arc<Context>) {
+        let user = self.reader.user;
+        ctx.pairing.session_ended(self.membership.peer.id()).await;
+        if ctx.hub.leave(self.membership).await {
+            people::session_offline(ctx, user).await;
+        }
+        ctx.metrics.sessions.dec();
+    }
 }
 
 /// Splits the socket and the channel, spawns the writer, and returns the reader.
-fn start<S>(
+fn split<S>(
     ws: WebSocketStream<S>,
     channel: ServerChannel,
     asker: Asker,
     cursor: u64,
     ctx: &Arc<Context>,
     membership: &crate::hub::Membership,
-    direct: mpsc::Receiver<Box<ServerFrame>>,
 ) -> (Reader<S>, JoinHandle<()>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -141,7 +172,7 @@ where
     let (sink, stream) = ws.split();
     let (send, recv) = channel.split();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let writer = Writer {
+    let mut writer = Writer {
         sink,
         send,
         ctx: Arc::clone(ctx),
@@ -150,10 +181,10 @@ where
         peer: Arc::clone(&membership.peer),
         delivered: cursor,
         control: control_rx,
-        direct,
         pending: VecDeque::new(),
     };
-    let writer_task = tokio::spawn(writer.run());
+    // Borrowed by its own task: `run(self)` would keep room for the writer twice.
+    let writer_task = tokio::spawn(async move { writer.run().await });
     let reader = Reader {
         stream,
         recv,
@@ -186,7 +217,7 @@ struct Reader<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
     /// Reads until the connection should end, then tells the writer how to close. Returns
     /// whether the writer task has already finished (a finished handle must not be awaited).
-    async fn run(mut self, writer: &mut JoinHandle<()>) -> bool {
+    async fn run(&mut self, writer: &mut JoinHandle<()>) -> bool {
         let mut shutdown = self.ctx.shutdown.clone();
         let idle = self.ctx.config.limits.idle_timeout();
         let mut ack_flush = tokio::time::interval(ACK_FLUSH);
@@ -267,7 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             }
         };
         let _ = Box::pin(self.write_ack()).await;
-        let _ = self.control.send(Control::End(close)).await;
+        let _ = self.control.send(Control::End(Box::new(close))).await;
         Box::pin(self.drain()).await;
         false
     }
@@ -288,13 +319,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
     }
 
     /// The client closed: answer pending appends if the socket still takes them, then stop.
-    async fn end_quietly(self) {
+    async fn end_quietly(&self) {
         let _ = self
             .control
-            .send(Control::End(Close {
+            .send(Control::End(Box::new(Close {
                 code: None,
                 reason: String::new(),
-            }))
+            })))
             .await;
     }
 
@@ -393,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Reader<S> {
             ClientFrame::PairOpen => {
                 let inviter = Party {
                     session: self.peer.id(),
-                    frames: self.peer.direct(),
+                    frames: Arc::clone(self.peer.direct()),
                 };
                 // The relay picks the slot: it is public and only routes.
                 match self.ctx.pairing.open(inviter, self.user).await {
@@ -596,15 +627,19 @@ struct Writer<S> {
     peer: Arc<Peer>,
     delivered: u64,
     control: mpsc::Receiver<Control>,
-    direct: mpsc::Receiver<Box<ServerFrame>>,
     pending: VecDeque<PendingAppend>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
-    async fn run(mut self) {
+    async fn run(&mut self) {
         let close = match self.serve().await {
             Ok(close) | Err(close) => close,
         };
+        Box::pin(self.close(close)).await;
+    }
+
+    /// Sends the close frame (bounded in time) and closes the socket.
+    async fn close(&mut self, close: Close) {
         if let Some(code) = close.code {
             self.ctx.metrics.error(code);
         }
@@ -623,37 +658,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     }
 
     /// Replays, then serves live traffic. Returns how to close.
+    ///
+    /// The writer's task lives as long as the connection and is sized by its largest state,
+    /// so the catch-up and every step the loop awaits run boxed: an idle writer holds only
+    /// the loop's own state (idle memory per connection, docs/benchmarks.md).
     async fn serve(&mut self) -> Result<Close, Close> {
-        // The session has joined the hub: a revocation stored from now on closes it. One
-        // stored between the handshake's check and the join reached no session: look again.
-        self.check_device().await?;
-        let bounds = self.bounds().await?;
-        if self.delivered > bounds.head {
-            // The device has seen events this log no longer has: the database was restored
-            // from a backup, or failed over to a replica that lost its tail. New events would
-            // reuse sequences the device has already seen, so it must start over.
-            tracing::warn!(user = %self.user, cursor = self.delivered, head = bounds.head, "device cursor is ahead of the log; asking it to resync");
-            return self.resync(bounds.earliest).await;
+        if let Some(close) = Box::pin(self.catch_up()).await? {
+            return Ok(close);
         }
-        if !bounds.covers(self.delivered) {
-            return self.resync(bounds.earliest).await;
-        }
-        {
-            // Replays read pages from the database and hold them while the device reads:
-            // only so many at once per node, the rest wait their turn.
-            let ctx = Arc::clone(&self.ctx);
-            let _turn = ctx
-                .replays
-                .acquire()
-                .await
-                .map_err(|_| Close::going_away())?;
-            self.deliver_from_log(true).await?;
-        }
-        self.send_frame(&ServerFrame::CaughtUp {
-            head: self.delivered,
-        })
-        .await?;
-
         let poll_every = Duration::from_millis(self.ctx.config.log.poll_interval_ms.max(10));
         let safety_every = Duration::from_secs(self.ctx.config.log.safety_poll_secs.max(1));
         let mut poll = tokio::time::interval(poll_every);
@@ -673,17 +685,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 code = async { closing.wait_for(Option::is_some).await.ok().and_then(|code| *code) } => {
                     let code = code.unwrap_or(ErrorCode::Unavailable);
                     if code == ErrorCode::DeviceRevoked {
-                        return Ok(self.end_with(code).await);
+                        return Ok(Box::pin(self.end_with(code)).await);
                     }
                     return Ok(Close::new(code));
                 }
                 (device_seq, settled) = next_reply(&mut self.pending) => {
                     self.pending.pop_front();
-                    self.answer(device_seq, settled).await?;
+                    Box::pin(self.answer(device_seq, settled)).await?;
                 }
                 control = self.control.recv(), if ending.is_none() && self.pending.len() < MAX_IN_FLIGHT => {
                     match control {
-                        Some(Control::Frame(frame)) => self.send_frame(&frame).await?,
+                        Some(Control::Frame(frame)) => Box::pin(self.send_frame(&frame)).await?,
                         Some(Control::Commit { device_seq, reply }) => {
                             let answer = Answer::Commit(reply);
                             self.pending.push_back(PendingAppend { device_seq, answer });
@@ -692,32 +704,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                             let answer = Answer::Refused(code);
                             self.pending.push_back(PendingAppend { device_seq, answer });
                         }
-                        Some(Control::End(close)) => ending = Some(close),
+                        Some(Control::End(close)) => ending = Some(*close),
                         None => ending = Some(Close { code: None, reason: String::new() }),
                     }
                 }
-                Some(frame) = self.direct.recv() => self.send_frame(&frame).await?,
+                frame = self.peer.direct().recv() => Box::pin(self.send_frame(&frame)).await?,
                 _ = self.peer.woken() => {
                     if self.peer.take_recheck() {
                         last_device_check = Instant::now();
-                        self.check_device().await?;
+                        Box::pin(self.check_device()).await?;
                     }
-                    self.deliver_live().await?;
+                    Box::pin(self.deliver_live()).await?;
                 }
                 _ = poll.tick() => {
                     if !self.ctx.hub.bus_up() || last_log_read.elapsed() >= safety_every {
                         last_log_read = Instant::now();
-                        self.deliver_from_log(false).await?;
+                        Box::pin(self.deliver_from_log(false)).await?;
                     }
                     // Its own clock: while the bus is down the log is read at every tick, and
                     // a revocation published meanwhile is lost with the bus.
                     if self.peer.take_recheck() || last_device_check.elapsed() >= safety_every {
                         last_device_check = Instant::now();
-                        self.check_device().await?;
+                        Box::pin(self.check_device()).await?;
                     }
                 }
             }
         }
+    }
+
+    /// Re-checks the device, replays what it has not had and sends `CaughtUp`; returns the
+    /// close when the device must resync instead.
+    async fn catch_up(&mut self) -> Result<Option<Close>, Close> {
+        // The session has joined the hub: a revocation stored from now on closes it. One
+        // stored between the handshake's check and the join reached no session: look again.
+        self.check_device().await?;
+        let bounds = self.bounds().await?;
+        if self.delivered > bounds.head {
+            // The device has seen events this log no longer has: the database was restored
+            // from a backup, or failed over to a replica that lost its tail. New events would
+            // reuse sequences the device has already seen, so it must start over.
+            tracing::warn!(user = %self.user, cursor = self.delivered, head = bounds.head, "device cursor is ahead of the log; asking it to resync");
+            return self.resync(bounds.earliest).await.map(Some);
+        }
+        if !bounds.covers(self.delivered) {
+            return self.resync(bounds.earliest).await.map(Some);
+        }
+        {
+            // Replays read pages from the database and hold them while the device reads:
+            // only so many at once per node, the rest wait their turn.
+            let ctx = Arc::clone(&self.ctx);
+            let _turn = ctx
+                .replays
+                .acquire()
+                .await
+                .map_err(|_| Close::going_away())?;
+            self.deliver_from_log(true).await?;
+        }
+        self.send_frame(&ServerFrame::CaughtUp {
+            head: self.delivered,
+        })
+        .await?;
+        Ok(None)
     }
 
     /// Re-reads the device's record: a device the chain no longer admits (revoked) ends the
@@ -991,5 +1038,37 @@ mod tests {
         }
         assert_eq!(next, 9001);
         assert!(event_frames(Vec::new()).is_empty());
+    }
+}
+
+/// Sizes of the session's long-lived futures and queue items, for the connection's test of
+/// idle memory (`connection::tests`).
+#[cfg(test)]
+pub(super) mod sizes {
+    use super::*;
+
+    type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+    fn future_of<A, F>(_: impl Fn(A) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    fn future_of_2<A, B, F>(_: impl Fn(A, B) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// The reader's loop (the connection's task awaits it for the session's whole life).
+    pub fn reader_loop() -> usize {
+        future_of_2(Reader::<Io>::run)
+    }
+
+    /// The writer's task: the writer and its `run` future.
+    pub fn writer_task() -> usize {
+        size_of::<Writer<Io>>() + future_of(Writer::<Io>::run)
+    }
+
+    /// One slot of the control queue (its first block holds 32 of them from the start).
+    pub fn control_item() -> usize {
+        size_of::<Control>()
     }
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::mailbox::Mailbox;
 use ferry_protocol::{ErrorCode, ServerFrame, UserId};
-use tokio::sync::mpsc;
 
 use super::{FIRST_SLOT, LAST_SLOT, PairingRegistry, Party};
 use crate::context::now_ms;
@@ -146,12 +146,7 @@ impl LocalPairing {
         }
     }
 
-    fn deliver(
-        &self,
-        slot: u16,
-        to: &mpsc::Sender<Box<ServerFrame>>,
-        frame: ServerFrame,
-    ) -> Result<(), ErrorCode> {
+    fn deliver(&self, slot: u16, to: &Mailbox, frame: ServerFrame) -> Result<(), ErrorCode> {
         if to.try_send(Box::new(frame)).is_err() {
             // The other end is gone or not reading: the pairing cannot go on.
             if let Some(entry) = self.lock().get_mut(&slot) {
@@ -205,21 +200,29 @@ fn other_end(slot: &Slot, from: u64) -> Result<&Party, ErrorCode> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const U: UserId = UserId([1; 32]);
     const V: UserId = UserId([2; 32]);
 
-    fn party(session: u64) -> (Party, mpsc::Receiver<Box<ServerFrame>>) {
-        let (frames, rx) = mpsc::channel(8);
-        (Party { session, frames }, rx)
+    fn party(session: u64) -> (Party, Arc<Mailbox>) {
+        let frames = Arc::new(Mailbox::new(8));
+        (
+            Party {
+                session,
+                frames: Arc::clone(&frames),
+            },
+            frames,
+        )
     }
 
     #[test]
     fn one_join_per_slot_and_burned_after_close() {
         let slots = LocalPairing::new(Duration::from_secs(60));
-        let (a, mut a_rx) = party(1);
-        let (b, mut b_rx) = party(2);
+        let (a, a_rx) = party(1);
+        let (b, b_rx) = party(2);
         let (c, _) = party(3);
         let (a2, _) = party(4);
         assert_eq!(slots.open(a.clone(), U).unwrap().0, 1);
@@ -323,7 +326,7 @@ mod tests {
     fn the_other_end_hears_when_a_party_leaves() {
         let slots = LocalPairing::new(Duration::from_secs(60));
         let (a, _a_rx) = party(1);
-        let (b, mut b_rx) = party(2);
+        let (b, b_rx) = party(2);
         let (slot, _) = slots.open(a, U).unwrap();
         slots.join(slot, b, vec![]).unwrap();
         slots.session_ended(1);

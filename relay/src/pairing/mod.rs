@@ -38,8 +38,10 @@
 pub mod local;
 pub mod redis;
 
-use ferry_protocol::{ErrorCode, ServerFrame, UserId};
-use tokio::sync::mpsc;
+use ferry_protocol::{ErrorCode, UserId};
+use std::sync::Arc;
+
+use crate::mailbox::Mailbox;
 
 pub use local::LocalPairing;
 pub use redis::{DEFAULT_KEY_PREFIX, RedisPairing, RedisPairingOptions};
@@ -50,7 +52,7 @@ pub struct Party {
     /// Session id (unique per node).
     pub session: u64,
     /// Frames for that session's writer.
-    pub frames: mpsc::Sender<Box<ServerFrame>>,
+    pub frames: Arc<Mailbox>,
 }
 
 /// The smallest slot number the relay assigns (0 is never used, so `0-…` is no code).

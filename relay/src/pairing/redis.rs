@@ -69,11 +69,12 @@ use fred::prelude::{
 use fred::types::{ClusterHash, CustomCommand, Message};
 use rand_core::{OsRng, RngCore};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 
 use super::{FIRST_SLOT, LAST_SLOT, PairingRegistry, Party};
 use crate::bus::{BusError, RedisBusOptions};
+use crate::mailbox::Mailbox;
 use crate::redact_url;
 use crate::sync::lock;
 
@@ -144,7 +145,7 @@ struct Shared {
 
 /// One session's part in pairings on this node.
 struct LocalParty {
-    frames: mpsc::Sender<Box<ServerFrame>>,
+    frames: Arc<Mailbox>,
     /// Slot → whether the last check found it burned without word from the other end.
     slots: HashMap<u16, bool>,
 }
@@ -468,7 +469,7 @@ impl Shared {
     fn track(&self, party: &Party, slot: u16) -> bool {
         let mut parties = lock(&self.parties);
         let local = parties.entry(party.session).or_insert_with(|| LocalParty {
-            frames: party.frames.clone(),
+            frames: Arc::clone(&party.frames),
             slots: HashMap::new(),
         });
         local.slots.insert(slot, false).is_none()
