@@ -193,13 +193,10 @@ impl Server {
 
         let pairing = pairing_registry(&config).await?;
         let tls = crate::tls::acceptor(&config)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -636,10 +633,28 @@ async fn accept_admin(listener: TcpListener, context: Arc<Context>, stop: watch:
     }
 }
 
+/// Connections the kernel queues for `accept` (it caps this at `net.core.somaxconn`).
+///
+/// After a restart every device reconnects at once. `TcpListener::bind` queues 128: the rest
+/// of the connection requests are dropped, and each such device waits for TCP to resend its
+/// request after 1, 3, 7 s (`ferry-bench storm`, docs/benchmarks.md).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it, so a restarted relay binds while old connections linger).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
