@@ -1,8 +1,8 @@
 //! `ferry-bench`: a load generator that measures the Ferry relay as its users feel it.
 //!
 //! Every scenario starts its own relay (in this process with `ferry_relay::Server::spawn`
-//! on 127.0.0.1:0 and a temporary data folder, except `idle`, which starts a separate relay
-//! process), drives it with real clients speaking `ferry_protocol` over tokio-tungstenite
+//! on 127.0.0.1:0 and a temporary data folder; `idle`, `cluster`, `storm` and `latency
+//! --relay-process` start separate `ferry-relay` processes instead), drives it with real clients speaking `ferry_protocol` over tokio-tungstenite
 //! ([`client`]), prints a progress line on stderr, and returns figures ([`report`]). All
 //! traffic stays on 127.0.0.0/8; every run is bounded in count and time.
 //!
@@ -14,7 +14,7 @@
 //! | `idle` | relay RSS per idle authenticated connection at 10,000 and 50,000 | ≤ 8 KiB |
 //! | `replay` | a fresh device catching up 100,000 events | ≥ 200,000 ev/s |
 //! | `wire` | bytes on the wire per event (256 B payload), each direction | |
-//! | `cluster` | cross-node delivery latency over Redis + PostgreSQL, vs same node | |
+//! | `cluster` | 1, 2 and 3 `ferry-relay` processes on one PostgreSQL and Redis, the same load: durable appends/s (a user's devices on different nodes), cross-node and same-node latency at 2,000 ev/s, and where the CPU went (relays, PostgreSQL, Redis, generator, other) | |
 //! | `people` | a contact request's answer time to a user who blocked the sender vs one who did not (fresh targets; and repeats to the same target) | |
 //! | `conversations` | an MLS group of 100 users × 2 devices at 5 msg/s: delivered to all devices, send → decrypted on each device p50/p99; the sync log at the same send rate and at the same deliveries beside it | |
 //! | `push` | Web Push wake-ups per second to a local push service (push delay 200 ms): 1,000 users, device B offline with a target, device A appends a burst of 5; first append → last wake-up and the steady rate, on 1 push service and on 4 (the per-service cap), one wake-up per user (duplicates must be 0), the relay's outcomes and CPU per wake-up | |
@@ -30,7 +30,7 @@
 //! # Running
 //!
 //! ```text
-//! cargo build --release -p ferry-relay -p ferry-bench     # ferry-relay is used by `idle`
+//! cargo build --release -p ferry-relay -p ferry-bench     # ferry-relay: idle, cluster, storm
 //! target/release/ferry-bench all                          # every scenario, SQLite
 //! target/release/ferry-bench appends --runs 3             # one scenario, median of 3
 //! target/release/ferry-bench all --backend postgres       # PostgreSQL (+ plain-insert reference)

@@ -41,7 +41,8 @@ enum Command {
     Replay,
     /// Bytes on the wire per event.
     Wire,
-    /// Cross-node delivery latency over Redis and PostgreSQL.
+    /// 1, 2 and 3 relay processes on PostgreSQL and Redis: appends/s, cross-node latency and
+    /// where the CPU went.
     Cluster,
     /// A contact request's answer time: to a user who blocked the sender vs one who did not.
     People,
@@ -64,14 +65,16 @@ enum Command {
     /// against Ferry's durable appends and replay in the same run (needs nats-server -js;
     /// not part of `all`).
     Jetstream,
-    /// Run a relay in this process until killed (used by `idle` when no ferry-relay binary
-    /// is found next to this one); takes the relay's own flags.
-    #[command(hide = true)]
-    ServeRelay(Box<RelayArgs>),
 }
 
-#[derive(Args)]
-struct RelayArgs {
+/// `ferry-bench serve-relay FLAGS…`: runs a relay in this process until killed, for the
+/// scenarios that start relay processes (idle, cluster, storm, latency --relay-process) when
+/// no `ferry-relay` binary is next to this one. It takes the relay's own flags, parsed by a
+/// parser of their own (`main` checks for it before the bench's parser): some share a name
+/// with the bench's global flags, such as `--push-delay-ms`.
+#[derive(Parser)]
+#[command(name = "ferry-bench serve-relay")]
+struct ServeRelay {
     #[command(flatten)]
     config: ferry_relay::Config,
 }
@@ -99,16 +102,16 @@ struct Common {
     /// Measured seconds of time-bounded scenarios (default 10, quick 1).
     #[arg(long, global = true)]
     duration_secs: Option<f64>,
-    /// Users, two devices each (appends and jetstream 64, latency 100, cluster 40,
-    /// conversations 100, push 1,000; window: only this many, instead of its three
+    /// Users, two devices each (appends and jetstream 64, latency 100, cluster 64 for
+    /// throughput and 40 for latency, conversations 100, push 1,000; window: only this many, instead of its three
     /// configurations).
     #[arg(long, global = true)]
     users: Option<usize>,
-    /// Appends in flight per device (appends and jetstream: 32; window: only this window,
+    /// Appends in flight per device (appends, cluster and jetstream: 32; window: only this window,
     /// instead of its three configurations).
     #[arg(long, global = true)]
     window: Option<usize>,
-    /// Offered load in events per second (latency 5,000, cluster 1,000; conversations:
+    /// Offered load in events per second (latency 5,000, cluster 2,000; conversations:
     /// messages per second, 5).
     #[arg(long, global = true)]
     rate: Option<f64>,
@@ -127,9 +130,14 @@ struct Common {
     /// Loopback source addresses (127.0.0.2, …) to spread connections over.
     #[arg(long, global = true, default_value_t = 16)]
     sources: usize,
-    /// The relay binary `idle` starts (default: ferry-relay next to this binary).
+    /// The relay binary that idle, cluster, storm and `latency --relay-process` start
+    /// (default: ferry-relay next to this binary, else this binary as `serve-relay`).
     #[arg(long, global = true)]
     relay_bin: Option<PathBuf>,
+    /// latency: run the relay as a separate process (its CPU shared by the OS scheduler, not
+    /// the generator's runtime) and report where the CPU went.
+    #[arg(long, global = true)]
+    relay_process: bool,
     /// The relay's push delay in ms (push: 200; the relay's own default is 2,000).
     #[arg(long, global = true)]
     push_delay_ms: Option<u64>,
@@ -139,6 +147,13 @@ struct Common {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "serve-relay")
+    {
+        let relay = ServeRelay::parse_from(std::env::args_os().skip(1));
+        return serve_relay(relay.config);
+    }
     let cli = Cli::parse();
     let scenarios: Vec<Scenario> = match cli.command {
         Command::All => Scenario::ALL.to_vec(),
@@ -156,7 +171,6 @@ fn main() -> anyhow::Result<()> {
         Command::Window => vec![Scenario::Window],
         Command::Storm => vec![Scenario::Storm],
         Command::Jetstream => vec![Scenario::Jetstream],
-        Command::ServeRelay(args) => return serve_relay(args.config),
     };
     let common = cli.common;
     let options = Options {
@@ -177,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         connections: common.connections,
         sources: common.sources.max(1),
         relay_bin: common.relay_bin,
+        relay_process: common.relay_process,
         push_delay_ms: common.push_delay_ms,
         file_mib: common.file_mib,
     };

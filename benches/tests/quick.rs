@@ -30,6 +30,7 @@ fn tiny() -> Options {
         connections: None,
         sources: 4,
         relay_bin: None,
+        relay_process: false,
         push_delay_ms: None,
         file_mib: Some(1),
     }

@@ -25,7 +25,9 @@ use super::{Options, connect_all, micros_histogram, payload, quantile_ms, record
 use crate::client::{ClientError, Identity, Receiver, Target, append};
 use crate::cpu::{CpuSample, CpuUse};
 use crate::progress::{Progress, step};
-use crate::relay::{BenchRelay, NodeOptions, metric};
+use crate::relay::{
+    Backend, BenchRelay, NodeOptions, ProcessOptions, RelayProcess, metric, spawn_process,
+};
 use crate::report::{Goal, Report};
 
 const NAME: &str = "latency";
@@ -344,7 +346,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     };
     let users = options.pick(options.users, 100, 10);
     step(NAME, "starting the relay");
-    let relay = BenchRelay::spawn(&options.services, NodeOptions::default()).await?;
+    let relay = Relay::start(options).await?;
     let target = relay.target();
     let placements: Vec<Placement> = (0..users)
         .map(|_| Placement {
@@ -360,9 +362,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             load.rate, load.duration
         ),
     );
-    let mut results = measure(NAME, load, &placements, 1, options.sources).await?;
-    let metrics = relay.metrics_text();
-    relay.shutdown(Duration::from_secs(5)).await;
+    let pids = relay.pid().map(|pid| vec![pid]).unwrap_or_default();
+    let (mut results, cpu) =
+        measure_sampled(NAME, load, &placements, 1, options.sources, Some(&pids)).await?;
+    let metrics = relay.metrics_text().await?;
     let Some(latencies) = results.pop() else {
         bail!("no latency results");
     };
@@ -387,11 +390,82 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         "ev",
     );
     add_relay_timings(&mut report, NAME, &metrics);
+    if let Some(cpu) = cpu {
+        cpu.add_to(&mut report, NAME, "");
+    }
     report.note(format!(
         "latency: open-loop load of {} ev/s over {users} users (one sender and one receiver \
          device each), {} B payloads, {:?} warm-up then {:?} measured; latency is from A \
-         sending the Append to B reading the Events frame (same process, same clock)",
-        load.rate, PAYLOAD, load.warmup, load.duration
+         sending the Append to B reading the Events frame (same process, same clock); the \
+         relay ran {}",
+        load.rate,
+        PAYLOAD,
+        load.warmup,
+        load.duration,
+        if options.relay_process {
+            "as a separate ferry-relay process (--relay-process), its data in the temporary folder"
+        } else {
+            "in the generator's process"
+        }
     ));
     Ok(report)
+}
+
+/// The relay under test: in this process, or (`--relay-process`) a `ferry-relay` process of
+/// its own, so that its CPU is the OS scheduler's to share, not the generator's runtime's.
+enum Relay {
+    InProcess(BenchRelay),
+    Process {
+        process: RelayProcess,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Relay {
+    async fn start(options: &Options) -> anyhow::Result<Self> {
+        if !options.relay_process {
+            return Ok(Self::InProcess(
+                BenchRelay::spawn(&options.services, NodeOptions::default()).await?,
+            ));
+        }
+        let dir = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
+        let process = ProcessOptions {
+            program: options.relay_bin.clone(),
+            data_dir: dir.path().to_owned(),
+            postgres: options.services.backend == Backend::Postgres,
+            ..ProcessOptions::default()
+        };
+        let services = options.services.clone();
+        let process =
+            tokio::task::spawn_blocking(move || spawn_process(&services, &process)).await??;
+        Ok(Self::Process { process, _dir: dir })
+    }
+
+    fn target(&self) -> Target {
+        match self {
+            Self::InProcess(relay) => relay.target(),
+            Self::Process { process, .. } => process.target(),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::InProcess(_) => None,
+            Self::Process { process, .. } => Some(process.pid()),
+        }
+    }
+
+    /// The relay's metrics; stops an in-process relay (a process is killed when dropped).
+    async fn metrics_text(self) -> anyhow::Result<String> {
+        match self {
+            Self::InProcess(relay) => {
+                let text = relay.metrics_text();
+                relay.shutdown(Duration::from_secs(5)).await;
+                Ok(text)
+            }
+            Self::Process { process, _dir } => {
+                tokio::task::spawn_blocking(move || process.metrics_text()).await?
+            }
+        }
+    }
 }

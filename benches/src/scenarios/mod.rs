@@ -55,8 +55,11 @@ pub struct Options {
     pub connections: Option<Vec<usize>>,
     /// Loopback source addresses (127.0.0.2, …) connections are spread over.
     pub sources: usize,
-    /// The relay binary for `idle` (default: `ferry-relay` next to this binary).
+    /// The relay binary for the scenarios that start relay processes (idle, cluster, storm,
+    /// latency with `relay_process`; default: `ferry-relay` next to this binary).
     pub relay_bin: Option<PathBuf>,
+    /// Run latency's relay as a separate process instead of in the generator's.
+    pub relay_process: bool,
     /// The relay's `--push-delay-ms` in push (default [`push::DELAY_MS`]).
     pub push_delay_ms: Option<u64>,
     /// The file's size in MiB (attachments: 64).
