@@ -19,7 +19,7 @@ use ferry_protocol::{
 };
 use ferry_relay::store::{
     self, AppendOrder, AppendOutcome, AppendRequest, CommitConfig, CommitHandle, CommitReply,
-    Committer, DeviceRecord, FaultyStore, LINK_PAGE_BYTES, LogBounds, StoreError,
+    Committer, DeviceRecord, FaultyStore, LINK_PAGE_BYTES, LogBounds, SessionStart, StoreError,
 };
 use rand_core::OsRng;
 use support::client::{next_epoch, revoke_body, sealed_key};
@@ -43,7 +43,68 @@ crate::storage_story!(
     chain_pages_are_bounded_and_consecutive,
     the_store_and_a_verifying_client_agree_on_random_links,
     migrations_are_idempotent,
+    session_start_reads_what_the_separate_reads_read,
 );
+
+/// `session_start` is the three reads of a reconnect in one statement: it must answer what
+/// they answer, for an unknown user, a live log, and a log whose events were all trimmed (the
+/// device's highest sequence then comes from `trimmed_device_seqs`).
+async fn session_start_reads_what_the_separate_reads_read(db: Db) {
+    async fn both(store: &dyn store::Store, u: UserId, d: DeviceId) -> SessionStart {
+        let start = store.session_start(u, d).await.unwrap();
+        let separate = SessionStart {
+            bounds: store.log_bounds(u).await.unwrap(),
+            last_device_seq: store.last_device_seq(u, d).await.unwrap(),
+            chain_seqno: store.chain_seqno(u).await.unwrap(),
+        };
+        assert_eq!(start, separate);
+        start
+    }
+    let store = &*db.store;
+    let (u, d, other) = (user(), device(), device());
+    let unknown = both(store, u, d).await;
+    assert_eq!(
+        unknown.bounds,
+        LogBounds {
+            earliest: 1,
+            head: 0
+        }
+    );
+    assert_eq!((unknown.last_device_seq, unknown.chain_seqno), (0, 0));
+
+    admit(store, u, &[d, other]).await;
+    for i in 1..=3 {
+        assert_eq!(
+            append(store, req(u, d, i, &format!("d{i}"))).await,
+            appended(i)
+        );
+    }
+    assert_eq!(append(store, req(u, other, 1, "o1")).await, appended(4));
+    let live = both(store, u, d).await;
+    assert_eq!(
+        live.bounds,
+        LogBounds {
+            earliest: 1,
+            head: 4
+        }
+    );
+    assert_eq!(live.last_device_seq, 3);
+    assert!(live.chain_seqno >= 1, "{live:?}");
+    assert_eq!(both(store, u, other).await.last_device_seq, 1);
+    assert_eq!(both(store, u, device()).await.last_device_seq, 0);
+
+    assert_eq!(store.trim_user(u, None, Some(0), NOW_MS).await.unwrap(), 4);
+    let trimmed = both(store, u, d).await;
+    assert_eq!(
+        trimmed.bounds,
+        LogBounds {
+            earliest: 5,
+            head: 4
+        }
+    );
+    assert_eq!(trimmed.last_device_seq, 3);
+    assert_eq!(trimmed.chain_seqno, live.chain_seqno);
+}
 
 async fn sequences_are_gapless_per_user_when_users_interleave(db: Db) {
     let store = &*db.store;

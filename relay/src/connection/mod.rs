@@ -291,12 +291,10 @@ where
             }
             _ => {}
         }
-        let bounds = ctx.store.log_bounds(auth.user).await?;
-        let last_device_seq = ctx.store.last_device_seq(auth.user, auth.device).await?;
-        let chain_seqno = ctx.store.chain_seqno(auth.user).await?;
-        Ok::<_, StoreError>(Ok((record, bounds, last_device_seq, chain_seqno)))
+        let start = ctx.store.session_start(auth.user, auth.device).await?;
+        Ok::<_, StoreError>(Ok((record, start)))
     };
-    let (record, bounds, last_device_seq, chain_seqno) = match admitted.await {
+    let (record, start) = match admitted.await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(close)) => {
             return refuse(ws, pending, close, ctx).await.map(|()| None);
@@ -317,7 +315,12 @@ where
         }
     };
     let acked = record.as_ref().map_or(0, |record| record.acked);
-    let (channel, reply) = pending.accept_device(bounds.head, acked, last_device_seq, chain_seqno);
+    let (channel, reply) = pending.accept_device(
+        start.bounds.head,
+        acked,
+        start.last_device_seq,
+        start.chain_seqno,
+    );
     ws.send(Message::Binary(reply.into())).await?;
     if recovery {
         ctx.metrics.handshake("ok_recovery");

@@ -141,7 +141,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_protocol::{ChainError, ErrorCode};
+use ferry_protocol::{ChainError, DeviceId, ErrorCode, UserId};
 
 pub use attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 pub use chain::{ChainStore, LINK_PAGE_BYTES, LinkAppended};
@@ -242,6 +242,33 @@ pub trait Store:
 
     /// Closes the connection pools; later calls fail with a database error.
     async fn close(&self);
+
+    /// What a device's session starts from: [`LogStore::log_bounds`],
+    /// [`LogStore::last_device_seq`] and [`ChainStore::chain_seqno`]. Every reconnect asks
+    /// for all three, so a backend reads them in one round trip (each read on its own is
+    /// one: most of a reconnect's cost, docs/benchmarks.md, the handshakes flame graph).
+    async fn session_start(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<SessionStart, StoreError> {
+        Ok(SessionStart {
+            bounds: self.log_bounds(user).await?,
+            last_device_seq: self.last_device_seq(user, device).await?,
+            chain_seqno: self.chain_seqno(user).await?,
+        })
+    }
+}
+
+/// See [`Store::session_start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionStart {
+    /// The user's log bounds.
+    pub bounds: LogBounds,
+    /// The highest `device_seq` stored for the device, its trimmed events included.
+    pub last_device_seq: u64,
+    /// The length of the user's chain.
+    pub chain_seqno: u64,
 }
 
 #[async_trait]
@@ -259,6 +286,52 @@ impl Store for SqlStore {
 
     async fn close(&self) {
         self.db.close().await;
+    }
+
+    async fn session_start(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<SessionStart, StoreError> {
+        // The same statements as the three reads, as scalar subqueries of one SELECT.
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let (earliest, head, stored, trimmed, seqno): Row = sql::on_reader!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT (SELECT earliest FROM users WHERE user_id = $1),
+                        (SELECT head FROM users WHERE user_id = $1),
+                        (SELECT MAX(device_seq) FROM events
+                         WHERE user_id = $1 AND device_id = $2),
+                        (SELECT device_seq FROM trimmed_device_seqs
+                         WHERE user_id = $1 AND device_id = $2),
+                        (SELECT MAX(seqno) FROM chain_links WHERE user_id = $1)",
+            )
+            .bind(user.as_bytes().as_slice())
+            .bind(device.as_bytes().as_slice())
+            .fetch_one(pool)
+            .await?
+        });
+        let bounds = match (earliest, head) {
+            (Some(earliest), Some(head)) => LogBounds {
+                earliest: sql::from_db_int(earliest, "earliest")?,
+                head: sql::from_db_int(head, "head")?,
+            },
+            // An unknown user, as `log_bounds` answers it.
+            _ => LogBounds {
+                earliest: 1,
+                head: 0,
+            },
+        };
+        Ok(SessionStart {
+            bounds,
+            last_device_seq: sql::from_db_int(stored.max(trimmed).unwrap_or(0), "device_seq")?,
+            chain_seqno: sql::from_db_int(seqno.unwrap_or(0), "seqno")?,
+        })
     }
 }
 
