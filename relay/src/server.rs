@@ -840,11 +840,13 @@ fn upgrade(
         .min(ferry_protocol::limits::MAX_FRAME_LEN)
         + ferry_protocol::limits::CHANNEL_OVERHEAD;
     let ws_config = WebSocketConfig::default()
-        // 1 KiB, not tungstenite's 128 KiB: the buffer stays allocated for as long as the
-        // connection lives, mostly idle. Appends and acks fit; a 256 KiB attachment part is
-        // read in 1 KiB reads (uploads 132 -> 114 MiB/s, idle connections 16.8 -> 13.8 KiB
-        // each, ferry-bench attachments and idle, docs/benchmarks.md).
-        .read_buffer_size(1024)
+        // 512 B, not tungstenite's 128 KiB: the buffer stays allocated for as long as the
+        // connection lives, mostly idle. An append (285 B) fits; a 256 KiB attachment part is
+        // read in pieces. 4 KiB -> 1 KiB: idle connections 16.8 -> 13.8 KiB each, uploads
+        // 132 -> 114 MiB/s; 1 KiB -> 512 B: 8.28 -> 7.77 KiB each, uploads and appends
+        // unchanged within the runs' spread (ferry-bench idle, attachments, appends;
+        // docs/benchmarks.md).
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(Some(frame_limit))
         .max_frame_size(Some(frame_limit));
