@@ -893,30 +893,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             storm_wall.as_secs_f64()
         )),
     }
-    report.add(
-        NAME,
-        "time to caught up, p50",
-        quantile_ms(&to_caught_up, 0.5),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "time to caught up, p99",
-        quantile_ms(&to_caught_up, 0.99),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "time to session, p50",
-        quantile_ms(&to_session, 0.5),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "time to session, p99",
-        quantile_ms(&to_session, 0.99),
-        "ms",
-    );
+    for (what, times) in [
+        ("time to caught up", &to_caught_up),
+        ("time to session", &to_session),
+    ] {
+        for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+            report.add(NAME, format!("{what}, {name}"), quantile_ms(times, q), "ms");
+        }
+    }
     report.add(
         NAME,
         "handshakes/s during the storm",
