@@ -454,7 +454,7 @@ impl Hub {
     /// drops it). Returns whether the user has any session here.
     fn deliver_direct(&self, user: &UserId, frame: &ServerFrame) -> bool {
         self.for_each_peer(user, |peer| {
-            let _ = peer.direct.try_send(Box::new(frame.clone()));
+            let _ = peer.direct.try_send(frame.clone());
         })
     }
 
@@ -560,7 +560,7 @@ impl Hub {
     fn deliver_conversation(&self, user: &UserId, frame: &ServerFrame, skip: Option<DeviceId>) {
         self.for_each_peer(user, |peer| {
             if Some(peer.device) != skip {
-                let _ = peer.direct.try_send(Box::new(frame.clone()));
+                let _ = peer.direct.try_send(frame.clone());
             }
         });
     }
@@ -714,7 +714,7 @@ impl Hub {
         self.for_each_peer(user, |peer| {
             if Some(peer.id) != skip {
                 // Ephemerals are best effort: a full queue drops them.
-                let _ = peer.direct.try_send(Box::new(frame.clone()));
+                let _ = peer.direct.try_send(frame.clone());
             }
         });
     }
@@ -740,7 +740,7 @@ impl Hub {
             if Some(peer.id) != sender && !revoked.contains(&peer.device) {
                 // A hint like a wake-up: a session whose queue is full misses it, and its
                 // device learns the chain's length at its next handshake.
-                let _ = peer.direct.try_send(Box::new(frame.clone()));
+                let _ = peer.direct.try_send(frame.clone());
             }
         });
     }

@@ -51,8 +51,10 @@ impl Mailbox {
         }
     }
 
-    /// Queues `frame` for the reader, unless the mailbox is full or closed.
-    pub fn try_send(&self, frame: Box<ServerFrame>) -> Result<(), Refused> {
+    /// Queues `frame` for the reader, unless the mailbox is full or closed. Frames are kept
+    /// boxed, so that the reader's future, which lives as long as its session, holds a pointer
+    /// and not a frame.
+    pub fn try_send(&self, frame: ServerFrame) -> Result<(), Refused> {
         {
             let mut state = lock(&self.state);
             if state.closed {
@@ -61,7 +63,7 @@ impl Mailbox {
             if state.frames.len() >= self.capacity {
                 return Err(Refused::Full);
             }
-            state.frames.push_back(frame);
+            state.frames.push_back(Box::new(frame));
         }
         // One reader: a permit stored while it is not waiting wakes its next `recv`.
         self.ready.notify_one();
@@ -98,8 +100,8 @@ mod tests {
 
     use super::*;
 
-    fn frame(n: u64) -> Box<ServerFrame> {
-        Box::new(ServerFrame::CaughtUp { head: n })
+    fn frame(n: u64) -> ServerFrame {
+        ServerFrame::CaughtUp { head: n }
     }
 
     #[test]
@@ -108,10 +110,10 @@ mod tests {
         assert_eq!(mailbox.try_send(frame(1)), Ok(()));
         assert_eq!(mailbox.try_send(frame(2)), Ok(()));
         assert_eq!(mailbox.try_send(frame(3)), Err(Refused::Full));
-        assert_eq!(*mailbox.try_recv().unwrap(), *frame(1));
+        assert_eq!(*mailbox.try_recv().unwrap(), frame(1));
         assert_eq!(mailbox.try_send(frame(4)), Ok(()));
-        assert_eq!(*mailbox.try_recv().unwrap(), *frame(2));
-        assert_eq!(*mailbox.try_recv().unwrap(), *frame(4));
+        assert_eq!(*mailbox.try_recv().unwrap(), frame(2));
+        assert_eq!(*mailbox.try_recv().unwrap(), frame(4));
         assert!(mailbox.try_recv().is_none());
     }
 
@@ -134,11 +136,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         mailbox.try_send(frame(7)).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        assert_eq!(*got.unwrap().unwrap(), *frame(7));
+        assert_eq!(*got.unwrap().unwrap(), frame(7));
         // Sent before the reader waits: the stored permit (or the queue) must not lose it.
         mailbox.try_send(frame(8)).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), mailbox.recv()).await;
-        assert_eq!(*got.unwrap(), *frame(8));
+        assert_eq!(*got.unwrap(), frame(8));
     }
 
     #[tokio::test]
@@ -149,6 +151,6 @@ mod tests {
         assert!(waited.is_err());
         mailbox.try_send(frame(9)).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), mailbox.recv()).await;
-        assert_eq!(*got.unwrap(), *frame(9));
+        assert_eq!(*got.unwrap(), frame(9));
     }
 }

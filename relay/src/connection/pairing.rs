@@ -108,7 +108,7 @@ pub(super) async fn run<S>(
                         ctx.pairing.close(slot, session, success).await
                     }
                     ClientFrame::Ping { nonce } => {
-                        let _ = frames.try_send(Box::new(ServerFrame::Pong { nonce }));
+                        let _ = frames.try_send(ServerFrame::Pong { nonce });
                         Ok(())
                     }
                     ClientFrame::Pong { .. } => Ok(()),

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::mailbox::Mailbox;
 use ferry_protocol::{ErrorCode, ServerFrame, UserId};
 
 use super::{FIRST_SLOT, LAST_SLOT, PairingRegistry, Party};
 use crate::context::now_ms;
+use crate::mailbox::Mailbox;
 use crate::sync::lock;
 
 #[derive(Debug)]
@@ -113,9 +113,7 @@ impl LocalPairing {
             entry.joiner = None;
             peer
         };
-        let _ = peer
-            .frames
-            .try_send(Box::new(ServerFrame::PairClosed { slot, code }));
+        let _ = peer.frames.try_send(ServerFrame::PairClosed { slot, code });
         Ok(())
     }
 
@@ -139,15 +137,15 @@ impl LocalPairing {
             }
         }
         for (slot, party) in notify {
-            let _ = party.frames.try_send(Box::new(ServerFrame::PairClosed {
+            let _ = party.frames.try_send(ServerFrame::PairClosed {
                 slot,
                 code: Some(ErrorCode::Unavailable),
-            }));
+            });
         }
     }
 
     fn deliver(&self, slot: u16, to: &Mailbox, frame: ServerFrame) -> Result<(), ErrorCode> {
-        if to.try_send(Box::new(frame)).is_err() {
+        if to.try_send(frame).is_err() {
             // The other end is gone or not reading: the pairing cannot go on.
             if let Some(entry) = self.lock().get_mut(&slot) {
                 entry.burned = true;

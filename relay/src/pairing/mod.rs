@@ -38,8 +38,9 @@
 pub mod local;
 pub mod redis;
 
-use ferry_protocol::{ErrorCode, UserId};
 use std::sync::Arc;
+
+use ferry_protocol::{ErrorCode, UserId};
 
 use crate::mailbox::Mailbox;
 

@@ -548,7 +548,7 @@ impl Shared {
                     slot,
                     body: payload.to_vec(),
                 };
-                let full = party.frames.try_send(Box::new(frame)).is_err();
+                let full = party.frames.try_send(frame).is_err();
                 if full {
                     // Not reading (or gone): the pairing cannot go on.
                     self.queue(Leave {
@@ -566,7 +566,7 @@ impl Shared {
                     .map(ErrorCode::from);
                 let _ = party
                     .frames
-                    .try_send(Box::new(ServerFrame::PairClosed { slot, code }));
+                    .try_send(ServerFrame::PairClosed { slot, code });
                 true
             }
             _ => false,
@@ -589,10 +589,10 @@ impl Shared {
         tracing::warn!(url = %self.url, why, pairings = parties.values().map(|p| p.slots.len()).sum::<usize>(), "pairing: messages may have been lost; failing this node's pairings");
         for (session, party) in parties {
             for &slot in party.slots.keys() {
-                let _ = party.frames.try_send(Box::new(ServerFrame::PairClosed {
+                let _ = party.frames.try_send(ServerFrame::PairClosed {
                     slot,
                     code: Some(ErrorCode::Unavailable),
-                }));
+                });
                 self.queue(Leave {
                     slot,
                     session,
@@ -655,10 +655,10 @@ impl Shared {
                 _ => (true, true),
             };
             if tell {
-                let _ = party.frames.try_send(Box::new(ServerFrame::PairClosed {
+                let _ = party.frames.try_send(ServerFrame::PairClosed {
                     slot,
                     code: Some(ErrorCode::Unavailable),
-                }));
+                });
             }
             if forget {
                 party.slots.remove(&slot);

@@ -84,6 +84,17 @@ fn decode_link(bytes: &[u8]) -> Result<Link, StoreError> {
     codec::decode(bytes).map_err(|e| StoreError::Corrupt(format!("stored chain link: {e}")))
 }
 
+/// The length of user `$1`'s chain (NULL before its first link). Read by
+/// [`ChainStore::chain_seqno`] and, with the other reads of a reconnect, by
+/// [`Store::session_start`](super::Store::session_start).
+pub(crate) const CHAIN_SEQNO_COLUMN: &str =
+    "(SELECT MAX(seqno) FROM chain_links WHERE user_id = $1)";
+
+/// [`ChainStore::chain_seqno`] from [`CHAIN_SEQNO_COLUMN`].
+pub(crate) fn chain_seqno_from(seqno: Option<i64>) -> Result<u64, StoreError> {
+    from_db_int(seqno.unwrap_or(0), "seqno")
+}
+
 #[async_trait]
 impl ChainStore for SqlStore {
     async fn append_link(
@@ -233,11 +244,11 @@ impl ChainStore for SqlStore {
 
     async fn chain_seqno(&self, user: UserId) -> Result<u64, StoreError> {
         let seqno: Option<i64> = on_reader!(&self.db, |pool| {
-            sqlx::query_scalar("SELECT MAX(seqno) FROM chain_links WHERE user_id = $1")
+            sqlx::query_scalar(&format!("SELECT {CHAIN_SEQNO_COLUMN}"))
                 .bind(user.as_bytes().as_slice())
                 .fetch_one(pool)
                 .await?
         });
-        from_db_int(seqno.unwrap_or(0), "seqno")
+        chain_seqno_from(seqno)
     }
 }

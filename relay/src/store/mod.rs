@@ -143,6 +143,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_protocol::{ChainError, DeviceId, ErrorCode, UserId};
 
+use self::chain::CHAIN_SEQNO_COLUMN;
+use self::log::DEVICE_SEQ_COLUMNS;
+
 pub use attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 pub use chain::{ChainStore, LINK_PAGE_BYTES, LinkAppended};
 pub use committer::{
@@ -293,7 +296,7 @@ impl Store for SqlStore {
         user: UserId,
         device: DeviceId,
     ) -> Result<SessionStart, StoreError> {
-        // The same statements as the three reads, as scalar subqueries of one SELECT.
+        // The three reads' own columns, as scalar subqueries of one SELECT.
         type Row = (
             Option<i64>,
             Option<i64>,
@@ -301,36 +304,22 @@ impl Store for SqlStore {
             Option<i64>,
             Option<i64>,
         );
+        let select = format!(
+            "SELECT (SELECT earliest FROM users WHERE user_id = $1),
+                    (SELECT head FROM users WHERE user_id = $1),
+                    {DEVICE_SEQ_COLUMNS}, {CHAIN_SEQNO_COLUMN}"
+        );
         let (earliest, head, stored, trimmed, seqno): Row = sql::on_reader!(&self.db, |pool| {
-            sqlx::query_as(
-                "SELECT (SELECT earliest FROM users WHERE user_id = $1),
-                        (SELECT head FROM users WHERE user_id = $1),
-                        (SELECT MAX(device_seq) FROM events
-                         WHERE user_id = $1 AND device_id = $2),
-                        (SELECT device_seq FROM trimmed_device_seqs
-                         WHERE user_id = $1 AND device_id = $2),
-                        (SELECT MAX(seqno) FROM chain_links WHERE user_id = $1)",
-            )
-            .bind(user.as_bytes().as_slice())
-            .bind(device.as_bytes().as_slice())
-            .fetch_one(pool)
-            .await?
+            sqlx::query_as(&select)
+                .bind(user.as_bytes().as_slice())
+                .bind(device.as_bytes().as_slice())
+                .fetch_one(pool)
+                .await?
         });
-        let bounds = match (earliest, head) {
-            (Some(earliest), Some(head)) => LogBounds {
-                earliest: sql::from_db_int(earliest, "earliest")?,
-                head: sql::from_db_int(head, "head")?,
-            },
-            // An unknown user, as `log_bounds` answers it.
-            _ => LogBounds {
-                earliest: 1,
-                head: 0,
-            },
-        };
         Ok(SessionStart {
-            bounds,
-            last_device_seq: sql::from_db_int(stored.max(trimmed).unwrap_or(0), "device_seq")?,
-            chain_seqno: sql::from_db_int(seqno.unwrap_or(0), "seqno")?,
+            bounds: log::bounds_from(earliest.zip(head))?,
+            last_device_seq: log::last_device_seq_from(stored, trimmed)?,
+            chain_seqno: chain::chain_seqno_from(seqno)?,
         })
     }
 }

@@ -234,6 +234,35 @@ pub struct LogBounds {
     pub head: u64,
 }
 
+/// The highest `device_seq` of device `$2` of user `$1`: stored, and kept for it when its
+/// events were trimmed (NULL when none). Read by [`LogStore::last_device_seq`] and, with the
+/// other reads of a reconnect, by [`Store::session_start`](super::Store::session_start).
+pub(crate) const DEVICE_SEQ_COLUMNS: &str = "(SELECT MAX(device_seq) FROM events
+     WHERE user_id = $1 AND device_id = $2),
+    (SELECT device_seq FROM trimmed_device_seqs WHERE user_id = $1 AND device_id = $2)";
+
+/// [`LogStore::last_device_seq`] from the two columns of [`DEVICE_SEQ_COLUMNS`].
+pub(crate) fn last_device_seq_from(
+    stored: Option<i64>,
+    trimmed: Option<i64>,
+) -> Result<u64, StoreError> {
+    from_db_int(stored.max(trimmed).unwrap_or(0), "device_seq")
+}
+
+/// [`LogStore::log_bounds`] from the user's `(earliest, head)` row, if it has one.
+pub(crate) fn bounds_from(row: Option<(i64, i64)>) -> Result<LogBounds, StoreError> {
+    match row {
+        None => Ok(LogBounds {
+            earliest: 1,
+            head: 0,
+        }),
+        Some((earliest, head)) => Ok(LogBounds {
+            earliest: from_db_int(earliest, "earliest")?,
+            head: from_db_int(head, "head")?,
+        }),
+    }
+}
+
 impl LogBounds {
     /// Whether a device whose cursor is `acked` can replay without a gap, that is whether
     /// every event after `acked` is still stored. When false, answer `ResyncRequired`.
@@ -456,18 +485,13 @@ impl LogStore for SqlStore {
 
     async fn last_device_seq(&self, user: UserId, device: DeviceId) -> Result<u64, StoreError> {
         let (stored, trimmed): (Option<i64>, Option<i64>) = on_reader!(&self.db, |pool| {
-            sqlx::query_as(
-                "SELECT (SELECT MAX(device_seq) FROM events
-                         WHERE user_id = $1 AND device_id = $2),
-                        (SELECT device_seq FROM trimmed_device_seqs
-                         WHERE user_id = $1 AND device_id = $2)",
-            )
-            .bind(user.as_bytes().as_slice())
-            .bind(device.as_bytes().as_slice())
-            .fetch_one(pool)
-            .await?
+            sqlx::query_as(&format!("SELECT {DEVICE_SEQ_COLUMNS}"))
+                .bind(user.as_bytes().as_slice())
+                .bind(device.as_bytes().as_slice())
+                .fetch_one(pool)
+                .await?
         });
-        from_db_int(stored.max(trimmed).unwrap_or(0), "device_seq")
+        last_device_seq_from(stored, trimmed)
     }
 
     async fn log_bounds(&self, user: UserId) -> Result<LogBounds, StoreError> {
@@ -477,16 +501,7 @@ impl LogStore for SqlStore {
                 .fetch_optional(pool)
                 .await?
         });
-        match row {
-            None => Ok(LogBounds {
-                earliest: 1,
-                head: 0,
-            }),
-            Some((earliest, head)) => Ok(LogBounds {
-                earliest: from_db_int(earliest, "earliest")?,
-                head: from_db_int(head, "head")?,
-            }),
-        }
+        bounds_from(row)
     }
 
     async fn trim_user(
