@@ -299,16 +299,19 @@ pub struct ProcessOptions {
     pub postgres: bool,
     /// Wake other nodes through Redis (`Services::redis_url`).
     pub redis: bool,
-    /// The CPUs the process may run on (`taskset -c`), e.g. `"0"`; `None`: any.
-    pub cpus: Option<String>,
 }
 
-/// Starts a `ferry-relay` process on 127.0.0.1:0 with [`generous_flags`]. Blocking: call it
-/// from `spawn_blocking` inside a runtime.
-pub fn spawn_process(
+/// Starts a `ferry-relay` process on 127.0.0.1:0 with [`generous_flags`] and waits until it
+/// serves (on a blocking thread: it reads the process's first lines).
+pub async fn spawn_process(
     services: &Services,
     options: &ProcessOptions,
 ) -> anyhow::Result<RelayProcess> {
+    let (services, options) = (services.clone(), options.clone());
+    tokio::task::spawn_blocking(move || start_process(&services, &options)).await?
+}
+
+fn start_process(services: &Services, options: &ProcessOptions) -> anyhow::Result<RelayProcess> {
     let (program, mut args) = relay_program(options.program.as_deref())?;
     args.extend([
         "--listen=127.0.0.1:0".to_owned(),
@@ -321,14 +324,7 @@ pub fn spawn_process(
         args.push(format!("--redis-url={}", services.redis_url));
     }
     args.extend(generous_flags());
-    match &options.cpus {
-        Some(cpus) => {
-            let mut pinned = vec!["-c".to_owned(), cpus.clone(), program.display().to_string()];
-            pinned.extend(args);
-            RelayProcess::spawn(Path::new("taskset"), &pinned)
-        }
-        None => RelayProcess::spawn(&program, &args),
-    }
+    RelayProcess::spawn(&program, &args)
 }
 
 /// The relay program to start, and the arguments that come before the relay's flags: `given`,

@@ -41,9 +41,7 @@ use super::{Options, quantile_ms};
 use crate::client::Target;
 use crate::cpu::CpuUse;
 use crate::progress::step;
-use crate::relay::{
-    ProcessOptions, RelayProcess, Services, metric, reachable, spawn_process, tmpfs_folder,
-};
+use crate::relay::{ProcessOptions, RelayProcess, metric, reachable, spawn_process, tmpfs_folder};
 use crate::report::Report;
 
 const NAME: &str = "cluster";
@@ -165,16 +163,14 @@ impl Cluster {
                 &label,
                 format_args!("starting relay process {i} (PostgreSQL + Redis)"),
             );
-            let services: Services = options.services.clone();
             let process = ProcessOptions {
                 program: options.relay_bin.clone(),
                 data_dir: dir.path().to_owned(),
                 postgres: true,
                 redis: true,
-                cpus: None,
             };
-            let node = tokio::task::spawn_blocking(move || spawn_process(&services, &process))
-                .await?
+            let node = spawn_process(&options.services, &process)
+                .await
                 .with_context(|| format!("starting relay process {i}"))?;
             started.push(node);
         }

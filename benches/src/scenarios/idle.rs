@@ -62,9 +62,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         data_dir: dir.path().to_owned(),
         ..ProcessOptions::default()
     };
-    let services = options.services.clone();
     step(NAME, "starting a relay process");
-    let relay = tokio::task::spawn_blocking(move || spawn_process(&services, &process)).await??;
+    let relay = spawn_process(&options.services, &process).await?;
     let relay_limit = nofile_of(relay.pid())?;
     let feasible = own_limit.min(relay_limit).saturating_sub(SPARE_FDS) as usize;
     tokio::time::sleep(Duration::from_millis(500)).await;

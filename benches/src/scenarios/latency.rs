@@ -143,8 +143,11 @@ pub async fn measure_sampled(
             while scheduled < window_end {
                 tokio::time::sleep_until(scheduled).await;
                 let now = Instant::now();
-                body[..8].copy_from_slice(&micros_since(base, scheduled).to_le_bytes());
-                body[8..16].copy_from_slice(&micros_since(base, now).to_le_bytes());
+                stamp(
+                    &mut body,
+                    micros_since(base, scheduled),
+                    micros_since(base, now),
+                );
                 a_send.send(&append(device_seq, body.clone())).await?;
                 if scheduled >= window_start {
                     sender_counts.sent_in_window.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +262,14 @@ impl Arrivals {
     }
 }
 
-fn send_times(payload: &[u8]) -> Option<(u64, u64)> {
+/// Writes the scheduled and actual send times (µs) into the first 16 bytes of `body`.
+pub(super) fn stamp(body: &mut [u8], scheduled: u64, actual: u64) {
+    body[..8].copy_from_slice(&scheduled.to_le_bytes());
+    body[8..16].copy_from_slice(&actual.to_le_bytes());
+}
+
+/// The `(scheduled, actual)` send times [`stamp`] wrote into `payload`.
+pub(super) fn send_times(payload: &[u8]) -> Option<(u64, u64)> {
     let scheduled = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
     let actual = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
     Some((scheduled, actual))
@@ -435,9 +445,7 @@ impl Relay {
             postgres: options.services.backend == Backend::Postgres,
             ..ProcessOptions::default()
         };
-        let services = options.services.clone();
-        let process =
-            tokio::task::spawn_blocking(move || spawn_process(&services, &process)).await??;
+        let process = spawn_process(&options.services, &process).await?;
         Ok(Self::Process { process, _dir: dir })
     }
 

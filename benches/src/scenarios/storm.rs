@@ -59,6 +59,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::idle::{nofile_of, raise_nofile};
+use super::latency::{Latencies, add_percentiles, send_times, stamp};
 use super::{Options, micros_histogram, payload, quantile_ms, record};
 use crate::client::{ClientError, Connection, Identity, Receiver, Target, append, source_address};
 use crate::cpu::CpuSample;
@@ -452,8 +453,7 @@ async fn probe(
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep_until(scheduled).await;
         let scheduled_us = micros(scheduled.into_std().saturating_duration_since(base));
-        body[..8].copy_from_slice(&scheduled_us.to_le_bytes());
-        body[8..16].copy_from_slice(&micros(base.elapsed()).to_le_bytes());
+        stamp(&mut body, scheduled_us, micros(base.elapsed()));
         a_send
             .send(&append(device_seq, body.clone()))
             .await
@@ -503,13 +503,7 @@ async fn arrive(
             return;
         };
         for event in events {
-            let body = &event.payload.0;
-            let time = |range: std::ops::Range<usize>| {
-                body.get(range)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes)
-            };
-            if let (Some(scheduled), Some(actual)) = (time(0..8), time(8..16)) {
+            if let Some((scheduled, actual)) = send_times(&event.payload.0) {
                 arrivals.push((scheduled, actual, now));
             }
         }
@@ -517,16 +511,9 @@ async fn arrive(
 }
 
 /// The probe's latencies for events scheduled in `[from, to)` µs.
-struct Window {
-    actual: Histogram<u64>,
-    scheduled: Histogram<u64>,
-    sent: u64,
-    received: u64,
-}
-
-fn window(record: &ProbeRecord, from: u64, to: u64) -> Window {
+fn window(record: &ProbeRecord, from: u64, to: u64) -> Latencies {
     let inside = |t: u64| (from..to).contains(&t);
-    let mut found = Window {
+    let mut found = Latencies {
         actual: micros_histogram(),
         scheduled: micros_histogram(),
         sent: record.sent.iter().filter(|t| inside(**t)).count() as u64,
@@ -564,13 +551,9 @@ async fn start_relay(
     services: &Services,
     process: &ProcessOptions,
 ) -> anyhow::Result<RelayProcess> {
-    let (services, process) = (services.clone(), process.clone());
-    tokio::time::timeout(
-        START_TIMEOUT,
-        tokio::task::spawn_blocking(move || spawn_process(&services, &process)),
-    )
-    .await
-    .with_context(|| format!("the relay did not start within {START_TIMEOUT:?}"))??
+    tokio::time::timeout(START_TIMEOUT, spawn_process(services, process))
+        .await
+        .with_context(|| format!("the relay did not start within {START_TIMEOUT:?}"))?
 }
 
 /// `VmHWM` (peak resident memory) of process `pid`, in KiB.
@@ -950,42 +933,19 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 
     let quiet_window = window(&probed, quiet_start, storm_start);
     let storm_window = window(&probed, storm_start, storm_end);
-    let ms = |h: &Histogram<u64>, q: f64| quantile_ms(h, q);
-    report.add(
+    add_percentiles(
+        &mut report,
         NAME,
-        "probe live event during the storm, p50",
-        ms(&storm_window.actual, 0.5),
-        "ms",
+        "probe live event during the storm, ",
+        &storm_window,
+        None,
     );
-    report.add(
+    add_percentiles(
+        &mut report,
         NAME,
-        "probe live event during the storm, p99",
-        ms(&storm_window.actual, 0.99),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "probe live event during the storm, max",
-        storm_window.actual.max() as f64 / 1000.0,
-        "ms",
-    );
-    report.add(
-        NAME,
-        "probe during the storm, p99 from scheduled send",
-        ms(&storm_window.scheduled, 0.99),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "probe live event before the storm (quiet), p50",
-        ms(&quiet_window.actual, 0.5),
-        "ms",
-    );
-    report.add(
-        NAME,
-        "probe live event before the storm (quiet), p99",
-        ms(&quiet_window.actual, 0.99),
-        "ms",
+        "probe live event before the storm (quiet), ",
+        &quiet_window,
+        None,
     );
     report.add(
         NAME,
