@@ -1,8 +1,9 @@
 //! Files through the SDK against a real relay: Alice sends a file to Bob in their 1:1; every
 //! device of both reads it whole and byte for byte, with progress; the relay holds only
 //! ciphertext (neither the file's bytes nor its name are on its disk); an upload cut by a
-//! relay restart goes on where the relay stands; and a blob tampered with at the relay, or a
-//! message whose digest or key does not match, saves nothing.
+//! relay restart, or a part the relay answers `unavailable`, goes on where the relay stands;
+//! and a blob tampered with at the relay, or a message whose digest or key does not match,
+//! saves nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -279,4 +280,48 @@ async fn a_device_over_its_bandwidth_pauses_and_goes_on() {
     // It was refused on the way (else this test proves nothing).
     let metrics = relay.metrics();
     assert!(metrics.contains("code=\"rate_limited\""), "{metrics}");
+}
+
+/// The relay answers `unavailable` for a part while the parts after it are in flight (as it
+/// does when its storage fails, or when it goes away mid-request): the upload pauses, sends
+/// that part again, goes on from where the relay's answer says it stands, and the file
+/// arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_refused_as_unavailable_goes_again_and_the_upload_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let alice = person(dir.path(), &relay, &relay, "alice").await;
+    // 20 parts: part 10 is sent only after part 0 is stored (a window is 8 parts).
+    let (path, bytes) = a_file(dir.path(), "big.bin", 20 * 262_128);
+    let blobs = relay.data.join("blobs");
+    // Once part 0 is stored (and before part 10 is sent): a folder where part 10's temporary
+    // file goes, so the relay cannot store that part and answers `unavailable`.
+    let blocked = std::sync::OnceLock::<PathBuf>::new();
+    let progress = |p: Progress| {
+        if p.done > 0 && blocked.get().is_none() {
+            let (part0, _) = files_under(&blobs)
+                .into_iter()
+                .find(|(p, _)| p.file_name().unwrap() == "0")
+                .expect("the blob's first part on the relay's disk");
+            let obstacle = part0.with_file_name("10.tmp");
+            std::fs::create_dir(&obstacle).unwrap();
+            blocked.set(obstacle).unwrap();
+        }
+    };
+    let handle = alice.one.handle();
+    let upload = handle.upload_file(&path, &progress);
+    // Once the relay refused it: the obstacle goes, so the part can be stored when sent again.
+    let unblock = async {
+        let deadline = tokio::time::Instant::now() + support::WAIT;
+        while !relay.metrics().contains("code=\"unavailable\"") {
+            assert!(tokio::time::Instant::now() < deadline, "no part refused");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        std::fs::remove_dir(blocked.get().unwrap()).unwrap();
+    };
+    let (file, ()) = tokio::join!(upload, unblock);
+    let file = file.unwrap();
+    let dest = dir.path().join("big.out");
+    handle.save_file(&file, &dest, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
 }

@@ -2,10 +2,10 @@
 //!
 //! Sending a file ([`ClientHandle::send_file`](crate::ClientHandle::send_file)) reads it
 //! twice: once to seal it under a fresh key and hash the result, once more to upload the
-//! sealed parts (a few at a time, each answered; a part cut off by a reconnect is sent again
-//! and the relay's answer says where the upload stands). Then a message carrying a
-//! [`FileRef`] (the blob's id, the key, the digest, the name) goes to the conversation, and
-//! its members may fetch the blob. Receiving one
+//! sealed parts (a few at a time, each answered; a part cut off by a reconnect, or refused
+//! for now, is sent again and the relay's answer says where the upload stands). Then a
+//! message carrying a [`FileRef`] (the blob's id, the key, the digest, the name) goes to the
+//! conversation, and its members may fetch the blob. Receiving one
 //! ([`ClientHandle::save_file`](crate::ClientHandle::save_file)) fetches the parts, opens
 //! each (authenticated, in place), and writes the file beside its destination; only when
 //! the whole blob matched the digest is it renamed into place, so an app never sees a byte

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_protocol::attachments::{BlobId, CHUNK_LEN, FileKey, part_count, sealed_len};
 use ferry_protocol::conversations::ConvId;
-use ferry_protocol::{ClientFrame, ServerFrame};
+use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use rand_core::{OsRng, RngCore};
@@ -19,7 +19,8 @@ use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
 
 /// Times in a row an upload starts again without the relay holding more than before, before
-/// it gives up.
+/// it gives up (so a relay that keeps refusing parts ends the upload with
+/// [`AttachmentError::Stalled`]).
 const MAX_STALLS: u32 = 8;
 
 impl ClientHandle {
@@ -138,6 +139,22 @@ impl ClientHandle {
                     // The device's attachment bandwidth is used up for now: this part and
                     // the next go again after a pause.
                     Err(ClientError::RateLimited) => break Err(Restart::Paused(part)),
+                    // The relay could not take this part for now (it is shutting down, or its
+                    // storage failed): after a pause (and the reconnect, if it went away) the
+                    // part goes again, and the relay's answer to it says where the upload
+                    // stands. A lost connection needs nothing here: the client sends a
+                    // request cut off by a reconnect again by itself.
+                    Err(ClientError::Relay {
+                        code: ErrorCode::Unavailable,
+                        message,
+                    }) => {
+                        tracing::debug!(
+                            part,
+                            %message,
+                            "the relay could not store a part; it goes again"
+                        );
+                        break Err(Restart::Paused(part));
+                    }
                     answer => answer?,
                 };
                 match answer {
@@ -190,7 +207,7 @@ impl ClientHandle {
 enum Restart {
     /// The relay holds parts up to this one.
     From(u32),
-    /// The relay refused this part for now (`rate_limited`).
+    /// The relay refused this part for now (`rate_limited`, `unavailable`).
     Paused(u32),
 }
 
