@@ -2,7 +2,7 @@
 //! device of both reads it whole and byte for byte, with progress; the relay holds only
 //! ciphertext (neither the file's bytes nor its name are on its disk); an upload cut by a
 //! relay restart, or a part the relay answers `unavailable`, goes on where the relay stands;
-//! and a blob tampered with at the relay, or a message whose digest or key does not match,
+//! a download asks again for a part the relay answers `unavailable`; and a blob tampered with at the relay, or a message whose digest or key does not match,
 //! saves nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -324,4 +324,45 @@ async fn a_part_refused_as_unavailable_goes_again_and_the_upload_goes_on() {
     let dest = dir.path().join("big.out");
     handle.save_file(&file, &dest, |_| {}).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+}
+
+/// The relay cannot read a part of a complete blob for a while (it answers `unavailable`, as
+/// it does when its storage fails, or when it goes away mid-request) while the parts after it
+/// are asked for: the download pauses, asks for that part again, goes on, and the file
+/// arrives whole.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_unreadable_for_a_while_is_asked_again_and_the_download_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(&dir.path().join("relay"));
+    let alice = person(dir.path(), &relay, &relay, "alice").await;
+    // 12 parts: part 5 is asked for together with the parts after it (a window is 8 parts).
+    let (path, bytes) = a_file(dir.path(), "big.bin", 12 * 262_128);
+    let handle = alice.one.handle();
+    let file = handle.upload_file(&path, &|_| {}).await.unwrap();
+    // Part 5 moves aside on the relay's disk and a link to itself takes its place: reading
+    // it fails (and not as a missing file), so the relay answers `unavailable`.
+    let (part, _) = files_under(&relay.data.join("blobs"))
+        .into_iter()
+        .find(|(p, _)| p.file_name().unwrap() == "5")
+        .expect("the blob's sixth part on the relay's disk");
+    let aside = part.with_file_name("5.aside");
+    std::fs::rename(&part, &aside).unwrap();
+    std::os::unix::fs::symlink("5", &part).unwrap();
+    let dest = dir.path().join("big.out");
+    let download = handle.save_file(&file, &dest, |_| {});
+    // Once the relay refused it: the part comes back (renamed over the link in one step, so
+    // no read finds it missing), and can be read when asked for again.
+    let unblock = async {
+        let deadline = tokio::time::Instant::now() + support::WAIT;
+        while !relay.metrics().contains("code=\"unavailable\"") {
+            assert!(tokio::time::Instant::now() < deadline, "no part refused");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        std::fs::rename(&aside, &part).unwrap();
+    };
+    let (saved, ()) = tokio::join!(download, unblock);
+    saved.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert!(!dir.path().join("big.out.ferry-part").exists());
 }

@@ -10,7 +10,7 @@ use futures_util::stream::FuturesOrdered;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{AttachmentError, FileRef, Progress, WINDOW};
+use super::{AttachmentError, FileRef, Progress, WINDOW, refused_for_now};
 use crate::client::ClientHandle;
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
@@ -101,9 +101,10 @@ struct Fetch<'a> {
     hasher: Sha256,
     /// Plaintext bytes handed over.
     done: u64,
-    /// The pause before asking again after `rate_limited`, and how many in a row.
+    /// The pause before asking again after a part refused for now ([`refused_for_now`]),
+    /// and how many refusals in a row.
     pause: std::time::Duration,
-    limited: u32,
+    refused: u32,
 }
 
 impl<'a> Fetch<'a> {
@@ -122,7 +123,7 @@ impl<'a> Fetch<'a> {
             hasher: Sha256::new(),
             done: 0,
             pause: super::RATE_PAUSE,
-            limited: 0,
+            refused: 0,
         })
     }
 
@@ -150,13 +151,20 @@ impl<'a> Fetch<'a> {
                 self.asked += 1;
             }
             match self.in_flight.next().await {
-                // The device's attachment bandwidth is used up for now: this part and the
-                // ones asked after it are asked again after a pause.
-                Some(Err(ClientError::RateLimited)) => {
-                    self.limited += 1;
-                    if self.limited > MAX_LIMITED {
-                        return Err(ClientError::RateLimited);
+                // The relay refused this part for now (the device's attachment bandwidth is
+                // used up, or it could not read the part): this part and the ones asked after
+                // it are asked again after a pause. A relay that keeps refusing ends the
+                // download with its refusal.
+                Some(Err(refusal)) if refused_for_now(&refusal) => {
+                    self.refused += 1;
+                    if self.refused > MAX_REFUSED {
+                        return Err(refusal);
                     }
+                    tracing::debug!(
+                        part = index,
+                        %refusal,
+                        "the relay refused a part for now; it is asked for again"
+                    );
                     self.in_flight = FuturesOrdered::new();
                     self.asked = index;
                     tokio::time::sleep(self.pause).await;
@@ -170,7 +178,7 @@ impl<'a> Fetch<'a> {
                             return Err(AttachmentError::Corrupt("the blob's size").into());
                         }
                         self.pause = super::RATE_PAUSE;
-                        self.limited = 0;
+                        self.refused = 0;
                         break bytes;
                     }
                     other => return Err(unexpected(&other)),
@@ -191,8 +199,9 @@ impl<'a> Fetch<'a> {
     }
 }
 
-/// `rate_limited` answers in a row before a download gives up.
-const MAX_LIMITED: u32 = 8;
+/// Parts refused for now ([`refused_for_now`]) in a row before a download gives up with the
+/// last refusal (as many as an upload's restarts without progress, its `MAX_STALLS`).
+const MAX_REFUSED: u32 = 8;
 
 /// Where a download is written until it is checked.
 fn partial_path(dest: &Path) -> PathBuf {

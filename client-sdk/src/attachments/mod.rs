@@ -7,9 +7,10 @@
 //! message carrying a [`FileRef`] (the blob's id, the key, the digest, the name) goes to the
 //! conversation, and its members may fetch the blob. Receiving one
 //! ([`ClientHandle::save_file`](crate::ClientHandle::save_file)) fetches the parts, opens
-//! each (authenticated, in place), and writes the file beside its destination; only when
-//! the whole blob matched the digest is it renamed into place, so an app never sees a byte
-//! that was not checked. Both report [`Progress`].
+//! each (authenticated, in place; a part refused for now is asked for again after a pause),
+//! and writes the file beside its destination; only when the whole blob matched the digest
+//! is it renamed into place, so an app never sees a byte that was not checked. Both report
+//! [`Progress`].
 //!
 //! The relay never sees the key, the name or the plaintext; it sees the blob's size.
 
@@ -19,16 +20,35 @@ mod upload;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_protocol::ErrorCode;
 use ferry_protocol::attachments::{BlobId, FileKey};
 use serde::{Deserialize, Serialize};
+
+use crate::error::ClientError;
 
 /// Parts asked for at once while uploading or downloading (each 256 KiB).
 const WINDOW: usize = 8;
 
-/// The first pause after the relay refused a part for the device's bandwidth
-/// (`rate_limited`); it doubles while refusals go on, up to [`MAX_RATE_PAUSE`].
+/// The first pause after the relay refused a part for now ([`refused_for_now`]); it doubles
+/// while refusals go on, up to [`MAX_RATE_PAUSE`].
 const RATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 const MAX_RATE_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the relay refused a part only for now, so that it goes again after a pause: the
+/// device's attachment bandwidth is used up (`rate_limited`), or the relay could not store or
+/// read the part (`unavailable`: its storage failed, or it is going away). Any other refusal
+/// is for good. A lost connection is not a refusal: the client sends a request cut off by a
+/// reconnect again by itself.
+fn refused_for_now(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::RateLimited
+            | ClientError::Relay {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+    )
+}
 
 /// Longest file name a [`FileRef`] carries, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
