@@ -72,6 +72,8 @@ pub struct Context {
     pub connections: AtomicUsize,
     /// Open connections per client address, and sessions per user.
     pub occupancy: crate::server::Occupancy,
+    /// `last_seen` times of users and devices, written about once a second.
+    pub last_seen: Arc<crate::store::LastSeenWrites>,
     /// Becomes true when the node starts shutting down.
     pub shutdown: watch::Receiver<bool>,
 }

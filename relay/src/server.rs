@@ -261,6 +261,7 @@ impl Server {
             pairing,
             connections: AtomicUsize::new(0),
             occupancy: Occupancy::default(),
+            last_seen: Arc::default(),
             shutdown: stopped.clone(),
             config,
             key,
@@ -274,6 +275,9 @@ impl Server {
         let mut background = vec![
             tokio::spawn(retention(Arc::clone(&context), stopped.clone())),
             tokio::spawn(attachment_deletion(Arc::clone(&context), stopped.clone())),
+            tokio::spawn(
+                Arc::clone(&context.last_seen).run(Arc::clone(&context.store), stopped.clone()),
+            ),
         ];
         if let Some((admin, admin_addr)) = admin_listener {
             tracing::info!(addr = %admin_addr, "admin endpoints (/metrics, /readyz) serving");
@@ -357,6 +361,15 @@ impl Server {
         }
         for task in self.background {
             task.abort();
+        }
+        // Sessions have ended (or were closed): what they noted is the last to write.
+        if let Err(e) = self
+            .context
+            .last_seen
+            .flush(self.context.store.as_ref())
+            .await
+        {
+            tracing::warn!(error = %e, "could not write the last-seen times at shutdown");
         }
         self.context.pusher.stop();
         self.context.pairing.shutdown().await;

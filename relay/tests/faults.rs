@@ -12,7 +12,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_protocol::{ErrorCode, ServerFrame, SigningKey, UserId};
+use ferry_protocol::{DeviceId, ErrorCode, ServerFrame, SigningKey, UserId};
 use ferry_relay::bus::LocalBusHub;
 use ferry_relay::store::{
     AppendOrder, AppendOutcome, CommitConfig, Committer, FaultyStore, StoreError,
@@ -549,4 +549,91 @@ async fn a_refused_cursor_write_is_retried_and_never_answered() {
         node.faults.acks_written() >= 2,
         "written once more after the refusal"
     );
+}
+
+/// The `last_seen` of a user (`people`) or of one of its devices (`devices`), as stored in the
+/// node's SQLite file.
+async fn stored_last_seen(url: &str, user: UserId, device: Option<DeviceId>) -> Option<i64> {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let seen = match device {
+        None => sqlx::query_scalar("SELECT last_seen FROM people WHERE user_id = ?")
+            .bind(user.as_bytes().as_slice())
+            .fetch_optional(&pool)
+            .await
+            .unwrap(),
+        Some(device) => {
+            sqlx::query_scalar("SELECT last_seen FROM devices WHERE user_id = ? AND device_id = ?")
+                .bind(user.as_bytes().as_slice())
+                .bind(device.as_bytes().as_slice())
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    pool.close().await;
+    seen
+}
+
+#[tokio::test]
+async fn a_failed_last_seen_write_is_tried_again_with_what_came_since() {
+    let node = node(|_| {}).await;
+    let laptop = Identity::new_user();
+    let (user, device) = (laptop.user.id(), laptop.device.id());
+    let mut first = node.connect(&laptop, None).await;
+    first.replay().await;
+    drop(first);
+    // The device was last seen long ago, so its next session moves its time.
+    let pool = sqlx::SqlitePool::connect(&node.database_url).await.unwrap();
+    sqlx::query("UPDATE devices SET last_seen = 0 WHERE user_id = ? AND device_id = ?")
+        .bind(user.as_bytes().as_slice())
+        .bind(device.as_bytes().as_slice())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let before = node.faults.last_seen_writes();
+    node.faults.fail_next_last_seen_writes(1);
+    let mut again = node.connect(&laptop, Some(0)).await;
+    again.replay().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let device_seen = stored_last_seen(&node.database_url, user, Some(device)).await;
+        if device_seen.unwrap() > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device's time was not written after the failed write"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stored_last_seen(&node.database_url, user, None)
+            .await
+            .unwrap()
+            > 0
+    );
+    // The refused write, then the one that wrote the user and the device.
+    assert!(node.faults.last_seen_writes() >= before + 2);
+}
+
+#[tokio::test]
+async fn last_seen_times_still_pending_are_written_at_shutdown() {
+    let node = node(|_| {}).await;
+    // Every write of the write-behind fails while the session lives and ends...
+    node.faults.fail_next_last_seen_writes(usize::MAX);
+    let laptop = Identity::new_user();
+    let mut a = node.connect(&laptop, None).await;
+    a.replay().await;
+    a.close().await;
+    let url = node.database_url.clone();
+    let user = laptop.user.id();
+    wait_until(|| node.server.metrics().sessions.get() == 0).await;
+    assert_eq!(stored_last_seen(&url, user, None).await, None);
+    // ...so only the shutdown's write can store them.
+    node.faults.fail_next_last_seen_writes(0);
+    let support::node::Node { server, dir, .. } = node;
+    server.shutdown().await;
+    assert!(stored_last_seen(&url, user, None).await.is_some());
+    drop(dir);
 }

@@ -277,8 +277,8 @@ where
     };
     let recovery = auth.user_proven;
     let admitted = async {
-        // Only reads on the store's reader side, and a rare `last_seen` write: the chain
-        // (written by `ChainAppend`) is what admits a device, never a handshake.
+        // Only reads on the store's reader side (`last_seen` goes to the write-behind): the
+        // chain (written by `ChainAppend`) is what admits a device, never a handshake.
         let now = now_s();
         let record = ctx.store.device(auth.user, auth.device).await?;
         match &record {
@@ -287,7 +287,7 @@ where
             }
             None if !recovery => return Ok(Err(Close::new(ErrorCode::UnknownDevice))),
             Some(record) if now.saturating_sub(record.last_seen) >= LAST_SEEN_RESOLUTION_S => {
-                ctx.store.touch_device(auth.user, auth.device, now).await?;
+                ctx.last_seen.device_seen(auth.user, auth.device, now);
             }
             _ => {}
         }

@@ -260,10 +260,10 @@ pub(super) async fn set_presence(ctx: &Context, asker: Asker, visible: bool) -> 
     done(ctx, stored)
 }
 
-/// A session of `user` started on this node: its last-seen time moves, and the contacts who
-/// may see its presence hear that it is online (and answer with theirs).
+/// A session of `user` started on this node: its last-seen time moves (written behind), and
+/// the contacts who may see its presence hear that it is online (and answer with theirs).
 pub(super) async fn session_online(ctx: &Context, user: UserId) {
-    touch_last_seen(ctx, user, now_s()).await;
+    ctx.last_seen.user_seen(user, now_s());
     let peers = presence_peers(ctx, user).await;
     ctx.hub.presence_online(user, &peers);
 }
@@ -271,7 +271,7 @@ pub(super) async fn session_online(ctx: &Context, user: UserId) {
 /// The last session of `user` on this node ended.
 pub(super) async fn session_offline(ctx: &Context, user: UserId) {
     let now = now_s();
-    touch_last_seen(ctx, user, now).await;
+    ctx.last_seen.user_seen(user, now);
     let peers = presence_peers(ctx, user).await;
     ctx.hub
         .presence_offline(user, &peers, now - now % LAST_SEEN_GRANULARITY_S);
@@ -284,13 +284,6 @@ async fn presence_peers(ctx: &Context, user: UserId) -> Vec<UserId> {
         tracing::debug!(error = %e, "could not read presence peers");
         Vec::new()
     })
-}
-
-/// Stores `user`'s last-seen time (best effort, like the presence it goes with).
-async fn touch_last_seen(ctx: &Context, user: UserId, now_s: u64) {
-    if let Err(e) = ctx.store.touch_last_seen(user, now_s).await {
-        tracing::debug!(error = %e, "could not store last seen");
-    }
 }
 
 /// Hands the notices to the hub: every session of their users, here and on other nodes.

@@ -11,7 +11,11 @@ use async_trait::async_trait;
 use ferry_protocol::{DeviceId, DeviceInfo, UserId};
 
 use super::StoreError;
-use super::sql::{SqlStore, db_int, from_db_int, key32, on_reader, on_writer};
+use sqlx::QueryBuilder;
+
+use super::sql::{
+    SqlStore, TOUCH_ROWS_PER_STATEMENT, db_int, from_db_int, key32, on_reader, on_writer,
+};
 
 /// Storage of a user's devices.
 #[async_trait]
@@ -34,13 +38,11 @@ pub trait DeviceStore: Send + Sync {
     /// The devices the user's chain has admitted, revoked ones included, in admission order.
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, StoreError>;
 
-    /// Raises the device's `last_seen` to `now_s` (Unix seconds); unknown devices are ignored.
-    async fn touch_device(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        now_s: u64,
-    ) -> Result<(), StoreError>;
+    /// Raises each device's `last_seen` to the time given with it (Unix seconds), in one
+    /// statement per few hundred devices; a time never moves one back, and unknown devices
+    /// are ignored. The relay calls it from its write-behind
+    /// ([`LastSeenWrites`](super::LastSeenWrites)), once a second at most.
+    async fn touch_devices(&self, seen: &[(UserId, DeviceId, u64)]) -> Result<(), StoreError>;
 }
 
 /// What the relay knows about one device the user's chain has admitted.
@@ -182,25 +184,23 @@ impl DeviceStore for SqlStore {
             .collect()
     }
 
-    async fn touch_device(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        now_s: u64,
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE devices SET last_seen = {greatest}(last_seen, $3)
-             WHERE user_id = $1 AND device_id = $2",
-            greatest = self.dialect().greatest(),
-        );
-        on_writer!(&self.db, |pool| {
-            sqlx::query(&sql)
-                .bind(user.as_bytes().as_slice())
-                .bind(device.as_bytes().as_slice())
-                .bind(db_int(now_s))
-                .execute(pool)
-                .await?;
-        });
+    async fn touch_devices(&self, seen: &[(UserId, DeviceId, u64)]) -> Result<(), StoreError> {
+        for chunk in seen.chunks(TOUCH_ROWS_PER_STATEMENT) {
+            on_writer!(&self.db, |pool| {
+                let mut query = QueryBuilder::new("WITH seen (user_id, device_id, at) AS (");
+                query.push_values(chunk, |mut row, (user, device, at)| {
+                    row.push_bind(user.as_bytes().as_slice())
+                        .push_bind(device.as_bytes().as_slice())
+                        .push_bind(db_int(*at));
+                });
+                query.push(
+                    ") UPDATE devices SET last_seen = seen.at FROM seen
+                     WHERE devices.user_id = seen.user_id AND devices.device_id = seen.device_id
+                       AND devices.last_seen < seen.at",
+                );
+                query.build().execute(pool).await?;
+            });
+        }
         Ok(())
     }
 }

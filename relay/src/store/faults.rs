@@ -24,6 +24,8 @@
 //!   touching the database;
 //! - [`FaultyStore::fail_next_blob_forgets`]: the next deletions of a blob's row fail after
 //!   its parts were deleted (the relay stopping between the two).
+//! - [`FaultyStore::fail_next_last_seen_writes`]: the next `last_seen` writes of the
+//!   write-behind fail ([`FaultyStore::last_seen_writes`] counts them).
 //!
 //! It is part of the library (not only of the tests) so that chaos experiments against a
 //! running node can use it too; nothing in a normal start-up wraps the store with it.
@@ -72,6 +74,8 @@ pub struct FaultyStore {
     fail_acks: AtomicUsize,
     fail_conv: AtomicUsize,
     fail_forgets: AtomicUsize,
+    fail_last_seen: AtomicUsize,
+    last_seen_writes: AtomicUsize,
 }
 
 /// Lets a budget of reads through, then holds the rest until resumed.
@@ -141,6 +145,8 @@ impl FaultyStore {
             fail_acks: AtomicUsize::new(0),
             fail_conv: AtomicUsize::new(0),
             fail_forgets: AtomicUsize::new(0),
+            fail_last_seen: AtomicUsize::new(0),
+            last_seen_writes: AtomicUsize::new(0),
         })
     }
 
@@ -257,6 +263,26 @@ impl FaultyStore {
         Ok(())
     }
 
+    /// The next `n` `last_seen` writes (a user batch or a device batch of the write-behind)
+    /// fail before touching the database.
+    pub fn fail_next_last_seen_writes(&self, n: usize) {
+        self.fail_last_seen.store(n, Ordering::SeqCst);
+    }
+
+    /// How many `last_seen` writes (user or device batches) reached this store, failed ones
+    /// included.
+    pub fn last_seen_writes(&self) -> usize {
+        self.last_seen_writes.load(Ordering::SeqCst)
+    }
+
+    fn last_seen_fault(&self) -> Result<(), StoreError> {
+        self.last_seen_writes.fetch_add(1, Ordering::SeqCst);
+        if Self::take_one(&self.fail_last_seen) {
+            return Err(injected("last-seen write refused"));
+        }
+        Ok(())
+    }
+
     fn people_fault(&self) -> Result<(), StoreError> {
         if Self::take_one(&self.fail_people) {
             return Err(injected("people operation refused"));
@@ -366,13 +392,9 @@ impl DeviceStore for FaultyStore {
         self.inner.list_devices(user).await
     }
 
-    async fn touch_device(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        now_s: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.touch_device(user, device, now_s).await
+    async fn touch_devices(&self, seen: &[(UserId, DeviceId, u64)]) -> Result<(), StoreError> {
+        self.last_seen_fault()?;
+        self.inner.touch_devices(seen).await
     }
 }
 
@@ -512,8 +534,9 @@ impl PeopleStore for FaultyStore {
         self.inner.presence_peers(user).await
     }
 
-    async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError> {
-        self.inner.touch_last_seen(user, now_s).await
+    async fn touch_last_seen(&self, seen: &[(UserId, u64)]) -> Result<(), StoreError> {
+        self.last_seen_fault()?;
+        self.inner.touch_last_seen(seen).await
     }
 }
 

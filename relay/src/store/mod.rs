@@ -132,6 +132,7 @@ pub mod conv_committer;
 mod conversations;
 mod devices;
 pub mod faults;
+pub mod last_seen;
 mod log;
 mod people;
 mod push;
@@ -158,6 +159,7 @@ pub use conversations::{
 };
 pub use devices::{DeviceRecord, DeviceStore};
 pub use faults::FaultyStore;
+pub use last_seen::LastSeenWrites;
 pub(crate) use log::plan::{batch_users, distinct_users};
 pub use log::{
     AppendOutcome, AppendRequest, LogBounds, LogStore, TRIM_BATCH, TRIM_USERS_PAGE,
@@ -333,7 +335,7 @@ pub enum StoreError {
     InvalidUrl(String),
     /// The database failed or could not be reached.
     #[error("database error: {0}")]
-    Database(#[source] Arc<sqlx::Error>),
+    Database(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// Running the migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[source] Arc<sqlx::migrate::MigrateError>),

@@ -37,9 +37,12 @@ use ferry_protocol::people::{
     SealedProfile,
 };
 use ferry_protocol::{ErrorCode, Event, UserId, codec};
+use sqlx::QueryBuilder;
 
 use super::StoreError;
-use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader, on_writer};
+use super::sql::{
+    SqlStore, TOUCH_ROWS_PER_STATEMENT, Tx, db_int, from_db_int, in_tx, key32, on_reader, on_writer,
+};
 
 /// Seconds in the day of the daily request limit (UTC days).
 const DAY_S: u64 = 86_400;
@@ -199,8 +202,10 @@ pub trait PeopleStore: Send + Sync {
     /// contacts when both show presence (empty when `user` hides it).
     async fn presence_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
 
-    /// Records that `user` was online at `now_s`.
-    async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError>;
+    /// Records when each user was last online (Unix seconds), in one statement per few
+    /// hundred users; a time never moves one back. The relay calls it from its write-behind
+    /// ([`LastSeenWrites`](super::LastSeenWrites)), once a second at most.
+    async fn touch_last_seen(&self, seen: &[(UserId, u64)]) -> Result<(), StoreError>;
 }
 
 /// Appends `notice` to `user`'s log as the next event, from [`RELAY_DEVICE`] with
@@ -1062,18 +1067,21 @@ impl PeopleStore for SqlStore {
             .collect()
     }
 
-    async fn touch_last_seen(&self, user: UserId, now_s: u64) -> Result<(), StoreError> {
-        on_writer!(&self.db, |pool| {
-            sqlx::query(
-                "INSERT INTO people (user_id, last_seen) VALUES ($1, $2)
-                 ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen
-                 WHERE people.last_seen < excluded.last_seen",
-            )
-            .bind(user.as_bytes().as_slice())
-            .bind(db_int(now_s))
-            .execute(pool)
-            .await?;
-        });
+    async fn touch_last_seen(&self, seen: &[(UserId, u64)]) -> Result<(), StoreError> {
+        for chunk in seen.chunks(TOUCH_ROWS_PER_STATEMENT) {
+            on_writer!(&self.db, |pool| {
+                let mut query = QueryBuilder::new("INSERT INTO people (user_id, last_seen) ");
+                query.push_values(chunk, |mut row, (user, at)| {
+                    row.push_bind(user.as_bytes().as_slice())
+                        .push_bind(db_int(*at));
+                });
+                query.push(
+                    " ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen
+                     WHERE people.last_seen < excluded.last_seen",
+                );
+                query.build().execute(pool).await?;
+            });
+        }
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ use self::plan::{AppendKey, DeviceKey, Stored, UserHead, plan_batch, trim_target
 #[cfg(doc)]
 use super::ChainStore;
 use super::StoreError;
-use super::sql::{SqlStore, Tx, db_int, from_db_int, in_tx, key32, on_reader};
+use super::sql::{Db, SqlStore, db_int, from_db_int, in_tx, key32, on_reader};
 
 /// Most events deleted in one retention transaction.
 pub const TRIM_BATCH: u64 = 1000;
@@ -440,23 +440,31 @@ impl LogStore for SqlStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.db.begin().await?;
-        let state = match &mut tx {
-            Tx::Sqlite(tx) => sqlite::read_batch_state(tx, requests).await?,
-            Tx::Postgres(tx) => postgres::read_batch_state(tx, requests).await?,
+        let quota = self.quota;
+        let pool = match &self.db {
+            Db::Postgres { pool } => pool,
+            Db::Sqlite { writer, direct, .. } => {
+                // The job owns its requests (it runs on a thread of its own): a copy of the
+                // payloads, far cheaper than the statements it saves.
+                let requests = requests.to_vec();
+                return direct
+                    .run(writer, move |conn| {
+                        sqlite::append_batch(conn, &requests, now_ms, quota)
+                    })
+                    .await;
+            }
         };
+        let mut tx = pool.begin().await?;
+        let state = postgres::read_batch_state(&mut tx, requests).await?;
         let plan = plan_batch(
             requests,
             &state.heads,
             &state.stored,
             &state.trimmed,
             &state.active,
-            self.quota,
+            quota,
         )?;
-        match &mut tx {
-            Tx::Sqlite(tx) => sqlite::write_plan(tx, &plan, now_ms).await?,
-            Tx::Postgres(tx) => postgres::write_plan(tx, &plan, now_ms).await?,
-        }
+        postgres::write_plan(&mut tx, &plan, now_ms).await?;
         tx.commit().await?;
         Ok(plan.outcomes)
     }

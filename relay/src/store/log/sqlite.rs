@@ -1,128 +1,168 @@
-//! The append batch's statements on SQLite: multi-row `VALUES` and row-value `IN` lists, a
-//! few hundred rows per statement, so a batch of a thousand appends is a handful of
-//! statements instead of thousands of round trips to SQLite's worker thread. The writer is
-//! already exclusive (`BEGIN IMMEDIATE`), so reading the heads is all step 1 needs.
+//! The append batch on SQLite: the whole transaction as one blocking call on the writer's
+//! direct connection ([`sqlite_direct`]), each step a statement prepared once (rusqlite's
+//! statement cache keeps it between batches) and run per user, device or event. Inside one call a statement costs SQLite's work only (a few
+//! microseconds), with no thread hand-off per statement or row as through sqlx, and without
+//! parsing a statement of hundreds of rows every batch. The writer is exclusive for the
+//! whole transaction (`BEGIN IMMEDIATE`), so reading the heads is all step 1 needs.
+//!
+//! [`sqlite_direct`]: crate::store::sql::sqlite_direct
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::HashMap;
 
-use super::plan::{BatchPlan, DeviceKey, batch_devices, batch_keys, batch_users};
-use super::{AppendRequest, BatchState};
-use crate::store::StoreError;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::plan::{BatchPlan, DeviceKey, batch_devices, batch_users, plan_batch};
+use super::{
+    ActiveRow, AppendOutcome, AppendRequest, BatchState, HeadRow, StoredRow, WatermarkRow,
+};
 use crate::store::sql::db_int;
+use crate::store::{Quota, StoreError};
 
-/// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766-parameter
-/// limit.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Runs [`LogStore::append_batch`](super::LogStore::append_batch) in one transaction on `conn`.
+pub(super) fn append_batch(
+    conn: &mut rusqlite::Connection,
+    requests: &[AppendRequest],
+    now_ms: u64,
+    quota: Quota,
+) -> Result<Vec<AppendOutcome>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let state = read_batch_state(&tx, requests)?;
+    let plan = plan_batch(
+        requests,
+        &state.heads,
+        &state.stored,
+        &state.trimmed,
+        &state.active,
+        quota,
+    )?;
+    write_plan(&tx, &plan, now_ms)?;
+    tx.commit()?;
+    Ok(plan.outcomes)
+}
 
 /// Steps 1 and 2 of an append batch (see the module docs of [`super`]).
-pub(super) async fn read_batch_state(
-    conn: &mut SqliteConnection,
+fn read_batch_state(
+    tx: &rusqlite::Transaction<'_>,
     requests: &[AppendRequest],
 ) -> Result<BatchState, StoreError> {
     let mut state = BatchState::default();
-    // Heads: one upsert per chunk makes sure every user has a row and reads it.
-    for chunk in batch_users(requests).chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO users (user_id) ");
-        query.push_values(chunk, |mut row, user| {
-            row.push_bind(user.as_bytes().as_slice());
-        });
-        query.push(
-            " ON CONFLICT (user_id) DO UPDATE SET head = head
-              RETURNING user_id, head, earliest, bytes, chain_epoch",
-        );
-        for row in query.build_query_as().fetch_all(&mut *conn).await? {
-            state.add_head(row)?;
-        }
+    // Heads: read, or created for a user's first event. Reading first leaves the rows of
+    // known users untouched (an upsert would write each one).
+    let mut read_head = tx.prepare_cached(
+        "SELECT head, earliest, bytes, chain_epoch FROM users WHERE user_id = ?1",
+    )?;
+    let mut create_head = tx.prepare_cached(
+        "INSERT INTO users (user_id) VALUES (?1) RETURNING head, earliest, bytes, chain_epoch",
+    )?;
+    for user in batch_users(requests) {
+        let user_id = user.as_bytes().as_slice();
+        let head_row = |row: &rusqlite::Row<'_>| {
+            Ok(HeadRow {
+                user_id: user_id.to_vec(),
+                head: row.get(0)?,
+                earliest: row.get(1)?,
+                bytes: row.get(2)?,
+                chain_epoch: row.get(3)?,
+            })
+        };
+        let row = match read_head.query_row([user_id], head_row).optional()? {
+            Some(row) => row,
+            None => create_head.query_row([user_id], head_row)?,
+        };
+        state.add_head(row)?;
     }
-    // Retries: the keys of the batch already in the log.
-    for chunk in batch_keys(requests).chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT user_id, device_id, device_seq, seq, payload FROM events
-             WHERE (user_id, device_id, device_seq) IN (",
-        );
-        let mut keys = query.separated(", ");
-        for (user, device, device_seq) in chunk {
-            keys.push("(");
-            keys.push_bind_unseparated(user.as_bytes().as_slice());
-            keys.push_unseparated(", ");
-            keys.push_bind_unseparated(device.as_bytes().as_slice());
-            keys.push_unseparated(", ");
-            keys.push_bind_unseparated(db_int(*device_seq));
-            keys.push_unseparated(")");
+    // Per device: what of its batch's range is stored already (retries), retention's
+    // watermark, and whether the chain admits it and has not revoked it. One range scan per
+    // device instead of a lookup per key: new appends are above anything stored, so the
+    // range is usually empty.
+    let mut stored_in_range = tx.prepare_cached(
+        "SELECT device_seq, seq, payload FROM events
+         WHERE user_id = ?1 AND device_id = ?2 AND device_seq BETWEEN ?3 AND ?4",
+    )?;
+    let mut device_state = tx.prepare_cached(
+        "SELECT (SELECT device_seq FROM trimmed_device_seqs
+                 WHERE user_id = ?1 AND device_id = ?2),
+                EXISTS (SELECT 1 FROM devices
+                        WHERE user_id = ?1 AND device_id = ?2
+                          AND admitted_seqno IS NOT NULL AND revoked_at IS NULL)",
+    )?;
+    let ranges = device_seq_ranges(requests);
+    for (user, device) in batch_devices(requests) {
+        let (user_id, device_id) = (user.as_bytes().as_slice(), device.as_bytes().as_slice());
+        let (low, high) = ranges[&(user, device)];
+        let mut rows = stored_in_range.query(params![user_id, device_id, low, high])?;
+        while let Some(row) = rows.next()? {
+            state.add_stored(StoredRow {
+                user_id: user_id.to_vec(),
+                device_id: device_id.to_vec(),
+                device_seq: row.get(0)?,
+                seq: row.get(1)?,
+                payload: row.get(2)?,
+            })?;
         }
-        query.push(")");
-        for row in query.build_query_as().fetch_all(&mut *conn).await? {
-            state.add_stored(row)?;
+        let (watermark, active): (Option<i64>, bool) =
+            device_state.query_row([user_id, device_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        if let Some(device_seq) = watermark {
+            state.add_watermark(WatermarkRow {
+                user_id: user_id.to_vec(),
+                device_id: device_id.to_vec(),
+                device_seq,
+            })?;
         }
-    }
-    // Retention's watermarks for the batch's devices.
-    for chunk in batch_devices(requests).chunks(ROWS_PER_STATEMENT) {
-        let mut query = of_devices(
-            "SELECT user_id, device_id, device_seq FROM trimmed_device_seqs
-             WHERE (user_id, device_id) IN (",
-            chunk,
-        );
-        for row in query.build_query_as().fetch_all(&mut *conn).await? {
-            state.add_watermark(row)?;
-        }
-    }
-    // Which of the batch's devices the chain admits and has not revoked.
-    for chunk in batch_devices(requests).chunks(ROWS_PER_STATEMENT) {
-        let mut query = of_devices(
-            "SELECT user_id, device_id FROM devices
-             WHERE admitted_seqno IS NOT NULL AND revoked_at IS NULL
-               AND (user_id, device_id) IN (",
-            chunk,
-        );
-        for row in query.build_query_as().fetch_all(&mut *conn).await? {
-            state.add_active(row)?;
+        if active {
+            state.add_active(ActiveRow {
+                user_id: user_id.to_vec(),
+                device_id: device_id.to_vec(),
+            })?;
         }
     }
     Ok(state)
 }
 
-/// `head` (a statement ending in `(user_id, device_id) IN (`) completed with `devices`.
-fn of_devices<'a>(head: &str, devices: &'a [DeviceKey]) -> QueryBuilder<'a, Sqlite> {
-    let mut query = QueryBuilder::<Sqlite>::new(head);
-    let mut keys = query.separated(", ");
-    for (user, device) in devices {
-        keys.push("(");
-        keys.push_bind_unseparated(user.as_bytes().as_slice());
-        keys.push_unseparated(", ");
-        keys.push_bind_unseparated(device.as_bytes().as_slice());
-        keys.push_unseparated(")");
+/// The lowest and highest `device_seq` of each device in the batch, as stored (`db_int`).
+fn device_seq_ranges(requests: &[AppendRequest]) -> HashMap<DeviceKey, (i64, i64)> {
+    let mut ranges = HashMap::<DeviceKey, (i64, i64)>::new();
+    for request in requests {
+        let seq = db_int(request.device_seq);
+        ranges
+            .entry((request.user, request.device))
+            .and_modify(|(low, high)| {
+                *low = (*low).min(seq);
+                *high = (*high).max(seq);
+            })
+            .or_insert((seq, seq));
     }
-    query.push(")");
-    query
+    ranges
 }
 
 /// Step 4 of an append batch: the new events and the new heads.
-pub(super) async fn write_plan(
-    conn: &mut SqliteConnection,
+fn write_plan(
+    tx: &rusqlite::Transaction<'_>,
     plan: &BatchPlan<'_>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    for chunk in plan.inserts.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms) ",
-        );
-        query.push_values(chunk, |mut row, (seq, request)| {
-            row.push_bind(request.user.as_bytes().as_slice())
-                .push_bind(db_int(*seq))
-                .push_bind(request.device.as_bytes().as_slice())
-                .push_bind(db_int(request.device_seq))
-                .push_bind(request.payload.0.as_slice())
-                .push_bind(db_int(now_ms));
-        });
-        query.build().execute(&mut *conn).await?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (user_id, seq, device_id, device_seq, payload, committed_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (seq, request) in &plan.inserts {
+        insert.execute(params![
+            request.user.as_bytes().as_slice(),
+            db_int(*seq),
+            request.device.as_bytes().as_slice(),
+            db_int(request.device_seq),
+            request.payload.0.as_slice(),
+            db_int(now_ms),
+        ])?;
     }
+    let mut raise_head =
+        tx.prepare_cached("UPDATE users SET head = ?2, bytes = bytes + ?3 WHERE user_id = ?1")?;
     for (user, head, bytes) in &plan.heads {
-        sqlx::query("UPDATE users SET head = $2, bytes = bytes + $3 WHERE user_id = $1")
-            .bind(user.as_bytes().as_slice())
-            .bind(db_int(*head))
-            .bind(db_int(*bytes))
-            .execute(&mut *conn)
-            .await?;
+        raise_head.execute(params![
+            user.as_bytes().as_slice(),
+            db_int(*head),
+            db_int(*bytes)
+        ])?;
     }
     Ok(())
 }

@@ -56,6 +56,7 @@ pub(crate) use {in_tx, on_reader, on_writer};
 
 mod postgres;
 mod sqlite;
+pub(crate) mod sqlite_direct;
 
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
@@ -105,6 +106,8 @@ pub(crate) enum Db {
     Sqlite {
         writer: SqlitePool,
         reader: SqlitePool,
+        /// The writer's second connection, for append batches (see [`sqlite_direct`]).
+        direct: sqlite_direct::DirectWriter,
     },
     /// One pool for everything.
     Postgres { pool: PgPool },
@@ -165,7 +168,7 @@ impl Db {
 
     pub(crate) async fn close(&self) {
         match self {
-            Self::Sqlite { writer, reader } => {
+            Self::Sqlite { writer, reader, .. } => {
                 reader.close().await;
                 writer.close().await;
             }
@@ -206,6 +209,10 @@ impl Tx {
         Ok(())
     }
 }
+
+/// Rows per multi-row statement of the `last_seen` write-behind: 3 parameters a row stays
+/// far below both backends' parameter limits (SQLite 32,766, PostgreSQL 65,535).
+pub(crate) const TOUCH_ROWS_PER_STATEMENT: usize = 500;
 
 // ---------------------------------------------------------------------------------------------
 // Conversions between Rust values and columns, the same for every domain.

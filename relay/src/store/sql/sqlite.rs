@@ -10,7 +10,8 @@
 //! holds the write lock until it commits (also against another process, which waits up to
 //! the busy timeout). Reads go through a separate pool of `query_only` connections, which WAL
 //! lets run next to the writer. An in-memory database (`sqlite::memory:`) uses the writer for
-//! both.
+//! both. Append batches run on a second writing connection, in turn with the pool's
+//! ([`super::sqlite_direct`]).
 
 use std::str::FromStr;
 
@@ -18,6 +19,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::Db;
+use super::sqlite_direct::DirectWriter;
 use crate::store::{StoreError, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -37,7 +39,7 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Db, Sto
         .idle_timeout(None)
         .max_lifetime(None)
         .acquire_timeout(options.acquire_timeout)
-        .connect_with(writer_options)
+        .connect_with(writer_options.clone())
         .await?;
     MIGRATOR.run(&writer).await?;
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -50,5 +52,10 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Db, Sto
             .connect_with(base.create_if_missing(false).pragma("query_only", "ON"))
             .await?
     };
-    Ok(Db::Sqlite { writer, reader })
+    let direct = DirectWriter::open(&writer_options, in_memory, options.busy_timeout)?;
+    Ok(Db::Sqlite {
+        writer,
+        reader,
+        direct,
+    })
 }
