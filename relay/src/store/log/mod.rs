@@ -448,7 +448,7 @@ impl LogStore for SqlStore {
                 // payloads, far cheaper than the statements it saves.
                 let requests = requests.to_vec();
                 return direct
-                    .run(writer, move |conn| {
+                    .write(writer, move |conn| {
                         sqlite::append_batch(conn, &requests, now_ms, quota)
                     })
                     .await;
@@ -478,6 +478,13 @@ impl LogStore for SqlStore {
     ) -> Result<Vec<Event>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        if let Db::Sqlite { writer, direct, .. } = &self.db {
+            return direct
+                .read(writer, move |conn| {
+                    sqlite::read_page(conn, user, after_seq, limit, max_bytes)
+                })
+                .await;
         }
         let rows: Vec<EventRow> = on_reader!(&self.db, |pool| {
             sqlx::query_as(READ_PAGE_SQL)

@@ -1,6 +1,7 @@
-//! The append batch on SQLite: the whole transaction as one blocking call on the writer's
-//! direct connection ([`sqlite_direct`]), each step a statement prepared once (rusqlite's
-//! statement cache keeps it between batches) and run per user, device or event. Inside one call a statement costs SQLite's work only (a few
+//! The log's hot paths on SQLite, each one blocking call on rusqlite's connections
+//! ([`sqlite_direct`]) with statements prepared once (rusqlite's statement cache keeps them):
+//! the append batch, whose every step is a statement run per user, device or event, and a
+//! replay page, read row by row without a hand-off per row. Inside one call a statement costs SQLite's work only (a few
 //! microseconds), with no thread hand-off per statement or row as through sqlx, and without
 //! parsing a statement of hundreds of rows every batch. The writer is exclusive for the
 //! whole transaction (`BEGIN IMMEDIATE`), so reading the heads is all step 1 needs.
@@ -8,14 +9,18 @@
 //! [`sqlite_direct`]: crate::store::sql::sqlite_direct
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
+use ferry_protocol::{Event, UserId};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::plan::{BatchPlan, DeviceKey, batch_devices, batch_users, plan_batch};
 use super::{
-    ActiveRow, AppendOutcome, AppendRequest, BatchState, HeadRow, StoredRow, WatermarkRow,
+    ActiveRow, AppendOutcome, AppendRequest, BatchState, EventRow, HeadRow, READ_PAGE_SQL,
+    StoredRow, WatermarkRow,
 };
 use crate::store::sql::db_int;
+use crate::store::sql::sqlite_direct::numbered;
 use crate::store::{Quota, StoreError};
 
 /// Runs [`LogStore::append_batch`](super::LogStore::append_batch) in one transaction on `conn`.
@@ -165,4 +170,35 @@ fn write_plan(
         ])?;
     }
     Ok(())
+}
+
+/// [`READ_PAGE_SQL`] with SQLite's numbered parameters.
+static READ_PAGE: LazyLock<String> = LazyLock::new(|| numbered(READ_PAGE_SQL));
+
+/// [`LogStore::read_page`](super::LogStore::read_page) on `conn`.
+pub(super) fn read_page(
+    conn: &mut rusqlite::Connection,
+    user: UserId,
+    after_seq: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut page = conn.prepare_cached(&READ_PAGE)?;
+    let mut rows = page.query(params![
+        user.as_bytes().as_slice(),
+        db_int(after_seq),
+        db_int(limit as u64),
+        db_int(max_bytes.max(1) as u64),
+    ])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        let row = EventRow {
+            seq: row.get(0)?,
+            device_id: row.get(1)?,
+            device_seq: row.get(2)?,
+            payload: row.get(3)?,
+        };
+        events.push(row.into_event()?);
+    }
+    Ok(events)
 }

@@ -106,8 +106,8 @@ pub(crate) enum Db {
     Sqlite {
         writer: SqlitePool,
         reader: SqlitePool,
-        /// The writer's second connection, for append batches (see [`sqlite_direct`]).
-        direct: sqlite_direct::DirectWriter,
+        /// rusqlite's connections for the hot paths (see [`sqlite_direct`]).
+        direct: sqlite_direct::Direct,
     },
     /// One pool for everything.
     Postgres { pool: PgPool },

@@ -10,8 +10,8 @@
 //! holds the write lock until it commits (also against another process, which waits up to
 //! the busy timeout). Reads go through a separate pool of `query_only` connections, which WAL
 //! lets run next to the writer. An in-memory database (`sqlite::memory:`) uses the writer for
-//! both. Append batches run on a second writing connection, in turn with the pool's
-//! ([`super::sqlite_direct`]).
+//! both. The hot paths (append batches, replay pages) run on rusqlite's
+//! connections to the same database instead ([`super::sqlite_direct`]).
 
 use std::str::FromStr;
 
@@ -19,7 +19,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::Db;
-use super::sqlite_direct::DirectWriter;
+use super::sqlite_direct::Direct;
 use crate::store::{StoreError, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -52,7 +52,12 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Db, Sto
             .connect_with(base.create_if_missing(false).pragma("query_only", "ON"))
             .await?
     };
-    let direct = DirectWriter::open(&writer_options, in_memory, options.busy_timeout)?;
+    let direct = Direct::open(
+        &writer_options,
+        in_memory,
+        options.busy_timeout,
+        options.max_connections as usize,
+    )?;
     Ok(Db::Sqlite {
         writer,
         reader,

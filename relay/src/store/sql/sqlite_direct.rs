@@ -1,14 +1,17 @@
-//! The SQLite writer's hot path as one blocking call instead of a hand-off per statement.
+//! SQLite's hot paths as one blocking call instead of a hand-off per statement.
 //!
 //! sqlx runs each SQLite connection on a worker thread of its own and hands it every
 //! statement, and every row back, through channels: an append batch of a few dozen
-//! statements is a few dozen round trips between threads, and under load those hand-offs and
-//! sqlx's per-row decoding cost more than SQLite's own work (the flame graphs in
-//! `docs/flamegraphs/`, `docs/benchmarks.md`). So the append batch runs as one job on a
-//! blocking thread, on a second connection to the same database opened with rusqlite, whose
-//! statements stay prepared from one batch to the next.
+//! statements is a few dozen round trips between threads, a replay page of a thousand events
+//! a thousand, and under load those hand-offs and sqlx's per-row decoding cost more than
+//! SQLite's own work (the flame graphs in `docs/flamegraphs/`, `docs/benchmarks.md`). So the
+//! hot paths run as one job on a blocking thread, on connections to the same database opened
+//! with rusqlite, whose statements stay prepared from one job to the next: the append batch
+//! on a second writing connection ([`Direct::write`]), replay pages on read-only ones
+//! ([`Direct::read`]). (A reconnect's one-row reads gain nothing: one hand-off to a blocking
+//! thread costs what sqlx's does; docs/benchmarks.md.)
 //!
-//! There is still one writer at a time: a job first takes the sqlx writer pool's only
+//! There is still one writer at a time: a writing job first takes the sqlx writer pool's only
 //! connection and holds it until it has committed, so no other write of this process runs
 //! meanwhile, and the database's write lock (`BEGIN IMMEDIATE`) never finds a writer of its
 //! own process in the way (another process waits up to the busy timeout, as before).
@@ -17,29 +20,65 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use rusqlite::OpenFlags;
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::Semaphore;
 
 use crate::store::StoreError;
 
-/// The second connection to the writer's database (see the module docs).
+/// rusqlite's connections to the store's SQLite database (see the module docs).
 #[derive(Clone)]
-pub(crate) struct DirectWriter(Arc<Mutex<rusqlite::Connection>>);
+pub(crate) struct Direct {
+    /// The second writing connection.
+    writer: Arc<Mutex<rusqlite::Connection>>,
+    /// Read-only connections; `None` for an in-memory database, whose reads take the
+    /// writer's turn (it has one connection in sqlx too).
+    readers: Option<Arc<Readers>>,
+}
 
-impl fmt::Debug for DirectWriter {
+impl fmt::Debug for Direct {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DirectWriter")
+        f.debug_struct("Direct")
+            .field("readers", &self.readers.as_ref().map(|r| r.max))
+            .finish_non_exhaustive()
     }
 }
 
-impl DirectWriter {
-    /// Opens the database sqlx opened with `options` (after its migrations), with the
-    /// pragmas the sqlx writer has: every commit synced, foreign keys enforced.
+/// A pool of read-only connections, opened when first needed, at most `max` at once.
+struct Readers {
+    idle: Mutex<Vec<rusqlite::Connection>>,
+    permits: Semaphore,
+    max: usize,
+    filename: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl Readers {
+    fn open(&self) -> Result<rusqlite::Connection, StoreError> {
+        // Opened for writing, like sqlx's readers, and made `query_only`: WAL readers share
+        // the `-shm` index, which a read-only open may not be able to set up.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(&self.filename, flags)?;
+        conn.busy_timeout(self.busy_timeout)?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(conn)
+    }
+}
+
+impl Direct {
+    /// Opens the database sqlx opened with `options` (after its migrations): the writing
+    /// connection now, with the pragmas the sqlx writer has (every commit synced, foreign
+    /// keys enforced), and up to `max_readers` read-only ones when first needed.
     pub(super) fn open(
         options: &SqliteConnectOptions,
         in_memory: bool,
         busy_timeout: Duration,
+        max_readers: usize,
     ) -> Result<Self, StoreError> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_URI
@@ -67,7 +106,20 @@ impl DirectWriter {
                     .into(),
             ));
         }
-        Ok(Self(Arc::new(Mutex::new(conn))))
+        let readers = (!in_memory).then(|| {
+            let max = max_readers.max(1);
+            Arc::new(Readers {
+                idle: Mutex::new(Vec::with_capacity(max)),
+                permits: Semaphore::new(max),
+                max,
+                filename: options.get_filename().to_path_buf(),
+                busy_timeout,
+            })
+        });
+        Ok(Self {
+            writer: Arc::new(Mutex::new(conn)),
+            readers,
+        })
     }
 
     /// Runs `job` on this connection, on a blocking thread, while holding `writer`'s only
@@ -77,14 +129,14 @@ impl DirectWriter {
     /// runs to its end and only then gives the turn back. A job must end every transaction
     /// it begins: rusqlite's [`rusqlite::Transaction`] rolls back when dropped, also when
     /// the job panics.
-    pub(crate) async fn run<T, F>(&self, writer: &SqlitePool, job: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, writer: &SqlitePool, job: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let turn = writer.acquire().await?;
-        let conn = Arc::clone(&self.0);
-        let joined = tokio::task::spawn_blocking(move || {
+        let conn = Arc::clone(&self.writer);
+        blocking(move || {
             // A job that panicked rolled its transaction back while unwinding: the
             // connection is usable.
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -93,13 +145,66 @@ impl DirectWriter {
             drop(turn);
             result
         })
+        .await
+    }
+
+    /// Runs `job` on a read-only connection (query_only: a job cannot write through it),
+    /// on a blocking thread, at most as many at once as sqlx's reader pool allows. On an
+    /// in-memory database, on the writing connection in the writer's turn (`writer`).
+    pub(crate) async fn read<T, F>(&self, writer: &SqlitePool, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let Some(readers) = &self.readers else {
+            return self.write(writer, job).await;
+        };
+        let permit = readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let readers = Arc::clone(readers);
+        let result = blocking(move || {
+            let idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => readers.open()?,
+            };
+            let result = job(&mut conn);
+            // A read-only connection has no transaction to leave open: back to the pool.
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            result
+        })
         .await;
-        match joined {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // Only when the runtime shuts down.
-            Err(_) => Err(StoreError::Closed),
-        }
+        drop(permit);
+        result
+    }
+}
+
+/// `sql` (written with PostgreSQL's `$n` parameters, which sqlx takes on both backends) with
+/// SQLite's `?n`, which bind by number in rusqlite: the same statement text serves both.
+pub(crate) fn numbered(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+/// Runs `job` on tokio's blocking threads and hands its panic on.
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(job).await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Only when the runtime shuts down.
+        Err(_) => Err(StoreError::Closed),
     }
 }
 
@@ -117,7 +222,7 @@ mod tests {
     use crate::store::StoreOptions;
     use crate::store::sql::Db;
 
-    async fn open(url: &str) -> (SqlitePool, DirectWriter) {
+    async fn open(url: &str) -> (SqlitePool, Direct) {
         match super::super::sqlite::connect(url, &StoreOptions::default())
             .await
             .unwrap()
@@ -134,7 +239,7 @@ mod tests {
         for url in ["sqlite::memory:", file.as_str()] {
             let (writer, direct) = open(url).await;
             let seen = direct
-                .run(&writer, |conn| {
+                .write(&writer, |conn| {
                     conn.execute("INSERT INTO users (user_id) VALUES (randomblob(32))", [])?;
                     Ok(conn
                         .query_row("SELECT COUNT(*) FROM users", [], |row| row.get::<_, i64>(0))?)
@@ -148,6 +253,38 @@ mod tests {
                 .unwrap();
             assert_eq!(count, 1, "{url}: sqlx sees the job's commit");
         }
+    }
+
+    #[tokio::test]
+    async fn readers_see_what_was_committed_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let (writer, direct) = open(&url).await;
+        let count = |direct: Direct, writer: SqlitePool| async move {
+            direct
+                .read(&writer, |conn| {
+                    Ok(conn
+                        .query_row("SELECT COUNT(*) FROM users", [], |row| row.get::<_, i64>(0))?)
+                })
+                .await
+                .unwrap()
+        };
+        assert_eq!(count(direct.clone(), writer.clone()).await, 0);
+        sqlx::query("INSERT INTO users (user_id) VALUES (randomblob(32))")
+            .execute(&writer)
+            .await
+            .unwrap();
+        assert_eq!(count(direct.clone(), writer.clone()).await, 1);
+        let written = direct
+            .read(&writer, |conn| {
+                Ok(conn.execute("INSERT INTO users (user_id) VALUES (randomblob(32))", [])?)
+            })
+            .await;
+        assert!(
+            matches!(written, Err(StoreError::Database(_))),
+            "{written:?}"
+        );
+        assert_eq!(count(direct, writer).await, 1);
     }
 
     #[tokio::test]
@@ -169,7 +306,7 @@ mod tests {
             let (writer, direct) = (writer.clone(), direct.clone());
             tokio::spawn(async move {
                 direct
-                    .run(&writer, |_| {
+                    .write(&writer, |_| {
                         std::thread::sleep(Duration::from_millis(300));
                         Ok(Instant::now())
                     })
@@ -194,7 +331,7 @@ mod tests {
     async fn a_failed_or_panicking_job_leaves_no_transaction_open() {
         let (writer, direct) = open("sqlite::memory:").await;
         let failed = direct
-            .run(&writer, |conn| {
+            .write(&writer, |conn| {
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 tx.execute("INSERT INTO users (user_id) VALUES (randomblob(32))", [])?;
@@ -208,7 +345,7 @@ mod tests {
             let (writer, direct) = (writer.clone(), direct.clone());
             tokio::spawn(async move {
                 direct
-                    .run(&writer, |conn| -> Result<(), StoreError> {
+                    .write(&writer, |conn| -> Result<(), StoreError> {
                         let tx = conn
                             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                         tx.execute("INSERT INTO users (user_id) VALUES (randomblob(32))", [])?;
@@ -222,7 +359,7 @@ mod tests {
         // Neither insert stayed, and both connections take a new transaction (one left open
         // would keep the write lock).
         let count = direct
-            .run(&writer, |conn| {
+            .write(&writer, |conn| {
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let count: i64 =
