@@ -860,7 +860,10 @@ fn upgrade(
         // unchanged within the runs' spread (ferry-bench idle, attachments, appends;
         // docs/benchmarks.md).
         .read_buffer_size(512)
-        .write_buffer_size(0)
+        // A session's writer buffers the frames that are ready together (a burst of append
+        // answers, a page of events) and flushes them in one write when nothing more is
+        // ready; past 16 KiB they go out at once.
+        .write_buffer_size(16 * 1024)
         .max_message_size(Some(frame_limit))
         .max_frame_size(Some(frame_limit));
     tokio::spawn(async move {

@@ -182,6 +182,7 @@ where
         delivered: cursor,
         control: control_rx,
         pending: VecDeque::new(),
+        unflushed: false,
     };
     // Borrowed by its own task: `run(self)` would keep room for the writer twice.
     let writer_task = tokio::spawn(async move { writer.run().await });
@@ -628,6 +629,8 @@ struct Writer<S> {
     delivered: u64,
     control: mpsc::Receiver<Control>,
     pending: VecDeque<PendingAppend>,
+    /// Frames were written to the socket's buffer since the last flush.
+    unflushed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
@@ -728,6 +731,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                         Box::pin(self.check_device()).await?;
                     }
                 }
+                // Last, so only when nothing else is ready: the frames written since the last
+                // flush go out together, one write for an answer burst or a page.
+                () = std::future::ready(()), if self.unflushed => Box::pin(self.flush()).await?,
             }
         }
     }
@@ -903,6 +909,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             let more = events.len() == page || bytes.saturating_mul(2) >= page_bytes;
             self.delivered = last;
             self.send_events(events, replay).await?;
+            // The device reads this page while the next one is read.
+            self.flush().await?;
             if !more {
                 return Ok(());
             }
@@ -922,27 +930,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         Ok(())
     }
 
+    /// Writes the frame to the socket's buffer: it goes out with the next flush (the serve
+    /// loop flushes when nothing else is ready), or at once when the buffer passes the
+    /// WebSocket's `write_buffer_size` (the server's `ws_config`).
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), Close> {
         let bytes = self
             .send
             .seal(frame)
             .map_err(|e| Close::with_reason(ErrorCode::Internal, e.to_string()))?;
-        match tokio::time::timeout(
-            self.ctx.config.limits.write_timeout(),
-            self.sink.send(Message::Binary(bytes.into())),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Close {
-                code: None,
-                reason: format!("write failed: {e}"),
-            }),
-            Err(_) => Err(Close::with_reason(
-                ErrorCode::SlowConsumer,
-                "write timed out",
-            )),
-        }
+        self.unflushed = true;
+        let timeout = self.ctx.config.limits.write_timeout();
+        within(timeout, self.sink.feed(Message::Binary(bytes.into()))).await
+    }
+
+    /// Sends what [`Writer::send_frame`] buffered.
+    async fn flush(&mut self) -> Result<(), Close> {
+        self.unflushed = false;
+        let timeout = self.ctx.config.limits.write_timeout();
+        within(timeout, self.sink.flush()).await
+    }
+}
+
+/// `write` (a feed or a flush of a session's sink), bounded by the write timeout: a device
+/// that does not read is a slow consumer.
+async fn within(
+    timeout: Duration,
+    write: impl Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
+) -> Result<(), Close> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Close {
+            code: None,
+            reason: format!("write failed: {e}"),
+        }),
+        Err(_) => Err(Close::with_reason(
+            ErrorCode::SlowConsumer,
+            "write timed out",
+        )),
     }
 }
 
