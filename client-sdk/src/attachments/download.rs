@@ -10,7 +10,7 @@ use futures_util::stream::FuturesOrdered;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{AttachmentError, FileRef, Progress, WINDOW, refused_for_now};
+use super::{AttachmentError, FileRef, MAX_STALLS, Progress, WINDOW, refused_for_now};
 use crate::client::ClientHandle;
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
@@ -157,7 +157,7 @@ impl<'a> Fetch<'a> {
                 // download with its refusal.
                 Some(Err(refusal)) if refused_for_now(&refusal) => {
                     self.refused += 1;
-                    if self.refused > MAX_REFUSED {
+                    if self.refused > MAX_STALLS {
                         return Err(refusal);
                     }
                     tracing::debug!(
@@ -198,10 +198,6 @@ impl<'a> Fetch<'a> {
         Ok(Some(plain))
     }
 }
-
-/// Parts refused for now ([`refused_for_now`]) in a row before a download gives up with the
-/// last refusal (as many as an upload's restarts without progress, its `MAX_STALLS`).
-const MAX_REFUSED: u32 = 8;
 
 /// Where a download is written until it is checked.
 fn partial_path(dest: &Path) -> PathBuf {

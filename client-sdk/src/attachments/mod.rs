@@ -34,6 +34,13 @@ const WINDOW: usize = 8;
 const RATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 const MAX_RATE_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Times in a row an upload or a download starts again without getting further before it
+/// gives up: an upload after this many restarts from no later part than before (each a part
+/// refused for now, [`refused_for_now`], or the relay holding no more than before), ending
+/// with [`AttachmentError::Stalled`]; a download at the refusal after this many refusals in
+/// a row, ending with that refusal.
+const MAX_STALLS: u32 = 8;
+
 /// Whether the relay refused a part only for now, so that it goes again after a pause: the
 /// device's attachment bandwidth is used up (`rate_limited`), or the relay could not store or
 /// read the part (`unavailable`: its storage failed, or it is going away). Any other refusal

@@ -6,22 +6,20 @@ use std::path::{Path, PathBuf};
 
 use ferry_protocol::attachments::{BlobId, CHUNK_LEN, FileKey, part_count, sealed_len};
 use ferry_protocol::conversations::ConvId;
-use ferry_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use ferry_protocol::{ClientFrame, ServerFrame};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{AttachmentError, FileRef, MAX_NAME_LEN, Progress, WINDOW, mime_for, truncate};
+use super::{
+    AttachmentError, FileRef, MAX_NAME_LEN, MAX_STALLS, Progress, WINDOW, mime_for,
+    refused_for_now, truncate,
+};
 use crate::client::ClientHandle;
 use crate::error::ClientError;
 use crate::people::{Ask, unexpected};
-
-/// Times in a row an upload starts again without the relay holding more than before, before
-/// it gives up (so a relay that keeps refusing parts ends the upload with
-/// [`AttachmentError::Stalled`]).
-const MAX_STALLS: u32 = 8;
 
 impl ClientHandle {
     /// Sends the file at `path` to a conversation: encrypted here under a key of its own,
@@ -136,22 +134,17 @@ impl ClientHandle {
                     return Err(ClientError::Protocol("the upload ended early".into()));
                 };
                 let answer = match answer {
-                    // The device's attachment bandwidth is used up for now: this part and
-                    // the next go again after a pause.
-                    Err(ClientError::RateLimited) => break Err(Restart::Paused(part)),
-                    // The relay could not take this part for now (it is shutting down, or its
-                    // storage failed): after a pause (and the reconnect, if it went away) the
-                    // part goes again, and the relay's answer to it says where the upload
-                    // stands. A lost connection needs nothing here: the client sends a
+                    // The relay refused this part for now ([`refused_for_now`]: the device's
+                    // attachment bandwidth is used up, or the relay is shutting down or its
+                    // storage failed): after a pause (and the reconnect, if it went away) this
+                    // part and the next go again, and the relay's answer to it says where the
+                    // upload stands. A lost connection needs nothing here: the client sends a
                     // request cut off by a reconnect again by itself.
-                    Err(ClientError::Relay {
-                        code: ErrorCode::Unavailable,
-                        message,
-                    }) => {
+                    Err(refusal) if refused_for_now(&refusal) => {
                         tracing::debug!(
                             part,
-                            %message,
-                            "the relay could not store a part; it goes again"
+                            %refusal,
+                            "the relay refused a part for now; it goes again"
                         );
                         break Err(Restart::Paused(part));
                     }
