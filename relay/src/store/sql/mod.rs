@@ -168,7 +168,12 @@ impl Db {
 
     pub(crate) async fn close(&self) {
         match self {
-            Self::Sqlite { writer, reader, .. } => {
+            Self::Sqlite {
+                writer,
+                reader,
+                direct,
+            } => {
+                direct.close();
                 reader.close().await;
                 writer.close().await;
             }

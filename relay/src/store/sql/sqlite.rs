@@ -31,7 +31,9 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Db, Sto
     let writer_options = base
         .clone()
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
+        .synchronous(SqliteSynchronous::Full)
+        // WAL checkpoints run on a thread of their own, not in a commit (`sqlite_direct`).
+        .pragma("wal_autocheckpoint", "0");
     // One long-lived writer: an in-memory database lives as long as its connection.
     let writer = SqlitePoolOptions::new()
         .max_connections(1)

@@ -17,7 +17,8 @@
 //! own process in the way (another process waits up to the busy timeout, as before).
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub(crate) struct Direct {
     /// Read-only connections; `None` for an in-memory database, whose reads take the
     /// writer's turn (it has one connection in sqlx too).
     readers: Option<Arc<Readers>>,
+    /// Stops the checkpointer (the store is closing).
+    stop: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Direct {
@@ -92,6 +95,8 @@ impl Direct {
         conn.busy_timeout(busy_timeout)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoints run on a thread of their own (`spawn_checkpointer`), not in a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // The same database, or writes would go somewhere nobody reads: a private in-memory
         // database (`?mode=memory` without `cache=shared`) cannot be opened twice.
         let migrated: bool = conn.query_row(
@@ -116,10 +121,23 @@ impl Direct {
                 busy_timeout,
             })
         });
+        let writer = Arc::new(Mutex::new(conn));
+        let stop = Arc::new(AtomicBool::new(false));
+        if !in_memory {
+            // Commits append to the WAL only; this thread moves it into the database file.
+            let checkpoints = conn_for_checkpoints(options.get_filename(), busy_timeout)?;
+            spawn_checkpointer(checkpoints, Arc::downgrade(&writer), Arc::clone(&stop))?;
+        }
         Ok(Self {
-            writer: Arc::new(Mutex::new(conn)),
+            writer,
             readers,
+            stop,
         })
+    }
+
+    /// Stops the background checkpoints (the store closes).
+    pub(crate) fn close(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Runs `job` on this connection, on a blocking thread, while holding `writer`'s only
@@ -188,6 +206,50 @@ impl Direct {
         drop(permit);
         result
     }
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The checkpointer's connection: synchronous FULL, so a checkpoint syncs the database file
+/// before the WAL is reused.
+fn conn_for_checkpoints(
+    filename: &std::path::Path,
+    busy_timeout: Duration,
+) -> Result<rusqlite::Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(filename, flags)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] (PASSIVE: it never waits for a reader or
+/// the writer) until the store's writing connection is gone.
+///
+/// SQLite checkpoints in the commit that passes `wal_autocheckpoint` pages, so one commit in
+/// a thousand paid for copying the WAL into the database and syncing it: the writers' own
+/// checkpoints are off (`wal_autocheckpoint = 0`, on both writing connections) and this
+/// thread does them instead, beside the commits.
+fn spawn_checkpointer(
+    conn: rusqlite::Connection,
+    writer: Weak<Mutex<rusqlite::Connection>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name("ferry-sqlite-checkpoint".into())
+        .spawn(move || {
+            while writer.strong_count() > 0 && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed; trying again");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Database(Arc::new(e)))?;
+    Ok(())
 }
 
 /// `sql` (written with PostgreSQL's `$n` parameters, which sqlx takes on both backends) with
@@ -285,6 +347,43 @@ mod tests {
             "{written:?}"
         );
         assert_eq!(count(direct, writer).await, 1);
+    }
+
+    #[tokio::test]
+    async fn commits_reach_the_database_file_through_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let (writer, direct) = open(&url).await;
+        direct
+            .write(&writer, |conn| {
+                conn.execute("INSERT INTO users (user_id) VALUES (randomblob(32))", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO users (user_id) VALUES (randomblob(32))")
+            .execute(&writer)
+            .await
+            .unwrap();
+        // The database file alone, without its WAL: it holds what was checkpointed (a copy
+        // taken while a checkpoint writes may be torn: that counts as nothing yet).
+        let in_file = || {
+            let copy = dir.path().join("copy.db");
+            std::fs::copy(&path, &copy).unwrap();
+            let count = rusqlite::Connection::open(&copy)
+                .and_then(|conn| {
+                    conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get::<_, i64>(0))
+                })
+                .unwrap_or(0);
+            std::fs::remove_file(&copy).unwrap();
+            count
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_file() < 2 {
+            assert!(Instant::now() < deadline, "the commits stayed in the WAL");
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
     }
 
     #[tokio::test]
