@@ -304,6 +304,22 @@ struct BatchState {
 }
 
 impl BatchState {
+    /// Step 3 of an append batch: [`plan_batch`] on what steps 1 and 2 read.
+    fn plan<'a>(
+        &self,
+        requests: &'a [AppendRequest],
+        quota: super::Quota,
+    ) -> Result<plan::BatchPlan<'a>, StoreError> {
+        plan_batch(
+            requests,
+            &self.heads,
+            &self.stored,
+            &self.trimmed,
+            &self.active,
+            quota,
+        )
+    }
+
     fn add_head(&mut self, row: HeadRow) -> Result<(), StoreError> {
         let head = UserHead {
             head: from_db_int(row.head, "head")?,
@@ -456,14 +472,7 @@ impl LogStore for SqlStore {
         };
         let mut tx = pool.begin().await?;
         let state = postgres::read_batch_state(&mut tx, requests).await?;
-        let plan = plan_batch(
-            requests,
-            &state.heads,
-            &state.stored,
-            &state.trimmed,
-            &state.active,
-            quota,
-        )?;
+        let plan = state.plan(requests, quota)?;
         postgres::write_plan(&mut tx, &plan, now_ms).await?;
         tx.commit().await?;
         Ok(plan.outcomes)

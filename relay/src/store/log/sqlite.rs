@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use ferry_protocol::{Event, UserId};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::plan::{BatchPlan, DeviceKey, batch_devices, batch_users, plan_batch};
+use super::plan::{BatchPlan, DeviceKey, batch_devices, batch_users};
 use super::{
     ActiveRow, AppendOutcome, AppendRequest, BatchState, EventRow, HeadRow, READ_PAGE_SQL,
     StoredRow, WatermarkRow,
@@ -31,15 +31,7 @@ pub(super) fn append_batch(
     quota: Quota,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let state = read_batch_state(&tx, requests)?;
-    let plan = plan_batch(
-        requests,
-        &state.heads,
-        &state.stored,
-        &state.trimmed,
-        &state.active,
-        quota,
-    )?;
+    let plan = read_batch_state(&tx, requests)?.plan(requests, quota)?;
     write_plan(&tx, &plan, now_ms)?;
     tx.commit()?;
     Ok(plan.outcomes)
