@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use std::path::PathBuf;
@@ -38,8 +38,8 @@ pub(crate) struct Direct {
     /// Read-only connections; `None` for an in-memory database, whose reads take the
     /// writer's turn (it has one connection in sqlx too).
     readers: Option<Arc<Readers>>,
-    /// Stops the checkpointer (the store is closing).
-    stop: Arc<AtomicBool>,
+    /// The WAL's checkpoints (file databases).
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl fmt::Debug for Direct {
@@ -121,23 +121,25 @@ impl Direct {
                 busy_timeout,
             })
         });
-        let writer = Arc::new(Mutex::new(conn));
-        let stop = Arc::new(AtomicBool::new(false));
-        if !in_memory {
+        let checkpointer = if in_memory {
+            None
+        } else {
             // Commits append to the WAL only; this thread moves it into the database file.
             let checkpoints = conn_for_checkpoints(options.get_filename(), busy_timeout)?;
-            spawn_checkpointer(checkpoints, Arc::downgrade(&writer), Arc::clone(&stop))?;
-        }
+            Some(Arc::new(Checkpointer::spawn(checkpoints)?))
+        };
         Ok(Self {
-            writer,
+            writer: Arc::new(Mutex::new(conn)),
             readers,
-            stop,
+            checkpointer,
         })
     }
 
-    /// Stops the background checkpoints (the store closes).
+    /// Stops the background checkpoints and waits for their thread (the store closes).
     pub(crate) fn close(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
+        }
     }
 
     /// Runs `job` on this connection, on a blocking thread, while holding `writer`'s only
@@ -227,29 +229,64 @@ fn conn_for_checkpoints(
 }
 
 /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] (PASSIVE: it never waits for a reader or
-/// the writer) until the store's writing connection is gone.
+/// the writer) on a thread of its own, until stopped.
 ///
 /// SQLite checkpoints in the commit that passes `wal_autocheckpoint` pages, so one commit in
 /// a thousand paid for copying the WAL into the database and syncing it: the writers' own
 /// checkpoints are off (`wal_autocheckpoint = 0`, on both writing connections) and this
 /// thread does them instead, beside the commits.
-fn spawn_checkpointer(
-    conn: rusqlite::Connection,
-    writer: Weak<Mutex<rusqlite::Connection>>,
+///
+/// Stopping (at close, or when the store is dropped) waits for the thread, so its connection
+/// is closed by then: the last connection to close removes the `-wal` and `-shm` files, which
+/// must not happen at some moment after the relay has stopped.
+struct Checkpointer {
     stop: Arc<AtomicBool>,
-) -> Result<(), StoreError> {
-    std::thread::Builder::new()
-        .name("ferry-sqlite-checkpoint".into())
-        .spawn(move || {
-            while writer.strong_count() > 0 && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "SQLite checkpoint failed; trying again");
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Checkpointer {
+    fn spawn(conn: rusqlite::Connection) -> Result<Self, StoreError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("ferry-sqlite-checkpoint".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Acquire) {
+                    std::thread::park_timeout(CHECKPOINT_EVERY);
+                    if stopped.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "SQLite checkpoint failed; trying again");
+                    }
                 }
-            }
+            })
+            .map_err(|e| StoreError::Database(Arc::new(e)))?;
+        Ok(Self {
+            stop,
+            thread: Mutex::new(Some(thread)),
         })
-        .map_err(|e| StoreError::Database(Arc::new(e)))?;
-    Ok(())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// `sql` (written with PostgreSQL's `$n` parameters, which sqlx takes on both backends) with
@@ -384,6 +421,29 @@ mod tests {
             assert!(Instant::now() < deadline, "the commits stayed in the WAL");
             tokio::time::sleep(CHECKPOINT_EVERY).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_leaves_no_connection_open_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let db = super::super::sqlite::connect(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let wal = dir.path().join("t.db-wal");
+        assert!(wal.exists());
+        // The checkpointer has used its connection (a connection that has not read yet does
+        // not keep the WAL).
+        tokio::time::sleep(CHECKPOINT_EVERY * 2).await;
+        db.close().await;
+        drop(db);
+        // The last connection to close removes the WAL: none (the checkpointer's included)
+        // is left to do it some time later.
+        assert!(
+            !wal.exists(),
+            "a connection is still open after the store closed"
+        );
     }
 
     #[tokio::test]
