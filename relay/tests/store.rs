@@ -46,13 +46,15 @@ crate::storage_story!(
     session_start_reads_what_the_separate_reads_read,
 );
 
-/// `session_start` is the three reads of a reconnect in one statement: it must answer what
-/// they answer, for an unknown user, a live log, and a log whose events were all trimmed (the
-/// device's highest sequence then comes from `trimmed_device_seqs`).
+/// `session_start` is the four reads of a reconnect in one statement: it must answer what
+/// they answer, for an unknown user, a live log, a device with a cursor, a revoked device, and
+/// a log whose events were all trimmed (the device's highest sequence then comes from
+/// `trimmed_device_seqs`).
 async fn session_start_reads_what_the_separate_reads_read(db: Db) {
     async fn both(store: &dyn store::Store, u: UserId, d: DeviceId) -> SessionStart {
         let start = store.session_start(u, d).await.unwrap();
         let separate = SessionStart {
+            device: store.device(u, d).await.unwrap(),
             bounds: store.log_bounds(u).await.unwrap(),
             last_device_seq: store.last_device_seq(u, d).await.unwrap(),
             chain_seqno: store.chain_seqno(u).await.unwrap(),
@@ -71,6 +73,7 @@ async fn session_start_reads_what_the_separate_reads_read(db: Db) {
         }
     );
     assert_eq!((unknown.last_device_seq, unknown.chain_seqno), (0, 0));
+    assert_eq!(unknown.device, None);
 
     admit(store, u, &[d, other]).await;
     for i in 1..=3 {
@@ -90,8 +93,29 @@ async fn session_start_reads_what_the_separate_reads_read(db: Db) {
     );
     assert_eq!(live.last_device_seq, 3);
     assert!(live.chain_seqno >= 1, "{live:?}");
+    let admitted = live.device.expect("an admitted device has a record");
+    assert_eq!((admitted.device, admitted.acked), (d, 0));
+    assert!(!admitted.is_revoked());
     assert_eq!(both(store, u, other).await.last_device_seq, 1);
-    assert_eq!(both(store, u, device()).await.last_device_seq, 0);
+    let stranger = both(store, u, device()).await;
+    assert_eq!((stranger.last_device_seq, stranger.device), (0, None));
+
+    // The cursor and a revocation are what the record carries.
+    assert_eq!(store.set_ack(u, d, 2).await.unwrap(), 2);
+    assert_eq!(both(store, u, d).await.device.map(|r| r.acked), Some(2));
+    let chain = stored_chain(store, u).await;
+    let revoke = LinkBody::Revoke {
+        devices: vec![other],
+        epoch: next_epoch(&chain, &[other]),
+    };
+    append_body(store, u, revoke, SigningKey::User(&user_key(u)), 10)
+        .await
+        .unwrap();
+    let revoked = both(store, u, other).await.device;
+    assert!(
+        revoked.as_ref().is_some_and(DeviceRecord::is_revoked),
+        "{revoked:?}"
+    );
 
     assert_eq!(store.trim_user(u, None, Some(0), NOW_MS).await.unwrap(), 4);
     let trimmed = both(store, u, d).await;
@@ -103,7 +127,8 @@ async fn session_start_reads_what_the_separate_reads_read(db: Db) {
         }
     );
     assert_eq!(trimmed.last_device_seq, 3);
-    assert_eq!(trimmed.chain_seqno, live.chain_seqno);
+    // The revocation is one more link.
+    assert_eq!(trimmed.chain_seqno, live.chain_seqno + 1);
 }
 
 async fn sequences_are_gapless_per_user_when_users_interleave(db: Db) {

@@ -277,11 +277,11 @@ where
     };
     let recovery = auth.user_proven;
     let admitted = async {
-        // Only reads on the store's reader side (`last_seen` goes to the write-behind): the
+        // One read on the store's reader side (`last_seen` goes to the write-behind): the
         // chain (written by `ChainAppend`) is what admits a device, never a handshake.
         let now = now_s();
-        let record = ctx.store.device(auth.user, auth.device).await?;
-        match &record {
+        let start = ctx.store.session_start(auth.user, auth.device).await?;
+        match &start.device {
             Some(record) if record.is_revoked() => {
                 return Ok(Err(Close::new(ErrorCode::DeviceRevoked)));
             }
@@ -291,10 +291,9 @@ where
             }
             _ => {}
         }
-        let start = ctx.store.session_start(auth.user, auth.device).await?;
-        Ok::<_, StoreError>(Ok((record, start)))
+        Ok::<_, StoreError>(Ok(start))
     };
-    let (record, start) = match admitted.await {
+    let start = match admitted.await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(close)) => {
             return refuse(ws, pending, close, ctx).await.map(|()| None);
@@ -314,7 +313,7 @@ where
             .map(|()| None);
         }
     };
-    let acked = record.as_ref().map_or(0, |record| record.acked);
+    let acked = start.device.as_ref().map_or(0, |record| record.acked);
     let (channel, reply) = pending.accept_device(
         start.bounds.head,
         acked,

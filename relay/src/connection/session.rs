@@ -63,7 +63,7 @@ use crate::hub::Peer;
 use crate::pairing::Party;
 use crate::server::SessionSlot;
 use crate::store::{
-    AppendOrder, AppendOutcome, AppendRequest, ContactChange, LogBounds, StoreError,
+    AppendOrder, AppendOutcome, AppendRequest, ContactChange, DeviceRecord, LogBounds, StoreError,
 };
 
 /// Frames queued from the reader to the writer.
@@ -742,9 +742,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     /// close when the device must resync instead.
     async fn catch_up(&mut self) -> Result<Option<Close>, Close> {
         // The session has joined the hub: a revocation stored from now on closes it. One
-        // stored between the handshake's check and the join reached no session: look again.
-        self.check_device().await?;
-        let bounds = self.bounds().await?;
+        // stored between the handshake's check and the join reached no session: look again,
+        // in the same read as the log's bounds.
+        let start = self
+            .ctx
+            .store
+            .session_start(self.user, self.device)
+            .await
+            .map_err(storage_close)?;
+        self.still_admitted(start.device.as_ref()).await?;
+        let bounds = start.bounds;
         if self.delivered > bounds.head {
             // The device has seen events this log no longer has: the database was restored
             // from a backup, or failed over to a replica that lost its tail. New events would
@@ -755,7 +762,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         if !bounds.covers(self.delivered) {
             return self.resync(bounds.earliest).await.map(Some);
         }
-        {
+        // Nothing to replay (the common reconnect): no page to read. An event committed
+        // after this read wakes the session, which joined the hub before it.
+        if self.delivered < bounds.head {
             // Replays read pages from the database and hold them while the device reads:
             // only so many at once per node, the rest wait their turn.
             let ctx = Arc::clone(&self.ctx);
@@ -782,6 +791,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             .device(self.user, self.device)
             .await
             .map_err(storage_close)?;
+        self.still_admitted(record.as_ref()).await
+    }
+
+    /// [`Self::check_device`] on a record read already.
+    async fn still_admitted(&mut self, record: Option<&DeviceRecord>) -> Result<(), Close> {
         let code = match record {
             Some(record) if !record.is_revoked() => return Ok(()),
             Some(_) => ErrorCode::DeviceRevoked,

@@ -86,26 +86,26 @@ impl From<DeviceRecord> for DeviceInfo {
 
 /// A row of `devices` (columns in [`DEVICE_COLUMNS`] order).
 #[derive(sqlx::FromRow)]
-struct DeviceRow {
-    device_id: Vec<u8>,
-    name: String,
-    created_at: i64,
-    admitted_seqno: i64,
-    registered_at: i64,
-    last_seen: i64,
-    acked: i64,
-    revoked_at: Option<i64>,
+pub(super) struct DeviceRow {
+    pub(super) device_id: Vec<u8>,
+    pub(super) name: String,
+    pub(super) created_at: i64,
+    pub(super) admitted_seqno: i64,
+    pub(super) registered_at: i64,
+    pub(super) last_seen: i64,
+    pub(super) acked: i64,
+    pub(super) revoked_at: Option<i64>,
 }
 
 /// The columns of `devices` that make a [`DeviceRow`], in order.
-const DEVICE_COLUMNS: &str =
+pub(super) const DEVICE_COLUMNS: &str =
     "device_id, name, created_at, admitted_seqno, registered_at, last_seen, acked, revoked_at";
 
 /// Only devices a chain link admitted (not rows from before the chain).
-const ADMITTED: &str = "admitted_seqno IS NOT NULL";
+pub(super) const ADMITTED: &str = "admitted_seqno IS NOT NULL";
 
 impl DeviceRow {
-    fn into_record(self) -> Result<DeviceRecord, StoreError> {
+    pub(super) fn into_record(self) -> Result<DeviceRecord, StoreError> {
         Ok(DeviceRecord {
             device: DeviceId(key32(&self.device_id, "device_id")?),
             name: self.name,

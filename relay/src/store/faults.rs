@@ -14,7 +14,8 @@
 //! - [`FaultyStore::pause_reads_after`]: after `n` more event reads, reads wait until
 //!   [`FaultyStore::resume_reads`] (to act between two pages of a replay);
 //! - [`FaultyStore::pause_device_reads_after`]: the same for reads of one device's record
-//!   ([`DeviceStore::device`]: a session's admission check, then its re-checks), until
+//!   ([`DeviceStore::device`] and [`Store::session_start`]: a session's admission check, then
+//!   its re-checks), until
 //!   [`FaultyStore::resume_device_reads`] (to act between a session's admission and its
 //!   re-check after joining the hub);
 //! - [`FaultyStore::batch_sizes`]: the size of every batch that reached the gate;
@@ -48,7 +49,7 @@ use super::people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleSt
 use super::push::{PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 use super::{
     AppendOutcome, AppendRequest, ChainStore, DeviceRecord, DeviceStore, LinkAppended, LogBounds,
-    LogStore, Store, StoreError,
+    LogStore, SessionStart, Store, StoreError,
 };
 use crate::sync::lock;
 use ferry_protocol::people::{Intro, SealedCard, SealedProfile};
@@ -791,5 +792,15 @@ impl Store for FaultyStore {
 
     async fn close(&self) {
         self.inner.close().await
+    }
+
+    async fn session_start(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<SessionStart, StoreError> {
+        // It reads the device's record: the same gate as `device`.
+        self.device_reads.pass().await;
+        self.inner.session_start(user, device).await
     }
 }

@@ -136,6 +136,7 @@ pub mod last_seen;
 mod log;
 mod people;
 mod push;
+mod session_start;
 pub mod sql;
 
 use std::sync::Arc;
@@ -143,9 +144,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::{ChainError, DeviceId, ErrorCode, UserId};
-
-use self::chain::CHAIN_SEQNO_COLUMN;
-use self::log::DEVICE_SEQ_COLUMNS;
 
 pub use attachments::{AttachmentStore, BlobRow, DoomedBlob, NewBlob};
 pub use chain::{ChainStore, LINK_PAGE_BYTES, LinkAppended};
@@ -167,6 +165,7 @@ pub use log::{
 };
 pub use people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
 pub use push::{PushKind, PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
+pub use session_start::SessionStart;
 pub use sql::{Dialect, SqlStore};
 
 /// Opens the store named by `url` with default [`StoreOptions`] and runs its migrations.
@@ -248,32 +247,23 @@ pub trait Store:
     /// Closes the connection pools; later calls fail with a database error.
     async fn close(&self);
 
-    /// What a device's session starts from: [`LogStore::log_bounds`],
-    /// [`LogStore::last_device_seq`] and [`ChainStore::chain_seqno`]. Every reconnect asks
-    /// for all three, so a backend reads them in one round trip (each read on its own is
-    /// one: most of a reconnect's cost, docs/benchmarks.md, the handshakes flame graph).
+    /// What a device's session starts from: [`DeviceStore::device`],
+    /// [`LogStore::log_bounds`], [`LogStore::last_device_seq`] and
+    /// [`ChainStore::chain_seqno`]. Every reconnect asks for all of them, at admission and
+    /// again once its session has joined the hub, so a backend reads them in one round trip
+    /// (see `session_start.rs`).
     async fn session_start(
         &self,
         user: UserId,
         device: DeviceId,
     ) -> Result<SessionStart, StoreError> {
         Ok(SessionStart {
+            device: self.device(user, device).await?,
             bounds: self.log_bounds(user).await?,
             last_device_seq: self.last_device_seq(user, device).await?,
             chain_seqno: self.chain_seqno(user).await?,
         })
     }
-}
-
-/// See [`Store::session_start`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionStart {
-    /// The user's log bounds.
-    pub bounds: LogBounds,
-    /// The highest `device_seq` stored for the device, its trimmed events included.
-    pub last_device_seq: u64,
-    /// The length of the user's chain.
-    pub chain_seqno: u64,
 }
 
 #[async_trait]
@@ -298,31 +288,7 @@ impl Store for SqlStore {
         user: UserId,
         device: DeviceId,
     ) -> Result<SessionStart, StoreError> {
-        // The three reads' own columns, as scalar subqueries of one SELECT.
-        type Row = (
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        );
-        let select = format!(
-            "SELECT (SELECT earliest FROM users WHERE user_id = $1),
-                    (SELECT head FROM users WHERE user_id = $1),
-                    {DEVICE_SEQ_COLUMNS}, {CHAIN_SEQNO_COLUMN}"
-        );
-        let (earliest, head, stored, trimmed, seqno): Row = sql::on_reader!(&self.db, |pool| {
-            sqlx::query_as(&select)
-                .bind(user.as_bytes().as_slice())
-                .bind(device.as_bytes().as_slice())
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(SessionStart {
-            bounds: log::bounds_from(earliest.zip(head))?,
-            last_device_seq: log::last_device_seq_from(stored, trimmed)?,
-            chain_seqno: chain::chain_seqno_from(seqno)?,
-        })
+        session_start::read(self, user, device).await
     }
 }
 

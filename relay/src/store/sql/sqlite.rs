@@ -36,6 +36,9 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Db, Sto
         .pragma("wal_autocheckpoint", "0");
     // One long-lived writer: an in-memory database lives as long as its connection.
     let writer = SqlitePoolOptions::new()
+        // A connection to a local file does not go stale; sqlx's test before handing it out
+        // is one more round trip to the connection's thread on every statement.
+        .test_before_acquire(false)
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
@@ -49,6 +52,7 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> Result<Db, Sto
         writer.clone()
     } else {
         SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(base.create_if_missing(false).pragma("query_only", "ON"))

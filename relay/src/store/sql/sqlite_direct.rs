@@ -8,8 +8,9 @@
 //! hot paths run as one job on a blocking thread, on connections to the same database opened
 //! with rusqlite, whose statements stay prepared from one job to the next: the append batch
 //! on a second writing connection ([`Direct::write`]), replay pages on read-only ones
-//! ([`Direct::read`]). (A reconnect's one-row reads gain nothing: one hand-off to a blocking
-//! thread costs what sqlx's does; docs/benchmarks.md.)
+//! ([`Direct::read`]), and a reconnect's one read (`store/session_start.rs`): one hand-off to
+//! a blocking thread, where sqlx's pool makes three (it tests the connection when handing it
+//! out and again when it comes back).
 //!
 //! There is still one writer at a time: a writing job first takes the sqlx writer pool's only
 //! connection and holds it until it has committed, so no other write of this process runs
