@@ -104,10 +104,7 @@ async fn session_start_reads_what_the_separate_reads_read(db: Db) {
     assert_eq!(store.set_ack(u, d, 2).await.unwrap(), 2);
     assert_eq!(both(store, u, d).await.device.map(|r| r.acked), Some(2));
     let chain = stored_chain(store, u).await;
-    let revoke = LinkBody::Revoke {
-        devices: vec![other],
-        epoch: next_epoch(&chain, &[other]),
-    };
+    let revoke = revoke_body(&chain, &[other]);
     append_body(store, u, revoke, SigningKey::User(&user_key(u)), 10)
         .await
         .unwrap();
@@ -943,10 +940,7 @@ async fn a_revoked_or_never_admitted_device_appends_nothing(db: Db) {
     // The laptop revokes the thief; the thief's next batch is refused whole, even a retry
     // of what it stored before, and the laptop's appends in the same batch go through.
     let chain = stored_chain(store, u).await;
-    let revoke = LinkBody::Revoke {
-        devices: vec![thief],
-        epoch: next_epoch(&chain, &[thief]),
-    };
+    let revoke = revoke_body(&chain, &[thief]);
     append_body(store, u, revoke, SigningKey::User(&user_key(u)), 10)
         .await
         .unwrap();

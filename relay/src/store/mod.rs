@@ -256,14 +256,7 @@ pub trait Store:
         &self,
         user: UserId,
         device: DeviceId,
-    ) -> Result<SessionStart, StoreError> {
-        Ok(SessionStart {
-            device: self.device(user, device).await?,
-            bounds: self.log_bounds(user).await?,
-            last_device_seq: self.last_device_seq(user, device).await?,
-            chain_seqno: self.chain_seqno(user).await?,
-        })
-    }
+    ) -> Result<SessionStart, StoreError>;
 }
 
 #[async_trait]
