@@ -121,6 +121,21 @@ impl CpuUse {
     }
 }
 
+/// CPU time used by this process so far (user + system, all threads), in seconds, with the
+/// ticks' resolution of 10 ms. `None` where there is no `/proc`.
+pub fn process_cpu_seconds() -> Option<f64> {
+    process_ticks(std::process::id()).map(|ticks| ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU time the calling thread has run so far, to the nanosecond: the first field of
+/// `/proc/thread-self/schedstat`. Time the hypervisor or other tenants took is not in it,
+/// which is what makes it steadier than a wall clock on a shared machine.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 /// `utime + stime` of a process, in ticks (`/proc/PID/stat` fields 14 and 15).
 fn process_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -185,6 +200,26 @@ mod tests {
     fn reads_machine_busy_time() {
         let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\n";
         assert_eq!(parse_machine_busy(stat), Some(161));
+    }
+
+    #[test]
+    fn counts_this_thread_s_cpu_time() {
+        let before = thread_cpu_time().expect("Linux has /proc/thread-self/schedstat");
+        let process_before = process_cpu_seconds().expect("and /proc/self/stat");
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let spun = thread_cpu_time().expect("still there") - before;
+        // Busy the whole time, less what others took of the core; sleeping would not count.
+        assert!(spun >= Duration::from_millis(30), "{spun:?}");
+        assert!(spun <= start.elapsed(), "{spun:?}");
+        assert!(process_cpu_seconds().expect("still there") >= process_before);
+        let before = thread_cpu_time().expect("still there");
+        std::thread::sleep(Duration::from_millis(100));
+        let slept = thread_cpu_time().expect("still there") - before;
+        assert!(slept < Duration::from_millis(20), "{slept:?}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ use rand_core::{OsRng, RngCore as _};
 use sha2::{Digest as _, Sha256};
 
 use super::Options;
-use super::push::process_cpu_seconds;
+use crate::cpu::process_cpu_seconds;
 use crate::progress::step;
 use crate::relay::{BenchRelay, NodeOptions};
 use crate::report::{Report, median, number};

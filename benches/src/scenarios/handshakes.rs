@@ -12,6 +12,12 @@
 //! both sides' crypto (client and relay), exactly what the ceiling loop does. So the ratio is
 //! `relay handshakes/s ÷ (ceiling per core × cores)`: the share of the machine's crypto-bound
 //! maximum the relay reaches with sockets, WebSocket, tasks and storage around it.
+//!
+//! The same share in CPU time: the ceiling's CPU time per handshake (its threads' own run
+//! time) ÷ this process's CPU time per handshake through the relay (relay and generator, all
+//! threads, kernel included). When the run keeps every core busy the two ratios are the same
+//! quantity; the CPU one leaves out what other tenants of the machine took, so it moves much
+//! less between runs on a shared VM. "cores used" says whether the run kept the cores busy.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +29,7 @@ use rand_core::OsRng;
 
 use super::{Options, cores, micros_histogram, quantile_ms, record};
 use crate::client::{Connection, Identity, source_address};
+use crate::cpu::{process_cpu_seconds, thread_cpu_time};
 use crate::progress::{Progress, step};
 use crate::relay::{BenchRelay, NodeOptions};
 use crate::report::{Goal, Report};
@@ -35,13 +42,15 @@ const NAME: &str = "handshakes";
 pub struct Ceiling {
     /// Handshakes per second, all threads together.
     pub per_second: f64,
+    /// Handshakes per second of CPU time the threads ran (`None` without `/proc`).
+    pub per_cpu_second: Option<f64>,
     /// Fraction of the time in the relay's state machine.
     pub relay_share: f64,
 }
 
 /// Runs complete sans-IO handshakes on `threads` threads for `time`.
 pub fn ceiling(threads: usize, time: Duration) -> Ceiling {
-    let results: Vec<(u64, Duration, Duration)> = std::thread::scope(|scope| {
+    let results: Vec<Loop> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| scope.spawn(move || handshake_loop(time)))
             .collect();
@@ -50,21 +59,34 @@ pub fn ceiling(threads: usize, time: Duration) -> Ceiling {
             .filter_map(|worker| worker.join().ok())
             .collect()
     });
-    let count: u64 = results.iter().map(|r| r.0).sum();
-    let relay: Duration = results.iter().map(|r| r.1).sum();
-    let total: Duration = results.iter().map(|r| r.2).sum();
+    let count: u64 = results.iter().map(|r| r.handshakes).sum();
+    let relay: Duration = results.iter().map(|r| r.relay).sum();
+    let total: Duration = results.iter().map(|r| r.wall).sum();
+    let cpu: Option<Duration> = results.iter().map(|r| r.cpu).sum();
     let per_thread_seconds = total.as_secs_f64() / results.len().max(1) as f64;
     Ceiling {
         per_second: count as f64 / per_thread_seconds,
+        per_cpu_second: cpu.map(|cpu| count as f64 / cpu.as_secs_f64()),
         relay_share: relay.as_secs_f64() / total.as_secs_f64(),
     }
 }
 
-/// One thread's loop: `(handshakes, time in the relay's half, total time)`.
-fn handshake_loop(time: Duration) -> (u64, Duration, Duration) {
+/// What one thread's loop did.
+struct Loop {
+    handshakes: u64,
+    /// Wall time in the relay's half.
+    relay: Duration,
+    wall: Duration,
+    /// The thread's own CPU time over the loop.
+    cpu: Option<Duration>,
+}
+
+/// One thread's loop of complete handshakes for `time`.
+fn handshake_loop(time: Duration) -> Loop {
     let relay_key = RelayKey::generate(&mut OsRng);
     let user = UserKey::generate(&mut OsRng);
     let device = DeviceKey::generate(&mut OsRng);
+    let cpu_before = thread_cpu_time();
     let started = Instant::now();
     let mut count = 0;
     let mut relay_time = Duration::ZERO;
@@ -98,7 +120,14 @@ fn handshake_loop(time: Duration) -> (u64, Duration, Duration) {
         }
         count += 1;
     }
-    (count, relay_time, started.elapsed())
+    Loop {
+        handshakes: count,
+        relay: relay_time,
+        wall: started.elapsed(),
+        cpu: cpu_before
+            .zip(thread_cpu_time())
+            .map(|(before, after)| after.saturating_sub(before)),
+    }
 }
 
 /// Runs the scenario.
@@ -137,6 +166,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(NAME, Arc::clone(&done), "handshakes");
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let deadline = started + duration;
     let workers: Vec<_> = identities
@@ -173,6 +203,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         times.add(worker.await?)?;
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_before
+        .zip(process_cpu_seconds())
+        .map(|(before, after)| after - before);
     drop(progress);
     relay.shutdown(Duration::from_secs(5)).await;
 
@@ -214,6 +247,35 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         rate / all.per_second,
         "×",
     );
+    if let (Some(cpu), Some(ceiling_per_cpu_second)) = (cpu, one.per_cpu_second)
+        && handshakes > 0
+    {
+        let per_handshake = cpu / handshakes as f64;
+        report.add(
+            NAME,
+            "CPU per handshake, crypto only (ceiling)",
+            1e6 / ceiling_per_cpu_second,
+            "µs",
+        );
+        report.add(
+            NAME,
+            "CPU per handshake through the relay (relay and generator)",
+            per_handshake * 1e6,
+            "µs",
+        );
+        report.add(
+            NAME,
+            "crypto ÷ CPU per handshake (the ratio above, in CPU time)",
+            1.0 / ceiling_per_cpu_second / per_handshake,
+            "×",
+        );
+        report.add(
+            NAME,
+            format!("cores used during the relay run (of {cores})"),
+            cpu / elapsed.as_secs_f64(),
+            "cores",
+        );
+    }
     let failures = failed.load(Ordering::Relaxed);
     if failures > 0 {
         report.note(format!(
@@ -238,6 +300,9 @@ mod tests {
     fn the_ceiling_loop_completes_handshakes() {
         let measured = ceiling(1, Duration::from_millis(20));
         assert!(measured.per_second > 0.0);
+        // A thread never runs longer than the wall clock, so per CPU second ≥ per second.
+        let per_cpu_second = measured.per_cpu_second.expect("Linux has /proc");
+        assert!(per_cpu_second >= measured.per_second * 0.99, "{measured:?}");
         assert!(measured.relay_share > 0.0 && measured.relay_share < 1.0);
     }
 }

@@ -60,6 +60,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Options, connect_all, cores, payload};
 use crate::client::{ClientError, Connection, Identity, append};
+use crate::cpu::process_cpu_seconds;
 use crate::progress::{Progress, step};
 use crate::relay::{BenchRelay, NodeOptions, metric};
 use crate::report::{Goal, Report, number};
@@ -738,19 +739,6 @@ fn crypto_per_message(iterations: usize) -> anyhow::Result<(f64, f64)> {
     }
     let signature = started.elapsed().as_secs_f64() * 1e6 / iterations as f64;
     Ok((encryption, signature))
-}
-
-/// CPU time used by this process so far (user + system, all threads), in seconds:
-/// `/proc/self/stat` fields 14 and 15, in clock ticks of 1/100 s (Linux's `USER_HZ` on every
-/// common architecture). `None` where there is no such file.
-pub(crate) fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After the command name (in parentheses, which may hold spaces): field 3 onwards.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some((user + system) as f64 / 100.0)
 }
 
 /// Bytes from hexadecimal (a constant of this file: even length, hex digits only).
