@@ -901,13 +901,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     async fn deliver_from_log(&mut self, replay: bool) -> Result<(), Close> {
         let page = self.ctx.config.log.replay_page.max(1) as usize;
         let page_bytes = self.ctx.config.log.replay_page_bytes;
+        // The next page is read while this one is sealed and written: the store's read and
+        // the socket's write overlap instead of taking turns.
+        let (ctx, user) = (Arc::clone(&self.ctx), self.user);
+        let read = |after: u64| {
+            let ctx = &ctx;
+            async move {
+                ctx.store
+                    .read_page(user, after, page, page_bytes)
+                    .await
+                    .map_err(storage_close)
+            }
+        };
+        let mut events = read(self.delivered).await?;
         loop {
-            let events = self
-                .ctx
-                .store
-                .read_page(self.user, self.delivered, page, page_bytes)
-                .await
-                .map_err(storage_close)?;
             let Some(last) = events.last().map(|e| e.seq) else {
                 return Ok(());
             };
@@ -922,12 +929,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             let bytes: usize = events.iter().map(|e| e.payload.0.len()).sum();
             let more = events.len() == page || bytes.saturating_mul(2) >= page_bytes;
             self.delivered = last;
-            self.send_events(events, replay).await?;
-            // The device reads this page while the next one is read.
-            self.flush().await?;
+            let send = async {
+                self.send_events(events, replay).await?;
+                self.flush().await
+            };
             if !more {
-                return Ok(());
+                return send.await;
             }
+            let (sent, next) = tokio::join!(send, read(last));
+            sent?;
+            events = next?;
         }
     }
 

@@ -31,6 +31,8 @@
 //! - The request counters, pending requests and contacts stay within [`PeopleLimits`], on
 //!   both sides of an acceptance that reaches the requester.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use ferry_protocol::people::{
     ContactInfo, ContactState, Intro, LAST_SEEN_GRANULARITY_S, Notice, RELAY_DEVICE, SealedCard,
@@ -40,12 +42,27 @@ use ferry_protocol::{ErrorCode, Event, UserId, codec};
 use sqlx::QueryBuilder;
 
 use super::StoreError;
+use super::sql::sqlite_direct::numbered;
 use super::sql::{
-    SqlStore, TOUCH_ROWS_PER_STATEMENT, Tx, db_int, from_db_int, in_tx, key32, on_reader, on_writer,
+    Db, SqlStore, TOUCH_ROWS_PER_STATEMENT, Tx, db_int, from_db_int, in_tx, key32, on_reader,
+    on_writer,
 };
 
 /// Seconds in the day of the daily request limit (UTC days).
 const DAY_S: u64 = 86_400;
+
+/// [`PeopleStore::presence_peers`]: user `$1`'s mutual contacts when both show presence.
+const PRESENCE_PEERS: &str = "SELECT c.peer FROM contacts c
+     JOIN contacts back ON back.owner = c.peer AND back.peer = c.owner AND back.state = 1
+     LEFT JOIN people mine ON mine.user_id = c.owner
+     LEFT JOIN people theirs ON theirs.user_id = c.peer
+     WHERE c.owner = $1 AND c.state = 1
+       AND COALESCE(mine.presence_visible, TRUE)
+       AND COALESCE(theirs.presence_visible, TRUE)
+     ORDER BY c.peer";
+
+/// [`PRESENCE_PEERS`] with SQLite's parameters, for rusqlite.
+static PRESENCE_PEERS_SQLITE: LazyLock<String> = LazyLock::new(|| numbered(PRESENCE_PEERS));
 
 /// What one user may do in the people domain; a relay's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1047,21 +1064,27 @@ impl PeopleStore for SqlStore {
     }
 
     async fn presence_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        let rows: Vec<Vec<u8>> = on_reader!(&self.db, |pool| {
-            sqlx::query_scalar(
-                "SELECT c.peer FROM contacts c
-                 JOIN contacts back ON back.owner = c.peer AND back.peer = c.owner AND back.state = 1
-                 LEFT JOIN people mine ON mine.user_id = c.owner
-                 LEFT JOIN people theirs ON theirs.user_id = c.peer
-                 WHERE c.owner = $1 AND c.state = 1
-                   AND COALESCE(mine.presence_visible, TRUE)
-                   AND COALESCE(theirs.presence_visible, TRUE)
-                 ORDER BY c.peer",
-            )
-            .bind(user.as_bytes().as_slice())
-            .fetch_all(pool)
-            .await?
-        });
+        let rows: Vec<Vec<u8>> = match &self.db {
+            // Every session asks this as it starts and as it ends: on SQLite it is one job on
+            // a rusqlite reader, not sqlx's hand-offs to its connection thread and back
+            // (store/session_start.rs says why that matters to a reconnect).
+            Db::Sqlite { writer, direct, .. } => {
+                direct
+                    .read(writer, move |conn| {
+                        let mut select = conn.prepare_cached(&PRESENCE_PEERS_SQLITE)?;
+                        let rows =
+                            select.query_map([user.as_bytes().as_slice()], |row| row.get(0))?;
+                        Ok(rows.collect::<rusqlite::Result<_>>()?)
+                    })
+                    .await?
+            }
+            Db::Postgres { pool } => {
+                sqlx::query_scalar(PRESENCE_PEERS)
+                    .bind(user.as_bytes().as_slice())
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
         rows.iter()
             .map(|bytes| key32(bytes, "peer").map(UserId))
             .collect()

@@ -146,7 +146,7 @@ pub(super) async fn read(
     let row = match &store.db {
         Db::Sqlite { writer, direct, .. } => {
             direct
-                .read(writer, move |conn| {
+                .read_point(writer, move |conn| {
                     let mut select = conn.prepare_cached(&SELECT_SQLITE)?;
                     let params = [user.as_bytes().as_slice(), device.as_bytes().as_slice()];
                     Ok(select.query_row(params, Row::from_sqlite)?)

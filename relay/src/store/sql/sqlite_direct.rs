@@ -8,9 +8,11 @@
 //! hot paths run as one job on a blocking thread, on connections to the same database opened
 //! with rusqlite, whose statements stay prepared from one job to the next: the append batch
 //! on a second writing connection ([`Direct::write`]), replay pages on read-only ones
-//! ([`Direct::read`]), and a reconnect's one read (`store/session_start.rs`): one hand-off to
-//! a blocking thread, where sqlx's pool makes three (it tests the connection when handing it
-//! out and again when it comes back).
+//! ([`Direct::read`]), and a session's reads as it starts and ends (`store/session_start.rs`,
+//! presence peers): one hand-off to a blocking thread, where sqlx's pool makes three (it
+//! tests the connection when handing it out and again when it comes back). A reconnect's
+//! point read ([`Direct::read_point`]) makes none when a reader is free: it runs on the
+//! caller's thread.
 //!
 //! There is still one writer at a time: a writing job first takes the sqlx writer pool's only
 //! connection and holds it until it has committed, so no other write of this process runs
@@ -209,6 +211,45 @@ impl Direct {
         drop(permit);
         result
     }
+
+    /// [`Direct::read`] for a point read (a few rows found by key), run here on the
+    /// caller's thread when a read-only connection is open and free at once, else as
+    /// `read`. From SQLite's page cache such a read takes microseconds, less than the
+    /// hand-off to a blocking thread and back: thread switches and a wake-up, which made a
+    /// reconnect cost 9% more CPU (docs/benchmarks.md, issue 14's fifth round). A read
+    /// that may scan, sort many rows or wait belongs on `read`: this one holds up the
+    /// caller's other tasks while it runs.
+    pub(crate) async fn read_point<T, F>(
+        &self,
+        writer: &SqlitePool,
+        job: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if let Some(readers) = &self.readers
+            && let Ok(permit) = readers.permits.try_acquire()
+        {
+            // Only a connection already open: opening one is file I/O.
+            let idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            if let Some(mut conn) = idle {
+                let result = job(&mut conn);
+                readers
+                    .idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+                drop(permit);
+                return result;
+            }
+        }
+        self.read(writer, job).await
+    }
 }
 
 /// How often the WAL is checkpointed into the database file.
@@ -385,6 +426,61 @@ mod tests {
             "{written:?}"
         );
         assert_eq!(count(direct, writer).await, 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_point_read_runs_here_only_on_an_open_free_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let here = std::thread::current().id();
+        // Where the job ran, and what it saw.
+        let point = |direct: &Direct, writer: &SqlitePool| {
+            let (direct, writer) = (direct.clone(), writer.clone());
+            async move {
+                direct
+                    .read_point(&writer, |conn| {
+                        let users = conn.query_row("SELECT COUNT(*) FROM users", [], |row| {
+                            row.get::<_, i64>(0)
+                        })?;
+                        Ok((std::thread::current().id(), users))
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+
+        let (writer, direct) = open(&file).await;
+        // No reader open yet: opening one is file I/O, on a blocking thread.
+        let (first, _) = point(&direct, &writer).await;
+        assert_ne!(first, here);
+        // One is open and free: the read runs here, and sees what was committed.
+        sqlx::query("INSERT INTO users (user_id) VALUES (randomblob(32))")
+            .execute(&writer)
+            .await
+            .unwrap();
+        assert_eq!(point(&direct, &writer).await, (here, 1));
+        // Every reader busy: it waits its turn like `read`, and runs on a blocking thread.
+        let readers = direct.readers.as_ref().unwrap();
+        let busy = readers
+            .permits
+            .acquire_many(readers.max as u32)
+            .await
+            .unwrap();
+        let waiting = tokio::spawn(point(&direct, &writer));
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a point read took a busy reader's turn"
+        );
+        drop(busy);
+        let (there, users) = waiting.await.unwrap();
+        assert_ne!(there, here);
+        assert_eq!(users, 1);
+        // In memory there are no readers: it takes the writer's turn, as `read` does.
+        let (writer, direct) = open("sqlite::memory:").await;
+        let (ran, users) = point(&direct, &writer).await;
+        assert_ne!(ran, here);
+        assert_eq!(users, 0);
     }
 
     #[tokio::test]
