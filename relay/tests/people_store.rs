@@ -26,7 +26,7 @@ use ferry_protocol::people::{
 use ferry_protocol::{DeviceKey, ErrorCode, Event, UserId};
 use ferry_relay::store::{
     AppendOutcome, CommitConfig, CommitHandle, Committer, ContactChange, ContactList, Notified,
-    PeopleLimits, Store, StoreError,
+    PRESENCE_PEERS_POINT_ROWS, PeopleLimits, Store, StoreError,
 };
 use rand_core::OsRng;
 use support::random_bytes;
@@ -42,6 +42,7 @@ crate::storage_story!(
     limits_refuse_and_store_nothing,
     profile_versions_grow_and_only_contacts_read_them,
     presence_is_mutual_and_reciprocal,
+    presence_peers_beyond_one_point_read_are_all_there,
     a_failed_notice_rolls_back_the_whole_operation,
     the_requesters_limit_counts_and_nobody_is_asked_without_a_chain,
     cards_are_kept_for_related_users_only_and_blocks_are_bounded,
@@ -1834,6 +1835,42 @@ async fn presence_is_mutual_and_reciprocal(db: Db) {
             removed(&e, false),
         ]
     );
+}
+
+/// More mutual contacts than a SQLite relay reads as a point read: the rest come from a
+/// second read, none lost, none twice, in order, and the filter holds in both reads; exactly
+/// a point read's worth needs nothing more.
+async fn presence_peers_beyond_one_point_read_are_all_there(db: Db) {
+    let store = &*db.store;
+    let (a, b) = (person(store).await, person(store).await);
+    let mut people = Vec::new();
+    for _ in 0..PRESENCE_PEERS_POINT_ROWS + 3 {
+        let p = person(store).await;
+        befriend(store, &p, &a).await;
+        people.push(p);
+    }
+    people.sort_by_key(|p| p.id);
+    for p in &people[..PRESENCE_PEERS_POINT_ROWS] {
+        befriend(store, p, &b).await;
+    }
+    let ids = |people: &[Person]| people.iter().map(|p| p.id).collect::<Vec<_>>();
+    assert_eq!(store.presence_peers(a.id).await.unwrap(), ids(&people));
+    assert_eq!(
+        store.presence_peers(b.id).await.unwrap(),
+        ids(&people[..PRESENCE_PEERS_POINT_ROWS])
+    );
+    // One peer in each read hides its presence.
+    let hidden = [1, PRESENCE_PEERS_POINT_ROWS + 1];
+    for &i in &hidden {
+        let hides = store.set_presence_visible(people[i].id, false, NOW_MS);
+        let visibility = Notice::PresenceVisibility { visible: false };
+        notified(store, hides, &[(people[i].id, visibility)]).await;
+    }
+    let shown: Vec<UserId> = (0..people.len())
+        .filter(|i| !hidden.contains(i))
+        .map(|i| people[i].id)
+        .collect();
+    assert_eq!(store.presence_peers(a.id).await.unwrap(), shown);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -163,7 +163,9 @@ pub use log::{
     AppendOutcome, AppendRequest, LogBounds, LogStore, TRIM_BATCH, TRIM_USERS_PAGE,
     check_device_seq,
 };
-pub use people::{ContactChange, ContactList, Notified, PeopleLimits, PeopleStore};
+pub use people::{
+    ContactChange, ContactList, Notified, PRESENCE_PEERS_POINT_ROWS, PeopleLimits, PeopleStore,
+};
 pub use push::{PushKind, PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 pub use session_start::SessionStart;
 pub use sql::{Dialect, SqlStore};

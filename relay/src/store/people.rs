@@ -51,15 +51,23 @@ use super::sql::{
 /// Seconds in the day of the daily request limit (UTC days).
 const DAY_S: u64 = 86_400;
 
-/// [`PeopleStore::presence_peers`]: user `$1`'s mutual contacts when both show presence.
+/// [`PeopleStore::presence_peers`]: user `$1`'s mutual contacts when both show presence,
+/// those after peer `$2` (an empty id: from the first), at most `$3` (PostgreSQL: NULL for
+/// all; SQLite: -1).
 const PRESENCE_PEERS: &str = "SELECT c.peer FROM contacts c
      JOIN contacts back ON back.owner = c.peer AND back.peer = c.owner AND back.state = 1
      LEFT JOIN people mine ON mine.user_id = c.owner
      LEFT JOIN people theirs ON theirs.user_id = c.peer
-     WHERE c.owner = $1 AND c.state = 1
+     WHERE c.owner = $1 AND c.state = 1 AND c.peer > $2
        AND COALESCE(mine.presence_visible, TRUE)
        AND COALESCE(theirs.presence_visible, TRUE)
-     ORDER BY c.peer";
+     ORDER BY c.peer
+     LIMIT $3";
+
+/// The presence peers a SQLite relay reads on the session's own thread, as a point read
+/// ([`Direct::read_point`](super::sql::sqlite_direct::Direct::read_point)): a few dozen index
+/// lookups. A user with more has the rest read on the blocking pool.
+pub const PRESENCE_PEERS_POINT_ROWS: usize = 64;
 
 /// [`PRESENCE_PEERS`] with SQLite's parameters, for rusqlite.
 static PRESENCE_PEERS_SQLITE: LazyLock<String> = LazyLock::new(|| numbered(PRESENCE_PEERS));
@@ -223,6 +231,22 @@ pub trait PeopleStore: Send + Sync {
     /// hundred users; a time never moves one back. The relay calls it from its write-behind
     /// ([`LastSeenWrites`](super::LastSeenWrites)), once a second at most.
     async fn touch_last_seen(&self, seen: &[(UserId, u64)]) -> Result<(), StoreError>;
+}
+
+/// [`PRESENCE_PEERS`] on a rusqlite connection: at most `limit` peers after `after`
+/// (`limit` -1: all of them).
+fn sqlite_presence_peers(
+    conn: &mut rusqlite::Connection,
+    user: UserId,
+    after: &[u8],
+    limit: i64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut select = conn.prepare_cached(&PRESENCE_PEERS_SQLITE)?;
+    let rows = select.query_map(
+        rusqlite::params![user.as_bytes().as_slice(), after, limit],
+        |row| row.get(0),
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Appends `notice` to `user`'s log as the next event, from [`RELAY_DEVICE`] with
@@ -1065,22 +1089,33 @@ impl PeopleStore for SqlStore {
 
     async fn presence_peers(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
         let rows: Vec<Vec<u8>> = match &self.db {
-            // Every session asks this as it starts and as it ends: on SQLite it is one job on
-            // a rusqlite reader, not sqlx's hand-offs to its connection thread and back
-            // (store/session_start.rs says why that matters to a reconnect).
+            // Every session asks this as it starts and as it ends, so on SQLite the first
+            // rows are a point read on the session's thread and only a user with many
+            // contacts hands the rest to the blocking pool (store/session_start.rs says why
+            // hand-offs matter to a reconnect). The two reads are two snapshots: presence is
+            // a hint, which the next session start corrects.
             Db::Sqlite { writer, direct, .. } => {
-                direct
-                    .read(writer, move |conn| {
-                        let mut select = conn.prepare_cached(&PRESENCE_PEERS_SQLITE)?;
-                        let rows =
-                            select.query_map([user.as_bytes().as_slice()], |row| row.get(0))?;
-                        Ok(rows.collect::<rusqlite::Result<_>>()?)
+                let first = PRESENCE_PEERS_POINT_ROWS;
+                let mut rows = direct
+                    .read_point(writer, move |conn| {
+                        sqlite_presence_peers(conn, user, &[], first as i64)
                     })
-                    .await?
+                    .await?;
+                if let Some(after) = rows.last().filter(|_| rows.len() == first).cloned() {
+                    let rest = direct
+                        .read(writer, move |conn| {
+                            sqlite_presence_peers(conn, user, &after, -1)
+                        })
+                        .await?;
+                    rows.extend(rest);
+                }
+                rows
             }
             Db::Postgres { pool } => {
                 sqlx::query_scalar(PRESENCE_PEERS)
                     .bind(user.as_bytes().as_slice())
+                    .bind(&[][..] as &[u8])
+                    .bind(None::<i64>)
                     .fetch_all(pool)
                     .await?
             }

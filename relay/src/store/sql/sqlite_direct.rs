@@ -8,11 +8,11 @@
 //! hot paths run as one job on a blocking thread, on connections to the same database opened
 //! with rusqlite, whose statements stay prepared from one job to the next: the append batch
 //! on a second writing connection ([`Direct::write`]), replay pages on read-only ones
-//! ([`Direct::read`]), and a session's reads as it starts and ends (`store/session_start.rs`,
-//! presence peers): one hand-off to a blocking thread, where sqlx's pool makes three (it
-//! tests the connection when handing it out and again when it comes back). A reconnect's
-//! point read ([`Direct::read_point`]) makes none when a reader is free: it runs on the
-//! caller's thread.
+//! ([`Direct::read`]): one hand-off to a blocking thread, where sqlx's pool makes three (it
+//! tests the connection when handing it out and again when it comes back). A session's reads
+//! as it starts and ends (`store/session_start.rs`, the first presence peers) are point reads
+//! ([`Direct::read_point`]), which make none when a reader is free: they run on the caller's
+//! thread.
 //!
 //! There is still one writer at a time: a writing job first takes the sqlx writer pool's only
 //! connection and holds it until it has committed, so no other write of this process runs
