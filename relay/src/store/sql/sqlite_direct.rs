@@ -74,6 +74,22 @@ impl Readers {
         conn.pragma_update(None, "query_only", "ON")?;
         Ok(conn)
     }
+
+    /// An open connection nobody is using, if there is one (the caller holds a permit).
+    fn take_idle(&self) -> Option<rusqlite::Connection> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Returns a connection after a job: a read-only one has no transaction to leave open.
+    fn give_back(&self, conn: rusqlite::Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+    }
 }
 
 impl Direct {
@@ -189,22 +205,12 @@ impl Direct {
             .map_err(|_| StoreError::Closed)?;
         let readers = Arc::clone(readers);
         let result = blocking(move || {
-            let idle = readers
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let mut conn = match idle {
+            let mut conn = match readers.take_idle() {
                 Some(conn) => conn,
                 None => readers.open()?,
             };
             let result = job(&mut conn);
-            // A read-only connection has no transaction to leave open: back to the pool.
-            readers
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+            readers.give_back(conn);
             result
         })
         .await;
@@ -232,18 +238,9 @@ impl Direct {
             && let Ok(permit) = readers.permits.try_acquire()
         {
             // Only a connection already open: opening one is file I/O.
-            let idle = readers
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            if let Some(mut conn) = idle {
+            if let Some(mut conn) = readers.take_idle() {
                 let result = job(&mut conn);
-                readers
-                    .idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(conn);
+                readers.give_back(conn);
                 drop(permit);
                 return result;
             }
