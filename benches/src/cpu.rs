@@ -128,8 +128,8 @@ pub fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// CPU time the calling thread has run so far, to the nanosecond: the first field of
-/// `/proc/thread-self/schedstat`. Time the hypervisor or other tenants took is not in it,
-/// which is what makes it steadier than a wall clock on a shared machine.
+/// `/proc/thread-self/schedstat`. Time other threads and processes of the machine ran is not
+/// in it, as it is in a wall clock; on a VM, time the host took may still be.
 pub fn thread_cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let nanos: u64 = stat.split_whitespace().next()?.parse().ok()?;

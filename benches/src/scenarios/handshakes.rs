@@ -16,8 +16,9 @@
 //! The same share in CPU time: the ceiling's CPU time per handshake (its threads' own run
 //! time) ÷ this process's CPU time per handshake through the relay (relay and generator, all
 //! threads, kernel included). When the run keeps every core busy the two ratios are the same
-//! quantity; the CPU one leaves out what other tenants of the machine took, so it moves much
-//! less between runs on a shared VM. "cores used" says whether the run kept the cores busy.
+//! quantity ("cores used" says whether it did); the CPU one leaves out what other processes
+//! of the machine ran. On a shared VM it still moves by about a tenth between runs
+//! (docs/benchmarks.md, issue 14's fifth round): compare medians of alternating runs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

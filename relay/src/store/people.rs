@@ -1101,7 +1101,10 @@ impl PeopleStore for SqlStore {
                         sqlite_presence_peers(conn, user, &[], first as i64)
                     })
                     .await?;
-                if let Some(after) = rows.last().filter(|_| rows.len() == first).cloned() {
+                // A full first read: there may be more, after its last peer.
+                if rows.len() == first
+                    && let Some(after) = rows.last().cloned()
+                {
                     let rest = direct
                         .read(writer, move |conn| {
                             sqlite_presence_peers(conn, user, &after, -1)

@@ -7,8 +7,9 @@
 //! round trip to the database, and on SQLite three hand-offs between threads (sqlx tests a
 //! connection when it is handed out and again when it comes back), which made the database's
 //! thread hops a larger cost of a reconnect than its crypto (docs/benchmarks.md, the
-//! handshakes flame graph). So it is one statement, and on SQLite one job on a rusqlite
-//! reader ([`Direct::read`](super::sql::sqlite_direct::Direct::read)).
+//! handshakes flame graph). So it is one statement, and on SQLite a point read on a rusqlite
+//! reader, run on the session's own thread when a reader is free
+//! ([`Direct::read_point`](super::sql::sqlite_direct::Direct::read_point)).
 
 use std::sync::LazyLock;
 
