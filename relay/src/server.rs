@@ -858,7 +858,9 @@ fn upgrade(
         // read in pieces. 4 KiB -> 1 KiB: idle connections 16.8 -> 13.8 KiB each, uploads
         // 132 -> 114 MiB/s; 1 KiB -> 512 B: 8.28 -> 7.77 KiB each, uploads and appends
         // unchanged within the runs' spread (ferry-bench idle, attachments, appends;
-        // docs/benchmarks.md).
+        // docs/benchmarks.md). The socket itself is read up to 16 KiB at a time all the
+        // same: `connection::serve` reads through a `ReadAhead`, whose buffer exists only
+        // while it holds bytes.
         .read_buffer_size(512)
         // A session's writer buffers the frames that are ready together (a burst of append
         // answers, a page of events) and flushes them in one write when nothing more is

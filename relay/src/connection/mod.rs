@@ -25,6 +25,7 @@ mod conversations;
 mod pairing;
 mod people;
 mod push;
+mod read_ahead;
 mod recovery;
 mod session;
 
@@ -122,6 +123,8 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     ctx.metrics.connections.inc();
+    // A burst of frames in one read of the socket, not one read per 512 B (read_ahead.rs).
+    let io = read_ahead::ReadAhead::new(io);
     let mut opened = Box::pin(open(io, websocket, client, refusal, &ctx)).await;
     // Run in place: a session moved out of `opened` would need room of its own.
     if let Ok(Some(session)) = &mut opened {
