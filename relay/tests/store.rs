@@ -22,6 +22,7 @@ use ferry_relay::store::{
     Committer, DeviceRecord, FaultyStore, LINK_PAGE_BYTES, LogBounds, SessionStart, StoreError,
 };
 use rand_core::OsRng;
+use sqlx::Connection as _;
 use support::client::{next_epoch, revoke_body, sealed_key};
 use support::storage::*;
 
@@ -333,12 +334,16 @@ async fn group_commit_keeps_seqs_gapless_under_concurrency(db: Db) {
     let seen = Arc::clone(&largest);
     let woken: Arc<Mutex<Vec<Committed>>> = Arc::default();
     let wake = Arc::clone(&woken);
+    let threads: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let thread = Arc::clone(&threads);
     let config = CommitConfig {
         max_batch: MAX_BATCH,
         observer: Some(Arc::new(move |report| {
             seen.fetch_max(report.len, Ordering::Relaxed);
         })),
         on_committed: Some(Arc::new(move |user, events| {
+            let name = std::thread::current().name().map(str::to_owned);
+            thread.lock().unwrap().push(name);
             wake.lock().unwrap().push((user, events))
         })),
         ..CommitConfig::default()
@@ -427,6 +432,15 @@ async fn group_commit_keeps_seqs_gapless_under_concurrency(db: Db) {
         );
     }
     assert!(largest.load(Ordering::Relaxed) <= MAX_BATCH);
+    // Each committer runs on a thread of its own (not the test's runtime).
+    let threads = threads.lock().unwrap().clone();
+    assert!(!threads.is_empty());
+    assert!(
+        threads
+            .iter()
+            .all(|t| t.as_deref() == Some("ferry-committer")),
+        "{threads:?}"
+    );
 
     for node in &nodes {
         node.shutdown().await;
@@ -1330,4 +1344,103 @@ async fn the_store_and_a_verifying_client_agree_on_random_links(db: Db) {
             "seed {seed}: {stored} stored, {refused} refused"
         );
     }
+}
+
+/// PostgreSQL: append batches run on a connection of their own
+/// ([`store::APPEND_CONNECTION_NAME`]). One closed under the store between batches
+/// (PostgreSQL restarted, an idle timeout, a proxy) costs no append: the next batch's `BEGIN`
+/// fails and the batch begins again on a new connection. A batch abandoned before it commits
+/// closes its connection, so the next batch can never run inside its transaction.
+#[tokio::test]
+async fn the_append_connection_is_replaced_when_closed_or_abandoned() {
+    let Some(database) = support::private_postgres("appends").await else {
+        return;
+    };
+    let store = store::open(&database.url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let (u, d) = (user(), device());
+    admit(&*store, u, &[d]).await;
+    assert_eq!(append(&*store, req(u, d, 1, "first")).await, appended(1));
+    let first = append_backend(&mut admin, None).await;
+
+    // Closed by the server between two batches.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(append(&*store, req(u, d, 2, "second")).await, appended(2));
+    let second = append_backend(&mut admin, Some(first)).await;
+
+    // Abandoned midway: the batch waits for the user's row, which another transaction holds,
+    // and is dropped there.
+    let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut holding = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+        .bind(u.as_bytes().as_slice())
+        .execute(&mut *holding)
+        .await
+        .unwrap();
+    let batch = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.append(&req(u, d, 3, "abandoned"), NOW_MS).await }
+    });
+    wait_for_lock_wait(&mut admin, second).await;
+    batch.abort();
+    assert!(batch.await.unwrap_err().is_cancelled());
+    holding.rollback().await.unwrap();
+    assert_eq!(append(&*store, req(u, d, 3, "third")).await, appended(3));
+    // Waits for a connection other than the abandoned batch's.
+    append_backend(&mut admin, Some(second)).await;
+
+    let events = all_events(&*store, u).await;
+    let texts: Vec<_> = events.iter().map(|e| e.payload.clone()).collect();
+    assert_eq!(
+        texts,
+        [payload("first"), payload("second"), payload("third")]
+    );
+    store.close().await;
+    let _ = admin.close().await;
+    let _ = holder.close().await;
+    database.drop().await;
+}
+
+/// The backend pid of the store's one append connection, once it is not `old` (waits for
+/// `old` to be gone: a terminated backend lingers for a moment).
+async fn append_backend(admin: &mut sqlx::PgConnection, old: Option<i32>) -> i32 {
+    for _ in 0..500 {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(store::APPEND_CONNECTION_NAME)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap();
+        if let [pid] = pids[..]
+            && Some(pid) != old
+        {
+            return pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no single append connection other than {old:?}");
+}
+
+/// Waits until backend `pid` waits for a lock.
+async fn wait_for_lock_wait(admin: &mut sqlx::PgConnection, pid: i32) {
+    for _ in 0..500 {
+        let waiting: Option<String> =
+            sqlx::query_scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_optional(&mut *admin)
+                .await
+                .unwrap()
+                .flatten();
+        if waiting.as_deref() == Some("Lock") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("backend {pid} never waited for a lock");
 }

@@ -9,10 +9,10 @@
 //! 1. A connection task calls [`CommitHandle::append`] (or [`CommitHandle::submit`] to
 //!    pipeline: queue now, await the answer later); the request goes into a bounded queue
 //!    (a full queue makes callers wait: back-pressure, not unbounded memory).
-//! 2. The single [`Committer`] task takes the first queued request, then whatever else is
-//!    already queued, up to `max_batch`, without waiting for more: under light load a batch
-//!    is one event and adds no latency; under heavy load batches grow while the previous
-//!    commit is running.
+//! 2. The single [`Committer`] task (on a thread of its own: [`Committer::spawn`]) takes the
+//!    first queued request, then whatever else is already queued, up to `max_batch`, without
+//!    waiting for more: under light load a batch is one event and adds no latency; under
+//!    heavy load batches grow while the previous commit is running.
 //! 3. It commits the batch with [`LogStore::append_batch`](crate::store::LogStore::append_batch) in one transaction, hands the new
 //!    events to the `on_committed` hook (live delivery, wake-ups), then answers each caller.
 //!    If the commit fails every caller of that batch gets the error: nothing is reported as
@@ -252,11 +252,17 @@ struct Shared {
 }
 
 impl Committer {
-    /// Starts the committer task on the current Tokio runtime and returns its handle.
+    /// Starts the committer on a thread of its own and returns its handle.
+    ///
+    /// The thread runs a single-threaded Tokio runtime for the committer alone, so the
+    /// database's answer to each statement of a batch wakes it at once, instead of waiting
+    /// behind the connections' tasks in a busy worker's run queue (on PostgreSQL that wait
+    /// was about half of a batch's time under load: `docs/benchmarks.md`, seventh round).
+    /// Should the thread not start, the committer runs as a task of the current runtime.
     ///
     /// # Panics
     ///
-    /// Panics if called outside a Tokio runtime (like `tokio::spawn`).
+    /// Panics if the thread does not start and this is called outside a Tokio runtime.
     pub fn spawn(store: Arc<dyn Store>, config: CommitConfig) -> CommitHandle {
         let (queue_tx, queue_rx) = mpsc::channel(config.queue_len.max(1));
         let (stopped_tx, stopped_rx) = watch::channel(false);
@@ -279,7 +285,10 @@ impl Committer {
             shared: Arc::clone(&shared),
             stopped: stopped_tx,
         };
-        tokio::spawn(committer.run());
+        if let Err(error) = on_own_thread("ferry-committer", committer.run()) {
+            tracing::warn!(%error, "the committer's thread did not start; it runs as a task");
+            tokio::spawn(error.future);
+        }
         CommitHandle {
             queue: queue_tx,
             shared,
@@ -418,6 +427,50 @@ impl Committer {
         if let Some(observer) = &self.observer {
             observer(&BatchReport { len, elapsed, ok });
         }
+    }
+}
+
+/// Why [`on_own_thread`] could not start: the future, to run elsewhere.
+struct NotStarted<F> {
+    future: F,
+    reason: std::io::Error,
+}
+
+impl<F> std::fmt::Display for NotStarted<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.reason.fmt(f)
+    }
+}
+
+/// Runs `future` to its end on a new thread named `name`, in a single-threaded Tokio runtime
+/// of its own (timers and I/O enabled: what the future opens there is driven there).
+fn on_own_thread<F>(name: &str, future: F) -> Result<(), NotStarted<F>>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(reason) => return Err(NotStarted { future, reason }),
+    };
+    // The future comes back if the thread does not start.
+    let slot = Arc::new(Mutex::new(Some(future)));
+    let on_thread = Arc::clone(&slot);
+    let started = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            if let Some(future) = lock(&on_thread).take() {
+                runtime.block_on(future);
+            }
+        });
+    match started {
+        Ok(_) => Ok(()),
+        Err(reason) => match lock(&slot).take() {
+            Some(future) => Err(NotStarted { future, reason }),
+            None => Ok(()),
+        },
     }
 }
 

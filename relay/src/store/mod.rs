@@ -168,7 +168,7 @@ pub use people::{
 };
 pub use push::{PushKind, PushStore, PushTargetRow, QueuedWakeUps, WakeUp};
 pub use session_start::SessionStart;
-pub use sql::{Dialect, SqlStore};
+pub use sql::{APPEND_CONNECTION_NAME, Dialect, SqlStore};
 
 /// Opens the store named by `url` with default [`StoreOptions`] and runs its migrations.
 ///

@@ -1114,7 +1114,7 @@ impl PeopleStore for SqlStore {
                 }
                 rows
             }
-            Db::Postgres { pool } => {
+            Db::Postgres { pool, .. } => {
                 sqlx::query_scalar(PRESENCE_PEERS)
                     .bind(user.as_bytes().as_slice())
                     .bind(&[][..] as &[u8])

@@ -154,7 +154,7 @@ pub(super) async fn read(
                 })
                 .await?
         }
-        Db::Postgres { pool } => {
+        Db::Postgres { pool, .. } => {
             let row = sqlx::query(&SELECT)
                 .bind(user.as_bytes().as_slice())
                 .bind(device.as_bytes().as_slice())

@@ -457,8 +457,8 @@ impl LogStore for SqlStore {
             return Ok(Vec::new());
         }
         let quota = self.quota;
-        let pool = match &self.db {
-            Db::Postgres { pool } => pool,
+        let appender = match &self.db {
+            Db::Postgres { appender, .. } => appender,
             Db::Sqlite { writer, direct, .. } => {
                 // The job owns its requests (it runs on a thread of its own): a copy of the
                 // payloads, far cheaper than the statements it saves.
@@ -470,11 +470,12 @@ impl LogStore for SqlStore {
                     .await;
             }
         };
-        let mut tx = pool.begin().await?;
-        let state = postgres::read_batch_state(&mut tx, requests).await?;
+        let mut turn = appender.turn().await?;
+        turn.begin().await?;
+        let state = postgres::read_batch_state(turn.conn()?, requests).await?;
         let plan = state.plan(requests, quota)?;
-        postgres::write_plan(&mut tx, &plan, now_ms).await?;
-        tx.commit().await?;
+        postgres::write_plan(turn.conn()?, &plan, now_ms).await?;
+        turn.commit().await?;
         Ok(plan.outcomes)
     }
 

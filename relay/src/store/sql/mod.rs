@@ -20,7 +20,7 @@ macro_rules! on_reader {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
             $crate::store::sql::Db::Sqlite { reader: $pool, .. } => $body,
-            $crate::store::sql::Db::Postgres { pool: $pool } => $body,
+            $crate::store::sql::Db::Postgres { pool: $pool, .. } => $body,
         }
     };
 }
@@ -30,7 +30,7 @@ macro_rules! on_writer {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db {
             $crate::store::sql::Db::Sqlite { writer: $pool, .. } => $body,
-            $crate::store::sql::Db::Postgres { pool: $pool } => $body,
+            $crate::store::sql::Db::Postgres { pool: $pool, .. } => $body,
         }
     };
 }
@@ -55,8 +55,11 @@ macro_rules! in_tx {
 pub(crate) use {in_tx, on_reader, on_writer};
 
 mod postgres;
+pub use postgres::APPEND_CONNECTION_NAME;
 mod sqlite;
 pub(crate) mod sqlite_direct;
+
+use std::sync::Arc;
 
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
@@ -109,8 +112,11 @@ pub(crate) enum Db {
         /// rusqlite's connections for the hot paths (see [`sqlite_direct`]).
         direct: sqlite_direct::Direct,
     },
-    /// One pool for everything.
-    Postgres { pool: PgPool },
+    /// One pool for everything but append batches, which have a connection of their own.
+    Postgres {
+        pool: PgPool,
+        appender: Arc<postgres::AppendConnection>,
+    },
 }
 
 /// The SQL dialect of a store.
@@ -162,7 +168,7 @@ impl Db {
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
             Self::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
-            Self::Postgres { pool } => Tx::Postgres(pool.begin().await?),
+            Self::Postgres { pool, .. } => Tx::Postgres(pool.begin().await?),
         })
     }
 
@@ -177,7 +183,10 @@ impl Db {
                 reader.close().await;
                 writer.close().await;
             }
-            Self::Postgres { pool } => pool.close().await,
+            Self::Postgres { pool, appender } => {
+                appender.close().await;
+                pool.close().await;
+            }
         }
     }
 }
