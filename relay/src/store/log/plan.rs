@@ -78,14 +78,33 @@ pub(crate) fn distinct_users(users: impl Iterator<Item = UserId>) -> Vec<UserId>
     users
 }
 
-/// The distinct keys of a batch, in first-seen order.
-pub(super) fn batch_keys(requests: &[AppendRequest]) -> Vec<AppendKey> {
-    let mut seen = HashSet::with_capacity(requests.len());
-    requests
+/// A run of consecutive `device_seq`s of one device, `first..=last`, every one of them a key
+/// of the batch.
+pub(super) type KeyRun = (UserId, DeviceId, u64, u64);
+
+/// The distinct keys of a batch as runs of consecutive `device_seq`s, sorted: a device
+/// sending in order gives one run per batch, so the stored keys are found with one range
+/// read per device rather than one lookup per append. Keys that are not consecutive (a
+/// hostile or restored device) give a run each, no more reads than one per key.
+pub(super) fn batch_key_runs(requests: &[AppendRequest]) -> Vec<KeyRun> {
+    let mut keys: Vec<AppendKey> = requests
         .iter()
         .map(|r| (r.user, r.device, r.device_seq))
-        .filter(|key| seen.insert(*key))
-        .collect()
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut runs: Vec<KeyRun> = Vec::new();
+    for (user, device, seq) in keys {
+        match runs.last_mut() {
+            Some((u, d, _, last))
+                if *u == user && *d == device && last.checked_add(1) == Some(seq) =>
+            {
+                *last = seq;
+            }
+            _ => runs.push((user, device, seq, seq)),
+        }
+    }
+    runs
 }
 
 /// The data-key epoch a payload names, if it starts with a well-formed format-2 header
@@ -230,6 +249,35 @@ mod tests {
             device_seq,
             payload: SealedPayload(vec![payload]),
         }
+    }
+
+    #[test]
+    fn key_runs_cover_exactly_the_batch_keys_one_run_per_consecutive_stretch() {
+        let requests = [
+            request(1, 1, 3, 0),
+            request(2, 1, 1, 0),
+            request(1, 1, 1, 0),
+            request(1, 1, 2, 0),
+            request(1, 1, 2, 0), // a repeat
+            request(1, 2, 4, 0), // another device of the same user, same numbers nearby
+            request(1, 1, 7, 0), // a gap
+            request(1, 2, 5, 0),
+            request(1, 1, u64::MAX, 0),
+            request(1, 1, u64::MAX - 1, 0),
+        ];
+        let (u1, u2) = (UserId([1; 32]), UserId([2; 32]));
+        let (d1, d2) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        assert_eq!(
+            batch_key_runs(&requests),
+            [
+                (u1, d1, 1, 3),
+                (u1, d1, 7, 7),
+                (u1, d1, u64::MAX - 1, u64::MAX),
+                (u1, d2, 4, 5),
+                (u2, d1, 1, 1),
+            ]
+        );
+        assert!(batch_key_runs(&[]).is_empty());
     }
 
     fn all_active(requests: &[AppendRequest]) -> HashSet<DeviceKey> {

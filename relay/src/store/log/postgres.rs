@@ -5,8 +5,17 @@
 
 use sqlx::PgConnection;
 
-use super::plan::{BatchPlan, batch_devices, batch_keys, batch_users};
+use super::plan::{BatchPlan, batch_devices, batch_key_runs, batch_users};
 use super::{ActiveRow, AppendRequest, BatchState, HeadRow, StoredRow, WatermarkRow};
+
+/// One device of a batch, as step 2 reads it: retention's watermark, and whether it is active.
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    user_id: Vec<u8>,
+    device_id: Vec<u8>,
+    trimmed: Option<i64>,
+    active: bool,
+}
 use crate::store::StoreError;
 use crate::store::sql::db_int;
 
@@ -34,51 +43,56 @@ pub(super) async fn read_batch_state(
     }
 
     // 2. Which keys are stored already (retries); their payloads decide Duplicate/Conflict.
-    let keys = batch_keys(requests);
+    // One range read per run of consecutive device sequences (usually one per device).
+    let runs = batch_key_runs(requests);
     let rows: Vec<StoredRow> = sqlx::query_as(
-        "SELECT k.user_id, k.device_id, k.device_seq, e.seq, e.payload
-         FROM UNNEST($1::BYTEA[], $2::BYTEA[], $3::BIGINT[]) AS k(user_id, device_id, device_seq)
-         JOIN events e
-           ON e.user_id = k.user_id AND e.device_id = k.device_id AND e.device_seq = k.device_seq",
+        "SELECT e.user_id, e.device_id, e.device_seq, e.seq, e.payload
+         FROM UNNEST($1::BYTEA[], $2::BYTEA[], $3::BIGINT[], $4::BIGINT[])
+           AS r(user_id, device_id, first, last)
+         JOIN events e ON e.user_id = r.user_id AND e.device_id = r.device_id
+           AND e.device_seq BETWEEN r.first AND r.last",
     )
-    .bind(column(&keys, |(u, _, _)| u.as_bytes().as_slice()))
-    .bind(column(&keys, |(_, d, _)| d.as_bytes().as_slice()))
-    .bind(column(&keys, |(_, _, s)| db_int(*s)))
+    .bind(column(&runs, |(u, _, _, _)| u.as_bytes().as_slice()))
+    .bind(column(&runs, |(_, d, _, _)| d.as_bytes().as_slice()))
+    .bind(column(&runs, |(_, _, first, _)| db_int(*first)))
+    .bind(column(&runs, |(_, _, _, last)| db_int(*last)))
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
         state.add_stored(row)?;
     }
 
-    // Retention's watermarks for the batch's devices (written under the same row locks).
+    // Per device of the batch: retention's watermark (written under the same row locks), and
+    // whether the chain admits it and has not revoked it (a revocation takes the user row
+    // lock too, so this holds until commit).
     let devices = batch_devices(requests);
-    let rows: Vec<WatermarkRow> = sqlx::query_as(
-        "SELECT t.user_id, t.device_id, t.device_seq
+    let rows: Vec<DeviceRow> = sqlx::query_as(
+        "SELECT k.user_id, k.device_id, t.device_seq AS trimmed,
+           EXISTS (SELECT 1 FROM devices d
+                   WHERE d.user_id = k.user_id AND d.device_id = k.device_id
+                     AND d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL) AS active
          FROM UNNEST($1::BYTEA[], $2::BYTEA[]) AS k(user_id, device_id)
-         JOIN trimmed_device_seqs t ON t.user_id = k.user_id AND t.device_id = k.device_id",
+         LEFT JOIN trimmed_device_seqs t
+           ON t.user_id = k.user_id AND t.device_id = k.device_id",
     )
     .bind(column(&devices, |(u, _)| u.as_bytes().as_slice()))
     .bind(column(&devices, |(_, d)| d.as_bytes().as_slice()))
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        state.add_watermark(row)?;
-    }
-
-    // Which of the batch's devices the chain admits and has not revoked (a revocation takes
-    // the user row lock too, so this holds until commit).
-    let rows: Vec<ActiveRow> = sqlx::query_as(
-        "SELECT d.user_id, d.device_id
-         FROM UNNEST($1::BYTEA[], $2::BYTEA[]) AS k(user_id, device_id)
-         JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id
-         WHERE d.admitted_seqno IS NOT NULL AND d.revoked_at IS NULL",
-    )
-    .bind(column(&devices, |(u, _)| u.as_bytes().as_slice()))
-    .bind(column(&devices, |(_, d)| d.as_bytes().as_slice()))
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in rows {
-        state.add_active(row)?;
+        if let Some(device_seq) = row.trimmed {
+            state.add_watermark(WatermarkRow {
+                user_id: row.user_id.clone(),
+                device_id: row.device_id.clone(),
+                device_seq,
+            })?;
+        }
+        if row.active {
+            state.add_active(ActiveRow {
+                user_id: row.user_id,
+                device_id: row.device_id,
+            })?;
+        }
     }
     Ok(state)
 }
