@@ -7,6 +7,8 @@ use sqlx::PgConnection;
 
 use super::plan::{BatchPlan, batch_devices, batch_key_runs, batch_users};
 use super::{ActiveRow, AppendRequest, BatchState, HeadRow, StoredRow, WatermarkRow};
+use crate::store::StoreError;
+use crate::store::sql::db_int;
 
 /// One device of a batch, as step 2 reads it: retention's watermark, and whether it is active.
 #[derive(sqlx::FromRow)]
@@ -16,8 +18,6 @@ struct DeviceRow {
     trimmed: Option<i64>,
     active: bool,
 }
-use crate::store::StoreError;
-use crate::store::sql::db_int;
 
 /// Steps 1 and 2 of an append batch (see the module docs of [`super`]).
 pub(super) async fn read_batch_state(
